@@ -1,0 +1,2 @@
+//! millstream-bench (being written).
+fn main() {}

@@ -1,0 +1,2 @@
+//! The shop example (being written).
+fn main() {}

@@ -1,0 +1,366 @@
+//! Typed handlers: the [`Handler`] trait that plain async fns implement, what they may return, and
+//! the values they publish.
+//!
+//! ```
+//! use millstream::{Json, Metadata, State};
+//! # #[derive(serde::Deserialize)] struct Order { id: u64 }
+//! # #[derive(serde::Serialize)] struct Invoice { order: u64 }
+//! # impl millstream::Publishable for Invoice {}
+//! # #[derive(Clone)] struct Prices;
+//!
+//! // The first argument is the payload (decoded with the handler's codec); the rest are extractors.
+//! async fn bill(order: Order, State(_prices): State<Prices>) -> millstream::Result<Invoice> {
+//!     Ok(Invoice { order: order.id })
+//! }
+//!
+//! // No typed payload: every argument is an extractor.
+//! async fn audit(event: Json<serde_json::Value>, meta: Metadata) {}
+//! ```
+
+use std::borrow::Cow;
+use std::future::Future;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use smallvec::SmallVec;
+
+use crate::codec::Codec;
+use crate::error::{Error, Result};
+use crate::extract::{FromMessage, MessageCx};
+use crate::message::Message;
+use crate::state::StateMap;
+
+/// A type bound to a topic name: publishing a value of it goes to that topic, and a handler taking
+/// it as payload subscribes to that topic. `#[millstream::topic("name")]` implements it.
+pub trait Topic {
+    /// The topic's name.
+    const NAME: &'static str;
+}
+
+/// A value a handler can return (or [`Ctx::publish`](crate::Ctx::publish)) to be published.
+///
+/// [`Topic`] types implement it and go to their own topic; [`Json<T>`](crate::Json) wraps any
+/// `Serialize` type. For a plain struct published to the handler's publish topic, implement it
+/// with an empty body: `impl millstream::Publishable for Invoice {}`.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be published by a handler",
+    label = "not publishable",
+    note = "mark the type with `#[millstream::topic(\"name\")]`, add `impl millstream::Publishable for {Self} {{}}`, or return `Json<{Self}>`"
+)]
+pub trait Publishable: Serialize + Send + Sync + 'static {
+    /// The type's own topic, if it has one.
+    const TOPIC: Option<&'static str> = None;
+}
+
+impl<T: Topic + Serialize + Send + Sync + 'static> Publishable for T {
+    const TOPIC: Option<&'static str> = Some(T::NAME);
+}
+
+/// A message a handler produced, with the topic it goes to (`None`: the handler's publish topic).
+#[derive(Clone, Debug)]
+pub struct Outgoing {
+    /// Where it goes; `None` means the handler's publish topic.
+    pub topic: Option<Cow<'static, str>>,
+    /// The message.
+    pub message: Message,
+}
+
+/// What a handler (and each middleware) produces: the messages to publish before the input is
+/// acked, or the error that nacks it.
+pub type HandlerResult = Result<Outputs>;
+
+/// The messages one handler call produced; one lives inline without allocation.
+pub type Outputs = SmallVec<[Outgoing; 1]>;
+
+/// Where a handler's return values go, known before the first message (checked when the handler
+/// is added to a router).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OutputSpec {
+    /// The handler publishes nothing.
+    Nothing,
+    /// To the handler's publish topic, which must be set.
+    PublishTopic,
+    /// To this topic (a [`Topic`] type), unless the handler's publish topic overrides it.
+    Topic(&'static str),
+}
+
+/// The Ok value of a handler's result: nothing, one value, an optional value, or several.
+#[diagnostic::on_unimplemented(
+    message = "a handler cannot publish `{Self}`",
+    note = "return `()`, a publishable value `T`, `Option<T>` or `Vec<T>`, where `T` is a `#[millstream::topic]` type, `Json<_>`, or implements `millstream::Publishable`"
+)]
+pub trait IntoOutputs: Send {
+    /// Where the values go.
+    const SPEC: OutputSpec;
+
+    /// Encodes the values with `codec` into `outputs`.
+    fn into_outputs<C: Codec>(self, codec: &C, outputs: &mut Outputs) -> Result<()>;
+}
+
+fn encode_one<T: Publishable, C: Codec>(value: &T, codec: &C) -> Result<Outgoing> {
+    Ok(Outgoing { topic: T::TOPIC.map(Cow::Borrowed), message: Message::new(codec.encode(value)?) })
+}
+
+const fn spec_of<T: Publishable>() -> OutputSpec {
+    match T::TOPIC {
+        Some(topic) => OutputSpec::Topic(topic),
+        None => OutputSpec::PublishTopic,
+    }
+}
+
+impl IntoOutputs for () {
+    const SPEC: OutputSpec = OutputSpec::Nothing;
+
+    #[inline]
+    fn into_outputs<C: Codec>(self, _: &C, _: &mut Outputs) -> Result<()> {
+        Ok(())
+    }
+}
+
+impl<T: Publishable> IntoOutputs for T {
+    const SPEC: OutputSpec = spec_of::<T>();
+
+    #[inline]
+    fn into_outputs<C: Codec>(self, codec: &C, outputs: &mut Outputs) -> Result<()> {
+        outputs.push(encode_one(&self, codec)?);
+        Ok(())
+    }
+}
+
+impl<T: Publishable> IntoOutputs for Option<T> {
+    const SPEC: OutputSpec = spec_of::<T>();
+
+    #[inline]
+    fn into_outputs<C: Codec>(self, codec: &C, outputs: &mut Outputs) -> Result<()> {
+        if let Some(value) = self {
+            outputs.push(encode_one(&value, codec)?);
+        }
+        Ok(())
+    }
+}
+
+impl<T: Publishable> IntoOutputs for Vec<T> {
+    const SPEC: OutputSpec = spec_of::<T>();
+
+    fn into_outputs<C: Codec>(self, codec: &C, outputs: &mut Outputs) -> Result<()> {
+        outputs.reserve(self.len());
+        for value in &self {
+            outputs.push(encode_one(value, codec)?);
+        }
+        Ok(())
+    }
+}
+
+/// What a handler may return: `()`, `Result<O, E>` (`O` one of [`IntoOutputs`], `E` converting
+/// into [`Error`]), or a [`Publishable`] `T`, `Option<T>` or `Vec<T>` directly.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a valid handler return type",
+    note = "return `()`, `Result<(), E>`, `Result<T, E>`, `Result<Option<T>, E>`, `Result<Vec<T>, E>`, `Option<T>` or `Vec<T>`, where `T` is publishable and `E: Into<millstream::Error>`"
+)]
+pub trait HandlerReturn: Send {
+    /// The published values.
+    type Ok: IntoOutputs;
+
+    /// Splits into the values to publish or the error.
+    fn into_result(self) -> Result<Self::Ok>;
+}
+
+impl HandlerReturn for () {
+    type Ok = ();
+
+    #[inline]
+    fn into_result(self) -> Result<()> {
+        Ok(())
+    }
+}
+
+impl<O: IntoOutputs, E: Into<Error> + Send> HandlerReturn for Result<O, E> {
+    type Ok = O;
+
+    #[inline]
+    fn into_result(self) -> Result<O> {
+        self.map_err(Into::into)
+    }
+}
+
+impl<T: Publishable> HandlerReturn for T {
+    type Ok = T;
+
+    #[inline]
+    fn into_result(self) -> Result<T> {
+        Ok(self)
+    }
+}
+
+impl<T: Publishable> HandlerReturn for Option<T> {
+    type Ok = Option<T>;
+
+    #[inline]
+    fn into_result(self) -> Result<Option<T>> {
+        Ok(self)
+    }
+}
+
+impl<T: Publishable> HandlerReturn for Vec<T> {
+    type Ok = Vec<T>;
+
+    #[inline]
+    fn into_result(self) -> Result<Vec<T>> {
+        Ok(self)
+    }
+}
+
+/// Where the values of a handler returning `R` go.
+pub const fn output_spec<R: HandlerReturn>() -> OutputSpec {
+    <R::Ok as IntoOutputs>::SPEC
+}
+
+/// An async fn usable as a message handler. Implemented for async fns (and closures returning
+/// futures) of up to 12 arguments; `M` is a marker that tells the shapes apart, never named by users.
+///
+/// The first argument may be the payload (`T: DeserializeOwned`, decoded with the handler's
+/// codec; a payload that does not decode is a permanent error); every other argument implements
+/// [`FromMessage`]. The return type implements [`HandlerReturn`].
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a millstream handler",
+    note = "a handler is an `async fn` whose first argument is the payload (`T: DeserializeOwned`) or an extractor, whose other arguments are extractors (`Json<T>`, `Bytes`, `Metadata`, `MessageId`, `Message`, `Attempt`, `State<T>`, `Ctx`), and which returns `()`, `Result<T, E>`, `Option<T>` or `Vec<T>`"
+)]
+pub trait Handler<M>: Clone + Send + Sync + 'static {
+    /// Values computed once per handler by the extractors (state lookups).
+    type Prepared: Send + Sync + 'static;
+
+    /// The handler's return type.
+    type Return: HandlerReturn;
+
+    /// Runs every extractor's `prepare`; reports every problem, not just the first.
+    fn prepare(state: &StateMap) -> Result<Self::Prepared, Vec<Error>>;
+
+    /// Handles one message: decode, extract, call, encode the outputs.
+    fn call<'a, C: Codec>(
+        &'a self,
+        prepared: &'a Self::Prepared,
+        codec: &'a C,
+        message: Message,
+        cx: MessageCx<'a>,
+    ) -> impl Future<Output = HandlerResult> + Send + 'a;
+}
+
+/// Marker: the first argument is a decoded payload.
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct WithPayload;
+
+/// Marker: every argument is an extractor.
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct ExtractorsOnly;
+
+fn collect_prepared<T>(result: Result<T>, errors: &mut Vec<Error>) -> Option<T> {
+    match result {
+        Ok(value) => Some(value),
+        Err(error) => {
+            errors.push(error);
+            None
+        }
+    }
+}
+
+#[inline]
+fn finish<R: HandlerReturn, C: Codec>(returned: R, codec: &C) -> HandlerResult {
+    let mut outputs = Outputs::new();
+    returned.into_result()?.into_outputs(codec, &mut outputs)?;
+    Ok(outputs)
+}
+
+macro_rules! impl_handler {
+    ($($e:ident),*) => {
+        #[allow(non_snake_case, unused_variables, unused_mut)]
+        impl<F, Fut, P, $($e,)*> Handler<(WithPayload, P, $($e,)*)> for F
+        where
+            F: Fn(P, $($e,)*) -> Fut + Clone + Send + Sync + 'static,
+            Fut: Future + Send,
+            Fut::Output: HandlerReturn,
+            P: DeserializeOwned + Send + 'static,
+            $($e: FromMessage,)*
+        {
+            type Prepared = ($($e::Prepared,)*);
+            type Return = Fut::Output;
+
+            fn prepare(state: &StateMap) -> Result<Self::Prepared, Vec<Error>> {
+                let mut errors = Vec::new();
+                $(let $e = collect_prepared($e::prepare(state), &mut errors);)*
+                if !errors.is_empty() {
+                    return Err(errors);
+                }
+                Ok(($($e.expect("checked above"),)*))
+            }
+
+            #[inline]
+            fn call<'a, C: Codec>(
+                &'a self,
+                prepared: &'a Self::Prepared,
+                codec: &'a C,
+                message: Message,
+                cx: MessageCx<'a>,
+            ) -> impl Future<Output = HandlerResult> + Send + 'a {
+                async move {
+                    let payload: P = codec.decode(message.payload())?;
+                    let ($($e,)*) = prepared;
+                    $(let $e = $e::from_message($e, &message, cx)?;)*
+                    drop(message);
+                    finish((self)(payload, $($e,)*).await, codec)
+                }
+            }
+        }
+
+        #[allow(non_snake_case, unused_variables, unused_mut)]
+        impl<F, Fut, $($e,)*> Handler<(ExtractorsOnly, $($e,)*)> for F
+        where
+            F: Fn($($e,)*) -> Fut + Clone + Send + Sync + 'static,
+            Fut: Future + Send,
+            Fut::Output: HandlerReturn,
+            $($e: FromMessage,)*
+        {
+            type Prepared = ($($e::Prepared,)*);
+            type Return = Fut::Output;
+
+            fn prepare(state: &StateMap) -> Result<Self::Prepared, Vec<Error>> {
+                let mut errors = Vec::new();
+                $(let $e = collect_prepared($e::prepare(state), &mut errors);)*
+                if !errors.is_empty() {
+                    return Err(errors);
+                }
+                Ok(($($e.expect("checked above"),)*))
+            }
+
+            #[inline]
+            fn call<'a, C: Codec>(
+                &'a self,
+                prepared: &'a Self::Prepared,
+                codec: &'a C,
+                message: Message,
+                cx: MessageCx<'a>,
+            ) -> impl Future<Output = HandlerResult> + Send + 'a {
+                async move {
+                    let ($($e,)*) = prepared;
+                    $(let $e = $e::from_message($e, &message, cx)?;)*
+                    drop(message);
+                    finish((self)($($e,)*).await, codec)
+                }
+            }
+        }
+    };
+}
+
+impl_handler!();
+impl_handler!(E1);
+impl_handler!(E1, E2);
+impl_handler!(E1, E2, E3);
+impl_handler!(E1, E2, E3, E4);
+impl_handler!(E1, E2, E3, E4, E5);
+impl_handler!(E1, E2, E3, E4, E5, E6);
+impl_handler!(E1, E2, E3, E4, E5, E6, E7);
+impl_handler!(E1, E2, E3, E4, E5, E6, E7, E8);
+impl_handler!(E1, E2, E3, E4, E5, E6, E7, E8, E9);
+impl_handler!(E1, E2, E3, E4, E5, E6, E7, E8, E9, E10);
+impl_handler!(E1, E2, E3, E4, E5, E6, E7, E8, E9, E10, E11);

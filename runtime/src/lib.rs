@@ -1,0 +1,72 @@
+//! # millstream
+//!
+//! Message-driven services in Rust: what Go's Watermill does (pub/sub over many brokers, a router,
+//! middleware) with handlers that are plain async functions whose payloads the compiler checks.
+//!
+//! ```
+//! use millstream::{MemoryPubSub, Publishable, Route, Router, State};
+//! use serde::{Deserialize, Serialize};
+//!
+//! #[derive(Deserialize)]
+//! struct OrderPlaced { id: u64, qty: u32 }
+//!
+//! #[derive(Serialize)]
+//! struct InvoiceIssued { order_id: u64, cents: u64 }
+//! impl Publishable for InvoiceIssued {}
+//!
+//! #[derive(Clone)]
+//! struct Prices { cents_per_item: u64 }
+//!
+//! // The payload comes first; the return value is published to the handler's publish topic.
+//! async fn bill(order: OrderPlaced, State(prices): State<Prices>) -> millstream::Result<InvoiceIssued> {
+//!     Ok(InvoiceIssued { order_id: order.id, cents: u64::from(order.qty) * prices.cents_per_item })
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> millstream::Result<()> {
+//! let router = Router::new(MemoryPubSub::new())
+//!     .state(Prices { cents_per_item: 250 })
+//!     .route(Route::new("bill", "orders.placed", bill).publish("invoices.issued"));
+//! router.run_until(async { /* tokio::signal::ctrl_c() */ }).await
+//! # }
+//! ```
+//!
+//! The pieces: [`Message`] flows from a [`Subscriber`] through the [`Router`] (per-handler workers,
+//! the [`middleware`] chain, the typed [`Handler`]) to a [`Publisher`]; an input is acked only after
+//! its outputs are published (at-least-once). [`MemoryPubSub`] is the embedded default backend.
+
+#![cfg_attr(docsrs, feature(doc_auto_cfg))]
+
+pub mod codec;
+mod error;
+pub mod extract;
+pub mod handler;
+pub mod message;
+pub mod middleware;
+pub mod pubsub;
+pub mod router;
+mod state;
+
+pub use bytes::Bytes;
+
+pub use crate::codec::{Codec, JsonCodec};
+pub use crate::error::{Error, ErrorKind, Result};
+pub use crate::extract::{Attempt, Ctx, FromMessage, Json, State};
+pub use crate::handler::{Handler, HandlerResult, Outgoing, Outputs, Publishable, Topic};
+pub use crate::message::{Message, MessageId, Metadata};
+pub use crate::middleware::{Middleware, Next};
+#[cfg(feature = "memory")]
+pub use crate::pubsub::memory::{MemoryConfig, MemoryPubSub};
+pub use crate::pubsub::{Delivery, PubSub, Publisher, SubscribeOptions, Subscriber, Subscription};
+pub use crate::router::{Route, Router, RouterConfig};
+pub use crate::state::StateMap;
+
+/// The names most programs need: `use millstream::prelude::*;`.
+pub mod prelude {
+    #[cfg(feature = "memory")]
+    pub use crate::MemoryPubSub;
+    pub use crate::{
+        Attempt, Bytes, Ctx, Error, Json, Message, MessageId, Metadata, Publishable, Publisher, Result,
+        Route, Router, State, Subscriber, Topic,
+    };
+    pub use serde::{Deserialize, Serialize};
+}

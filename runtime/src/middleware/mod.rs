@@ -1,0 +1,142 @@
+//! Middleware: code that wraps every handler call, router-wide or per handler.
+//!
+//! A middleware receives the message and [`Next`], the rest of the chain; it may change the message,
+//! call `next.run(message)` (or not, or several times), and inspect or change the outputs. Layers
+//! added first are called first (outermost). [`from_fn`] turns an async fn into a middleware:
+//!
+//! ```
+//! use millstream::middleware::{from_fn, Next};
+//! use millstream::{HandlerResult, Message};
+//!
+//! async fn timing(message: Message, next: Next) -> HandlerResult {
+//!     let started = std::time::Instant::now();
+//!     let result = next.run(message).await;
+//!     tracing::debug!(elapsed = ?started.elapsed(), "handled");
+//!     result
+//! }
+//!
+//! let layer = from_fn(timing);
+//! # let _ = layer;
+//! ```
+
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+
+use futures_core::future::BoxFuture;
+
+use crate::extract::{MessageCx, RouteInfo};
+use crate::handler::HandlerResult;
+use crate::message::Message;
+
+/// A layer around handler calls. See the [module docs](self).
+pub trait Middleware: Send + Sync + 'static {
+    /// Handles `message`, usually by calling `next.run(message)`.
+    fn call(&self, message: Message, next: Next) -> BoxFuture<'static, HandlerResult>;
+}
+
+/// The type-erased handler at the end of a chain.
+pub(crate) trait Endpoint: Send + Sync + 'static {
+    fn call<'a>(&'a self, message: Message, cx: MessageCx<'a>) -> BoxFuture<'a, HandlerResult>;
+}
+
+/// A handler with its middleware, ready to be called.
+pub(crate) struct Chain {
+    pub(crate) middleware: Box<[Arc<dyn Middleware>]>,
+    pub(crate) endpoint: Arc<dyn Endpoint>,
+    pub(crate) route: Arc<RouteInfo>,
+}
+
+impl Chain {
+    /// Calls the chain from the top.
+    pub(crate) fn call(
+        self: &Arc<Self>,
+        message: Message,
+        attempt: u32,
+    ) -> BoxFuture<'static, HandlerResult> {
+        Next { chain: self.clone(), index: 0, attempt }.run(message)
+    }
+}
+
+/// The rest of a middleware chain (the next middleware, or the handler).
+pub struct Next {
+    chain: Arc<Chain>,
+    index: usize,
+    attempt: u32,
+}
+
+impl Next {
+    /// Runs the rest of the chain.
+    pub fn run(self, message: Message) -> BoxFuture<'static, HandlerResult> {
+        match self.chain.middleware.get(self.index).cloned() {
+            Some(layer) => {
+                let next = Next { chain: self.chain, index: self.index + 1, attempt: self.attempt };
+                layer.call(message, next)
+            }
+            None => Box::pin(async move {
+                let chain = self.chain;
+                let cx = MessageCx { route: &chain.route, attempt: self.attempt };
+                chain.endpoint.call(message, cx).await
+            }),
+        }
+    }
+
+    /// The handler's name.
+    pub fn handler_name(&self) -> &str {
+        &self.chain.route.name
+    }
+
+    /// The topic the message came from.
+    pub fn topic(&self) -> &str {
+        &self.chain.route.topic
+    }
+
+    /// How many times the message has been delivered, this time included.
+    pub fn attempt(&self) -> u32 {
+        self.attempt
+    }
+}
+
+impl Clone for Next {
+    /// A copy of the rest of the chain, for middleware that calls it more than once (retries).
+    fn clone(&self) -> Self {
+        Next { chain: self.chain.clone(), index: self.index, attempt: self.attempt }
+    }
+}
+
+impl fmt::Debug for Next {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Next")
+            .field("handler", &self.handler_name())
+            .field("remaining_layers", &(self.chain.middleware.len() - self.index))
+            .finish()
+    }
+}
+
+/// A middleware made from an async fn `(Message, Next) -> HandlerResult`.
+pub struct FromFn<F>(F);
+
+/// Turns an async fn (or closure) into a [`Middleware`].
+pub fn from_fn<F, Fut>(f: F) -> FromFn<F>
+where
+    F: Fn(Message, Next) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = HandlerResult> + Send + 'static,
+{
+    FromFn(f)
+}
+
+impl<F, Fut> Middleware for FromFn<F>
+where
+    F: Fn(Message, Next) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = HandlerResult> + Send + 'static,
+{
+    fn call(&self, message: Message, next: Next) -> BoxFuture<'static, HandlerResult> {
+        Box::pin((self.0)(message, next))
+    }
+}
+
+impl<F> fmt::Debug for FromFn<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("FromFn")
+    }
+}

@@ -1,0 +1,451 @@
+//! [`MemoryPubSub`]: the embedded default backend, in the process, nothing to install.
+//!
+//! The equivalent of Watermill's GoChannel, with consumer groups:
+//! - every consumer group of a topic gets every message, and each subscription without a group is
+//!   a group of its own; within a group each message goes to one subscription;
+//! - a nacked message goes back to the front of its group's queue and is delivered again (to any
+//!   subscription of the group), with its attempt count raised; a delivery dropped unsettled is nacked;
+//! - each group's queue is bounded ([`MemoryConfig::capacity`], default 1024): a publisher waits
+//!   while any group of the topic is full, so memory stays bounded however slow a consumer is
+//!   (redelivered messages go back in regardless, since they were already counted once);
+//! - messages published to a topic nobody subscribes to are dropped, unless retained history is on
+//!   ([`MemoryConfig::retain`]): then the last N messages of each topic are replayed to every new
+//!   group or subscription;
+//! - a named group's queue outlives its subscriptions: what was queued or nacked waits for the next
+//!   subscription of the group. Nothing survives the process (`features().persistent == false`).
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use futures_core::Stream;
+use parking_lot::{Mutex, RwLock};
+use smallvec::SmallVec;
+
+use super::{
+    closed_error, AckSink, Acker, Delivery, Features, OpFuture, Publisher, SubscribeOptions, Subscriber,
+    Subscription,
+};
+use crate::error::Result;
+use crate::message::Message;
+
+/// Settings of a [`MemoryPubSub`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct MemoryConfig {
+    /// Messages each consumer group may hold before publishers wait. Default 1024.
+    pub capacity: usize,
+    /// How many of each topic's latest messages to replay to a new subscription. Default 0 (off).
+    pub retain: usize,
+}
+
+impl Default for MemoryConfig {
+    fn default() -> Self {
+        MemoryConfig { capacity: 1024, retain: 0 }
+    }
+}
+
+/// The in-process pub/sub. Cheap to clone: clones share the same topics.
+///
+/// ```
+/// # use millstream::{MemoryPubSub, Message, Publisher, Subscriber, SubscribeOptions};
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> millstream::Result<()> {
+/// let pubsub = MemoryPubSub::new();
+/// let mut orders = pubsub.subscribe("orders", SubscribeOptions::group("billing")).await?;
+/// pubsub.publish("orders", Message::new(r#"{"id":1}"#)).await?;
+/// let delivery = orders.next().await.expect("one delivery")?;
+/// assert_eq!(&delivery.message().payload()[..], br#"{"id":1}"#);
+/// delivery.ack().await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct MemoryPubSub {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    config: MemoryConfig,
+    topics: RwLock<HashMap<Box<str>, Arc<Topic>>>,
+    closed: AtomicBool,
+    next_waiter: AtomicU64,
+}
+
+struct Topic {
+    inner: Mutex<TopicInner>,
+}
+
+#[derive(Default)]
+struct TopicInner {
+    groups: Vec<Arc<Queue>>,
+    history: VecDeque<Message>,
+}
+
+struct Queue {
+    me: Weak<Queue>,
+    group: Option<Box<str>>,
+    capacity: usize,
+    state: Mutex<QueueState>,
+}
+
+struct Entry {
+    message: Message,
+    attempt: u32,
+}
+
+#[derive(Default)]
+struct QueueState {
+    items: VecDeque<Entry>,
+    consumers: Vec<(u64, Waker)>,
+    producers: Vec<(u64, Waker)>,
+    subscribers: usize,
+    closed: bool,
+}
+
+impl Queue {
+    fn new(group: Option<Box<str>>, capacity: usize, history: &VecDeque<Message>) -> Arc<Self> {
+        let items = history.iter().map(|m| Entry { message: m.clone(), attempt: 1 }).collect();
+        Arc::new_cyclic(|me| Queue {
+            me: me.clone(),
+            group,
+            capacity,
+            state: Mutex::new(QueueState { items, ..QueueState::default() }),
+        })
+    }
+
+    /// Pushes if there is room. On `Err` the message is handed back and, when `waiter` is given,
+    /// the waiter is registered to be woken once there is room.
+    fn try_push(&self, message: Message, waiter: Option<(u64, &Waker)>) -> Result<(), Message> {
+        let mut state = self.state.lock();
+        if state.closed {
+            return Ok(()); // the group is gone: nothing will read it, drop like a topic without subscribers
+        }
+        if state.items.len() >= self.capacity {
+            if let Some((id, waker)) = waiter {
+                register(&mut state.producers, id, waker);
+            }
+            return Err(message);
+        }
+        state.items.push_back(Entry { message, attempt: 1 });
+        let consumer = state.consumers.pop();
+        drop(state);
+        if let Some((_, waker)) = consumer {
+            waker.wake();
+        }
+        Ok(())
+    }
+
+    fn requeue(&self, message: Message, attempt: u32) {
+        let mut state = self.state.lock();
+        if state.closed {
+            return;
+        }
+        state.items.push_front(Entry { message, attempt });
+        let consumer = state.consumers.pop();
+        drop(state);
+        if let Some((_, waker)) = consumer {
+            waker.wake();
+        }
+    }
+
+    fn close(&self) {
+        let mut guard = self.state.lock();
+        let state = &mut *guard;
+        state.closed = true;
+        state.items.clear();
+        let wakers: Vec<_> =
+            state.consumers.drain(..).chain(state.producers.drain(..)).map(|(_, w)| w).collect();
+        drop(guard);
+        wakers.into_iter().for_each(Waker::wake);
+    }
+}
+
+fn register(waiters: &mut Vec<(u64, Waker)>, id: u64, waker: &Waker) {
+    match waiters.iter_mut().find(|(i, _)| *i == id) {
+        Some(slot) => slot.1.clone_from(waker),
+        None => waiters.push((id, waker.clone())),
+    }
+}
+
+/// The delivery token carries the attempt number, so that a nack can raise it.
+impl AckSink for Queue {
+    fn ack(&self, _token: u64, _message: Option<Message>) -> OpFuture<'static> {
+        OpFuture::ready(Ok(()))
+    }
+
+    fn nack(&self, token: u64, message: Option<Message>, delay: Option<Duration>) -> OpFuture<'static> {
+        let Some(message) = message else { return OpFuture::ready(Ok(())) };
+        let attempt = u32::try_from(token).unwrap_or(u32::MAX).saturating_add(1);
+        match (delay, tokio::runtime::Handle::try_current()) {
+            (Some(delay), Ok(handle)) if !delay.is_zero() => {
+                // Keep the queue alive until the delay is over; requeue then.
+                // A weak handle: a queue dropped meanwhile has nobody left to deliver to.
+                let queue = self.me.clone();
+                handle.spawn(async move {
+                    tokio::time::sleep(delay).await;
+                    if let Some(queue) = queue.upgrade() {
+                        queue.requeue(message, attempt);
+                    }
+                });
+            }
+            _ => self.requeue(message, attempt),
+        }
+        OpFuture::ready(Ok(()))
+    }
+}
+
+impl MemoryPubSub {
+    /// A pub/sub with the default [`MemoryConfig`].
+    pub fn new() -> Self {
+        Self::with_config(MemoryConfig::default())
+    }
+
+    /// A pub/sub with the given settings.
+    ///
+    /// # Panics
+    /// If `config.capacity` is 0.
+    pub fn with_config(config: MemoryConfig) -> Self {
+        assert!(config.capacity > 0, "MemoryConfig::capacity must be at least 1");
+        MemoryPubSub {
+            shared: Arc::new(Shared {
+                config,
+                topics: RwLock::new(HashMap::new()),
+                closed: AtomicBool::new(false),
+                next_waiter: AtomicU64::new(1),
+            }),
+        }
+    }
+
+    /// Sets the queue capacity per consumer group (builder style, before first use).
+    pub fn capacity(self, capacity: usize) -> Self {
+        Self::with_config(MemoryConfig { capacity, ..self.shared.config.clone() })
+    }
+
+    /// Replays the last `count` messages of each topic to new subscriptions (builder style).
+    pub fn retain(self, count: usize) -> Self {
+        Self::with_config(MemoryConfig { retain: count, ..self.shared.config.clone() })
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &MemoryConfig {
+        &self.shared.config
+    }
+
+    /// How many messages wait in `topic`'s queues (all groups, not counting those in flight).
+    pub fn queued(&self, topic: &str) -> usize {
+        let Some(topic) = self.shared.topics.read().get(topic).cloned() else { return 0 };
+        let inner = topic.inner.lock();
+        inner.groups.iter().map(|q| q.state.lock().items.len()).sum()
+    }
+
+    fn topic(&self, name: &str) -> Arc<Topic> {
+        if let Some(topic) = self.shared.topics.read().get(name) {
+            return topic.clone();
+        }
+        self.shared
+            .topics
+            .write()
+            .entry(name.into())
+            .or_insert_with(|| Arc::new(Topic { inner: Mutex::new(TopicInner::default()) }))
+            .clone()
+    }
+
+    fn is_closed(&self) -> bool {
+        self.shared.closed.load(Ordering::Acquire)
+    }
+}
+
+impl Default for MemoryPubSub {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Debug for MemoryPubSub {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MemoryPubSub")
+            .field("config", &self.shared.config)
+            .field("topics", &self.shared.topics.read().len())
+            .finish()
+    }
+}
+
+impl Publisher for MemoryPubSub {
+    fn publish<'a>(&'a self, topic: &'a str, message: Message) -> OpFuture<'a> {
+        if self.is_closed() {
+            return OpFuture::ready(Err(closed_error("memory pub/sub is closed")));
+        }
+        let topic = self.topic(topic);
+        let mut inner = topic.inner.lock();
+        let retain = self.shared.config.retain;
+        if retain > 0 {
+            if inner.history.len() == retain {
+                inner.history.pop_front();
+            }
+            inner.history.push_back(message.clone());
+        }
+        // Fast path: every group has room. Otherwise wait for the rest, in order.
+        let count = inner.groups.len();
+        let mut message = Some(message);
+        let mut blocked: SmallVec<[(Arc<Queue>, Message); 2]> = SmallVec::new();
+        for (index, queue) in inner.groups.iter().enumerate() {
+            // The last group takes the message itself, the others a (cheap) clone.
+            let copy = if index + 1 == count {
+                message.take().expect("taken once")
+            } else {
+                message.as_ref().expect("not yet taken").clone()
+            };
+            if !blocked.is_empty() {
+                blocked.push((queue.clone(), copy));
+            } else if let Err(copy) = queue.try_push(copy, None) {
+                blocked.push((queue.clone(), copy));
+            }
+        }
+        drop(inner);
+        if blocked.is_empty() {
+            return OpFuture::ready(Ok(()));
+        }
+        let shared = self.shared.clone();
+        OpFuture::boxed(async move {
+            let id = shared.next_waiter.fetch_add(1, Ordering::Relaxed);
+            for (queue, message) in blocked {
+                let mut pending = Some(message);
+                std::future::poll_fn(|cx| {
+                    if shared.closed.load(Ordering::Acquire) {
+                        return Poll::Ready(Err(closed_error("memory pub/sub is closed")));
+                    }
+                    let message = pending.take().expect("polled after completion");
+                    match queue.try_push(message, Some((id, cx.waker()))) {
+                        Ok(()) => Poll::Ready(Ok(())),
+                        Err(message) => {
+                            pending = Some(message);
+                            Poll::Pending
+                        }
+                    }
+                })
+                .await?;
+                let mut state = queue.state.lock();
+                state.producers.retain(|(i, _)| *i != id);
+            }
+            Ok(())
+        })
+    }
+
+    fn close(&self) -> OpFuture<'_> {
+        self.shared.closed.store(true, Ordering::Release);
+        let topics: Vec<_> = self.shared.topics.read().values().cloned().collect();
+        for topic in topics {
+            let groups = std::mem::take(&mut topic.inner.lock().groups);
+            groups.iter().for_each(|q| q.close());
+        }
+        OpFuture::ready(Ok(()))
+    }
+}
+
+impl Subscriber for MemoryPubSub {
+    fn subscribe<'a>(&'a self, topic_name: &'a str, options: SubscribeOptions) -> OpFuture<'a, Subscription> {
+        if self.is_closed() {
+            return OpFuture::ready(Err(closed_error("memory pub/sub is closed")));
+        }
+        let topic = self.topic(topic_name);
+        let capacity = self.shared.config.capacity;
+        let queue = {
+            let mut inner = topic.inner.lock();
+            let existing = options
+                .group
+                .as_deref()
+                .and_then(|g| inner.groups.iter().find(|q| q.group.as_deref() == Some(g)).cloned());
+            match existing {
+                Some(queue) => queue,
+                None => {
+                    let queue =
+                        Queue::new(options.group.as_deref().map(Into::into), capacity, &inner.history);
+                    inner.groups.push(queue.clone());
+                    queue
+                }
+            }
+        };
+        queue.state.lock().subscribers += 1;
+        let stream = MemoryStream {
+            id: self.shared.next_waiter.fetch_add(1, Ordering::Relaxed),
+            sink: queue.clone(),
+            queue,
+            topic,
+        };
+        OpFuture::ready(Ok(Subscription::new(stream)))
+    }
+
+    fn close(&self) -> OpFuture<'_> {
+        Publisher::close(self)
+    }
+
+    fn features(&self) -> Features {
+        Features {
+            consumer_groups: true,
+            persistent: false,
+            ordered: true,
+            history: self.shared.config.retain > 0,
+            redelivery: true,
+        }
+    }
+}
+
+struct MemoryStream {
+    id: u64,
+    queue: Arc<Queue>,
+    sink: Arc<dyn AckSink>,
+    topic: Arc<Topic>,
+}
+
+impl Stream for MemoryStream {
+    type Item = Result<Delivery>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        let mut state = this.queue.state.lock();
+        if state.closed {
+            return Poll::Ready(None);
+        }
+        match state.items.pop_front() {
+            Some(Entry { message, attempt }) => {
+                let producer =
+                    if state.producers.is_empty() { None } else { Some(state.producers.remove(0)) };
+                drop(state);
+                if let Some((_, waker)) = producer {
+                    waker.wake();
+                }
+                let acker = Acker::new(this.sink.clone(), u64::from(attempt), Some(message.clone()));
+                Poll::Ready(Some(Ok(Delivery::new(message, attempt, acker))))
+            }
+            None => {
+                register(&mut state.consumers, this.id, cx.waker());
+                Poll::Pending
+            }
+        }
+    }
+}
+
+impl Drop for MemoryStream {
+    fn drop(&mut self) {
+        let mut state = self.queue.state.lock();
+        state.subscribers -= 1;
+        state.consumers.retain(|(id, _)| *id != self.id);
+        let last = state.subscribers == 0;
+        // Another subscription of the group may be waiting while this one held the wake-up.
+        let next = if state.items.is_empty() { None } else { state.consumers.pop() };
+        drop(state);
+        if let Some((_, waker)) = next {
+            waker.wake();
+        }
+        if last && self.queue.group.is_none() {
+            // A private queue dies with its only subscription.
+            let mut inner = self.topic.inner.lock();
+            inner.groups.retain(|q| !Arc::ptr_eq(q, &self.queue));
+            drop(inner);
+            self.queue.close();
+        }
+    }
+}

@@ -1,0 +1,221 @@
+//! [`Route`]: one handler with its topic, group, publish topic, concurrency and middleware.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::marker::PhantomData;
+use std::num::NonZeroUsize;
+use std::sync::Arc;
+
+use futures_core::future::BoxFuture;
+
+use crate::codec::{Codec, DynEncoder, JsonCodec};
+use crate::error::{Error, ErrorKind};
+use crate::extract::MessageCx;
+use crate::handler::{output_spec, Handler, HandlerResult, OutputSpec};
+use crate::message::Message;
+use crate::middleware::{Endpoint, Middleware};
+use crate::pubsub::{Publisher, Subscriber};
+use crate::state::StateMap;
+
+type BuildFn = Box<dyn FnOnce(&StateMap) -> Result<Arc<dyn Endpoint>, Vec<Error>> + Send>;
+
+/// A handler and how it is wired: the topic it reads, its consumer group, where its return values
+/// go, how many messages it handles at once, and its own middleware.
+///
+/// ```
+/// use millstream::Route;
+/// # #[derive(serde::Deserialize)] struct Order { id: u64 }
+/// # #[derive(serde::Serialize)] struct Invoice { order: u64 }
+/// # impl millstream::Publishable for Invoice {}
+/// async fn bill(order: Order) -> millstream::Result<Invoice> {
+///     Ok(Invoice { order: order.id })
+/// }
+///
+/// let route = Route::new("bill", "orders", bill).publish("invoices").concurrency(4);
+/// # let _ = route;
+/// ```
+pub struct Route {
+    pub(crate) name: String,
+    pub(crate) topic: String,
+    pub(crate) group: Option<String>,
+    pub(crate) publish: Option<String>,
+    pub(crate) concurrency: NonZeroUsize,
+    pub(crate) middleware: Vec<Arc<dyn Middleware>>,
+    pub(crate) publisher: Option<Arc<dyn Publisher>>,
+    pub(crate) subscriber: Option<Arc<dyn Subscriber>>,
+    pub(crate) output: OutputSpec,
+    pub(crate) encoder: Arc<dyn DynEncoder>,
+    pub(crate) build: BuildFn,
+}
+
+impl Route {
+    /// A handler named `name` reading `topic`, decoding and encoding JSON.
+    pub fn new<H, M>(name: impl Into<String>, topic: impl Into<String>, handler: H) -> Self
+    where
+        H: Handler<M>,
+        M: 'static,
+    {
+        Self::with_codec(name, topic, handler, JsonCodec)
+    }
+
+    /// A handler with a codec of its own.
+    pub fn with_codec<H, M, C>(
+        name: impl Into<String>,
+        topic: impl Into<String>,
+        handler: H,
+        codec: C,
+    ) -> Self
+    where
+        H: Handler<M>,
+        M: 'static,
+        C: Codec + Clone,
+    {
+        let encoder: Arc<dyn DynEncoder> = Arc::new(codec.clone());
+        Route {
+            name: name.into(),
+            topic: topic.into(),
+            group: None,
+            publish: None,
+            concurrency: NonZeroUsize::MIN,
+            middleware: Vec::new(),
+            publisher: None,
+            subscriber: None,
+            output: output_spec::<H::Return>(),
+            encoder,
+            build: Box::new(move |state| {
+                let prepared = H::prepare(state)?;
+                let endpoint: Arc<dyn Endpoint> =
+                    Arc::new(TypedEndpoint { handler, prepared, codec, marker: PhantomData::<fn() -> M> });
+                Ok(endpoint)
+            }),
+        }
+    }
+
+    /// Publishes the handler's return values to `topic` (overriding a typed value's own topic).
+    pub fn publish(mut self, topic: impl Into<String>) -> Self {
+        self.publish = Some(topic.into());
+        self
+    }
+
+    /// The consumer group. Default: the handler's name, so that instances of one service share
+    /// the work while different handlers each get every message.
+    pub fn group(mut self, group: impl Into<String>) -> Self {
+        self.group = Some(group.into());
+        self
+    }
+
+    /// How many messages are handled at once. Default 1: one at a time, in order.
+    ///
+    /// # Panics
+    /// If `n` is 0.
+    pub fn concurrency(mut self, n: usize) -> Self {
+        self.concurrency = NonZeroUsize::new(n).expect("concurrency must be at least 1");
+        self
+    }
+
+    /// Adds a middleware for this handler only; it runs inside the router-wide ones.
+    pub fn middleware(mut self, layer: impl Middleware) -> Self {
+        self.middleware.push(Arc::new(layer));
+        self
+    }
+
+    /// Reads from this subscriber instead of the router's.
+    pub fn subscriber(mut self, subscriber: Arc<dyn Subscriber>) -> Self {
+        self.subscriber = Some(subscriber);
+        self
+    }
+
+    /// Publishes through this publisher instead of the router's.
+    pub fn publisher(mut self, publisher: Arc<dyn Publisher>) -> Self {
+        self.publisher = Some(publisher);
+        self
+    }
+
+    /// The handler's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The topic it reads.
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    /// Where its values go, as declared by its return type.
+    pub fn output(&self) -> OutputSpec {
+        self.output
+    }
+
+    /// The consumer group it will subscribe with.
+    pub fn effective_group(&self) -> &str {
+        self.group.as_deref().unwrap_or(&self.name)
+    }
+
+    /// The topic its return values go to by default, if any.
+    pub fn publish_topic(&self) -> Option<Cow<'_, str>> {
+        match (&self.publish, self.output) {
+            (Some(topic), _) => Some(Cow::Borrowed(topic)),
+            (None, OutputSpec::Topic(topic)) => Some(Cow::Borrowed(topic)),
+            _ => None,
+        }
+    }
+
+    /// Problems visible without running anything.
+    pub(crate) fn check(&self) -> Vec<Error> {
+        let mut problems = Vec::new();
+        if self.name.is_empty() {
+            problems.push(config_error(format!("a handler on topic `{}` has an empty name", self.topic)));
+        }
+        if self.topic.is_empty() {
+            problems.push(config_error(format!("handler `{}` has an empty topic", self.name)));
+        }
+        match (self.output, &self.publish) {
+            (OutputSpec::PublishTopic, None) => problems.push(config_error(format!(
+                "handler `{}` returns values to publish but has no publish topic; set one with `.publish(\"topic\")`",
+                self.name
+            ))),
+            (OutputSpec::Nothing, Some(topic)) => problems.push(config_error(format!(
+                "handler `{}` has publish topic `{topic}` but returns nothing to publish",
+                self.name
+            ))),
+            _ => {}
+        }
+        problems
+    }
+}
+
+pub(crate) fn config_error(message: String) -> Error {
+    Error::new(ErrorKind::Config, message)
+}
+
+impl fmt::Debug for Route {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Route")
+            .field("name", &self.name)
+            .field("topic", &self.topic)
+            .field("group", &self.effective_group())
+            .field("publish", &self.publish_topic())
+            .field("concurrency", &self.concurrency)
+            .field("middleware", &self.middleware.len())
+            .finish()
+    }
+}
+
+struct TypedEndpoint<H: Handler<M>, M, C> {
+    handler: H,
+    prepared: H::Prepared,
+    codec: C,
+    marker: PhantomData<fn() -> M>,
+}
+
+impl<H, M, C> Endpoint for TypedEndpoint<H, M, C>
+where
+    H: Handler<M>,
+    M: 'static,
+    C: Codec,
+{
+    #[inline]
+    fn call<'a>(&'a self, message: Message, cx: MessageCx<'a>) -> BoxFuture<'a, HandlerResult> {
+        Box::pin(self.handler.call(&self.prepared, &self.codec, message, cx))
+    }
+}

@@ -1,0 +1,246 @@
+//! The per-handler loop: take a delivery, run the chain, publish outputs, settle.
+
+use std::any::Any;
+use std::borrow::Cow;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+
+use futures_util::FutureExt;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use super::{poison_keys, RouterConfig};
+use crate::error::{Error, ErrorKind, Result};
+use crate::extract::RouteInfo;
+use crate::handler::Outputs;
+use crate::message::Message;
+use crate::middleware::Chain;
+use crate::pubsub::{Acker, Delivery, Publisher, SubscribeOptions, Subscriber, Subscription};
+
+/// A handler ready to run.
+pub(crate) struct Prepared {
+    pub(crate) group: String,
+    pub(crate) concurrency: usize,
+    pub(crate) subscriber: Arc<dyn Subscriber>,
+    pub(crate) publisher: Arc<dyn Publisher>,
+    pub(crate) chain: Arc<Chain>,
+    pub(crate) info: Arc<RouteInfo>,
+    pub(crate) config: RouterConfig,
+    pub(crate) intake: CancellationToken,
+}
+
+pub(crate) async fn subscribe(p: &Prepared) -> Result<Subscription> {
+    p.subscriber.subscribe(&p.info.topic, SubscribeOptions::group(p.group.clone())).await.map_err(|e| {
+        e.context(format_args!("handler `{}` cannot subscribe to `{}`", p.info.name, p.info.topic))
+    })
+}
+
+/// Runs one handler until intake stops. Owns its subscription (subscribing itself if not given
+/// one), and re-subscribes if the backend ends the stream while the router is still running.
+pub(crate) async fn run(p: Prepared, mut subscription: Option<Subscription>, tracker: TaskTracker) {
+    let p = Arc::new(p);
+    loop {
+        let sub = match subscription.take() {
+            Some(sub) => sub,
+            None => match subscribe(&p).await {
+                Ok(sub) => sub,
+                Err(error) => {
+                    tracing::error!(handler = %p.info.name, %error, "subscribe failed; retrying");
+                    if pause(&p).await {
+                        return;
+                    }
+                    continue;
+                }
+            },
+        };
+        if p.concurrency == 1 {
+            consume_serial(&p, sub).await;
+        } else {
+            consume_concurrent(&p, sub, &tracker).await;
+        }
+        if p.intake.is_cancelled() {
+            return;
+        }
+        tracing::warn!(handler = %p.info.name, topic = %p.info.topic, "subscription ended; re-subscribing");
+        if pause(&p).await {
+            return;
+        }
+    }
+}
+
+/// Waits the re-subscribe backoff; true if intake stopped meanwhile.
+async fn pause(p: &Prepared) -> bool {
+    tokio::select! {
+        _ = p.intake.cancelled() => true,
+        _ = tokio::time::sleep(p.config.resubscribe_backoff) => false,
+    }
+}
+
+async fn consume_serial(p: &Prepared, mut sub: Subscription) {
+    loop {
+        let next = tokio::select! {
+            biased;
+            _ = p.intake.cancelled() => return,
+            next = sub.next() => next,
+        };
+        match next {
+            Some(Ok(delivery)) => handle(p, delivery).await,
+            Some(Err(error)) => tracing::warn!(handler = %p.info.name, %error, "subscription error"),
+            None => return,
+        }
+    }
+}
+
+async fn consume_concurrent(p: &Arc<Prepared>, sub: Subscription, tracker: &TaskTracker) {
+    let sub = Arc::new(tokio::sync::Mutex::new(sub));
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..p.concurrency {
+        let p = p.clone();
+        let sub = sub.clone();
+        workers.spawn(tracker.track_future(async move {
+            loop {
+                let next = {
+                    let mut sub = tokio::select! {
+                        biased;
+                        _ = p.intake.cancelled() => return,
+                        sub = sub.lock() => sub,
+                    };
+                    tokio::select! {
+                        biased;
+                        _ = p.intake.cancelled() => return,
+                        next = sub.next() => next,
+                    }
+                };
+                match next {
+                    Some(Ok(delivery)) => handle(&p, delivery).await,
+                    Some(Err(error)) => tracing::warn!(handler = %p.info.name, %error, "subscription error"),
+                    None => return,
+                }
+            }
+        }));
+    }
+    // Dropping the JoinSet (when this task is aborted) aborts the workers, nacking their messages.
+    while workers.join_next().await.is_some() {}
+}
+
+/// Handles one delivery: chain, outputs, settle.
+pub(crate) async fn handle(p: &Prepared, delivery: Delivery) {
+    let (message, attempt, acker) = delivery.into_parts();
+    let span = tracing::debug_span!(
+        "millstream.handle",
+        handler = %p.info.name,
+        topic = %p.info.topic,
+        message_id = %message.id(),
+        attempt,
+    );
+    async move {
+        // Kept for the poison topic; a clone shares the payload and metadata.
+        let original = message.clone();
+        let result = AssertUnwindSafe(p.chain.call(message, attempt)).catch_unwind().await;
+        match result {
+            Ok(Ok(outputs)) => match publish_outputs(p, outputs).await {
+                Ok(()) => settle(acker.ack(), p, "ack").await,
+                Err(error) => {
+                    tracing::warn!(handler = %p.info.name, %error, "publishing outputs failed; nacking");
+                    settle(acker.nack_after(p.config.nack_delay), p, "nack").await;
+                }
+            },
+            Ok(Err(error)) => fail(p, original, attempt, acker, error).await,
+            Err(panic) => {
+                let text = panic_text(&*panic);
+                tracing::error!(
+                    handler = %p.info.name,
+                    topic = %p.info.topic,
+                    message_id = %original.id(),
+                    attempt,
+                    panic = %text,
+                    "handler panicked; nacking",
+                );
+                settle(acker.nack_after(p.config.nack_delay), p, "nack").await;
+            }
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+async fn fail(p: &Prepared, original: Message, attempt: u32, acker: Acker, error: Error) {
+    if error.is_permanent() {
+        if let Some(poison) = &p.config.poison_topic {
+            tracing::error!(
+                handler = %p.info.name,
+                topic = %p.info.topic,
+                message_id = %original.id(),
+                attempt,
+                kind = ?error.kind(),
+                %error,
+                poison_topic = %poison,
+                "permanent failure; sending to the poison topic",
+            );
+            let poisoned = poison_message(original, &p.info, attempt, &error);
+            match p.publisher.publish(poison, poisoned).await {
+                Ok(()) => settle(acker.ack(), p, "ack").await,
+                Err(publish_error) => {
+                    tracing::error!(handler = %p.info.name, error = %publish_error, "poison publish failed; nacking");
+                    settle(acker.nack_after(p.config.nack_delay), p, "nack").await;
+                }
+            }
+            return;
+        }
+    }
+    tracing::warn!(
+        handler = %p.info.name,
+        topic = %p.info.topic,
+        message_id = %original.id(),
+        attempt,
+        kind = ?error.kind(),
+        %error,
+        "handler failed; nacking",
+    );
+    settle(acker.nack_after(p.config.nack_delay), p, "nack").await;
+}
+
+/// The message as sent to the poison topic: same id, payload and metadata, plus the reason.
+pub(crate) fn poison_message(original: Message, info: &RouteInfo, attempt: u32, error: &Error) -> Message {
+    original
+        .with_header(poison_keys::REASON, error.to_string())
+        .with_header(poison_keys::KIND, format!("{:?}", error.kind()))
+        .with_header(poison_keys::HANDLER, &*info.name)
+        .with_header(poison_keys::TOPIC, &*info.topic)
+        .with_header(poison_keys::ATTEMPT, attempt.to_string())
+}
+
+async fn publish_outputs(p: &Prepared, outputs: Outputs) -> Result<()> {
+    for output in outputs {
+        let topic: Cow<'_, str> = match (output.topic, &p.info.publish) {
+            // The handler's publish topic overrides a typed value's own.
+            (_, Some(topic)) => Cow::Borrowed(topic),
+            (Some(topic), None) => topic,
+            (None, None) => {
+                return Err(Error::new(
+                    ErrorKind::Config,
+                    format!("handler `{}` produced a message but has no publish topic", p.info.name),
+                ))
+            }
+        };
+        p.publisher.publish(&topic, output.message).await?;
+    }
+    Ok(())
+}
+
+async fn settle(op: crate::pubsub::OpFuture<'static>, p: &Prepared, what: &str) {
+    if let Err(error) = op.await {
+        tracing::warn!(handler = %p.info.name, %error, "{what} failed");
+    }
+}
+
+pub(crate) fn panic_text(panic: &(dyn Any + Send)) -> String {
+    if let Some(text) = panic.downcast_ref::<&str>() {
+        (*text).to_owned()
+    } else if let Some(text) = panic.downcast_ref::<String>() {
+        text.clone()
+    } else {
+        "panic with a non-string payload".to_owned()
+    }
+}

@@ -1,0 +1,481 @@
+//! The router against the in-memory backend: outputs before acks, errors, panics, poison,
+//! shutdown, consumer groups, concurrency, state.
+
+mod common;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{take, topic, within, Event, Recording};
+use millstream::router::{poison_keys, RouterConfig, Status};
+use millstream::{
+    Attempt, Bytes, Ctx, Error, ErrorKind, Json, MemoryPubSub, Message, MessageId, Metadata, Publishable,
+    Publisher, Route, Router, State, SubscribeOptions, Subscriber, Topic,
+};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Notify, Semaphore};
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+struct Order {
+    id: u64,
+    qty: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+struct Invoice {
+    order: u64,
+    cents: u64,
+}
+impl Publishable for Invoice {}
+
+fn order_msg(id: u64) -> Message {
+    Message::new(serde_json::to_vec(&Order { id, qty: 2 }).unwrap())
+}
+
+fn published_to(events: &[Event], t: &str) -> Vec<String> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Published { topic, payload } if topic == t => Some(payload.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outputs_are_published_before_the_input_is_acked() {
+    let rec = Recording::new();
+    let (input, output) = (topic("orders"), topic("invoices"));
+    async fn bill(order: Order) -> millstream::Result<Invoice> {
+        Ok(Invoice { order: order.id, cents: u64::from(order.qty) * 100 })
+    }
+    let router = Router::new(rec.clone()).route(Route::new("bill", &input, bill).publish(&output));
+    let run = tokio::spawn({
+        let router = router.clone();
+        async move { router.run().await }
+    });
+    within("router running", router.running()).await;
+    for id in 0..50 {
+        rec.inner.publish(&input, order_msg(id)).await.unwrap();
+    }
+    rec.log
+        .wait_for("50 acks", |ev| ev.iter().filter(|e| matches!(e, Event::Acked { .. })).count() == 50)
+        .await;
+    let events = rec.log.events();
+    for id in 0..50u64 {
+        let out = format!(r#"{{"order":{id},"cents":200}}"#);
+        let input_payload = format!(r#"{{"id":{id},"qty":2}}"#);
+        let published =
+            events.iter().position(|e| matches!(e, Event::Published { payload, .. } if *payload == out));
+        let acked = events
+            .iter()
+            .position(|e| matches!(e, Event::Acked { payload, .. } if *payload == input_payload));
+        let (published, acked) = (published.expect("output published"), acked.expect("input acked"));
+        assert!(published < acked, "order {id}: output at {published} must precede ack at {acked}");
+    }
+    router.shutdown();
+    within("router stops", run).await.unwrap().unwrap();
+    assert_eq!(router.status(), Status::Stopped);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handler_error_nacks_and_the_message_is_redelivered() {
+    let pubsub = MemoryPubSub::new();
+    let (input, output) = (topic("flaky"), topic("flaky.out"));
+    let failures = Arc::new(AtomicUsize::new(0));
+    let handler = {
+        let failures = failures.clone();
+        move |order: Order, Attempt(attempt): Attempt| {
+            let failures = failures.clone();
+            async move {
+                if attempt < 3 {
+                    failures.fetch_add(1, Ordering::SeqCst);
+                    return Err(Error::msg("not yet"));
+                }
+                Ok(Json(serde_json::json!({ "id": order.id, "attempt": attempt })))
+            }
+        }
+    };
+    let mut out = pubsub.subscribe(&output, SubscribeOptions::default()).await.unwrap();
+    let router = Router::new(pubsub.clone()).route(Route::new("flaky", &input, handler).publish(&output));
+    let run = tokio::spawn({
+        let router = router.clone();
+        async move { router.run().await }
+    });
+    within("running", router.running()).await;
+    pubsub.publish(&input, order_msg(9)).await.unwrap();
+    assert_eq!(take(&mut out, 1).await, [r#"{"attempt":3,"id":9}"#]);
+    assert_eq!(failures.load(Ordering::SeqCst), 2);
+    router.shutdown();
+    within("stop", run).await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_handler_is_nacked_and_the_router_goes_on() {
+    let rec = Recording::new();
+    let input = topic("panics");
+    let handler = |order: Order, Attempt(attempt): Attempt| async move {
+        if order.id == 1 && attempt == 1 {
+            panic!("boom on order 1");
+        }
+    };
+    let router = Router::new(rec.clone()).route(Route::new("panicky", &input, handler));
+    let run = tokio::spawn({
+        let router = router.clone();
+        async move { router.run().await }
+    });
+    within("running", router.running()).await;
+    for id in 0..3 {
+        rec.inner.publish(&input, order_msg(id)).await.unwrap();
+    }
+    rec.log
+        .wait_for("3 acks", |ev| ev.iter().filter(|e| matches!(e, Event::Acked { .. })).count() == 3)
+        .await;
+    let nacked =
+        rec.log.count(|e| matches!(e, Event::Nacked { payload, .. } if payload.contains(r#""id":1"#)));
+    assert_eq!(nacked, 1, "the panicking delivery was nacked once, then redelivered and acked");
+    router.shutdown();
+    within("stop", run).await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn undecodable_payload_goes_to_the_poison_topic_with_the_reason() {
+    let pubsub = MemoryPubSub::new();
+    let input = topic("bad");
+    let poison = topic("poison");
+    let handled = Arc::new(AtomicUsize::new(0));
+    let h = {
+        let handled = handled.clone();
+        move |_order: Order| {
+            handled.fetch_add(1, Ordering::SeqCst);
+            async {}
+        }
+    };
+    let mut config = RouterConfig::default();
+    config.poison_topic = Some(poison.clone());
+    let mut poisoned = pubsub.subscribe(&poison, SubscribeOptions::default()).await.unwrap();
+    let router = Router::new(pubsub.clone()).config(config).route(Route::new("strict", &input, h));
+    let run = tokio::spawn({
+        let router = router.clone();
+        async move { router.run().await }
+    });
+    within("running", router.running()).await;
+    let bad = Message::new(r#"{"id":"seven"}"#).with_header("trace", "t-1");
+    let bad_id = bad.id();
+    pubsub.publish(&input, bad).await.unwrap();
+    pubsub.publish(&input, order_msg(1)).await.unwrap();
+
+    let delivery = within("poisoned", poisoned.next()).await.unwrap().unwrap();
+    let m = delivery.message();
+    assert_eq!(m.id(), bad_id, "the poisoned message keeps its id");
+    assert_eq!(&m.payload()[..], br#"{"id":"seven"}"#);
+    assert_eq!(m.metadata().get("trace"), Some("t-1"));
+    assert_eq!(m.metadata().get(poison_keys::HANDLER), Some("strict"));
+    assert_eq!(m.metadata().get(poison_keys::TOPIC), Some(input.as_str()));
+    assert_eq!(m.metadata().get(poison_keys::KIND), Some("Decode"));
+    assert_eq!(m.metadata().get(poison_keys::ATTEMPT), Some("1"));
+    let reason = m.metadata().get(poison_keys::REASON).unwrap();
+    assert!(reason.contains("invalid type: string \"seven\", expected u64"), "{reason}");
+    delivery.ack().await.unwrap();
+    // The bad message was never retried, and the good one after it was handled.
+    tokio::time::timeout(common::TIMEOUT, async {
+        while handled.load(Ordering::SeqCst) < 1 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(handled.load(Ordering::SeqCst), 1);
+    router.shutdown();
+    within("stop", run).await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_finishes_in_flight_messages_before_closing_publishers() {
+    let rec = Recording::new();
+    let (input, output) = (topic("slow"), topic("slow.out"));
+    let entered = Arc::new(Semaphore::new(0));
+    let gate = Arc::new(Notify::new());
+    let handler = {
+        let (entered, gate) = (entered.clone(), gate.clone());
+        move |order: Order| {
+            let (entered, gate) = (entered.clone(), gate.clone());
+            async move {
+                let released = gate.notified();
+                entered.add_permits(1);
+                released.await;
+                Ok::<_, Error>(Invoice { order: order.id, cents: 1 })
+            }
+        }
+    };
+    let router =
+        Router::new(rec.clone()).route(Route::new("slow", &input, handler).publish(&output).concurrency(5));
+    let run = tokio::spawn({
+        let router = router.clone();
+        async move { router.run().await }
+    });
+    within("running", router.running()).await;
+    for id in 0..5 {
+        rec.inner.publish(&input, order_msg(id)).await.unwrap();
+    }
+    // All five are inside the handler.
+    within("5 in flight", entered.acquire_many(5)).await.unwrap().forget();
+    router.shutdown();
+    // Intake stopped, nothing acked yet, publishers still open.
+    within("shutting down", async {
+        while router.status() != Status::ShuttingDown {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    assert_eq!(rec.log.count(|e| matches!(e, Event::Acked { .. })), 0);
+    gate.notify_waiters();
+    within("router stops", run).await.unwrap().unwrap();
+    let events = rec.log.events();
+    assert_eq!(published_to(&events, &output).len(), 5, "{events:#?}");
+    let acks = events.iter().filter(|e| matches!(e, Event::Acked { .. })).count();
+    assert_eq!(acks, 5, "every in-flight message acked");
+    let closed = events.iter().position(|e| *e == Event::PublisherClosed).expect("publisher closed");
+    let last_ack = events.iter().rposition(|e| matches!(e, Event::Acked { .. })).unwrap();
+    assert!(last_ack < closed, "acks come before the publisher closes");
+    // Published after shutdown began: stays queued for the group, not lost.
+    rec.inner.publish(&input, order_msg(99)).await.unwrap();
+    let mut leftover = rec.inner.subscribe(&input, SubscribeOptions::group("slow")).await.unwrap();
+    assert_eq!(take(&mut leftover, 1).await, [r#"{"id":99,"qty":2}"#]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_timeout_nacks_what_did_not_finish() {
+    let rec = Recording::new();
+    let input = topic("stuck");
+    let entered = Arc::new(Notify::new());
+    let handler = {
+        let entered = entered.clone();
+        move |_: Order| {
+            let entered = entered.clone();
+            async move {
+                entered.notify_one();
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    let mut config = RouterConfig::default();
+    config.close_timeout = Duration::from_millis(200);
+    let router = Router::new(rec.clone()).config(config).route(Route::new("stuck", &input, handler));
+    let run = tokio::spawn({
+        let router = router.clone();
+        async move { router.run().await }
+    });
+    within("running", router.running()).await;
+    rec.inner.publish(&input, order_msg(5)).await.unwrap();
+    within("handler entered", entered.notified()).await;
+    router.shutdown();
+    let err = within("stop", run).await.unwrap().unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Timeout);
+    assert_eq!(rec.log.count(|e| matches!(e, Event::Nacked { .. })), 1);
+    assert_eq!(rec.log.count(|e| matches!(e, Event::Acked { .. })), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_groups_each_get_everything_and_one_group_splits_the_work() {
+    let pubsub = MemoryPubSub::new();
+    let input = topic("fanout");
+    let counts: Vec<Arc<AtomicUsize>> = (0..3).map(|_| Arc::new(AtomicUsize::new(0))).collect();
+    let counting = |c: Arc<AtomicUsize>| {
+        move |_: Order| {
+            c.fetch_add(1, Ordering::SeqCst);
+            async {}
+        }
+    };
+    // "billing" has two handlers sharing one group; "audit" is a group of its own.
+    let router = Router::new(pubsub.clone())
+        .route(Route::new("billing-1", &input, counting(counts[0].clone())).group("billing"))
+        .route(Route::new("billing-2", &input, counting(counts[1].clone())).group("billing"))
+        .route(Route::new("audit", &input, counting(counts[2].clone())));
+    let run = tokio::spawn({
+        let router = router.clone();
+        async move { router.run().await }
+    });
+    within("running", router.running()).await;
+    for id in 0..200 {
+        pubsub.publish(&input, order_msg(id)).await.unwrap();
+    }
+    within("all counted", async {
+        while counts[0].load(Ordering::SeqCst) + counts[1].load(Ordering::SeqCst) < 200
+            || counts[2].load(Ordering::SeqCst) < 200
+        {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    router.shutdown();
+    within("stop", run).await.unwrap().unwrap();
+    assert_eq!(counts[0].load(Ordering::SeqCst) + counts[1].load(Ordering::SeqCst), 200, "once per group");
+    assert_eq!(counts[2].load(Ordering::SeqCst), 200);
+}
+
+#[derive(Clone)]
+struct Prices(u64);
+
+#[derive(Clone)]
+#[allow(dead_code)]
+struct Tax(u64);
+
+#[tokio::test]
+async fn start_reports_every_problem_at_once() {
+    async fn needs_two(_: Order, _: State<Prices>, _: State<Tax>) {}
+    async fn needs_one(_: Order, _: State<Prices>) {}
+    let router = Router::new(MemoryPubSub::new())
+        .route(Route::new("a", "t.a", needs_two))
+        .route(Route::new("b", "t.b", needs_one));
+    let err = router.start().await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Config);
+    let text = err.to_string();
+    assert!(text.contains("3 problems"), "{text}");
+    assert!(text.contains("handler `a`: State<router::Prices> is used but was never provided"), "{text}");
+    assert!(text.contains("handler `a`: State<router::Tax>"), "{text}");
+    assert!(text.contains("handler `b`: State<router::Prices>"), "{text}");
+
+    let empty = Router::new(MemoryPubSub::new());
+    assert!(empty.start().await.unwrap_err().to_string().contains("no handlers"));
+}
+
+#[tokio::test]
+async fn static_mistakes_are_rejected_when_added() {
+    async fn publishes(o: Order) -> Option<Invoice> {
+        Some(Invoice { order: o.id, cents: 0 })
+    }
+    async fn silent(_: Order) {}
+    let router = Router::new(MemoryPubSub::new());
+    let err = router.add(Route::new("p", "t", publishes)).unwrap_err();
+    assert!(err.to_string().contains("has no publish topic"), "{err}");
+    let err = router.add(Route::new("s", "t", silent).publish("x")).unwrap_err();
+    assert!(err.to_string().contains("returns nothing to publish"), "{err}");
+    router.add(Route::new("s", "t", silent)).unwrap();
+    let err = router.add(Route::new("s", "t2", silent)).unwrap_err();
+    assert!(err.to_string().contains("two handlers are named `s`"), "{err}");
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Shipped {
+    order: u64,
+}
+impl Topic for Shipped {
+    const NAME: &'static str = "router-test.shipped";
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extractors_state_ctx_and_typed_topics() {
+    let pubsub = MemoryPubSub::new();
+    let input = topic("extract");
+    let side = topic("side");
+    let seen = Arc::new(parking_lot::Mutex::new(Vec::new()));
+    let handler = {
+        let seen = seen.clone();
+        let side = side.clone();
+        move |order: Order,
+              meta: Metadata,
+              id: MessageId,
+              raw: Bytes,
+              State(prices): State<Prices>,
+              ctx: Ctx,
+              Attempt(attempt): Attempt| {
+            let seen = seen.clone();
+            let side = side.clone();
+            async move {
+                seen.lock().push(format!(
+                    "{} {} {} {} {} {} {}",
+                    order.id,
+                    meta.get("k").unwrap_or("-"),
+                    id == ctx.message_id(),
+                    raw.len(),
+                    prices.0,
+                    ctx.handler_name(),
+                    attempt
+                ));
+                ctx.publish_to(&side, &serde_json::json!({"side": order.id})).await?;
+                Ok::<_, Error>(vec![Shipped { order: order.id }, Shipped { order: order.id + 1 }])
+            }
+        }
+    };
+    let mut shipped = pubsub.subscribe(Shipped::NAME, SubscribeOptions::group("g")).await.unwrap();
+    let mut side_sub = pubsub.subscribe(&side, SubscribeOptions::default()).await.unwrap();
+    let router = Router::new(pubsub.clone()).state(Prices(250)).route(Route::new("ship", &input, handler));
+    let run = tokio::spawn({
+        let router = router.clone();
+        async move { router.run().await }
+    });
+    within("running", router.running()).await;
+    pubsub.publish(&input, order_msg(4).with_header("k", "v")).await.unwrap();
+    assert_eq!(take(&mut side_sub, 1).await, [r#"{"side":4}"#]);
+    assert_eq!(take(&mut shipped, 2).await, [r#"{"order":4}"#, r#"{"order":5}"#]);
+    assert_eq!(*seen.lock(), ["4 v true 16 250 ship 1"]);
+    router.shutdown();
+    within("stop", run).await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_added_to_a_running_router_starts() {
+    let pubsub = MemoryPubSub::new();
+    let (first, second, out) = (topic("first"), topic("second"), topic("late.out"));
+    async fn noop(_: Order) {}
+    async fn echo(raw: Bytes) -> Json<serde_json::Value> {
+        Json(serde_json::from_slice(&raw).unwrap())
+    }
+    // `Json<T>` returned directly is published too.
+    let router = Router::new(pubsub.clone()).route(Route::new("first", &first, noop));
+    let run = tokio::spawn({
+        let router = router.clone();
+        async move { router.run().await }
+    });
+    within("running", router.running()).await;
+    let mut outs = pubsub.subscribe(&out, SubscribeOptions::default()).await.unwrap();
+    router.add(Route::new("late", &second, echo).publish(&out)).unwrap();
+    // The late handler subscribes in the background: publish until it answers.
+    let reply = within("late handler answers", async {
+        loop {
+            pubsub.publish(&second, Message::new(r#"{"late":true}"#)).await.unwrap();
+            if let Ok(Some(d)) = tokio::time::timeout(Duration::from_millis(50), outs.next()).await {
+                break d.unwrap();
+            }
+        }
+    })
+    .await;
+    assert_eq!(&reply.message().payload()[..], br#"{"late":true}"#);
+    router.shutdown();
+    within("stop", run).await.unwrap().unwrap();
+    assert!(router.add(Route::new("too-late", &second, noop)).is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrency_one_keeps_order() {
+    let pubsub = MemoryPubSub::new();
+    let input = topic("ordered");
+    let seen = Arc::new(parking_lot::Mutex::new(Vec::new()));
+    let h = {
+        let seen = seen.clone();
+        move |o: Order| {
+            seen.lock().push(o.id);
+            async {}
+        }
+    };
+    let router = Router::new(pubsub.clone()).route(Route::new("ordered", &input, h));
+    let run = tokio::spawn({
+        let router = router.clone();
+        async move { router.run().await }
+    });
+    within("running", router.running()).await;
+    for id in 0..2000 {
+        pubsub.publish(&input, order_msg(id)).await.unwrap();
+    }
+    within("all seen", async {
+        while seen.lock().len() < 2000 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    assert_eq!(*seen.lock(), (0..2000).collect::<Vec<_>>());
+    router.shutdown();
+    within("stop", run).await.unwrap().unwrap();
+}
