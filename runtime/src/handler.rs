@@ -364,3 +364,53 @@ impl_handler!(E1, E2, E3, E4, E5, E6, E7, E8);
 impl_handler!(E1, E2, E3, E4, E5, E6, E7, E8, E9);
 impl_handler!(E1, E2, E3, E4, E5, E6, E7, E8, E9, E10);
 impl_handler!(E1, E2, E3, E4, E5, E6, E7, E8, E9, E10, E11);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::JsonCodec;
+
+    #[derive(Serialize)]
+    struct Plain(u32);
+    impl Publishable for Plain {}
+
+    #[derive(Serialize)]
+    struct Typed(u32);
+    impl Topic for Typed {
+        const NAME: &'static str = "typed.topic";
+    }
+
+    fn run<R: HandlerReturn>(returned: R) -> HandlerResult {
+        finish(returned, &JsonCodec)
+    }
+
+    fn payloads(outputs: &Outputs) -> Vec<(Option<&str>, &[u8])> {
+        outputs.iter().map(|o| (o.topic.as_deref(), &o.message.payload()[..])).collect()
+    }
+
+    #[test]
+    fn every_return_shape_produces_the_right_outputs() {
+        assert!(run(()).unwrap().is_empty());
+        assert!(run(Ok::<(), Error>(())).unwrap().is_empty());
+        assert!(run(None::<Plain>).unwrap().is_empty());
+        assert!(run(Ok::<_, std::io::Error>(None::<Plain>)).unwrap().is_empty());
+        assert_eq!(payloads(&run(Some(Plain(1))).unwrap()), [(None, &b"1"[..])]);
+        assert_eq!(payloads(&run(Plain(7)).unwrap()), [(None, &b"7"[..])]);
+        assert_eq!(
+            payloads(&run(Ok::<_, Error>(vec![Typed(1), Typed(2)])).unwrap()),
+            [(Some("typed.topic"), &b"1"[..]), (Some("typed.topic"), &b"2"[..])]
+        );
+        let err = run(Err::<Plain, _>(std::io::Error::other("no"))).unwrap_err();
+        assert_eq!(err.to_string(), "no");
+    }
+
+    #[test]
+    fn output_specs_are_known_before_any_message() {
+        assert_eq!(output_spec::<()>(), OutputSpec::Nothing);
+        assert_eq!(output_spec::<Result<(), Error>>(), OutputSpec::Nothing);
+        assert_eq!(output_spec::<Result<Typed, Error>>(), OutputSpec::Topic("typed.topic"));
+        assert_eq!(output_spec::<Vec<Typed>>(), OutputSpec::Topic("typed.topic"));
+        assert_eq!(output_spec::<Option<Plain>>(), OutputSpec::PublishTopic);
+        assert_eq!(output_spec::<crate::Json<u8>>(), OutputSpec::PublishTopic);
+    }
+}
