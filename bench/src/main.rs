@@ -1,2 +1,239 @@
-//! millstream-bench (being written).
-fn main() {}
+//! millstream-bench: throughput, latency and peak memory of millstream against a bare tokio
+//! channel (the practical limit of the machine) and, with the `peer` feature, ruststream 0.7.7.
+//!
+//! ```text
+//! millstream-bench [--json] [--messages N] [--runs R] [--scenario NAME ...]
+//! ```
+//!
+//! Scenarios: `baseline`, `pubsub`, `router`, `pipeline`, `latency`, and with `--features peer`
+//! `peer-router` and `peer-pipeline` (`peer` selects both). Default: all of them. `baseline` always
+//! runs first, since every ratio is taken against it.
+//!
+//! Every payload is `{"id":<n>,"sku":"abc","qty":3}`, encoded with serde_json from `Order` by the
+//! publisher and decoded back into `Order` before the consumer touches it. Each scenario runs on a
+//! multi-thread tokio runtime with 2 workers; completion is awaited with an atomic counter and a
+//! `Notify`, never by sleeping.
+//!
+//! Peak RSS: every scenario runs in a child process of its own (this binary re-executed with the
+//! hidden `--child` flag), which reports its VmHWM from `/proc/self/status` at the end. VmHWM is
+//! process-wide, and resetting it through `/proc/self/clear_refs` would still count the heap the
+//! allocator kept from the scenarios before, so a fresh process is the reliable choice.
+//!
+//! `--runs R` repeats each scenario R times (each in a fresh process) and reports the run with the
+//! median throughput, and the highest peak RSS of all runs.
+
+mod report;
+mod scenarios;
+mod workload;
+
+#[cfg(feature = "peer")]
+mod peer;
+
+use std::process::{Command, ExitCode, Stdio};
+
+use report::Outcome;
+
+/// Every scenario of this build, in the order they run.
+const ALL: &[&str] = &[
+    "baseline",
+    "pubsub",
+    "router",
+    "pipeline",
+    "latency",
+    #[cfg(feature = "peer")]
+    "peer-router",
+    #[cfg(feature = "peer")]
+    "peer-pipeline",
+];
+
+/// Prefix of the line a child prints its result on.
+const RESULT: &str = "millstream-bench-result ";
+
+const USAGE: &str = "usage: millstream-bench [--json] [--messages N] [--runs R] [--scenario NAME ...]
+scenarios: baseline pubsub router pipeline latency peer (= peer-router peer-pipeline, feature `peer`)";
+
+struct Args {
+    json: bool,
+    messages: u64,
+    runs: usize,
+    scenarios: Vec<String>,
+    child: bool,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut args = Args { json: false, messages: 1_000_000, runs: 1, scenarios: Vec::new(), child: false };
+    let words: Vec<String> = std::env::args().skip(1).collect();
+    let mut i = 0;
+    let value = |i: usize, name: &str| words.get(i + 1).cloned().ok_or_else(|| format!("{name} needs a value"));
+    while i < words.len() {
+        match words[i].as_str() {
+            "--json" => args.json = true,
+            "--child" => args.child = true,
+            "--messages" | "-n" => {
+                let text = value(i, "--messages")?;
+                args.messages = text.replace('_', "").parse().map_err(|_| format!("bad --messages {text}"))?;
+                if args.messages == 0 {
+                    return Err("--messages must be at least 1".to_owned());
+                }
+                i += 1;
+            }
+            "--runs" => {
+                let text = value(i, "--runs")?;
+                args.runs = text.parse::<usize>().map_err(|_| format!("bad --runs {text}"))?.max(1);
+                i += 1;
+            }
+            "--scenario" | "-s" => {
+                // Takes every following word up to the next flag: `--scenario router pipeline`.
+                args.scenarios.push(value(i, "--scenario")?);
+                i += 1;
+                while let Some(next) = words.get(i + 1).filter(|w| !w.starts_with('-')) {
+                    args.scenarios.push(next.clone());
+                    i += 1;
+                }
+            }
+            "--help" | "-h" => return Err(USAGE.to_owned()),
+            other => return Err(format!("unknown argument `{other}`\n{USAGE}")),
+        }
+        i += 1;
+    }
+    Ok(args)
+}
+
+/// Resolves names (and the `peer` alias) into the list to run, baseline first.
+fn selection(names: &[String]) -> Result<Vec<&'static str>, String> {
+    if names.is_empty() {
+        return Ok(ALL.to_vec());
+    }
+    let mut wanted = vec!["baseline"];
+    for name in names {
+        let expanded: Vec<&str> = match name.as_str() {
+            "peer" => vec!["peer-router", "peer-pipeline"],
+            other => vec![other],
+        };
+        for name in expanded {
+            let Some(&known) = ALL.iter().find(|s| **s == name) else {
+                if name.starts_with("peer") {
+                    return Err(format!("scenario `{name}` needs the `peer` feature (--features peer)"));
+                }
+                return Err(format!("unknown scenario `{name}`\n{USAGE}"));
+            };
+            if !wanted.contains(&known) {
+                wanted.push(known);
+            }
+        }
+    }
+    wanted.sort_by_key(|s| ALL.iter().position(|a| a == s));
+    Ok(wanted)
+}
+
+/// Runs one scenario in this process and prints its result line (child mode).
+fn run_child(scenario: &str, messages: u64) -> ExitCode {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let mut outcome = runtime.block_on(async {
+        match scenario {
+            "baseline" => scenarios::baseline(messages).await,
+            "pubsub" => scenarios::pubsub(messages).await,
+            "router" => scenarios::router(messages).await,
+            "pipeline" => scenarios::pipeline(messages).await,
+            "latency" => scenarios::latency(messages).await,
+            #[cfg(feature = "peer")]
+            "peer-router" => peer::run("router", messages).await,
+            #[cfg(feature = "peer")]
+            "peer-pipeline" => peer::run("pipeline", messages).await,
+            other => panic!("unknown scenario `{other}`"),
+        }
+    });
+    drop(runtime);
+    outcome.peak_rss_mib = workload::peak_rss_mib();
+    // The whole process: start-up is a few milliseconds, noise next to a run of a second or more.
+    outcome.cpu_ns_per_msg = workload::cpu_seconds() * 1e9 / outcome.messages as f64;
+    println!("{RESULT}{}", serde_json::to_string(&outcome).expect("outcome serialises"));
+    ExitCode::SUCCESS
+}
+
+/// Runs one scenario in a fresh child process and reads its result.
+fn spawn_child(scenario: &str, messages: u64) -> Result<Outcome, String> {
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find this executable: {e}"))?;
+    let output = Command::new(exe)
+        .args(["--child", "--messages", &messages.to_string(), "--scenario", scenario])
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit())
+        .output()
+        .map_err(|e| format!("cannot start the `{scenario}` child: {e}"))?;
+    if !output.status.success() {
+        return Err(format!("scenario `{scenario}` failed ({})", output.status));
+    }
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let line = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix(RESULT))
+        .ok_or_else(|| format!("scenario `{scenario}` printed no result"))?;
+    serde_json::from_str(line).map_err(|e| format!("scenario `{scenario}`: bad result line: {e}"))
+}
+
+/// Runs `scenario` `runs` times; keeps the median throughput and the highest peak RSS.
+fn measure(scenario: &str, messages: u64, runs: usize) -> Result<Outcome, String> {
+    let mut results = (0..runs).map(|_| spawn_child(scenario, messages)).collect::<Result<Vec<_>, _>>()?;
+    let peak = results.iter().map(|o| o.peak_rss_mib).fold(0.0, f64::max);
+    results.sort_by(|a, b| a.msgs_per_sec.total_cmp(&b.msgs_per_sec));
+    let mut median = results.swap_remove(results.len() / 2);
+    median.peak_rss_mib = peak;
+    Ok(median)
+}
+
+fn main() -> ExitCode {
+    let args = match parse_args() {
+        Ok(args) => args,
+        Err(message) => {
+            eprintln!("{message}");
+            return ExitCode::from(2);
+        }
+    };
+    let names = &args.scenarios;
+    if args.child {
+        let [scenario] = names.as_slice() else {
+            eprintln!("--child runs exactly one scenario");
+            return ExitCode::from(2);
+        };
+        return run_child(scenario, args.messages);
+    }
+    let selected = match selection(names) {
+        Ok(selected) => selected,
+        Err(message) => {
+            eprintln!("{message}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut outcomes: Vec<Outcome> = Vec::new();
+    let mut baseline_rate = None;
+    for scenario in selected {
+        if !args.json {
+            eprintln!("running {scenario} ({} messages)...", args.messages);
+        }
+        let mut outcome = match measure(scenario, args.messages, args.runs) {
+            Ok(outcome) => outcome,
+            Err(message) => {
+                eprintln!("{message}");
+                return ExitCode::FAILURE;
+            }
+        };
+        if scenario == "baseline" {
+            baseline_rate = Some(outcome.msgs_per_sec);
+        }
+        if outcome.latency.is_none() {
+            outcome.ratio_to_baseline = baseline_rate.map(|b| outcome.msgs_per_sec / b);
+        }
+        if args.json {
+            println!("{}", serde_json::to_string(&outcome).expect("outcome serialises"));
+        }
+        outcomes.push(outcome);
+    }
+    if !args.json {
+        report::print_table(&outcomes);
+    }
+    ExitCode::SUCCESS
+}

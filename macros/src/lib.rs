@@ -1,1 +1,91 @@
-//! Procedural macros of millstream. Use them through the `millstream` crate, which re-exports them.
+//! Procedural macros of millstream. Use them through the `millstream` crate, which re-exports them
+//! (`#[millstream::handler]`, `#[millstream::topic]`, `#[millstream::middleware]`) and pins this
+//! crate to its exact version.
+//!
+//! Each macro lives in its own module, in three steps: `parse` reads the attribute and the item,
+//! `validate` checks them and records every mistake with its span, `expand` writes the code. The
+//! item is always emitted unchanged, errors or not; generated items sit in `const _: () = { .. };`;
+//! every path they use comes from `paths.rs`.
+
+mod attr;
+mod errors;
+mod handler;
+mod middleware;
+mod names;
+mod paths;
+mod topic;
+
+use proc_macro::TokenStream;
+
+/// Declares an async fn as a message handler and registers it, so that
+/// `App::from_registry()` runs it.
+///
+/// ```ignore
+/// #[millstream::handler]                          // topic from the payload's #[topic] type
+/// async fn bill(order: OrderPlaced, State(prices): State<Prices>) -> Result<InvoiceIssued, Error> { .. }
+///
+/// #[millstream::handler(topic = "audit", group = "auditors", concurrency = 8, middleware = [timing])]
+/// async fn audit(event: Json<serde_json::Value>, meta: Metadata) { .. }
+/// ```
+///
+/// # Parameters
+/// The first parameter may be the payload: any `DeserializeOwned` type, decoded with the handler's
+/// codec. Every other parameter is an extractor (`State<T>`, `Ctx`, `Metadata`, `MessageId`,
+/// `Bytes`, `Json<T>`, `Message`, `Attempt`, or your own `FromMessage` type). Which is which is
+/// decided by the type's name: a parameter whose type is not one of those extractors is the
+/// payload. Mark a parameter `#[extract]` (your own extractor) or `#[payload]` (a payload type named
+/// like an extractor) to say otherwise.
+///
+/// # Return value
+/// `()`, `Result<(), E>`, or values to publish: `T`, `Option<T>`, `Vec<T>`, or those in a
+/// `Result<_, E>`, where `T` is a `#[millstream::topic]` type (published to its own topic),
+/// `Json<_>` or a `Publishable` type (published to the `publish` topic), and `E: Into<Error>`.
+///
+/// # Keys
+/// | key | value | default |
+/// | --- | --- | --- |
+/// | `topic` | `"name"` or a `#[topic]` type (which must be the payload type) | the payload's `#[topic]` |
+/// | `publish` | `"name"` or a `#[topic]` type (checked against the return type) | a returned value's own topic |
+/// | `group` | `"name"` | the handler's name |
+/// | `concurrency` | integer ≥ 1 | 1 |
+/// | `name` | `"name"` | `module::path::fn_name` |
+/// | `pubsub` | `"name"` of a pub/sub added with `App::pubsub_named` | the app's default |
+/// | `codec` | an expression implementing `Codec + Clone` | `JsonCodec` |
+/// | `middleware` | `[expr, ..]`: `Middleware` values or `#[middleware]` fns, outermost first | none |
+/// | `service` | `"tag"`, for `App::from_registry().service("tag")` | none |
+/// | `crate` | the path to `millstream`, if renamed or re-exported | `::millstream` |
+///
+/// # Checked at compile time
+/// An unknown or repeated key, a value of the wrong type, a fn that is not async, generic, takes
+/// `self`, or has two payloads, a parameter that is not an extractor, a payload that is not
+/// `DeserializeOwned`, a return value that cannot be published, `publish` on a fn that returns
+/// nothing, a `topic` type that is not the payload's. Each error points at the offending token.
+///
+/// The fn is left as written: it can still be called and tested directly.
+#[proc_macro_attribute]
+pub fn handler(attr: TokenStream, item: TokenStream) -> TokenStream {
+    handler::handler(attr.into(), item.into()).into()
+}
+
+/// Binds a struct or enum to a topic: `#[millstream::topic("orders.placed")]` implements
+/// `millstream::Topic` with that name.
+///
+/// A handler taking the type as payload reads that topic; returning it, publishing it from a
+/// `Ctx`, a publisher (`PublishExt::publish_value`) or a `TestApp` sends it there. Optional
+/// `crate = path` after the name, if `millstream` is renamed.
+#[proc_macro_attribute]
+pub fn topic(attr: TokenStream, item: TokenStream) -> TokenStream {
+    topic::topic(attr.into(), item.into()).into()
+}
+
+/// Declares `async fn name(message: Message, next: Next) -> HandlerResult` as a middleware.
+///
+/// With `priority = N` it is registered router-wide: `App::from_registry()` adds it to every
+/// handler, in priority order (higher first, that is outermost; ties by name). Without a
+/// priority it runs only where a handler names it: `#[handler(middleware = [timing])]`.
+/// Other keys: `name = ".."`, `service = "tag"` (only for apps selecting that service),
+/// `crate = path`.
+#[proc_macro_attribute]
+pub fn middleware(attr: TokenStream, item: TokenStream) -> TokenStream {
+    middleware::middleware(attr.into(), item.into()).into()
+}

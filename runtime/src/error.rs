@@ -3,6 +3,7 @@
 use std::borrow::Cow;
 use std::error::Error as StdError;
 use std::fmt;
+use std::time::Duration;
 
 /// What went wrong, broadly. Middleware and the router decide on it (retry, poison, give up).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -59,6 +60,7 @@ struct Inner {
     permanent: bool,
     message: Cow<'static, str>,
     source: Option<Box<dyn StdError + Send + Sync + 'static>>,
+    retry_after: Option<Duration>,
 }
 
 /// `Result<T, millstream::Error>`.
@@ -73,6 +75,7 @@ impl Error {
                 permanent: kind == ErrorKind::Decode,
                 message: message.into(),
                 source: None,
+                retry_after: None,
             }),
         }
     }
@@ -114,6 +117,18 @@ impl Error {
     pub fn into_permanent(mut self) -> Self {
         self.inner.permanent = true;
         self
+    }
+
+    /// Asks for the message to be redelivered no sooner than `delay` (where the backend can
+    /// delay a nack); see [`DelayOnNack`](crate::middleware::DelayOnNack).
+    pub fn retry_after(mut self, delay: Duration) -> Self {
+        self.inner.retry_after = Some(delay);
+        self
+    }
+
+    /// The redelivery delay this error asks for, if any.
+    pub fn retry_after_hint(&self) -> Option<Duration> {
+        self.inner.retry_after
     }
 
     /// The broad kind.

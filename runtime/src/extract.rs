@@ -57,7 +57,11 @@ impl MessageCx<'_> {
 
     /// A [`Ctx`] for this message.
     pub fn ctx(&self, message: &Message) -> Ctx {
-        Ctx { route: self.route.clone(), attempt: self.attempt, message_id: message.id() }
+        let carried: Metadata = PROPAGATED
+            .iter()
+            .filter_map(|key| message.metadata().get(key).map(|value| (*key, value)))
+            .collect();
+        Ctx { route: self.route.clone(), attempt: self.attempt, message_id: message.id(), carried }
     }
 }
 
@@ -242,7 +246,12 @@ pub struct Ctx {
     route: Arc<RouteInfo>,
     attempt: u32,
     message_id: MessageId,
+    /// Metadata the input passes on to what the handler publishes (correlation id, trace context).
+    carried: Metadata,
 }
+
+/// Metadata keys that messages published through [`Ctx`] inherit from the input.
+const PROPAGATED: [&str; 2] = [crate::middleware::CORRELATION_ID, crate::middleware::TRACEPARENT];
 
 impl Ctx {
     /// The handler's name.
@@ -287,11 +296,17 @@ impl Ctx {
     /// Publishes a value to `topic`, encoded with the handler's codec.
     pub async fn publish_to<T: Serialize + ?Sized>(&self, topic: &str, value: &T) -> Result<()> {
         let payload = self.route.encoder.encode_dyn(&value)?;
-        self.route.publisher.publish(topic, Message::new(payload)).await
+        self.publish_message(topic, Message::new(payload)).await
     }
 
-    /// Publishes a ready-made message to `topic`.
-    pub async fn publish_message(&self, topic: &str, message: Message) -> Result<()> {
+    /// Publishes a ready-made message to `topic`. It inherits the input's correlation id and
+    /// trace context unless it has its own.
+    pub async fn publish_message(&self, topic: &str, mut message: Message) -> Result<()> {
+        for (key, value) in self.carried.iter() {
+            if !message.metadata().contains_key(key) {
+                message.metadata_mut().insert(key, value);
+            }
+        }
         self.route.publisher.publish(topic, message).await
     }
 

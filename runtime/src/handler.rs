@@ -32,6 +32,11 @@ use crate::state::StateMap;
 
 /// A type bound to a topic name: publishing a value of it goes to that topic, and a handler taking
 /// it as payload subscribes to that topic. `#[millstream::topic("name")]` implements it.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` has no topic of its own",
+    label = "not a `#[millstream::topic]` type",
+    note = "mark the type with `#[millstream::topic(\"name\")]`, or give the handler its topic: `#[millstream::handler(topic = \"name\")]`"
+)]
 pub trait Topic {
     /// The topic's name.
     const NAME: &'static str;

@@ -36,17 +36,32 @@
 
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
 
+#[doc(hidden)]
+#[path = "private.rs"]
+pub mod __private;
+pub mod app;
+pub mod registry;
+#[cfg(feature = "memory")]
+pub mod testing;
+
 pub mod codec;
+#[cfg(feature = "conformance")]
+pub mod conformance;
 mod error;
 pub mod extract;
 pub mod handler;
 pub mod message;
 pub mod middleware;
+pub mod observe;
 pub mod pubsub;
 pub mod router;
 mod state;
 
 pub use bytes::Bytes;
+/// Declarative handlers, typed topics and middleware: see the `millstream-macros` docs re-exported here.
+pub use millstream_macros::{handler, middleware, topic};
+
+pub use crate::app::{App, BuiltApp, PublishExt};
 
 pub use crate::codec::{Codec, JsonCodec};
 pub use crate::error::{Error, ErrorKind, Result};
@@ -56,14 +71,19 @@ pub use crate::message::{Message, MessageId, Metadata};
 pub use crate::middleware::{Middleware, Next};
 #[cfg(feature = "memory")]
 pub use crate::pubsub::memory::{MemoryConfig, MemoryPubSub};
+#[cfg(feature = "sqlite")]
+pub use crate::pubsub::sql::SqlitePubSub;
+#[cfg(feature = "sql")]
+pub use crate::pubsub::sql::{SqlConfig, SqlPubSub};
 pub use crate::pubsub::{Delivery, PubSub, Publisher, SubscribeOptions, Subscriber, Subscription};
-pub use crate::router::{Route, Router, RouterConfig};
+pub use crate::router::{Health, Route, Router, RouterConfig};
 pub use crate::state::StateMap;
 
 /// The names most programs need: `use millstream::prelude::*;`.
 pub mod prelude {
     #[cfg(feature = "memory")]
     pub use crate::MemoryPubSub;
+    pub use crate::{App, HandlerResult, Next, PublishExt};
     pub use crate::{
         Attempt, Bytes, Ctx, Error, Json, Message, MessageId, Metadata, Publishable, Publisher, Result,
         Route, Router, State, Subscriber, Topic,

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{take, topic, within};
+use common::{eventually, take, topic, within};
 use millstream::pubsub::Features;
 use millstream::{MemoryPubSub, Message, Publisher, SubscribeOptions, Subscriber, Subscription};
 
@@ -56,12 +56,7 @@ async fn one_delivery_per_group_and_every_group_gets_all() {
     for n in 0..total {
         ps.publish(&t, msg(n)).await.unwrap();
     }
-    within("all delivered", async {
-        while seen.lock().len() < 2 * total {
-            tokio::task::yield_now().await;
-        }
-    })
-    .await;
+    eventually("all delivered", || seen.lock().len() >= 2 * total).await;
     Publisher::close(&ps).await.unwrap();
     for h in handles {
         within("subscriber ends", h).await.unwrap();
@@ -130,12 +125,7 @@ async fn a_full_group_makes_publishers_wait() {
         }
     });
     // The producer fills the queue and then waits: it cannot get past the capacity.
-    within("queue full", async {
-        while published.load(Ordering::SeqCst) < 8 {
-            tokio::task::yield_now().await;
-        }
-    })
-    .await;
+    eventually("queue full", || published.load(Ordering::SeqCst) >= 8).await;
     assert_eq!(ps.queued(&t), 8);
     for _ in 0..100 {
         tokio::task::yield_now().await;
@@ -169,12 +159,7 @@ async fn a_slow_consumer_keeps_memory_bounded() {
         }
     });
     // The producer runs ahead until the queue is full, and no further.
-    within("queue full", async {
-        while ps.queued(&t) < capacity {
-            tokio::task::yield_now().await;
-        }
-    })
-    .await;
+    eventually("queue full", || ps.queued(&t) >= capacity).await;
     let mut max_queued = 0;
     for n in 0..total {
         if n % 97 == 0 {

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{take, topic, within, Event, Recording};
+use common::{eventually, take, topic, within, Event, Recording};
 use millstream::router::{poison_keys, RouterConfig, Status};
 use millstream::{
     Attempt, Bytes, Ctx, Error, ErrorKind, Json, MemoryPubSub, Message, MessageId, Metadata, Publishable,
@@ -179,13 +179,7 @@ async fn undecodable_payload_goes_to_the_poison_topic_with_the_reason() {
     assert!(reason.contains("invalid type: string \"seven\", expected u64"), "{reason}");
     delivery.ack().await.unwrap();
     // The bad message was never retried, and the good one after it was handled.
-    tokio::time::timeout(common::TIMEOUT, async {
-        while handled.load(Ordering::SeqCst) < 1 {
-            tokio::task::yield_now().await;
-        }
-    })
-    .await
-    .unwrap();
+    eventually("the good message handled", || handled.load(Ordering::SeqCst) >= 1).await;
     assert_eq!(handled.load(Ordering::SeqCst), 1);
     router.shutdown();
     within("stop", run).await.unwrap().unwrap();
@@ -223,12 +217,7 @@ async fn shutdown_finishes_in_flight_messages_before_closing_publishers() {
     within("5 in flight", entered.acquire_many(5)).await.unwrap().forget();
     router.shutdown();
     // Intake stopped, nothing acked yet, publishers still open.
-    within("shutting down", async {
-        while router.status() != Status::ShuttingDown {
-            tokio::task::yield_now().await;
-        }
-    })
-    .await;
+    eventually("shutting down", || router.status() == Status::ShuttingDown).await;
     assert_eq!(rec.log.count(|e| matches!(e, Event::Acked { .. })), 0);
     gate.notify_waiters();
     within("router stops", run).await.unwrap().unwrap();
@@ -301,12 +290,9 @@ async fn two_groups_each_get_everything_and_one_group_splits_the_work() {
     for id in 0..200 {
         pubsub.publish(&input, order_msg(id)).await.unwrap();
     }
-    within("all counted", async {
-        while counts[0].load(Ordering::SeqCst) + counts[1].load(Ordering::SeqCst) < 200
-            || counts[2].load(Ordering::SeqCst) < 200
-        {
-            tokio::task::yield_now().await;
-        }
+    eventually("all counted", || {
+        counts[0].load(Ordering::SeqCst) + counts[1].load(Ordering::SeqCst) >= 200
+            && counts[2].load(Ordering::SeqCst) >= 200
     })
     .await;
     router.shutdown();
@@ -469,12 +455,7 @@ async fn concurrency_one_keeps_order() {
     for id in 0..2000 {
         pubsub.publish(&input, order_msg(id)).await.unwrap();
     }
-    within("all seen", async {
-        while seen.lock().len() < 2000 {
-            tokio::task::yield_now().await;
-        }
-    })
-    .await;
+    eventually("all seen", || seen.lock().len() >= 2000).await;
     assert_eq!(*seen.lock(), (0..2000).collect::<Vec<_>>());
     router.shutdown();
     within("stop", run).await.unwrap().unwrap();

@@ -58,7 +58,7 @@ async fn failures_are_logged_inside_the_message_span() {
     };
     let router = Router::new(pubsub.clone()).route(Route::new("trace-h", &input, handler));
     router.start().await.unwrap();
-    let message = Message::new("{}");
+    let message = Message::new("{}").with_header("correlation_id", "c-42");
     let id = message.id();
     pubsub.publish(&input, message).await.unwrap();
     within("second attempt succeeds", done.notified()).await;
@@ -72,7 +72,7 @@ async fn failures_are_logged_inside_the_message_span() {
     assert!(failure.contains("WARN"), "{failure}");
     assert!(
         failure.contains(&format!(
-            "millstream.handle{{handler=trace-h topic={input} message_id={id} attempt=1}}"
+            "millstream.handle{{handler=trace-h topic={input} message_id={id} correlation_id=c-42 attempt=1}}"
         )),
         "{failure}"
     );

@@ -33,7 +33,36 @@ use crate::message::Message;
 pub trait Middleware: Send + Sync + 'static {
     /// Handles `message`, usually by calling `next.run(message)`.
     fn call(&self, message: Message, next: Next) -> BoxFuture<'static, HandlerResult>;
+
+    /// Whether the router should ack each message before the chain runs ([`InstantAck`]).
+    fn acks_instantly(&self) -> bool {
+        false
+    }
 }
+
+mod breaker;
+mod chaos;
+mod correlation;
+mod dedup;
+mod misc;
+mod poison;
+mod recoverer;
+mod retry;
+mod throttle;
+mod timeout;
+mod trace;
+
+pub use self::breaker::{BreakerState, CircuitBreaker};
+pub use self::chaos::{RandomFail, RandomPanic};
+pub use self::correlation::{CorrelationId, CORRELATION_ID};
+pub use self::dedup::{DedupKey, DedupStore, Deduplicator, MemoryDedupStore};
+pub use self::misc::{DelayOnNack, IgnoreErrors, InstantAck};
+pub use self::poison::{poisoned, PoisonQueue, RedeliveryCap};
+pub use self::recoverer::Recoverer;
+pub use self::retry::{Retry, RetryEvent};
+pub use self::throttle::Throttle;
+pub use self::timeout::Timeout;
+pub use self::trace::{TraceContext, TraceParent, TRACEPARENT};
 
 /// The type-erased handler at the end of a chain.
 pub(crate) trait Endpoint: Send + Sync + 'static {
@@ -94,6 +123,11 @@ impl Next {
     /// How many times the message has been delivered, this time included.
     pub fn attempt(&self) -> u32 {
         self.attempt
+    }
+
+    /// The handler's publisher (for middleware that publishes, like [`PoisonQueue`]).
+    pub fn publisher(&self) -> &Arc<dyn crate::pubsub::Publisher> {
+        &self.chain.route.publisher
     }
 }
 

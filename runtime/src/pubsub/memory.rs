@@ -88,6 +88,8 @@ struct Queue {
     me: Weak<Queue>,
     group: Option<Box<str>>,
     capacity: usize,
+    /// Publishers waiting for room are woken when the queue is down to this many messages.
+    low_water: usize,
     state: Mutex<QueueState>,
 }
 
@@ -112,6 +114,7 @@ impl Queue {
             me: me.clone(),
             group,
             capacity,
+            low_water: capacity / 2,
             state: Mutex::new(QueueState { items, ..QueueState::default() }),
         })
     }
@@ -389,6 +392,10 @@ impl Subscriber for MemoryPubSub {
             ordered: true,
             history: self.shared.config.retain > 0,
             redelivery: true,
+            ordered_single_subscriber: true,
+            strict_order: false,
+            exactly_once: true,
+            nack_delay: true,
         }
     }
 }
@@ -405,18 +412,29 @@ impl Stream for MemoryStream {
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
+        // Take part in tokio's cooperative budget, like its own channels: a consumer that always
+        // finds a message waiting yields every so often, which lets the publishers it woke run
+        // (possibly on another worker) instead of waiting in this worker's LIFO slot until the
+        // queue is empty, and then ping-ponging with the consumer one message at a time.
+        let coop = std::task::ready!(tokio::task::coop::poll_proceed(cx));
         let mut state = this.queue.state.lock();
         if state.closed {
             return Poll::Ready(None);
         }
         match state.items.pop_front() {
             Some(Entry { message, attempt }) => {
-                let producer =
-                    if state.producers.is_empty() { None } else { Some(state.producers.remove(0)) };
+                coop.made_progress();
+                // Waiting publishers are woken once the queue has drained to half its capacity,
+                // not on every pop: a full queue would otherwise cost a task wake-up (often a
+                // thread unpark) per message, and the publishers then refill it in one go.
+                let producers: SmallVec<[(u64, Waker); 2]> =
+                    if !state.producers.is_empty() && state.items.len() <= this.queue.low_water {
+                        state.producers.drain(..).collect()
+                    } else {
+                        SmallVec::new()
+                    };
                 drop(state);
-                if let Some((_, waker)) = producer {
-                    waker.wake();
-                }
+                producers.into_iter().for_each(|(_, waker)| waker.wake());
                 let acker = Acker::new(this.sink.clone(), u64::from(attempt), Some(message.clone()));
                 Poll::Ready(Some(Ok(Delivery::new(message, attempt, acker))))
             }

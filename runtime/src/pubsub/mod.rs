@@ -21,6 +21,8 @@ use crate::message::Message;
 
 #[cfg(feature = "memory")]
 pub mod memory;
+#[cfg(feature = "sql")]
+pub mod sql;
 
 /// The future of a publish, ack, nack or close: ready at once, or boxed.
 #[must_use = "futures do nothing unless awaited"]
@@ -129,6 +131,19 @@ pub struct Features {
     pub history: bool,
     /// A nacked message is delivered again.
     pub redelivery: bool,
+    /// Order ([`ordered`](Features::ordered)) holds only while a group has a single subscription:
+    /// with several, each gets its share in order, but nothing orders one subscription's deliveries
+    /// against another's.
+    pub ordered_single_subscriber: bool,
+    /// A group gets its next message only once the one before is settled, so a nacked (or expired)
+    /// message comes back before anything published after it. Implies [`ordered`](Features::ordered).
+    pub strict_order: bool,
+    /// An acked message is never delivered to its group again, and in a run without failures (no
+    /// nack, no expired ack deadline, no crash, no server restart) every message reaches each group
+    /// exactly once. The conformance suite then fails on any duplicate instead of only reporting it.
+    pub exactly_once: bool,
+    /// [`Acker::nack_after`] waits the given delay before redelivering.
+    pub nack_delay: bool,
 }
 
 /// How to subscribe.

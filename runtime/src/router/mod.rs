@@ -16,6 +16,7 @@ mod worker;
 use std::collections::HashSet;
 use std::fmt;
 use std::future::Future;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,6 +28,7 @@ use tokio_util::task::TaskTracker;
 
 use self::route::config_error;
 pub use self::route::Route;
+pub(crate) use self::worker::panic_text;
 use crate::error::{Error, ErrorKind, Result};
 use crate::extract::RouteInfo;
 use crate::middleware::{Chain, Middleware};
@@ -45,6 +47,8 @@ pub mod poison_keys {
     pub const ATTEMPT: &str = "millstream.poison.attempt";
     /// The error kind (`Decode`, `Handler`, ...).
     pub const KIND: &str = "millstream.poison.kind";
+    /// When the message was poisoned, in Unix milliseconds.
+    pub const TIME: &str = "millstream.poison.time";
 }
 
 /// Router settings.
@@ -123,6 +127,18 @@ struct Inner {
     intake: CancellationToken,
     tracker: TaskTracker,
     tasks: Mutex<Vec<AbortHandle>>,
+    health: Mutex<Vec<(String, Arc<AtomicBool>)>>,
+}
+
+/// What [`Router::health`] reports: for liveness and readiness probes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Health {
+    /// The router is running or finishing in-flight work (not stopped, not failed to start).
+    pub live: bool,
+    /// The router is running and every handler's subscription is up.
+    pub ready: bool,
+    /// Each handler and whether its subscription is up, sorted by name.
+    pub handlers: Vec<(String, bool)>,
 }
 
 impl Router {
@@ -148,6 +164,7 @@ impl Router {
                 intake: CancellationToken::new(),
                 tracker: TaskTracker::new(),
                 tasks: Mutex::new(Vec::new()),
+                health: Mutex::new(Vec::new()),
             }),
         }
     }
@@ -222,13 +239,40 @@ impl Router {
                 Ok(())
             }
             Status::Running => {
-                let started = self.prepare(route).map_err(combine)?;
-                self.spawn(started);
-                Ok(())
+                let name = route.name.clone();
+                match self.prepare(route) {
+                    Ok(started) => {
+                        self.spawn(started);
+                        Ok(())
+                    }
+                    Err(problems) => {
+                        self.inner.names.lock().remove(&name);
+                        Err(combine(problems))
+                    }
+                }
             }
             Status::ShuttingDown | Status::Stopped => {
                 Err(Error::new(ErrorKind::Closed, "the router is shutting down; no handler can be added"))
             }
+        }
+    }
+
+    /// Liveness and readiness: ready once running with every subscription up.
+    pub fn health(&self) -> Health {
+        let status = self.status();
+        let mut handlers: Vec<(String, bool)> = self
+            .inner
+            .health
+            .lock()
+            .iter()
+            .map(|(name, up)| (name.clone(), up.load(std::sync::atomic::Ordering::Acquire)))
+            .collect();
+        handlers.sort();
+        let all_up = handlers.iter().all(|(_, up)| *up);
+        Health {
+            live: matches!(status, Status::Running | Status::ShuttingDown),
+            ready: status == Status::Running && all_up,
+            handlers,
         }
     }
 
@@ -355,9 +399,12 @@ impl Router {
     fn prepare(&self, route: Route) -> Result<worker::Prepared, Vec<Error>> {
         let state = self.inner.state.lock().clone();
         let name = route.name.clone();
+        let route_name = route.name.clone();
         let endpoint = (route.build)(&state).map_err(|errors| {
             errors.into_iter().map(|e| e.context(format_args!("handler `{name}`"))).collect::<Vec<_>>()
         })?;
+        let up = Arc::new(AtomicBool::new(false));
+        self.inner.health.lock().push((route_name.clone(), up.clone()));
         if route.publisher.is_some() || route.subscriber.is_some() {
             self.inner.extra_backends.lock().push((route.publisher.clone(), route.subscriber.clone()));
         }
@@ -378,6 +425,7 @@ impl Router {
         });
         let mut middleware: Vec<_> = self.inner.middleware.lock().clone();
         middleware.extend(route.middleware);
+        let instant_ack = middleware.iter().any(|m| m.acks_instantly());
         let chain =
             Arc::new(Chain { middleware: middleware.into_boxed_slice(), endpoint, route: info.clone() });
         Ok(worker::Prepared {
@@ -389,6 +437,9 @@ impl Router {
             info,
             config: self.inner.config.clone(),
             intake: self.inner.intake.clone(),
+            metrics: crate::observe::RouteMetrics::new(&route_name),
+            instant_ack,
+            up,
         })
     }
 

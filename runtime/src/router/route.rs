@@ -46,6 +46,8 @@ pub struct Route {
     pub(crate) output: OutputSpec,
     pub(crate) encoder: Arc<dyn DynEncoder>,
     pub(crate) build: BuildFn,
+    /// Runs the extractors' `prepare` against some state, without building anything.
+    pub(crate) check_state: fn(&StateMap) -> Result<(), Vec<Error>>,
 }
 
 impl Route {
@@ -82,6 +84,7 @@ impl Route {
             subscriber: None,
             output: output_spec::<H::Return>(),
             encoder,
+            check_state: |state| H::prepare(state).map(drop),
             build: Box::new(move |state| {
                 let prepared = H::prepare(state)?;
                 let endpoint: Arc<dyn Endpoint> =
@@ -158,6 +161,12 @@ impl Route {
             (None, OutputSpec::Topic(topic)) => Some(Cow::Borrowed(topic)),
             _ => None,
         }
+    }
+
+    /// The problems the handler's extractors would report with `state` (a `State<T>` never
+    /// provided, ...), found without starting it.
+    pub fn check_state(&self, state: &StateMap) -> Vec<Error> {
+        (self.check_state)(state).err().unwrap_or_default()
     }
 
     /// Problems visible without running anything.

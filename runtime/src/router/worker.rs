@@ -10,12 +10,15 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use super::{poison_keys, RouterConfig};
+use super::RouterConfig;
 use crate::error::{Error, ErrorKind, Result};
 use crate::extract::RouteInfo;
 use crate::handler::Outputs;
 use crate::message::Message;
+use crate::middleware::poisoned;
 use crate::middleware::Chain;
+use crate::middleware::CORRELATION_ID;
+use crate::observe::RouteMetrics;
 use crate::pubsub::{Acker, Delivery, Publisher, SubscribeOptions, Subscriber, Subscription};
 
 /// A handler ready to run.
@@ -28,6 +31,11 @@ pub(crate) struct Prepared {
     pub(crate) info: Arc<RouteInfo>,
     pub(crate) config: RouterConfig,
     pub(crate) intake: CancellationToken,
+    pub(crate) metrics: RouteMetrics,
+    /// An `InstantAck` layer is in the chain: ack before handling.
+    pub(crate) instant_ack: bool,
+    /// Whether the subscription is up (readiness).
+    pub(crate) up: Arc<std::sync::atomic::AtomicBool>,
 }
 
 pub(crate) async fn subscribe(p: &Prepared) -> Result<Subscription> {
@@ -54,11 +62,13 @@ pub(crate) async fn run(p: Prepared, mut subscription: Option<Subscription>, tra
                 }
             },
         };
+        p.up.store(true, std::sync::atomic::Ordering::Release);
         if p.concurrency == 1 {
             consume_serial(&p, sub).await;
         } else {
             consume_concurrent(&p, sub, &tracker).await;
         }
+        p.up.store(false, std::sync::atomic::Ordering::Release);
         if p.intake.is_cancelled() {
             return;
         }
@@ -127,25 +137,47 @@ async fn consume_concurrent(p: &Arc<Prepared>, sub: Subscription, tracker: &Task
 /// Handles one delivery: chain, outputs, settle.
 pub(crate) async fn handle(p: &Prepared, delivery: Delivery) {
     let (message, attempt, acker) = delivery.into_parts();
+    p.metrics.received();
     let span = tracing::debug_span!(
         "millstream.handle",
         handler = %p.info.name,
         topic = %p.info.topic,
         message_id = %message.id(),
+        correlation_id = %message.metadata().get(CORRELATION_ID).unwrap_or(""),
         attempt,
+        trace_id = tracing::field::Empty,
     );
     async move {
+        let acker = if p.instant_ack {
+            if let Err(error) = acker.ack().await {
+                tracing::warn!(handler = %p.info.name, %error, "instant ack failed");
+            }
+            Acker::noop()
+        } else {
+            acker
+        };
         // Kept for the poison topic; a clone shares the payload and metadata.
         let original = message.clone();
+        let started = p.metrics.timed().then(std::time::Instant::now);
         let result = AssertUnwindSafe(p.chain.call(message, attempt)).catch_unwind().await;
+        if let Some(started) = started {
+            p.metrics.handler_duration(started.elapsed().as_secs_f64());
+        }
         match result {
-            Ok(Ok(outputs)) => match publish_outputs(p, outputs).await {
-                Ok(()) => settle(acker.ack(), p, "ack").await,
-                Err(error) => {
-                    tracing::warn!(handler = %p.info.name, %error, "publishing outputs failed; nacking");
-                    settle(acker.nack_after(p.config.nack_delay), p, "nack").await;
+            Ok(Ok(outputs)) => {
+                let started = p.metrics.timed().then(std::time::Instant::now);
+                let published = publish_outputs(p, outputs).await;
+                if let Some(started) = started {
+                    p.metrics.publish_duration(started.elapsed().as_secs_f64());
                 }
-            },
+                match published {
+                    Ok(()) => settle(acker.ack(), p, true).await,
+                    Err(error) => {
+                        tracing::warn!(handler = %p.info.name, %error, "publishing outputs failed; nacking");
+                        settle(acker.nack_after(nack_delay(p, &error)), p, false).await;
+                    }
+                }
+            }
             Ok(Err(error)) => fail(p, original, attempt, acker, error).await,
             Err(panic) => {
                 let text = panic_text(&*panic);
@@ -157,12 +189,17 @@ pub(crate) async fn handle(p: &Prepared, delivery: Delivery) {
                     panic = %text,
                     "handler panicked; nacking",
                 );
-                settle(acker.nack_after(p.config.nack_delay), p, "nack").await;
+                settle(acker.nack_after(p.config.nack_delay), p, false).await;
             }
         }
     }
     .instrument(span)
     .await
+}
+
+/// The redelivery delay for a failure: the error's own hint, else the router's default.
+fn nack_delay(p: &Prepared, error: &Error) -> Option<std::time::Duration> {
+    error.retry_after_hint().or(p.config.nack_delay)
 }
 
 async fn fail(p: &Prepared, original: Message, attempt: u32, acker: Acker, error: Error) {
@@ -178,12 +215,15 @@ async fn fail(p: &Prepared, original: Message, attempt: u32, acker: Acker, error
                 poison_topic = %poison,
                 "permanent failure; sending to the poison topic",
             );
-            let poisoned = poison_message(original, &p.info, attempt, &error);
-            match p.publisher.publish(poison, poisoned).await {
-                Ok(()) => settle(acker.ack(), p, "ack").await,
+            let dead = poisoned(original, &error, &p.info.name, &p.info.topic, attempt);
+            match p.publisher.publish(poison, dead).await {
+                Ok(()) => {
+                    p.metrics.poisoned();
+                    settle(acker.ack(), p, true).await;
+                }
                 Err(publish_error) => {
                     tracing::error!(handler = %p.info.name, error = %publish_error, "poison publish failed; nacking");
-                    settle(acker.nack_after(p.config.nack_delay), p, "nack").await;
+                    settle(acker.nack_after(p.config.nack_delay), p, false).await;
                 }
             }
             return;
@@ -198,17 +238,7 @@ async fn fail(p: &Prepared, original: Message, attempt: u32, acker: Acker, error
         %error,
         "handler failed; nacking",
     );
-    settle(acker.nack_after(p.config.nack_delay), p, "nack").await;
-}
-
-/// The message as sent to the poison topic: same id, payload and metadata, plus the reason.
-pub(crate) fn poison_message(original: Message, info: &RouteInfo, attempt: u32, error: &Error) -> Message {
-    original
-        .with_header(poison_keys::REASON, error.to_string())
-        .with_header(poison_keys::KIND, format!("{:?}", error.kind()))
-        .with_header(poison_keys::HANDLER, &*info.name)
-        .with_header(poison_keys::TOPIC, &*info.topic)
-        .with_header(poison_keys::ATTEMPT, attempt.to_string())
+    settle(acker.nack_after(nack_delay(p, &error)), p, false).await;
 }
 
 async fn publish_outputs(p: &Prepared, outputs: Outputs) -> Result<()> {
@@ -229,8 +259,10 @@ async fn publish_outputs(p: &Prepared, outputs: Outputs) -> Result<()> {
     Ok(())
 }
 
-async fn settle(op: crate::pubsub::OpFuture<'static>, p: &Prepared, what: &str) {
+async fn settle(op: crate::pubsub::OpFuture<'static>, p: &Prepared, ack: bool) {
+    p.metrics.settled(ack);
     if let Err(error) = op.await {
+        let what = if ack { "ack" } else { "nack" };
         tracing::warn!(handler = %p.info.name, %error, "{what} failed");
     }
 }

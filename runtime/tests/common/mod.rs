@@ -149,6 +149,18 @@ pub async fn within<T>(what: &str, fut: impl Future<Output = T>) -> T {
     }
 }
 
+/// Polls `condition` until it holds, or panics after `TIMEOUT`. Works under paused tokio time too
+/// (each poll lets virtual time advance).
+pub async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    while !condition() {
+        if tokio::time::Instant::now() >= deadline {
+            panic!("timed out waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
 /// Reads the next `n` payloads of a subscription, acking each.
 pub async fn take(sub: &mut Subscription, n: usize) -> Vec<String> {
     let mut out = Vec::with_capacity(n);

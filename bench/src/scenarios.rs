@@ -1,0 +1,247 @@
+//! The scenarios on millstream and on the bare-channel baseline. Each returns what it measured;
+//! the caller adds the peak RSS.
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use millstream::{MemoryPubSub, Message, Publisher, Route, Router, State, SubscribeOptions, Subscriber};
+use tokio::sync::mpsc;
+use tokio::time::MissedTickBehavior;
+
+use crate::report::{LatencyStats, Outcome};
+use crate::workload::{encode, quantile, Latch, Order, Stamps, TOPIC_A, TOPIC_B};
+
+/// Messages per second the latency scenario publishes at.
+pub(crate) const LATENCY_RATE: u64 = 50_000;
+/// How long the latency scenario publishes (when enough messages are asked for).
+pub(crate) const LATENCY_SECONDS: u64 = 5;
+
+/// Capacity of the baseline's channel (the same as `MemoryPubSub`'s default queue).
+const CHANNEL_CAPACITY: usize = 1024;
+
+fn throughput(scenario: &str, messages: u64, elapsed: Duration) -> Outcome {
+    Outcome::throughput(scenario, messages, elapsed)
+}
+
+/// A bare bounded tokio channel: one task encodes and sends, one receives and decodes.
+pub(crate) async fn baseline(messages: u64) -> Outcome {
+    let latch = Latch::new(messages);
+    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(CHANNEL_CAPACITY);
+    let started = Instant::now();
+    let consumer = tokio::spawn({
+        let latch = latch.clone();
+        async move {
+            while let Some(payload) = rx.recv().await {
+                let order: Order = serde_json::from_slice(&payload).expect("an order decodes");
+                order.consume();
+                if latch.arrive() {
+                    break;
+                }
+            }
+        }
+    });
+    tokio::spawn(async move {
+        for id in 0..messages {
+            tx.send(encode(id)).await.expect("consumer alive");
+        }
+    });
+    latch.wait().await;
+    let elapsed = started.elapsed();
+    consumer.await.expect("consumer finished");
+    throughput("baseline", messages, elapsed)
+}
+
+/// Publishes `messages` orders to `topic`, one after the other, from a task of its own.
+fn spawn_producer(pubsub: MemoryPubSub, messages: u64) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        for id in 0..messages {
+            pubsub.publish(TOPIC_A, Message::new(encode(id))).await.expect("publish");
+        }
+    })
+}
+
+/// `MemoryPubSub` alone: publish → subscribe → decode → ack.
+pub(crate) async fn pubsub(messages: u64) -> Outcome {
+    let pubsub = MemoryPubSub::new();
+    let latch = Latch::new(messages);
+    let mut subscription =
+        pubsub.subscribe(TOPIC_A, SubscribeOptions::group("bench")).await.expect("subscribe");
+    let started = Instant::now();
+    let consumer = tokio::spawn({
+        let latch = latch.clone();
+        async move {
+            while let Some(delivery) = subscription.next().await {
+                let delivery = delivery.expect("delivery");
+                let order: Order =
+                    serde_json::from_slice(delivery.message().payload()).expect("an order decodes");
+                order.consume();
+                delivery.ack().await.expect("ack");
+                if latch.arrive() {
+                    break;
+                }
+            }
+        }
+    });
+    let producer = spawn_producer(pubsub.clone(), messages);
+    latch.wait().await;
+    let elapsed = started.elapsed();
+    producer.await.expect("producer finished");
+    consumer.await.expect("consumer finished");
+    throughput("pubsub", messages, elapsed)
+}
+
+async fn sink(order: Order, State(latch): State<Latch>) {
+    order.consume();
+    latch.arrive();
+}
+
+async fn forward(order: Order) -> Order {
+    order
+}
+
+/// Starts `router`, publishes `messages` orders to topic A, waits for the latch, stops it.
+async fn run_router(router: Router, pubsub: MemoryPubSub, latch: Latch, messages: u64) -> Duration {
+    router.start().await.expect("router starts");
+    let started = Instant::now();
+    let producer = spawn_producer(pubsub, messages);
+    latch.wait().await;
+    let elapsed = started.elapsed();
+    producer.await.expect("producer finished");
+    router.close().await.expect("router stops");
+    elapsed
+}
+
+/// One typed handler behind the router.
+pub(crate) async fn router(messages: u64) -> Outcome {
+    let pubsub = MemoryPubSub::new();
+    let latch = Latch::new(messages);
+    let router =
+        Router::new(pubsub.clone()).state(latch.clone()).route(Route::new("sink", TOPIC_A, sink));
+    let elapsed = run_router(router, pubsub, latch, messages).await;
+    throughput("router", messages, elapsed)
+}
+
+/// Handler A returns the order (published to topic B); handler B consumes it.
+pub(crate) async fn pipeline(messages: u64) -> Outcome {
+    let pubsub = MemoryPubSub::new();
+    let latch = Latch::new(messages);
+    let router = Router::new(pubsub.clone())
+        .state(latch.clone())
+        .route(Route::new("forward", TOPIC_A, forward).publish(TOPIC_B))
+        .route(Route::new("sink", TOPIC_B, sink));
+    let elapsed = run_router(router, pubsub, latch, messages).await;
+    throughput("pipeline", messages, elapsed)
+}
+
+/// Publishes ids `0..count` at `rate` per second: every millisecond tick it sends what is due by
+/// then, so a late tick is made up in a batch instead of lowering the rate.
+async fn paced<F, Fut>(count: u64, rate: u64, mut publish: F)
+where
+    F: FnMut(u64) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let mut ticker = tokio::time::interval(Duration::from_millis(1));
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    let started = Instant::now();
+    let mut next = 0;
+    while next < count {
+        ticker.tick().await;
+        let due = started.elapsed().as_nanos() * u128::from(rate) / 1_000_000_000 + 1;
+        let due = u64::try_from(due).unwrap_or(u64::MAX).min(count);
+        while next < due {
+            publish(next).await;
+            next += 1;
+        }
+    }
+}
+
+#[derive(Clone)]
+struct Timed {
+    latch: Latch,
+    stamps: Stamps,
+}
+
+async fn timed_sink(order: Order, State(timed): State<Timed>) {
+    timed.stamps.received(order.id);
+    order.consume();
+    timed.latch.arrive();
+}
+
+fn stats(stamps: &Stamps) -> LatencyStats {
+    let sorted = stamps.latencies();
+    let us = |d: Duration| d.as_secs_f64() * 1e6;
+    LatencyStats {
+        p50_us: us(quantile(&sorted, 0.50)),
+        p99_us: us(quantile(&sorted, 0.99)),
+        p999_us: us(quantile(&sorted, 0.999)),
+        max_us: us(quantile(&sorted, 1.0)),
+    }
+}
+
+async fn latency_router(count: u64, rate: u64) -> LatencyStats {
+    let pubsub = MemoryPubSub::new();
+    let timed = Timed { latch: Latch::new(count), stamps: Stamps::new(count) };
+    let router =
+        Router::new(pubsub.clone()).state(timed.clone()).route(Route::new("timed", TOPIC_A, timed_sink));
+    router.start().await.expect("router starts");
+    let producer = tokio::spawn({
+        let stamps = timed.stamps.clone();
+        async move {
+            paced(count, rate, |id| {
+                let message = Message::new(encode(id));
+                stamps.sent(id);
+                let publish = pubsub.publish(TOPIC_A, message);
+                async move { publish.await.expect("publish") }
+            })
+            .await;
+        }
+    });
+    timed.latch.wait().await;
+    producer.await.expect("producer finished");
+    router.close().await.expect("router stops");
+    stats(&timed.stamps)
+}
+
+async fn latency_baseline(count: u64, rate: u64) -> LatencyStats {
+    let timed = Timed { latch: Latch::new(count), stamps: Stamps::new(count) };
+    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(CHANNEL_CAPACITY);
+    let consumer = tokio::spawn({
+        let timed = timed.clone();
+        async move {
+            while let Some(payload) = rx.recv().await {
+                let order: Order = serde_json::from_slice(&payload).expect("an order decodes");
+                timed.stamps.received(order.id);
+                order.consume();
+                if timed.latch.arrive() {
+                    break;
+                }
+            }
+        }
+    });
+    let producer = tokio::spawn({
+        let stamps = timed.stamps.clone();
+        async move {
+            paced(count, rate, |id| {
+                let payload = encode(id);
+                stamps.sent(id);
+                let tx = tx.clone();
+                async move { tx.send(payload).await.expect("consumer alive") }
+            })
+            .await;
+        }
+    });
+    timed.latch.wait().await;
+    producer.await.expect("producer finished");
+    consumer.await.expect("consumer finished");
+    stats(&timed.stamps)
+}
+
+/// The router and the baseline at a fixed rate: publish-to-handler latency percentiles.
+pub(crate) async fn latency(messages: u64) -> Outcome {
+    let count = messages.min(LATENCY_RATE * LATENCY_SECONDS);
+    let baseline = latency_baseline(count, LATENCY_RATE).await;
+    let started = Instant::now();
+    let router = latency_router(count, LATENCY_RATE).await;
+    let elapsed = started.elapsed();
+    Outcome::latency(count, elapsed, LATENCY_RATE, router, baseline)
+}

@@ -1,0 +1,133 @@
+//! `#[handler(..)]`: the generated code, from a checked [`Handler`].
+//!
+//! ```text
+//! async fn bill(..) { .. }                      // unchanged
+//! const _: () = {
+//!     struct BillHandler;                        // nothing in the user's namespace
+//!     impl HandlerDef for BillHandler { .. }     // the compile-time facts and the route builder
+//!     register_handler!(BillHandler);            // the collector's one static entry
+//! };
+//! ```
+//!
+//! The route builder calls a runtime helper with the handler's parameter and return types as
+//! explicit type arguments, written with the user's tokens: when a type does not fit, the error
+//! points at it, and it is reported once.
+
+use proc_macro2::{Literal, TokenStream};
+use quote::quote;
+
+use super::parse::TopicArg;
+use super::validate::{Handler, Topic};
+use crate::names::{ident_text, tokens_text};
+use crate::paths::{struct_name, Paths};
+
+/// The `const _: () = { .. };` block for a checked handler.
+pub(crate) fn expand(handler: &Handler) -> TokenStream {
+    let paths = Paths::new(handler.krate.as_ref());
+    let fn_ident = &handler.item.sig.ident;
+    let fn_name = ident_text(fn_ident);
+    let struct_ident = struct_name(fn_ident, "Handler");
+    let def = paths.handler_def();
+    let info = paths.handler_info();
+    let route = paths.route();
+    let topic_trait = paths.topic();
+    let type_id = paths.type_id();
+
+    let name = match &handler.name {
+        Some(name) => quote!(#name),
+        None => paths.qualified_name(&fn_name),
+    };
+    let topic = match (&handler.topic, &handler.payload) {
+        (Topic::Name(name), _) => quote!(#name),
+        (Topic::Declared(declared), Some(payload)) => {
+            let typed_topic = paths.typed_topic();
+            quote!(#typed_topic::<#declared, #payload>())
+        }
+        (Topic::Declared(declared), None) => quote!(<#declared as #topic_trait>::NAME),
+        (Topic::FromPayload, payload) => quote!(<#payload as #topic_trait>::NAME),
+    };
+    let publish = handler.publish.as_ref().map(|publish| match (publish, &handler.output) {
+        (TopicArg::Name(name), _) => quote!(#name),
+        (TopicArg::Type(declared), Some(output)) => {
+            let typed_publish = paths.typed_publish();
+            quote!(#typed_publish::<#declared, #output>())
+        }
+        (TopicArg::Type(declared), None) => quote!(<#declared as #topic_trait>::NAME),
+    });
+    let lit = |value: &Option<syn::LitStr>| paths.option(value.as_ref().map(|v| quote!(#v)));
+    let group = lit(&handler.group);
+    let pubsub = lit(&handler.pubsub);
+    let service = lit(&handler.service);
+    let publish = paths.option(publish);
+    let payload_name = paths.option(handler.payload.as_ref().map(|p| {
+        let text = tokens_text(p);
+        quote!(#text)
+    }));
+    let concurrency = Literal::usize_unsuffixed(handler.concurrency);
+    let (module_path, file, line) = paths.site();
+
+    let arity = handler.payload.iter().len() + handler.extractors.len();
+    let helper = match handler.payload {
+        Some(_) => paths.payload_route(arity),
+        None => paths.extractor_route(arity),
+    };
+    let output = handler.output.clone().unwrap_or_else(|| quote!(_));
+    let params = handler.payload.iter().chain(&handler.extractors);
+    let codec = match &handler.codec {
+        Some(codec) => quote!(#codec),
+        None => paths.json_codec(),
+    };
+    let with_middleware = paths.with_middleware();
+    let middleware = &handler.middleware;
+    let payload_type = paths.option(handler.payload.as_ref().map(|p| quote!(#type_id::of::<#p>())));
+    let option_type_id = paths.option_type(type_id.clone());
+    let type_id_of_val = paths.type_id_of_val();
+    let register = paths.register_handler();
+    let doc = format!(" The `#[millstream::handler]` registration of [`{fn_name}`].");
+
+    quote! {
+        const _: () = {
+            #[doc = #doc]
+            struct #struct_ident;
+
+            #[automatically_derived]
+            impl #def for #struct_ident {
+                const INFO: #info = #info {
+                    name: #name,
+                    fn_name: #fn_name,
+                    topic: #topic,
+                    group: #group,
+                    publish: #publish,
+                    concurrency: #concurrency,
+                    payload: #payload_name,
+                    service: #service,
+                    pubsub: #pubsub,
+                    module_path: #module_path,
+                    file: #file,
+                    line: #line,
+                };
+
+                fn route() -> #route {
+                    let route = #helper::<_, _, #output, _, #(#params),*>(
+                        Self::INFO.name,
+                        Self::INFO.topic,
+                        #fn_ident,
+                        #codec,
+                    );
+                    #(let route = #with_middleware(route, #middleware);)*
+                    route
+                }
+
+                fn handler_type() -> #type_id {
+                    #type_id_of_val(&#fn_ident)
+                }
+
+                fn payload_type() -> #option_type_id {
+                    #payload_type
+                }
+            }
+
+            #register!(#struct_ident);
+        };
+    }
+}

@@ -1,0 +1,157 @@
+//! `#[handler(..)]`: reading the attribute's keys and the fn, without judging them yet.
+
+use proc_macro2::TokenStream;
+use syn::parse::ParseStream;
+use syn::punctuated::Punctuated;
+use syn::{Expr, LitStr, Token, Type};
+
+use crate::attr::{self, Slot};
+use crate::errors::Errors;
+
+mod kw {
+    syn::custom_keyword!(topic);
+    syn::custom_keyword!(publish);
+    syn::custom_keyword!(group);
+    syn::custom_keyword!(concurrency);
+    syn::custom_keyword!(name);
+    syn::custom_keyword!(pubsub);
+    syn::custom_keyword!(codec);
+    syn::custom_keyword!(middleware);
+    syn::custom_keyword!(service);
+}
+
+/// A topic given as a name or as a `#[millstream::topic]` type.
+pub(crate) enum TopicArg {
+    /// `topic = "orders"`.
+    Name(LitStr),
+    /// `topic = OrderPlaced`.
+    Type(Box<Type>),
+}
+
+/// The attribute's keys, each at most once.
+pub(crate) struct Args {
+    pub(crate) topic: Slot<TopicArg>,
+    pub(crate) publish: Slot<TopicArg>,
+    pub(crate) group: Slot<LitStr>,
+    pub(crate) concurrency: Slot<(usize, proc_macro2::Span)>,
+    pub(crate) name: Slot<LitStr>,
+    pub(crate) pubsub: Slot<LitStr>,
+    pub(crate) codec: Slot<Expr>,
+    pub(crate) middleware: Slot<Vec<Expr>>,
+    pub(crate) service: Slot<LitStr>,
+    pub(crate) krate: Slot<syn::Path>,
+}
+
+/// Parses the attribute's arguments; every malformed entry is recorded in `errors`.
+pub(crate) fn args(tokens: TokenStream, errors: &mut Errors) -> Args {
+    let mut args = Args {
+        topic: Slot::new("topic"),
+        publish: Slot::new("publish"),
+        group: Slot::new("group"),
+        concurrency: Slot::new("concurrency"),
+        name: Slot::new("name"),
+        pubsub: Slot::new("pubsub"),
+        codec: Slot::new("codec"),
+        middleware: Slot::new("middleware"),
+        service: Slot::new("service"),
+        krate: Slot::new("crate"),
+    };
+    attr::parse_entries(tokens, errors, |input, errors| entry(input, &mut args, errors));
+    args
+}
+
+fn entry(input: ParseStream<'_>, args: &mut Args, errors: &mut Errors) -> syn::Result<()> {
+    let lookahead = input.lookahead1();
+    if lookahead.peek(kw::topic) {
+        let key: kw::topic = input.parse()?;
+        attr::eq(input, "topic")?;
+        args.topic.set(key.span, topic_arg(input, "topic")?, errors);
+    } else if lookahead.peek(kw::publish) {
+        let key: kw::publish = input.parse()?;
+        attr::eq(input, "publish")?;
+        args.publish.set(key.span, topic_arg(input, "publish")?, errors);
+    } else if lookahead.peek(kw::group) {
+        let key: kw::group = input.parse()?;
+        attr::eq(input, "group")?;
+        args.group.set(key.span, attr::string(input, "group")?, errors);
+    } else if lookahead.peek(kw::concurrency) {
+        let key: kw::concurrency = input.parse()?;
+        attr::eq(input, "concurrency")?;
+        args.concurrency.set(key.span, attr::integer(input, "concurrency")?, errors);
+    } else if lookahead.peek(kw::name) {
+        let key: kw::name = input.parse()?;
+        attr::eq(input, "name")?;
+        args.name.set(key.span, attr::string(input, "name")?, errors);
+    } else if lookahead.peek(kw::pubsub) {
+        let key: kw::pubsub = input.parse()?;
+        attr::eq(input, "pubsub")?;
+        args.pubsub.set(key.span, attr::string(input, "pubsub")?, errors);
+    } else if lookahead.peek(kw::codec) {
+        let key: kw::codec = input.parse()?;
+        attr::eq(input, "codec")?;
+        args.codec.set(key.span, input.parse()?, errors);
+    } else if lookahead.peek(kw::middleware) {
+        let key: kw::middleware = input.parse()?;
+        attr::eq(input, "middleware")?;
+        args.middleware.set(key.span, middleware_list(input)?, errors);
+    } else if lookahead.peek(kw::service) {
+        let key: kw::service = input.parse()?;
+        attr::eq(input, "service")?;
+        args.service.set(key.span, attr::string(input, "service")?, errors);
+    } else if lookahead.peek(Token![crate]) {
+        let key: Token![crate] = input.parse()?;
+        attr::eq(input, "crate")?;
+        args.krate.set(key.span, input.call(syn::Path::parse_mod_style)?, errors);
+    } else {
+        return Err(lookahead.error());
+    }
+    Ok(())
+}
+
+/// `"name"` or a type.
+fn topic_arg(input: ParseStream<'_>, key: &str) -> syn::Result<TopicArg> {
+    if input.peek(LitStr) {
+        return attr::string(input, key).map(TopicArg::Name);
+    }
+    if input.peek(syn::Lit) {
+        return Err(input.error(format_args!(
+            "`{key}` takes a string literal or a `#[millstream::topic]` type: `{key} = \"name\"` or `{key} = MyEvent`"
+        )));
+    }
+    let ty: Type = input.parse().map_err(|error| {
+        syn::Error::new(
+            error.span(),
+            format_args!(
+                "`{key}` takes a string literal or a `#[millstream::topic]` type: `{key} = \"name\"` or `{key} = MyEvent`"
+            ),
+        )
+    })?;
+    Ok(TopicArg::Type(Box::new(ty)))
+}
+
+/// `[a, b(3), ..]`.
+fn middleware_list(input: ParseStream<'_>) -> syn::Result<Vec<Expr>> {
+    if !input.peek(syn::token::Bracket) {
+        return Err(input.error("`middleware` takes a list: `middleware = [timing, retry(3)]`"));
+    }
+    let content;
+    syn::bracketed!(content in input);
+    let list = Punctuated::<Expr, Token![,]>::parse_terminated(&content)?;
+    Ok(list.into_iter().collect())
+}
+
+/// The item under the attribute: a fn, or tokens that are not one (emitted back unchanged).
+pub(crate) enum Item {
+    /// It parsed as a fn.
+    Fn(syn::ItemFn),
+    /// It did not; rustc reports the user's own mistake when the tokens are emitted back.
+    Other(TokenStream),
+}
+
+/// Reads the item.
+pub(crate) fn item(tokens: TokenStream) -> Item {
+    match syn::parse2::<syn::ItemFn>(tokens.clone()) {
+        Ok(item) => Item::Fn(item),
+        Err(_) => Item::Other(tokens),
+    }
+}

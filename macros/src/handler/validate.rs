@@ -1,0 +1,312 @@
+//! `#[handler(..)]`: checking the fn and the keys, and deciding which parameter is the payload.
+//!
+//! Everything here is syntactic. Whether the types fit (the payload is `DeserializeOwned`, each
+//! other parameter an extractor, the return value publishable) is left to the compiler, through
+//! bounds of the runtime's helpers written with the user's own type tokens (see `expand`).
+
+use proc_macro2::{Span, TokenStream};
+use quote::ToTokens;
+use syn::{FnArg, LitStr, Type};
+
+use crate::names::tokens_text;
+
+use super::parse::{Args, Item, TopicArg};
+use crate::errors::Errors;
+
+/// The types that are extractors by name; any other parameter type is the payload.
+const EXTRACTORS: &[&str] = &["State", "Ctx", "Metadata", "MessageId", "Bytes", "Json", "Message", "Attempt"];
+
+/// The most parameters a handler may take (the runtime implements its `Handler` trait up to that).
+const MAX_PARAMS: usize = 12;
+
+/// A fn that passed every check, with what the expansion needs.
+pub(crate) struct Handler {
+    /// The fn as the user wrote it (less `#[payload]`/`#[extract]` markers).
+    pub(crate) item: syn::ItemFn,
+    /// The payload type, if any (always the first parameter).
+    pub(crate) payload: Option<Type>,
+    /// The extractor types, in order.
+    pub(crate) extractors: Vec<Type>,
+    /// The return type as written (`()` when there is none), or `None` when it cannot be named
+    /// (`impl Trait`).
+    pub(crate) output: Option<TokenStream>,
+    /// Where the topic comes from.
+    pub(crate) topic: Topic,
+    /// Where the return values go, when set.
+    pub(crate) publish: Option<TopicArg>,
+    pub(crate) name: Option<LitStr>,
+    pub(crate) group: Option<LitStr>,
+    pub(crate) concurrency: usize,
+    pub(crate) pubsub: Option<LitStr>,
+    pub(crate) service: Option<LitStr>,
+    pub(crate) codec: Option<syn::Expr>,
+    pub(crate) middleware: Vec<syn::Expr>,
+    pub(crate) krate: Option<syn::Path>,
+}
+
+/// How the handler's topic is known.
+pub(crate) enum Topic {
+    /// `topic = "name"`.
+    Name(LitStr),
+    /// `topic = Type`, to be checked against the payload.
+    Declared(Box<Type>),
+    /// The payload's own `#[millstream::topic]`.
+    FromPayload,
+}
+
+/// Whether a parameter was marked `#[payload]` or `#[extract]`.
+enum Marker {
+    Payload,
+    Extract,
+}
+
+/// Checks the fn and the keys; `None` if anything is wrong (all of it recorded in `errors`).
+/// Returns the fn to emit either way.
+pub(crate) fn validate(mut args: Args, item: Item, errors: &mut Errors) -> (TokenStream, Option<Handler>) {
+    let mut item = match item {
+        Item::Fn(item) => item,
+        Item::Other(tokens) => {
+            errors.on(
+                Span::call_site(),
+                "`#[millstream::handler]` goes on an async fn: `async fn name(payload: T, ..) -> R`",
+            );
+            return (tokens, None);
+        }
+    };
+    check_signature(&item.sig, errors);
+    let markers = strip_markers(&mut item, errors);
+    let before_params = errors.len();
+
+    // Payload or extractor, parameter by parameter.
+    let mut payload: Option<Type> = None;
+    let mut extractors = Vec::new();
+    for (index, (input, marker)) in item.sig.inputs.iter().zip(markers).enumerate() {
+        let FnArg::Typed(param) = input else { continue };
+        let ty = (*param.ty).clone();
+        let is_payload = match marker {
+            Some(Marker::Payload) => true,
+            Some(Marker::Extract) => false,
+            None => !is_extractor(&ty),
+        };
+        if let Type::Reference(reference) = &ty {
+            errors.at(
+                reference,
+                "a handler's parameters are owned values; take the type itself, not a reference",
+            );
+            continue;
+        }
+        if !is_payload {
+            extractors.push(ty);
+        } else if let Some(first) = &payload {
+            errors.at(
+                &ty,
+                format_args!(
+                    "`{}` would be a second payload: a handler takes one payload (`{}` here); \
+                     if `{}` is an extractor (it implements `FromMessage`), mark the parameter `#[extract]`",
+                    tokens_text(&ty),
+                    tokens_text(first),
+                    tokens_text(&ty),
+                ),
+            );
+        } else if index > 0 {
+            errors.at(
+                &ty,
+                format_args!(
+                    "the payload must be the first parameter; move `{}` first, or mark it `#[extract]` if it is an extractor",
+                    tokens_text(&ty)
+                ),
+            );
+        } else {
+            payload = Some(ty);
+        }
+    }
+    let params = item.sig.inputs.len();
+    if params > MAX_PARAMS || (payload.is_none() && params > MAX_PARAMS - 1) {
+        errors.at(
+            &item.sig.inputs,
+            format_args!(
+                "a handler takes at most {} parameters ({} without a payload); group extractors into your own `FromMessage` type",
+                MAX_PARAMS,
+                MAX_PARAMS - 1
+            ),
+        );
+    }
+
+    let output = match &item.sig.output {
+        syn::ReturnType::Default => Some(quote::quote!(())),
+        syn::ReturnType::Type(_, ty) if contains_impl_trait(ty) => None,
+        syn::ReturnType::Type(_, ty) => Some(ty.to_token_stream()),
+    };
+    let returns_nothing = returns_nothing(&item.sig.output);
+
+    // The keys that depend on the fn.
+    let topic = match args.topic.take() {
+        Some(TopicArg::Name(name)) => Topic::Name(name),
+        Some(TopicArg::Type(ty)) => Topic::Declared(ty),
+        None => {
+            // Unless a parameter was rejected: it might have been meant as the payload.
+            if payload.is_none() && errors.len() == before_params {
+                errors.at(
+                    &item.sig.ident,
+                    format_args!(
+                        "`{}` has no payload parameter to take its topic from; name one: `#[millstream::handler(topic = \"name\")]`",
+                        item.sig.ident
+                    ),
+                );
+            }
+            Topic::FromPayload
+        }
+    };
+    if let (Some(span), true) = (args.publish.key_span(), returns_nothing) {
+        errors.on(
+            span,
+            format_args!(
+                "`publish` is set but `{}` returns nothing to publish; return the value to publish, or remove `publish`",
+                item.sig.ident
+            ),
+        );
+    }
+    let concurrency = match args.concurrency.take() {
+        Some((0, span)) => {
+            errors.on(span, "`concurrency` must be at least 1");
+            1
+        }
+        Some((n, _)) => n,
+        None => 1,
+    };
+
+    let tokens = item.to_token_stream();
+    if !errors.is_empty() {
+        return (tokens, None);
+    }
+    let handler = Handler {
+        item,
+        payload,
+        extractors,
+        output,
+        topic,
+        publish: args.publish.take(),
+        name: args.name.take(),
+        group: args.group.take(),
+        concurrency,
+        pubsub: args.pubsub.take(),
+        service: args.service.take(),
+        codec: args.codec.take(),
+        middleware: args.middleware.take().unwrap_or_default(),
+        krate: args.krate.take(),
+    };
+    (tokens, Some(handler))
+}
+
+/// The fn's shape: async, free, not generic.
+fn check_signature(sig: &syn::Signature, errors: &mut Errors) {
+    if sig.asyncness.is_none() {
+        errors.at(
+            sig.fn_token,
+            format_args!("`#[millstream::handler]` needs an async fn: `async fn {}(..)`", sig.ident),
+        );
+    }
+    if let Some(constness) = &sig.constness {
+        errors.at(constness, "a handler cannot be a `const fn`");
+    }
+    if let Some(unsafety) = &sig.unsafety {
+        errors.at(unsafety, "a handler cannot be `unsafe`");
+    }
+    if let Some(abi) = &sig.abi {
+        errors.at(abi, "a handler cannot have an `extern` ABI");
+    }
+    if !sig.generics.params.is_empty() {
+        errors.at(
+            &sig.generics,
+            "a handler cannot be generic: each handler is one concrete fn; write a non-generic fn that calls the generic one",
+        );
+    } else if let Some(where_clause) = &sig.generics.where_clause {
+        errors.at(where_clause, "a handler cannot have a `where` clause");
+    }
+    for input in &sig.inputs {
+        match input {
+            FnArg::Receiver(receiver) => errors.at(
+                receiver,
+                "a handler cannot take `self`: make it a free fn, and reach shared values with `State<T>`",
+            ),
+            FnArg::Typed(param) if contains_impl_trait(&param.ty) => errors.at(
+                &param.ty,
+                "a handler cannot take `impl Trait`: that makes it generic; name the type",
+            ),
+            FnArg::Typed(_) => {}
+        }
+    }
+}
+
+/// Removes `#[payload]` and `#[extract]` from the parameters (they are not real attributes), and
+/// returns what each parameter was marked.
+fn strip_markers(item: &mut syn::ItemFn, errors: &mut Errors) -> Vec<Option<Marker>> {
+    let mut markers = Vec::with_capacity(item.sig.inputs.len());
+    for input in &mut item.sig.inputs {
+        let FnArg::Typed(param) = input else {
+            markers.push(None);
+            continue;
+        };
+        let mut marker = None;
+        let mut kept = Vec::with_capacity(param.attrs.len());
+        for attr in std::mem::take(&mut param.attrs) {
+            let this = if attr.path().is_ident("payload") {
+                Marker::Payload
+            } else if attr.path().is_ident("extract") {
+                Marker::Extract
+            } else {
+                kept.push(attr);
+                continue;
+            };
+            if !matches!(attr.meta, syn::Meta::Path(_)) {
+                errors.at(&attr, "`#[payload]` and `#[extract]` take no arguments");
+            }
+            if marker.is_some() {
+                errors.at(&attr, "a parameter is either `#[payload]` or `#[extract]`, once");
+            }
+            marker = Some(this);
+        }
+        param.attrs = kept;
+        markers.push(marker);
+    }
+    markers
+}
+
+/// Whether the type names a known extractor (`State<T>`, `millstream::Ctx`, ...).
+fn is_extractor(ty: &Type) -> bool {
+    match ty {
+        Type::Path(path) if path.qself.is_none() => path
+            .path
+            .segments
+            .last()
+            .is_some_and(|segment| EXTRACTORS.iter().any(|name| segment.ident == name)),
+        Type::Paren(inner) => is_extractor(&inner.elem),
+        Type::Group(inner) => is_extractor(&inner.elem),
+        _ => false,
+    }
+}
+
+/// `()`, nothing, or `Result<(), E>`: nothing to publish.
+fn returns_nothing(output: &syn::ReturnType) -> bool {
+    let syn::ReturnType::Type(_, ty) = output else { return true };
+    if is_unit(ty) {
+        return true;
+    }
+    let Type::Path(path) = &**ty else { return false };
+    let Some(last) = path.path.segments.last() else { return false };
+    if last.ident != "Result" {
+        return false;
+    }
+    let syn::PathArguments::AngleBracketed(args) = &last.arguments else { return false };
+    matches!(args.args.first(), Some(syn::GenericArgument::Type(ok)) if is_unit(ok))
+}
+
+fn is_unit(ty: &Type) -> bool {
+    matches!(ty, Type::Tuple(tuple) if tuple.elems.is_empty())
+}
+
+/// Whether `impl Trait` appears anywhere in the type.
+fn contains_impl_trait(ty: &Type) -> bool {
+    ty.to_token_stream().into_iter().any(|tree| matches!(tree, proc_macro2::TokenTree::Ident(i) if i == "impl"))
+        || matches!(ty, Type::ImplTrait(_))
+}

@@ -1,0 +1,489 @@
+//! [`App`]: a [`Router`] assembled from `#[millstream::handler]` fns, checked as a whole before any
+//! message is read.
+//!
+//! ```no_run
+//! use millstream::prelude::*;
+//! use millstream::App;
+//!
+//! #[derive(Serialize, Deserialize)]
+//! #[millstream::topic("orders.placed")]
+//! struct OrderPlaced { id: u64 }
+//!
+//! #[millstream::handler]
+//! async fn log_order(order: OrderPlaced) {
+//!     println!("order {}", order.id);
+//! }
+//!
+//! #[tokio::main]
+//! async fn main() -> millstream::Result<()> {
+//!     App::from_registry()          // every #[handler] linked into this binary
+//!         .pubsub(MemoryPubSub::new())
+//!         .run_until_ctrl_c()
+//!         .await
+//! }
+//! ```
+//!
+//! [`App::build`] reports every problem in one error: a `State<T>` that was never provided, two
+//! handlers with one name (with both locations), two payload types on one topic, a handler bound to
+//! a pub/sub name that was not configured, no pub/sub, no handlers at all.
+
+use std::any::TypeId;
+use std::collections::btree_map::Entry;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use crate::codec::{Codec, JsonCodec};
+use crate::error::{Error, ErrorKind, Result};
+use crate::handler::{Handler, Topic};
+use crate::message::Message;
+use crate::middleware::Middleware;
+use crate::pubsub::{OpFuture, PubSub, Publisher, Subscriber};
+use crate::registry::{self, HandlerDescriptor, HandlerInfo};
+use crate::router::{combine, Route, Router, RouterConfig};
+use crate::state::StateMap;
+
+/// A publisher and a subscriber, usually one backend.
+#[derive(Clone)]
+pub(crate) struct Backend {
+    pub(crate) publisher: Arc<dyn Publisher>,
+    pub(crate) subscriber: Arc<dyn Subscriber>,
+}
+
+impl Backend {
+    fn new<P: PubSub>(pubsub: P) -> Self {
+        let pubsub = Arc::new(pubsub);
+        Backend { publisher: pubsub.clone(), subscriber: pubsub }
+    }
+}
+
+type StateFn = Box<dyn Fn(&Router) + Send + Sync>;
+
+/// Builds a [`Router`] from registered handlers (see the [module docs](self)).
+///
+/// Two forms: [`App::from_registry`] takes every `#[millstream::handler]` linked into the binary,
+/// narrowed by [`service`](App::service) tags or [module path prefixes](App::module_prefix);
+/// [`App::new`] starts empty and takes handlers one by one with [`handler`](App::handler).
+pub struct App {
+    from_registry: bool,
+    services: Vec<String>,
+    prefixes: Vec<String>,
+    explicit: Vec<&'static HandlerDescriptor>,
+    routes: Vec<Route>,
+    problems: Vec<Error>,
+    middleware: Vec<Arc<dyn Middleware>>,
+    pub(crate) pubsub: Option<Backend>,
+    pub(crate) named: BTreeMap<String, Backend>,
+    state: StateMap,
+    state_fns: Vec<StateFn>,
+    pub(crate) config: RouterConfig,
+}
+
+impl Default for App {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl App {
+    /// An app with no handlers: add them with [`handler`](App::handler) or [`route`](App::route).
+    pub fn new() -> Self {
+        App {
+            from_registry: false,
+            services: Vec::new(),
+            prefixes: Vec::new(),
+            explicit: Vec::new(),
+            routes: Vec::new(),
+            problems: Vec::new(),
+            middleware: Vec::new(),
+            pubsub: None,
+            named: BTreeMap::new(),
+            state: StateMap::new(),
+            state_fns: Vec::new(),
+            config: RouterConfig::default(),
+        }
+    }
+
+    /// An app with every `#[millstream::handler]` and router-wide `#[millstream::middleware]`
+    /// linked into this binary, narrowed by [`service`](App::service) and
+    /// [`module_prefix`](App::module_prefix) if given.
+    pub fn from_registry() -> Self {
+        App { from_registry: true, ..Self::new() }
+    }
+
+    /// Keeps only registered handlers tagged `service = "tag"` (this one or another given the same
+    /// way). Registered middleware tagged with another service is left out too.
+    pub fn service(mut self, tag: impl Into<String>) -> Self {
+        self.services.push(tag.into());
+        self
+    }
+
+    /// Keeps only registered handlers and middleware declared in the module `prefix` or below it
+    /// (`"shop::billing"` keeps `shop::billing` and `shop::billing::refunds`); repeatable.
+    pub fn module_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefixes.push(prefix.into());
+        self
+    }
+
+    /// Adds one `#[millstream::handler]` fn: `App::new().handler(bill)`.
+    ///
+    /// The fn is found in the registry by its type; a fn without the attribute is reported by
+    /// [`build`](App::build). Adding a handler the app already has does nothing.
+    pub fn handler<H: Handler<M>, M: 'static>(mut self, handler: H) -> Self {
+        let _ = handler;
+        match registry::find_handler(TypeId::of::<H>()) {
+            Some(descriptor) => self.explicit.push(descriptor),
+            None => self.problems.push(Error::new(
+                ErrorKind::Config,
+                format!(
+                    "`{}` was added with `.handler(..)` but is not a registered `#[millstream::handler]` fn; \
+                     add the attribute, or add it as a plain `Route` with `.route(..)`",
+                    std::any::type_name::<H>()
+                ),
+            )),
+        }
+        self
+    }
+
+    /// Adds a handler built by hand with [`Route`].
+    pub fn route(mut self, route: Route) -> Self {
+        self.routes.push(route);
+        self
+    }
+
+    /// Adds a router-wide middleware; these run after (inside) the registered ones, in the order
+    /// they were added.
+    pub fn middleware(mut self, layer: impl Middleware) -> Self {
+        self.middleware.push(Arc::new(layer));
+        self
+    }
+
+    /// Sets the default pub/sub: handlers without a `pubsub = ".."` key read from it and publish
+    /// to it.
+    pub fn pubsub<P: PubSub>(mut self, pubsub: P) -> Self {
+        self.pubsub = Some(Backend::new(pubsub));
+        self
+    }
+
+    /// Adds a named pub/sub, for handlers declared with `pubsub = "name"`.
+    pub fn pubsub_named<P: PubSub>(mut self, name: impl Into<String>, pubsub: P) -> Self {
+        self.named.insert(name.into(), Backend::new(pubsub));
+        self
+    }
+
+    /// Adds application state, read by `State<T>` extractors.
+    pub fn state<T: Clone + Send + Sync + 'static>(mut self, value: T) -> Self {
+        self.state.insert(value.clone());
+        self.state_fns.push(Box::new(move |router| router.insert_state(value.clone())));
+        self
+    }
+
+    /// Replaces the router settings.
+    pub fn config(mut self, config: RouterConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    fn in_prefixes(&self, module_path: &str) -> bool {
+        self.prefixes.is_empty()
+            || self.prefixes.iter().any(|p| {
+                module_path == p
+                    || (module_path.starts_with(p.as_str()) && module_path[p.len()..].starts_with("::"))
+            })
+    }
+
+    fn selects_handler(&self, info: &HandlerInfo) -> bool {
+        self.in_prefixes(info.module_path)
+            && (self.services.is_empty()
+                || info.service.is_some_and(|s| self.services.iter().any(|t| t == s)))
+    }
+
+    /// The registered handlers this app runs, in registry order, then those added by hand.
+    fn descriptors(&self) -> Vec<&'static HandlerDescriptor> {
+        let mut chosen: Vec<&'static HandlerDescriptor> = Vec::new();
+        if self.from_registry {
+            chosen.extend(registry::handlers().iter().copied().filter(|d| self.selects_handler(d.info())));
+        }
+        for descriptor in &self.explicit {
+            if !chosen.iter().any(|c| std::ptr::eq(*c, *descriptor)) {
+                chosen.push(descriptor);
+            }
+        }
+        chosen
+    }
+
+    /// The named pub/subs the selected handlers use.
+    pub(crate) fn pubsub_names(&self) -> Vec<&'static str> {
+        let mut names: Vec<_> = self.descriptors().iter().filter_map(|d| d.info().pubsub).collect();
+        names.sort_unstable();
+        names.dedup();
+        names
+    }
+
+    fn registered_middleware(&self) -> Vec<Arc<dyn Middleware>> {
+        if !self.from_registry {
+            return Vec::new();
+        }
+        registry::middleware()
+            .iter()
+            .filter(|m| {
+                let info = m.info();
+                info.priority.is_some()
+                    && self.in_prefixes(info.module_path)
+                    && info.service.map_or(true, |s| self.services.iter().any(|t| t == s))
+            })
+            .map(|m| m.layer())
+            .collect()
+    }
+
+    fn no_handlers(&self) -> Error {
+        let registered = registry::handlers().len();
+        let text = if !self.from_registry {
+            "the app has no handlers; add them with `.handler(f)` or use `App::from_registry()`".to_owned()
+        } else if registered == 0 {
+            "no handlers are registered in this binary: is the crate that declares them linked? \
+             A crate nothing refers to is not linked; add `use that_crate as _;`"
+                .to_owned()
+        } else {
+            format!(
+                "none of the {registered} registered handlers matches the filters (services {:?}, module prefixes {:?})",
+                self.services, self.prefixes
+            )
+        };
+        Error::new(ErrorKind::Config, text)
+    }
+
+    /// Checks everything and assembles the router; one error lists every problem.
+    pub fn build(mut self) -> Result<BuiltApp> {
+        let mut problems = std::mem::take(&mut self.problems);
+        let descriptors = self.descriptors();
+        // A handler that could not be added is reported already; "no handlers" would only repeat it.
+        if descriptors.is_empty() && self.routes.is_empty() && problems.is_empty() {
+            problems.push(self.no_handlers());
+        }
+        if self.pubsub.is_none() {
+            problems.push(config("no pub/sub: set the default one with `.pubsub(..)`".to_owned()));
+        }
+        check_names(&descriptors, &self.routes, &mut problems);
+        check_payloads(&descriptors, &mut problems);
+
+        let mut routes = Vec::with_capacity(descriptors.len() + self.routes.len());
+        for descriptor in &descriptors {
+            let info = descriptor.info();
+            let mut route = descriptor.route();
+            if let Some(group) = info.group {
+                route = route.group(group);
+            }
+            if let Some(publish) = info.publish {
+                route = route.publish(publish);
+            }
+            route = route.concurrency(info.concurrency.max(1));
+            if let Some(name) = info.pubsub {
+                match self.named.get(name) {
+                    Some(backend) => {
+                        route = route.publisher(backend.publisher.clone()).subscriber(backend.subscriber.clone());
+                    }
+                    None => problems.push(config(format!(
+                        "handler `{}` ({}) uses pub/sub `{name}`, which was not configured; add it with `.pubsub_named(\"{name}\", ..)`",
+                        info.name,
+                        info.location()
+                    ))),
+                }
+            }
+            routes.push(route);
+        }
+        routes.append(&mut self.routes);
+        for route in &routes {
+            problems.extend(route.check());
+            problems.extend(
+                route
+                    .check_state(&self.state)
+                    .into_iter()
+                    .map(|e| e.context(format_args!("handler `{}`", route.name()))),
+            );
+        }
+        if !problems.is_empty() {
+            return Err(combine(problems));
+        }
+
+        let backend = self.pubsub.clone().expect("checked above");
+        let registered = self.registered_middleware();
+        let router = Router::with_backends(backend.publisher.clone(), backend.subscriber).config(self.config);
+        for set in &self.state_fns {
+            set(&router);
+        }
+        for layer in registered.into_iter().chain(self.middleware) {
+            router.layer_arc(layer);
+        }
+        let mut errors = Vec::new();
+        for route in routes {
+            if let Err(error) = router.add(route) {
+                errors.push(error);
+            }
+        }
+        if !errors.is_empty() {
+            return Err(combine(errors));
+        }
+        let handlers = descriptors.iter().map(|d| *d.info()).collect();
+        Ok(BuiltApp { router, publisher: backend.publisher, handlers })
+    }
+
+    /// Builds, then runs until [`Router::shutdown`] is called on the built app's router.
+    pub async fn run(self) -> Result<()> {
+        self.build()?.run().await
+    }
+
+    /// Builds, then runs until `signal` resolves, then shuts down gracefully.
+    pub async fn run_until<F: Future>(self, signal: F) -> Result<()> {
+        self.build()?.run_until(signal).await
+    }
+
+    /// Builds, then runs until ctrl-c, then shuts down gracefully.
+    pub async fn run_until_ctrl_c(self) -> Result<()> {
+        self.build()?.router.run_until_ctrl_c().await
+    }
+}
+
+fn config(text: String) -> Error {
+    Error::new(ErrorKind::Config, text)
+}
+
+/// Where a handler comes from, for messages.
+fn origin(info: &HandlerInfo) -> String {
+    format!("`{}` at {}", info.path(), info.location())
+}
+
+fn check_names(descriptors: &[&'static HandlerDescriptor], routes: &[Route], problems: &mut Vec<Error>) {
+    let mut seen: BTreeMap<&str, String> = BTreeMap::new();
+    let all = descriptors
+        .iter()
+        .map(|d| (d.info().name, origin(d.info())))
+        .chain(routes.iter().map(|r| (r.name(), "a `Route` added with `.route(..)`".to_owned())));
+    for (name, from) in all {
+        match seen.entry(name) {
+            Entry::Vacant(slot) => {
+                slot.insert(from);
+            }
+            Entry::Occupied(first) => problems.push(config(format!(
+                "two handlers are named `{name}`: {} and {from}; give one a `name = \"..\"`",
+                first.get()
+            ))),
+        }
+    }
+}
+
+fn check_payloads(descriptors: &[&'static HandlerDescriptor], problems: &mut Vec<Error>) {
+    let mut by_topic: BTreeMap<&str, (TypeId, &HandlerInfo)> = BTreeMap::new();
+    for descriptor in descriptors {
+        let (Some(payload), info) = (descriptor.payload_type(), descriptor.info()) else { continue };
+        match by_topic.entry(info.topic) {
+            Entry::Vacant(slot) => {
+                slot.insert((payload, info));
+            }
+            Entry::Occupied(first) => {
+                let (first_payload, first_info) = *first.get();
+                if first_payload != payload {
+                    problems.push(config(format!(
+                        "topic `{}` is read as two payload types: `{}` by handler `{}` ({}) and `{}` by handler `{}` ({})",
+                        info.topic,
+                        first_info.payload.unwrap_or("?"),
+                        first_info.name,
+                        first_info.location(),
+                        info.payload.unwrap_or("?"),
+                        info.name,
+                        info.location()
+                    )));
+                }
+            }
+        }
+    }
+}
+
+/// An [`App`] that passed its checks: a configured [`Router`], ready to start.
+pub struct BuiltApp {
+    router: Router,
+    publisher: Arc<dyn Publisher>,
+    handlers: Vec<HandlerInfo>,
+}
+
+impl BuiltApp {
+    /// The router (to start, shut down, add handlers, read its health).
+    pub fn router(&self) -> &Router {
+        &self.router
+    }
+
+    /// The registered handlers the app runs (those added as plain `Route`s are not listed).
+    pub fn handlers(&self) -> &[HandlerInfo] {
+        &self.handlers
+    }
+
+    /// The default publisher, for publishing from outside a handler (see [`PublishExt`]).
+    pub fn publisher(&self) -> &Arc<dyn Publisher> {
+        &self.publisher
+    }
+
+    /// Subscribes every handler and starts reading; returns once running.
+    pub async fn start(&self) -> Result<()> {
+        self.router.start().await
+    }
+
+    /// Runs until [`Router::shutdown`] is called.
+    pub async fn run(&self) -> Result<()> {
+        self.router.run().await
+    }
+
+    /// Runs until `signal` resolves, then shuts down gracefully.
+    pub async fn run_until<F: Future>(&self, signal: F) -> Result<()> {
+        self.router.run_until(signal).await
+    }
+}
+
+impl fmt::Debug for BuiltApp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names: Vec<_> = self.handlers.iter().map(|h| h.name).collect();
+        f.debug_struct("BuiltApp").field("router", &self.router).field("handlers", &names).finish()
+    }
+}
+
+impl fmt::Debug for App {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("App")
+            .field("from_registry", &self.from_registry)
+            .field("services", &self.services)
+            .field("module_prefixes", &self.prefixes)
+            .field("handlers", &self.descriptors().iter().map(|d| d.info().name).collect::<Vec<_>>())
+            .field("routes", &self.routes.len())
+            .field("named_pubsubs", &self.named.keys().collect::<Vec<_>>())
+            .field("state", &self.state)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Publishing typed values from outside a handler: a [`Topic`] type goes to its own topic, as JSON.
+///
+/// ```
+/// # use millstream::prelude::*;
+/// use millstream::app::PublishExt;
+/// #[derive(Serialize)]
+/// #[millstream::topic("orders.placed")]
+/// struct OrderPlaced { id: u64 }
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> millstream::Result<()> {
+/// let pubsub = MemoryPubSub::new();
+/// pubsub.publish_value(&OrderPlaced { id: 1 }).await?; // to "orders.placed"
+/// # Ok(()) }
+/// ```
+pub trait PublishExt: Publisher {
+    /// Publishes `value` to `T`'s topic, encoded as JSON.
+    fn publish_value<T: Topic + Serialize + ?Sized>(&self, value: &T) -> OpFuture<'_> {
+        match JsonCodec.encode(value) {
+            Ok(payload) => self.publish(T::NAME, Message::new(payload)),
+            Err(error) => OpFuture::ready(Err(error)),
+        }
+    }
+}
+
+impl<P: Publisher + ?Sized> PublishExt for P {}

@@ -1,0 +1,172 @@
+//! [`CircuitBreaker`]: stops calling a handler that keeps failing, for a cool-down.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_core::future::BoxFuture;
+use parking_lot::Mutex;
+use tokio::time::Instant;
+
+use super::{Middleware, Next};
+use crate::error::{Error, ErrorKind};
+use crate::handler::HandlerResult;
+use crate::message::Message;
+
+/// The state of a [`CircuitBreaker`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BreakerState {
+    /// Calls go through; failures are counted.
+    Closed,
+    /// Calls fail at once (transient, nacked with the remaining cool-down as a redelivery delay).
+    Open,
+    /// The cool-down is over: a limited number of trial calls go through; enough successes close
+    /// the breaker, one failure opens it again.
+    HalfOpen,
+}
+
+/// Opens after `failure_threshold` consecutive failures; while open, messages fail fast without
+/// reaching the handler (so a broken downstream is not hammered); after `cool_down` it lets
+/// `half_open_calls` trial calls through, and closes after `success_threshold` successes.
+///
+/// Permanent errors (bad input) say nothing about the downstream's health and are not counted.
+/// One breaker can be shared by several handlers that call the same downstream.
+#[derive(Clone)]
+pub struct CircuitBreaker {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    failure_threshold: u32,
+    success_threshold: u32,
+    half_open_calls: u32,
+    cool_down: Duration,
+    state: Mutex<Counters>,
+}
+
+struct Counters {
+    state: BreakerState,
+    failures: u32,
+    successes: u32,
+    trials_in_flight: u32,
+    opened_at: Instant,
+}
+
+impl CircuitBreaker {
+    /// Opens after `failure_threshold` consecutive failures, for `cool_down`; one trial call and
+    /// one success close it.
+    pub fn new(failure_threshold: u32, cool_down: Duration) -> Self {
+        CircuitBreaker {
+            inner: Arc::new(Inner {
+                failure_threshold: failure_threshold.max(1),
+                success_threshold: 1,
+                half_open_calls: 1,
+                cool_down,
+                state: Mutex::new(Counters {
+                    state: BreakerState::Closed,
+                    failures: 0,
+                    successes: 0,
+                    trials_in_flight: 0,
+                    opened_at: Instant::now(),
+                }),
+            }),
+        }
+    }
+
+    /// Successes needed in half-open state to close (default 1); also allows that many trials.
+    pub fn success_threshold(mut self, n: u32) -> Self {
+        let inner = Arc::get_mut(&mut self.inner).expect("configure a CircuitBreaker before sharing it");
+        inner.success_threshold = n.max(1);
+        inner.half_open_calls = inner.half_open_calls.max(n.max(1));
+        self
+    }
+
+    /// The current state.
+    pub fn state(&self) -> BreakerState {
+        let mut counters = self.inner.state.lock();
+        self.refresh(&mut counters);
+        counters.state
+    }
+
+    fn refresh(&self, c: &mut Counters) {
+        if c.state == BreakerState::Open && c.opened_at.elapsed() >= self.inner.cool_down {
+            c.state = BreakerState::HalfOpen;
+            c.successes = 0;
+            c.trials_in_flight = 0;
+        }
+    }
+
+    /// Decides whether a call may go through; `Err(remaining cool-down)` if not.
+    fn admit(&self) -> Result<(), Duration> {
+        let mut c = self.inner.state.lock();
+        self.refresh(&mut c);
+        match c.state {
+            BreakerState::Closed => Ok(()),
+            BreakerState::Open => Err(self.inner.cool_down.saturating_sub(c.opened_at.elapsed())),
+            BreakerState::HalfOpen if c.trials_in_flight < self.inner.half_open_calls => {
+                c.trials_in_flight += 1;
+                Ok(())
+            }
+            BreakerState::HalfOpen => Err(Duration::ZERO),
+        }
+    }
+
+    fn record(&self, result: &HandlerResult) {
+        let failed = matches!(result, Err(e) if !e.is_permanent());
+        let mut c = self.inner.state.lock();
+        match (c.state, failed) {
+            (BreakerState::Closed, false) => c.failures = 0,
+            (BreakerState::Closed, true) => {
+                c.failures += 1;
+                if c.failures >= self.inner.failure_threshold {
+                    self.open(&mut c);
+                }
+            }
+            (BreakerState::HalfOpen, false) => {
+                c.trials_in_flight = c.trials_in_flight.saturating_sub(1);
+                c.successes += 1;
+                if c.successes >= self.inner.success_threshold {
+                    c.state = BreakerState::Closed;
+                    c.failures = 0;
+                    tracing::info!("circuit breaker closed");
+                }
+            }
+            (BreakerState::HalfOpen, true) => self.open(&mut c),
+            (BreakerState::Open, _) => {}
+        }
+    }
+
+    fn open(&self, c: &mut Counters) {
+        c.state = BreakerState::Open;
+        c.opened_at = Instant::now();
+        c.failures = 0;
+        c.successes = 0;
+        c.trials_in_flight = 0;
+        tracing::warn!(cool_down = ?self.inner.cool_down, "circuit breaker opened");
+    }
+}
+
+impl Middleware for CircuitBreaker {
+    fn call(&self, message: Message, next: Next) -> BoxFuture<'static, HandlerResult> {
+        if let Err(remaining) = self.admit() {
+            let error = Error::new(ErrorKind::Handler, "circuit breaker is open").retry_after(remaining);
+            return Box::pin(std::future::ready(Err(error)));
+        }
+        let breaker = self.clone();
+        Box::pin(async move {
+            let result = next.run(message).await;
+            breaker.record(&result);
+            result
+        })
+    }
+}
+
+impl fmt::Debug for CircuitBreaker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CircuitBreaker")
+            .field("state", &self.state())
+            .field("failure_threshold", &self.inner.failure_threshold)
+            .field("cool_down", &self.inner.cool_down)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,226 @@
+//! [`Retry`]: calls the rest of the chain again after a transient error, with exponential backoff
+//! and jitter.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_core::future::BoxFuture;
+
+use super::{Middleware, Next};
+use crate::error::{Error, ErrorKind};
+use crate::handler::HandlerResult;
+use crate::message::Message;
+
+type Predicate = Box<dyn Fn(&Error) -> bool + Send + Sync>;
+type Hook = Box<dyn Fn(&RetryEvent<'_>) + Send + Sync>;
+
+/// Retries the rest of the chain in the process, without a redelivery.
+///
+/// Permanent errors (decode failures, [`Error::permanent`]) are never retried. Each attempt can
+/// get its own timeout ([`Retry::attempt_timeout`]): a slow first attempt does not eat the budget
+/// of the next ones, a trap of timeouts placed outside a retry loop.
+///
+/// ```
+/// use std::time::Duration;
+/// use millstream::middleware::Retry;
+///
+/// let retry = Retry::new(3)
+///     .initial_interval(Duration::from_millis(50))
+///     .max_elapsed(Duration::from_secs(10))
+///     .attempt_timeout(Duration::from_secs(2))
+///     .retry_if(|error| error.kind() != millstream::ErrorKind::Config);
+/// # let _ = retry;
+/// ```
+#[derive(Clone)]
+pub struct Retry {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    max_retries: u32,
+    initial: Duration,
+    multiplier: f64,
+    max_interval: Duration,
+    max_elapsed: Option<Duration>,
+    jitter: f64,
+    attempt_timeout: Option<Duration>,
+    predicate: Option<Predicate>,
+    on_retry: Option<Hook>,
+}
+
+/// What an [`on_retry`](Retry::on_retry) hook is told before each retry.
+#[derive(Debug)]
+pub struct RetryEvent<'a> {
+    /// The retry about to run (1 for the first retry).
+    pub retry: u32,
+    /// The error of the attempt that failed.
+    pub error: &'a Error,
+    /// How long the retry waits before running.
+    pub delay: Duration,
+    /// The handler.
+    pub handler: &'a str,
+}
+
+impl Retry {
+    /// Up to `max_retries` retries after the first attempt; backoff from 100 ms doubling up to
+    /// 10 s, ±20 % jitter, no elapsed-time limit.
+    pub fn new(max_retries: u32) -> Self {
+        Retry {
+            inner: Arc::new(Inner {
+                max_retries,
+                initial: Duration::from_millis(100),
+                multiplier: 2.0,
+                max_interval: Duration::from_secs(10),
+                max_elapsed: None,
+                jitter: 0.2,
+                attempt_timeout: None,
+                predicate: None,
+                on_retry: None,
+            }),
+        }
+    }
+
+    fn edit(mut self, f: impl FnOnce(&mut Inner)) -> Self {
+        f(Arc::get_mut(&mut self.inner).expect("configure a Retry before sharing it"));
+        self
+    }
+
+    /// The wait before the first retry.
+    pub fn initial_interval(self, interval: Duration) -> Self {
+        self.edit(|i| i.initial = interval)
+    }
+
+    /// How much each wait grows (default 2).
+    pub fn multiplier(self, multiplier: f64) -> Self {
+        self.edit(|i| i.multiplier = multiplier.max(1.0))
+    }
+
+    /// The longest wait between two attempts (default 10 s).
+    pub fn max_interval(self, interval: Duration) -> Self {
+        self.edit(|i| i.max_interval = interval)
+    }
+
+    /// Gives up once this much time has passed since the first attempt (no retry would start
+    /// after it).
+    pub fn max_elapsed(self, limit: Duration) -> Self {
+        self.edit(|i| i.max_elapsed = Some(limit))
+    }
+
+    /// Randomises each wait by ±`fraction` (0 to 1, default 0.2) so that many consumers do not
+    /// retry in lockstep.
+    pub fn jitter(self, fraction: f64) -> Self {
+        self.edit(|i| i.jitter = fraction.clamp(0.0, 1.0))
+    }
+
+    /// A timeout for each attempt, fresh every time.
+    pub fn attempt_timeout(self, timeout: Duration) -> Self {
+        self.edit(|i| i.attempt_timeout = Some(timeout))
+    }
+
+    /// Retries only errors for which `predicate` is true (permanent errors never are).
+    pub fn retry_if(self, predicate: impl Fn(&Error) -> bool + Send + Sync + 'static) -> Self {
+        self.edit(|i| i.predicate = Some(Box::new(predicate)))
+    }
+
+    /// Called before each retry (logging, metrics).
+    pub fn on_retry(self, hook: impl Fn(&RetryEvent<'_>) + Send + Sync + 'static) -> Self {
+        self.edit(|i| i.on_retry = Some(Box::new(hook)))
+    }
+
+    /// The wait before retry number `retry` (1-based), jitter included.
+    pub fn backoff(&self, retry: u32) -> Duration {
+        let i = &self.inner;
+        let exponent = retry.saturating_sub(1).min(64) as i32;
+        let base = (i.initial.as_secs_f64() * i.multiplier.powi(exponent)).min(i.max_interval.as_secs_f64());
+        let factor = if i.jitter > 0.0 { 1.0 + i.jitter * (fastrand::f64() * 2.0 - 1.0) } else { 1.0 };
+        Duration::from_secs_f64((base * factor).max(0.0))
+    }
+
+    fn retryable(&self, error: &Error) -> bool {
+        !error.is_permanent() && self.inner.predicate.as_ref().is_none_or(|p| p(error))
+    }
+}
+
+async fn attempt(next: Next, message: Message, timeout: Option<Duration>) -> HandlerResult {
+    match timeout {
+        None => next.run(message).await,
+        Some(limit) => match tokio::time::timeout(limit, next.run(message)).await {
+            Ok(result) => result,
+            Err(_) => Err(Error::new(ErrorKind::Timeout, format!("attempt took longer than {limit:?}"))),
+        },
+    }
+}
+
+impl Middleware for Retry {
+    fn call(&self, message: Message, next: Next) -> BoxFuture<'static, HandlerResult> {
+        let retry = self.clone();
+        Box::pin(async move {
+            let started = Instant::now();
+            let mut retries = 0;
+            loop {
+                let error = match attempt(next.clone(), message.clone(), retry.inner.attempt_timeout).await {
+                    Ok(outputs) => return Ok(outputs),
+                    Err(error) => error,
+                };
+                if retries >= retry.inner.max_retries || !retry.retryable(&error) {
+                    return Err(error);
+                }
+                retries += 1;
+                let delay = retry.backoff(retries);
+                if let Some(limit) = retry.inner.max_elapsed {
+                    if started.elapsed() + delay > limit {
+                        return Err(error);
+                    }
+                }
+                if let Some(hook) = &retry.inner.on_retry {
+                    hook(&RetryEvent { retry: retries, error: &error, delay, handler: next.handler_name() });
+                }
+                tracing::debug!(handler = %next.handler_name(), retry = retries, ?delay, %error, "retrying");
+                tokio::time::sleep(delay).await;
+            }
+        })
+    }
+}
+
+impl fmt::Debug for Retry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let i = &self.inner;
+        f.debug_struct("Retry")
+            .field("max_retries", &i.max_retries)
+            .field("initial", &i.initial)
+            .field("multiplier", &i.multiplier)
+            .field("max_interval", &i.max_interval)
+            .field("max_elapsed", &i.max_elapsed)
+            .field("jitter", &i.jitter)
+            .field("attempt_timeout", &i.attempt_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped_and_jittered() {
+        let r = Retry::new(10).initial_interval(Duration::from_millis(100)).jitter(0.0);
+        assert_eq!(r.backoff(1), Duration::from_millis(100));
+        assert_eq!(r.backoff(2), Duration::from_millis(200));
+        assert_eq!(r.backoff(4), Duration::from_millis(800));
+        assert_eq!(r.backoff(30), Duration::from_secs(10));
+        let j = Retry::new(10).initial_interval(Duration::from_millis(1000)).jitter(0.5);
+        for _ in 0..100 {
+            let d = j.backoff(1);
+            assert!(d >= Duration::from_millis(500) && d <= Duration::from_millis(1500), "{d:?}");
+        }
+    }
+
+    #[test]
+    fn permanent_errors_and_the_predicate_stop_retries() {
+        let r = Retry::new(3).retry_if(|e| e.message() != "fatal");
+        assert!(r.retryable(&Error::msg("flaky")));
+        assert!(!r.retryable(&Error::msg("fatal")));
+        assert!(!r.retryable(&Error::permanent("bad input")));
+    }
+}

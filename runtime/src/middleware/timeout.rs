@@ -1,0 +1,40 @@
+//! [`Timeout`]: fails a handler call that takes too long.
+
+use std::time::Duration;
+
+use futures_core::future::BoxFuture;
+
+use super::{Middleware, Next};
+use crate::error::{Error, ErrorKind};
+use crate::handler::HandlerResult;
+use crate::message::Message;
+
+/// Fails the rest of the chain with an [`ErrorKind::Timeout`] error (transient: nacked or retried)
+/// when it runs longer than the limit; the handler's future is dropped at that point.
+///
+/// Placed inside a [`Retry`](super::Retry) (added after it), each attempt gets a fresh limit;
+/// placed outside, the limit covers all attempts together. [`Retry::attempt_timeout`](super::Retry::attempt_timeout)
+/// is the first arrangement in one layer.
+#[derive(Clone, Copy, Debug)]
+pub struct Timeout {
+    limit: Duration,
+}
+
+impl Timeout {
+    /// A limit of `limit` per call.
+    pub fn new(limit: Duration) -> Self {
+        Timeout { limit }
+    }
+}
+
+impl Middleware for Timeout {
+    fn call(&self, message: Message, next: Next) -> BoxFuture<'static, HandlerResult> {
+        let limit = self.limit;
+        Box::pin(async move {
+            match tokio::time::timeout(limit, next.run(message)).await {
+                Ok(result) => result,
+                Err(_) => Err(Error::new(ErrorKind::Timeout, format!("handler took longer than {limit:?}"))),
+            }
+        })
+    }
+}

@@ -1,0 +1,12 @@
+//! The conformance suite against MariaDB / MySQL (127.0.0.1:3306, database `test`; override with
+//! `MILLSTREAM_MYSQL_URL`).
+#![cfg(all(feature = "conformance", feature = "mysql"))]
+
+#[path = "support/sql.rs"]
+mod support;
+
+async fn harness() -> support::SqlHarness {
+    support::SqlHarness { name: "mysql" }
+}
+
+millstream::conformance_tests!(harness);

@@ -1,0 +1,12 @@
+//! The conformance suite against PostgreSQL (127.0.0.1:5432, database `test`; override with
+//! `MILLSTREAM_POSTGRES_URL`).
+#![cfg(all(feature = "conformance", feature = "postgres"))]
+
+#[path = "support/sql.rs"]
+mod support;
+
+async fn harness() -> support::SqlHarness {
+    support::SqlHarness { name: "postgres" }
+}
+
+millstream::conformance_tests!(harness);

@@ -1,0 +1,56 @@
+//! The conformance suite against the SQLite backend: a fresh database file per case.
+#![cfg(all(feature = "conformance", feature = "sqlite"))]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use millstream::conformance::{BoxFuture, Harness};
+use millstream::pubsub::PubSub;
+use millstream::{SqlConfig, SqlPubSub};
+
+struct SqliteHarness {
+    _dir: TempDir,
+    path: std::path::PathBuf,
+}
+
+/// A directory removed when dropped.
+struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    fn new(prefix: &str) -> TempDir {
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+        let path = std::env::temp_dir().join(format!("{prefix}-{}-{nanos}", std::process::id()));
+        std::fs::create_dir_all(&path).expect("temp dir");
+        TempDir(path)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+impl Harness for SqliteHarness {
+    fn name(&self) -> &str {
+        "sqlite"
+    }
+
+    fn connect(&self) -> BoxFuture<'_, millstream::Result<Arc<dyn PubSub>>> {
+        Box::pin(async move {
+            // A short ack deadline: a consumer that vanished hands its messages over quickly.
+            let config = SqlConfig::default()
+                .ack_deadline(Duration::from_secs(3))
+                .poll_interval(Duration::from_millis(20));
+            Ok(Arc::new(SqlPubSub::open_sqlite(&self.path, config).await?) as Arc<dyn PubSub>)
+        })
+    }
+}
+
+async fn harness() -> SqliteHarness {
+    let dir = TempDir::new("millstream-conformance-sqlite");
+    let path = dir.0.join("queue.db");
+    SqliteHarness { _dir: dir, path }
+}
+
+millstream::conformance_tests!(harness);

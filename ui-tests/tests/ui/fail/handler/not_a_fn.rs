@@ -1,0 +1,12 @@
+use millstream::prelude::*;
+
+#[derive(Serialize, Deserialize)]
+#[millstream::topic("orders")]
+struct Order {
+    id: u64,
+}
+
+#[millstream::handler]
+struct Bill;
+
+fn main() {}

@@ -1,0 +1,20 @@
+use millstream::prelude::*;
+
+#[derive(Serialize, Deserialize)]
+#[millstream::topic("orders")]
+struct Order {
+    id: u64,
+}
+
+#[derive(Serialize)]
+#[millstream::topic("refunds")]
+struct Refund {
+    id: u64,
+}
+
+#[millstream::handler]
+async fn refund(refund: Refund) {
+    let _ = refund.id;
+}
+
+fn main() {}

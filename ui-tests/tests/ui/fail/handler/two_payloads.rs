@@ -1,0 +1,17 @@
+use millstream::prelude::*;
+
+#[derive(Serialize, Deserialize)]
+#[millstream::topic("orders")]
+struct Order {
+    id: u64,
+}
+
+#[derive(Deserialize)]
+struct Tenant(String);
+
+#[millstream::handler]
+async fn bill(order: Order, tenant: Tenant) {
+    let _ = (order.id, tenant.0);
+}
+
+fn main() {}

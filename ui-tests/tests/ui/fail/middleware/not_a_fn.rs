@@ -1,0 +1,6 @@
+use millstream::prelude::*;
+
+#[millstream::middleware]
+struct Timing;
+
+fn main() {}

@@ -1,0 +1,6 @@
+#[millstream::topic("orders", crate = millstream, crate = ::millstream)]
+struct Order {
+    id: u64,
+}
+
+fn main() {}

@@ -1,0 +1,6 @@
+#[millstream::topic]
+struct Order {
+    id: u64,
+}
+
+fn main() {}

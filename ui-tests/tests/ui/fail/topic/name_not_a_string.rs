@@ -1,0 +1,6 @@
+#[millstream::topic(orders)]
+struct Order {
+    id: u64,
+}
+
+fn main() {}

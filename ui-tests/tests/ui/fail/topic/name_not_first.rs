@@ -1,0 +1,6 @@
+#[millstream::topic(crate = millstream)]
+struct Order {
+    id: u64,
+}
+
+fn main() {}

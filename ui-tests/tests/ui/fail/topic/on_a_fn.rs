@@ -1,0 +1,4 @@
+#[millstream::topic("orders")]
+fn orders() {}
+
+fn main() {}

@@ -1,0 +1,7 @@
+#[millstream::topic("orders")]
+union Order {
+    id: u64,
+    code: u32,
+}
+
+fn main() {}

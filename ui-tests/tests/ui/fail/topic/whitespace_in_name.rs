@@ -1,0 +1,6 @@
+#[millstream::topic("orders placed")]
+struct Order {
+    id: u64,
+}
+
+fn main() {}

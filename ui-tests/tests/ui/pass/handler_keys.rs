@@ -1,0 +1,80 @@
+//! Every key of `#[handler]`, typed topics and publish targets, and the parameter markers.
+use millstream::prelude::*;
+use millstream::{FromMessage, StateMap};
+
+#[derive(Serialize, Deserialize)]
+#[millstream::topic("orders")]
+struct Order {
+    id: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+#[millstream::topic("invoices")]
+struct Invoice {
+    order: u64,
+}
+
+/// A custom extractor: marked `#[extract]` since its name is not a known one.
+struct Tenant(String);
+
+impl FromMessage for Tenant {
+    type Prepared = ();
+    fn prepare(_: &StateMap) -> Result<()> {
+        Ok(())
+    }
+    fn from_message(_: &(), message: &Message, _: millstream::extract::MessageCx<'_>) -> Result<Self> {
+        Ok(Tenant(message.metadata().get("tenant").unwrap_or_default().to_owned()))
+    }
+}
+
+/// A payload type named like an extractor: marked `#[payload]`.
+#[derive(Deserialize)]
+struct State {
+    _on: bool,
+}
+
+#[millstream::middleware]
+async fn timing(message: Message, next: Next) -> HandlerResult {
+    next.run(message).await
+}
+
+#[millstream::handler(
+    topic = Order,
+    publish = Invoice,
+    group = "billing",
+    concurrency = 8,
+    name = "billing.bill",
+    pubsub = "kafka",
+    codec = millstream::JsonCodec,
+    middleware = [timing, millstream::middleware::from_fn(timing)],
+    service = "billing",
+    crate = ::millstream,
+)]
+async fn bill(order: Order, #[extract] _tenant: Tenant) -> Result<Vec<Invoice>> {
+    Ok(vec![Invoice { order: order.id }])
+}
+
+#[millstream::handler(topic = "switches")]
+async fn switch(#[payload] _state: State, _meta: Metadata) {}
+
+#[millstream::handler(topic = Order)]
+async fn typed_topic_without_payload(_raw: Bytes) {}
+
+mod renamed {
+    // `millstream` re-exported under another name.
+    pub use millstream as ms;
+}
+
+#[renamed::ms::handler(topic = "renamed", crate = renamed::ms)]
+async fn through_a_reexport(_: u32) {}
+
+#[renamed::ms::topic("renamed.type", crate = renamed::ms)]
+struct Renamed;
+
+fn main() {
+    let info = millstream::registry::handlers().iter().find(|d| d.info().fn_name == "bill").unwrap().info();
+    assert_eq!(info.name, "billing.bill");
+    assert_eq!((info.topic, info.publish), ("orders", Some("invoices")));
+    assert_eq!((info.group, info.concurrency, info.pubsub, info.service), (Some("billing"), 8, Some("kafka"), Some("billing")));
+    assert_eq!(<Renamed as Topic>::NAME, "renamed.type");
+}
