@@ -160,6 +160,7 @@ impl<T: Publishable> IntoOutputs for Vec<T> {
 /// into [`Error`]), or a [`Publishable`] `T`, `Option<T>` or `Vec<T>` directly.
 #[diagnostic::on_unimplemented(
     message = "`{Self}` is not a valid handler return type",
+    label = "not a handler return type",
     note = "return `()`, `Result<(), E>`, `Result<T, E>`, `Result<Option<T>, E>`, `Result<Vec<T>, E>`, `Option<T>` or `Vec<T>`, where `T` is publishable and `E: Into<millstream::Error>`"
 )]
 pub trait HandlerReturn: Send {

@@ -554,3 +554,32 @@ fn middleware_are_object_safe(layers: Vec<Box<dyn millstream::Middleware>>) -> u
         |m, n| Box::pin(n.run(m));
     layers.len()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_handler_sees_in_process_retries_as_attempts() {
+    let rec = Recording::new();
+    let input = topic("attempts");
+    let seen = Arc::new(parking_lot::Mutex::new(Vec::new()));
+    let handler = {
+        let seen = seen.clone();
+        move |_: serde_json::Value, Attempt(a): Attempt| {
+            seen.lock().push(a);
+            async move {
+                if a < 3 {
+                    Err(Error::msg("again"))
+                } else {
+                    Ok(())
+                }
+            }
+        }
+    };
+    let router = Router::new(rec.clone()).route(
+        Route::new("attempts", &input, handler)
+            .middleware(Retry::new(5).initial_interval(Duration::from_millis(1))),
+    );
+    let task = start(&router).await;
+    rec.inner.publish(&input, Message::new("{}")).await.unwrap();
+    rec.log.wait_for("ack", |ev| ev.iter().any(|e| matches!(e, Event::Acked { .. }))).await;
+    stop(&router, task).await;
+    assert_eq!(*seen.lock(), [1, 2, 3]);
+}

@@ -460,3 +460,46 @@ async fn concurrency_one_keeps_order() {
     router.shutdown();
     within("stop", run).await.unwrap().unwrap();
 }
+
+/// A subscriber whose server is down.
+struct Unreachable;
+
+impl Subscriber for Unreachable {
+    fn subscribe<'a>(
+        &'a self,
+        _topic: &'a str,
+        _options: SubscribeOptions,
+    ) -> millstream::pubsub::OpFuture<'a, millstream::Subscription> {
+        millstream::pubsub::OpFuture::ready(Err(Error::new(ErrorKind::Backend, "connection refused")))
+    }
+
+    fn close(&self) -> millstream::pubsub::OpFuture<'_> {
+        millstream::pubsub::OpFuture::ready(Ok(()))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_reports_liveness_and_readiness() {
+    async fn noop(_: Order) {}
+    let router = Router::new(MemoryPubSub::new()).route(Route::new("a", topic("health"), noop));
+    let health = router.health();
+    assert!(!health.live && !health.ready);
+    let run = tokio::spawn({
+        let router = router.clone();
+        async move { router.run().await }
+    });
+    within("running", router.running()).await;
+    let health = router.health();
+    assert!(health.live && health.ready, "{health:?}");
+    assert_eq!(health.handlers, [("a".to_owned(), true)]);
+
+    // A handler whose backend is unreachable keeps the router live but not ready.
+    router.add(Route::new("b", topic("health"), noop).subscriber(Arc::new(Unreachable))).unwrap();
+    let health = router.health();
+    assert!(health.live && !health.ready, "{health:?}");
+    assert_eq!(health.handlers, [("a".to_owned(), true), ("b".to_owned(), false)]);
+
+    router.shutdown();
+    within("stop", run).await.unwrap().unwrap();
+    assert!(!router.health().live);
+}

@@ -14,7 +14,7 @@
 //! points at it, and it is reported once.
 
 use proc_macro2::{Literal, TokenStream};
-use quote::quote;
+use quote::{quote, quote_spanned};
 
 use super::parse::TopicArg;
 use super::validate::{Handler, Topic};
@@ -83,6 +83,10 @@ pub(crate) fn expand(handler: &Handler) -> TokenStream {
     let option_type_id = paths.option_type(type_id.clone());
     let type_id_of_val = paths.type_id_of_val();
     let register = paths.register_handler();
+    // Spanned on the fn's name: a future that is not `Send` is reported there.
+    let build_route = quote_spanned! {fn_ident.span()=>
+        #helper::<_, _, #output, #(#params),*>(Self::INFO.name, Self::INFO.topic, #fn_ident, #codec)
+    };
     let doc = format!(" The `#[millstream::handler]` registration of [`{fn_name}`].");
 
     quote! {
@@ -108,12 +112,7 @@ pub(crate) fn expand(handler: &Handler) -> TokenStream {
                 };
 
                 fn route() -> #route {
-                    let route = #helper::<_, _, #output, _, #(#params),*>(
-                        Self::INFO.name,
-                        Self::INFO.topic,
-                        #fn_ident,
-                        #codec,
-                    );
+                    let route = #build_route;
                     #(let route = #with_middleware(route, #middleware);)*
                     route
                 }

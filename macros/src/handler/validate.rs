@@ -66,22 +66,23 @@ pub(crate) fn validate(mut args: Args, item: Item, errors: &mut Errors) -> (Toke
     let mut item = match item {
         Item::Fn(item) => item,
         Item::Other(tokens) => {
-            errors.on(
-                Span::call_site(),
-                "`#[millstream::handler]` goes on an async fn: `async fn name(payload: T, ..) -> R`",
-            );
+            let span = tokens.clone().into_iter().next().map_or(Span::call_site(), |t| t.span());
+            errors.on(span, "`#[millstream::handler]` goes on an async fn: `async fn name(payload: T, ..) -> R`");
             return (tokens, None);
         }
     };
     check_signature(&item.sig, errors);
-    let markers = strip_markers(&mut item, errors);
     let before_params = errors.len();
+    let markers = strip_markers(&mut item, errors);
 
     // Payload or extractor, parameter by parameter.
     let mut payload: Option<Type> = None;
     let mut extractors = Vec::new();
-    for (index, (input, marker)) in item.sig.inputs.iter().zip(markers).enumerate() {
-        let FnArg::Typed(param) = input else { continue };
+    let typed = item.sig.inputs.iter().zip(markers).filter_map(|(input, marker)| match input {
+        FnArg::Typed(param) => Some((param, marker)),
+        FnArg::Receiver(_) => None,
+    });
+    for (index, (param, marker)) in typed.enumerate() {
         let ty = (*param.ty).clone();
         let is_payload = match marker {
             Some(Marker::Payload) => true,
@@ -205,9 +206,6 @@ fn check_signature(sig: &syn::Signature, errors: &mut Errors) {
             sig.fn_token,
             format_args!("`#[millstream::handler]` needs an async fn: `async fn {}(..)`", sig.ident),
         );
-    }
-    if let Some(constness) = &sig.constness {
-        errors.at(constness, "a handler cannot be a `const fn`");
     }
     if let Some(unsafety) = &sig.unsafety {
         errors.at(unsafety, "a handler cannot be `unsafe`");

@@ -29,16 +29,14 @@ pub(crate) fn validate(mut args: Args, item: Item, errors: &mut Errors) -> (Toke
     let item = match item {
         Item::Fn(item) => item,
         Item::Other(tokens) => {
-            errors.on(Span::call_site(), format_args!("`#[millstream::middleware]` goes on an async fn: {SHAPE}"));
+            let span = tokens.clone().into_iter().next().map_or(Span::call_site(), |t| t.span());
+            errors.on(span, format_args!("`#[millstream::middleware]` goes on an async fn: {SHAPE}"));
             return (tokens, None);
         }
     };
     let sig = &item.sig;
     if sig.asyncness.is_none() {
         errors.at(sig.fn_token, format_args!("`#[millstream::middleware]` needs an async fn: {SHAPE}"));
-    }
-    if let Some(constness) = &sig.constness {
-        errors.at(constness, "a middleware cannot be a `const fn`");
     }
     if let Some(unsafety) = &sig.unsafety {
         errors.at(unsafety, "a middleware cannot be `unsafe`");

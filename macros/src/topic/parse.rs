@@ -40,14 +40,13 @@ fn entry(input: ParseStream<'_>, first: bool, args: &mut Args, errors: &mut Erro
         args.name.set(name.span(), name, errors);
         return Ok(());
     }
-    let lookahead = input.lookahead1();
-    if lookahead.peek(Token![crate]) {
+    if input.peek(Token![crate]) {
         let key: Token![crate] = input.parse()?;
         attr::eq(input, "crate")?;
         args.krate.set(key.span, input.call(syn::Path::parse_mod_style)?, errors);
         Ok(())
     } else {
-        Err(lookahead.error())
+        Err(input.error("after the topic's name, only `crate = path` is accepted"))
     }
 }
 

@@ -28,6 +28,8 @@ pub(crate) fn validate(mut args: Args, item: Item, errors: &mut Errors) -> (Toke
     }
     let name = args.name.take();
     match &name {
+        // A malformed name was reported already.
+        None if !errors.is_empty() => {}
         None => errors.on(
             Span::call_site(),
             "`#[millstream::topic]` needs the topic's name: `#[millstream::topic(\"orders.placed\")]`",

@@ -125,6 +125,13 @@ impl Next {
         self.attempt
     }
 
+    /// The same rest of the chain, telling the layers and the handler below that this is attempt
+    /// `attempt` (what [`Retry`] does for each retry, so that the handler's `Attempt` counts them).
+    pub fn with_attempt(mut self, attempt: u32) -> Self {
+        self.attempt = attempt;
+        self
+    }
+
     /// The handler's publisher (for middleware that publishes, like [`PoisonQueue`]).
     pub fn publisher(&self) -> &Arc<dyn crate::pubsub::Publisher> {
         &self.chain.route.publisher

@@ -17,6 +17,9 @@ type Hook = Box<dyn Fn(&RetryEvent<'_>) + Send + Sync>;
 
 /// Retries the rest of the chain in the process, without a redelivery.
 ///
+/// The layers below and the handler see each retry as the next attempt (`Attempt` 2 on the first
+/// retry of a first delivery); layers above it see the delivery's attempt.
+///
 /// Permanent errors (decode failures, [`Error::permanent`]) are never retried. Each attempt can
 /// get its own timeout ([`Retry::attempt_timeout`]): a slow first attempt does not eat the budget
 /// of the next ones, a trap of timeouts placed outside a retry loop.
@@ -159,7 +162,8 @@ impl Middleware for Retry {
             let started = Instant::now();
             let mut retries = 0;
             loop {
-                let error = match attempt(next.clone(), message.clone(), retry.inner.attempt_timeout).await {
+                let inner = next.clone().with_attempt(next.attempt().saturating_add(retries));
+                let error = match attempt(inner, message.clone(), retry.inner.attempt_timeout).await {
                     Ok(outputs) => return Ok(outputs),
                     Err(error) => error,
                 };
