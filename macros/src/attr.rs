@@ -125,11 +125,13 @@ where
         None => lit.base10_digits().to_owned(),
     };
     let span = minus.map_or(lit.span(), |m| m.span);
-    let value = text
-        .parse::<N>()
-        .map_err(|error| syn::Error::new(span, format_args!("invalid `{key}`: {error}")))?;
+    let value =
+        text.parse::<N>().map_err(|error| syn::Error::new(span, format_args!("invalid `{key}`: {error}")))?;
     if !lit.suffix().is_empty() {
-        return Err(syn::Error::new(lit.span(), format_args!("`{key}` takes a plain integer, without a suffix")));
+        return Err(syn::Error::new(
+            lit.span(),
+            format_args!("`{key}` takes a plain integer, without a suffix"),
+        ));
     }
     Ok((value, span))
 }

@@ -89,3 +89,38 @@ pub fn topic(attr: TokenStream, item: TokenStream) -> TokenStream {
 pub fn middleware(attr: TokenStream, item: TokenStream) -> TokenStream {
     middleware::middleware(attr.into(), item.into()).into()
 }
+
+#[cfg(test)]
+mod tests {
+    //! The one-level expansion shown in `docs/expansion.md` is this crate's real output: the test
+    //! fails when they differ; `UPDATE_EXPANSION=1` rewrites the document's code block.
+
+    use quote::quote;
+
+    const START: &str = "<!-- expansion:start -->\n";
+    const END: &str = "<!-- expansion:end -->";
+
+    #[test]
+    fn docs_show_the_real_expansion() {
+        let attr = quote!(group = "billing", concurrency = 4, middleware = [timing]);
+        let item = quote! {
+            async fn bill(order: OrderPlaced, State(prices): State<Prices>) -> Result<InvoiceIssued, Error> {
+                Ok(InvoiceIssued { order_id: order.id, cents: u64::from(order.qty) * prices.cents_per_item })
+            }
+        };
+        let output = crate::handler::handler(attr, item);
+        let file: syn::File = syn::parse2(output).expect("the expansion parses");
+        let expected = format!("```rust\n{}```\n", prettyplease::unparse(&file));
+
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/expansion.md");
+        let doc = std::fs::read_to_string(path).expect("docs/expansion.md");
+        let start = doc.find(START).expect("start marker") + START.len();
+        let end = doc.find(END).expect("end marker");
+        if std::env::var_os("UPDATE_EXPANSION").is_some() {
+            let updated = format!("{}{expected}{}", &doc[..start], &doc[end..]);
+            std::fs::write(path, updated).expect("docs/expansion.md written");
+            return;
+        }
+        assert_eq!(&doc[start..end], expected, "run with UPDATE_EXPANSION=1 to refresh docs/expansion.md");
+    }
+}

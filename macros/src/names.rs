@@ -12,7 +12,8 @@ pub(crate) fn tokens_text(tokens: &impl ToTokens) -> String {
             let prev = if i > 0 { chars[i - 1] } else { ' ' };
             let next = chars.get(i + 1).copied().unwrap_or(' ');
             let tight = matches!(prev, '<' | '(' | '[' | '&' | ':')
-                || matches!(next, '<' | '>' | ',' | ')' | ']' | ':')
+                || matches!(next, '<' | '>' | ',' | ')' | ']')
+                || (next == ':' && prev != ',')
                 || (prev == '>' && next == '>');
             if tight {
                 continue;

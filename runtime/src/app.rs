@@ -233,7 +233,7 @@ impl App {
                 let info = m.info();
                 info.priority.is_some()
                     && self.in_prefixes(info.module_path)
-                    && info.service.map_or(true, |s| self.services.iter().any(|t| t == s))
+                    && info.service.is_none_or(|s| self.services.iter().any(|t| t == s))
             })
             .map(|m| m.layer())
             .collect()

@@ -143,7 +143,7 @@ fn middleware_list(input: ParseStream<'_>) -> syn::Result<Vec<Expr>> {
 /// The item under the attribute: a fn, or tokens that are not one (emitted back unchanged).
 pub(crate) enum Item {
     /// It parsed as a fn.
-    Fn(syn::ItemFn),
+    Fn(Box<syn::ItemFn>),
     /// It did not; rustc reports the user's own mistake when the tokens are emitted back.
     Other(TokenStream),
 }
@@ -151,7 +151,7 @@ pub(crate) enum Item {
 /// Reads the item.
 pub(crate) fn item(tokens: TokenStream) -> Item {
     match syn::parse2::<syn::ItemFn>(tokens.clone()) {
-        Ok(item) => Item::Fn(item),
+        Ok(item) => Item::Fn(Box::new(item)),
         Err(_) => Item::Other(tokens),
     }
 }

@@ -64,10 +64,13 @@ enum Marker {
 /// Returns the fn to emit either way.
 pub(crate) fn validate(mut args: Args, item: Item, errors: &mut Errors) -> (TokenStream, Option<Handler>) {
     let mut item = match item {
-        Item::Fn(item) => item,
+        Item::Fn(item) => *item,
         Item::Other(tokens) => {
             let span = tokens.clone().into_iter().next().map_or(Span::call_site(), |t| t.span());
-            errors.on(span, "`#[millstream::handler]` goes on an async fn: `async fn name(payload: T, ..) -> R`");
+            errors.on(
+                span,
+                "`#[millstream::handler]` goes on an async fn: `async fn name(payload: T, ..) -> R`",
+            );
             return (tokens, None);
         }
     };
@@ -227,10 +230,8 @@ fn check_signature(sig: &syn::Signature, errors: &mut Errors) {
                 receiver,
                 "a handler cannot take `self`: make it a free fn, and reach shared values with `State<T>`",
             ),
-            FnArg::Typed(param) if contains_impl_trait(&param.ty) => errors.at(
-                &param.ty,
-                "a handler cannot take `impl Trait`: that makes it generic; name the type",
-            ),
+            FnArg::Typed(param) if contains_impl_trait(&param.ty) => errors
+                .at(&param.ty, "a handler cannot take `impl Trait`: that makes it generic; name the type"),
             FnArg::Typed(_) => {}
         }
     }
@@ -305,6 +306,8 @@ fn is_unit(ty: &Type) -> bool {
 
 /// Whether `impl Trait` appears anywhere in the type.
 fn contains_impl_trait(ty: &Type) -> bool {
-    ty.to_token_stream().into_iter().any(|tree| matches!(tree, proc_macro2::TokenTree::Ident(i) if i == "impl"))
+    ty.to_token_stream()
+        .into_iter()
+        .any(|tree| matches!(tree, proc_macro2::TokenTree::Ident(i) if i == "impl"))
         || matches!(ty, Type::ImplTrait(_))
 }

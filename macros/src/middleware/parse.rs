@@ -60,7 +60,7 @@ fn entry(input: ParseStream<'_>, args: &mut Args, errors: &mut Errors) -> syn::R
 /// The item: a fn, or tokens emitted back as they are.
 pub(crate) enum Item {
     /// It parsed as a fn.
-    Fn(syn::ItemFn),
+    Fn(Box<syn::ItemFn>),
     /// It did not.
     Other(TokenStream),
 }
@@ -68,7 +68,7 @@ pub(crate) enum Item {
 /// Reads the item.
 pub(crate) fn item(tokens: TokenStream) -> Item {
     match syn::parse2::<syn::ItemFn>(tokens.clone()) {
-        Ok(item) => Item::Fn(item),
+        Ok(item) => Item::Fn(Box::new(item)),
         Err(_) => Item::Other(tokens),
     }
 }

@@ -25,9 +25,13 @@ pub(crate) struct MiddlewareFn {
 const SHAPE: &str = "a middleware is `async fn name(message: Message, next: Next) -> HandlerResult`";
 
 /// Checks the fn and the keys; returns the fn to emit and, if all is well, the middleware.
-pub(crate) fn validate(mut args: Args, item: Item, errors: &mut Errors) -> (TokenStream, Option<MiddlewareFn>) {
+pub(crate) fn validate(
+    mut args: Args,
+    item: Item,
+    errors: &mut Errors,
+) -> (TokenStream, Option<MiddlewareFn>) {
     let item = match item {
-        Item::Fn(item) => item,
+        Item::Fn(item) => *item,
         Item::Other(tokens) => {
             let span = tokens.clone().into_iter().next().map_or(Span::call_site(), |t| t.span());
             errors.on(span, format_args!("`#[millstream::middleware]` goes on an async fn: {SHAPE}"));
@@ -52,7 +56,9 @@ pub(crate) fn validate(mut args: Args, item: Item, errors: &mut Errors) -> (Toke
     let mut types = Vec::new();
     for input in &sig.inputs {
         match input {
-            FnArg::Receiver(receiver) => errors.at(receiver, "a middleware cannot take `self`: make it a free fn"),
+            FnArg::Receiver(receiver) => {
+                errors.at(receiver, "a middleware cannot take `self`: make it a free fn")
+            }
             FnArg::Typed(param) => types.push((*param.ty).clone()),
         }
     }
@@ -69,7 +75,10 @@ pub(crate) fn validate(mut args: Args, item: Item, errors: &mut Errors) -> (Toke
         syn::ReturnType::Default => {
             errors.at(
                 &sig.ident,
-                format_args!("`{}` returns nothing; {SHAPE}, returning what `next.run(message).await` gives", sig.ident),
+                format_args!(
+                    "`{}` returns nothing; {SHAPE}, returning what `next.run(message).await` gives",
+                    sig.ident
+                ),
             );
             None
         }

@@ -31,7 +31,9 @@ fn entry(input: ParseStream<'_>, first: bool, args: &mut Args, errors: &mut Erro
             return Err(input.error("the topic's name comes first: `#[millstream::topic(\"name\")]`"));
         }
         if !input.peek(LitStr) {
-            return Err(input.error("a topic's name is a string literal: `#[millstream::topic(\"orders.placed\")]`"));
+            return Err(
+                input.error("a topic's name is a string literal: `#[millstream::topic(\"orders.placed\")]`")
+            );
         }
         let name: LitStr = input.parse()?;
         if name.value().is_empty() {
@@ -53,7 +55,7 @@ fn entry(input: ParseStream<'_>, first: bool, args: &mut Args, errors: &mut Erro
 /// The item under the attribute.
 pub(crate) enum Item {
     /// A struct, enum or union (only the first two are accepted).
-    Type(syn::DeriveInput),
+    Type(Box<syn::DeriveInput>),
     /// Anything else, with a span to report on.
     Other(TokenStream, Span),
 }
@@ -61,7 +63,7 @@ pub(crate) enum Item {
 /// Reads the item.
 pub(crate) fn item(tokens: TokenStream) -> Item {
     match syn::parse2::<syn::DeriveInput>(tokens.clone()) {
-        Ok(input) => Item::Type(input),
+        Ok(input) => Item::Type(Box::new(input)),
         Err(_) => {
             let span = tokens.clone().into_iter().next().map_or(Span::call_site(), |t| t.span());
             Item::Other(tokens, span)

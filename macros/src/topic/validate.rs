@@ -17,7 +17,7 @@ pub(crate) struct TopicType {
 /// Checks the item and the name; returns the item to emit and, if all is well, the topic.
 pub(crate) fn validate(mut args: Args, item: Item, errors: &mut Errors) -> (TokenStream, Option<TopicType>) {
     let input = match item {
-        Item::Type(input) => input,
+        Item::Type(input) => *input,
         Item::Other(tokens, span) => {
             errors.on(span, "`#[millstream::topic]` goes on a struct or an enum");
             return (tokens, None);

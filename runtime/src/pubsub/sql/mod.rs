@@ -691,7 +691,8 @@ impl Inner {
             && self.publisher_closed.load(Ordering::Acquire)
             && self.subscriber_closed.load(Ordering::Acquire)
         {
-            self.pool.close().await;
+            // A connection still checked out (a settle racing the close) must not hold this up.
+            let _ = tokio::time::timeout(Duration::from_secs(5), self.pool.close()).await;
         }
         Ok(())
     }

@@ -1,5 +1,3 @@
-use millstream::prelude::*;
-
 #[millstream::middleware]
 struct Timing;
 
