@@ -64,14 +64,16 @@ fn parse_args() -> Result<Args, String> {
     let mut args = Args { json: false, messages: 1_000_000, runs: 1, scenarios: Vec::new(), child: false };
     let words: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
-    let value = |i: usize, name: &str| words.get(i + 1).cloned().ok_or_else(|| format!("{name} needs a value"));
+    let value =
+        |i: usize, name: &str| words.get(i + 1).cloned().ok_or_else(|| format!("{name} needs a value"));
     while i < words.len() {
         match words[i].as_str() {
             "--json" => args.json = true,
             "--child" => args.child = true,
             "--messages" | "-n" => {
                 let text = value(i, "--messages")?;
-                args.messages = text.replace('_', "").parse().map_err(|_| format!("bad --messages {text}"))?;
+                args.messages =
+                    text.replace('_', "").parse().map_err(|_| format!("bad --messages {text}"))?;
                 if args.messages == 0 {
                     return Err("--messages must be at least 1".to_owned());
                 }

@@ -149,7 +149,11 @@ fn targets(outcomes: &[Outcome]) -> Vec<(String, String, bool)> {
     }
     let ours: Vec<_> = outcomes.iter().filter(|o| !o.scenario.starts_with("peer")).collect();
     if let Some(peak) = ours.iter().map(|o| o.peak_rss_mib).reduce(f64::max) {
-        out.push(("peak RSS < 64 MiB (millstream scenarios)".to_owned(), format!("{peak:.1} MiB"), peak < 64.0));
+        out.push((
+            "peak RSS < 64 MiB (millstream scenarios)".to_owned(),
+            format!("{peak:.1} MiB"),
+            peak < 64.0,
+        ));
     }
     out
 }

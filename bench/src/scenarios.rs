@@ -115,8 +115,7 @@ async fn run_router(router: Router, pubsub: MemoryPubSub, latch: Latch, messages
 pub(crate) async fn router(messages: u64) -> Outcome {
     let pubsub = MemoryPubSub::new();
     let latch = Latch::new(messages);
-    let router =
-        Router::new(pubsub.clone()).state(latch.clone()).route(Route::new("sink", TOPIC_A, sink));
+    let router = Router::new(pubsub.clone()).state(latch.clone()).route(Route::new("sink", TOPIC_A, sink));
     let elapsed = run_router(router, pubsub, latch, messages).await;
     throughput("router", messages, elapsed)
 }

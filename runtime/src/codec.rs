@@ -2,7 +2,7 @@
 //!
 //! A handler decodes its payload with its codec (JSON unless configured otherwise) and encodes the
 //! values it publishes with the same codec. Decoding failures become permanent
-//! [`ErrorKind::Decode`](crate::ErrorKind::Decode) errors carrying the decoder's message.
+//! [`ErrorKind::Decode`](crate::ErrorKind) errors carrying the decoder's message.
 
 use bytes::Bytes;
 use serde::de::DeserializeOwned;

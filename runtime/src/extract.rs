@@ -2,7 +2,7 @@
 //!
 //! A handler is an async fn whose first argument may be the payload (any `DeserializeOwned` type,
 //! decoded with the handler's codec) and whose other arguments implement [`FromMessage`]:
-//! [`Json<T>`], [`Bytes`](bytes::Bytes) (the raw payload), [`Metadata`], [`MessageId`], [`Message`],
+//! [`Json<T>`], [`Bytes`] (the raw payload), [`Metadata`], [`MessageId`], [`Message`],
 //! [`Attempt`], [`State<T>`] and [`Ctx`].
 
 use std::borrow::Cow;

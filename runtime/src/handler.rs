@@ -227,6 +227,11 @@ pub const fn output_spec<R: HandlerReturn>() -> OutputSpec {
 /// The first argument may be the payload (`T: DeserializeOwned`, decoded with the handler's
 /// codec; a payload that does not decode is a permanent error); every other argument implements
 /// [`FromMessage`]. The return type implements [`HandlerReturn`].
+///
+/// A type that is both `DeserializeOwned` and an extractor makes a handler that takes it first
+/// ambiguous (rustc asks for type annotations): [`Bytes`](bytes::Bytes) is one when the bytes
+/// crate's `serde` feature is on somewhere in the build. Take [`Message`] first instead, or use
+/// `#[millstream::handler]`, which decides the payload from the signature.
 #[diagnostic::on_unimplemented(
     message = "`{Self}` is not a millstream handler",
     note = "a handler is an `async fn` whose first argument is the payload (`T: DeserializeOwned`) or an extractor, whose other arguments are extractors (`Json<T>`, `Bytes`, `Metadata`, `MessageId`, `Message`, `Attempt`, `State<T>`, `Ctx`), and which returns `()`, `Result<T, E>`, `Option<T>` or `Vec<T>`"

@@ -31,7 +31,7 @@
 //! ```
 //!
 //! The pieces: [`Message`] flows from a [`Subscriber`] through the [`Router`] (per-handler workers,
-//! the [`middleware`] chain, the typed [`Handler`]) to a [`Publisher`]; an input is acked only after
+//! the [`middleware`](mod@middleware) chain, the typed [`Handler`]) to a [`Publisher`]; an input is acked only after
 //! its outputs are published (at-least-once). [`MemoryPubSub`] is the embedded default backend.
 
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
@@ -71,6 +71,8 @@ pub use crate::message::{Message, MessageId, Metadata};
 pub use crate::middleware::{Middleware, Next};
 #[cfg(feature = "memory")]
 pub use crate::pubsub::memory::{MemoryConfig, MemoryPubSub};
+#[cfg(feature = "nats")]
+pub use crate::pubsub::nats::{NatsConfig, NatsPubSub};
 #[cfg(feature = "sqlite")]
 pub use crate::pubsub::sql::SqlitePubSub;
 #[cfg(feature = "sql")]

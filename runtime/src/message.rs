@@ -16,7 +16,7 @@ impl MessageId {
     /// A fresh, time-ordered id (UUID v7).
     ///
     /// Ids made by one thread are strictly increasing; ids made by different threads are ordered
-    /// by their millisecond. Generation makes no system call (see [`fresh_v7`]).
+    /// by their millisecond. Generation makes no system call.
     pub fn new() -> Self {
         MessageId(fresh_v7())
     }

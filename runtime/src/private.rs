@@ -585,9 +585,6 @@ where
     Route::with_codec(name, topic, handler, codec)
 }
 
-/// The most parameters a handler can take (the payload and 11 extractors).
-pub const MAX_HANDLER_ARGS: usize = 12;
-
 /// What `middleware = [..]` accepts: a [`Middleware`] value, or an async fn
 /// `(Message, Next) -> HandlerResult` (such as a `#[millstream::middleware]` fn).
 #[diagnostic::on_unimplemented(

@@ -406,8 +406,10 @@ async fn a_handler_added_to_a_running_router_starts() {
     let pubsub = MemoryPubSub::new();
     let (first, second, out) = (topic("first"), topic("second"), topic("late.out"));
     async fn noop(_: Order) {}
-    async fn echo(raw: Bytes) -> Json<serde_json::Value> {
-        Json(serde_json::from_slice(&raw).unwrap())
+    // `Message` rather than `Bytes` first: with the bytes crate's `serde` feature on (another
+    // dependency may turn it on), `Bytes` is both a payload and an extractor, and ambiguous there.
+    async fn echo(message: Message) -> Json<serde_json::Value> {
+        Json(serde_json::from_slice(message.payload()).unwrap())
     }
     // `Json<T>` returned directly is published too.
     let router = Router::new(pubsub.clone()).route(Route::new("first", &first, noop));

@@ -29,7 +29,7 @@ struct Payment {
 
 /// Rejects one payment in ten on its first attempt (a flaky card processor).
 async fn charge(payment: Payment, Attempt(attempt): Attempt) -> Result<()> {
-    if payment.id % 10 == 0 && attempt == 1 {
+    if payment.id.is_multiple_of(10) && attempt == 1 {
         return Err(Error::msg("card processor timed out"));
     }
     if payment.cents == 0 {
@@ -120,7 +120,7 @@ async fn main() -> Result<()> {
             let mut tick = tokio::time::interval(Duration::from_millis(if self_check { 1 } else { 100 }));
             for id in 1.. {
                 tick.tick().await;
-                let payment = Payment { id, cents: if id % 25 == 0 { 0 } else { id * 100 } };
+                let payment = Payment { id, cents: if id.is_multiple_of(25) { 0 } else { id * 100 } };
                 let payload = serde_json::to_vec(&payment).expect("a payment encodes");
                 if pubsub.publish("payments", Message::new(payload)).await.is_err() {
                     break;

@@ -77,12 +77,12 @@ pub(crate) struct Chain {
 }
 
 impl Chain {
-    /// Calls the chain from the top.
-    pub(crate) fn call(
-        self: &Arc<Self>,
-        message: Message,
-        attempt: u32,
-    ) -> BoxFuture<'static, HandlerResult> {
+    /// Calls the chain from the top. Without middleware, calls the handler directly: one boxed
+    /// future per message instead of two, and no reference count taken on the chain.
+    pub(crate) fn call(self: &Arc<Self>, message: Message, attempt: u32) -> BoxFuture<'_, HandlerResult> {
+        if self.middleware.is_empty() {
+            return self.endpoint.call(message, MessageCx { route: &self.route, attempt });
+        }
         Next { chain: self.clone(), index: 0, attempt }.run(message)
     }
 }
@@ -180,4 +180,19 @@ impl<F> fmt::Debug for FromFn<F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("FromFn")
     }
+}
+
+/// [`Retry::new`]`(max_retries)`, for attribute lists: `#[handler(middleware = [retry(3)])]`.
+pub fn retry(max_retries: u32) -> Retry {
+    Retry::new(max_retries)
+}
+
+/// [`Timeout::new`]`(limit)`, for attribute lists: `#[handler(middleware = [timeout(Duration::from_secs(5))])]`.
+pub fn timeout(limit: std::time::Duration) -> Timeout {
+    Timeout::new(limit)
+}
+
+/// [`PoisonQueue::new`]`(topic)`, for attribute lists: `#[handler(middleware = [poison("dead")])]`.
+pub fn poison(topic: &str) -> PoisonQueue {
+    PoisonQueue::new(topic)
 }

@@ -396,6 +396,7 @@ impl Subscriber for MemoryPubSub {
             strict_order: false,
             exactly_once: true,
             nack_delay: true,
+            max_payload: None,
         }
     }
 }

@@ -21,6 +21,8 @@ use crate::message::Message;
 
 #[cfg(feature = "memory")]
 pub mod memory;
+#[cfg(feature = "nats")]
+pub mod nats;
 #[cfg(feature = "sql")]
 pub mod sql;
 
@@ -144,6 +146,9 @@ pub struct Features {
     pub exactly_once: bool,
     /// [`Acker::nack_after`] waits the given delay before redelivering.
     pub nack_delay: bool,
+    /// The largest payload (bytes) the backend accepts, when it has a limit (a broker's maximum
+    /// message size); `None`: at least 1 MiB.
+    pub max_payload: Option<usize>,
 }
 
 /// How to subscribe.
@@ -222,6 +227,12 @@ impl Acker {
     /// An acker for a delivery that needs no settling (ack and nack do nothing).
     pub fn noop() -> Self {
         Acker { sink: None, token: 0, message: None }
+    }
+
+    /// The copy of the delivered message this acker keeps for the backend (to redeliver it), if
+    /// the backend asked for one. The router reuses it instead of cloning the message again.
+    pub fn message(&self) -> Option<&Message> {
+        self.message.as_ref()
     }
 
     /// Acknowledges: the message will not be delivered again.

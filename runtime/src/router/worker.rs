@@ -2,11 +2,15 @@
 
 use std::any::Any;
 use std::borrow::Cow;
+use std::future::{poll_fn, Future};
 use std::panic::AssertUnwindSafe;
+use std::pin::{pin, Pin};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
+use futures_core::Stream;
 use futures_util::FutureExt;
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
@@ -14,7 +18,7 @@ use super::RouterConfig;
 use crate::error::{Error, ErrorKind, Result};
 use crate::extract::RouteInfo;
 use crate::handler::Outputs;
-use crate::message::Message;
+use crate::message::{Message, MessageId};
 use crate::middleware::poisoned;
 use crate::middleware::Chain;
 use crate::middleware::CORRELATION_ID;
@@ -88,17 +92,36 @@ async fn pause(p: &Prepared) -> bool {
 }
 
 async fn consume_serial(p: &Prepared, mut sub: Subscription) {
+    // A child token of this worker's own: checking it locks a node no other worker touches.
+    let intake = p.intake.child_token();
+    let mut cancelled = pin!(intake.cancelled());
     loop {
-        let next = tokio::select! {
-            biased;
-            _ = p.intake.cancelled() => return,
-            next = sub.next() => next,
-        };
+        let next = poll_fn(|cx| next_delivery(&intake, &mut sub, cancelled.as_mut(), cx)).await;
         match next {
             Some(Ok(delivery)) => handle(p, delivery).await,
             Some(Err(error)) => tracing::warn!(handler = %p.info.name, %error, "subscription error"),
             None => return,
         }
+    }
+}
+
+/// The next delivery, or `None` once intake stops or the subscription ends.
+///
+/// Intake is checked before every delivery, so it stops at once however busy the subscription
+/// is; the cancellation future itself (which registers a waker, under a lock) is only polled when
+/// no delivery is ready. A `select!` would create, register and drop one per message.
+fn next_delivery(
+    intake: &CancellationToken,
+    sub: &mut Subscription,
+    cancelled: Pin<&mut WaitForCancellationFuture<'_>>,
+    cx: &mut Context<'_>,
+) -> Poll<Option<Result<Delivery>>> {
+    if intake.is_cancelled() {
+        return Poll::Ready(None);
+    }
+    match Pin::new(sub).poll_next(cx) {
+        Poll::Ready(next) => Poll::Ready(next),
+        Poll::Pending => cancelled.poll(cx).map(|()| None),
     }
 }
 
@@ -147,7 +170,18 @@ pub(crate) async fn handle(p: &Prepared, delivery: Delivery) {
         attempt,
         trace_id = tracing::field::Empty,
     );
-    async move {
+    // Without a subscriber interested in the span, skip the `Instrumented` wrapper: it would
+    // only enter and leave a disabled span on every poll, and move the whole future once more.
+    if span.is_disabled() {
+        process(p, message, attempt, acker).await;
+    } else {
+        process(p, message, attempt, acker).instrument(span).await;
+    }
+}
+
+/// [`handle`] inside the message's span.
+async fn process(p: &Prepared, message: Message, attempt: u32, acker: Acker) {
+    {
         let acker = if p.instant_ack {
             if let Err(error) = acker.ack().await {
                 tracing::warn!(handler = %p.info.name, %error, "instant ack failed");
@@ -156,8 +190,10 @@ pub(crate) async fn handle(p: &Prepared, delivery: Delivery) {
         } else {
             acker
         };
-        // Kept for the poison topic; a clone shares the payload and metadata.
-        let original = message.clone();
+        let id = message.id();
+        // The message is kept for the poison topic. A backend that redelivers (the in-memory
+        // one) keeps a copy in the acker already: that one is used rather than another clone.
+        let original = if acker.message().is_some() { None } else { Some(message.clone()) };
         let started = p.metrics.timed().then(std::time::Instant::now);
         let result = AssertUnwindSafe(p.chain.call(message, attempt)).catch_unwind().await;
         if let Some(started) = started {
@@ -165,11 +201,16 @@ pub(crate) async fn handle(p: &Prepared, delivery: Delivery) {
         }
         match result {
             Ok(Ok(outputs)) => {
-                let started = p.metrics.timed().then(std::time::Instant::now);
-                let published = publish_outputs(p, outputs).await;
-                if let Some(started) = started {
-                    p.metrics.publish_duration(started.elapsed().as_secs_f64());
-                }
+                let published = if outputs.is_empty() {
+                    Ok(())
+                } else {
+                    let started = p.metrics.timed().then(std::time::Instant::now);
+                    let published = publish_outputs(p, outputs).await;
+                    if let Some(started) = started {
+                        p.metrics.publish_duration(started.elapsed().as_secs_f64());
+                    }
+                    published
+                };
                 match published {
                     Ok(()) => settle(acker.ack(), p, true).await,
                     Err(error) => {
@@ -178,23 +219,31 @@ pub(crate) async fn handle(p: &Prepared, delivery: Delivery) {
                     }
                 }
             }
-            Ok(Err(error)) => fail(p, original, attempt, acker, error).await,
-            Err(panic) => {
-                let text = panic_text(&*panic);
-                tracing::error!(
-                    handler = %p.info.name,
-                    topic = %p.info.topic,
-                    message_id = %original.id(),
-                    attempt,
-                    panic = %text,
-                    "handler panicked; nacking",
-                );
-                settle(acker.nack_after(p.config.nack_delay), p, false).await;
+            // The failure paths are boxed: rare, and large futures that would otherwise make
+            // every message's future (moved on each call) bigger.
+            Ok(Err(error)) => {
+                let original = match original {
+                    Some(original) => original,
+                    None => acker.message().cloned().expect("the acker keeps the message"),
+                };
+                Box::pin(fail(p, original, attempt, acker, error)).await;
             }
+            Err(panic) => Box::pin(panicked(p, id, attempt, acker, panic)).await,
         }
     }
-    .instrument(span)
-    .await
+}
+
+async fn panicked(p: &Prepared, id: MessageId, attempt: u32, acker: Acker, panic: Box<dyn Any + Send>) {
+    let text = panic_text(&*panic);
+    tracing::error!(
+        handler = %p.info.name,
+        topic = %p.info.topic,
+        message_id = %id,
+        attempt,
+        panic = %text,
+        "handler panicked; nacking",
+    );
+    settle(acker.nack_after(p.config.nack_delay), p, false).await;
 }
 
 /// The redelivery delay for a failure: the error's own hint, else the router's default.

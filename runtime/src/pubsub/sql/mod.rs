@@ -216,13 +216,21 @@ struct Queries {
 
 impl Queries {
     fn new(dialect: Dialect, p: &str) -> Queries {
-        let (text, key, blob, big) = match dialect {
-            Dialect::Sqlite => ("TEXT", "TEXT", "BLOB", "INTEGER"),
-            Dialect::Postgres => ("TEXT", "TEXT", "BYTEA", "BIGINT"),
-            Dialect::MySql => ("LONGTEXT", "VARCHAR(255)", "LONGBLOB", "BIGINT"),
+        // MySQL: names compare byte for byte (`utf8mb4_bin`: `Orders` and `orders` are two topics);
+        // the columns read back as text keep a text collation (sqlx reads `_bin` ones as bytes).
+        let (text, key, id, blob, big) = match dialect {
+            Dialect::Sqlite => ("TEXT", "TEXT", "TEXT", "BLOB", "INTEGER"),
+            Dialect::Postgres => ("TEXT", "TEXT", "TEXT", "BYTEA", "BIGINT"),
+            Dialect::MySql => (
+                "LONGTEXT",
+                "VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin",
+                "VARCHAR(64)",
+                "LONGBLOB",
+                "BIGINT",
+            ),
         };
         let table_options = if dialect == Dialect::MySql {
-            " ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin"
+            " ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_general_ci"
         } else {
             ""
         };
@@ -233,7 +241,7 @@ impl Queries {
             ),
             format!(
                 "CREATE TABLE IF NOT EXISTS {p}messages (topic {key} NOT NULL, seq {big} NOT NULL, \
-                 id {key} NOT NULL, metadata {text} NOT NULL, payload {blob} NOT NULL, \
+                 id {id} NOT NULL, metadata {text} NOT NULL, payload {blob} NOT NULL, \
                  created_ms {big} NOT NULL, PRIMARY KEY (topic, seq)){table_options}"
             ),
             format!(
@@ -350,6 +358,14 @@ fn backend_error(error: sqlx::Error) -> Error {
     Error::backend(error)
 }
 
+/// Deadlocks and serialization failures (SQLSTATE class 40): the transaction may be retried.
+fn is_retryable(error: &Error) -> bool {
+    match error.downcast_ref::<sqlx::Error>() {
+        Some(sqlx::Error::Database(db)) => db.code().is_some_and(|code| code.starts_with("40")),
+        _ => false,
+    }
+}
+
 fn now_ms() -> i64 {
     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
     i64::try_from(now.as_millis()).unwrap_or(i64::MAX)
@@ -414,6 +430,8 @@ struct Inner {
     subscriptions: Mutex<HashMap<Arc<str>, Weak<SubShared>>>,
     /// Releases spawned by dropped subscriptions.
     tasks: tokio_util::task::TaskTracker,
+    /// Topics whose row exists.
+    known_topics: Mutex<std::collections::HashSet<String>>,
 }
 
 impl fmt::Debug for SqlPubSub {
@@ -448,6 +466,7 @@ impl SqlPubSub {
                 subscriber_closed: AtomicBool::new(false),
                 subscriptions: Mutex::new(HashMap::new()),
                 tasks: tokio_util::task::TaskTracker::new(),
+                known_topics: Mutex::new(Default::default()),
             }),
         })
     }
@@ -585,6 +604,11 @@ impl SqlPubSub {
             ));
         }
         self.ensure_schema().await?;
+        if C::DIALECT != Dialect::Sqlite {
+            // (SQLite: the caller's transaction may hold the database's write lock already; the
+            // topic row is then created inside it, where SQLite has no gap locks to fear.)
+            self.ensure_topic(topic).await?;
+        }
         let stored: Vec<_> = messages.into_iter().map(StoredMessage::new).collect();
         sealed::Sealed::publish(conn, &self.inner.queries, topic, &stored).await
         // Not woken here: the messages are not visible before the caller commits; subscriptions
@@ -598,7 +622,25 @@ impl SqlPubSub {
         let inner = &self.inner;
         for topic in topics {
             dispatch!(&inner.pool, (pool, ops) => ops::delete_topic(pool, &inner.queries, topic).await)?;
+            inner.known_topics.lock().remove(topic);
         }
+        Ok(())
+    }
+
+    /// Creates the topic's row in a statement of its own (autocommit), before any publishing
+    /// transaction: inserting it inside one would make two first publishers to new topics take
+    /// gap locks on MySQL and deadlock.
+    async fn ensure_topic(&self, topic: &str) -> Result<()> {
+        let inner = &self.inner;
+        if inner.known_topics.lock().contains(topic) {
+            return Ok(());
+        }
+        dispatch!(&inner.pool, (pool, ops) => ops::create_topic(pool, &inner.queries, topic).await)?;
+        let mut known = inner.known_topics.lock();
+        if known.len() > 10_000 {
+            known.clear();
+        }
+        known.insert(topic.to_owned());
         Ok(())
     }
 
@@ -668,11 +710,26 @@ impl Publisher for SqlPubSub {
         OpFuture::boxed(async move {
             self.ensure_schema().await?;
             let stored: Vec<_> = messages.into_iter().map(StoredMessage::new).collect();
+            self.ensure_topic(topic).await?;
             let inner = &self.inner;
-            dispatch!(&inner.pool, (pool, ops) => {
-                let mut conn = pool.acquire().await.map_err(backend_error)?;
-                ops::publish(&mut conn, &inner.queries, topic, &stored).await?;
-            });
+            let mut attempt = 0;
+            loop {
+                attempt += 1;
+                let result = dispatch!(&inner.pool, (pool, ops) => {
+                    match pool.acquire().await {
+                        Ok(mut conn) => ops::publish(&mut conn, &inner.queries, topic, &stored).await,
+                        Err(error) => Err(backend_error(error)),
+                    }
+                });
+                match result {
+                    Ok(()) => break,
+                    // A deadlock or serialization failure: the database asks for another try.
+                    Err(error) if attempt < 5 && is_retryable(&error) => {
+                        tokio::time::sleep(Duration::from_millis(5 * attempt)).await;
+                    }
+                    Err(error) => return Err(error),
+                }
+            }
             wake(&inner.config.table_prefix, topic);
             Ok(())
         })
@@ -764,6 +821,7 @@ impl Subscriber for SqlPubSub {
             strict_order: true,
             exactly_once: true,
             nack_delay: true,
+            max_payload: None,
         }
     }
 }

@@ -263,6 +263,12 @@ macro_rules! dialect {
                 Ok(())
             }
 
+            /// Creates the topic's row unless it exists (a statement of its own).
+            pub(crate) async fn create_topic(pool: &$pool, q: &Queries, topic: &str) -> Result<()> {
+                sqlx::query(&q.create_topic).bind(topic).execute(pool).await.map_err(backend_error)?;
+                Ok(())
+            }
+
             /// Deletes a topic: its messages, its groups and its sequence.
             pub(crate) async fn delete_topic(pool: &$pool, q: &Queries, topic: &str) -> Result<()> {
                 for statement in &q.delete_topic {

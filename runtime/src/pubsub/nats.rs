@@ -1,0 +1,588 @@
+//! [`NatsPubSub`]: NATS JetStream (`nats` feature), over async-nats.
+//!
+//! # Mapping
+//! - A topic is a NATS subject (`orders.placed`: dot-separated tokens, no spaces, no wildcards).
+//!   Each topic gets its own stream, created on first use: `<prefix><topic, sanitised>_<hash>`,
+//!   file storage, limits retention (messages stay until [`NatsConfig::max_age`], so groups that
+//!   arrive late read the history), one subject.
+//! - A consumer group is a durable pull consumer on the topic's stream (created on first use,
+//!   delivering from the start of the stream); its subscriptions pull from it together and
+//!   JetStream spreads the messages among them. A subscription without a group is an ephemeral
+//!   pull consumer delivering only new messages; the server deletes it once it has been
+//!   unused for [`NatsConfig::inactive_threshold`] after the subscription ended.
+//! - The message id travels as `Nats-Msg-Id`, so the stream drops a re-published duplicate within
+//!   [`NatsConfig::duplicate_window`] (a publish retried after a timeout is not stored twice). The
+//!   metadata travels as one `Millstream-Metadata` header (a JSON array of pairs, ASCII-escaped, so
+//!   keys and values may be any text); other headers of foreign messages become metadata too.
+//! - Ack is `+ACK`; nack is `-NAK`, with the delay when one is given (`nack_after`); a nack with
+//!   [`TERM`] as delay is `+TERM` (never delivered again). A delivery left unsettled is redelivered
+//!   after [`NatsConfig::ack_wait`]. The attempt is JetStream's delivery count.
+//! - The client reconnects by itself after the server goes away; subscriptions re-create their
+//!   pull stream (and consumer) until the server is back, losing nothing that was stored.
+//!
+//! # Server version
+//! Written for NATS 2.9 (the version tested here, 2.9.10): only JetStream features of 2.9 are used
+//! (no multi-subject filters, consumer metadata, compression or subject transforms of 2.10+).
+//! The server's `max_payload` (1 MiB by default, headers included) bounds a message:
+//! [`Features::max_payload`](super::Features::max_payload) reports what is left for the payload.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer::pull, AckKind};
+use async_nats::HeaderMap;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use parking_lot::Mutex;
+use tokio_util::sync::CancellationToken;
+
+use super::{
+    closed_error, AckSink, Acker, Delivery, Features, OpFuture, Publisher, SubscribeOptions, Subscriber,
+    Subscription,
+};
+use crate::error::{Error, ErrorKind, Result};
+use crate::message::{Message, MessageId, Metadata};
+
+/// Pass as the delay of [`Acker::nack_after`] to terminate a message (`+TERM`): JetStream will
+/// not deliver it again, to any subscription of the group.
+pub const TERM: Duration = Duration::MAX;
+
+/// (A `&str` header name never matches the client's standard `Nats-Msg-Id`; the constant does.)
+const ID_HEADER: &str = "Nats-Msg-Id";
+const METADATA_HEADER: &str = "Millstream-Metadata";
+/// Room kept for headers when reporting the largest payload.
+const HEADER_ROOM: usize = 8 * 1024;
+
+/// Settings of a [`NatsPubSub`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct NatsConfig {
+    /// Prefix of the stream names this backend creates. Default `MS_`.
+    pub stream_prefix: String,
+    /// How long a delivery may stay unsettled before JetStream redelivers it. Default 30 s.
+    pub ack_wait: Duration,
+    /// How old messages may get before the stream drops them; zero keeps them. Default zero.
+    pub max_age: Duration,
+    /// The window in which a re-published message id is dropped as a duplicate. Default 2 min.
+    pub duplicate_window: Duration,
+    /// Messages a subscription asks for at once. Default 100.
+    pub batch: usize,
+    /// Deliveries a group may have unsettled at once; 1 gives strict order. Default 1000.
+    pub max_ack_pending: i64,
+    /// How often a message is delivered at most; -1 for no limit. Default -1.
+    pub max_deliver: i64,
+    /// How long the server keeps the consumer of a vanished group-less subscription. Default 1 min.
+    pub inactive_threshold: Duration,
+}
+
+impl Default for NatsConfig {
+    fn default() -> Self {
+        NatsConfig {
+            stream_prefix: "MS_".to_owned(),
+            ack_wait: Duration::from_secs(30),
+            max_age: Duration::ZERO,
+            duplicate_window: Duration::from_secs(120),
+            batch: 100,
+            max_ack_pending: 1000,
+            max_deliver: -1,
+            inactive_threshold: Duration::from_secs(60),
+        }
+    }
+}
+
+impl NatsConfig {
+    /// Sets [`NatsConfig::stream_prefix`].
+    pub fn stream_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.stream_prefix = prefix.into();
+        self
+    }
+
+    /// Sets [`NatsConfig::ack_wait`].
+    pub fn ack_wait(mut self, wait: Duration) -> Self {
+        self.ack_wait = wait;
+        self
+    }
+
+    /// Sets [`NatsConfig::max_age`].
+    pub fn max_age(mut self, age: Duration) -> Self {
+        self.max_age = age;
+        self
+    }
+
+    /// Sets [`NatsConfig::batch`].
+    pub fn batch(mut self, batch: usize) -> Self {
+        self.batch = batch.max(1);
+        self
+    }
+
+    /// Sets [`NatsConfig::max_ack_pending`] (1: strict order, one message in flight per group).
+    pub fn max_ack_pending(mut self, max: i64) -> Self {
+        self.max_ack_pending = max;
+        self
+    }
+
+    /// Sets [`NatsConfig::max_deliver`].
+    pub fn max_deliver(mut self, max: i64) -> Self {
+        self.max_deliver = max;
+        self
+    }
+}
+
+/// The NATS JetStream pub/sub. Cheap to clone.
+///
+/// ```no_run
+/// # use millstream::pubsub::nats::{NatsPubSub, NatsConfig};
+/// # use millstream::{Message, Publisher, Subscriber, SubscribeOptions};
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> millstream::Result<()> {
+/// let pubsub = NatsPubSub::connect("nats://127.0.0.1:4222", NatsConfig::default()).await?;
+/// let mut orders = pubsub.subscribe("orders.placed", SubscribeOptions::group("billing")).await?;
+/// pubsub.publish("orders.placed", Message::new(r#"{"id":1}"#)).await?;
+/// let delivery = orders.next().await.expect("open")?;
+/// delivery.ack().await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct NatsPubSub {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    client: async_nats::Client,
+    js: jetstream::Context,
+    config: NatsConfig,
+    streams: Mutex<HashMap<String, jetstream::stream::Stream>>,
+    cancel: CancellationToken,
+    publisher_closed: AtomicBool,
+    subscriber_closed: AtomicBool,
+}
+
+impl fmt::Debug for NatsPubSub {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NatsPubSub").field("config", &self.inner.config).finish_non_exhaustive()
+    }
+}
+
+fn nats_error(error: impl std::error::Error + Send + Sync + 'static) -> Error {
+    Error::backend(error)
+}
+
+/// FNV-1a: a stable hash (the same in every process and Rust version) for names.
+fn fnv(text: &str) -> u64 {
+    text.bytes()
+        .fold(0xcbf2_9ce4_8422_2325, |hash, byte| (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3))
+}
+
+/// A stream or consumer name for `text`: its letters, digits, `-` and `_` (others become `_`),
+/// and a hash of the whole, so that distinct texts never share a name.
+fn name_for(prefix: &str, text: &str) -> String {
+    let clean: String = text
+        .chars()
+        .take(100)
+        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+        .collect();
+    format!("{prefix}{clean}_{:016x}", fnv(text))
+}
+
+fn check_subject(topic: &str) -> Result<()> {
+    let valid = !topic.is_empty()
+        && !topic.chars().any(|c| c.is_whitespace())
+        && topic.split('.').all(|token| !token.is_empty() && token != "*" && token != ">");
+    if valid {
+        Ok(())
+    } else {
+        Err(Error::new(
+            ErrorKind::Config,
+            format!("topic {topic:?} is not a NATS subject (dot-separated tokens, no spaces or wildcards)"),
+        ))
+    }
+}
+
+/// JSON with every non-ASCII character escaped (`\uXXXX`): a valid header value for any text.
+fn ascii_json(metadata: &Metadata) -> String {
+    let pairs: Vec<(&str, &str)> = metadata.iter().collect();
+    let json = serde_json::to_string(&pairs).expect("string pairs serialize");
+    let mut out = String::with_capacity(json.len());
+    for c in json.chars() {
+        if c.is_ascii() {
+            out.push(c);
+        } else {
+            let mut units = [0u16; 2];
+            for unit in c.encode_utf16(&mut units) {
+                out.push_str(&format!("\\u{unit:04x}"));
+            }
+        }
+    }
+    out
+}
+
+fn encode(message: Message) -> (HeaderMap, Bytes) {
+    let (id, metadata, payload) = message.into_parts();
+    let mut headers = HeaderMap::new();
+    headers.insert(async_nats::header::NATS_MESSAGE_ID, id.to_string());
+    if !metadata.is_empty() {
+        headers.insert(METADATA_HEADER, ascii_json(&metadata));
+    }
+    (headers, payload)
+}
+
+/// Rebuilds a message. A message without a (valid) id gets one derived from its stream and
+/// sequence, so that its redeliveries keep the same id.
+fn decode(message: &async_nats::Message, stream: &str, sequence: u64) -> Message {
+    let headers = message.headers.as_ref();
+    let id = headers
+        .and_then(|h| h.get(async_nats::header::NATS_MESSAGE_ID))
+        .and_then(|v| MessageId::parse(v.as_str()).ok())
+        .unwrap_or_else(|| {
+            let mut bytes = [0u8; 16];
+            bytes[..8].copy_from_slice(&fnv(stream).to_be_bytes());
+            bytes[8..].copy_from_slice(&sequence.to_be_bytes());
+            MessageId::from_uuid(uuid::Builder::from_custom_bytes(bytes).into_uuid())
+        });
+    let mut metadata = Metadata::new();
+    if let Some(headers) = headers {
+        for (name, values) in headers.iter() {
+            let name: &str = name.as_ref();
+            if name == ID_HEADER || name.starts_with("Nats-") {
+                continue;
+            }
+            let Some(value) = values.first() else { continue };
+            if name == METADATA_HEADER {
+                match serde_json::from_str::<Vec<(String, String)>>(value.as_str()) {
+                    Ok(pairs) => metadata.extend(pairs),
+                    Err(_) => {
+                        metadata.insert("millstream.raw_metadata", value.as_str());
+                    }
+                }
+            } else {
+                metadata.insert(name, value.as_str());
+            }
+        }
+    }
+    Message::from_parts(id, metadata, message.payload.clone())
+}
+
+impl NatsPubSub {
+    /// Connects to the server(s) at `url` (`nats://host:port`, comma-separated for several).
+    /// The client reconnects by itself, as long as it takes.
+    pub async fn connect(url: &str, config: NatsConfig) -> Result<Self> {
+        let client = async_nats::ConnectOptions::new()
+            .connection_timeout(Duration::from_secs(5))
+            .connect(url)
+            .await
+            .map_err(nats_error)?;
+        Ok(Self::with_client(client, config))
+    }
+
+    /// Uses an existing client.
+    pub fn with_client(client: async_nats::Client, config: NatsConfig) -> Self {
+        let js = jetstream::new(client.clone());
+        NatsPubSub {
+            inner: Arc::new(Inner {
+                client,
+                js,
+                config,
+                streams: Mutex::new(HashMap::new()),
+                cancel: CancellationToken::new(),
+                publisher_closed: AtomicBool::new(false),
+                subscriber_closed: AtomicBool::new(false),
+            }),
+        }
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &NatsConfig {
+        &self.inner.config
+    }
+
+    /// The client, for what this backend does not cover.
+    pub fn client(&self) -> &async_nats::Client {
+        &self.inner.client
+    }
+
+    /// The name of `topic`'s stream.
+    pub fn stream_name(&self, topic: &str) -> String {
+        name_for(&self.inner.config.stream_prefix, topic)
+    }
+
+    /// Creates `topic`'s stream unless it exists (publish and subscribe do this on first use).
+    pub async fn ensure_stream(&self, topic: &str) -> Result<jetstream::stream::Stream> {
+        check_subject(topic)?;
+        if let Some(stream) = self.inner.streams.lock().get(topic) {
+            return Ok(stream.clone());
+        }
+        let config = &self.inner.config;
+        let stream = self
+            .inner
+            .js
+            .get_or_create_stream(jetstream::stream::Config {
+                name: self.stream_name(topic),
+                subjects: vec![topic.to_owned()],
+                storage: jetstream::stream::StorageType::File,
+                retention: jetstream::stream::RetentionPolicy::Limits,
+                max_age: config.max_age,
+                duplicate_window: config.duplicate_window,
+                ..Default::default()
+            })
+            .await
+            .map_err(nats_error)?;
+        self.inner.streams.lock().insert(topic.to_owned(), stream.clone());
+        Ok(stream)
+    }
+
+    /// Deletes the streams of `topics` (their messages and consumers) for good.
+    pub async fn delete_topics(&self, topics: &[String]) -> Result<()> {
+        for topic in topics {
+            self.inner.streams.lock().remove(topic);
+            match self.inner.js.delete_stream(self.stream_name(topic)).await {
+                Ok(_) => {}
+                Err(error) if error.to_string().contains("not found") => {}
+                Err(error) => return Err(nats_error(error)),
+            }
+        }
+        Ok(())
+    }
+
+    async fn publish_all(&self, topic: &str, messages: Vec<Message>) -> Result<()> {
+        if self.inner.publisher_closed.load(Ordering::Acquire) {
+            return Err(closed_error("NATS publisher is closed"));
+        }
+        self.ensure_stream(topic).await?;
+        // Send them all, then wait for the acks: the server stores them in order.
+        let mut acks = Vec::with_capacity(messages.len());
+        for message in messages {
+            let (headers, payload) = encode(message);
+            let ack = self
+                .inner
+                .js
+                .publish_with_headers(topic.to_owned(), headers, payload)
+                .await
+                .map_err(nats_error)?;
+            acks.push(ack);
+        }
+        for ack in acks {
+            if let Err(error) = ack.await {
+                if matches!(error.kind(), jetstream::context::PublishErrorKind::StreamNotFound) {
+                    // Deleted behind our back: create it again next time.
+                    self.inner.streams.lock().remove(topic);
+                }
+                return Err(nats_error(error));
+            }
+        }
+        Ok(())
+    }
+
+    async fn consumer(&self, topic: &str, group: Option<&str>, start: Option<u64>) -> Result<pull::Stream> {
+        let stream = self.ensure_stream(topic).await?;
+        let config = &self.inner.config;
+        let base = pull::Config {
+            ack_policy: jetstream::consumer::AckPolicy::Explicit,
+            ack_wait: config.ack_wait,
+            max_deliver: config.max_deliver,
+            max_ack_pending: config.max_ack_pending,
+            filter_subject: topic.to_owned(),
+            ..Default::default()
+        };
+        let consumer = match group {
+            Some(group) => {
+                let name = name_for("", group);
+                let config = pull::Config {
+                    durable_name: Some(name.clone()),
+                    deliver_policy: jetstream::consumer::DeliverPolicy::All,
+                    ..base
+                };
+                stream.get_or_create_consumer(&name, config).await.map_err(nats_error)?
+            }
+            None => {
+                let deliver_policy = match start {
+                    Some(start_sequence) => {
+                        jetstream::consumer::DeliverPolicy::ByStartSequence { start_sequence }
+                    }
+                    None => jetstream::consumer::DeliverPolicy::New,
+                };
+                let config =
+                    pull::Config { deliver_policy, inactive_threshold: config.inactive_threshold, ..base };
+                stream.create_consumer(config).await.map_err(nats_error)?
+            }
+        };
+        consumer
+            .stream()
+            .max_messages_per_batch(config.batch)
+            .heartbeat(Duration::from_secs(5))
+            .expires(Duration::from_secs(30))
+            .messages()
+            .await
+            .map_err(nats_error)
+    }
+}
+
+impl Publisher for NatsPubSub {
+    fn publish<'a>(&'a self, topic: &'a str, message: Message) -> OpFuture<'a> {
+        OpFuture::boxed(self.publish_all(topic, vec![message]))
+    }
+
+    fn publish_batch<'a>(&'a self, topic: &'a str, messages: Vec<Message>) -> OpFuture<'a> {
+        OpFuture::boxed(self.publish_all(topic, messages))
+    }
+
+    fn close(&self) -> OpFuture<'_> {
+        self.inner.publisher_closed.store(true, Ordering::Release);
+        OpFuture::boxed(self.inner.close_if_done())
+    }
+}
+
+impl Inner {
+    async fn close_if_done(&self) -> Result<()> {
+        if self.publisher_closed.load(Ordering::Acquire) && self.subscriber_closed.load(Ordering::Acquire) {
+            // Flush what is buffered; a server that is away must not hold the close up.
+            let _ = tokio::time::timeout(Duration::from_secs(5), self.client.flush()).await;
+        }
+        Ok(())
+    }
+}
+
+impl Subscriber for NatsPubSub {
+    fn subscribe<'a>(&'a self, topic: &'a str, options: SubscribeOptions) -> OpFuture<'a, Subscription> {
+        if self.inner.subscriber_closed.load(Ordering::Acquire) {
+            return OpFuture::ready(Err(closed_error("NATS subscriber is closed")));
+        }
+        OpFuture::boxed(async move {
+            let messages = self.consumer(topic, options.group.as_deref(), None).await?;
+            let state = NatsStream {
+                pubsub: self.clone(),
+                topic: topic.to_owned(),
+                group: options.group,
+                messages: Some(messages),
+                cancel: self.inner.cancel.child_token(),
+                next_start: None,
+                failures: 0,
+            };
+            Ok(Subscription::new(futures_util::stream::unfold(state, |mut state| async move {
+                let item = state.next().await?;
+                Some((item, state))
+            })))
+        })
+    }
+
+    fn close(&self) -> OpFuture<'_> {
+        self.inner.subscriber_closed.store(true, Ordering::Release);
+        self.inner.cancel.cancel();
+        OpFuture::boxed(self.inner.close_if_done())
+    }
+
+    fn features(&self) -> Features {
+        let strict = self.inner.config.max_ack_pending == 1;
+        let max_payload = self.inner.client.server_info().max_payload;
+        Features {
+            consumer_groups: true,
+            persistent: true,
+            ordered: true,
+            history: true,
+            redelivery: true,
+            ordered_single_subscriber: !strict,
+            strict_order: strict,
+            exactly_once: false,
+            nack_delay: true,
+            max_payload: (max_payload > 0).then(|| max_payload.saturating_sub(HEADER_ROOM)),
+        }
+    }
+}
+
+struct NatsStream {
+    pubsub: NatsPubSub,
+    topic: String,
+    group: Option<String>,
+    messages: Option<pull::Stream>,
+    cancel: CancellationToken,
+    /// For a group-less subscription whose consumer must be re-created: where to start again.
+    next_start: Option<u64>,
+    failures: u32,
+}
+
+impl NatsStream {
+    async fn next(&mut self) -> Option<Result<Delivery>> {
+        loop {
+            if self.cancel.is_cancelled() {
+                return None;
+            }
+            let Some(messages) = self.messages.as_mut() else {
+                // (Re)create the pull stream, backing off while the server is away.
+                let backoff = Duration::from_millis(100 * u64::from(self.failures.min(20)));
+                tokio::select! {
+                    () = tokio::time::sleep(backoff) => {}
+                    () = self.cancel.cancelled() => return None,
+                }
+                match self.pubsub.consumer(&self.topic, self.group.as_deref(), self.next_start).await {
+                    Ok(messages) => self.messages = Some(messages),
+                    Err(error) => {
+                        self.failures += 1;
+                        tracing::debug!(%error, topic = self.topic, "NATS: re-creating the pull stream failed");
+                    }
+                }
+                continue;
+            };
+            let item = tokio::select! {
+                item = messages.next() => item,
+                () = self.cancel.cancelled() => return None,
+            };
+            match item {
+                Some(Ok(message)) => {
+                    self.failures = 0;
+                    let (sequence, attempt, stream) = match message.info() {
+                        Ok(info) => (info.stream_sequence, info.delivered, info.stream.to_owned()),
+                        Err(_) => (0, 1, String::new()),
+                    };
+                    if self.group.is_none() {
+                        self.next_start = Some(sequence + 1);
+                    }
+                    let decoded = decode(&message.message, &stream, sequence);
+                    let acker = Acker::new(Arc::new(NatsAck(Mutex::new(Some(message)))), sequence, None);
+                    let attempt = u32::try_from(attempt.max(1)).unwrap_or(u32::MAX);
+                    return Some(Ok(Delivery::new(decoded, attempt, acker)));
+                }
+                Some(Err(error)) => {
+                    // Heartbeats missed, a pull refused, the consumer gone (server restart): start
+                    // a new pull stream; JetStream redelivers whatever was not acked.
+                    tracing::warn!(%error, topic = self.topic, "NATS: pull stream failed; re-creating it");
+                    self.failures += 1;
+                    self.messages = None;
+                }
+                None => {
+                    self.failures += 1;
+                    self.messages = None;
+                }
+            }
+        }
+    }
+}
+
+/// Settles one JetStream delivery.
+struct NatsAck(Mutex<Option<jetstream::Message>>);
+
+impl NatsAck {
+    fn settle(&self, kind: AckKind) -> OpFuture<'static> {
+        let Some(message) = self.0.lock().take() else {
+            return OpFuture::ready(Err(Error::new(ErrorKind::Backend, "delivery already settled")));
+        };
+        OpFuture::boxed(async move {
+            message.ack_with(kind).await.map_err(|e| Error::new(ErrorKind::Backend, e.to_string()))
+        })
+    }
+}
+
+impl AckSink for NatsAck {
+    fn ack(&self, _token: u64, _message: Option<Message>) -> OpFuture<'static> {
+        self.settle(AckKind::Ack)
+    }
+
+    fn nack(&self, _token: u64, _message: Option<Message>, delay: Option<Duration>) -> OpFuture<'static> {
+        let kind = match delay {
+            Some(TERM) => AckKind::Term,
+            Some(delay) if !delay.is_zero() => AckKind::Nak(Some(delay)),
+            _ => AckKind::Nak(None),
+        };
+        self.settle(kind)
+    }
+}

@@ -1,0 +1,117 @@
+//! NATS JetStream beyond the conformance suite: term, ack wait, strict order with
+//! `max_ack_pending = 1`, stream and consumer provisioning. Against the nats-server here.
+#![cfg(feature = "nats")]
+
+use std::time::Duration;
+
+use millstream::pubsub::nats::{NatsConfig, NatsPubSub, TERM};
+use millstream::{Message, Publisher, SubscribeOptions, Subscriber, Subscription};
+
+#[path = "support/nats.rs"]
+mod lock;
+
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+fn url() -> String {
+    std::env::var("MILLSTREAM_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned())
+}
+
+fn topic(name: &str) -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    format!("nats-test.{name}.{}.{nanos}", std::process::id())
+}
+
+async fn next(sub: &mut Subscription) -> (String, u32, millstream::Delivery) {
+    let d = tokio::time::timeout(TIMEOUT, sub.next()).await.expect("a delivery in time").expect("open").expect("ok");
+    (String::from_utf8(d.message().payload().to_vec()).unwrap(), d.attempt(), d)
+}
+
+/// The pub/sub, and the shared lock that keeps the restart test away while this test runs.
+async fn pubsub(config: NatsConfig) -> (NatsPubSub, std::fs::File) {
+    let lock = lock::shared().await;
+    (NatsPubSub::connect(&url(), config.stream_prefix("MSTEST_")).await.expect("connect"), lock)
+}
+
+/// Provisioning: the stream and the durable consumer exist after the first subscribe, with the
+/// configured ack wait; an unsettled delivery comes back after it, with attempt 2; a termed one
+/// never does (the next delivery is the next message, and the consumer has nothing pending).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn provisioning_ack_wait_and_term() {
+    let (ps, _lock) = pubsub(NatsConfig::default().ack_wait(Duration::from_secs(1))).await;
+    let t = topic("term");
+    let mut sub = ps.subscribe(&t, SubscribeOptions::group("workers")).await.unwrap();
+    let mut stream = ps.ensure_stream(&t).await.unwrap();
+    assert_eq!(stream.info().await.unwrap().config.subjects, vec![t.clone()]);
+    let consumer: async_nats::jetstream::consumer::PullConsumer =
+        stream.get_consumer(&stream_consumer_name(&stream, "workers").await).await.unwrap();
+    assert_eq!(consumer.cached_info().config.ack_wait, Duration::from_secs(1));
+
+    ps.publish(&t, Message::new("held")).await.unwrap();
+    let (text, attempt, held) = next(&mut sub).await;
+    assert_eq!((text.as_str(), attempt), ("held", 1));
+    let (_, _, acker) = held.into_parts();
+    // Not settled: JetStream redelivers after the ack wait.
+    let (text, attempt, again) = next(&mut sub).await;
+    assert_eq!((text.as_str(), attempt), ("held", 2));
+    std::mem::forget(acker);
+    let (_, _, acker) = again.into_parts();
+    acker.nack_after(Some(TERM)).await.unwrap();
+
+    ps.publish(&t, Message::new("next")).await.unwrap();
+    let (text, _, d) = next(&mut sub).await;
+    assert_eq!(text, "next", "a termed message is not delivered again");
+    d.ack().await.unwrap();
+    drop(sub);
+    ps.delete_topics(&[t]).await.unwrap();
+}
+
+async fn stream_consumer_name(stream: &async_nats::jetstream::stream::Stream, group: &str) -> String {
+    use futures_util::StreamExt;
+    let mut names = stream.consumer_names();
+    let mut found = Vec::new();
+    while let Some(name) = names.next().await {
+        found.push(name.unwrap());
+    }
+    found.into_iter().find(|n| n.starts_with(group)).expect("the group's durable consumer")
+}
+
+/// `max_ack_pending = 1`: strict order, declared in the features; the next message waits for the
+/// ack of the one before, and a nacked one comes back first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strict_order_with_one_pending() {
+    let (ps, _lock) = pubsub(NatsConfig::default().max_ack_pending(1)).await;
+    assert!(Subscriber::features(&ps).strict_order);
+    let t = topic("strict");
+    let mut sub = ps.subscribe(&t, SubscribeOptions::group("g")).await.unwrap();
+    for n in 0..3 {
+        ps.publish(&t, Message::new(format!("m{n}"))).await.unwrap();
+    }
+    let (text, _, first) = next(&mut sub).await;
+    assert_eq!(text, "m0");
+    assert!(
+        tokio::time::timeout(Duration::from_millis(1500), sub.next()).await.is_err(),
+        "nothing else while m0 is unsettled"
+    );
+    first.nack().await.unwrap();
+    let (text, attempt, d) = next(&mut sub).await;
+    assert_eq!((text.as_str(), attempt), ("m0", 2));
+    d.ack().await.unwrap();
+    for expected in ["m1", "m2"] {
+        let (text, _, d) = next(&mut sub).await;
+        assert_eq!(text, expected);
+        d.ack().await.unwrap();
+    }
+    drop(sub);
+    ps.delete_topics(&[t]).await.unwrap();
+    Publisher::close(&ps).await.unwrap();
+}
+
+/// A topic that is not a NATS subject is refused with a configuration error.
+#[tokio::test]
+async fn topics_must_be_subjects() {
+    let (ps, _lock) = pubsub(NatsConfig::default()).await;
+    for bad in ["has space", "a..b", "wild.*", "tail.>", ""] {
+        let error = ps.publish(bad, Message::new("x")).await.unwrap_err();
+        assert_eq!(error.kind(), millstream::ErrorKind::Config, "{bad:?}");
+    }
+}
