@@ -22,7 +22,11 @@ fn topic(name: &str) -> String {
 }
 
 async fn next(sub: &mut Subscription) -> (String, u32, millstream::Delivery) {
-    let d = tokio::time::timeout(TIMEOUT, sub.next()).await.expect("a delivery in time").expect("open").expect("ok");
+    let d = tokio::time::timeout(TIMEOUT, sub.next())
+        .await
+        .expect("a delivery in time")
+        .expect("open")
+        .expect("ok");
     (String::from_utf8(d.message().payload().to_vec()).unwrap(), d.attempt(), d)
 }
 

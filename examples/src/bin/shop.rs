@@ -4,7 +4,8 @@
 //! storefront ──orders.placed──> bill ──invoices.issued──> ship ──shipments.dispatched──> track
 //! ```
 //!
-//! `ship` calls a carrier that fails now and then; its error nacks the invoice, which is
+//! Handlers are plain async fns with `#[millstream::handler]`: each one's topic comes from its
+//! payload type and its output goes to its return type's topic. `ship` calls a carrier that fails now and then; its error nacks the invoice, which is
 //! delivered again and shipped on a later attempt. Every order ends up tracked exactly once per
 //! successful shipment; the summary shows how many attempts failed and were retried.
 //!
@@ -21,32 +22,26 @@ use millstream::Attempt;
 use tokio::sync::Notify;
 
 #[derive(Debug, Serialize, Deserialize)]
+#[millstream::topic("orders.placed")]
 struct OrderPlaced {
     id: u64,
     sku: String,
     qty: u32,
 }
-impl Topic for OrderPlaced {
-    const NAME: &'static str = "orders.placed";
-}
 
 #[derive(Debug, Serialize, Deserialize)]
+#[millstream::topic("invoices.issued")]
 struct InvoiceIssued {
     order_id: u64,
     cents: u64,
 }
-impl Topic for InvoiceIssued {
-    const NAME: &'static str = "invoices.issued";
-}
 
 #[derive(Debug, Serialize, Deserialize)]
+#[millstream::topic("shipments.dispatched")]
 struct ShipmentDispatched {
     order_id: u64,
     carrier: String,
     attempt: u32,
-}
-impl Topic for ShipmentDispatched {
-    const NAME: &'static str = "shipments.dispatched";
 }
 
 /// The price list (application state).
@@ -96,6 +91,8 @@ struct StatsInner {
     done: Notify,
 }
 
+/// Reads `orders.placed` (the payload's topic), publishes to `invoices.issued` (the return type's).
+#[millstream::handler]
 async fn bill(
     order: OrderPlaced,
     State(prices): State<Prices>,
@@ -106,6 +103,8 @@ async fn bill(
     Ok(InvoiceIssued { order_id: order.id, cents: unit * u64::from(order.qty) })
 }
 
+/// A failure nacks the invoice; it comes back with a higher `Attempt`.
+#[millstream::handler]
 async fn ship(
     invoice: InvoiceIssued,
     State(carrier): State<Carrier>,
@@ -119,6 +118,7 @@ async fn ship(
     Ok(ShipmentDispatched { order_id: invoice.order_id, carrier: carrier.name.to_owned(), attempt })
 }
 
+#[millstream::handler]
 async fn track(_shipment: ShipmentDispatched, State(stats): State<Stats>) {
     let tracked = stats.0.tracked.fetch_add(1, Ordering::Relaxed) + 1;
     if tracked == stats.0.target.load(Ordering::Relaxed) {
@@ -173,14 +173,14 @@ async fn main() -> Result<()> {
     let pubsub = MemoryPubSub::new();
     let stats = Stats::default();
     stats.0.target.store(args.orders, Ordering::Relaxed);
-    let router = Router::new(pubsub.clone())
+    // Every #[handler] linked into this binary; state checked before any message is read.
+    let app = App::from_registry()
+        .pubsub(pubsub.clone())
         .state(Prices::load())
         .state(Carrier { name: "parcelbird" })
         .state(stats.clone())
-        .route(Route::new("bill", OrderPlaced::NAME, bill))
-        .route(Route::new("ship", InvoiceIssued::NAME, ship))
-        .route(Route::new("track", ShipmentDispatched::NAME, track));
-    router.start().await?;
+        .build()?;
+    app.start().await?;
 
     let started = Instant::now();
     // The storefront: places every order (waiting whenever the pipeline is full).
@@ -189,8 +189,7 @@ async fn main() -> Result<()> {
         async move {
             for id in 0..args.orders {
                 let order = OrderPlaced { id, sku: format!("sku-{}", id % 4), qty: 1 + (id % 3) as u32 };
-                let payload = serde_json::to_vec(&order).map_err(Error::from)?;
-                pubsub.publish(OrderPlaced::NAME, Message::new(payload)).await?;
+                pubsub.publish_value(&order).await?; // to OrderPlaced's own topic
             }
             Ok::<_, Error>(())
         }
@@ -224,7 +223,7 @@ async fn main() -> Result<()> {
     if let Some(progress) = progress {
         progress.abort();
     }
-    router.close().await?;
+    app.router().close().await?;
 
     let s = &stats.0;
     let processed = s.tracked.load(Ordering::Relaxed);

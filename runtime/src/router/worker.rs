@@ -171,25 +171,31 @@ pub(crate) async fn handle(p: &Prepared, delivery: Delivery) {
         trace_id = tracing::field::Empty,
     );
     // Without a subscriber interested in the span, skip the `Instrumented` wrapper: it would
-    // only enter and leave a disabled span on every poll, and move the whole future once more.
-    if span.is_disabled() {
-        process(p, message, attempt, acker).await;
-    } else {
-        process(p, message, attempt, acker).instrument(span).await;
+    // only enter and leave a disabled span on every poll. With one, the instrumented future is
+    // boxed, so that this future holds room for one `process` future, not two.
+    if !span.is_disabled() {
+        let traced = Box::pin(process(p, message, attempt, acker).instrument(span));
+        return traced.await;
     }
+    process(p, message, attempt, acker).await;
 }
 
 /// [`handle`] inside the message's span.
+///
+/// Written so that its future stays small: it is built and moved for every message, and rustc
+/// sizes it by everything that may be alive across an await. The common path awaits only leaf
+/// futures (the handler's boxed future, one publish, the settle); the failure paths and
+/// handlers with several outputs are boxed.
 async fn process(p: &Prepared, message: Message, attempt: u32, acker: Acker) {
-    {
-        let acker = if p.instant_ack {
-            if let Err(error) = acker.ack().await {
-                tracing::warn!(handler = %p.info.name, %error, "instant ack failed");
-            }
-            Acker::noop()
-        } else {
-            acker
-        };
+    let acker = if p.instant_ack {
+        if let Err(error) = acker.ack().await {
+            tracing::warn!(handler = %p.info.name, %error, "instant ack failed");
+        }
+        Acker::noop()
+    } else {
+        acker
+    };
+    let outputs = {
         let id = message.id();
         // The message is kept for the poison topic. A backend that redelivers (the in-memory
         // one) keeps a copy in the acker already: that one is used rather than another clone.
@@ -200,35 +206,47 @@ async fn process(p: &Prepared, message: Message, attempt: u32, acker: Acker) {
             p.metrics.handler_duration(started.elapsed().as_secs_f64());
         }
         match result {
-            Ok(Ok(outputs)) => {
-                let published = if outputs.is_empty() {
-                    Ok(())
-                } else {
-                    let started = p.metrics.timed().then(std::time::Instant::now);
-                    let published = publish_outputs(p, outputs).await;
-                    if let Some(started) = started {
-                        p.metrics.publish_duration(started.elapsed().as_secs_f64());
-                    }
-                    published
-                };
-                match published {
-                    Ok(()) => settle(acker.ack(), p, true).await,
-                    Err(error) => {
-                        tracing::warn!(handler = %p.info.name, %error, "publishing outputs failed; nacking");
-                        settle(acker.nack_after(nack_delay(p, &error)), p, false).await;
-                    }
-                }
-            }
-            // The failure paths are boxed: rare, and large futures that would otherwise make
-            // every message's future (moved on each call) bigger.
+            Ok(Ok(outputs)) => outputs,
             Ok(Err(error)) => {
                 let original = match original {
                     Some(original) => original,
                     None => acker.message().cloned().expect("the acker keeps the message"),
                 };
-                Box::pin(fail(p, original, attempt, acker, error)).await;
+                // Built in a statement of its own: a temporary in the `.await` statement would
+                // count as alive across the await, and the failure future is large.
+                let failed = Box::pin(fail(p, original, attempt, acker, error));
+                return failed.await;
             }
-            Err(panic) => Box::pin(panicked(p, id, attempt, acker, panic)).await,
+            Err(panic) => {
+                let failed = Box::pin(panicked(p, id, attempt, acker, panic));
+                return failed.await;
+            }
+        }
+    };
+    let published = if outputs.is_empty() {
+        Ok(())
+    } else {
+        let started = p.metrics.timed().then(std::time::Instant::now);
+        let published = if outputs.len() == 1 {
+            let output = outputs.into_iter().next().expect("one output");
+            match output_topic(p, output.topic) {
+                Ok(topic) => p.publisher.publish(&topic, output.message).await,
+                Err(error) => Err(error),
+            }
+        } else {
+            let several = Box::pin(publish_outputs(p, outputs));
+            several.await
+        };
+        if let Some(started) = started {
+            p.metrics.publish_duration(started.elapsed().as_secs_f64());
+        }
+        published
+    };
+    match published {
+        Ok(()) => settle(acker.ack(), p, true).await,
+        Err(error) => {
+            tracing::warn!(handler = %p.info.name, %error, "publishing outputs failed; nacking");
+            settle(acker.nack_after(nack_delay(p, &error)), p, false).await;
         }
     }
 }
@@ -292,20 +310,22 @@ async fn fail(p: &Prepared, original: Message, attempt: u32, acker: Acker, error
 
 async fn publish_outputs(p: &Prepared, outputs: Outputs) -> Result<()> {
     for output in outputs {
-        let topic: Cow<'_, str> = match (output.topic, &p.info.publish) {
-            // The handler's publish topic overrides a typed value's own.
-            (_, Some(topic)) => Cow::Borrowed(topic),
-            (Some(topic), None) => topic,
-            (None, None) => {
-                return Err(Error::new(
-                    ErrorKind::Config,
-                    format!("handler `{}` produced a message but has no publish topic", p.info.name),
-                ))
-            }
-        };
+        let topic = output_topic(p, output.topic)?;
         p.publisher.publish(&topic, output.message).await?;
     }
     Ok(())
+}
+
+/// Where an output goes: the handler's publish topic overrides a typed value's own.
+fn output_topic<'a>(p: &'a Prepared, own: Option<Cow<'static, str>>) -> Result<Cow<'a, str>> {
+    match (own, &p.info.publish) {
+        (_, Some(topic)) => Ok(Cow::Borrowed(topic)),
+        (Some(topic), None) => Ok(topic),
+        (None, None) => Err(Error::new(
+            ErrorKind::Config,
+            format!("handler `{}` produced a message but has no publish topic", p.info.name),
+        )),
+    }
 }
 
 async fn settle(op: crate::pubsub::OpFuture<'static>, p: &Prepared, ack: bool) {

@@ -23,6 +23,8 @@
 //! nack's delay, so the nacked message is the next one delivered, to whichever subscription of
 //! the group claims first. A consumer that dies (or hangs past [`SqlConfig::ack_deadline`]) loses its
 //! lease and another subscription takes over from `acked`: at-least-once, in order.
+//! [`Delivery::attempt`] counts the head message's deliveries in the group row; after an expired
+//! lease it may count one delivery that did not happen (never one less).
 //! Several subscriptions of one group share it: one holds the lease at a time, the others stand by
 //! (order is kept across all of them; a group is not a way to parallelise, many groups or topics are).
 //!
@@ -401,7 +403,7 @@ fn wake(prefix: &str, topic: &str) {
 /// # use millstream::pubsub::sql::{SqlPubSub, SqlConfig};
 /// # use millstream::{Message, Publisher, Subscriber, SubscribeOptions};
 /// # #[tokio::main(flavor = "current_thread")] async fn main() -> millstream::Result<()> {
-/// let pubsub = SqlPubSub::open_sqlite("app.db", SqlConfig::default()).await?;
+/// let pubsub = SqlPubSub::connect("sqlite:app.db", SqlConfig::default()).await?;
 /// let mut orders = pubsub.subscribe("orders", SubscribeOptions::group("billing")).await?;
 /// pubsub.publish("orders", Message::new(r#"{"id":1}"#)).await?;
 /// let delivery = orders.next().await.expect("open")?;
@@ -581,7 +583,8 @@ impl SqlPubSub {
     /// own). The messages are delivered only once that transaction commits, and never if it rolls
     /// back. `conn` must be of this pub/sub's database.
     ///
-    /// ```no_run
+    #[cfg_attr(feature = "postgres", doc = "```no_run")]
+    #[cfg_attr(not(feature = "postgres"), doc = "```ignore")]
     /// # use millstream::pubsub::sql::{SqlPubSub, SqlConfig};
     /// # use millstream::Message;
     /// # async fn f(pool: sqlx::PgPool, pubsub: SqlPubSub) -> millstream::Result<()> {
