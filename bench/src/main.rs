@@ -49,6 +49,7 @@ const ALL: &[&str] = &[
     "baseline",
     "pubsub",
     "router",
+    "router-mw",
     "pipeline",
     "latency",
     #[cfg(feature = "peer")]
@@ -151,6 +152,7 @@ fn run_child(scenario: &str, messages: u64) -> ExitCode {
             "baseline" => scenarios::baseline(messages).await,
             "pubsub" => scenarios::pubsub(messages).await,
             "router" => scenarios::router(messages).await,
+            "router-mw" => scenarios::router_mw(messages).await,
             "pipeline" => scenarios::pipeline(messages).await,
             "latency" => scenarios::latency(messages).await,
             #[cfg(feature = "peer")]

@@ -137,6 +137,14 @@ fn targets(outcomes: &[Outcome]) -> Vec<(String, String, bool)> {
         let ratio = ours.msgs_per_sec / peer.msgs_per_sec;
         out.push(("router >= 1.2 x ruststream".to_owned(), format!("{ratio:.2} x"), ratio >= 1.2));
     }
+    if let (Some(plain), Some(stacked)) = (find(outcomes, "router"), find(outcomes, "router-mw")) {
+        let cost = 1.0 - stacked.msgs_per_sec / plain.msgs_per_sec;
+        out.push((
+            "middleware stack costs <= 15% of router".to_owned(),
+            format!("{:.0}%", cost * 100.0),
+            cost <= 0.15,
+        ));
+    }
     if let Some(ratio) = find(outcomes, "pipeline").and_then(|o| o.ratio_to_baseline) {
         out.push(("pipeline >= 0.4 x baseline".to_owned(), format!("{ratio:.2} x"), ratio >= 0.4));
     }

@@ -120,6 +120,23 @@ pub(crate) async fn router(messages: u64) -> Outcome {
     throughput("router", messages, elapsed)
 }
 
+/// `router` behind the stack retry + poison queue + timeout + correlation id + recoverer.
+pub(crate) async fn router_mw(messages: u64) -> Outcome {
+    use millstream::middleware::{CorrelationId, PoisonQueue, Recoverer, Retry, Timeout};
+    let pubsub = MemoryPubSub::new();
+    let latch = Latch::new(messages);
+    let router = Router::new(pubsub.clone())
+        .state(latch.clone())
+        .layer(CorrelationId)
+        .layer(PoisonQueue::new("bench.poison"))
+        .layer(Retry::new(3))
+        .layer(Timeout::new(std::time::Duration::from_secs(30)))
+        .layer(Recoverer)
+        .route(Route::new("sink", TOPIC_A, sink));
+    let elapsed = run_router(router, pubsub, latch, messages).await;
+    throughput("router-mw", messages, elapsed)
+}
+
 /// Handler A returns the order (published to topic B); handler B consumes it.
 pub(crate) async fn pipeline(messages: u64) -> Outcome {
     let pubsub = MemoryPubSub::new();
