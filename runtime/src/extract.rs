@@ -30,6 +30,9 @@ pub(crate) struct RouteInfo {
     pub(crate) publisher: Arc<dyn Publisher>,
     pub(crate) encoder: Arc<dyn DynEncoder>,
     pub(crate) shutdown: CancellationToken,
+    /// A [`CorrelationId`](crate::middleware::CorrelationId) layer is in the chain: what the
+    /// handler publishes carries the input's correlation id, its own id when it has none.
+    pub(crate) correlates: bool,
 }
 
 /// The context of one message being handled, passed to [`FromMessage::from_message`].
@@ -57,10 +60,15 @@ impl MessageCx<'_> {
 
     /// A [`Ctx`] for this message.
     pub fn ctx(&self, message: &Message) -> Ctx {
-        let carried: Metadata = PROPAGATED
-            .iter()
-            .filter_map(|key| message.metadata().get(key).map(|value| (*key, value)))
-            .collect();
+        let mut carried = Metadata::new();
+        for key in PROPAGATED {
+            if let Some(value) = message.metadata().get(key) {
+                carried.insert_static(key, value);
+            }
+        }
+        if self.route.correlates && !carried.contains_key(crate::middleware::CORRELATION_ID) {
+            carried.insert_static(crate::middleware::CORRELATION_ID, message.id().to_boxed_str());
+        }
         Ctx { route: self.route.clone(), attempt: self.attempt, message_id: message.id(), carried }
     }
 }
@@ -272,6 +280,13 @@ impl Ctx {
     /// The id of the message being handled.
     pub fn message_id(&self) -> MessageId {
         self.message_id
+    }
+
+    /// The correlation id that what the handler publishes carries: the input's, or with a
+    /// [`CorrelationId`](crate::middleware::CorrelationId) layer the input's own id when it has
+    /// none.
+    pub fn correlation_id(&self) -> Option<&str> {
+        self.carried.get(crate::middleware::CORRELATION_ID)
     }
 
     /// Publishes a typed value to its own topic (a [`Topic`](crate::Topic) type), or else to the

@@ -35,6 +35,13 @@ impl MessageId {
     pub fn parse(text: &str) -> Result<Self, uuid::Error> {
         uuid::Uuid::try_parse(text).map(MessageId)
     }
+
+    /// The hyphenated string form in an allocation of exactly its size (`to_string` goes through
+    /// the formatter and a growing buffer).
+    pub(crate) fn to_boxed_str(self) -> Box<str> {
+        let mut buffer = [0u8; uuid::fmt::Hyphenated::LENGTH];
+        Box::from(&*self.0.hyphenated().encode_lower(&mut buffer))
+    }
 }
 
 /// A UUID v7 from a per-thread generator: the unix time in milliseconds, a 42-bit counter that
@@ -127,7 +134,44 @@ impl fmt::Debug for MessageId {
     }
 }
 
-type Entry = (Box<str>, Box<str>);
+/// A metadata key: the keys millstream writes itself (and [`Metadata::insert_static`]'s) are
+/// `'static` strings and are stored without a copy.
+#[derive(Clone)]
+enum Key {
+    Static(&'static str),
+    Owned(Box<str>),
+}
+
+impl std::ops::Deref for Key {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        match self {
+            Key::Static(key) => key,
+            Key::Owned(key) => key,
+        }
+    }
+}
+
+impl PartialEq for Key {
+    fn eq(&self, other: &Self) -> bool {
+        **self == **other
+    }
+}
+
+impl Eq for Key {}
+
+impl fmt::Debug for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&**self, f)
+    }
+}
+
+type Entry = (Key, Box<str>);
+
+/// The shared entries: up to two live inside the one allocation of the `Arc` (a correlation id
+/// and a trace header, say); more spill to a second allocation.
+type Entries = smallvec::SmallVec<[Entry; 2]>;
 
 /// A message's string headers: insertion-ordered, cheap to clone (one reference count), and free
 /// when empty.
@@ -136,7 +180,7 @@ type Entry = (Box<str>, Box<str>);
 /// keeping its position. Clones share storage until one of them is modified (copy on write).
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct Metadata {
-    entries: Option<Arc<Vec<Entry>>>,
+    entries: Option<Arc<Entries>>,
 }
 
 impl Metadata {
@@ -147,7 +191,7 @@ impl Metadata {
 
     /// Starts a builder: `Metadata::builder().with("a", "1").with("b", "2").build()`.
     pub fn builder() -> MetadataBuilder {
-        MetadataBuilder { entries: Vec::new() }
+        MetadataBuilder { entries: Entries::new() }
     }
 
     fn slice(&self) -> &[Entry] {
@@ -169,8 +213,15 @@ impl Metadata {
 
     /// Sets `key` to `value`, replacing an existing value in place; returns the old value.
     pub fn insert(&mut self, key: impl Into<Box<str>>, value: impl Into<Box<str>>) -> Option<Box<str>> {
-        let key = key.into();
-        let value = value.into();
+        self.put(Key::Owned(key.into()), value.into())
+    }
+
+    /// [`insert`](Metadata::insert) for a key known at compile time: the key is not copied.
+    pub fn insert_static(&mut self, key: &'static str, value: impl Into<Box<str>>) -> Option<Box<str>> {
+        self.put(Key::Static(key), value.into())
+    }
+
+    fn put(&mut self, key: Key, value: Box<str>) -> Option<Box<str>> {
         let entries = Arc::make_mut(self.entries.get_or_insert_with(Default::default));
         if let Some(slot) = entries.iter_mut().find(|(k, _)| *k == key) {
             return Some(std::mem::replace(&mut slot.1, value));
@@ -240,13 +291,13 @@ impl<'a> IntoIterator for &'a Metadata {
 /// Builds [`Metadata`] fluently; see [`Metadata::builder`].
 #[derive(Debug, Default)]
 pub struct MetadataBuilder {
-    entries: Vec<Entry>,
+    entries: Entries,
 }
 
 impl MetadataBuilder {
     /// Adds (or replaces) an entry.
     pub fn with(mut self, key: impl Into<Box<str>>, value: impl Into<Box<str>>) -> Self {
-        let key = key.into();
+        let key = Key::Owned(key.into());
         let value = value.into();
         match self.entries.iter_mut().find(|(k, _)| *k == key) {
             Some(slot) => slot.1 = value,
@@ -296,6 +347,13 @@ impl Message {
     /// Sets one metadata entry (builder style).
     pub fn with_header(mut self, key: impl Into<Box<str>>, value: impl Into<Box<str>>) -> Self {
         self.metadata.insert(key, value);
+        self
+    }
+
+    /// [`with_header`](Message::with_header) for a key known at compile time: the key is not
+    /// copied.
+    pub fn with_static_header(mut self, key: &'static str, value: impl Into<Box<str>>) -> Self {
+        self.metadata.insert_static(key, value);
         self
     }
 

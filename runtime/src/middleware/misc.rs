@@ -6,9 +6,10 @@ use std::time::Duration;
 
 use futures_core::future::BoxFuture;
 
-use super::{Middleware, Next};
+use super::fused::{call_single, Step};
+use super::{FusedStep, Middleware, Next};
 use crate::error::Error;
-use crate::handler::{HandlerResult, Outputs};
+use crate::handler::HandlerResult;
 use crate::message::Message;
 
 /// Acks each message as soon as it arrives, before the handler runs: more throughput, at the
@@ -24,6 +25,10 @@ impl Middleware for InstantAck {
 
     fn acks_instantly(&self) -> bool {
         true
+    }
+
+    fn fused_step(&self) -> Option<FusedStep> {
+        Some(FusedStep(Step::Pass))
     }
 }
 
@@ -51,13 +56,11 @@ impl DelayOnNack {
 
 impl Middleware for DelayOnNack {
     fn call(&self, message: Message, next: Next) -> BoxFuture<'static, HandlerResult> {
-        let delay = self.delay(next.attempt());
-        Box::pin(async move {
-            next.run(message).await.map_err(|error| match error.retry_after_hint() {
-                Some(_) => error,
-                None => error.retry_after(delay),
-            })
-        })
+        call_single(Step::DelayOnNack(*self), message, next)
+    }
+
+    fn fused_step(&self) -> Option<FusedStep> {
+        Some(FusedStep(Step::DelayOnNack(*self)))
     }
 }
 
@@ -80,20 +83,20 @@ impl IgnoreErrors {
         let kinds: Vec<_> = kinds.into_iter().collect();
         Self::when(move |e| kinds.contains(&e.kind()))
     }
+
+    /// Whether `error` is one this layer turns into success.
+    pub(super) fn ignores(&self, error: &Error) -> bool {
+        (self.predicate)(error)
+    }
 }
 
 impl Middleware for IgnoreErrors {
     fn call(&self, message: Message, next: Next) -> BoxFuture<'static, HandlerResult> {
-        let predicate = self.predicate.clone();
-        Box::pin(async move {
-            match next.run(message).await {
-                Err(error) if predicate(&error) => {
-                    tracing::debug!(%error, "error ignored");
-                    Ok(Outputs::new())
-                }
-                other => other,
-            }
-        })
+        call_single(Step::Ignore(self.clone()), message, next)
+    }
+
+    fn fused_step(&self) -> Option<FusedStep> {
+        Some(FusedStep(Step::Ignore(self.clone())))
     }
 }
 

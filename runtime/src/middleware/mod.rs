@@ -38,12 +38,21 @@ pub trait Middleware: Send + Sync + 'static {
     fn acks_instantly(&self) -> bool {
         false
     }
+
+    /// Built-in layers describe themselves here, so that a run of them executes as one future
+    /// (no boxed future per layer); other middleware returns `None` and is called through
+    /// [`call`](Middleware::call). [`FusedStep`] cannot be built outside millstream.
+    #[doc(hidden)]
+    fn fused_step(&self) -> Option<FusedStep> {
+        None
+    }
 }
 
 mod breaker;
 mod chaos;
 mod correlation;
 mod dedup;
+mod fused;
 mod misc;
 mod poison;
 mod recoverer;
@@ -56,6 +65,8 @@ pub use self::breaker::{BreakerState, CircuitBreaker};
 pub use self::chaos::{RandomFail, RandomPanic};
 pub use self::correlation::{CorrelationId, CORRELATION_ID};
 pub use self::dedup::{DedupKey, DedupStore, Deduplicator, MemoryDedupStore};
+#[doc(hidden)]
+pub use self::fused::FusedStep;
 pub use self::misc::{DelayOnNack, IgnoreErrors, InstantAck};
 pub use self::poison::{poisoned, PoisonQueue, RedeliveryCap};
 pub use self::recoverer::Recoverer;
@@ -66,24 +77,103 @@ pub use self::trace::{TraceContext, TraceParent, TRACEPARENT};
 
 /// The type-erased handler at the end of a chain.
 pub(crate) trait Endpoint: Send + Sync + 'static {
+    /// Calls the handler, borrowing the chain (the router's call without middleware).
     fn call<'a>(&'a self, message: Message, cx: MessageCx<'a>) -> BoxFuture<'a, HandlerResult>;
+
+    /// Calls the handler from the end of a middleware chain: one boxed future that owns what it
+    /// borrows.
+    fn call_owned(
+        self: Arc<Self>,
+        chain: Arc<Chain>,
+        message: Message,
+        attempt: u32,
+    ) -> BoxFuture<'static, HandlerResult>;
+}
+
+/// One element of a chain: a middleware called through its trait object, or a run of built-in
+/// layers executed as one future.
+pub(crate) enum Layer {
+    Custom(Arc<dyn Middleware>),
+    Fused(Box<[fused::Step]>),
 }
 
 /// A handler with its middleware, ready to be called.
 pub(crate) struct Chain {
-    pub(crate) middleware: Box<[Arc<dyn Middleware>]>,
-    pub(crate) endpoint: Arc<dyn Endpoint>,
+    layers: Box<[Layer]>,
+    endpoint: Arc<dyn Endpoint>,
     pub(crate) route: Arc<RouteInfo>,
 }
 
 impl Chain {
-    /// Calls the chain from the top. Without middleware, calls the handler directly: one boxed
-    /// future per message instead of two, and no reference count taken on the chain.
-    pub(crate) fn call(self: &Arc<Self>, message: Message, attempt: u32) -> BoxFuture<'_, HandlerResult> {
-        if self.middleware.is_empty() {
-            return self.endpoint.call(message, MessageCx { route: &self.route, attempt });
+    /// The chain of `middleware` (outermost first) around `endpoint`: consecutive built-in
+    /// layers are merged into one fused run.
+    pub(crate) fn new(
+        middleware: Vec<Arc<dyn Middleware>>,
+        endpoint: Arc<dyn Endpoint>,
+        route: Arc<RouteInfo>,
+    ) -> Self {
+        let mut layers = Vec::new();
+        let mut steps = Vec::new();
+        for layer in middleware {
+            match layer.fused_step() {
+                Some(FusedStep(step)) => {
+                    steps.push(step);
+                    if steps.len() == fused::MAX_STEPS {
+                        layers.push(Layer::Fused(std::mem::take(&mut steps).into()));
+                    }
+                }
+                None => {
+                    if !steps.is_empty() {
+                        layers.push(Layer::Fused(std::mem::take(&mut steps).into()));
+                    }
+                    layers.push(Layer::Custom(layer));
+                }
+            }
         }
-        Next { chain: self.clone(), index: 0, attempt }.run(message)
+        if !steps.is_empty() {
+            layers.push(Layer::Fused(steps.into()));
+        }
+        Chain { layers: layers.into_boxed_slice(), endpoint, route }
+    }
+
+    /// Calls the chain from the top. Without middleware, calls the handler directly: one boxed
+    /// future per message, and no reference count taken on the chain. A fused run of built-in
+    /// layers at the top runs inside this future, without a box of its own.
+    ///
+    /// `kept` is a copy of `message` the caller keeps anyway (for its own poison path): the fused
+    /// run uses it on a failure instead of taking a copy of its own.
+    pub(crate) async fn call(
+        self: &Arc<Self>,
+        message: Message,
+        kept: &Message,
+        attempt: u32,
+    ) -> HandlerResult {
+        match self.layers.first() {
+            None => self.call_handler(message, attempt).await,
+            Some(Layer::Fused(steps)) => {
+                let inner = Next { chain: self.clone(), index: 1, attempt };
+                fused::run(steps, &inner, message, Some(kept)).await
+            }
+            Some(Layer::Custom(_)) => Next { chain: self.clone(), index: 0, attempt }.run(message).await,
+        }
+    }
+
+    /// Whether the chain is the handler alone.
+    pub(crate) fn is_bare(&self) -> bool {
+        self.layers.is_empty()
+    }
+
+    /// Calls the handler itself (what [`call`](Chain::call) does when the chain is bare).
+    pub(crate) fn call_handler(&self, message: Message, attempt: u32) -> BoxFuture<'_, HandlerResult> {
+        self.endpoint.call(message, MessageCx { route: &self.route, attempt })
+    }
+
+    /// The steps of the fused run at `index`.
+    fn steps(&self, index: usize) -> &[fused::Step] {
+        match &self.layers[index] {
+            Layer::Fused(steps) => steps,
+            Layer::Custom(_) => unreachable!("layer {index} is not a fused run"),
+        }
     }
 }
 
@@ -97,17 +187,26 @@ pub struct Next {
 impl Next {
     /// Runs the rest of the chain.
     pub fn run(self, message: Message) -> BoxFuture<'static, HandlerResult> {
-        match self.chain.middleware.get(self.index).cloned() {
-            Some(layer) => {
-                let next = Next { chain: self.chain, index: self.index + 1, attempt: self.attempt };
-                layer.call(message, next)
+        let Next { chain, index, attempt } = self;
+        match chain.layers.get(index) {
+            Some(Layer::Custom(layer)) => {
+                let layer = layer.clone();
+                layer.call(message, Next { chain, index: index + 1, attempt })
             }
-            None => Box::pin(async move {
-                let chain = self.chain;
-                let cx = MessageCx { route: &chain.route, attempt: self.attempt };
-                chain.endpoint.call(message, cx).await
-            }),
+            Some(Layer::Fused(_)) => {
+                Box::pin(fused::run_chained(Next { chain, index: index + 1, attempt }, message))
+            }
+            None => chain.endpoint.clone().call_owned(chain, message, attempt),
         }
+    }
+
+    /// Runs the rest of the chain as attempt `attempt`, keeping `self` for another run. When the
+    /// rest is the handler alone, it is called in place: no reference counts taken, no second box.
+    pub(crate) fn run_again(&self, message: Message, attempt: u32) -> BoxFuture<'_, HandlerResult> {
+        if self.index == self.chain.layers.len() {
+            return self.chain.endpoint.call(message, MessageCx { route: &self.chain.route, attempt });
+        }
+        self.clone().with_attempt(attempt).run(message)
     }
 
     /// The handler's name.
@@ -149,7 +248,7 @@ impl fmt::Debug for Next {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Next")
             .field("handler", &self.handler_name())
-            .field("remaining_layers", &(self.chain.middleware.len() - self.index))
+            .field("remaining_layers", &(self.chain.layers.len() - self.index))
             .finish()
     }
 }

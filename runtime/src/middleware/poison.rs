@@ -6,8 +6,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use futures_core::future::BoxFuture;
 
-use super::{Middleware, Next};
-use crate::error::{Error, ErrorKind};
+use super::fused::{call_single, Step};
+use super::{FusedStep, Middleware, Next};
+use crate::error::Error;
 use crate::handler::{HandlerResult, Outputs};
 use crate::message::Message;
 use crate::router::poison_keys;
@@ -61,7 +62,7 @@ impl PoisonQueue {
         &self.inner.topic
     }
 
-    fn should_poison(&self, error: &Error, attempt: u32) -> bool {
+    pub(super) fn should_poison(&self, error: &Error, attempt: u32) -> bool {
         let i = &self.inner;
         if let Some(filter) = &i.filter {
             if !filter(error) {
@@ -79,36 +80,37 @@ impl PoisonQueue {
 pub fn poisoned(original: Message, error: &Error, handler: &str, topic: &str, attempt: u32) -> Message {
     let millis = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
     original
-        .with_header(poison_keys::REASON, error.to_string())
-        .with_header(poison_keys::KIND, format!("{:?}", error.kind()))
-        .with_header(poison_keys::HANDLER, handler)
-        .with_header(poison_keys::TOPIC, topic)
-        .with_header(poison_keys::ATTEMPT, attempt.to_string())
-        .with_header(poison_keys::TIME, millis.to_string())
+        .with_static_header(poison_keys::REASON, error.to_string())
+        .with_static_header(poison_keys::KIND, format!("{:?}", error.kind()))
+        .with_static_header(poison_keys::HANDLER, handler)
+        .with_static_header(poison_keys::TOPIC, topic)
+        .with_static_header(poison_keys::ATTEMPT, attempt.to_string())
+        .with_static_header(poison_keys::TIME, millis.to_string())
 }
 
-impl Middleware for PoisonQueue {
-    fn call(&self, message: Message, next: Next) -> BoxFuture<'static, HandlerResult> {
+impl PoisonQueue {
+    /// Publishes `original`, which failed with `error` on delivery `attempt`, to the poison topic:
+    /// no outputs once it is there, the publish error otherwise (so the original is nacked).
+    pub(super) fn publish(
+        &self,
+        handle: &Next,
+        original: Message,
+        error: &Error,
+        attempt: u32,
+    ) -> BoxFuture<'static, HandlerResult> {
         let this = self.clone();
+        let handle = handle.clone();
+        let id = original.id();
+        let dead = poisoned(original, error, handle.handler_name(), handle.topic(), attempt);
+        let error = error.to_string();
         Box::pin(async move {
-            let original = message.clone();
-            let handle = next.clone();
-            let error = match next.run(message).await {
-                Ok(outputs) => return Ok(outputs),
-                Err(error) => error,
-            };
-            if !this.should_poison(&error, handle.attempt()) {
-                return Err(error);
-            }
-            let id = original.id();
-            let dead = poisoned(original, &error, handle.handler_name(), handle.topic(), handle.attempt());
             match handle.publisher().publish(&this.inner.topic, dead).await {
                 Ok(()) => {
                     tracing::error!(
                         handler = %handle.handler_name(),
                         topic = %handle.topic(),
                         message_id = %id,
-                        attempt = handle.attempt(),
+                        attempt,
                         poison_topic = %this.inner.topic,
                         %error,
                         "message poisoned",
@@ -122,6 +124,16 @@ impl Middleware for PoisonQueue {
                 ))),
             }
         })
+    }
+}
+
+impl Middleware for PoisonQueue {
+    fn call(&self, message: Message, next: Next) -> BoxFuture<'static, HandlerResult> {
+        call_single(Step::Poison(self.clone()), message, next)
+    }
+
+    fn fused_step(&self) -> Option<FusedStep> {
+        Some(FusedStep(Step::Poison(self.clone())))
     }
 }
 
@@ -151,14 +163,10 @@ impl RedeliveryCap {
 
 impl Middleware for RedeliveryCap {
     fn call(&self, message: Message, next: Next) -> BoxFuture<'static, HandlerResult> {
-        if next.attempt() > self.max {
-            let error = Error::new(
-                ErrorKind::Handler,
-                format!("delivered {} times, more than the cap of {}", next.attempt(), self.max),
-            )
-            .into_permanent();
-            return Box::pin(std::future::ready(Err(error)));
-        }
-        next.run(message)
+        call_single(Step::Cap(self.max), message, next)
+    }
+
+    fn fused_step(&self) -> Option<FusedStep> {
+        Some(FusedStep(Step::Cap(self.max)))
     }
 }

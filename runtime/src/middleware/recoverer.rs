@@ -1,12 +1,9 @@
 //! [`Recoverer`]: turns a handler panic into an error.
 
-use std::panic::AssertUnwindSafe;
-
 use futures_core::future::BoxFuture;
-use futures_util::FutureExt;
 
-use super::{Middleware, Next};
-use crate::error::{Error, ErrorKind};
+use super::fused::{call_single, Step};
+use super::{FusedStep, Middleware, Next};
 use crate::handler::HandlerResult;
 use crate::message::Message;
 
@@ -19,11 +16,10 @@ pub struct Recoverer;
 
 impl Middleware for Recoverer {
     fn call(&self, message: Message, next: Next) -> BoxFuture<'static, HandlerResult> {
-        Box::pin(async move {
-            match AssertUnwindSafe(next.run(message)).catch_unwind().await {
-                Ok(result) => result,
-                Err(panic) => Err(Error::new(ErrorKind::Panic, crate::router::panic_text(&*panic))),
-            }
-        })
+        call_single(Step::Recover, message, next)
+    }
+
+    fn fused_step(&self) -> Option<FusedStep> {
+        Some(FusedStep(Step::Recover))
     }
 }

@@ -3,12 +3,14 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures_core::future::BoxFuture;
+use tokio::time::Instant;
 
-use super::{Middleware, Next};
-use crate::error::{Error, ErrorKind};
+use super::fused::{call_single, Step};
+use super::{FusedStep, Middleware, Next};
+use crate::error::Error;
 use crate::handler::HandlerResult;
 use crate::message::Message;
 
@@ -143,47 +145,43 @@ impl Retry {
     fn retryable(&self, error: &Error) -> bool {
         !error.is_permanent() && self.inner.predicate.as_ref().is_none_or(|p| p(error))
     }
-}
 
-async fn attempt(next: Next, message: Message, timeout: Option<Duration>) -> HandlerResult {
-    match timeout {
-        None => next.run(message).await,
-        Some(limit) => match tokio::time::timeout(limit, next.run(message)).await {
-            Ok(result) => result,
-            Err(_) => Err(Error::new(ErrorKind::Timeout, format!("attempt took longer than {limit:?}"))),
-        },
+    /// The per-attempt timeout, if any.
+    pub(super) fn attempt_limit(&self) -> Option<Duration> {
+        self.inner.attempt_timeout
+    }
+
+    /// The limit on the time since the first attempt, if any.
+    pub(super) fn max_elapsed_limit(&self) -> Option<Duration> {
+        self.inner.max_elapsed
+    }
+
+    /// The on-retry hook, if any.
+    pub(super) fn hook(&self) -> Option<&(dyn Fn(&RetryEvent<'_>) + Send + Sync)> {
+        self.inner.on_retry.as_deref()
+    }
+
+    /// The wait before the next retry, after `done` retries ended in `error`; `None` when there
+    /// is no next retry (the budget or the time is used up, or the error is not retried).
+    pub(super) fn next_delay(&self, error: &Error, done: u32, started: Option<Instant>) -> Option<Duration> {
+        if done >= self.inner.max_retries || !self.retryable(error) {
+            return None;
+        }
+        let delay = self.backoff(done + 1);
+        match (self.inner.max_elapsed, started) {
+            (Some(limit), Some(started)) if started.elapsed() + delay > limit => None,
+            _ => Some(delay),
+        }
     }
 }
 
 impl Middleware for Retry {
     fn call(&self, message: Message, next: Next) -> BoxFuture<'static, HandlerResult> {
-        let retry = self.clone();
-        Box::pin(async move {
-            let started = Instant::now();
-            let mut retries = 0;
-            loop {
-                let inner = next.clone().with_attempt(next.attempt().saturating_add(retries));
-                let error = match attempt(inner, message.clone(), retry.inner.attempt_timeout).await {
-                    Ok(outputs) => return Ok(outputs),
-                    Err(error) => error,
-                };
-                if retries >= retry.inner.max_retries || !retry.retryable(&error) {
-                    return Err(error);
-                }
-                retries += 1;
-                let delay = retry.backoff(retries);
-                if let Some(limit) = retry.inner.max_elapsed {
-                    if started.elapsed() + delay > limit {
-                        return Err(error);
-                    }
-                }
-                if let Some(hook) = &retry.inner.on_retry {
-                    hook(&RetryEvent { retry: retries, error: &error, delay, handler: next.handler_name() });
-                }
-                tracing::debug!(handler = %next.handler_name(), retry = retries, ?delay, %error, "retrying");
-                tokio::time::sleep(delay).await;
-            }
-        })
+        call_single(Step::Retry(self.clone()), message, next)
+    }
+
+    fn fused_step(&self) -> Option<FusedStep> {
+        Some(FusedStep(Step::Retry(self.clone())))
     }
 }
 

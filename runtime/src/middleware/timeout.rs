@@ -4,8 +4,8 @@ use std::time::Duration;
 
 use futures_core::future::BoxFuture;
 
-use super::{Middleware, Next};
-use crate::error::{Error, ErrorKind};
+use super::fused::{call_single, Step};
+use super::{FusedStep, Middleware, Next};
 use crate::handler::HandlerResult;
 use crate::message::Message;
 
@@ -29,12 +29,10 @@ impl Timeout {
 
 impl Middleware for Timeout {
     fn call(&self, message: Message, next: Next) -> BoxFuture<'static, HandlerResult> {
-        let limit = self.limit;
-        Box::pin(async move {
-            match tokio::time::timeout(limit, next.run(message)).await {
-                Ok(result) => result,
-                Err(_) => Err(Error::new(ErrorKind::Timeout, format!("handler took longer than {limit:?}"))),
-            }
-        })
+        call_single(Step::Timeout(self.limit), message, next)
+    }
+
+    fn fused_step(&self) -> Option<FusedStep> {
+        Some(FusedStep(Step::Timeout(self.limit)))
     }
 }

@@ -415,6 +415,8 @@ impl Router {
             (None, crate::handler::OutputSpec::Topic(topic)) => Some(Arc::from(topic)),
             _ => None,
         };
+        let mut middleware: Vec<_> = self.inner.middleware.lock().clone();
+        middleware.extend(route.middleware);
         let info = Arc::new(RouteInfo {
             name: Arc::from(route.name.as_str()),
             topic: Arc::from(route.topic.as_str()),
@@ -422,12 +424,10 @@ impl Router {
             publisher: publisher.clone(),
             encoder: route.encoder,
             shutdown: self.inner.intake.clone(),
+            correlates: middleware.iter().any(|m| m.fused_step().is_some_and(|step| step.correlates())),
         });
-        let mut middleware: Vec<_> = self.inner.middleware.lock().clone();
-        middleware.extend(route.middleware);
         let instant_ack = middleware.iter().any(|m| m.acks_instantly());
-        let chain =
-            Arc::new(Chain { middleware: middleware.into_boxed_slice(), endpoint, route: info.clone() });
+        let chain = Arc::new(Chain::new(middleware, endpoint, info.clone()));
         Ok(worker::Prepared {
             group: route.group.unwrap_or(route.name),
             concurrency: route.concurrency.get(),

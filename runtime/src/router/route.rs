@@ -13,7 +13,7 @@ use crate::error::{Error, ErrorKind};
 use crate::extract::MessageCx;
 use crate::handler::{output_spec, Handler, HandlerResult, OutputSpec};
 use crate::message::Message;
-use crate::middleware::{Endpoint, Middleware};
+use crate::middleware::{Chain, Endpoint, Middleware};
 use crate::pubsub::{Publisher, Subscriber};
 use crate::state::StateMap;
 
@@ -226,5 +226,17 @@ where
     #[inline]
     fn call<'a>(&'a self, message: Message, cx: MessageCx<'a>) -> BoxFuture<'a, HandlerResult> {
         Box::pin(self.handler.call(&self.prepared, &self.codec, message, cx))
+    }
+
+    fn call_owned(
+        self: Arc<Self>,
+        chain: Arc<Chain>,
+        message: Message,
+        attempt: u32,
+    ) -> BoxFuture<'static, HandlerResult> {
+        Box::pin(async move {
+            let cx = MessageCx { route: &chain.route, attempt };
+            self.handler.call(&self.prepared, &self.codec, message, cx).await
+        })
     }
 }

@@ -166,7 +166,7 @@ pub(crate) async fn handle(p: &Prepared, delivery: Delivery) {
         handler = %p.info.name,
         topic = %p.info.topic,
         message_id = %message.id(),
-        correlation_id = %message.metadata().get(CORRELATION_ID).unwrap_or(""),
+        correlation_id = %EffectiveCorrelation(&message),
         attempt,
         trace_id = tracing::field::Empty,
     );
@@ -178,6 +178,19 @@ pub(crate) async fn handle(p: &Prepared, delivery: Delivery) {
         return traced.await;
     }
     process(p, message, attempt, acker).await;
+}
+
+/// Shows a message's correlation id: its `correlation_id` metadata, else its own id (a message
+/// without one is the root of its flow). Formatted only when the span is recorded.
+struct EffectiveCorrelation<'a>(&'a Message);
+
+impl std::fmt::Display for EffectiveCorrelation<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0.metadata().get(CORRELATION_ID) {
+            Some(id) => f.write_str(id),
+            None => std::fmt::Display::fmt(&self.0.id(), f),
+        }
+    }
 }
 
 /// [`handle`] inside the message's span.
@@ -201,7 +214,16 @@ async fn process(p: &Prepared, message: Message, attempt: u32, acker: Acker) {
         // one) keeps a copy in the acker already: that one is used rather than another clone.
         let original = if acker.message().is_some() { None } else { Some(message.clone()) };
         let started = p.metrics.timed().then(std::time::Instant::now);
-        let result = AssertUnwindSafe(p.chain.call(message, attempt)).catch_unwind().await;
+        let result = if p.chain.is_bare() {
+            // No middleware: the handler's own boxed future, awaited as it is.
+            AssertUnwindSafe(p.chain.call_handler(message, attempt)).catch_unwind().await
+        } else {
+            let kept = match (&original, acker.message()) {
+                (Some(original), _) | (None, Some(original)) => original,
+                (None, None) => unreachable!("a copy is kept when the acker keeps none"),
+            };
+            AssertUnwindSafe(p.chain.call(message, kept, attempt)).catch_unwind().await
+        };
         if let Some(started) = started {
             p.metrics.handler_duration(started.elapsed().as_secs_f64());
         }

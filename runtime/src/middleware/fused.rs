@@ -1,0 +1,466 @@
+//! The built-in layers run as *steps* of one future.
+//!
+//! A layer written as `async move { ... next.run(message).await ... }` costs a boxed future, a
+//! virtual call and a reference count per message, for every layer. The built-in layers only act
+//! before the rest of the chain runs (start a clock, refuse a message), while it runs (a deadline,
+//! catching a panic), or after it returns (stamp outputs, retry, poison, ignore an error); none
+//! changes the message on its way in. A run of consecutive built-in layers is therefore one
+//! [`Step`] list, executed by [`run`]: one future for the whole run, the rest of the chain awaited
+//! once, under the deadlines and panic guards of the steps around it.
+//!
+//! The behaviour is that of the layers nested in order (the first step outermost):
+//! - a step's deadline or panic guard covers everything inside it, and when it fires, the steps
+//!   inside it are abandoned (like a dropped future) and the steps outside it see the error;
+//! - a retry re-runs the steps inside it, each with its fresh state (a fresh timeout, say);
+//! - a step that refuses a message (the redelivery cap) hands its error to the steps outside it.
+//!
+//! Each built-in middleware's own [`Middleware::call`](super::Middleware::call) runs its single
+//! step through the same code, so there is one implementation of each behaviour.
+
+use std::borrow::Cow;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures_util::FutureExt;
+use smallvec::SmallVec;
+use tokio::time::{Instant, Sleep};
+
+use super::{DelayOnNack, IgnoreErrors, Next, PoisonQueue, Retry, RetryEvent, CORRELATION_ID};
+use crate::error::{Error, ErrorKind};
+use crate::handler::{HandlerResult, Outputs};
+use crate::message::{Message, MessageId, Metadata};
+
+/// What one built-in layer does, as a step of a fused run.
+#[derive(Clone, Debug)]
+pub(crate) enum Step {
+    /// [`CorrelationId`](super::CorrelationId).
+    Correlation,
+    /// [`PoisonQueue`].
+    Poison(PoisonQueue),
+    /// [`Retry`].
+    Retry(Retry),
+    /// [`Timeout`](super::Timeout) with its limit.
+    Timeout(Duration),
+    /// [`Recoverer`](super::Recoverer).
+    Recover,
+    /// [`RedeliveryCap`](super::RedeliveryCap) with its maximum.
+    Cap(u32),
+    /// [`IgnoreErrors`].
+    Ignore(IgnoreErrors),
+    /// [`DelayOnNack`].
+    DelayOnNack(DelayOnNack),
+    /// A layer that does nothing per message ([`InstantAck`](super::InstantAck): the router acts
+    /// on it before the chain runs).
+    Pass,
+}
+
+/// The most steps one run holds; a longer run of built-in layers is split.
+pub(crate) const MAX_STEPS: usize = 32;
+
+impl Step {
+    /// Whether the step needs the message back after a failure (to poison it, to retry it).
+    fn keeps_message(&self) -> bool {
+        matches!(self, Step::Poison(_) | Step::Retry(_))
+    }
+}
+
+/// A built-in layer's description of itself as a step; see [`Middleware::fused_step`](super::Middleware::fused_step).
+#[doc(hidden)]
+#[derive(Clone, Debug)]
+pub struct FusedStep(pub(crate) Step);
+
+impl FusedStep {
+    /// Whether this is the [`CorrelationId`](super::CorrelationId) layer.
+    pub(crate) fn correlates(&self) -> bool {
+        matches!(self.0, Step::Correlation)
+    }
+}
+
+/// What one step keeps while the steps inside it run (on the failure path).
+struct Frame {
+    /// The attempt this step sees (a retry outside it raises it).
+    attempt: u32,
+    /// Retries done so far (a retry step).
+    retries: u32,
+    /// When this step's deadline passes: a timeout step's, or a retry's current attempt's.
+    deadline: Option<Instant>,
+    /// When the first attempt started (a retry with a limit on the elapsed time).
+    started: Option<Instant>,
+}
+
+impl Frame {
+    fn new(attempt: u32) -> Self {
+        Frame { attempt, retries: 0, deadline: None, started: None }
+    }
+}
+
+/// The frames of a run; five live inline (the usual stack: correlation, poison, retry, timeout,
+/// recoverer), more spill to the heap.
+type Frames = SmallVec<[Frame; 5]>;
+
+/// What the correlation step needs to stamp the outputs: the input's metadata (a reference
+/// count) and its id.
+struct Correlation {
+    metadata: Metadata,
+    id: MessageId,
+}
+
+impl Correlation {
+    fn of(message: &Message) -> Self {
+        Correlation { metadata: message.metadata().clone(), id: message.id() }
+    }
+
+    /// Copies the input's correlation id (its own id when it has none) onto every output that
+    /// has none.
+    fn stamp(&self, outputs: &mut Outputs) {
+        let mut formatted = None;
+        for output in outputs {
+            if output.message.metadata().contains_key(CORRELATION_ID) {
+                continue;
+            }
+            let value: Box<str> = match self.metadata.get(CORRELATION_ID) {
+                Some(id) => id.into(),
+                None => formatted.get_or_insert_with(|| self.id.to_boxed_str()).clone(),
+            };
+            output.message.metadata_mut().insert_static(CORRELATION_ID, value);
+        }
+    }
+}
+
+/// Reads the clock once for all the steps entered together.
+fn clock(now: &mut Option<Instant>) -> Instant {
+    *now.get_or_insert_with(Instant::now)
+}
+
+/// Runs the fused run of the chain just before `inner` around it.
+pub(crate) async fn run_chained(inner: Next, message: Message) -> HandlerResult {
+    let steps = inner.chain.steps(inner.index - 1);
+    run(steps, &inner, message, None).await
+}
+
+/// Runs `steps` around `inner` (the rest of the chain after them).
+///
+/// The first attempt keeps no per-step state: the steps act on the way in, and on a success only
+/// the correlation step acts on the way out. A failure (an error, a deadline, a caught panic, a
+/// refusal) goes on in [`recover_from`], boxed: failures are the rare path, and the one that
+/// awaits (a backoff, a poison publish).
+///
+/// `kept`, when given, is a copy of `message` that outlives the run, used instead of a copy of
+/// its own on a failure.
+pub(crate) async fn run(
+    steps: &[Step],
+    inner: &Next,
+    message: Message,
+    kept: Option<&Message>,
+) -> HandlerResult {
+    let attempt = inner.attempt();
+    let entry = match kept {
+        Some(kept) => Some(Cow::Borrowed(kept)),
+        None => steps.iter().any(Step::keeps_message).then(|| Cow::Owned(message.clone())),
+    };
+    let mut entered = None;
+    let mut correlation = None;
+    let mut guard = Guard::default();
+    for (level, step) in steps.iter().enumerate() {
+        match step {
+            Step::Correlation => correlation = Some(Correlation::of(&message)),
+            Step::Retry(retry) => {
+                if retry.max_elapsed_limit().is_some() {
+                    clock(&mut entered);
+                }
+                if let Some(limit) = retry.attempt_limit() {
+                    guard.offer(clock(&mut entered) + limit, level);
+                }
+            }
+            Step::Timeout(limit) => guard.offer(clock(&mut entered) + *limit, level),
+            Step::Recover => guard.recover = Some(level),
+            Step::Cap(max) if attempt > *max => {
+                let failure = Failure { entry, entered, outcome: Err(refusal(attempt, *max)), level };
+                return Box::pin(recover_from(steps, inner, failure)).await;
+            }
+            _ => {}
+        }
+    }
+    let chain = inner.run_again(message, attempt);
+    let (outcome, level) = match (Guarded { future: chain, steps, guard, sleep: None }).await {
+        Ok(Ok(mut outputs)) => {
+            if let Some(correlation) = &correlation {
+                correlation.stamp(&mut outputs);
+            }
+            return Ok(outputs);
+        }
+        Ok(Err(error)) => (Err(error), steps.len()),
+        Err((error, level)) => (Err(error), level),
+    };
+    Box::pin(recover_from(steps, inner, Failure { entry, entered, outcome, level })).await
+}
+
+/// The error of a [`RedeliveryCap`](super::RedeliveryCap) step.
+fn refusal(attempt: u32, max: u32) -> Error {
+    Error::new(ErrorKind::Handler, format!("delivered {attempt} times, more than the cap of {max}"))
+        .into_permanent()
+}
+
+/// How a first attempt failed.
+struct Failure<'a> {
+    /// The message as it reached the steps (when a step needs it after a failure).
+    entry: Option<Cow<'a, Message>>,
+    /// When the steps were entered (when a step read the clock).
+    entered: Option<Instant>,
+    /// The failure.
+    outcome: HandlerResult,
+    /// How many steps (the outermost ones) see it.
+    level: usize,
+}
+
+/// The failure path of [`run`]: the steps that see the failure act on it, innermost first; a
+/// retry enters the steps inside it again and runs the rest of the chain again.
+async fn recover_from(steps: &[Step], inner: &Next, failure: Failure<'_>) -> HandlerResult {
+    let Failure { entry, entered, mut outcome, level } = failure;
+    let entry = entry.as_deref();
+    let mut attempt = inner.attempt();
+    let correlation = entry.map(Correlation::of);
+    // The state the way in left in the steps that see the failure.
+    let mut frames: Frames = steps[..level]
+        .iter()
+        .map(|step| {
+            let since = |limit: Duration| entered.expect("the clock was read on the way in") + limit;
+            let mut frame = Frame::new(attempt);
+            match step {
+                Step::Retry(retry) => {
+                    frame.started = retry.max_elapsed_limit().map(|_| since(Duration::ZERO));
+                    frame.deadline = retry.attempt_limit().map(since);
+                }
+                Step::Timeout(limit) => frame.deadline = Some(since(*limit)),
+                _ => {}
+            }
+            frame
+        })
+        .collect();
+
+    loop {
+        // Leave the steps, innermost first, each acting on the outcome.
+        'leave: loop {
+            let Some(mut frame) = frames.pop() else { return outcome };
+            let level = frames.len();
+            match &steps[level] {
+                Step::Correlation => {
+                    if let (Ok(outputs), Some(correlation)) = (&mut outcome, &correlation) {
+                        correlation.stamp(outputs);
+                    }
+                }
+                Step::Poison(poison) => {
+                    let Err(error) = &outcome else { continue 'leave };
+                    if !poison.should_poison(error, frame.attempt) {
+                        continue 'leave;
+                    }
+                    let original = entry.cloned().expect("a copy is kept for the poison step");
+                    let publish = poison.publish(inner, original, error, frame.attempt);
+                    let guard = Guard::of(steps, &frames, level);
+                    outcome = match (Guarded { future: publish, steps, guard, sleep: None }).await {
+                        Ok(Ok(outputs)) => Ok(outputs),
+                        Ok(Err(publish_error)) => Err(publish_error),
+                        Err((error, outer)) => {
+                            frames.truncate(outer);
+                            Err(error)
+                        }
+                    };
+                }
+                Step::Retry(retry) => {
+                    let Err(error) = &outcome else { continue 'leave };
+                    let Some(delay) = retry.next_delay(error, frame.retries, frame.started) else {
+                        continue 'leave;
+                    };
+                    frame.retries += 1;
+                    if let Some(hook) = retry.hook() {
+                        hook(&RetryEvent {
+                            retry: frame.retries,
+                            error,
+                            delay,
+                            handler: inner.handler_name(),
+                        });
+                    }
+                    tracing::debug!(
+                        handler = %inner.handler_name(),
+                        retry = frame.retries,
+                        ?delay,
+                        %error,
+                        "retrying",
+                    );
+                    let sleep = Box::pin(tokio::time::sleep(delay));
+                    let guard = Guard::of(steps, &frames, level);
+                    if let Err((error, outer)) = (Guarded { future: sleep, steps, guard, sleep: None }).await
+                    {
+                        frames.truncate(outer);
+                        outcome = Err(error);
+                        continue 'leave;
+                    }
+                    // Enter the steps inside the retry again.
+                    attempt = frame.attempt.saturating_add(frame.retries);
+                    if let Some(limit) = retry.attempt_limit() {
+                        frame.deadline = Some(Instant::now() + limit);
+                    }
+                    frames.push(frame);
+                    break 'leave;
+                }
+                Step::Ignore(ignore) => {
+                    if matches!(&outcome, Err(error) if ignore.ignores(error)) {
+                        if let Err(error) = &outcome {
+                            tracing::debug!(%error, "error ignored");
+                        }
+                        outcome = Ok(Outputs::new());
+                    }
+                }
+                Step::DelayOnNack(delay) => {
+                    outcome = outcome.map_err(|error| match error.retry_after_hint() {
+                        Some(_) => error,
+                        None => error.retry_after(delay.delay(frame.attempt)),
+                    });
+                }
+                Step::Timeout(_) | Step::Recover | Step::Cap(_) | Step::Pass => {}
+            }
+        }
+
+        // Enter the steps inside the retry, outermost first, then run the rest of the chain.
+        let mut refused = None;
+        let mut now = None;
+        while frames.len() < steps.len() {
+            let level = frames.len();
+            let mut frame = Frame::new(attempt);
+            match &steps[level] {
+                Step::Retry(retry) => {
+                    frame.started = retry.max_elapsed_limit().map(|_| clock(&mut now));
+                    frame.deadline = retry.attempt_limit().map(|limit| clock(&mut now) + limit);
+                }
+                Step::Timeout(limit) => frame.deadline = Some(clock(&mut now) + *limit),
+                Step::Cap(max) if attempt > *max => {
+                    refused = Some(Err(refusal(attempt, *max)));
+                    break;
+                }
+                _ => {}
+            }
+            frames.push(frame);
+        }
+        outcome = match refused {
+            Some(refused) => refused,
+            None => {
+                let message = entry.cloned().expect("a copy is kept for the retry step");
+                let chain = inner.run_again(message, attempt);
+                let guard = Guard::of(steps, &frames, frames.len());
+                match (Guarded { future: chain, steps, guard, sleep: None }).await {
+                    Ok(result) => result,
+                    Err((error, level)) => {
+                        frames.truncate(level);
+                        Err(error)
+                    }
+                }
+            }
+        };
+    }
+}
+
+/// A deadline of a step, and what its expiry means.
+#[derive(Clone, Copy)]
+struct Deadline {
+    when: Instant,
+    /// The step it belongs to: a timeout (whose outer steps see the error) or a retry (which
+    /// sees it itself).
+    step: usize,
+}
+
+impl Deadline {
+    /// The error when it passes, and how many steps (the outermost ones) see it.
+    fn expired(&self, steps: &[Step]) -> (Error, usize) {
+        let (text, level) = match &steps[self.step] {
+            Step::Retry(retry) => {
+                let limit = retry.attempt_limit().unwrap_or_default();
+                (format!("attempt took longer than {limit:?}"), self.step + 1)
+            }
+            Step::Timeout(limit) => (format!("handler took longer than {limit:?}"), self.step),
+            _ => unreachable!("only timeouts and retries have deadlines"),
+        };
+        (Error::new(ErrorKind::Timeout, text), level)
+    }
+}
+
+/// What guards a future awaited inside some steps: their earliest deadline and their innermost
+/// panic guard.
+#[derive(Clone, Copy, Default)]
+struct Guard {
+    deadline: Option<Deadline>,
+    /// The innermost recoverer: the number of steps that see a caught panic.
+    recover: Option<usize>,
+}
+
+impl Guard {
+    /// Adds the deadline of step `step`. The earliest wins; of two at the same instant, the inner
+    /// one (it fires first when the layers are nested).
+    fn offer(&mut self, when: Instant, step: usize) {
+        if self.deadline.is_none_or(|d| when <= d.when) {
+            self.deadline = Some(Deadline { when, step });
+        }
+    }
+
+    /// The guard of the first `depth` steps, from their frames.
+    fn of(steps: &[Step], frames: &[Frame], depth: usize) -> Self {
+        let mut guard = Guard::default();
+        for (level, (step, frame)) in steps.iter().zip(frames).take(depth).enumerate() {
+            match (step, frame.deadline) {
+                (Step::Timeout(_) | Step::Retry(_), Some(when)) => guard.offer(when, level),
+                (Step::Recover, _) => guard.recover = Some(level),
+                _ => {}
+            }
+        }
+        guard
+    }
+}
+
+/// A future awaited under a [`Guard`]. Fails with the error and the number of steps that see it
+/// when the deadline passes or a panic is caught.
+struct Guarded<'s, F> {
+    future: F,
+    steps: &'s [Step],
+    guard: Guard,
+    /// Created at the first `Pending`: a handler that finishes at once never touches the timer.
+    sleep: Option<Pin<Box<Sleep>>>,
+}
+
+impl<F: Future + Unpin> Future for Guarded<'_, F> {
+    type Output = Result<F::Output, (Error, usize)>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        let polled = match this.guard.recover {
+            None => this.future.poll_unpin(cx),
+            Some(level) => match std::panic::catch_unwind(AssertUnwindSafe(|| this.future.poll_unpin(cx))) {
+                Ok(polled) => polled,
+                Err(panic) => {
+                    let text = crate::router::panic_text(&*panic);
+                    return Poll::Ready(Err((Error::new(ErrorKind::Panic, text), level)));
+                }
+            },
+        };
+        if let Poll::Ready(output) = polled {
+            return Poll::Ready(Ok(output));
+        }
+        if let Some(deadline) = this.guard.deadline {
+            let sleep = this.sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline.when)));
+            if sleep.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Err(deadline.expired(this.steps)));
+            }
+        }
+        Poll::Pending
+    }
+}
+
+/// The [`Middleware::call`](super::Middleware::call) of a built-in layer: its one step around `next`.
+pub(crate) fn call_single(
+    step: Step,
+    message: Message,
+    next: Next,
+) -> futures_core::future::BoxFuture<'static, HandlerResult> {
+    Box::pin(async move { run(std::slice::from_ref(&step), &next, message, None).await })
+}
