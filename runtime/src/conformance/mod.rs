@@ -43,6 +43,9 @@ use crate::message::Message;
 use crate::pubsub::{Delivery, Features, PubSub, Subscription};
 
 pub mod cases;
+pub mod dedup;
+
+pub use self::dedup::check_dedup_store;
 
 /// How a backend is reached by the suite.
 pub trait Harness: Send + Sync + 'static {
