@@ -50,6 +50,39 @@ struct Counters {
     successes: u32,
     trials_in_flight: u32,
     opened_at: Instant,
+    /// Counts the half-open periods, so that a call admitted in one period (or while closed)
+    /// never moves the trial counters of a later one.
+    half_open_epoch: u64,
+}
+
+/// A call the breaker let through; settles the breaker's counters exactly once, with the call's
+/// result, or on drop if the call was cancelled (a half-open trial then frees its slot).
+struct Admitted {
+    breaker: CircuitBreaker,
+    /// The half-open period this call is a trial of, if it is one.
+    trial_of: Option<u64>,
+    settled: bool,
+}
+
+impl Admitted {
+    fn settle(mut self, result: &HandlerResult) {
+        self.settled = true;
+        self.breaker.record(result, self.trial_of);
+    }
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        if self.settled {
+            return;
+        }
+        if let Some(epoch) = self.trial_of {
+            let mut c = self.breaker.inner.state.lock();
+            if c.state == BreakerState::HalfOpen && c.half_open_epoch == epoch {
+                c.trials_in_flight = c.trials_in_flight.saturating_sub(1);
+            }
+        }
+    }
 }
 
 impl CircuitBreaker {
@@ -68,6 +101,7 @@ impl CircuitBreaker {
                     successes: 0,
                     trials_in_flight: 0,
                     opened_at: Instant::now(),
+                    half_open_epoch: 0,
                 }),
             }),
         }
@@ -93,27 +127,34 @@ impl CircuitBreaker {
             c.state = BreakerState::HalfOpen;
             c.successes = 0;
             c.trials_in_flight = 0;
+            c.half_open_epoch += 1;
         }
     }
 
     /// Decides whether a call may go through; `Err(remaining cool-down)` if not.
-    fn admit(&self) -> Result<(), Duration> {
+    fn admit(&self) -> Result<Admitted, Duration> {
         let mut c = self.inner.state.lock();
         self.refresh(&mut c);
-        match c.state {
-            BreakerState::Closed => Ok(()),
-            BreakerState::Open => Err(self.inner.cool_down.saturating_sub(c.opened_at.elapsed())),
+        let trial_of = match c.state {
+            BreakerState::Closed => None,
+            BreakerState::Open => return Err(self.inner.cool_down.saturating_sub(c.opened_at.elapsed())),
             BreakerState::HalfOpen if c.trials_in_flight < self.inner.half_open_calls => {
                 c.trials_in_flight += 1;
-                Ok(())
+                Some(c.half_open_epoch)
             }
-            BreakerState::HalfOpen => Err(Duration::ZERO),
-        }
+            BreakerState::HalfOpen => return Err(Duration::ZERO),
+        };
+        Ok(Admitted { breaker: self.clone(), trial_of, settled: false })
     }
 
-    fn record(&self, result: &HandlerResult) {
+    fn record(&self, result: &HandlerResult, trial_of: Option<u64>) {
         let failed = matches!(result, Err(e) if !e.is_permanent());
         let mut c = self.inner.state.lock();
+        // In half-open state only this period's trials count: a call let through earlier says
+        // nothing about the downstream since the cool-down.
+        if c.state == BreakerState::HalfOpen && trial_of != Some(c.half_open_epoch) {
+            return;
+        }
         match (c.state, failed) {
             (BreakerState::Closed, false) => c.failures = 0,
             (BreakerState::Closed, true) => {
@@ -148,14 +189,16 @@ impl CircuitBreaker {
 
 impl Middleware for CircuitBreaker {
     fn call(&self, message: Message, next: Next) -> BoxFuture<'static, HandlerResult> {
-        if let Err(remaining) = self.admit() {
-            let error = Error::new(ErrorKind::Handler, "circuit breaker is open").retry_after(remaining);
-            return Box::pin(std::future::ready(Err(error)));
-        }
-        let breaker = self.clone();
+        let admitted = match self.admit() {
+            Ok(admitted) => admitted,
+            Err(remaining) => {
+                let error = Error::new(ErrorKind::Handler, "circuit breaker is open").retry_after(remaining);
+                return Box::pin(std::future::ready(Err(error)));
+            }
+        };
         Box::pin(async move {
             let result = next.run(message).await;
-            breaker.record(&result);
+            admitted.settle(&result);
             result
         })
     }
@@ -168,5 +211,50 @@ impl fmt::Debug for CircuitBreaker {
             .field("failure_threshold", &self.inner.failure_threshold)
             .field("cool_down", &self.inner.cool_down)
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn failure() -> HandlerResult {
+        Err(Error::msg("downstream down"))
+    }
+
+    /// A breaker opened by one failure and past its cool-down: half-open.
+    async fn half_open() -> CircuitBreaker {
+        let breaker = CircuitBreaker::new(1, Duration::from_secs(10));
+        breaker.admit().unwrap().settle(&failure());
+        assert_eq!(breaker.state(), BreakerState::Open);
+        tokio::time::advance(Duration::from_secs(11)).await;
+        assert_eq!(breaker.state(), BreakerState::HalfOpen);
+        breaker
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_cancelled_trial_frees_its_slot() {
+        let breaker = half_open().await;
+        let trial = breaker.admit().expect("the one trial goes through");
+        assert!(breaker.admit().is_err(), "only one trial at a time");
+        drop(trial); // the handler's future was dropped (a timeout, a shutdown)
+        let trial = breaker.admit().expect("the slot is free again");
+        trial.settle(&Ok(Default::default()));
+        assert_eq!(breaker.state(), BreakerState::Closed);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_call_from_before_the_cool_down_does_not_decide_the_trial() {
+        let breaker = CircuitBreaker::new(2, Duration::from_secs(10));
+        let slow = breaker.admit().unwrap(); // admitted while closed, still running
+        breaker.admit().unwrap().settle(&failure());
+        breaker.admit().unwrap().settle(&failure());
+        tokio::time::advance(Duration::from_secs(11)).await;
+        assert_eq!(breaker.state(), BreakerState::HalfOpen);
+        slow.settle(&Ok(Default::default()));
+        assert_eq!(breaker.state(), BreakerState::HalfOpen, "only a trial may close it");
+        let trial = breaker.admit().expect("the trial slot was never taken");
+        trial.settle(&failure());
+        assert_eq!(breaker.state(), BreakerState::Open);
     }
 }
