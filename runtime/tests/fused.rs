@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{topic, within, Event, Recording};
+use common::{next_message, start, stop, topic, Event, Recording};
 use millstream::middleware::{
     from_fn, CorrelationId, IgnoreErrors, Middleware, Next, PoisonQueue, Recoverer, Retry, Timeout,
     CORRELATION_ID,
@@ -15,29 +15,8 @@ use millstream::middleware::{
 use millstream::router::poison_keys;
 use millstream::{
     Ctx, Error, ErrorKind, Json, MemoryPubSub, Message, Metadata, Publisher, Route, Router, SubscribeOptions,
-    Subscriber, Subscription,
+    Subscriber,
 };
-
-async fn start(router: &Router) -> tokio::task::JoinHandle<millstream::Result<()>> {
-    let task = tokio::spawn({
-        let router = router.clone();
-        async move { router.run().await }
-    });
-    within("router running", router.running()).await;
-    task
-}
-
-async fn stop(router: &Router, task: tokio::task::JoinHandle<millstream::Result<()>>) {
-    router.shutdown();
-    within("router stops", task).await.unwrap().unwrap();
-}
-
-async fn next_message(sub: &mut Subscription) -> Message {
-    let d = within("a message", sub.next()).await.unwrap().unwrap();
-    let m = d.message().clone();
-    d.ack().await.unwrap();
-    m
-}
 
 fn failing(
     calls: Arc<AtomicU32>,

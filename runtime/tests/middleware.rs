@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{eventually, topic, within, Event, Recording};
+use common::{eventually, next_message, start, stop, topic, within, Event, Recording};
 use millstream::middleware::{
     from_fn, BreakerState, CircuitBreaker, CorrelationId, Deduplicator, DelayOnNack, IgnoreErrors,
     InstantAck, Next, PoisonQueue, RandomFail, RandomPanic, Recoverer, RedeliveryCap, Retry, Throttle,
@@ -15,30 +15,8 @@ use millstream::middleware::{
 use millstream::router::{poison_keys, RouterConfig};
 use millstream::{
     Attempt, Ctx, Error, ErrorKind, HandlerResult, Json, MemoryPubSub, Message, Metadata, Publisher, Route,
-    Router, SubscribeOptions, Subscriber, Subscription,
+    Router, SubscribeOptions, Subscriber,
 };
-
-/// Starts `router` in the background; returns its task.
-async fn start(router: &Router) -> tokio::task::JoinHandle<millstream::Result<()>> {
-    let task = tokio::spawn({
-        let router = router.clone();
-        async move { router.run().await }
-    });
-    within("router running", router.running()).await;
-    task
-}
-
-async fn stop(router: &Router, task: tokio::task::JoinHandle<millstream::Result<()>>) {
-    router.shutdown();
-    within("router stops", task).await.unwrap().unwrap();
-}
-
-async fn next_message(sub: &mut Subscription) -> Message {
-    let d = within("a message", sub.next()).await.unwrap().unwrap();
-    let m = d.message().clone();
-    d.ack().await.unwrap();
-    m
-}
 
 fn counter() -> Arc<AtomicU32> {
     Arc::new(AtomicU32::new(0))

@@ -177,3 +177,27 @@ pub fn topic(prefix: &str) -> String {
     static N: AtomicU64 = AtomicU64::new(0);
     format!("{prefix}.{}.{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
 }
+
+/// Starts `router` in the background; returns its task once the router runs.
+pub async fn start(router: &millstream::Router) -> tokio::task::JoinHandle<millstream::Result<()>> {
+    let task = tokio::spawn({
+        let router = router.clone();
+        async move { router.run().await }
+    });
+    within("router running", router.running()).await;
+    task
+}
+
+/// Shuts `router` down and waits for its task.
+pub async fn stop(router: &millstream::Router, task: tokio::task::JoinHandle<millstream::Result<()>>) {
+    router.shutdown();
+    within("router stops", task).await.unwrap().unwrap();
+}
+
+/// The next message of `sub`, acked.
+pub async fn next_message(sub: &mut Subscription) -> Message {
+    let d = within("a message", sub.next()).await.unwrap().unwrap();
+    let m = d.message().clone();
+    d.ack().await.unwrap();
+    m
+}
