@@ -7,7 +7,7 @@ use super::{FusedStep, Middleware, Next};
 use crate::handler::HandlerResult;
 use crate::message::Message;
 
-/// Catches a panic in the rest of the chain and returns it as an [`ErrorKind::Panic`] error with
+/// Catches a panic in the rest of the chain and returns it as an [`ErrorKind::Panic`](crate::ErrorKind::Panic) error with
 /// the panic text, so that the layers outside it (retry, poison queue) treat it like any failure.
 ///
 /// Without it the router still catches panics (and nacks), but no middleware sees them.

@@ -9,7 +9,7 @@ use super::{FusedStep, Middleware, Next};
 use crate::handler::HandlerResult;
 use crate::message::Message;
 
-/// Fails the rest of the chain with an [`ErrorKind::Timeout`] error (transient: nacked or retried)
+/// Fails the rest of the chain with an [`ErrorKind::Timeout`](crate::ErrorKind::Timeout) error (transient: nacked or retried)
 /// when it runs longer than the limit; the handler's future is dropped at that point.
 ///
 /// Placed inside a [`Retry`](super::Retry) (added after it), each attempt gets a fresh limit;
