@@ -52,6 +52,8 @@ mod breaker;
 mod chaos;
 mod correlation;
 mod dedup;
+#[cfg(feature = "redis")]
+mod dedup_redis;
 mod fused;
 mod misc;
 mod poison;
@@ -65,6 +67,8 @@ pub use self::breaker::{BreakerState, CircuitBreaker};
 pub use self::chaos::{RandomFail, RandomPanic};
 pub use self::correlation::{CorrelationId, CORRELATION_ID};
 pub use self::dedup::{DedupKey, DedupStore, Deduplicator, MemoryDedupStore};
+#[cfg(feature = "redis")]
+pub use self::dedup_redis::RedisDedupStore;
 #[doc(hidden)]
 pub use self::fused::FusedStep;
 pub use self::misc::{DelayOnNack, IgnoreErrors, InstantAck};
