@@ -76,7 +76,7 @@ pub use crate::pubsub::nats::{NatsConfig, NatsPubSub};
 #[cfg(feature = "sqlite")]
 pub use crate::pubsub::sql::SqlitePubSub;
 #[cfg(feature = "sql")]
-pub use crate::pubsub::sql::{SqlConfig, SqlPubSub};
+pub use crate::pubsub::sql::{SqlConfig, SqlDedupStore, SqlPubSub};
 pub use crate::pubsub::{Delivery, PubSub, Publisher, SubscribeOptions, Subscriber, Subscription};
 pub use crate::router::{Health, Route, Router, RouterConfig};
 pub use crate::state::StateMap;

@@ -47,7 +47,10 @@
 //! Messages are kept (there is no retention yet): delete old rows of `messages` below every
 //! group's `acked` yourself if the table grows too large.
 
+mod dedup;
 mod ops;
+
+pub use self::dedup::SqlDedupStore;
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
