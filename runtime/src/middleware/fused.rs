@@ -28,7 +28,11 @@ use futures_util::FutureExt;
 use smallvec::SmallVec;
 use tokio::time::{Instant, Sleep};
 
-use super::{DelayOnNack, IgnoreErrors, Next, PoisonQueue, Retry, RetryEvent, CORRELATION_ID};
+use std::sync::Arc;
+
+use futures_core::future::BoxFuture;
+
+use super::{Chain, DelayOnNack, IgnoreErrors, Next, PoisonQueue, Retry, RetryEvent, CORRELATION_ID};
 use crate::error::{Error, ErrorKind};
 use crate::handler::{HandlerResult, Outputs};
 use crate::message::{Message, MessageId, Metadata};
@@ -64,6 +68,91 @@ impl Step {
     /// Whether the step needs the message back after a failure (to poison it, to retry it).
     fn keeps_message(&self) -> bool {
         matches!(self, Step::Poison(_) | Step::Retry(_))
+    }
+}
+
+/// A fused run: its steps, and what its first attempt needs, worked out once when the chain is
+/// built so that a message costs no walk over the steps.
+#[derive(Debug)]
+pub(crate) struct Segment {
+    steps: Box<[Step]>,
+    /// A step needs the message back after a failure.
+    keeps_message: bool,
+    /// A correlation step stamps the outputs.
+    correlates: bool,
+    /// The innermost recoverer.
+    recover: Option<usize>,
+    /// The shortest limit of a timeout step or a retry's first attempt, with its step (on a tie,
+    /// the inner one: it fires first when the layers are nested).
+    deadline: Option<(Duration, usize)>,
+    /// A step reads the clock on the way in (a deadline, or a retry's elapsed-time limit).
+    reads_clock: bool,
+    /// The redelivery caps, outermost first: `(step, max)`.
+    caps: Box<[(usize, u32)]>,
+}
+
+impl Segment {
+    pub(crate) fn new(steps: Vec<Step>) -> Self {
+        let mut deadline: Option<(Duration, usize)> = None;
+        let mut offer = |limit: Duration, level: usize| {
+            if deadline.is_none_or(|(shortest, _)| limit <= shortest) {
+                deadline = Some((limit, level));
+            }
+        };
+        let mut recover = None;
+        let mut caps = Vec::new();
+        let mut elapsed_limit = false;
+        for (level, step) in steps.iter().enumerate() {
+            match step {
+                Step::Timeout(limit) => offer(*limit, level),
+                Step::Retry(retry) => {
+                    if let Some(limit) = retry.attempt_limit() {
+                        offer(limit, level);
+                    }
+                    elapsed_limit |= retry.max_elapsed_limit().is_some();
+                }
+                Step::Recover => recover = Some(level),
+                Step::Cap(max) => caps.push((level, *max)),
+                _ => {}
+            }
+        }
+        Segment {
+            keeps_message: steps.iter().any(Step::keeps_message),
+            correlates: steps.iter().any(|step| matches!(step, Step::Correlation)),
+            recover,
+            deadline,
+            reads_clock: deadline.is_some() || elapsed_limit,
+            caps: caps.into(),
+            steps: steps.into(),
+        }
+    }
+}
+
+/// The rest of the chain after a fused run, borrowed: a reference count is only taken when the
+/// rest must be handed on (to a custom layer, to a poison publish).
+#[derive(Clone, Copy)]
+pub(crate) struct Inner<'a> {
+    pub(crate) chain: &'a Arc<Chain>,
+    pub(crate) index: usize,
+    pub(crate) attempt: u32,
+}
+
+impl Inner<'_> {
+    fn handler_name(&self) -> &str {
+        &self.chain.route.name
+    }
+
+    /// The rest of the chain as a [`Next`] of its own.
+    fn to_next(self, attempt: u32) -> Next {
+        Next { chain: self.chain.clone(), index: self.index, attempt }
+    }
+
+    /// Runs the rest of the chain as attempt `attempt`; the handler alone is called in place.
+    fn run(&self, message: Message, attempt: u32) -> BoxFuture<'_, HandlerResult> {
+        if self.index == self.chain.layer_count() {
+            return self.chain.call_handler(message, attempt);
+        }
+        self.to_next(attempt).run(message)
     }
 }
 
@@ -137,8 +226,9 @@ fn clock(now: &mut Option<Instant>) -> Instant {
 
 /// Runs the fused run of the chain just before `inner` around it.
 pub(crate) async fn run_chained(inner: Next, message: Message) -> HandlerResult {
-    let steps = inner.chain.steps(inner.index - 1);
-    run(steps, &inner, message, None).await
+    let segment = inner.chain.segment(inner.index - 1);
+    let rest = Inner { chain: &inner.chain, index: inner.index, attempt: inner.attempt };
+    run(segment, rest, message, None).await
 }
 
 /// Runs `steps` around `inner` (the rest of the chain after them).
@@ -151,40 +241,31 @@ pub(crate) async fn run_chained(inner: Next, message: Message) -> HandlerResult 
 /// `kept`, when given, is a copy of `message` that outlives the run, used instead of a copy of
 /// its own on a failure.
 pub(crate) async fn run(
-    steps: &[Step],
-    inner: &Next,
+    segment: &Segment,
+    inner: Inner<'_>,
     message: Message,
     kept: Option<&Message>,
 ) -> HandlerResult {
-    let attempt = inner.attempt();
+    let steps = &segment.steps[..];
+    let attempt = inner.attempt;
     let entry = match kept {
         Some(kept) => Some(Cow::Borrowed(kept)),
-        None => steps.iter().any(Step::keeps_message).then(|| Cow::Owned(message.clone())),
+        None => segment.keeps_message.then(|| Cow::Owned(message.clone())),
     };
-    let mut entered = None;
-    let mut correlation = None;
-    let mut guard = Guard::default();
-    for (level, step) in steps.iter().enumerate() {
-        match step {
-            Step::Correlation => correlation = Some(Correlation::of(&message)),
-            Step::Retry(retry) => {
-                if retry.max_elapsed_limit().is_some() {
-                    clock(&mut entered);
-                }
-                if let Some(limit) = retry.attempt_limit() {
-                    guard.offer(clock(&mut entered) + limit, level);
-                }
-            }
-            Step::Timeout(limit) => guard.offer(clock(&mut entered) + *limit, level),
-            Step::Recover => guard.recover = Some(level),
-            Step::Cap(max) if attempt > *max => {
-                let failure = Failure { entry, entered, outcome: Err(refusal(attempt, *max)), level };
-                return Box::pin(recover_from(steps, inner, failure)).await;
-            }
-            _ => {}
-        }
+    let entered = segment.reads_clock.then(Instant::now);
+    if let Some(&(level, max)) = segment.caps.iter().find(|(_, max)| attempt > *max) {
+        let failure = Failure { entry, entered, outcome: Err(refusal(attempt, max)), level };
+        return Box::pin(recover_from(steps, inner, failure)).await;
     }
-    let chain = inner.run_again(message, attempt);
+    let correlation = segment.correlates.then(|| Correlation::of(&message));
+    let guard = Guard {
+        deadline: segment
+            .deadline
+            .zip(entered)
+            .map(|((limit, step), at)| Deadline { when: at + limit, step }),
+        recover: segment.recover,
+    };
+    let chain = inner.run(message, attempt);
     let (outcome, level) = match (Guarded { future: chain, steps, guard, sleep: None }).await {
         Ok(Ok(mut outputs)) => {
             if let Some(correlation) = &correlation {
@@ -218,10 +299,10 @@ struct Failure<'a> {
 
 /// The failure path of [`run`]: the steps that see the failure act on it, innermost first; a
 /// retry enters the steps inside it again and runs the rest of the chain again.
-async fn recover_from(steps: &[Step], inner: &Next, failure: Failure<'_>) -> HandlerResult {
+async fn recover_from(steps: &[Step], inner: Inner<'_>, failure: Failure<'_>) -> HandlerResult {
     let Failure { entry, entered, mut outcome, level } = failure;
     let entry = entry.as_deref();
-    let mut attempt = inner.attempt();
+    let mut attempt = inner.attempt;
     let correlation = entry.map(Correlation::of);
     // The state the way in left in the steps that see the failure.
     let mut frames: Frames = steps[..level]
@@ -258,7 +339,8 @@ async fn recover_from(steps: &[Step], inner: &Next, failure: Failure<'_>) -> Han
                         continue 'leave;
                     }
                     let original = entry.cloned().expect("a copy is kept for the poison step");
-                    let publish = poison.publish(inner, original, error, frame.attempt);
+                    let publish =
+                        poison.publish(inner.to_next(frame.attempt), original, error, frame.attempt);
                     let guard = Guard::of(steps, &frames, level);
                     outcome = match (Guarded { future: publish, steps, guard, sleep: None }).await {
                         Ok(Ok(outputs)) => Ok(outputs),
@@ -348,7 +430,7 @@ async fn recover_from(steps: &[Step], inner: &Next, failure: Failure<'_>) -> Han
             Some(refused) => refused,
             None => {
                 let message = entry.cloned().expect("a copy is kept for the retry step");
-                let chain = inner.run_again(message, attempt);
+                let chain = inner.run(message, attempt);
                 let guard = Guard::of(steps, &frames, frames.len());
                 match (Guarded { future: chain, steps, guard, sleep: None }).await {
                     Ok(result) => result,
@@ -462,5 +544,9 @@ pub(crate) fn call_single(
     message: Message,
     next: Next,
 ) -> futures_core::future::BoxFuture<'static, HandlerResult> {
-    Box::pin(async move { run(std::slice::from_ref(&step), &next, message, None).await })
+    let segment = Segment::new(vec![step]);
+    Box::pin(async move {
+        let inner = Inner { chain: &next.chain, index: next.index, attempt: next.attempt };
+        run(&segment, inner, message, None).await
+    })
 }

@@ -98,7 +98,7 @@ pub(crate) trait Endpoint: Send + Sync + 'static {
 /// layers executed as one future.
 pub(crate) enum Layer {
     Custom(Arc<dyn Middleware>),
-    Fused(Box<[fused::Step]>),
+    Fused(fused::Segment),
 }
 
 /// A handler with its middleware, ready to be called.
@@ -123,19 +123,19 @@ impl Chain {
                 Some(FusedStep(step)) => {
                     steps.push(step);
                     if steps.len() == fused::MAX_STEPS {
-                        layers.push(Layer::Fused(std::mem::take(&mut steps).into()));
+                        layers.push(Layer::Fused(fused::Segment::new(std::mem::take(&mut steps))));
                     }
                 }
                 None => {
                     if !steps.is_empty() {
-                        layers.push(Layer::Fused(std::mem::take(&mut steps).into()));
+                        layers.push(Layer::Fused(fused::Segment::new(std::mem::take(&mut steps))));
                     }
                     layers.push(Layer::Custom(layer));
                 }
             }
         }
         if !steps.is_empty() {
-            layers.push(Layer::Fused(steps.into()));
+            layers.push(Layer::Fused(fused::Segment::new(steps)));
         }
         Chain { layers: layers.into_boxed_slice(), endpoint, route }
     }
@@ -154,12 +154,29 @@ impl Chain {
     ) -> HandlerResult {
         match self.layers.first() {
             None => self.call_handler(message, attempt).await,
-            Some(Layer::Fused(steps)) => {
-                let inner = Next { chain: self.clone(), index: 1, attempt };
-                fused::run(steps, &inner, message, Some(kept)).await
+            Some(Layer::Fused(segment)) => {
+                let inner = fused::Inner { chain: self, index: 1, attempt };
+                fused::run(segment, inner, message, Some(kept)).await
             }
             Some(Layer::Custom(_)) => Next { chain: self.clone(), index: 0, attempt }.run(message).await,
         }
+    }
+
+    /// Whether the chain starts with a fused run of built-in layers.
+    pub(crate) fn starts_fused(&self) -> bool {
+        matches!(self.layers.first(), Some(Layer::Fused(_)))
+    }
+
+    /// Calls a chain that [`starts_fused`](Chain::starts_fused): the fused run's own future,
+    /// without a wrapper (what [`call`](Chain::call) does for such a chain).
+    pub(crate) fn call_fused<'a>(
+        self: &'a Arc<Self>,
+        message: Message,
+        kept: &'a Message,
+        attempt: u32,
+    ) -> impl Future<Output = HandlerResult> + Send + 'a {
+        let inner = fused::Inner { chain: self, index: 1, attempt };
+        fused::run(self.segment(0), inner, message, Some(kept))
     }
 
     /// Whether the chain is the handler alone.
@@ -172,10 +189,15 @@ impl Chain {
         self.endpoint.call(message, MessageCx { route: &self.route, attempt })
     }
 
-    /// The steps of the fused run at `index`.
-    fn steps(&self, index: usize) -> &[fused::Step] {
+    /// How many layers the chain has (fused runs count as one).
+    fn layer_count(&self) -> usize {
+        self.layers.len()
+    }
+
+    /// The fused run at `index`.
+    fn segment(&self, index: usize) -> &fused::Segment {
         match &self.layers[index] {
-            Layer::Fused(steps) => steps,
+            Layer::Fused(segment) => segment,
             Layer::Custom(_) => unreachable!("layer {index} is not a fused run"),
         }
     }
@@ -202,15 +224,6 @@ impl Next {
             }
             None => chain.endpoint.clone().call_owned(chain, message, attempt),
         }
-    }
-
-    /// Runs the rest of the chain as attempt `attempt`, keeping `self` for another run. When the
-    /// rest is the handler alone, it is called in place: no reference counts taken, no second box.
-    pub(crate) fn run_again(&self, message: Message, attempt: u32) -> BoxFuture<'_, HandlerResult> {
-        if self.index == self.chain.layers.len() {
-            return self.chain.endpoint.call(message, MessageCx { route: &self.chain.route, attempt });
-        }
-        self.clone().with_attempt(attempt).run(message)
     }
 
     /// The handler's name.

@@ -93,13 +93,12 @@ impl PoisonQueue {
     /// no outputs once it is there, the publish error otherwise (so the original is nacked).
     pub(super) fn publish(
         &self,
-        handle: &Next,
+        handle: Next,
         original: Message,
         error: &Error,
         attempt: u32,
     ) -> BoxFuture<'static, HandlerResult> {
         let this = self.clone();
-        let handle = handle.clone();
         let id = original.id();
         let dead = poisoned(original, error, handle.handler_name(), handle.topic(), attempt);
         let error = error.to_string();

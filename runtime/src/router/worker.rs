@@ -222,7 +222,11 @@ async fn process(p: &Prepared, message: Message, attempt: u32, acker: Acker) {
                 (Some(original), _) | (None, Some(original)) => original,
                 (None, None) => unreachable!("a copy is kept when the acker keeps none"),
             };
-            AssertUnwindSafe(p.chain.call(message, kept, attempt)).catch_unwind().await
+            if p.chain.starts_fused() {
+                AssertUnwindSafe(p.chain.call_fused(message, kept, attempt)).catch_unwind().await
+            } else {
+                AssertUnwindSafe(p.chain.call(message, kept, attempt)).catch_unwind().await
+            }
         };
         if let Some(started) = started {
             p.metrics.handler_duration(started.elapsed().as_secs_f64());
