@@ -5,7 +5,10 @@
 //! millstream-bench [--json] [--messages N] [--runs R] [--scenario NAME ...]
 //! ```
 //!
-//! Scenarios: `baseline`, `pubsub`, `router`, `pipeline`, `latency`, and with `--features peer`
+//! Scenarios: `baseline`, `pubsub`, `router`, `router-mw` (behind retry + poison + timeout +
+//! correlation + recoverer), `drain` and `drain-mw` (the handler path alone: a queue of
+//! `min(N, 100 000)` drained by the router, plain and behind the same stack), `pipeline`,
+//! `latency`, and with `--features peer`
 //! `peer-router` and `peer-pipeline` (`peer` selects both). Default: all of them. `baseline` always
 //! runs first, since every ratio is taken against it.
 //!
@@ -50,6 +53,8 @@ const ALL: &[&str] = &[
     "pubsub",
     "router",
     "router-mw",
+    "drain",
+    "drain-mw",
     "pipeline",
     "latency",
     #[cfg(feature = "peer")]
@@ -62,7 +67,7 @@ const ALL: &[&str] = &[
 const RESULT: &str = "millstream-bench-result ";
 
 const USAGE: &str = "usage: millstream-bench [--json] [--messages N] [--runs R] [--scenario NAME ...]
-scenarios: baseline pubsub router pipeline latency peer (= peer-router peer-pipeline, feature `peer`)";
+scenarios: baseline pubsub router router-mw drain drain-mw pipeline latency peer (= peer-router peer-pipeline, feature `peer`)";
 
 struct Args {
     json: bool,
@@ -153,6 +158,8 @@ fn run_child(scenario: &str, messages: u64) -> ExitCode {
             "pubsub" => scenarios::pubsub(messages).await,
             "router" => scenarios::router(messages).await,
             "router-mw" => scenarios::router_mw(messages).await,
+            "drain" => scenarios::drain(messages, false).await,
+            "drain-mw" => scenarios::drain(messages, true).await,
             "pipeline" => scenarios::pipeline(messages).await,
             "latency" => scenarios::latency(messages).await,
             #[cfg(feature = "peer")]

@@ -145,6 +145,16 @@ fn targets(outcomes: &[Outcome]) -> Vec<(String, String, bool)> {
             cost <= 0.15,
         ));
     }
+    if let (Some(plain), Some(stacked)) = (find(outcomes, "drain"), find(outcomes, "drain-mw")) {
+        let cost = 1.0 - stacked.msgs_per_sec / plain.msgs_per_sec;
+        // No target of its own (the is on `router`): the stricter view, with nothing
+        // but the handler path running.
+        out.push((
+            "middleware stack cost on the handler path alone (drain, no target)".to_owned(),
+            format!("{:.0}%", cost * 100.0),
+            true,
+        ));
+    }
     if let Some(ratio) = find(outcomes, "pipeline").and_then(|o| o.ratio_to_baseline) {
         out.push(("pipeline >= 0.4 x baseline".to_owned(), format!("{ratio:.2} x"), ratio >= 0.4));
     }

@@ -120,21 +120,69 @@ pub(crate) async fn router(messages: u64) -> Outcome {
     throughput("router", messages, elapsed)
 }
 
-/// `router` behind the stack retry + poison queue + timeout + correlation id + recoverer.
-pub(crate) async fn router_mw(messages: u64) -> Outcome {
+/// The stack the issue names: retry + poison queue + timeout + correlation id + recoverer.
+fn middleware_stack(router: Router) -> Router {
     use millstream::middleware::{CorrelationId, PoisonQueue, Recoverer, Retry, Timeout};
-    let pubsub = MemoryPubSub::new();
-    let latch = Latch::new(messages);
-    let router = Router::new(pubsub.clone())
-        .state(latch.clone())
+    router
         .layer(CorrelationId)
         .layer(PoisonQueue::new("bench.poison"))
         .layer(Retry::new(3))
         .layer(Timeout::new(std::time::Duration::from_secs(30)))
         .layer(Recoverer)
+}
+
+/// `router` behind [`middleware_stack`].
+pub(crate) async fn router_mw(messages: u64) -> Outcome {
+    let pubsub = MemoryPubSub::new();
+    let latch = Latch::new(messages);
+    let router = middleware_stack(Router::new(pubsub.clone()).state(latch.clone()))
         .route(Route::new("sink", TOPIC_A, sink));
     let elapsed = run_router(router, pubsub, latch, messages).await;
     throughput("router-mw", messages, elapsed)
+}
+
+/// The most messages the drain scenarios queue up (all are in memory at once).
+pub(crate) const DRAIN_MAX: u64 = 100_000;
+
+/// The drain scenarios' handler state: the latch, and a gate that holds the first message.
+#[derive(Clone)]
+struct Gate {
+    latch: Latch,
+    open: std::sync::Arc<tokio::sync::Semaphore>,
+}
+
+async fn gated_sink(order: Order, State(gate): State<Gate>) {
+    if order.id == 0 {
+        let _permit = gate.open.acquire().await.expect("the gate is never closed");
+    }
+    order.consume();
+    gate.latch.arrive();
+}
+
+/// The handler path alone: `min(N, DRAIN_MAX)` messages are queued while the handler holds the
+/// first one, then the router drains the queue with nothing else running. Unlike `router`, whose
+/// rate also depends on how producer and consumer wake each other (a faster consumer that empties
+/// the queue is woken once per message), this measures what each message costs the consumer.
+/// With `layered`, behind [`middleware_stack`].
+pub(crate) async fn drain(messages: u64, layered: bool) -> Outcome {
+    let count = messages.min(DRAIN_MAX);
+    let pubsub = MemoryPubSub::new().capacity(usize::try_from(count).expect("a small count") + 1);
+    let gate = Gate { latch: Latch::new(count), open: std::sync::Arc::new(tokio::sync::Semaphore::new(0)) };
+    let mut router = Router::new(pubsub.clone()).state(gate.clone());
+    if layered {
+        router = middleware_stack(router);
+    }
+    let router = router.route(Route::new("sink", TOPIC_A, gated_sink));
+    router.start().await.expect("router starts");
+    for id in 0..count {
+        pubsub.publish(TOPIC_A, Message::new(encode(id))).await.expect("publish");
+    }
+    let started = Instant::now();
+    gate.open.add_permits(1);
+    gate.latch.wait().await;
+    let elapsed = started.elapsed();
+    router.close().await.expect("router stops");
+    throughput(if layered { "drain-mw" } else { "drain" }, count, elapsed)
 }
 
 /// Handler A returns the order (published to topic B); handler B consumes it.

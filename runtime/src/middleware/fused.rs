@@ -85,7 +85,7 @@ pub(crate) struct Segment {
     /// The shortest limit of a timeout step or a retry's first attempt, with its step (on a tie,
     /// the inner one: it fires first when the layers are nested).
     deadline: Option<(Duration, usize)>,
-    /// A step reads the clock on the way in (a deadline, or a retry's elapsed-time limit).
+    /// A step reads the clock on the way in (a retry's elapsed-time limit).
     reads_clock: bool,
     /// The redelivery caps, outermost first: `(step, max)`.
     caps: Box<[(usize, u32)]>,
@@ -121,7 +121,7 @@ impl Segment {
             correlates: steps.iter().any(|step| matches!(step, Step::Correlation)),
             recover,
             deadline,
-            reads_clock: deadline.is_some() || elapsed_limit,
+            reads_clock: elapsed_limit,
             caps: caps.into(),
             steps: steps.into(),
         }
@@ -252,21 +252,28 @@ pub(crate) async fn run(
         Some(kept) => Some(Cow::Borrowed(kept)),
         None => segment.keeps_message.then(|| Cow::Owned(message.clone())),
     };
+    // The clock is read on the way in only for a retry's elapsed-time limit; deadlines start when
+    // the rest of the chain first waits (a message handled at once never reads it).
     let entered = segment.reads_clock.then(Instant::now);
     if let Some(&(level, max)) = segment.caps.iter().find(|(_, max)| attempt > *max) {
         let failure = Failure { entry, entered, outcome: Err(refusal(attempt, max)), level };
         return Box::pin(recover_from(steps, inner, failure)).await;
     }
     let correlation = segment.correlates.then(|| Correlation::of(&message));
-    let guard = Guard {
-        deadline: segment
-            .deadline
-            .zip(entered)
-            .map(|((limit, step), at)| Deadline { when: at + limit, step }),
-        recover: segment.recover,
-    };
+    let deadline = segment.deadline.map(|(limit, step)| {
+        let when = match entered {
+            Some(entered) => When::At(entered + limit),
+            None => When::AfterFirstWait(limit),
+        };
+        Deadline { when, step }
+    });
+    let guard = Guard { deadline, recover: segment.recover };
     let chain = inner.run(message, attempt);
-    let (outcome, level) = match (Guarded { future: chain, steps, guard, sleep: None }).await {
+    let mut guarded = Guarded::new(chain, steps, guard);
+    let result = (&mut guarded).await;
+    let entered = entered.or(guarded.waited);
+    drop(guarded);
+    let (outcome, level) = match result {
         Ok(Ok(mut outputs)) => {
             if let Some(correlation) = &correlation {
                 correlation.stamp(&mut outputs);
@@ -289,7 +296,8 @@ fn refusal(attempt: u32, max: u32) -> Error {
 struct Failure<'a> {
     /// The message as it reached the steps (when a step needs it after a failure).
     entry: Option<Cow<'a, Message>>,
-    /// When the steps were entered (when a step read the clock).
+    /// When the deadlines started: the steps were entered (a step read the clock then), or the
+    /// rest of the chain first waited; `None`: now.
     entered: Option<Instant>,
     /// The failure.
     outcome: HandlerResult,
@@ -301,6 +309,7 @@ struct Failure<'a> {
 /// retry enters the steps inside it again and runs the rest of the chain again.
 async fn recover_from(steps: &[Step], inner: Inner<'_>, failure: Failure<'_>) -> HandlerResult {
     let Failure { entry, entered, mut outcome, level } = failure;
+    let base = entered.unwrap_or_else(Instant::now);
     let entry = entry.as_deref();
     let mut attempt = inner.attempt;
     let correlation = entry.map(Correlation::of);
@@ -308,7 +317,7 @@ async fn recover_from(steps: &[Step], inner: Inner<'_>, failure: Failure<'_>) ->
     let mut frames: Frames = steps[..level]
         .iter()
         .map(|step| {
-            let since = |limit: Duration| entered.expect("the clock was read on the way in") + limit;
+            let since = |limit: Duration| base + limit;
             let mut frame = Frame::new(attempt);
             match step {
                 Step::Retry(retry) => {
@@ -342,7 +351,7 @@ async fn recover_from(steps: &[Step], inner: Inner<'_>, failure: Failure<'_>) ->
                     let publish =
                         poison.publish(inner.to_next(frame.attempt), original, error, frame.attempt);
                     let guard = Guard::of(steps, &frames, level);
-                    outcome = match (Guarded { future: publish, steps, guard, sleep: None }).await {
+                    outcome = match Guarded::new(publish, steps, guard).await {
                         Ok(Ok(outputs)) => Ok(outputs),
                         Ok(Err(publish_error)) => Err(publish_error),
                         Err((error, outer)) => {
@@ -374,8 +383,7 @@ async fn recover_from(steps: &[Step], inner: Inner<'_>, failure: Failure<'_>) ->
                     );
                     let sleep = Box::pin(tokio::time::sleep(delay));
                     let guard = Guard::of(steps, &frames, level);
-                    if let Err((error, outer)) = (Guarded { future: sleep, steps, guard, sleep: None }).await
-                    {
+                    if let Err((error, outer)) = Guarded::new(sleep, steps, guard).await {
                         frames.truncate(outer);
                         outcome = Err(error);
                         continue 'leave;
@@ -432,7 +440,7 @@ async fn recover_from(steps: &[Step], inner: Inner<'_>, failure: Failure<'_>) ->
                 let message = entry.cloned().expect("a copy is kept for the retry step");
                 let chain = inner.run(message, attempt);
                 let guard = Guard::of(steps, &frames, frames.len());
-                match (Guarded { future: chain, steps, guard, sleep: None }).await {
+                match Guarded::new(chain, steps, guard).await {
                     Ok(result) => result,
                     Err((error, level)) => {
                         frames.truncate(level);
@@ -447,10 +455,18 @@ async fn recover_from(steps: &[Step], inner: Inner<'_>, failure: Failure<'_>) ->
 /// A deadline of a step, and what its expiry means.
 #[derive(Clone, Copy)]
 struct Deadline {
-    when: Instant,
+    when: When,
     /// The step it belongs to: a timeout (whose outer steps see the error) or a retry (which
     /// sees it itself).
     step: usize,
+}
+
+/// When a deadline passes.
+#[derive(Clone, Copy)]
+enum When {
+    At(Instant),
+    /// This long after the guarded future first waits: the clock is only read if it does.
+    AfterFirstWait(Duration),
 }
 
 impl Deadline {
@@ -481,8 +497,8 @@ impl Guard {
     /// Adds the deadline of step `step`. The earliest wins; of two at the same instant, the inner
     /// one (it fires first when the layers are nested).
     fn offer(&mut self, when: Instant, step: usize) {
-        if self.deadline.is_none_or(|d| when <= d.when) {
-            self.deadline = Some(Deadline { when, step });
+        if self.deadline.is_none_or(|d| matches!(d.when, When::At(earliest) if when <= earliest)) {
+            self.deadline = Some(Deadline { when: When::At(when), step });
         }
     }
 
@@ -508,6 +524,14 @@ struct Guarded<'s, F> {
     guard: Guard,
     /// Created at the first `Pending`: a handler that finishes at once never touches the timer.
     sleep: Option<Pin<Box<Sleep>>>,
+    /// When the future first waited, if a deadline started counting then.
+    waited: Option<Instant>,
+}
+
+impl<'s, F> Guarded<'s, F> {
+    fn new(future: F, steps: &'s [Step], guard: Guard) -> Self {
+        Guarded { future, steps, guard, sleep: None, waited: None }
+    }
 }
 
 impl<F: Future + Unpin> Future for Guarded<'_, F> {
@@ -529,7 +553,14 @@ impl<F: Future + Unpin> Future for Guarded<'_, F> {
             return Poll::Ready(Ok(output));
         }
         if let Some(deadline) = this.guard.deadline {
-            let sleep = this.sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline.when)));
+            let waited = &mut this.waited;
+            let sleep = this.sleep.get_or_insert_with(|| {
+                let when = match deadline.when {
+                    When::At(when) => when,
+                    When::AfterFirstWait(limit) => *waited.insert(Instant::now()) + limit,
+                };
+                Box::pin(tokio::time::sleep_until(when))
+            });
             if sleep.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(Err(deadline.expired(this.steps)));
             }

@@ -140,26 +140,17 @@ impl Chain {
         Chain { layers: layers.into_boxed_slice(), endpoint, route }
     }
 
-    /// Calls the chain from the top. Without middleware, calls the handler directly: one boxed
-    /// future per message, and no reference count taken on the chain. A fused run of built-in
-    /// layers at the top runs inside this future, without a box of its own.
+    /// Calls the chain from the top (see [`call_handler`](Chain::call_handler) and
+    /// [`call_fused`](Chain::call_fused) for the cheaper calls of a bare chain and of one that
+    /// starts fused).
     ///
-    /// `kept` is a copy of `message` the caller keeps anyway (for its own poison path): the fused
-    /// run uses it on a failure instead of taking a copy of its own.
-    pub(crate) async fn call(
-        self: &Arc<Self>,
-        message: Message,
-        kept: &Message,
-        attempt: u32,
-    ) -> HandlerResult {
-        match self.layers.first() {
-            None => self.call_handler(message, attempt).await,
-            Some(Layer::Fused(segment)) => {
-                let inner = fused::Inner { chain: self, index: 1, attempt };
-                fused::run(segment, inner, message, Some(kept)).await
-            }
-            Some(Layer::Custom(_)) => Next { chain: self.clone(), index: 0, attempt }.run(message).await,
+    /// Every call returns a boxed future: the worker's per-message future holds a pointer, not
+    /// the chain's state, so it stays small (it is built and moved for every message).
+    pub(crate) fn call(self: &Arc<Self>, message: Message, attempt: u32) -> BoxFuture<'_, HandlerResult> {
+        if self.layers.is_empty() {
+            return self.call_handler(message, attempt);
         }
+        Next { chain: self.clone(), index: 0, attempt }.run(message)
     }
 
     /// Whether the chain starts with a fused run of built-in layers.
@@ -167,21 +158,17 @@ impl Chain {
         matches!(self.layers.first(), Some(Layer::Fused(_)))
     }
 
-    /// Calls a chain that [`starts_fused`](Chain::starts_fused): the fused run's own future,
-    /// without a wrapper (what [`call`](Chain::call) does for such a chain).
+    /// Calls a chain that [`starts_fused`](Chain::starts_fused), borrowing it: no reference count
+    /// taken. `kept` is a copy of `message` the caller keeps anyway (for its own poison path): the
+    /// fused run uses it on a failure instead of taking a copy of its own.
     pub(crate) fn call_fused<'a>(
         self: &'a Arc<Self>,
         message: Message,
         kept: &'a Message,
         attempt: u32,
-    ) -> impl Future<Output = HandlerResult> + Send + 'a {
+    ) -> BoxFuture<'a, HandlerResult> {
         let inner = fused::Inner { chain: self, index: 1, attempt };
-        fused::run(self.segment(0), inner, message, Some(kept))
-    }
-
-    /// Whether the chain is the handler alone.
-    pub(crate) fn is_bare(&self) -> bool {
-        self.layers.is_empty()
+        Box::pin(fused::run(self.segment(0), inner, message, Some(kept)))
     }
 
     /// Calls the handler itself (what [`call`](Chain::call) does when the chain is bare).

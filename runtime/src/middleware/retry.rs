@@ -118,7 +118,8 @@ impl Retry {
         self.edit(|i| i.jitter = fraction.clamp(0.0, 1.0))
     }
 
-    /// A timeout for each attempt, fresh every time.
+    /// A timeout for each attempt, fresh every time (counted, like [`Timeout`](super::Timeout)'s,
+    /// from the first time the attempt waits).
     pub fn attempt_timeout(self, timeout: Duration) -> Self {
         self.edit(|i| i.attempt_timeout = Some(timeout))
     }

@@ -9,8 +9,13 @@ use super::{FusedStep, Middleware, Next};
 use crate::handler::HandlerResult;
 use crate::message::Message;
 
-/// Fails the rest of the chain with an [`ErrorKind::Timeout`](crate::ErrorKind::Timeout) error (transient: nacked or retried)
-/// when it runs longer than the limit; the handler's future is dropped at that point.
+/// Fails the rest of the chain with an [`ErrorKind::Timeout`](crate::ErrorKind::Timeout) error
+/// (transient: nacked or retried) when it runs longer than the limit; the handler's future is
+/// dropped at that point.
+///
+/// The limit counts from the first time the rest of the chain waits (its first `Pending`): the
+/// synchronous work before that cannot be interrupted by any timeout and is not counted, and a
+/// call that completes without waiting costs no clock read and no timer.
 ///
 /// Placed inside a [`Retry`](super::Retry) (added after it), each attempt gets a fresh limit;
 /// placed outside, the limit covers all attempts together. [`Retry::attempt_timeout`](super::Retry::attempt_timeout)

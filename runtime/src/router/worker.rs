@@ -214,20 +214,18 @@ async fn process(p: &Prepared, message: Message, attempt: u32, acker: Acker) {
         // one) keeps a copy in the acker already: that one is used rather than another clone.
         let original = if acker.message().is_some() { None } else { Some(message.clone()) };
         let started = p.metrics.timed().then(std::time::Instant::now);
-        let result = if p.chain.is_bare() {
-            // No middleware: the handler's own boxed future, awaited as it is.
-            AssertUnwindSafe(p.chain.call_handler(message, attempt)).catch_unwind().await
-        } else {
+        // Each call is one boxed future, so that this future holds a pointer, not the chain's
+        // state (a larger `process` future costs every message, middleware or not).
+        let call = if p.chain.starts_fused() {
             let kept = match (&original, acker.message()) {
                 (Some(original), _) | (None, Some(original)) => original,
                 (None, None) => unreachable!("a copy is kept when the acker keeps none"),
             };
-            if p.chain.starts_fused() {
-                AssertUnwindSafe(p.chain.call_fused(message, kept, attempt)).catch_unwind().await
-            } else {
-                AssertUnwindSafe(p.chain.call(message, kept, attempt)).catch_unwind().await
-            }
+            p.chain.call_fused(message, kept, attempt)
+        } else {
+            p.chain.call(message, attempt)
         };
+        let result = AssertUnwindSafe(call).catch_unwind().await;
         if let Some(started) = started {
             p.metrics.handler_duration(started.elapsed().as_secs_f64());
         }
