@@ -12,10 +12,10 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::{topic, within, Event, Recording};
+use common::{flaky, topic, within, Event, Recording};
 use millstream::conformance::check_dedup_store;
 use millstream::middleware::{DedupStore, Deduplicator, RedisDedupStore};
-use millstream::{Error, Message, Publisher, Route, Router};
+use millstream::{Message, Publisher, Route, Router};
 
 fn url() -> String {
     std::env::var("MILLSTREAM_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
@@ -93,17 +93,6 @@ async fn stop(router: &Router, task: tokio::task::JoinHandle<millstream::Result<
 
 fn acks(events: &[Event]) -> usize {
     events.iter().filter(|e| matches!(e, Event::Acked { .. })).count()
-}
-
-/// A handler failing its first `failures` calls, counting calls.
-fn counting(
-    calls: Arc<AtomicU32>,
-    failures: u32,
-) -> impl Fn(serde_json::Value) -> std::future::Ready<Result<(), Error>> + Clone {
-    move |_| {
-        let n = calls.fetch_add(1, Ordering::SeqCst) + 1;
-        std::future::ready(if n <= failures { Err(Error::msg(format!("failure {n}"))) } else { Ok(()) })
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -191,8 +180,8 @@ async fn a_router_handles_a_message_published_twice_once() {
     let input = topic("dedup-redis");
     let calls = Arc::new(AtomicU32::new(0));
     let dedup = Deduplicator::new(Duration::from_secs(60)).store(Arc::new(store(&prefix).await));
-    let router = Router::new(rec.clone())
-        .route(Route::new("once", &input, counting(calls.clone(), 0)).middleware(dedup));
+    let router =
+        Router::new(rec.clone()).route(Route::new("once", &input, flaky(calls.clone(), 0)).middleware(dedup));
     let task = start(&router).await;
 
     let message = Message::new("{}");
@@ -220,7 +209,7 @@ async fn routers_sharing_redis_handle_a_message_once_and_retry_failures() {
         let rec = Recording::new();
         let dedup = Deduplicator::new(Duration::from_secs(60)).store(Arc::new(store(&prefix).await));
         let router = Router::new(rec.clone())
-            .route(Route::new("shared", &input, counting(calls.clone(), 1)).middleware(dedup));
+            .route(Route::new("shared", &input, flaky(calls.clone(), 1)).middleware(dedup));
         let task = start(&router).await;
         routers.push((rec, router, task));
     }

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{eventually, next_message, start, stop, topic, within, Event, Recording};
+use common::{eventually, flaky, next_message, start, stop, topic, within, Event, Recording};
 use millstream::middleware::{
     from_fn, BreakerState, CircuitBreaker, CorrelationId, Deduplicator, DelayOnNack, IgnoreErrors,
     InstantAck, Next, PoisonQueue, RandomFail, RandomPanic, Recoverer, RedeliveryCap, Retry, Throttle,
@@ -20,17 +20,6 @@ use millstream::{
 
 fn counter() -> Arc<AtomicU32> {
     Arc::new(AtomicU32::new(0))
-}
-
-/// A handler failing the first `failures` calls, counting calls.
-fn flaky(
-    calls: Arc<AtomicU32>,
-    failures: u32,
-) -> impl Fn(serde_json::Value) -> std::future::Ready<Result<(), Error>> + Clone {
-    move |_| {
-        let n = calls.fetch_add(1, Ordering::SeqCst) + 1;
-        std::future::ready(if n <= failures { Err(Error::msg(format!("failure {n}"))) } else { Ok(()) })
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

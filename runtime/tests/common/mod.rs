@@ -201,3 +201,15 @@ pub async fn next_message(sub: &mut Subscription) -> Message {
     d.ack().await.unwrap();
     m
 }
+
+/// A handler failing its first `failures` calls (`failure <n>`), counting calls in `calls`.
+pub fn flaky(
+    calls: Arc<std::sync::atomic::AtomicU32>,
+    failures: u32,
+) -> impl Fn(serde_json::Value) -> std::future::Ready<Result<(), millstream::Error>> + Clone {
+    move |_| {
+        let n = calls.fetch_add(1, Ordering::SeqCst) + 1;
+        let result = if n <= failures { Err(millstream::Error::msg(format!("failure {n}"))) } else { Ok(()) };
+        std::future::ready(result)
+    }
+}

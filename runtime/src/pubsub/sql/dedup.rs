@@ -7,7 +7,7 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use tokio::time::Instant;
 
-use super::{backend_error, is_retryable, millis, Dialect, Pool, SqlConfig, SqlPubSub};
+use super::{backend_error, is_retryable, millis, number_placeholders, Dialect, Pool, SqlConfig, SqlPubSub};
 use crate::error::{Error, ErrorKind, Result};
 use crate::middleware::DedupStore;
 use crate::pubsub::OpFuture;
@@ -185,22 +185,6 @@ impl Statements {
             purge,
         }
     }
-}
-
-/// `?` placeholders become `$1`, `$2`, ... (no statement here has a literal `?`).
-fn number_placeholders(sql: &str) -> String {
-    let mut out = String::with_capacity(sql.len() + 8);
-    let mut n = 0;
-    for c in sql.chars() {
-        if c == '?' {
-            n += 1;
-            out.push('$');
-            out.push_str(&n.to_string());
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 impl SqlDedupStore {

@@ -219,6 +219,22 @@ struct Queries {
     delete_topic: [String; 3],
 }
 
+/// `?` placeholders become `$1`, `$2`, ... for PostgreSQL (no statement here has a literal `?`).
+fn number_placeholders(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len() + 8);
+    let mut n = 0;
+    for c in sql.chars() {
+        if c == '?' {
+            n += 1;
+            out.push('$');
+            out.push_str(&n.to_string());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 impl Queries {
     fn new(dialect: Dialect, p: &str) -> Queries {
         // MySQL: names compare byte for byte (`utf8mb4_bin`: `Orders` and `orders` are two topics);
@@ -260,24 +276,7 @@ impl Queries {
         let returning =
             |sql: String, columns: &str| if mysql { sql } else { format!("{sql} RETURNING {columns}") };
         let (ignore, on_conflict) = if mysql { (" IGNORE", "") } else { ("", " ON CONFLICT DO NOTHING") };
-        let sql = |sql: String| -> String {
-            if dialect != Dialect::Postgres {
-                return sql;
-            }
-            // `?` placeholders become `$1`, `$2`, ... (no statement has a literal `?`).
-            let mut out = String::with_capacity(sql.len() + 8);
-            let mut n = 0;
-            for c in sql.chars() {
-                if c == '?' {
-                    n += 1;
-                    out.push('$');
-                    out.push_str(&n.to_string());
-                } else {
-                    out.push(c);
-                }
-            }
-            out
-        };
+        let sql = |sql: String| if dialect == Dialect::Postgres { number_placeholders(&sql) } else { sql };
         Queries {
             mysql,
             schema_lock: (dialect == Dialect::Postgres)
