@@ -323,3 +323,61 @@ async fn attribute_options_configure_the_route() {
     app.router().shutdown();
     app.router().close().await.unwrap();
 }
+
+/// Built-in layers named in `middleware = [..]` (they run fused) around a macro handler.
+mod guarded {
+    use super::*;
+    use millstream::middleware::{poison, retry, CorrelationId, Recoverer};
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    pub(crate) static CALLS: AtomicU32 = AtomicU32::new(0);
+
+    #[millstream::handler(
+        topic = "app-test.guarded",
+        publish = "app-test.guarded.out",
+        middleware = [CorrelationId, poison("app-test.guarded.dead"), retry(2), Recoverer]
+    )]
+    pub(crate) async fn handle(value: u64) -> Result<Json<u64>, millstream::Error> {
+        let call = CALLS.fetch_add(1, Ordering::SeqCst) + 1;
+        match value {
+            // Panics on its first call: the recoverer makes it an error, the retry runs it again.
+            1 if call == 1 => panic!("first call"),
+            1 => Ok(Json(10)),
+            // Always fails: retried twice, then poisoned.
+            _ => Err(millstream::Error::msg("never works")),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn built_in_layers_named_in_the_attribute_guard_the_handler() {
+    use millstream::middleware::CORRELATION_ID;
+    use millstream::router::poison_keys;
+
+    let pubsub = MemoryPubSub::new();
+    let mut out = pubsub.subscribe("app-test.guarded.out", SubscribeOptions::default()).await.unwrap();
+    let mut dead = pubsub.subscribe("app-test.guarded.dead", SubscribeOptions::default()).await.unwrap();
+    let app = App::from_registry()
+        .module_prefix(module_path!().to_owned() + "::guarded")
+        .pubsub(pubsub.clone())
+        .build()
+        .unwrap();
+    app.start().await.unwrap();
+
+    let recovered = Message::new("1");
+    pubsub.publish("app-test.guarded", recovered.clone()).await.unwrap();
+    let output = within("an output", out.next()).await.unwrap().unwrap();
+    assert_eq!(&output.message().payload()[..], b"10");
+    let root = recovered.id().to_string();
+    assert_eq!(output.message().metadata().get(CORRELATION_ID), Some(root.as_str()));
+
+    pubsub.publish("app-test.guarded", Message::new("2")).await.unwrap();
+    let poisoned = within("a dead letter", dead.next()).await.unwrap().unwrap();
+    assert_eq!(&poisoned.message().payload()[..], b"2");
+    let reason = poisoned.message().metadata().get(poison_keys::REASON);
+    assert_eq!(reason, Some("never works"));
+    // 2 calls for the first message, 3 (one and two retries) for the second.
+    assert_eq!(guarded::CALLS.load(std::sync::atomic::Ordering::SeqCst), 5);
+    app.router().shutdown();
+    app.router().close().await.unwrap();
+}
