@@ -57,11 +57,45 @@ impl TraceParent {
     pub fn trace_id_hex(&self) -> String {
         format!("{:032x}", self.trace_id)
     }
+
+    /// The header value, in an allocation of exactly its size (`to_string` goes through the
+    /// formatter and a growing buffer).
+    pub fn to_header(&self) -> Box<str> {
+        let mut header = String::with_capacity(HEADER_LEN);
+        header.push_str("00-");
+        push_hex(&mut header, (self.trace_id >> 64) as u64, 16);
+        push_hex(&mut header, self.trace_id as u64, 16);
+        header.push('-');
+        push_hex(&mut header, self.parent_id, 16);
+        header.push('-');
+        push_hex(&mut header, u64::from(self.flags), 2);
+        header.into_boxed_str()
+    }
+}
+
+/// The length of a version 00 `traceparent`.
+const HEADER_LEN: usize = 55;
+
+/// Appends the low `digits` hex digits of `value` (lower case, zero-padded).
+fn push_hex(out: &mut String, value: u64, digits: u32) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for shift in (0..digits).rev() {
+        out.push(char::from(DIGITS[((value >> (shift * 4)) & 0xf) as usize]));
+    }
 }
 
 impl std::fmt::Display for TraceParent {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "00-{:032x}-{:016x}-{:02x}", self.trace_id, self.parent_id, self.flags)
+        f.write_str(&self.to_header())
+    }
+}
+
+/// A trace id shown as 32 hex digits, formatted only if a span records it.
+struct TraceIdHex(u128);
+
+impl std::fmt::Display for TraceIdHex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:032x}", self.0)
     }
 }
 
@@ -97,14 +131,16 @@ impl Middleware for TraceContext {
             Some(parent) => parent.child(),
             None => TraceParent::new_root(),
         };
-        let header: Box<str> = hop.to_string().into();
-        message.metadata_mut().insert(TRACEPARENT, header.clone());
-        tracing::Span::current().record("trace_id", tracing::field::display(hop.trace_id_hex()));
+        message.metadata_mut().insert_static(TRACEPARENT, hop.to_header());
+        tracing::Span::current().record("trace_id", tracing::field::display(TraceIdHex(hop.trace_id)));
         Box::pin(async move {
             let mut outputs = next.run(message).await?;
+            // Formatted again only when something is returned: most messages return nothing.
+            let mut header: Option<Box<str>> = None;
             for output in &mut outputs {
                 if !output.message.metadata().contains_key(TRACEPARENT) {
-                    output.message.metadata_mut().insert(TRACEPARENT, header.clone());
+                    let header = header.get_or_insert_with(|| hop.to_header()).clone();
+                    output.message.metadata_mut().insert_static(TRACEPARENT, header);
                 }
             }
             Ok(outputs)
@@ -123,6 +159,9 @@ mod tests {
         assert_eq!(tp.trace_id, 0x4bf92f3577b34da6a3ce929d0e0e4736);
         assert_eq!(tp.parent_id, 0x00f067aa0ba902b7);
         assert_eq!(tp.to_string(), h);
+        assert_eq!(&*tp.to_header(), h);
+        let small = TraceParent { trace_id: 1, parent_id: 2, flags: 0 };
+        assert_eq!(&*small.to_header(), "00-00000000000000000000000000000001-0000000000000002-00");
         let child = tp.child();
         assert_eq!(child.trace_id, tp.trace_id);
         assert_ne!(child.parent_id, tp.parent_id);
