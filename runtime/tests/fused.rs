@@ -198,3 +198,27 @@ async fn correlation_leaves_the_input_alone_and_stamps_what_the_handler_publishe
     assert_eq!(from_ctx.as_deref(), Some(id.as_str()));
     stop(&router, task).await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_retry_stops_when_the_next_wait_would_pass_its_elapsed_time_limit() {
+    let rec = Recording::new();
+    let (input, poison) = (topic("elapsed"), topic("elapsed.poison"));
+    let calls = Arc::new(AtomicU32::new(0));
+    let mut dead = rec.inner.subscribe(&poison, SubscribeOptions::default()).await.unwrap();
+    // Waits of 100, 200, 400, 800 ms: the fourth failure comes at 700 ms, and 700 + 800 > 1000.
+    let retry = Retry::new(10)
+        .initial_interval(Duration::from_millis(100))
+        .jitter(0.0)
+        .max_elapsed(Duration::from_secs(1));
+    let router = Router::new(rec.clone()).route(
+        Route::new("elapsed", &input, failing(calls.clone()))
+            .middleware(PoisonQueue::new(&poison))
+            .middleware(retry),
+    );
+    let task = start(&router).await;
+    rec.inner.publish(&input, Message::new("{}")).await.unwrap();
+    let m = next_message(&mut dead).await;
+    assert_eq!(m.metadata().get(poison_keys::REASON), Some("failure 4"));
+    stop(&router, task).await;
+    assert_eq!(calls.load(Ordering::SeqCst), 4);
+}

@@ -130,7 +130,7 @@ impl Deduplicator {
 
     fn key_of(&self, message: &Message) -> Option<String> {
         match &self.key {
-            DedupKey::MessageId => Some(message.id().to_string()),
+            DedupKey::MessageId => Some(message.id().to_boxed_str().into_string()),
             DedupKey::Metadata(name) => message.metadata().get(name).map(str::to_owned),
         }
     }
