@@ -132,16 +132,20 @@ async fn consume_concurrent(p: &Arc<Prepared>, sub: Subscription, tracker: &Task
         let p = p.clone();
         let sub = sub.clone();
         workers.spawn(tracker.track_future(async move {
+            // One cancellation future per worker, on a child token of its own: a `cancelled()`
+            // made per message would register with (and lock) the router's shared token.
+            let intake = p.intake.child_token();
+            let mut cancelled = pin!(intake.cancelled());
             loop {
                 let next = {
                     let mut sub = tokio::select! {
                         biased;
-                        _ = p.intake.cancelled() => return,
+                        _ = cancelled.as_mut() => return,
                         sub = sub.lock() => sub,
                     };
                     tokio::select! {
                         biased;
-                        _ = p.intake.cancelled() => return,
+                        _ = cancelled.as_mut() => return,
                         next = sub.next() => next,
                     }
                 };
