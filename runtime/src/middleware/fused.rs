@@ -61,9 +61,6 @@ pub(crate) enum Step {
     Pass,
 }
 
-/// The most steps one run holds; a longer run of built-in layers is split.
-pub(crate) const MAX_STEPS: usize = 32;
-
 impl Step {
     /// Whether the step needs the message back after a failure (to poison it, to retry it).
     fn keeps_message(&self) -> bool {

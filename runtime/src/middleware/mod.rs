@@ -118,25 +118,21 @@ impl Chain {
     ) -> Self {
         let mut layers = Vec::new();
         let mut steps = Vec::new();
+        let flush = |layers: &mut Vec<Layer>, steps: &mut Vec<fused::Step>| {
+            if !steps.is_empty() {
+                layers.push(Layer::Fused(fused::Segment::new(std::mem::take(steps))));
+            }
+        };
         for layer in middleware {
             match layer.fused_step() {
-                Some(FusedStep(step)) => {
-                    steps.push(step);
-                    if steps.len() == fused::MAX_STEPS {
-                        layers.push(Layer::Fused(fused::Segment::new(std::mem::take(&mut steps))));
-                    }
-                }
+                Some(FusedStep(step)) => steps.push(step),
                 None => {
-                    if !steps.is_empty() {
-                        layers.push(Layer::Fused(fused::Segment::new(std::mem::take(&mut steps))));
-                    }
+                    flush(&mut layers, &mut steps);
                     layers.push(Layer::Custom(layer));
                 }
             }
         }
-        if !steps.is_empty() {
-            layers.push(Layer::Fused(fused::Segment::new(steps)));
-        }
+        flush(&mut layers, &mut steps);
         Chain { layers: layers.into_boxed_slice(), endpoint, route }
     }
 
