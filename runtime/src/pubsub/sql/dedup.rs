@@ -7,7 +7,10 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use tokio::time::Instant;
 
-use super::{backend_error, is_retryable, millis, number_placeholders, Dialect, Pool, SqlConfig, SqlPubSub};
+use super::{
+    backend_error, backoff, is_retryable, millis, number_placeholders, ops, retrying, Dialect, Pool,
+    SqlConfig, SqlPubSub, RETRY_ATTEMPTS,
+};
 use crate::error::{Error, ErrorKind, Result};
 use crate::middleware::DedupStore;
 use crate::pubsub::OpFuture;
@@ -19,24 +22,6 @@ const PURGE_BATCH: u64 = 5_000;
 /// The longest window kept, about a thousand years (longer ones are cut to it): expiry times
 /// stay far from overflowing.
 const MAX_TTL_MS: i64 = 1_000 * 366 * 24 * 3_600 * 1_000;
-
-/// How many times one operation is tried when the database reports a deadlock or a
-/// serialization failure (or, on MySQL, when the key keeps expiring under it).
-const ATTEMPTS: u32 = 8;
-
-/// Runs `$body` with `$pool` bound to the concrete sqlx pool.
-macro_rules! on_pool {
-    ($self:expr, |$pool:ident| $body:expr) => {
-        match $self {
-            #[cfg(feature = "sqlite")]
-            Pool::Sqlite($pool) => $body,
-            #[cfg(feature = "postgres")]
-            Pool::Postgres($pool) => $body,
-            #[cfg(feature = "mysql")]
-            Pool::MySql($pool) => $body,
-        }
-    };
-}
 
 /// A [`DedupStore`] in the database of a [`SqlPubSub`] (SQLite, PostgreSQL, MySQL / MariaDB):
 /// a [`Deduplicator`](crate::middleware::Deduplicator) of every process using the same database
@@ -230,7 +215,7 @@ impl SqlDedupStore {
         let statements = &self.statements;
         self.schema
             .get_or_try_init(|| async {
-                on_pool!(&self.pool, |pool| {
+                dispatch!(&self.pool, (pool, _ops) => {
                     let mut tx = pool.begin().await.map_err(backend_error)?;
                     if let Some(lock) = &statements.schema_lock {
                         sqlx::query(lock).execute(&mut *tx).await.map_err(backend_error)?;
@@ -261,7 +246,7 @@ impl SqlDedupStore {
     async fn purge_batch(&self) -> Result<u64> {
         let sql = &self.statements.purge;
         retrying(|| async {
-            on_pool!(&self.pool, |pool| sqlx::query(sql)
+            dispatch!(&self.pool, (pool, _ops) => sqlx::query(sql)
                 .execute(pool)
                 .await
                 .map(|done| done.rows_affected())
@@ -298,7 +283,7 @@ impl SqlDedupStore {
         } else {
             let sql = &self.statements.insert;
             retrying(|| async {
-                on_pool!(&self.pool, |pool| sqlx::query(sql)
+                dispatch!(&self.pool, (pool, _ops) => sqlx::query(sql)
                     .bind(key)
                     .bind(ttl)
                     .fetch_optional(pool)
@@ -322,7 +307,7 @@ impl SqlDedupStore {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let step: Result<Option<bool>> = on_pool!(&self.pool, |pool| {
+            let step: Result<Option<bool>> = dispatch!(&self.pool, (pool, _ops) => {
                 let inserted = sqlx::query(insert)
                     .bind(key)
                     .bind(ttl)
@@ -345,7 +330,7 @@ impl SqlDedupStore {
             match step {
                 Ok(Some(fresh)) => return Ok(fresh),
                 // The expired row is gone: insert again.
-                Ok(None) if attempt < ATTEMPTS => {}
+                Ok(None) if attempt < RETRY_ATTEMPTS => {}
                 Ok(None) => {
                     return Err(Error::new(
                         ErrorKind::Backend,
@@ -353,7 +338,7 @@ impl SqlDedupStore {
                     ))
                 }
                 // Two inserts waiting on one deleted row can deadlock: the database picked us.
-                Err(error) if attempt < ATTEMPTS && is_retryable(&error) => backoff(attempt).await,
+                Err(error) if attempt < RETRY_ATTEMPTS && is_retryable(&error) => backoff(attempt).await,
                 Err(error) => return Err(error),
             }
         }
@@ -363,7 +348,7 @@ impl SqlDedupStore {
         self.ensure_schema().await?;
         let sql = &self.statements.remove;
         retrying(|| async {
-            on_pool!(&self.pool, |pool| sqlx::query(sql)
+            dispatch!(&self.pool, (pool, _ops) => sqlx::query(sql)
                 .bind(key)
                 .execute(pool)
                 .await
@@ -372,26 +357,6 @@ impl SqlDedupStore {
         })
         .await
     }
-}
-
-/// Runs `op` again (a few times) while it fails with a deadlock or serialization failure.
-async fn retrying<T, F, Fut>(mut op: F) -> Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T>>,
-{
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        match op().await {
-            Err(error) if attempt < ATTEMPTS && is_retryable(&error) => backoff(attempt).await,
-            result => return result,
-        }
-    }
-}
-
-async fn backoff(attempt: u32) {
-    tokio::time::sleep(Duration::from_millis(2 * u64::from(attempt) + fastrand::u64(0..5))).await;
 }
 
 impl DedupStore for SqlDedupStore {

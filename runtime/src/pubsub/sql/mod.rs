@@ -47,7 +47,6 @@
 //! Messages are kept (there is no retention yet): delete old rows of `messages` below every
 //! group's `acked` yourself if the table grows too large.
 
-mod dedup;
 mod ops;
 
 pub use self::dedup::SqlDedupStore;
@@ -181,6 +180,9 @@ macro_rules! dispatch {
         }
     };
 }
+
+// After `dispatch!`, which it uses.
+mod dedup;
 
 impl Pool {
     fn dialect(&self) -> Dialect {
@@ -368,6 +370,31 @@ fn is_retryable(error: &Error) -> bool {
         Some(sqlx::Error::Database(db)) => db.code().is_some_and(|code| code.starts_with("40")),
         _ => false,
     }
+}
+
+/// How many times one operation is tried when the database reports a deadlock or a
+/// serialization failure.
+const RETRY_ATTEMPTS: u32 = 8;
+
+/// Runs `op` again (a few times) while it fails with a deadlock or serialization failure.
+async fn retrying<T, F, Fut>(mut op: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match op().await {
+            Err(error) if attempt < RETRY_ATTEMPTS && is_retryable(&error) => backoff(attempt).await,
+            result => return result,
+        }
+    }
+}
+
+/// The wait before another try: a few milliseconds, growing, jittered.
+async fn backoff(attempt: u32) {
+    tokio::time::sleep(Duration::from_millis(2 * u64::from(attempt) + fastrand::u64(0..5))).await;
 }
 
 fn now_ms() -> i64 {
@@ -717,24 +744,16 @@ impl Publisher for SqlPubSub {
             let stored: Vec<_> = messages.into_iter().map(StoredMessage::new).collect();
             self.ensure_topic(topic).await?;
             let inner = &self.inner;
-            let mut attempt = 0;
-            loop {
-                attempt += 1;
-                let result = dispatch!(&inner.pool, (pool, ops) => {
+            // A deadlock or serialization failure: the database asks for another try.
+            retrying(|| async {
+                dispatch!(&inner.pool, (pool, ops) => {
                     match pool.acquire().await {
                         Ok(mut conn) => ops::publish(&mut conn, &inner.queries, topic, &stored).await,
                         Err(error) => Err(backend_error(error)),
                     }
-                });
-                match result {
-                    Ok(()) => break,
-                    // A deadlock or serialization failure: the database asks for another try.
-                    Err(error) if attempt < 5 && is_retryable(&error) => {
-                        tokio::time::sleep(Duration::from_millis(5 * attempt)).await;
-                    }
-                    Err(error) => return Err(error),
-                }
-            }
+                })
+            })
+            .await?;
             wake(&inner.config.table_prefix, topic);
             Ok(())
         })
