@@ -9,7 +9,7 @@ use futures_core::future::BoxFuture;
 use parking_lot::Mutex;
 use tokio::time::Instant;
 
-use super::{Middleware, Next};
+use super::chain::{Middleware, Next};
 use crate::handler::HandlerResult;
 use crate::message::Message;
 
@@ -18,6 +18,9 @@ use crate::message::Message;
 ///
 /// [`Throttle::shared`] is one limit for every handler it is attached to (a downstream API's
 /// quota); [`Throttle::per_handler`] gives each handler its own.
+///
+/// A clone is the same limit (it shares the buckets). Changing a setting of a clone makes it a
+/// limit of its own, with fresh buckets; the original keeps its settings.
 #[derive(Clone)]
 pub struct Throttle {
     inner: Arc<Inner>,
@@ -61,7 +64,15 @@ impl Throttle {
 
     /// Allows bursts of up to `burst` calls without waiting (default 1).
     pub fn burst(mut self, burst: u32) -> Self {
-        Arc::get_mut(&mut self.inner).expect("configure a Throttle before sharing it").burst = burst.max(1);
+        let burst = burst.max(1);
+        match Arc::get_mut(&mut self.inner) {
+            Some(inner) => inner.burst = burst,
+            None => {
+                let Inner { interval, per_handler, .. } = *self.inner;
+                let buckets = Mutex::new(HashMap::new());
+                self.inner = Arc::new(Inner { interval, burst, per_handler, buckets });
+            }
+        }
         self
     }
 
