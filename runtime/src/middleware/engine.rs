@@ -116,7 +116,7 @@ pub(crate) async fn run<R: Rest>(segment: &Segment, rest: R, message: Message, k
     };
     // The clock is read on the way in only for a step that needs it; deadlines otherwise start
     // when the rest of the chain first waits (a message handled at once never reads it).
-    let entered = segment.reads_clock.then(Instant::now);
+    let mut entered = segment.reads_clock.then(Instant::now);
     for &level in segment.checks.iter() {
         if let Err(refusal) = segment.steps[level].enter(attempt) {
             let failure = Failure { entry, entered, outcome: Err(refusal), level, pending: None };
@@ -131,11 +131,15 @@ pub(crate) async fn run<R: Rest>(segment: &Segment, rest: R, message: Message, k
         Deadline { when, step }
     });
     let guard = Guard { deadline, recover: segment.recover };
-    let chain = rest.run(message, attempt);
-    let mut guarded = Guarded::new(chain, &segment.steps, guard);
-    let result = (&mut guarded).await;
-    let entered = entered.or(guarded.waited);
-    drop(guarded);
+    let result = match start(&rest, message, attempt, guard) {
+        Ok(chain) => {
+            let mut guarded = Guarded::new(chain, &segment.steps, guard);
+            let result = (&mut guarded).await;
+            entered = entered.or(guarded.waited);
+            result
+        }
+        Err(caught) => Err(caught),
+    };
     let (mut outcome, level) = match result {
         Ok(Ok(outputs)) if segment.on_success.is_empty() => return Ok(outputs),
         Ok(outcome @ Ok(_)) => (outcome, segment.steps.len()),
@@ -250,9 +254,12 @@ async fn recover_from<R: Rest>(segment: &Segment, rest: R, failure: Failure<'_>)
             Some(refusal) => Err(refusal),
             None => {
                 let message = entry.cloned().expect("a step that reruns keeps the message");
-                let chain = rest.run(message, attempt);
                 let guard = Guard::of(shapes, &frames, frames.len());
-                match Guarded::new(chain, steps, guard).await {
+                let result = match start(&rest, message, attempt, guard) {
+                    Ok(chain) => Guarded::new(chain, steps, guard).await,
+                    Err(caught) => Err(caught),
+                };
+                match result {
                     Ok(result) => result,
                     Err((error, level)) => {
                         frames.truncate(level);
@@ -262,6 +269,19 @@ async fn recover_from<R: Rest>(segment: &Segment, rest: R, failure: Failure<'_>)
             }
         };
     }
+}
+
+/// Starts the rest of the chain. Under a panic guard, a panic while its future is made (a custom
+/// layer's `call` that panics before it returns a future) is caught like one while it is polled,
+/// as it would be by a layer that calls `next.run` inside its own future.
+fn start<R: Rest>(rest: &R, message: Message, attempt: u32, guard: Guard) -> Result<BoxFuture<'_, HandlerResult>, (Error, usize)> {
+    let Some(level) = guard.recover else { return Ok(rest.run(message, attempt)) };
+    std::panic::catch_unwind(AssertUnwindSafe(|| rest.run(message, attempt))).map_err(|panic| caught(&*panic, level))
+}
+
+/// The error of a caught panic, seen by the first `level` steps.
+fn caught(panic: &(dyn std::any::Any + Send), level: usize) -> (Error, usize) {
+    (Error::new(ErrorKind::Panic, crate::error::panic_text(panic)), level)
 }
 
 /// The frames of a run; five live inline (the usual stack: correlation, poison, retry, timeout,
@@ -348,10 +368,7 @@ impl<F: Future + Unpin> Future for Guarded<'_, F> {
             None => this.future.poll_unpin(cx),
             Some(level) => match std::panic::catch_unwind(AssertUnwindSafe(|| this.future.poll_unpin(cx))) {
                 Ok(polled) => polled,
-                Err(panic) => {
-                    let text = crate::error::panic_text(&*panic);
-                    return Poll::Ready(Err((Error::new(ErrorKind::Panic, text), level)));
-                }
+                Err(panic) => return Poll::Ready(Err(caught(&*panic, level))),
             },
         };
         if let Poll::Ready(output) = polled {

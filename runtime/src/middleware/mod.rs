@@ -49,6 +49,9 @@ mod dedup;
 mod throttle;
 mod trace;
 
+#[cfg(test)]
+mod differential;
+
 pub use self::breaker::{BreakerState, CircuitBreaker};
 pub(crate) use self::chain::{layer_facts, Chain, Endpoint};
 pub use self::chain::{Middleware, Next};
