@@ -269,4 +269,16 @@ mod tests {
         trial.settle(&failure());
         assert_eq!(breaker.state(), BreakerState::Open);
     }
+
+    #[tokio::test(start_paused = true)]
+    async fn success_threshold_on_a_shared_breaker_makes_a_breaker_of_its_own() {
+        let base = CircuitBreaker::new(1, Duration::from_secs(10));
+        let shared = base.clone();
+        let strict = base.clone().success_threshold(2);
+        shared.admit().unwrap().settle(&failure());
+        assert_eq!(base.state(), BreakerState::Open, "a clone is the same breaker");
+        assert_eq!(strict.state(), BreakerState::Closed, "the derived one is a breaker of its own");
+        assert_eq!((strict.inner.success_threshold, strict.inner.half_open_calls), (2, 2));
+        assert_eq!(base.inner.success_threshold, 1);
+    }
 }

@@ -171,3 +171,21 @@ impl fmt::Debug for PoisonQueue {
             .finish_non_exhaustive()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_variant_derived_from_a_shared_queue_leaves_the_original_alone() {
+        let base = PoisonQueue::new("dead").filter(|e| e.message() != "skip");
+        let shared = base.clone();
+        let patient = base.clone().after_deliveries(3);
+        let transient = Error::msg("flaky");
+        assert!(!patient.should_poison(&transient, 1), "redelivered until the third delivery");
+        assert!(patient.should_poison(&transient, 3));
+        assert!(shared.should_poison(&transient, 1), "the original poisons at once");
+        assert!(!patient.should_poison(&Error::msg("skip"), 5), "the derived one keeps the filter");
+        assert_eq!(patient.topic(), "dead");
+    }
+}

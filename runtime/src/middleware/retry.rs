@@ -254,4 +254,16 @@ mod tests {
         assert!(!r.retryable(&Error::msg("fatal")));
         assert!(!r.retryable(&Error::permanent("bad input")));
     }
+
+    #[test]
+    fn a_variant_derived_from_a_shared_retry_leaves_the_original_alone() {
+        let base = Retry::new(3).initial_interval(Duration::from_millis(100)).jitter(0.0).retry_if(|e| e.message() != "fatal");
+        let shared = base.clone(); // a second owner of the settings, as a router holding it is
+        let fast = base.clone().initial_interval(Duration::from_millis(1)).on_retry(|_| {});
+        assert_eq!(fast.backoff(1), Duration::from_millis(1));
+        assert_eq!(shared.backoff(1), Duration::from_millis(100), "the original keeps its settings");
+        assert_eq!(base.backoff(1), Duration::from_millis(100));
+        assert!(fast.inner.on_retry.is_some() && shared.inner.on_retry.is_none());
+        assert!(!fast.retryable(&Error::msg("fatal")), "the derived one keeps the predicate");
+    }
 }

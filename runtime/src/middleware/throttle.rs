@@ -117,3 +117,24 @@ impl fmt::Debug for Throttle {
             .finish()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn burst_on_a_shared_throttle_makes_a_limit_of_its_own() {
+        let base = Throttle::shared(1, Duration::from_secs(1));
+        let shared = base.clone();
+        assert_eq!(shared.reserve("h"), Duration::ZERO);
+        let bursty = base.clone().burst(3);
+        // The original (and its clone) keep one bucket with burst 1: the next call waits.
+        assert_eq!(base.reserve("h"), Duration::from_secs(1));
+        // The derived one has its own bucket: three calls at once.
+        for _ in 0..3 {
+            assert_eq!(bursty.reserve("h"), Duration::ZERO);
+        }
+        assert_eq!(bursty.reserve("h"), Duration::from_secs(1));
+        assert_eq!(base.inner.burst, 1);
+    }
+}
