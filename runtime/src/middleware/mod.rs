@@ -49,6 +49,10 @@ mod dedup;
 mod throttle;
 mod trace;
 
+// Interop.
+#[cfg(feature = "tower")]
+pub mod tower;
+
 #[cfg(test)]
 mod differential;
 
