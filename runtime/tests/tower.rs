@@ -12,7 +12,9 @@ use common::{next_message, start, stop, take, topic};
 use millstream::middleware::tower::{from_tower, TowerLayer};
 use millstream::middleware::{from_fn, Next, PoisonQueue};
 use millstream::router::poison_keys;
-use millstream::{Error, Json, MemoryPubSub, Message, Publisher, Route, Router, SubscribeOptions, Subscriber};
+use millstream::{
+    Error, Json, MemoryPubSub, Message, Publisher, Route, Router, SubscribeOptions, Subscriber,
+};
 use tokio::sync::Notify;
 use tower::ServiceExt;
 

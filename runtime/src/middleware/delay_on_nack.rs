@@ -40,7 +40,8 @@ impl Step for DelayOnNack {
     fn leave(&self, outcome: &mut HandlerResult, frame: &Frame, _: &Cx<'_>) -> Leave {
         if matches!(outcome, Err(error) if error.retry_after_hint().is_none()) {
             let delay = self.delay(frame.attempt);
-            *outcome = std::mem::replace(outcome, Ok(Outputs::new())).map_err(|error| error.retry_after(delay));
+            *outcome =
+                std::mem::replace(outcome, Ok(Outputs::new())).map_err(|error| error.retry_after(delay));
         }
         Leave::Pass
     }

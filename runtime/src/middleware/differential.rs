@@ -111,7 +111,9 @@ impl Scripted {
                 Script::Succeed => outputs(),
                 Script::FailTimes(k) if n <= k => Err(Error::msg(format!("failure {n}"))),
                 Script::FailTimes(_) => outputs(),
-                Script::PanicOnce | Script::AlwaysPanic if n == 1 || matches!(script, Script::AlwaysPanic) => {
+                Script::PanicOnce | Script::AlwaysPanic
+                    if n == 1 || matches!(script, Script::AlwaysPanic) =>
+                {
                     panic!("scripted panic {n}")
                 }
                 Script::PanicOnce | Script::AlwaysPanic => outputs(),
@@ -136,7 +138,12 @@ impl Endpoint for Scripted {
         self.act(cx.attempt)
     }
 
-    fn call_owned(self: Arc<Self>, _: Arc<Chain>, _: Message, attempt: u32) -> BoxFuture<'static, HandlerResult> {
+    fn call_owned(
+        self: Arc<Self>,
+        _: Arc<Chain>,
+        _: Message,
+        attempt: u32,
+    ) -> BoxFuture<'static, HandlerResult> {
         self.act(attempt)
     }
 }
@@ -167,25 +174,33 @@ impl Publisher for Recorder {
     }
 }
 
+/// Metadata entries, sorted.
+type Entries = Vec<(String, String)>;
+
 /// What a run did, in comparable form.
 #[derive(Debug, PartialEq)]
 struct Outcome {
     result: Ended,
     attempts: Vec<u32>,
     /// `(topic, payload, metadata)` of each publish, without the poison time.
-    published: Vec<(String, String, Vec<(String, String)>)>,
+    published: Vec<(String, String, Entries)>,
     elapsed: Duration,
 }
 
 #[derive(Debug, PartialEq)]
 enum Ended {
     /// `(topic, payload, metadata)` of each output.
-    Ok(Vec<(Option<String>, String, Vec<(String, String)>)>),
-    Err { kind: ErrorKind, text: String, permanent: bool, retry_after: Option<Duration> },
+    Ok(Vec<(Option<String>, String, Entries)>),
+    Err {
+        kind: ErrorKind,
+        text: String,
+        permanent: bool,
+        retry_after: Option<Duration>,
+    },
     Panicked(String),
 }
 
-fn metadata(message: &Message) -> Vec<(String, String)> {
+fn metadata(message: &Message) -> Entries {
     let mut entries: Vec<_> = message
         .metadata()
         .iter()
@@ -226,7 +241,13 @@ async fn run(middleware: Vec<Arc<dyn Middleware>>, script: Script, input: &Messa
         Ok(Ok(outputs)) => Ended::Ok(
             outputs
                 .iter()
-                .map(|output| (output.topic.as_deref().map(str::to_owned), payload(&output.message), metadata(&output.message)))
+                .map(|output| {
+                    (
+                        output.topic.as_deref().map(str::to_owned),
+                        payload(&output.message),
+                        metadata(&output.message),
+                    )
+                })
                 .collect(),
         ),
         Ok(Err(error)) => Ended::Err {
@@ -239,8 +260,12 @@ async fn run(middleware: Vec<Arc<dyn Middleware>>, script: Script, input: &Messa
     };
     let elapsed = started.elapsed();
     let attempts = handler.attempts.lock().clone();
-    let published =
-        publisher.published.lock().iter().map(|(topic, m)| (topic.clone(), payload(m), metadata(m))).collect();
+    let published = publisher
+        .published
+        .lock()
+        .iter()
+        .map(|(topic, m)| (topic.clone(), payload(m), metadata(m)))
+        .collect();
     Outcome { result, attempts, published, elapsed }
 }
 
@@ -267,7 +292,10 @@ fn quiet_scripted_panics() {
         let default = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
             let payload = info.payload();
-            let text = payload.downcast_ref::<String>().map(String::as_str).or(payload.downcast_ref::<&str>().copied());
+            let text = payload
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or(payload.downcast_ref::<&str>().copied());
             let scripted = text.is_some_and(|text| text.starts_with("scripted panic"));
             if !scripted {
                 default(info);
@@ -280,7 +308,8 @@ fn quiet_scripted_panics() {
 async fn fused_runs_behave_like_the_layers_nested_one_by_one() {
     quiet_scripted_panics();
     let layers = layers();
-    let identity = || -> Arc<dyn Middleware> { Arc::new(from_fn(|message: Message, next: Next| next.run(message))) };
+    let identity =
+        || -> Arc<dyn Middleware> { Arc::new(from_fn(|message: Message, next: Next| next.run(message))) };
     let input = Message::new("in");
     let mut cases = 0;
     let mut differences = Vec::new();
@@ -310,7 +339,12 @@ async fn fused_runs_behave_like_the_layers_nested_one_by_one() {
         }
     }
     assert_eq!(cases, 2080 * SCRIPTS.len() * 2);
-    assert!(differences.is_empty(), "{} of {cases} cases differ:\n{}", differences.len(), differences[..differences.len().min(10)].join("\n"));
+    assert!(
+        differences.is_empty(),
+        "{} of {cases} cases differ:\n{}",
+        differences.len(),
+        differences[..differences.len().min(10)].join("\n")
+    );
 }
 
 /// The differential test above would pass if both ways ran the layers wrongly in the same way:

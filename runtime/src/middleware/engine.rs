@@ -108,7 +108,12 @@ impl Segment {
 ///
 /// `kept`, when given, is a copy of `message` that outlives the run, used instead of a copy of
 /// its own.
-pub(crate) async fn run<R: Rest>(segment: &Segment, rest: R, message: Message, kept: Option<&Message>) -> HandlerResult {
+pub(crate) async fn run<R: Rest>(
+    segment: &Segment,
+    rest: R,
+    message: Message,
+    kept: Option<&Message>,
+) -> HandlerResult {
     let attempt = rest.attempt();
     let entry = match kept {
         Some(kept) => Some(Cow::Borrowed(kept)),
@@ -150,7 +155,8 @@ pub(crate) async fn run<R: Rest>(segment: &Segment, rest: R, message: Message, k
         // Leave the steps that act on a success; the others would pass it on unchanged.
         let mut pending = None;
         for &level in segment.on_success.iter().rev() {
-            let frame = Frame::entered(attempt, &segment.shapes[level], || entered.unwrap_or_else(Instant::now));
+            let frame =
+                Frame::entered(attempt, &segment.shapes[level], || entered.unwrap_or_else(Instant::now));
             let cx = Cx { message: entry.as_deref(), route: rest.route() };
             match segment.steps[level].leave(&mut outcome, &frame, &cx) {
                 Leave::Pass => {}
@@ -192,7 +198,8 @@ async fn recover_from<R: Rest>(segment: &Segment, rest: R, failure: Failure<'_>)
     let entry = entry.as_deref();
     let mut attempt = rest.attempt();
     // The state the way in left in the steps that see the outcome.
-    let mut frames: Frames = shapes[..level].iter().map(|shape| Frame::entered(attempt, shape, || base)).collect();
+    let mut frames: Frames =
+        shapes[..level].iter().map(|shape| Frame::entered(attempt, shape, || base)).collect();
 
     loop {
         // Leave the steps, innermost first, each acting on the outcome.
@@ -274,9 +281,15 @@ async fn recover_from<R: Rest>(segment: &Segment, rest: R, failure: Failure<'_>)
 /// Starts the rest of the chain. Under a panic guard, a panic while its future is made (a custom
 /// layer's `call` that panics before it returns a future) is caught like one while it is polled,
 /// as it would be by a layer that calls `next.run` inside its own future.
-fn start<R: Rest>(rest: &R, message: Message, attempt: u32, guard: Guard) -> Result<BoxFuture<'_, HandlerResult>, (Error, usize)> {
+fn start<R: Rest>(
+    rest: &R,
+    message: Message,
+    attempt: u32,
+    guard: Guard,
+) -> Result<BoxFuture<'_, HandlerResult>, (Error, usize)> {
     let Some(level) = guard.recover else { return Ok(rest.run(message, attempt)) };
-    std::panic::catch_unwind(AssertUnwindSafe(|| rest.run(message, attempt))).map_err(|panic| caught(&*panic, level))
+    std::panic::catch_unwind(AssertUnwindSafe(|| rest.run(message, attempt)))
+        .map_err(|panic| caught(&*panic, level))
 }
 
 /// The error of a caught panic, seen by the first `level` steps.

@@ -77,3 +77,5 @@ pub use self::trace::{TraceContext, TraceParent};
 pub use crate::keys::{CORRELATION_ID, TRACEPARENT};
 #[cfg(feature = "redis")]
 pub use crate::pubsub::redis::RedisDedupStore;
+/// The boxed future a [`Middleware::call`] returns (`Pin<Box<dyn Future<Output = T> + Send + 'a>>`).
+pub use futures_core::future::BoxFuture;

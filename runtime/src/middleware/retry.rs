@@ -257,7 +257,10 @@ mod tests {
 
     #[test]
     fn a_variant_derived_from_a_shared_retry_leaves_the_original_alone() {
-        let base = Retry::new(3).initial_interval(Duration::from_millis(100)).jitter(0.0).retry_if(|e| e.message() != "fatal");
+        let base = Retry::new(3)
+            .initial_interval(Duration::from_millis(100))
+            .jitter(0.0)
+            .retry_if(|e| e.message() != "fatal");
         let shared = base.clone(); // a second owner of the settings, as a router holding it is
         let fast = base.clone().initial_interval(Duration::from_millis(1)).on_retry(|_| {});
         assert_eq!(fast.backoff(1), Duration::from_millis(1));

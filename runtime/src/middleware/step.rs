@@ -148,6 +148,9 @@ pub(crate) trait Step: Send + Sync + fmt::Debug + 'static {
     /// The error when the step's [`Shape::deadline`] passes.
     fn expired(&self) -> Expiry {
         let limit = self.shape().deadline.unwrap_or_default();
-        Expiry { error: Error::new(ErrorKind::Timeout, format!("took longer than {limit:?}")), seen_by_itself: false }
+        Expiry {
+            error: Error::new(ErrorKind::Timeout, format!("took longer than {limit:?}")),
+            seen_by_itself: false,
+        }
     }
 }

@@ -1,5 +1,5 @@
-//! tower interop (feature `tower`): any [`tower::Layer`](::tower::Layer) as a middleware, and the
-//! rest of a chain as a [`tower::Service`](::tower::Service).
+//! tower interop (feature `tower`): any [`tower::Layer`] as a middleware, and the
+//! rest of a chain as a [`tower::Service`].
 //!
 //! [`TowerLayer::new`] applies a layer once, to [`Rest`] (the service that runs the rest of the
 //! chain), and calls the service it built for every message. Tower's timeouts, concurrency
@@ -105,7 +105,8 @@ impl StdError for ChainError {
 }
 
 /// The future of [`Rest`] and of [`Next`] as a service.
-pub type ChainFuture = Map<BoxFuture<'static, HandlerResult>, fn(HandlerResult) -> Result<Outputs, ChainError>>;
+pub type ChainFuture =
+    Map<BoxFuture<'static, HandlerResult>, fn(HandlerResult) -> Result<Outputs, ChainError>>;
 
 fn chain_result(result: HandlerResult) -> Result<Outputs, ChainError> {
     result.map_err(ChainError)
@@ -145,7 +146,7 @@ impl Service<Message> for Next {
     }
 }
 
-/// A [`tower::Layer`](::tower::Layer) as a [`Middleware`]; see the [module docs](self).
+/// A [`tower::Layer`] as a [`Middleware`]; see the [module docs](self).
 pub struct TowerLayer<S> {
     /// The service the layer built around [`Rest`]; each message is handled by a clone of it.
     service: Mutex<S>,
