@@ -92,7 +92,7 @@ impl Chain {
     ) -> Self {
         let mut layers = Vec::new();
         let mut steps = Vec::new();
-        let flush = |layers: &mut Vec<Layer>, steps: &mut Vec<Arc<dyn Step>>| {
+        let flush = |layers: &mut Vec<Layer>, steps: &mut Vec<Box<dyn Step>>| {
             if !steps.is_empty() {
                 layers.push(Layer::Fused(Segment::new(std::mem::take(steps))));
             }
@@ -173,6 +173,11 @@ impl Rest for Inner<'_> {
         &self.chain.route
     }
 
+    fn starts_with_a_custom_layer(&self) -> bool {
+        // After a fused run comes a custom layer or the handler.
+        self.index < self.chain.layers.len()
+    }
+
     /// Runs the rest of the chain as attempt `attempt`; the handler alone is called in place.
     fn run(&self, message: Message, attempt: u32) -> BoxFuture<'_, HandlerResult> {
         if self.index == self.chain.layers.len() {
@@ -210,7 +215,7 @@ impl Next {
     /// Runs one built-in layer's `step` around the rest of the chain: what a built-in layer's
     /// [`Middleware::call`] does when it is called by hand rather than fused into a chain.
     pub(crate) fn run_step(self, step: impl Step, message: Message) -> BoxFuture<'static, HandlerResult> {
-        let segment = Segment::new(vec![Arc::new(step)]);
+        let segment = Segment::new(vec![Box::new(step)]);
         Box::pin(async move {
             let rest = Inner { chain: &self.chain, index: self.index, attempt: self.attempt };
             engine::run(&segment, rest, message, None).await

@@ -23,7 +23,7 @@ pub struct CorrelationId;
 /// learns from the route that this layer is there.
 impl Step for CorrelationId {
     fn shape(&self) -> Shape {
-        Shape { keeps_message: true, acts_on_success: true, correlates: true, ..Shape::default() }
+        Shape { keeps_message: true, acts_on_outputs: true, correlates: true, ..Shape::default() }
     }
 
     fn leave(&self, outcome: &mut HandlerResult, _: &Frame, cx: &Cx<'_>) -> Leave {

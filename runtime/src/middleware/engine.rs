@@ -48,17 +48,21 @@ pub(crate) trait Rest {
 
     /// Runs the rest of the chain as attempt `attempt`.
     fn run(&self, message: Message, attempt: u32) -> BoxFuture<'_, HandlerResult>;
+
+    /// The rest starts with a custom layer (whose `call` runs code before it returns a future);
+    /// otherwise with the handler.
+    fn starts_with_a_custom_layer(&self) -> bool;
 }
 
 /// A run of steps, and what its first attempt needs, worked out once when the chain is built so
 /// that a message costs no walk over the steps.
 #[derive(Debug)]
 pub(crate) struct Segment {
-    steps: Box<[Arc<dyn Step>]>,
+    steps: Box<[Box<dyn Step>]>,
     shapes: Box<[Shape]>,
     /// A step needs the message as it entered.
     keeps_message: bool,
-    /// The steps that act on a success, outermost first.
+    /// The steps that act on a success with outputs, outermost first.
     on_success: Box<[usize]>,
     /// The innermost step that catches panics.
     recover: Option<usize>,
@@ -73,7 +77,7 @@ pub(crate) struct Segment {
 
 impl Segment {
     /// The segment of `steps`, outermost first.
-    pub(crate) fn new(steps: Vec<Arc<dyn Step>>) -> Self {
+    pub(crate) fn new(steps: Vec<Box<dyn Step>>) -> Self {
         let shapes: Box<[Shape]> = steps.iter().map(|step| step.shape()).collect();
         let levels = |has: fn(&Shape) -> bool| -> Box<[usize]> {
             shapes.iter().enumerate().filter(|(_, shape)| has(shape)).map(|(level, _)| level).collect()
@@ -88,7 +92,7 @@ impl Segment {
         }
         Segment {
             keeps_message: shapes.iter().any(|shape| shape.keeps_message),
-            on_success: levels(|shape| shape.acts_on_success),
+            on_success: levels(|shape| shape.acts_on_outputs),
             recover: shapes.iter().rposition(|shape| shape.catches_panics),
             deadline,
             reads_clock: shapes.iter().any(|shape| shape.reads_clock),
@@ -102,7 +106,7 @@ impl Segment {
 /// Runs `segment` around `rest`.
 ///
 /// The first attempt keeps no per-step state: the steps that check act on the way in, and on a
-/// success only the steps that act on one are left. A failure (an error, a deadline, a caught
+/// success with outputs only the steps that act on outputs are left. A failure (an error, a deadline, a caught
 /// panic, a refusal) goes on in [`recover_from`], boxed: failures are the rare path, and the one
 /// that awaits (a backoff, a poison publish).
 ///
@@ -121,11 +125,11 @@ pub(crate) async fn run<R: Rest>(
     };
     // The clock is read on the way in only for a step that needs it; deadlines otherwise start
     // when the rest of the chain first waits (a message handled at once never reads it).
-    let mut entered = segment.reads_clock.then(Instant::now);
+    let entered = segment.reads_clock.then(Instant::now);
     for &level in segment.checks.iter() {
         if let Err(refusal) = segment.steps[level].enter(attempt) {
             let failure = Failure { entry, entered, outcome: Err(refusal), level, pending: None };
-            return Box::pin(recover_from(segment, rest, failure)).await;
+            return Box::pin(recover_from(segment, &rest, failure)).await;
         }
     }
     let deadline = segment.deadline.map(|(limit, step)| {
@@ -136,41 +140,60 @@ pub(crate) async fn run<R: Rest>(
         Deadline { when, step }
     });
     let guard = Guard { deadline, recover: segment.recover };
-    let result = match start(&rest, message, attempt, guard) {
-        Ok(chain) => {
-            let mut guarded = Guarded::new(chain, &segment.steps, guard);
-            let result = (&mut guarded).await;
-            entered = entered.or(guarded.waited);
-            result
-        }
-        Err(caught) => Err(caught),
-    };
-    let (mut outcome, level) = match result {
-        Ok(Ok(outputs)) if segment.on_success.is_empty() => return Ok(outputs),
-        Ok(outcome @ Ok(_)) => (outcome, segment.steps.len()),
-        Ok(Err(error)) => (Err(error), segment.steps.len()),
-        Err((error, level)) => (Err(error), level),
-    };
-    if outcome.is_ok() {
-        // Leave the steps that act on a success; the others would pass it on unchanged.
-        let mut pending = None;
-        for &level in segment.on_success.iter().rev() {
-            let frame =
-                Frame::entered(attempt, &segment.shapes[level], || entered.unwrap_or_else(Instant::now));
-            let cx = Cx { message: entry.as_deref(), route: rest.route() };
-            match segment.steps[level].leave(&mut outcome, &frame, &cx) {
-                Leave::Pass => {}
-                action => {
-                    pending = Some((action, level + 1));
-                    break;
+    let chain = match guard.recover {
+        Some(level) if rest.starts_with_a_custom_layer() => {
+            match start_guarded(&rest, message, attempt, level) {
+                Ok(chain) => chain,
+                Err((error, level)) => {
+                    let failure = Failure { entry, entered, outcome: Err(error), level, pending: None };
+                    return Box::pin(recover_from(segment, &rest, failure)).await;
                 }
             }
         }
-        let Some((action, level)) = pending else { return outcome };
-        let failure = Failure { entry, entered, outcome, level, pending: Some(action) };
-        return Box::pin(recover_from(segment, rest, failure)).await;
+        _ => rest.run(message, attempt),
+    };
+    let mut guarded = Guarded::new(chain, &segment.steps, guard);
+    let result = (&mut guarded).await;
+    let entered = entered.or(guarded.waited);
+    drop(guarded);
+    let (outcome, level) = match result {
+        Ok(mut outcome @ Ok(_)) => {
+            if segment.on_success.is_empty() || matches!(&outcome, Ok(outputs) if outputs.is_empty()) {
+                return outcome;
+            }
+            // Leave the steps that act on outputs; the others would pass them on unchanged.
+            let cx = Cx { message: entry.as_deref(), route: rest.route() };
+            let Some((action, level)) = leave_on_success(segment, &mut outcome, attempt, entered, &cx) else {
+                return outcome;
+            };
+            let failure = Failure { entry, entered, outcome, level, pending: Some(action) };
+            return Box::pin(recover_from(segment, &rest, failure)).await;
+        }
+        Ok(Err(error)) => (Err(error), segment.steps.len()),
+        Err((error, level)) => (Err(error), level),
+    };
+    Box::pin(recover_from(segment, &rest, Failure { entry, entered, outcome, level, pending: None })).await
+}
+
+/// Leaves the steps that act on outputs, innermost first, until one asks for more than
+/// [`Leave::Pass`]: then that, and how many steps (the outermost ones) are still to be left,
+/// counting the one that asked.
+#[inline]
+fn leave_on_success(
+    segment: &Segment,
+    outcome: &mut HandlerResult,
+    attempt: u32,
+    entered: Option<Instant>,
+    cx: &Cx<'_>,
+) -> Option<(Leave, usize)> {
+    let frame = Frame { attempt, reruns: 0, entered, deadline: None };
+    for &level in segment.on_success.iter().rev() {
+        match segment.steps[level].leave(outcome, &frame, cx) {
+            Leave::Pass => {}
+            action => return Some((action, level + 1)),
+        }
     }
-    Box::pin(recover_from(segment, rest, Failure { entry, entered, outcome, level, pending: None })).await
+    None
 }
 
 /// How a first attempt ended, when the steps must be left one by one.
@@ -191,7 +214,7 @@ struct Failure<'a> {
 /// The slow path of [`run`]: the steps that see the outcome are left, innermost first, each
 /// acting on it; a rerun enters the steps inside the one that asked for it again and runs the
 /// rest of the chain again.
-async fn recover_from<R: Rest>(segment: &Segment, rest: R, failure: Failure<'_>) -> HandlerResult {
+async fn recover_from<R: Rest>(segment: &Segment, rest: &R, failure: Failure<'_>) -> HandlerResult {
     let Failure { entry, entered, mut outcome, level, mut pending } = failure;
     let (steps, shapes) = (&segment.steps[..], &segment.shapes[..]);
     let base = entered.unwrap_or_else(Instant::now);
@@ -262,7 +285,13 @@ async fn recover_from<R: Rest>(segment: &Segment, rest: R, failure: Failure<'_>)
             None => {
                 let message = entry.cloned().expect("a step that reruns keeps the message");
                 let guard = Guard::of(shapes, &frames, frames.len());
-                let result = match start(&rest, message, attempt, guard) {
+                let started = match guard.recover {
+                    Some(level) if rest.starts_with_a_custom_layer() => {
+                        start_guarded(rest, message, attempt, level)
+                    }
+                    _ => Ok(rest.run(message, attempt)),
+                };
+                let result = match started {
                     Ok(chain) => Guarded::new(chain, steps, guard).await,
                     Err(caught) => Err(caught),
                 };
@@ -278,16 +307,17 @@ async fn recover_from<R: Rest>(segment: &Segment, rest: R, failure: Failure<'_>)
     }
 }
 
-/// Starts the rest of the chain. Under a panic guard, a panic while its future is made (a custom
-/// layer's `call` that panics before it returns a future) is caught like one while it is polled,
-/// as it would be by a layer that calls `next.run` inside its own future.
-fn start<R: Rest>(
+/// Starts the rest of the chain under a panic guard at `level`: a panic while its future is made
+/// (a custom layer's `call` that panics before it returns a future) is caught like one while it
+/// is polled, as it would be by a layer that calls `next.run` inside its own future. (The handler
+/// makes its future without running code of its own: only a custom layer needs this.)
+#[cold]
+fn start_guarded<R: Rest>(
     rest: &R,
     message: Message,
     attempt: u32,
-    guard: Guard,
+    level: usize,
 ) -> Result<BoxFuture<'_, HandlerResult>, (Error, usize)> {
-    let Some(level) = guard.recover else { return Ok(rest.run(message, attempt)) };
     std::panic::catch_unwind(AssertUnwindSafe(|| rest.run(message, attempt)))
         .map_err(|panic| caught(&*panic, level))
 }
@@ -319,7 +349,7 @@ enum When {
 
 impl Deadline {
     /// The error when it passes, and how many steps (the outermost ones) see it.
-    fn expired(&self, steps: &[Arc<dyn Step>]) -> (Error, usize) {
+    fn expired(&self, steps: &[Box<dyn Step>]) -> (Error, usize) {
         let expiry = steps[self.step].expired();
         (expiry.error, self.step + usize::from(expiry.seen_by_itself))
     }
@@ -358,7 +388,7 @@ impl Guard {
 /// when the deadline passes or a panic is caught.
 struct Guarded<'s, F> {
     future: F,
-    steps: &'s [Arc<dyn Step>],
+    steps: &'s [Box<dyn Step>],
     guard: Guard,
     /// Created at the first `Pending`: a handler that finishes at once never touches the timer.
     sleep: Option<Pin<Box<Sleep>>>,
@@ -367,7 +397,7 @@ struct Guarded<'s, F> {
 }
 
 impl<'s, F> Guarded<'s, F> {
-    fn new(future: F, steps: &'s [Arc<dyn Step>], guard: Guard) -> Self {
+    fn new(future: F, steps: &'s [Box<dyn Step>], guard: Guard) -> Self {
         Guarded { future, steps, guard, sleep: None, waited: None }
     }
 }

@@ -27,12 +27,12 @@ use crate::message::Message;
 
 /// A built-in layer as the chain receives it (see the [module docs](self)). It can only be made
 /// inside millstream.
-pub struct BuiltIn(pub(crate) Arc<dyn Step>);
+pub struct BuiltIn(pub(crate) Box<dyn Step>);
 
 impl BuiltIn {
     /// The built-in layer `step`.
     pub(crate) fn new(step: impl Step) -> Self {
-        BuiltIn(Arc::new(step))
+        BuiltIn(Box::new(step))
     }
 }
 
@@ -49,9 +49,10 @@ pub(crate) struct Shape {
     /// [`leave`](Step::leave) needs the message as it entered (to poison it, to run it again, to
     /// read its metadata).
     pub(crate) keeps_message: bool,
-    /// [`leave`](Step::leave) may act on a success; without this, the engine calls it only on a
-    /// failure (or on what a step inside made of one).
-    pub(crate) acts_on_success: bool,
+    /// [`leave`](Step::leave) may act on a success that has outputs (stamp them); a success
+    /// without outputs it passes on unchanged. Without this, the engine calls it only on a failure
+    /// (or on what a step inside made of one).
+    pub(crate) acts_on_outputs: bool,
     /// Each run of the steps inside must end within this long, counted from the first time it
     /// waits (or, when the step reads the clock, from its entry); see [`Step::expired`].
     pub(crate) deadline: Option<Duration>,
