@@ -192,7 +192,8 @@ pub const fn output_spec<R: HandlerReturn>() -> OutputSpec {
 }
 
 /// An async fn usable as a message handler. Implemented for async fns (and closures returning
-/// futures) of up to 12 arguments; `M` is a marker that tells the shapes apart, never named by users.
+/// futures) taking a payload and up to 11 extractors, or up to 11 extractors and no payload; `M`
+/// is a marker that tells the shapes apart, never named by users.
 ///
 /// The first argument may be the payload (`T: DeserializeOwned`, decoded with the handler's
 /// codec; a payload that does not decode is a permanent error); every other argument implements
@@ -349,8 +350,8 @@ impl_handler!(E1, E2, E3, E4, E5, E6, E7, E8, E9, E10, E11);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde::Serialize;
     use crate::JsonCodec;
+    use serde::Serialize;
 
     #[derive(Serialize)]
     struct Plain(u32);

@@ -607,7 +607,7 @@ pub enum IsFn {}
 
 impl<T: Middleware> IntoMiddleware<IsMiddleware> for T {
     fn add_to(self, route: Route) -> Route {
-        route.middleware(self)
+        route.layer(self)
     }
 }
 
@@ -617,7 +617,7 @@ where
     Fut: Future<Output = HandlerResult> + Send + 'static,
 {
     fn add_to(self, route: Route) -> Route {
-        route.middleware(crate::middleware::from_fn(self))
+        route.layer(crate::middleware::from_fn(self))
     }
 }
 
