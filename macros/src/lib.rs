@@ -13,6 +13,7 @@ mod handler;
 mod middleware;
 mod names;
 mod paths;
+mod suggest;
 mod topic;
 
 use proc_macro::TokenStream;

@@ -170,14 +170,7 @@ pub(crate) fn validate(mut args: Args, item: Item, errors: &mut Errors) -> (Toke
             ),
         );
     }
-    let concurrency = match args.concurrency.take() {
-        Some((0, span)) => {
-            errors.on(span, "`concurrency` must be at least 1");
-            1
-        }
-        Some((n, _)) => n,
-        None => 1,
-    };
+    let concurrency = args.concurrency.take().unwrap_or(1);
 
     let tokens = item.to_token_stream();
     if !errors.is_empty() {

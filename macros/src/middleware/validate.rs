@@ -97,7 +97,7 @@ pub(crate) fn validate(
         message,
         next,
         output,
-        priority: args.priority.take().map(|(p, _)| p),
+        priority: args.priority.take(),
         name: args.name.take(),
         service: args.service.take(),
         krate: args.krate.take(),
