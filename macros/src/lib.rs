@@ -6,6 +6,9 @@
 //! `validate` checks them and records every mistake with its span, `expand` writes the code. The
 //! item is always emitted unchanged, errors or not; generated items sit in `const _: () = { .. };`;
 //! every path they use comes from `paths.rs`.
+//!
+//! The arities and the extractors the handler macro knows are written once, in `shared.rs`; the
+//! runtime reads them through two hidden macros, `__for_each_arity!` and `__assert_extractors!`.
 
 mod attr;
 mod errors;
@@ -13,6 +16,7 @@ mod handler;
 mod middleware;
 mod names;
 mod paths;
+mod shared;
 mod suggest;
 mod topic;
 
@@ -89,6 +93,23 @@ pub fn topic(attr: TokenStream, item: TokenStream) -> TokenStream {
 #[proc_macro_attribute]
 pub fn middleware(attr: TokenStream, item: TokenStream) -> TokenStream {
     middleware::middleware(attr.into(), item.into()).into()
+}
+
+/// Not public API: the runtime writes its arity ladders with it. `__for_each_arity!(m)` expands to
+/// `m!(N payload_route_{N+1} extractor_route_N [E1, .., EN]);` for every count `N` of extractors
+/// a handler may take.
+#[doc(hidden)]
+#[proc_macro]
+pub fn __for_each_arity(input: TokenStream) -> TokenStream {
+    shared::for_each_arity(input.into()).into()
+}
+
+/// Not public API: the runtime checks with it that every type the handler macro takes for an
+/// extractor by its name is one.
+#[doc(hidden)]
+#[proc_macro]
+pub fn __assert_extractors(input: TokenStream) -> TokenStream {
+    shared::assert_extractors(input.into()).into()
 }
 
 #[cfg(test)]

@@ -222,7 +222,8 @@ pub const fn output_spec<R: HandlerReturn>() -> OutputSpec {
 }
 
 /// An async fn usable as a message handler. Implemented for async fns (and closures returning
-/// futures) of up to 12 arguments; `M` is a marker that tells the shapes apart, never named by users.
+/// futures) taking the payload and up to 11 extractors, or up to 11 extractors alone; `M` is a
+/// marker that tells the shapes apart, never named by users.
 ///
 /// The first argument may be the payload (`T: DeserializeOwned`, decoded with the handler's
 /// codec; a payload that does not decode is a permanent error); every other argument implements
@@ -283,8 +284,11 @@ fn finish<R: HandlerReturn, C: Codec>(returned: R, codec: &C) -> HandlerResult {
     Ok(outputs)
 }
 
+// One rung per arity: `__for_each_arity!` (the macros crate holds the count, which its
+// `#[handler]` check uses too) expands to `impl_handler!(N payload_route_.. extractor_route_.. [E1, .., EN])`
+// for every count `N` of extractors; the route builder names are for `__private`'s ladder.
 macro_rules! impl_handler {
-    ($($e:ident),*) => {
+    ($count:literal $payload:ident $extractors:ident [$($e:ident),*]) => {
         #[allow(non_snake_case, unused_variables, unused_mut)]
         impl<F, Fut, P, $($e,)*> Handler<(WithPayload, P, $($e,)*)> for F
         where
@@ -363,18 +367,7 @@ macro_rules! impl_handler {
     };
 }
 
-impl_handler!();
-impl_handler!(E1);
-impl_handler!(E1, E2);
-impl_handler!(E1, E2, E3);
-impl_handler!(E1, E2, E3, E4);
-impl_handler!(E1, E2, E3, E4, E5);
-impl_handler!(E1, E2, E3, E4, E5, E6);
-impl_handler!(E1, E2, E3, E4, E5, E6, E7);
-impl_handler!(E1, E2, E3, E4, E5, E6, E7, E8);
-impl_handler!(E1, E2, E3, E4, E5, E6, E7, E8, E9);
-impl_handler!(E1, E2, E3, E4, E5, E6, E7, E8, E9, E10);
-impl_handler!(E1, E2, E3, E4, E5, E6, E7, E8, E9, E10, E11);
+millstream_macros::__for_each_arity!(impl_handler);
 
 #[cfg(test)]
 mod tests {
