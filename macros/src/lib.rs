@@ -16,6 +16,7 @@ mod handler;
 mod middleware;
 mod names;
 mod paths;
+mod scope;
 mod shared;
 mod suggest;
 mod topic;

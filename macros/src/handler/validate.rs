@@ -13,6 +13,7 @@ use crate::shared::{EXTRACTORS, MAX_PARAMS};
 
 use super::parse::{Args, Item, TopicArg};
 use crate::errors::Errors;
+use crate::scope;
 
 /// A fn that passed every check, with what the expansion needs.
 pub(crate) struct Handler {
@@ -99,6 +100,7 @@ pub(crate) fn validate(mut args: Args, item: Item, errors: &mut Errors) -> (Toke
         }
     };
     check_signature(&item.sig, errors);
+    scope::require_free_fn(&item.sig, "handler", errors);
     let before_params = errors.len();
     let markers = strip_markers(&mut item, errors);
 
