@@ -96,9 +96,8 @@ pub fn middleware(attr: TokenStream, item: TokenStream) -> TokenStream {
     middleware::middleware(attr.into(), item.into()).into()
 }
 
-/// Not public API: the runtime writes its arity ladders with it. `__for_each_arity!(m)` expands to
-/// `m!(N payload_route_{N+1} extractor_route_N [E1, .., EN]);` for every count `N` of extractors
-/// a handler may take.
+/// Not public API: the runtime implements `Handler` for every arity with it. `__for_each_arity!(m)`
+/// expands to `m!(E1, .., EN);` for every count `N` of extractors a handler may take.
 #[doc(hidden)]
 #[proc_macro]
 pub fn __for_each_arity(input: TokenStream) -> TokenStream {

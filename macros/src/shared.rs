@@ -16,7 +16,7 @@
 //!   [`EXTRACTORS`] is a type at the runtime's root implementing `FromMessage`, so the list cannot
 //!   name a type the runtime renamed or dropped.
 
-use proc_macro2::{Literal, Span, TokenStream};
+use proc_macro2::{Span, TokenStream};
 use quote::{format_ident, quote};
 
 /// The most parameters a handler may take: the payload and `MAX_PARAMS - 1` extractors, or
@@ -44,10 +44,8 @@ pub(crate) const EXTRACTORS: &[Extractor] = &[
     Extractor { name: "Attempt", generics: 0 },
 ];
 
-/// `m!(1 payload_route_2 extractor_route_1 [E1]);` for each count of extractors, from none up to
-/// `MAX_PARAMS - 1`: the count, the name of the builder taking a payload and that many
-/// extractors, the name of the builder taking only the extractors, and the extractors' type
-/// parameters.
+/// `m!(E1, .., EN);` for each count `N` of extractors a handler may take, from none up to
+/// `MAX_PARAMS - 1`.
 pub(crate) fn for_each_arity(input: TokenStream) -> TokenStream {
     let target: syn::Path = match syn::parse2(input) {
         Ok(path) => path,
@@ -55,11 +53,8 @@ pub(crate) fn for_each_arity(input: TokenStream) -> TokenStream {
     };
     (0..MAX_PARAMS)
         .map(|count| {
-            let count_lit = Literal::usize_unsuffixed(count);
-            let payload = format_ident!("payload_route_{}", count + 1);
-            let extractors = format_ident!("extractor_route_{}", count);
             let params = (1..=count).map(|i| format_ident!("E{}", i));
-            quote!(#target!(#count_lit #payload #extractors [#(#params),*]);)
+            quote!(#target!(#(#params),*);)
         })
         .collect()
 }
@@ -180,8 +175,9 @@ mod tests {
     #[test]
     fn the_ladder_runs_from_no_extractor_to_max_params_minus_one() {
         let out = for_each_arity(quote!(ladder)).to_string();
-        assert!(out.starts_with("ladder ! (0 payload_route_1 extractor_route_0 []) ;"), "{out}");
-        let last = format!("extractor_route_{}", MAX_PARAMS - 1);
-        assert!(out.contains(&last) && !out.contains(&format!("extractor_route_{MAX_PARAMS}")), "{out}");
+        assert!(out.starts_with("ladder ! () ; ladder ! (E1) ;"), "{out}");
+        assert_eq!(out.matches("ladder !").count(), MAX_PARAMS, "{out}");
+        let last = format!("E{}", MAX_PARAMS - 1);
+        assert!(out.trim_end().ends_with(&format!("{last}) ;")), "{out}");
     }
 }

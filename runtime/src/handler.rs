@@ -284,11 +284,10 @@ fn finish<R: HandlerReturn, C: Codec>(returned: R, codec: &C) -> HandlerResult {
     Ok(outputs)
 }
 
-// One rung per arity: `__for_each_arity!` (the macros crate holds the count, which its
-// `#[handler]` check uses too) expands to `impl_handler!(N payload_route_.. extractor_route_.. [E1, .., EN])`
-// for every count `N` of extractors; the route builder names are for `__private`'s ladder.
+// One rung per arity: `__for_each_arity!` expands to `impl_handler!(E1, .., EN);` for every
+// count `N` of extractors the `#[handler]` macro accepts (the macros crate holds the count).
 macro_rules! impl_handler {
-    ($count:literal $payload:ident $extractors:ident [$($e:ident),*]) => {
+    ($($e:ident),*) => {
         #[allow(non_snake_case, unused_variables, unused_mut)]
         impl<F, Fut, P, $($e,)*> Handler<(WithPayload, P, $($e,)*)> for F
         where

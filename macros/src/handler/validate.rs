@@ -319,9 +319,10 @@ fn take_apart(ty: &Type) -> Returned {
     let Some((name, args)) = generic_args(ty) else { return Returned::default() };
     match (name, args.as_slice()) {
         ("Result", [ok]) => Returned { value: Some(published_value(ok)), error: ErrorSide::OfAlias },
-        ("Result", [ok, error]) => {
-            Returned { value: Some(published_value(ok)), error: ErrorSide::Written(Box::new((*error).clone())) }
-        }
+        ("Result", [ok, error]) => Returned {
+            value: Some(published_value(ok)),
+            error: ErrorSide::Written(Box::new((*error).clone())),
+        },
         ("Option" | "Vec", [value]) => Returned { value: Some((*value).clone()), error: ErrorSide::None },
         _ => Returned::default(),
     }
