@@ -62,10 +62,12 @@ use proc_macro::TokenStream;
 /// | `crate` | the path to `millstream`, if renamed or re-exported | `::millstream` |
 ///
 /// # Checked at compile time
-/// An unknown or repeated key, a value of the wrong type, a fn that is not async, generic, takes
-/// `self`, or has two payloads, a parameter that is not an extractor, a payload that is not
-/// `DeserializeOwned`, a return value that cannot be published, `publish` on a fn that returns
-/// nothing, a `topic` type that is not the payload's. Each error points at the offending token.
+/// An unknown or repeated key (a misspelled one with the key meant), a value of the wrong type, a
+/// fn that is not async, generic, takes `self`, sits in an `impl` or `trait` block, or has two
+/// payloads, a parameter that is not an extractor, a payload that is not `DeserializeOwned`, a
+/// returned value that is not `Serialize` or has no topic, an error type that does not convert
+/// into `millstream::Error`, `publish` on a fn that returns nothing, a `topic` type that is not
+/// the payload's. Each error points at the offending token and names what is missing.
 ///
 /// The fn is left as written: it can still be called and tested directly.
 #[proc_macro_attribute]
