@@ -21,45 +21,15 @@ use std::borrow::Cow;
 use std::future::Future;
 
 use serde::de::DeserializeOwned;
-use serde::Serialize;
 use smallvec::SmallVec;
 
 use crate::codec::Codec;
+use crate::context::MessageCx;
 use crate::error::{Error, Result};
-use crate::extract::{FromMessage, MessageCx};
+use crate::extract::FromMessage;
 use crate::message::Message;
 use crate::state::StateMap;
-
-/// A type bound to a topic name: publishing a value of it goes to that topic, and a handler taking
-/// it as payload subscribes to that topic. `#[millstream::topic("name")]` implements it.
-#[diagnostic::on_unimplemented(
-    message = "`{Self}` has no topic of its own",
-    label = "not a `#[millstream::topic]` type",
-    note = "mark the type with `#[millstream::topic(\"name\")]`, or give the handler its topic: `#[millstream::handler(topic = \"name\")]`"
-)]
-pub trait Topic {
-    /// The topic's name.
-    const NAME: &'static str;
-}
-
-/// A value a handler can return (or [`Ctx::publish`](crate::Ctx::publish)) to be published.
-///
-/// [`Topic`] types implement it and go to their own topic; [`Json<T>`](crate::Json) wraps any
-/// `Serialize` type. For a plain struct published to the handler's publish topic, implement it
-/// with an empty body: `impl millstream::Publishable for Invoice {}`.
-#[diagnostic::on_unimplemented(
-    message = "`{Self}` cannot be published by a handler",
-    label = "not publishable",
-    note = "mark the type with `#[millstream::topic(\"name\")]`, add `impl millstream::Publishable for {Self} {{}}`, or return `Json<{Self}>`"
-)]
-pub trait Publishable: Serialize + Send + Sync + 'static {
-    /// The type's own topic, if it has one.
-    const TOPIC: Option<&'static str> = None;
-}
-
-impl<T: Topic + Serialize + Send + Sync + 'static> Publishable for T {
-    const TOPIC: Option<&'static str> = Some(T::NAME);
-}
+pub use crate::topic::{Publishable, Topic};
 
 /// A message a handler produced, with the topic it goes to (`None`: the handler's publish topic).
 #[derive(Clone, Debug)]
@@ -371,6 +341,7 @@ millstream_macros::__for_each_arity!(impl_handler);
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde::Serialize;
     use crate::JsonCodec;
 
     #[derive(Serialize)]

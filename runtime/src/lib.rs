@@ -47,15 +47,20 @@ pub mod testing;
 pub mod codec;
 #[cfg(feature = "conformance")]
 pub mod conformance;
+mod context;
 mod error;
 pub mod extract;
 pub mod handler;
+pub mod keys;
 pub mod message;
 pub mod middleware;
 pub mod observe;
+mod op;
 pub mod pubsub;
 pub mod router;
 mod state;
+pub mod store;
+pub mod topic;
 
 pub use bytes::Bytes;
 /// Declarative handlers, typed topics and middleware: see the `millstream-macros` docs re-exported here.

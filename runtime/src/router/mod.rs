@@ -28,28 +28,15 @@ use tokio_util::task::TaskTracker;
 
 use self::route::config_error;
 pub use self::route::Route;
-pub(crate) use self::worker::panic_text;
+use crate::context::RouteInfo;
 use crate::error::{Error, ErrorKind, Result};
-use crate::extract::RouteInfo;
 use crate::middleware::{Chain, Middleware};
 use crate::pubsub::{PubSub, Publisher, Subscriber};
 use crate::state::StateMap;
 
-/// Metadata keys the router sets on messages it sends to the poison topic.
-pub mod poison_keys {
-    /// Why the message was poisoned (the error text).
-    pub const REASON: &str = "millstream.poison.reason";
-    /// The handler that failed.
-    pub const HANDLER: &str = "millstream.poison.handler";
-    /// The topic the message was read from.
-    pub const TOPIC: &str = "millstream.poison.topic";
-    /// The delivery attempt that failed.
-    pub const ATTEMPT: &str = "millstream.poison.attempt";
-    /// The error kind (`Decode`, `Handler`, ...).
-    pub const KIND: &str = "millstream.poison.kind";
-    /// When the message was poisoned, in Unix milliseconds.
-    pub const TIME: &str = "millstream.poison.time";
-}
+/// The metadata keys the router sets on messages it sends to the poison topic (defined in
+/// [`keys::poison`](crate::keys::poison)).
+pub use crate::keys::poison as poison_keys;
 
 /// Router settings.
 #[derive(Clone, Debug)]
@@ -417,6 +404,7 @@ impl Router {
         };
         let mut middleware: Vec<_> = self.inner.middleware.lock().clone();
         middleware.extend(route.middleware);
+        let facts = crate::middleware::layer_facts(&middleware);
         let info = Arc::new(RouteInfo {
             name: Arc::from(route.name.as_str()),
             topic: Arc::from(route.topic.as_str()),
@@ -424,9 +412,8 @@ impl Router {
             publisher: publisher.clone(),
             encoder: route.encoder,
             shutdown: self.inner.intake.clone(),
-            correlates: middleware.iter().any(|m| m.fused_step().is_some_and(|step| step.correlates())),
+            correlates: facts.correlates,
         });
-        let instant_ack = middleware.iter().any(|m| m.acks_instantly());
         let chain = Arc::new(Chain::new(middleware, endpoint, info.clone()));
         Ok(worker::Prepared {
             group: route.group.unwrap_or(route.name),
@@ -438,7 +425,7 @@ impl Router {
             config: self.inner.config.clone(),
             intake: self.inner.intake.clone(),
             metrics: crate::observe::RouteMetrics::new(&route_name),
-            instant_ack,
+            instant_ack: facts.acks_instantly,
             up,
         })
     }

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use futures_core::future::BoxFuture;
 
 use crate::codec::{Codec, DynEncoder, JsonCodec};
+use crate::context::MessageCx;
 use crate::error::{Error, ErrorKind};
-use crate::extract::MessageCx;
 use crate::handler::{output_spec, Handler, HandlerResult, OutputSpec};
 use crate::message::Message;
 use crate::middleware::{Chain, Endpoint, Middleware};

@@ -15,13 +15,13 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use super::RouterConfig;
+use crate::context::RouteInfo;
 use crate::error::{Error, ErrorKind, Result};
-use crate::extract::RouteInfo;
 use crate::handler::Outputs;
+use crate::keys::CORRELATION_ID;
 use crate::message::{Message, MessageId};
 use crate::middleware::poisoned;
 use crate::middleware::Chain;
-use crate::middleware::CORRELATION_ID;
 use crate::observe::RouteMetrics;
 use crate::pubsub::{Acker, Delivery, Publisher, SubscribeOptions, Subscriber, Subscription};
 
@@ -280,7 +280,7 @@ async fn process(p: &Prepared, message: Message, attempt: u32, acker: Acker) {
 }
 
 async fn panicked(p: &Prepared, id: MessageId, attempt: u32, acker: Acker, panic: Box<dyn Any + Send>) {
-    let text = panic_text(&*panic);
+    let text = crate::error::panic_text(&*panic);
     tracing::error!(
         handler = %p.info.name,
         topic = %p.info.topic,
@@ -361,15 +361,5 @@ async fn settle(op: crate::pubsub::OpFuture<'static>, p: &Prepared, ack: bool) {
     if let Err(error) = op.await {
         let what = if ack { "ack" } else { "nack" };
         tracing::warn!(handler = %p.info.name, %error, "{what} failed");
-    }
-}
-
-pub(crate) fn panic_text(panic: &(dyn Any + Send)) -> String {
-    if let Some(text) = panic.downcast_ref::<&str>() {
-        (*text).to_owned()
-    } else if let Some(text) = panic.downcast_ref::<String>() {
-        text.clone()
-    } else {
-        "panic with a non-string payload".to_owned()
     }
 }
