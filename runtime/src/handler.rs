@@ -341,8 +341,8 @@ millstream_macros::__for_each_arity!(impl_handler);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde::Serialize;
     use crate::JsonCodec;
+    use serde::Serialize;
 
     #[derive(Serialize)]
     struct Plain(u32);

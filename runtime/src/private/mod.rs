@@ -37,7 +37,7 @@ pub use self::route::*;
 pub use self::typed::{typed_publish, typed_topic, Publishes, TopicMatches};
 pub use crate::codec::{Codec, JsonCodec};
 pub use crate::extract::{FromMessage, Json};
-pub use crate::handler::{HandlerResult, HandlerReturn, Topic};
+pub use crate::handler::{HandlerResult, HandlerReturn};
 pub use crate::message::Message;
 pub use crate::middleware::{Middleware, Next};
 pub use crate::registry::{
@@ -46,6 +46,7 @@ pub use crate::registry::{
 #[cfg(all(feature = "linkme", not(feature = "inventory")))]
 pub use crate::registry::{HANDLERS, MIDDLEWARE};
 pub use crate::router::Route;
+pub use crate::topic::Topic;
 pub use crate::{
     __millstream_register_handler as register_handler,
     __millstream_register_middleware as register_middleware,

@@ -21,7 +21,8 @@
 //! failed in these words, and not the impls it went through or a list of the other impls.
 
 use crate::error::Error;
-use crate::handler::{HandlerReturn, IntoOutputs, Publishable};
+use crate::handler::{HandlerReturn, IntoOutputs};
+use crate::topic::Publishable;
 
 /// Marker for a part of the return type that is not checked on its own: the bounds on it hold.
 #[derive(Debug)]

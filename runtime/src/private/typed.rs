@@ -2,7 +2,7 @@
 //! against what the handler returns.
 
 use crate::extract::Json;
-use crate::handler::Topic;
+use crate::topic::Topic;
 
 /// The topic of a handler declared with `topic = T`, checked against its payload `P`.
 pub const fn typed_topic<T: Topic + TopicMatches<P>, P>() -> &'static str {
