@@ -61,7 +61,7 @@
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
 
 #[doc(hidden)]
-#[path = "private.rs"]
+#[path = "private/mod.rs"]
 pub mod __private;
 pub mod app;
 pub mod registry;
