@@ -192,7 +192,8 @@ pub const fn output_spec<R: HandlerReturn>() -> OutputSpec {
 }
 
 /// An async fn usable as a message handler. Implemented for async fns (and closures returning
-/// futures) of up to 12 arguments; `M` is a marker that tells the shapes apart, never named by users.
+/// futures) taking the payload and up to 11 extractors, or up to 11 extractors alone; `M` is a
+/// marker that tells the shapes apart, never named by users.
 ///
 /// The first argument may be the payload (`T: DeserializeOwned`, decoded with the handler's
 /// codec; a payload that does not decode is a permanent error); every other argument implements
@@ -253,6 +254,8 @@ fn finish<R: HandlerReturn, C: Codec>(returned: R, codec: &C) -> HandlerResult {
     Ok(outputs)
 }
 
+// One rung per arity: `__for_each_arity!` expands to `impl_handler!(E1, .., EN);` for every
+// count `N` of extractors the `#[handler]` macro accepts (the macros crate holds the count).
 macro_rules! impl_handler {
     ($($e:ident),*) => {
         #[allow(non_snake_case, unused_variables, unused_mut)]
@@ -333,24 +336,13 @@ macro_rules! impl_handler {
     };
 }
 
-impl_handler!();
-impl_handler!(E1);
-impl_handler!(E1, E2);
-impl_handler!(E1, E2, E3);
-impl_handler!(E1, E2, E3, E4);
-impl_handler!(E1, E2, E3, E4, E5);
-impl_handler!(E1, E2, E3, E4, E5, E6);
-impl_handler!(E1, E2, E3, E4, E5, E6, E7);
-impl_handler!(E1, E2, E3, E4, E5, E6, E7, E8);
-impl_handler!(E1, E2, E3, E4, E5, E6, E7, E8, E9);
-impl_handler!(E1, E2, E3, E4, E5, E6, E7, E8, E9, E10);
-impl_handler!(E1, E2, E3, E4, E5, E6, E7, E8, E9, E10, E11);
+millstream_macros::__for_each_arity!(impl_handler);
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde::Serialize;
     use crate::JsonCodec;
+    use serde::Serialize;
 
     #[derive(Serialize)]
     struct Plain(u32);

@@ -60,7 +60,8 @@ pub trait Subscriber: Send + Sync + 'static {
     /// Ends every subscription's stream and releases the backend.
     fn close(&self) -> OpFuture<'_>;
 
-    /// What this backend guarantees; the conformance suite and the router read it.
+    /// What this backend guarantees; the conformance suite reads it to choose its cases (the
+    /// router does not read it yet).
     fn features(&self) -> Features {
         Features::default()
     }

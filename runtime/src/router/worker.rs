@@ -14,7 +14,7 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use super::RouterConfig;
+use super::config::RouterConfig;
 use crate::context::RouteInfo;
 use crate::error::{Error, ErrorKind, Result};
 use crate::handler::Outputs;
@@ -344,11 +344,12 @@ async fn publish_outputs(p: &Prepared, outputs: Outputs) -> Result<()> {
     Ok(())
 }
 
-/// Where an output goes: the handler's publish topic overrides a typed value's own.
+/// Where an output goes: a value with a topic of its own (a `#[topic]` type) goes there, any
+/// other to the handler's publish topic; the same rule as `Ctx::publish`.
 fn output_topic<'a>(p: &'a Prepared, own: Option<Cow<'static, str>>) -> Result<Cow<'a, str>> {
     match (own, &p.info.publish) {
-        (_, Some(topic)) => Ok(Cow::Borrowed(topic)),
-        (Some(topic), None) => Ok(topic),
+        (Some(topic), _) => Ok(topic),
+        (None, Some(topic)) => Ok(Cow::Borrowed(topic)),
         (None, None) => Err(Error::new(
             ErrorKind::Config,
             format!("handler `{}` produced a message but has no publish topic", p.info.name),
