@@ -12,9 +12,7 @@ use common::{next_message, start, stop, take, topic};
 use millstream::middleware::tower::{from_tower, TowerLayer};
 use millstream::middleware::{from_fn, Next, PoisonQueue};
 use millstream::router::poison_keys;
-use millstream::{
-    Error, Json, MemoryPubSub, Message, Publisher, Route, Router, SubscribeOptions, Subscriber,
-};
+use millstream::{App, Error, Json, MemoryPubSub, Message, Publisher, Route, SubscribeOptions, Subscriber};
 use tokio::sync::Notify;
 use tower::ServiceExt;
 
@@ -37,12 +35,16 @@ async fn a_concurrency_limit_layer_is_one_limit_for_all_the_workers_of_a_handler
         }
     };
     let mut out = pubsub.subscribe(&output, SubscribeOptions::default()).await.unwrap();
-    let router = Router::new(pubsub.clone()).route(
-        Route::new("tower-limit", &input, handler)
-            .publish(&output)
-            .concurrency(4)
-            .middleware(TowerLayer::new(tower::limit::ConcurrencyLimitLayer::new(2))),
-    );
+    let router = App::new()
+        .pubsub(pubsub.clone())
+        .route(
+            Route::new("tower-limit", &input, handler)
+                .publish(&output)
+                .concurrency(4)
+                .layer(TowerLayer::new(tower::limit::ConcurrencyLimitLayer::new(2))),
+        )
+        .build()
+        .unwrap();
     let task = start(&router).await;
     for n in 0..12 {
         pubsub.publish(&input, Message::new(n.to_string())).await.unwrap();
@@ -69,11 +71,15 @@ async fn a_tower_timeout_becomes_a_timeout_error_and_handler_errors_pass_through
         }
     };
     let mut dead = pubsub.subscribe(&poison, SubscribeOptions::default()).await.unwrap();
-    let router = Router::new(pubsub.clone()).route(
-        Route::new("tower-timeout", &input, handler)
-            .middleware(PoisonQueue::new(&poison))
-            .middleware(TowerLayer::new(tower::timeout::TimeoutLayer::new(Duration::from_millis(50)))),
-    );
+    let router = App::new()
+        .pubsub(pubsub.clone())
+        .route(
+            Route::new("tower-timeout", &input, handler)
+                .layer(PoisonQueue::new(&poison))
+                .layer(TowerLayer::new(tower::timeout::TimeoutLayer::new(Duration::from_millis(50)))),
+        )
+        .build()
+        .unwrap();
     let task = start(&router).await;
     pubsub.publish(&input, Message::new(r#""slow""#)).await.unwrap();
     let m = next_message(&mut dead).await;
@@ -103,12 +109,16 @@ async fn load_shedding_refuses_what_the_limit_cannot_take() {
     };
     let stack = tower::ServiceBuilder::new().load_shed().concurrency_limit(1).into_inner();
     let mut dead = pubsub.subscribe(&poison, SubscribeOptions::default()).await.unwrap();
-    let router = Router::new(pubsub.clone()).route(
-        Route::new("tower-shed", &input, handler)
-            .concurrency(2)
-            .middleware(PoisonQueue::new(&poison))
-            .middleware(TowerLayer::new(stack)),
-    );
+    let router = App::new()
+        .pubsub(pubsub.clone())
+        .route(
+            Route::new("tower-shed", &input, handler)
+                .concurrency(2)
+                .layer(PoisonQueue::new(&poison))
+                .layer(TowerLayer::new(stack)),
+        )
+        .build()
+        .unwrap();
     let task = start(&router).await;
     pubsub.publish(&input, Message::new("1")).await.unwrap();
     common::within("the first message reaches the handler", entered.notified()).await;
@@ -140,8 +150,11 @@ async fn next_is_a_tower_service() {
         }
     };
     let mut out = pubsub.subscribe(&output, SubscribeOptions::default()).await.unwrap();
-    let router = Router::new(pubsub.clone())
-        .route(Route::new("tower-next", &input, handler).publish(&output).middleware(through_tower));
+    let router = App::new()
+        .pubsub(pubsub.clone())
+        .route(Route::new("tower-next", &input, handler).publish(&output).layer(through_tower))
+        .build()
+        .unwrap();
     let task = start(&router).await;
     pubsub.publish(&input, Message::new("21")).await.unwrap();
     assert_eq!(&next_message(&mut out).await.payload()[..], b"42");

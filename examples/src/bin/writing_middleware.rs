@@ -85,14 +85,14 @@ async fn main() -> millstream::Result<()> {
     let app = App::new()
         .handler(bill)
         .state(Ledger::default())
-        .middleware(from_fn(timing))
-        .middleware(PoisonQueue::new("docs.poison"))
-        .middleware(Retry::new(2).initial_interval(Duration::from_millis(10)))
-        .middleware(Timeout::new(Duration::from_secs(5)))
-        .middleware(Recoverer)
-        .middleware(CopyHeader { key: "tenant" })
+        .layer(from_fn(timing))
+        .layer(PoisonQueue::new("docs.poison"))
+        .layer(Retry::new(2).initial_interval(Duration::from_millis(10)))
+        .layer(Timeout::new(Duration::from_secs(5)))
+        .layer(Recoverer)
+        .layer(CopyHeader { key: "tenant" })
         // Any tower layer: here at most 4 messages in the handler at once.
-        .middleware(TowerLayer::new(tower::limit::ConcurrencyLimitLayer::new(4)));
+        .layer(TowerLayer::new(tower::limit::ConcurrencyLimitLayer::new(4)));
     let app = TestApp::start(app).await?;
 
     for id in [1, 2] {
@@ -109,7 +109,7 @@ async fn main() -> millstream::Result<()> {
     for invoice in app.published_on(Invoice::NAME) {
         assert_eq!(invoice.metadata().get("tenant"), Some("acme"), "CopyHeader stamped it");
     }
-    let poisoned = app.published_on("docs.poison");
+    let poisoned = app.poisoned();
     assert_eq!(poisoned.len(), 1);
     let reason = poisoned[0].metadata().get("millstream.poison.reason");
     assert_eq!(reason, Some("no tenant header"));

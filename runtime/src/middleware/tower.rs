@@ -9,16 +9,15 @@
 //! ```
 //! # #[cfg(feature = "tower")] {
 //! use millstream::middleware::tower::TowerLayer;
-//! use millstream::{MemoryPubSub, Route, Router};
+//! use millstream::{App, MemoryPubSub, Route};
 //!
 //! # async fn bill(_: serde_json::Value) {}
-//! let pubsub = MemoryPubSub::new();
-//! let router = Router::new(pubsub).route(
+//! let app = App::new().pubsub(MemoryPubSub::new()).route(
 //!     Route::new("bill", "orders", bill)
 //!         // At most 8 messages in the handler at once, across its workers.
-//!         .middleware(TowerLayer::new(tower::limit::ConcurrencyLimitLayer::new(8))),
+//!         .layer(TowerLayer::new(tower::limit::ConcurrencyLimitLayer::new(8))),
 //! );
-//! # let _ = router; }
+//! # let _ = app; }
 //! ```
 //!
 //! The request is a [`Request`]: the message and the rest of the chain that will handle it
