@@ -23,7 +23,24 @@ pub trait Middleware: Send + Sync + 'static {
 
     /// A built-in layer's step, so that a run of built-in layers executes as one future. The
     /// return type cannot be named outside millstream: this method cannot be overridden there,
-    /// and no other middleware passes for a built-in one.
+    /// and no other middleware passes for a built-in one (to make the router ack early, say):
+    ///
+    /// ```compile_fail
+    /// use millstream::middleware::{BoxFuture, InstantAck, Middleware, Next};
+    /// use millstream::{HandlerResult, Message};
+    ///
+    /// struct Sneaky;
+    ///
+    /// impl Middleware for Sneaky {
+    ///     fn call(&self, message: Message, next: Next) -> BoxFuture<'static, HandlerResult> {
+    ///         next.run(message)
+    ///     }
+    ///
+    ///     fn __built_in(&self) -> Option<millstream::middleware::step::BuiltIn> {
+    ///         InstantAck.__built_in()
+    ///     }
+    /// }
+    /// ```
     #[doc(hidden)]
     fn __built_in(&self) -> Option<BuiltIn> {
         None
