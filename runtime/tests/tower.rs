@@ -161,3 +161,35 @@ async fn next_is_a_tower_service() {
     stop(&router, task).await;
     assert_eq!(calls.load(Ordering::SeqCst), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_started_handler_is_a_tower_service_with_its_layers() {
+    let input = topic("tower.route-service");
+    async fn double(value: u64) -> Json<u64> {
+        Json(value * 2)
+    }
+    let layered = Arc::new(AtomicU32::new(0));
+    let counter = layered.clone();
+    let router = App::new()
+        .pubsub(MemoryPubSub::new())
+        .layer(from_fn(move |message: Message, next: Next| {
+            counter.fetch_add(1, Ordering::SeqCst);
+            next.run(message)
+        }))
+        .route(Route::new("double", &input, double).publish(topic("tower.route-service.out")))
+        .build()
+        .unwrap();
+    assert!(router.service("double").is_none(), "chains are built at the start");
+    router.start().await.unwrap();
+    assert!(router.service("nobody").is_none());
+    let service = router.service("double").expect("a started handler");
+    let outputs = service.oneshot(Message::new("21")).await.expect("the handler's outputs");
+    assert_eq!(outputs.len(), 1);
+    assert_eq!(&outputs[0].message.payload()[..], b"42");
+    assert_eq!(layered.load(Ordering::SeqCst), 1, "the app's layer ran around the call");
+    let bad = router.service("double").unwrap().oneshot(Message::new("not a number")).await;
+    let error = bad.map(drop).expect_err("a payload that does not decode");
+    assert!(format!("{error:?}").contains("payload does not decode"), "{error:?}");
+    router.shutdown();
+    router.close().await.unwrap();
+}
