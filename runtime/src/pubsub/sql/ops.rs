@@ -1,22 +1,51 @@
-//! The statements of the SQL backend, written once and instantiated per database by `dialect!`.
+//! The statements of the SQL backend, written once and instantiated per database by `dialect!`,
+//! and [`dispatch!`], which runs code against a [`Pool`](super::db::Pool) with its database's
+//! statements.
 //!
 //! Every function here takes concrete sqlx types (one module per database), so there are no
-//! generic executor bounds; the SQL text comes from [`Queries`](super::Queries), built per dialect.
-
-/// One claimed message row: (seq, id, metadata JSON, payload).
-pub(super) type Row = (i64, String, String, Vec<u8>);
+//! generic executor bounds; the SQL text comes from [`Queries`](super::queries::Queries), built
+//! per dialect.
 
 /// Rows per multi-row INSERT (6 parameters each: far below every database's parameter limit).
-pub(super) const INSERT_CHUNK: usize = 500;
+const INSERT_CHUNK: usize = 500;
+
+/// Runs `$body` with `$pool` bound to the concrete pool and `$ops` to its dialect's statements.
+macro_rules! dispatch {
+    ($self:expr, ($pool:ident, $ops:ident) => $body:expr) => {
+        match $self {
+            #[cfg(feature = "sqlite")]
+            $crate::pubsub::sql::db::Pool::Sqlite($pool) => {
+                #[allow(unused_imports)]
+                use $crate::pubsub::sql::ops::sqlite as $ops;
+                $body
+            }
+            #[cfg(feature = "postgres")]
+            $crate::pubsub::sql::db::Pool::Postgres($pool) => {
+                #[allow(unused_imports)]
+                use $crate::pubsub::sql::ops::postgres as $ops;
+                $body
+            }
+            #[cfg(feature = "mysql")]
+            $crate::pubsub::sql::db::Pool::MySql($pool) => {
+                #[allow(unused_imports)]
+                use $crate::pubsub::sql::ops::mysql as $ops;
+                $body
+            }
+        }
+    };
+}
+pub(super) use dispatch;
 
 macro_rules! dialect {
     ($module:ident, $db:ty, $conn:ty, $pool:ty) => {
         pub(super) mod $module {
             use sqlx::{Connection, Row as _};
 
-            use super::super::{backend_error, now_ms, Queries, StoredMessage};
-            use super::{Row, INSERT_CHUNK};
             use crate::error::Result;
+            use crate::pubsub::sql::db::{backend_error, now_ms};
+            use crate::pubsub::sql::ops::INSERT_CHUNK;
+            use crate::pubsub::sql::queries::Queries;
+            use crate::pubsub::sql::stored::{Row, StoredMessage};
 
             /// Creates the tables and indexes if they do not exist.
             pub(crate) async fn create_schema(pool: &$pool, q: &Queries) -> Result<()> {
