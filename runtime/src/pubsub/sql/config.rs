@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-/// Settings of a [`SqlPubSub`].
+/// Settings of a [`SqlPubSub`](super::SqlPubSub).
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct SqlConfig {
