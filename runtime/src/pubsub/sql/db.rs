@@ -18,6 +18,38 @@ pub enum Dialect {
     MySql,
 }
 
+/// What a row may hold beside its payload, within the database's limit on a row or a statement:
+/// the topic, the id and the metadata, and the statement's own bytes.
+pub(super) const ROW_ROOM: usize = 64 * 1024;
+
+/// MySQL's `max_allowed_packet` until the server's own is read: the smallest default among the
+/// supported servers (MariaDB 10.5; MySQL 8 has 64 MiB).
+const MYSQL_DEFAULT_PACKET: u64 = 16 * 1024 * 1024;
+
+impl Dialect {
+    /// The largest payload this database stores and returns in one row, less [`ROW_ROOM`]:
+    /// SQLite's `SQLITE_MAX_LENGTH` (1 000 000 000 bytes, a row's limit in the bundled library);
+    /// PostgreSQL's 1 GiB limit on a field and on a protocol message; MySQL's `max_allowed_packet`
+    /// (`packet`, as read from the server), which bounds a statement and a row.
+    pub(super) fn max_payload(self, packet: Option<u64>) -> usize {
+        let limit: u64 = match self {
+            Dialect::Sqlite => 1_000_000_000,
+            Dialect::Postgres => (1 << 30) - 1,
+            Dialect::MySql => packet.unwrap_or(MYSQL_DEFAULT_PACKET),
+        };
+        usize::try_from(limit).unwrap_or(usize::MAX).saturating_sub(ROW_ROOM)
+    }
+
+    /// Where [`max_payload`](Self::max_payload)'s limit comes from, for error messages.
+    pub(super) fn limit_source(self) -> &'static str {
+        match self {
+            Dialect::Sqlite => "SQLite: SQLITE_MAX_LENGTH less 64 KiB for the rest of the row",
+            Dialect::Postgres => "PostgreSQL: 1 GiB per field less 64 KiB for the rest of the row",
+            Dialect::MySql => "MySQL: the server's max_allowed_packet less 64 KiB for the rest of the row",
+        }
+    }
+}
+
 /// A pool of connections to one of the databases.
 #[derive(Clone)]
 pub(super) enum Pool {

@@ -10,20 +10,24 @@
 //!   reader that has seen `n` will never later find a smaller number appear (the classic lost-row
 //!   race of "read everything above my offset" over auto-increment ids cannot happen).
 //! - `messages(topic, seq, id, metadata, payload, created_ms)`: the log. Rows are never updated.
+//!   MySQL adds `size` (the payload's length; added to tables made before it, whose older rows
+//!   are measured with `LENGTH(payload)`): its `LENGTH(payload)` reads the whole blob, where
+//!   SQLite and PostgreSQL read a length stored beside it.
 //! - `groups(topic, grp, acked, head_attempts, owner, lease_until, not_before)`: one row per
 //!   consumer group: everything up to `acked` is done; `owner` holds a lease on the group until
 //!   `lease_until` (the ack deadline).
 //!
 //! # Delivery
-//! A group is consumed **in strict order**: the lease holder reads a batch
-//! ([`SqlConfig::batch_size`]) after `acked` and delivers it one message at a time; the next one is
-//! handed out only once the previous is settled. An ack moves `acked` forward (guarded on the
+//! A group is consumed **in strict order**: the lease holder reads a batch after `acked` (at most
+//! [`SqlConfig::batch_size`] messages and [`SqlConfig::batch_bytes`] of payload, or one larger
+//! message on its own) and delivers it one message at a time; the next one is handed out only
+//! once the previous is settled. An ack moves `acked` forward (guarded on the
 //! previous value and the lease, so an acked message is never delivered to the group again) and
 //! renews the lease. A nack releases the lease and keeps the group from being claimed before the
 //! nack's delay, so the nacked message is the next one delivered, to whichever subscription of
 //! the group claims first. A consumer that dies (or hangs past [`SqlConfig::ack_deadline`]) loses its
 //! lease and another subscription takes over from `acked`: at-least-once, in order.
-//! [`Delivery::attempt`] counts the head message's deliveries in the group row; after an expired
+//! [`Delivery::attempt`](crate::pubsub::Delivery::attempt) counts the head message's deliveries in the group row; after an expired
 //! lease it may count one delivery that did not happen (never one less).
 //! Several subscriptions of one group share it: one holds the lease at a time, the others stand by
 //! (order is kept across all of them; a group is not a way to parallelise, many groups or topics are).
@@ -43,6 +47,13 @@
 //! # Clocks
 //! Leases and nack delays use the publishing / consuming process's wall clock (milliseconds since
 //! the Unix epoch): processes sharing one database should have synchronised clocks.
+//!
+//! # Sizes
+//! A publish refuses a payload larger than the database takes in one row
+//! ([`Features::max_payload`](crate::pubsub::Features::max_payload)): SQLite's 1 000 000 000
+//! bytes (`SQLITE_MAX_LENGTH`), PostgreSQL's 1 GiB, or MySQL's `max_allowed_packet` (read from
+//! the server), each less 64 KiB for the rest of the row. A publish of many messages is written
+//! in INSERTs of at most [`SqlConfig::batch_bytes`] (and within MySQL's packet).
 //!
 //! Messages are kept (there is no retention yet): delete old rows of `messages` below every
 //! group's `acked` yourself if the table grows too large.
@@ -72,6 +83,8 @@ mod pubsub;
 mod queries;
 mod stored;
 mod subscription;
+#[cfg(test)]
+mod tests;
 
 pub use self::config::SqlConfig;
 pub use self::db::Dialect;

@@ -39,13 +39,14 @@ impl SqlPubSub {
             ));
         }
         self.ensure_schema().await?;
+        self.inner.check_sizes(&messages)?;
         if C::DIALECT != Dialect::Sqlite {
             // (SQLite: the caller's transaction may hold the database's write lock already; the
             // topic row is then created inside it, where SQLite has no gap locks to fear.)
             self.ensure_topic(topic).await?;
         }
         let stored: Vec<_> = messages.into_iter().map(StoredMessage::new).collect();
-        sealed::Sealed::publish(conn, &self.inner.queries, topic, &stored).await
+        sealed::Sealed::publish(conn, &self.inner.queries, topic, &stored, self.inner.insert_bytes()).await
         // Not woken here: the messages are not visible before the caller commits; subscriptions
         // find them at their next poll.
     }
@@ -63,6 +64,7 @@ mod sealed {
             queries: &'a Queries,
             topic: &'a str,
             messages: &'a [StoredMessage],
+            chunk_bytes: usize,
         ) -> futures_core::future::BoxFuture<'a, Result<()>>;
     }
 }
@@ -85,8 +87,9 @@ macro_rules! outbox_connection {
                 queries: &'a Queries,
                 topic: &'a str,
                 messages: &'a [StoredMessage],
+                chunk_bytes: usize,
             ) -> futures_core::future::BoxFuture<'a, Result<()>> {
-                Box::pin(ops::$ops::publish(self, queries, topic, messages))
+                Box::pin(ops::$ops::publish(self, queries, topic, messages, chunk_bytes))
             }
         }
         #[cfg(feature = $feature)]

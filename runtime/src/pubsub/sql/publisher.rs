@@ -21,6 +21,7 @@ impl Publisher for SqlPubSub {
         }
         OpFuture::boxed(async move {
             self.ensure_schema().await?;
+            self.inner.check_sizes(&messages)?;
             let stored: Vec<_> = messages.into_iter().map(StoredMessage::new).collect();
             self.ensure_topic(topic).await?;
             let inner = &self.inner;
@@ -28,7 +29,9 @@ impl Publisher for SqlPubSub {
             retrying(|| async {
                 dispatch!(&inner.pool, (pool, ops) => {
                     match pool.acquire().await {
-                        Ok(mut conn) => ops::publish(&mut conn, &inner.queries, topic, &stored).await,
+                        Ok(mut conn) => {
+                            ops::publish(&mut conn, &inner.queries, topic, &stored, inner.insert_bytes()).await
+                        }
                         Err(error) => Err(backend_error(error)),
                     }
                 })

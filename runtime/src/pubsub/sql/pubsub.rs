@@ -18,6 +18,8 @@ use super::db::{backend_error, Dialect, Pool};
 use super::ops::dispatch;
 use super::queries::Queries;
 use crate::error::{Error, ErrorKind, Result};
+use crate::message::Message;
+use crate::pubsub::check_size;
 
 /// The durable SQL pub/sub (SQLite, PostgreSQL, MySQL / MariaDB). Cheap to clone.
 ///
@@ -48,6 +50,8 @@ pub(super) struct Inner {
     pub(super) queries: Queries,
     pub(super) config: SqlConfig,
     schema: tokio::sync::OnceCell<()>,
+    /// The server's packet limit (MySQL), once read.
+    packet_limit: tokio::sync::OnceCell<Option<u64>>,
     /// Cancelled when the subscriber closes: ends every subscription's stream.
     pub(super) cancel: CancellationToken,
     pub(super) publisher_closed: AtomicBool,
@@ -94,6 +98,7 @@ impl SqlPubSub {
                 queries,
                 config,
                 schema: tokio::sync::OnceCell::new(),
+                packet_limit: tokio::sync::OnceCell::new(),
                 cancel: CancellationToken::new(),
                 publisher_closed: AtomicBool::new(false),
                 subscriber_closed: AtomicBool::new(false),
@@ -132,7 +137,10 @@ impl SqlPubSub {
                     .connect(&url)
                     .await
                     .map_err(backend_error)?;
-                Self::with_pool(Pool::MySql(pool), true, config)
+                let pubsub = Self::with_pool(Pool::MySql(pool), true, config)?;
+                // (So that `features().max_payload` is the server's from the start.)
+                pubsub.ensure_limits().await?;
+                Ok(pubsub)
             }
             other => Err(Error::new(
                 ErrorKind::Config,
@@ -205,8 +213,20 @@ impl SqlPubSub {
             .get_or_try_init(|| async {
                 dispatch!(&inner.pool, (pool, ops) => ops::create_schema(pool, &inner.queries).await)
             })
-            .await
-            .map(|_| ())
+            .await?;
+        self.ensure_limits().await
+    }
+
+    /// Reads the server's limits (MySQL's `max_allowed_packet`) unless already known.
+    async fn ensure_limits(&self) -> Result<()> {
+        let inner = &self.inner;
+        inner
+            .packet_limit
+            .get_or_try_init(|| async {
+                dispatch!(&inner.pool, (pool, ops) => ops::packet_limit(pool, &inner.queries).await)
+            })
+            .await?;
+        Ok(())
     }
 
     /// Deletes `topics` for good: their messages, consumer groups and sequence numbers.
@@ -240,6 +260,24 @@ impl SqlPubSub {
 }
 
 impl Inner {
+    /// The largest payload a publish accepts ([`Features::max_payload`](crate::pubsub::Features)).
+    pub(super) fn max_payload(&self) -> usize {
+        self.pool.dialect().max_payload(self.packet_limit.get().copied().flatten())
+    }
+
+    /// Refuses the publish of `messages` if one is larger than [`max_payload`](Self::max_payload).
+    pub(super) fn check_sizes(&self, messages: &[Message]) -> Result<()> {
+        let limit = self.max_payload();
+        let source = self.pool.dialect().limit_source();
+        messages.iter().try_for_each(|message| check_size("payload", message.payload().len(), limit, source))
+    }
+
+    /// How many bytes one INSERT may carry: [`SqlConfig::batch_bytes`], and never more than the
+    /// server's limit on a statement.
+    pub(super) fn insert_bytes(&self) -> usize {
+        self.config.batch_bytes.min(self.max_payload())
+    }
+
     /// Wakes the idle subscriptions of this process to `topic` (of this table prefix).
     pub(super) fn wake(&self, topic: &str) {
         self.signal(topic).notify_waiters();

@@ -7,6 +7,11 @@ pub(super) struct Queries {
     pub(super) mysql: bool,
     pub(super) schema_lock: Option<String>,
     pub(super) schema: Vec<String>,
+    /// MySQL: whether `messages` has its `size` column yet, and the statement that adds it (to
+    /// tables created before it existed).
+    pub(super) size_column: Option<[String; 2]>,
+    /// MySQL: the server's largest packet, which bounds a statement and a row.
+    pub(super) packet_limit: Option<String>,
     pub(super) reserve: String,
     pub(super) last_seq: String,
     pub(super) create_topic: String,
@@ -53,6 +58,13 @@ impl Queries {
                 "BIGINT",
             ),
         };
+        // MySQL keeps each payload's size in a column: its `LENGTH(payload)` reads the whole blob
+        // (SQLite reads the length from the row's header, PostgreSQL from the TOAST pointer; a
+        // column stored after the payload would cost SQLite a walk of the blob's overflow pages).
+        let (size_column, size) = match dialect {
+            Dialect::MySql => (", size BIGINT NULL", "COALESCE(size, LENGTH(payload))"),
+            _ => ("", "LENGTH(payload)"),
+        };
         let table_options = if dialect == Dialect::MySql {
             " ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_general_ci"
         } else {
@@ -66,7 +78,7 @@ impl Queries {
             format!(
                 "CREATE TABLE IF NOT EXISTS {p}messages (topic {key} NOT NULL, seq {big} NOT NULL, \
                  id {id} NOT NULL, metadata {text} NOT NULL, payload {blob} NOT NULL, \
-                 created_ms {big} NOT NULL, PRIMARY KEY (topic, seq)){table_options}"
+                 created_ms {big} NOT NULL{size_column}, PRIMARY KEY (topic, seq)){table_options}"
             ),
             format!(
                 "CREATE TABLE IF NOT EXISTS {p}groups (topic {key} NOT NULL, grp {key} NOT NULL, \
@@ -85,13 +97,27 @@ impl Queries {
             schema_lock: (dialect == Dialect::Postgres)
                 .then(|| "SELECT pg_advisory_xact_lock(7305418842461217)".to_owned()),
             schema,
+            size_column: mysql.then(|| {
+                [
+                    format!(
+                        "SELECT COUNT(*) FROM information_schema.columns WHERE table_schema = DATABASE() \
+                         AND table_name = '{p}messages' AND column_name = 'size'"
+                    ),
+                    format!("ALTER TABLE {p}messages ADD COLUMN size BIGINT NULL"),
+                ]
+            }),
+            // (Unsigned on MySQL, signed on MariaDB.)
+            packet_limit: mysql.then(|| "SELECT CAST(@@max_allowed_packet AS SIGNED)".to_owned()),
             reserve: sql(returning(
                 format!("UPDATE {p}topics SET last_seq = last_seq + ? WHERE topic = ?"),
                 "last_seq",
             )),
             last_seq: format!("SELECT last_seq FROM {p}topics WHERE topic = ? FOR UPDATE"),
             create_topic: sql(format!("INSERT{ignore} INTO {p}topics (topic, last_seq) VALUES (?, 0){on_conflict}")),
-            insert_prefix: format!("INSERT INTO {p}messages (topic, seq, id, metadata, payload, created_ms) "),
+            insert_prefix: format!(
+                "INSERT INTO {p}messages (topic, seq, id, metadata, payload, created_ms{}) ",
+                if mysql { ", size" } else { "" }
+            ),
             create_group: sql(format!(
                 "INSERT{ignore} INTO {p}groups (topic, grp, acked, head_attempts, owner, lease_until, not_before) \
                  SELECT ?, ?, CASE WHEN ? THEN COALESCE((SELECT last_seq FROM {p}topics WHERE topic = ?), 0) \
@@ -106,8 +132,14 @@ impl Queries {
                 "acked, head_attempts",
             )),
             group_state: sql(format!("SELECT acked, head_attempts FROM {p}groups WHERE topic = ? AND grp = ?")),
+            // The rows after `acked`: at most `batch_size` of them, and no more than `batch_bytes`
+            // of payload unless the first alone is larger. The inner queries read only sizes.
             read: sql(format!(
-                "SELECT seq, id, metadata, payload FROM {p}messages WHERE topic = ? AND seq > ? ORDER BY seq LIMIT ?"
+                "SELECT seq, id, metadata, payload FROM {p}messages WHERE topic = ? AND seq > ? AND seq <= (\
+                 SELECT MAX(seq) FROM (\
+                 SELECT seq, size, SUM(size) OVER (ORDER BY seq) AS upto FROM (\
+                 SELECT seq, {size} AS size FROM {p}messages WHERE topic = ? AND seq > ? ORDER BY seq LIMIT ?\
+                 ) f) w WHERE upto <= ? OR upto = size) ORDER BY seq"
             )),
             ack: sql(format!(
                 "UPDATE {p}groups SET acked = ?, head_attempts = ?, lease_until = ?, owner = ? \

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use super::db::{millis, now_ms};
 use super::ops::dispatch;
 use super::pubsub::{Inner, Lease, SqlPubSub};
-use super::stored::{decode_row, Row};
+use super::stored::Row;
 use crate::error::{Error, ErrorKind, Result};
 use crate::message::Message;
 use crate::pubsub::{
@@ -89,7 +89,7 @@ impl Subscriber for SqlPubSub {
             strict_order: true,
             exactly_once: true,
             nack_delay: true,
-            max_payload: None,
+            max_payload: Some(self.inner.max_payload()),
         }
     }
 }
@@ -299,13 +299,12 @@ impl SqlStream {
             if !self.buffer.is_empty() && now + margin >= self.lease_until {
                 self.buffer.clear();
             }
-            if let Some((seq, id, metadata, payload)) = self.buffer.pop_front() {
+            if let Some((seq, message)) = self.buffer.pop_front() {
                 let attempt = if std::mem::take(&mut self.first_of_claim) { self.head_attempts } else { 1 };
                 let next_attempts = i64::from(!self.buffer.is_empty());
                 self.sub.state.lock().in_flight = Some(InFlight { seq, prev: self.acked, next_attempts });
                 self.acked = seq;
                 self.head_attempts = next_attempts;
-                let message = decode_row(&id, &metadata, payload);
                 let acker = Acker::new(Arc::new(SqlAcker(self.sub.clone())), seq as u64, None);
                 let attempt = u32::try_from(attempt.max(1)).unwrap_or(u32::MAX);
                 return Some(Ok(Delivery::new(message, attempt, acker)));
@@ -351,9 +350,10 @@ impl SqlStream {
         let config = &inner.config;
         let lease_until = now + millis(config.ack_deadline);
         let batch = i64::try_from(config.batch_size).unwrap_or(i64::MAX);
+        let batch_bytes = i64::try_from(config.batch_bytes).unwrap_or(i64::MAX);
         let (topic, group, owner) = (&*self.sub.topic, &*self.sub.group, &*self.sub.owner);
         let claimed = dispatch!(&inner.pool, (pool, ops) => ops::claim(
-            pool, &inner.queries, topic, group, owner, now, lease_until, batch,
+            pool, &inner.queries, topic, group, owner, now, lease_until, batch, batch_bytes,
         ).await)?;
         let Some((acked, attempts, rows)) = claimed else { return Ok(false) };
         self.acked = acked;
