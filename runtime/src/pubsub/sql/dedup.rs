@@ -13,8 +13,8 @@ use super::ops::dispatch;
 use super::pubsub::SqlPubSub;
 use super::queries::number_placeholders;
 use crate::error::{Error, ErrorKind, Result};
-use crate::middleware::DedupStore;
 use crate::pubsub::OpFuture;
+use crate::store::DedupStore;
 
 /// Rows an opportunistic purge deletes at most (a purge that deletes this many runs again at the
 /// next insert).
