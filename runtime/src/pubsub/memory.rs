@@ -48,7 +48,7 @@ pub struct MemoryConfig {
     /// How many of each topic's latest messages to replay to a new subscription. Default 0 (off).
     pub retain: usize,
     /// The largest payload a publish accepts, in bytes ([`Features::max_payload`]); a larger one
-    /// is refused with a permanent [`ErrorKind::Config`](crate::ErrorKind::Config) error.
+    /// is refused with a permanent [`ErrorKind::Config`](crate::error::ErrorKind::Config) error.
     /// Default `None` (no limit).
     pub max_payload: Option<usize>,
 }

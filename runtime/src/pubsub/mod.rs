@@ -103,7 +103,7 @@ pub struct Features {
     /// The largest payload (bytes) a publish accepts, when the backend has a limit (a broker's
     /// maximum message size, a database's largest row or packet); `None`: no limit of its own. A
     /// larger payload is refused before it is sent, with a permanent
-    /// [`ErrorKind::Config`](crate::ErrorKind::Config) error naming the size and the limit (see
+    /// [`ErrorKind::Config`](crate::error::ErrorKind::Config) error naming the size and the limit (see
     /// [`check_size`]).
     pub max_payload: Option<usize>,
 }
@@ -281,7 +281,7 @@ impl Delivery {
 }
 
 /// Refuses a message too large for a backend before it is sent: `Ok` when `size` bytes are at most
-/// `limit`; otherwise a **permanent** [`ErrorKind::Config`](crate::ErrorKind::Config) error
+/// `limit`; otherwise a **permanent** [`ErrorKind::Config`](crate::error::ErrorKind::Config) error
 /// (resending cannot make it fit), saying "message too large: {counted} of {size} bytes, over the
 /// limit of {limit} bytes ({why})".
 ///
@@ -303,7 +303,7 @@ pub fn check_size(counted: &str, size: usize, limit: usize, why: impl fmt::Displ
     }
     let text =
         format!("message too large: {counted} of {size} bytes, over the limit of {limit} bytes ({why})");
-    Err(Error::new(crate::ErrorKind::Config, text).into_permanent())
+    Err(Error::new(crate::error::ErrorKind::Config, text).into_permanent())
 }
 
 /// Errors a backend reports for a closed publisher or subscriber.

@@ -176,20 +176,20 @@ impl SqlPubSub {
         Self::with_pool(Pool::Sqlite(pool), true, config)
     }
 
-    /// Uses an existing SQLite pool (it is not closed by [`close`](crate::Publisher::close)). For
+    /// Uses an existing SQLite pool (it is not closed by [`close`](crate::pubsub::Publisher::close)). For
     /// concurrent writers, open it in WAL mode with a busy timeout.
     #[cfg(feature = "sqlite")]
     pub fn sqlite(pool: sqlx::SqlitePool, config: SqlConfig) -> Result<Self> {
         Self::with_pool(Pool::Sqlite(pool), false, config)
     }
 
-    /// Uses an existing PostgreSQL pool (it is not closed by [`close`](crate::Publisher::close)).
+    /// Uses an existing PostgreSQL pool (it is not closed by [`close`](crate::pubsub::Publisher::close)).
     #[cfg(feature = "postgres")]
     pub fn postgres(pool: sqlx::PgPool, config: SqlConfig) -> Result<Self> {
         Self::with_pool(Pool::Postgres(pool), false, config)
     }
 
-    /// Uses an existing MySQL / MariaDB pool (it is not closed by [`close`](crate::Publisher::close)).
+    /// Uses an existing MySQL / MariaDB pool (it is not closed by [`close`](crate::pubsub::Publisher::close)).
     #[cfg(feature = "mysql")]
     pub fn mysql(pool: sqlx::MySqlPool, config: SqlConfig) -> Result<Self> {
         Self::with_pool(Pool::MySql(pool), false, config)
