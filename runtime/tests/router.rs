@@ -707,3 +707,34 @@ async fn handlers_added_at_run_time_get_the_app_state_and_layers() {
     router.shutdown();
     router.close().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_output_the_backend_refuses_for_good_poisons_the_input_instead_of_looping() {
+    let pubsub = MemoryPubSub::new().max_payload(64);
+    let (input, output) = (topic("huge.in"), topic("huge.out"));
+    let calls = Arc::new(AtomicUsize::new(0));
+    let handler = {
+        let calls = calls.clone();
+        move |_: Message| {
+            calls.fetch_add(1, Ordering::SeqCst);
+            async { Json("x".repeat(1000)) }
+        }
+    };
+    let mut poison =
+        pubsub.subscribe("millstream.poison", SubscribeOptions::group(topic("p"))).await.unwrap();
+    let router = App::new()
+        .pubsub(pubsub.clone())
+        .route(Route::new("huge", &input, handler).publish(&output))
+        .start()
+        .await
+        .unwrap();
+    pubsub.publish(&input, Message::new("{}")).await.unwrap();
+    let delivery = within("the input on the poison topic", poison.next()).await.unwrap().unwrap();
+    let reason = delivery.message().poison_reason().unwrap_or_default().to_owned();
+    assert!(reason.contains("publishing the handler's output failed"), "{reason}");
+    assert!(reason.contains("over the limit of 64 bytes"), "{reason}");
+    delivery.ack().await.unwrap();
+    router.shutdown();
+    router.close().await.unwrap();
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "handled once, not redelivered");
+}

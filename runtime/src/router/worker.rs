@@ -212,7 +212,7 @@ async fn process(p: &Prepared, message: Message, attempt: u32, acker: Acker) {
     } else {
         acker
     };
-    let outputs = {
+    let (outputs, original) = {
         let id = message.id();
         // The message is kept for the poison topic. A backend that redelivers (the in-memory
         // one) keeps a copy in the acker already: that one is used rather than another clone.
@@ -234,7 +234,7 @@ async fn process(p: &Prepared, message: Message, attempt: u32, acker: Acker) {
             p.metrics.handler_duration(started.elapsed().as_secs_f64());
         }
         match result {
-            Ok(Ok(outputs)) => outputs,
+            Ok(Ok(outputs)) => (outputs, original),
             Ok(Err(error)) => {
                 let original = match original {
                     Some(original) => original,
@@ -272,7 +272,19 @@ async fn process(p: &Prepared, message: Message, attempt: u32, acker: Acker) {
     };
     match published {
         Ok(()) => settle(acker.ack(), p, true).await,
+        // An output the backend can never take (too large, say): retrying cannot help, so the
+        // input goes the way of a permanent handler error.
+        Err(error) if error.is_permanent() => {
+            let original = match original {
+                Some(original) => original,
+                None => acker.message().cloned().expect("the acker keeps the message"),
+            };
+            let error = error.context("publishing the handler's output failed");
+            let failed = Box::pin(fail(p, original, attempt, acker, error));
+            failed.await
+        }
         Err(error) => {
+            drop(original);
             tracing::warn!(handler = %p.info.name, %error, "publishing outputs failed; nacking");
             settle(acker.nack_after(nack_delay(p, &error)), p, false).await;
         }
