@@ -213,3 +213,12 @@ pub fn flaky(
         std::future::ready(result)
     }
 }
+
+/// The name libtest gives the test fn `name` of the module at `module_path` (its path without the
+/// crate's name), to re-run one test of this binary in a child process.
+pub fn test_name(module_path: &str, name: &str) -> String {
+    match module_path.split_once("::") {
+        Some((_, module)) => format!("{module}::{name}"),
+        None => name.to_owned(),
+    }
+}

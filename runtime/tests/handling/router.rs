@@ -1,13 +1,11 @@
 //! The router against the in-memory backend: outputs before acks, errors, panics, poison,
 //! shutdown, consumer groups, concurrency, state.
 
-mod common;
-
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{eventually, take, topic, within, Event, Recording};
+use crate::common::{eventually, take, topic, within, Event, Recording};
 use millstream::router::{poison_keys, RouterConfig, Status};
 use millstream::App;
 use millstream::{
@@ -348,10 +346,10 @@ async fn build_reports_every_state_problem_at_once() {
     let text = err.to_string();
     assert!(text.contains("2 problems"), "{text}");
     assert!(
-        text.contains("State<router::Prices> is used but was never provided; add it with `.state(value)`; used by handler `a` (a `Route` added with `.route(..)`), handler `b` (a `Route` added with `.route(..)`)"),
+        text.contains("State<handling::router::Prices> is used but was never provided; add it with `.state(value)`; used by handler `a` (a `Route` added with `.route(..)`), handler `b` (a `Route` added with `.route(..)`)"),
         "{text}"
     );
-    assert!(text.contains("State<router::Tax> is used but was never provided; add it with `.state(value)`; used by handler `a`"), "{text}");
+    assert!(text.contains("State<handling::router::Tax> is used but was never provided; add it with `.state(value)`; used by handler `a`"), "{text}");
 
     let empty = App::new().pubsub(MemoryPubSub::new()).build().unwrap_err();
     assert!(empty.to_string().contains("no handlers"), "{empty}");
@@ -698,7 +696,7 @@ async fn handlers_added_at_run_time_get_the_app_state_and_layers() {
     // A handler whose state the app lacks is refused at once.
     async fn taxed(_: Order, _: State<Tax>) {}
     let err = router.add(Route::new("taxed", &late_input, taxed)).unwrap_err();
-    assert!(err.to_string().contains("State<router::Tax> is used but was never provided"), "{err}");
+    assert!(err.to_string().contains("State<handling::router::Tax> is used but was never provided"), "{err}");
     eventually("the late handler subscribed", || router.health().handlers.iter().all(|(_, up)| *up)).await;
     pubsub.publish(&late_input, order_msg(1)).await.unwrap();
     let delivery = within("the late handler's output", out.next()).await.unwrap().unwrap();

@@ -101,7 +101,13 @@ fn rss_child() {
 /// Runs one phase in a child process; its (start, peak) RSS in KiB.
 fn run_phase(db: &std::path::Path, mode: &str) -> (u64, u64) {
     let output = Command::new(std::env::current_exe().expect("test binary"))
-        .args(["rss_child", "--exact", "--ignored", "--nocapture", "--test-threads=1"])
+        .args([
+            &crate::common::test_name(module_path!(), "rss_child"),
+            "--exact",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env(DB_ENV, db)
         .env(MODE_ENV, mode)
         .stdout(Stdio::piped())

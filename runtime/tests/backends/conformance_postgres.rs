@@ -2,8 +2,7 @@
 //! `MILLSTREAM_POSTGRES_URL`).
 #![cfg(all(feature = "conformance", feature = "postgres"))]
 
-#[path = "support/sql.rs"]
-mod support;
+use crate::support::sql as support;
 
 async fn harness() -> support::SqlHarness {
     support::SqlHarness { name: "postgres" }

@@ -51,7 +51,13 @@ fn consumer_child() {
 
 fn spawn_child(db: &Path, log: &Path) -> Child {
     Command::new(std::env::current_exe().expect("test binary"))
-        .args(["consumer_child", "--exact", "--ignored", "--nocapture", "--test-threads=1"])
+        .args([
+            &crate::common::test_name(module_path!(), "consumer_child"),
+            "--exact",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env(DB_ENV, db)
         .env(LOG_ENV, log)
         .stdout(Stdio::null())

@@ -57,9 +57,9 @@ async fn registered_handlers_run_with_state_and_typed_topics() {
         .unwrap();
     assert_eq!(app.handlers().len(), 1);
     let info = app.handlers()[0].clone();
-    assert_eq!(info.name, "app::billing::bill");
+    assert_eq!(info.name, "handling::app::billing::bill");
     assert_eq!(info.topic, "app-test.orders");
-    assert_eq!(info.group, "app::billing::bill", "the default group is the handler's name");
+    assert_eq!(info.group, "handling::app::billing::bill", "the default group is the handler's name");
     assert_eq!(info.publish.as_deref(), Some("app-test.invoices"));
     let location = info.location.expect("a #[handler] fn has a location");
     assert!(location.file.ends_with("app.rs") && location.line > 0, "{location}");
@@ -81,7 +81,7 @@ async fn the_explicit_form_takes_the_handler_fn() {
         .build()
         .unwrap();
     let names: Vec<_> = app.handlers().iter().map(|h| h.name.clone()).collect();
-    assert_eq!(names, ["app::billing::bill"]);
+    assert_eq!(names, ["handling::app::billing::bill"]);
 }
 
 #[tokio::test]
@@ -90,7 +90,7 @@ async fn a_fn_without_the_attribute_is_reported() {
     let err = App::new().handler(plain).pubsub(MemoryPubSub::new()).build().unwrap_err();
     let text = err.to_string();
     assert!(
-        text.starts_with("invalid configuration: `app::a_fn_without_the_attribute_is_reported::"),
+        text.starts_with("invalid configuration: `handling::app::a_fn_without_the_attribute_is_reported::"),
         "{text}"
     );
     assert!(
@@ -145,10 +145,12 @@ async fn build_lists_every_problem_in_one_error() {
     let text = err.to_string();
     assert!(text.contains("5 problems"), "{text}");
     assert!(
-        text.contains("two handlers are named `dup`: `app::broken::first` at runtime/tests/app.rs:"),
+        text.contains(
+            "two handlers are named `dup`: `handling::app::broken::first` at runtime/tests/handling/app.rs:"
+        ),
         "{text}"
     );
-    assert!(text.contains("and `app::broken::second` at runtime/tests/app.rs:"), "{text}");
+    assert!(text.contains("and `handling::app::broken::second` at runtime/tests/handling/app.rs:"), "{text}");
     assert!(
         text.contains(
             "topic `app-test.broken.orders` is read as two payload types: `Order` by handler `dup`"
@@ -158,12 +160,14 @@ async fn build_lists_every_problem_in_one_error() {
     assert!(text.contains("and `Refund` by handler `dup`"), "{text}");
     assert!(text.contains("uses pub/sub `kafka`, which was not configured"), "{text}");
     // One line per missing state, naming every handler that uses it, with its location.
-    let db = text.lines().find(|line| line.contains("State<app::broken::Db> is used but was never provided"));
+    let db = text
+        .lines()
+        .find(|line| line.contains("State<handling::app::broken::Db> is used but was never provided"));
     let db = db.unwrap_or_else(|| panic!("no line for the missing Db: {text}"));
-    assert!(db.contains("handler `dup` (runtime/tests/app.rs:124)"), "{db}");
-    assert!(db.contains("handler `app::broken::third` (runtime/tests/app.rs:"), "{db}");
+    assert!(db.contains("handler `dup` (runtime/tests/handling/app.rs:124)"), "{db}");
+    assert!(db.contains("handler `handling::app::broken::third` (runtime/tests/handling/app.rs:"), "{db}");
     assert!(
-        text.contains("State<app::broken::Clock> is used but was never provided; add it with `.state(value)`; used by handler `dup` (runtime/tests/app.rs:127)"),
+        text.contains("State<handling::app::broken::Clock> is used but was never provided; add it with `.state(value)`; used by handler `dup` (runtime/tests/handling/app.rs:127)"),
         "{text}"
     );
 }
@@ -199,7 +203,7 @@ async fn service_tags_select_handlers() {
     let prefix = module_path!().to_owned() + "::services";
     let alpha = App::from_registry().module_prefix(&prefix).service("alpha").pubsub(MemoryPubSub::new());
     let names: Vec<_> = alpha.build().unwrap().handlers().iter().map(|h| h.name.clone()).collect();
-    assert_eq!(names, ["app::services::alpha"]);
+    assert_eq!(names, ["handling::app::services::alpha"]);
     let both = App::from_registry()
         .module_prefix(&prefix)
         .service("alpha")
@@ -207,7 +211,7 @@ async fn service_tags_select_handlers() {
         .pubsub(MemoryPubSub::new())
         .pubsub_named("side", MemoryPubSub::new());
     let names: Vec<_> = both.build().unwrap().handlers().iter().map(|h| h.name.clone()).collect();
-    assert_eq!(names, ["app::services::alpha", "app::services::beta"]);
+    assert_eq!(names, ["handling::app::services::alpha", "handling::app::services::beta"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -329,7 +333,7 @@ async fn attribute_options_configure_the_route() {
     let reply = within("a reply", out.next()).await.unwrap().unwrap();
     assert_eq!(&reply.message().payload()[..], b"42");
     let health = app.health();
-    assert_eq!(health.handlers, [("app::tuned::tuned".to_owned(), true)]);
+    assert_eq!(health.handlers, [("handling::app::tuned::tuned".to_owned(), true)]);
     app.shutdown();
     app.close().await.unwrap();
 }
@@ -396,19 +400,19 @@ async fn built_in_layers_named_in_the_attribute_guard_the_handler() {
 async fn expected_handlers_that_are_missing_fail_the_build() {
     let err = App::new()
         .handler(billing::bill)
-        .expect_handlers(["app::billing::bill", "shop::audit"])
+        .expect_handlers(["handling::app::billing::bill", "shop::audit"])
         .pubsub(MemoryPubSub::new())
         .state(billing::Prices(1))
         .build()
         .unwrap_err();
     let text = err.to_string();
     assert!(text.contains("expected handler `shop::audit` is not in the app"), "{text}");
-    assert!(text.contains(r#"(it has ["app::billing::bill"])"#), "{text}");
+    assert!(text.contains(r#"(it has ["handling::app::billing::bill"])"#), "{text}");
     assert!(text.contains("use that_crate as _;"), "{text}");
-    assert!(!text.contains("`app::billing::bill` is not"), "{text}");
+    assert!(!text.contains("`handling::app::billing::bill` is not"), "{text}");
     App::new()
         .handler(billing::bill)
-        .expect_handlers(["app::billing::bill"])
+        .expect_handlers(["handling::app::billing::bill"])
         .pubsub(MemoryPubSub::new())
         .state(billing::Prices(1))
         .build()
@@ -419,12 +423,12 @@ async fn expected_handlers_that_are_missing_fail_the_build() {
 fn handler_info_shows_the_effective_group() {
     let info = millstream::registry::handlers()
         .iter()
-        .find(|d| d.info().name == "app::billing::bill")
+        .find(|d| d.info().name == "handling::app::billing::bill")
         .expect("registered")
         .info();
     assert_eq!(info.group, None, "no `group` key");
-    assert_eq!(info.effective_group(), "app::billing::bill");
+    assert_eq!(info.effective_group(), "handling::app::billing::bill");
     let debug = format!("{info:?}");
-    assert!(debug.contains(r#"group: "app::billing::bill""#), "{debug}");
-    assert!(debug.contains("location: runtime/tests/app.rs:"), "{debug}");
+    assert!(debug.contains(r#"group: "handling::app::billing::bill""#), "{debug}");
+    assert!(debug.contains("location: runtime/tests/handling/app.rs:"), "{debug}");
 }

@@ -1,12 +1,10 @@
 //! Each middleware's behaviour, through a real router on the in-memory backend.
 
-mod common;
-
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{eventually, flaky, next_message, start, stop, topic, within, Event, Recording};
+use crate::common::{eventually, flaky, next_message, start, stop, topic, within, Event, Recording};
 use millstream::middleware::{
     from_fn, BreakerState, CircuitBreaker, CorrelationId, Deduplicator, DelayOnNack, IgnoreErrors,
     InstantAck, Next, PoisonQueue, RandomFail, RandomPanic, Recoverer, RedeliveryCap, Retry, Throttle,

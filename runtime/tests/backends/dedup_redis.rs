@@ -6,13 +6,11 @@
 //! again; keys are deleted at the end, and expire by themselves if a test fails first.
 #![cfg(all(feature = "conformance", feature = "redis"))]
 
-mod common;
-
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::{flaky, topic, within, Event, Recording};
+use crate::common::{flaky, topic, within, Event, Recording};
 use millstream::conformance::check_dedup_store;
 use millstream::middleware::{DedupStore, Deduplicator, RedisDedupStore};
 use millstream::{App, Router};
@@ -157,7 +155,7 @@ async fn the_store_reconnects_after_its_connection_is_killed() {
     assert_eq!(killed, 1);
 
     // An operation may fail while the manager notices and reconnects; one soon succeeds.
-    let deadline = tokio::time::Instant::now() + common::TIMEOUT;
+    let deadline = tokio::time::Instant::now() + crate::common::TIMEOUT;
     let fresh = loop {
         match store.insert_if_new("after", window).await {
             Ok(fresh) => break fresh,

@@ -7,8 +7,7 @@ use std::time::Duration;
 use millstream::pubsub::nats::{NatsConfig, NatsPubSub, TERM};
 use millstream::{Message, Publisher, SubscribeOptions, Subscriber, Subscription};
 
-#[path = "support/nats.rs"]
-mod lock;
+use crate::support::nats as lock;
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 

@@ -19,8 +19,7 @@ use millstream::pubsub::PubSub;
 use millstream::Error;
 use parking_lot::Mutex;
 
-#[path = "support/nats.rs"]
-mod lock;
+use crate::support::nats as lock;
 
 const SERVER: &str = "/usr/sbin/nats-server";
 

@@ -2,8 +2,7 @@
 //! `MILLSTREAM_MYSQL_URL`).
 #![cfg(all(feature = "conformance", feature = "mysql"))]
 
-#[path = "support/sql.rs"]
-mod support;
+use crate::support::sql as support;
 
 async fn harness() -> support::SqlHarness {
     support::SqlHarness { name: "mysql" }

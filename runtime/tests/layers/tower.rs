@@ -2,13 +2,11 @@
 //! `tower::Service`.
 #![cfg(feature = "tower")]
 
-mod common;
-
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{next_message, start, stop, take, topic};
+use crate::common::{next_message, start, stop, take, topic};
 use millstream::middleware::tower::{from_tower, TowerLayer};
 use millstream::middleware::{from_fn, Next, PoisonQueue};
 use millstream::router::poison_keys;
@@ -121,7 +119,7 @@ async fn load_shedding_refuses_what_the_limit_cannot_take() {
         .unwrap();
     let task = start(&router).await;
     pubsub.publish(&input, Message::new("1")).await.unwrap();
-    common::within("the first message reaches the handler", entered.notified()).await;
+    crate::common::within("the first message reaches the handler", entered.notified()).await;
     pubsub.publish(&input, Message::new("2")).await.unwrap();
     let m = next_message(&mut dead).await;
     assert_eq!(&m.payload()[..], b"2");

@@ -1,11 +1,9 @@
 //! One span per message with handler, topic, message id and attempt; structured error events.
 
-mod common;
-
 use std::io::Write;
 use std::sync::Arc;
 
-use common::{topic, within};
+use crate::common::{topic, within};
 use millstream::App;
 use millstream::{Attempt, Error, MemoryPubSub, Message, Publisher, Route};
 use parking_lot::Mutex;
@@ -113,11 +111,11 @@ async fn start_logs_every_handler_with_its_settings_and_location() {
             .unwrap_or_else(|| panic!("no start-up line for {name} in:\n{text}"))
             .to_owned()
     };
-    let logged = line("tracing::logged");
+    let logged = line("handling::tracing::logged");
     assert!(logged.contains(" INFO "), "{logged}");
     assert!(
         logged.contains(
-            "`tracing::logged` reads `tracing-test.startup` in group `loggers` (runtime/tests/tracing.rs:"
+            "`handling::tracing::logged` reads `tracing-test.startup` in group `loggers` (runtime/tests/handling/tracing.rs:"
         ),
         "{logged}"
     );

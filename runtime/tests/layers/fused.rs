@@ -1,13 +1,11 @@
 //! Built-in layers run fused (as steps of one future); these check that a stack of them behaves
 //! exactly like the layers nested in order, through a real router on the in-memory backend.
 
-mod common;
-
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{next_message, start, stop, topic, Event, Recording};
+use crate::common::{next_message, start, stop, topic, Event, Recording};
 use millstream::middleware::{
     from_fn, CorrelationId, IgnoreErrors, Middleware, Next, PoisonQueue, Recoverer, Retry, Timeout,
     CORRELATION_ID,

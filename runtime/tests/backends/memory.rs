@@ -1,13 +1,11 @@
 //! `MemoryPubSub`: fan-out, consumer groups, redelivery, backpressure, history, close.
 
-mod common;
-
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{eventually, take, topic, within};
+use crate::common::{eventually, take, topic, within};
 use millstream::pubsub::Features;
 use millstream::{MemoryPubSub, Message, Publisher, SubscribeOptions, Subscriber, Subscription};
 

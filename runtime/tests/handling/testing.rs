@@ -78,7 +78,9 @@ async fn settles_after_the_whole_chain_and_records_every_topic() {
     assert!(app.poisoned().is_empty());
     let groups: Vec<_> = app.settlements().into_iter().filter_map(|s| s.group).collect();
     assert!(
-        groups.iter().all(|g| g == "testing::chain::bill" || g == "testing::chain::receipt"),
+        groups
+            .iter()
+            .all(|g| g == "handling::testing::chain::bill" || g == "handling::testing::chain::receipt"),
         "{groups:?}"
     );
     app.stop().await.unwrap();
@@ -151,7 +153,7 @@ async fn nacks_redeliveries_give_ups_and_poison_are_recorded() {
     let poisoned = app.poisoned();
     assert_eq!(poisoned.len(), 1);
     assert_eq!(&poisoned[0].payload()[..], br#"{"id":"seven"}"#);
-    assert_eq!(poisoned[0].metadata().get(poison_keys::HANDLER), Some("testing::failing::strict"));
+    assert_eq!(poisoned[0].metadata().get(poison_keys::HANDLER), Some("handling::testing::failing::strict"));
     assert_eq!(poisoned[0].metadata().get(poison_keys::KIND), Some("Decode"));
     assert_eq!(app.acked("testing.strict").len(), 1, "a poisoned message is acked");
     app.stop().await.unwrap();
@@ -187,7 +189,7 @@ async fn start_reports_build_problems() {
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Config);
     assert!(
-        err.to_string().contains("State<testing::chain::Prices> is used but was never provided"),
+        err.to_string().contains("State<handling::testing::chain::Prices> is used but was never provided"),
         "{err}"
     );
 }

@@ -39,8 +39,7 @@ async fn memory_refuses_payloads_over_its_limit() {
 }
 
 #[cfg(feature = "nats")]
-#[path = "support/nats.rs"]
-mod lock;
+use crate::support::nats as lock;
 
 #[cfg(feature = "nats")]
 mod nats {

@@ -7,15 +7,13 @@
 //! table of their own use a fresh prefix and drop the table at the end.
 #![cfg(all(feature = "conformance", any(feature = "sqlite", feature = "postgres", feature = "mysql")))]
 
-mod common;
-#[path = "support/sql.rs"]
-mod support;
+use crate::support::sql as support;
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{within, Event, Recording, TIMEOUT};
+use crate::common::{within, Event, Recording, TIMEOUT};
 use millstream::conformance::check_dedup_store;
 use millstream::middleware::{DedupStore, Deduplicator};
 use millstream::App;
@@ -249,7 +247,7 @@ async fn router_handles_a_repeat_once(name: &str) {
     let db = db(name);
     let store = SqlDedupStore::new(&SqlPubSub::connect(&db.url, config("msdd_router_")).await.unwrap());
     let rec = Recording::new();
-    let input = common::topic("dedup-sql");
+    let input = crate::common::topic("dedup-sql");
     let (calls, handled) = (Arc::new(AtomicU32::new(0)), Arc::new(Mutex::new(Vec::new())));
     let dedup = Deduplicator::new(Duration::from_secs(3600)).store(Arc::new(store));
     let router = App::new()

@@ -1,11 +1,9 @@
 //! Router metrics through the `metrics` facade (cargo feature `metrics`).
 #![cfg(feature = "metrics")]
 
-mod common;
-
 use std::collections::HashMap;
 
-use common::topic;
+use crate::common::topic;
 use metrics_util::debugging::{DebugValue, DebuggingRecorder};
 use millstream::observe::names;
 use millstream::App;

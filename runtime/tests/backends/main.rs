@@ -1,0 +1,20 @@
+//! Every backend against its real server: the conformance suite, then what each backend adds (SQL outbox, a killed consumer, payload limits, memory use, dedup stores).
+//!
+//! One test binary per area (CI links a few binaries, not one per file); each file is a module.
+
+#[path = "../common/mod.rs"]
+mod common;
+mod conformance_memory;
+mod conformance_mysql;
+mod conformance_nats;
+mod conformance_postgres;
+mod conformance_sqlite;
+mod dedup_redis;
+mod dedup_sql;
+mod memory;
+mod nats_backend;
+mod payload_limits;
+mod sql_memory;
+mod sql_outbox;
+mod sqlite_kill;
+mod support;

@@ -1,0 +1,11 @@
+//! Handlers end to end on the in-memory backend: the app builder, the router, the test app, tracing and metrics.
+//!
+//! One test binary per area (CI links a few binaries, not one per file); each file is a module.
+
+mod app;
+#[path = "../common/mod.rs"]
+mod common;
+mod metrics;
+mod router;
+mod testing;
+mod tracing;
