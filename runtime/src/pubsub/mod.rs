@@ -26,6 +26,7 @@ pub mod nats;
 pub mod redis;
 #[cfg(feature = "sql")]
 pub mod sql;
+pub mod watermark;
 
 /// Sends messages to topics.
 ///
