@@ -10,6 +10,7 @@ use futures_util::future::join_all;
 use super::{
     next_delivery, spawn_consumer, text, unique, within, Action, BoxFuture, Case, Ctx, Received, QUIET,
 };
+use crate::error::ErrorKind;
 use crate::message::{Message, Metadata};
 use crate::pubsub::{PubSub, SubscribeOptions};
 use crate::{Publisher, Subscriber};
@@ -64,6 +65,9 @@ cases! {
     nack_with_delay => nack_with_delay_case,
     /// 1 MiB payloads (or the backend's declared maximum, if smaller) round-trip byte for byte.
     large_payloads => large_payloads_case,
+    /// A payload one byte over the declared `max_payload` is refused at publish with a permanent
+    /// `ErrorKind::Config` error; one of exactly `max_payload` bytes then round-trips.
+    oversized_payload_refused => oversized_payload_case,
     /// Metadata with unicode keys and values, and empty values, round-trips.
     metadata_unicode_and_empty => metadata_case,
     /// The server restarts in the middle of a run (10 000 messages in full mode): everything arrives.
@@ -655,6 +659,34 @@ async fn large_payloads_case(ctx: &Ctx) {
         within("ack", delivery.ack()).await.expect("ack");
     }
     ctx.report("", n, &received, true);
+    close(&*conn).await;
+}
+
+async fn oversized_payload_case(ctx: &Ctx) {
+    let max = ctx.features().max_payload;
+    if !ctx.needs("a declared max_payload", max.is_some()) {
+        return;
+    }
+    let max = max.expect("declared");
+    // (A backend whose limit is a database's 1 GB row is not worth allocating for.)
+    if !ctx.needs("a max_payload of 64 MiB or less", max <= 64 * 1024 * 1024) {
+        return;
+    }
+    let conn = ctx.connect().await;
+    let topic = ctx.topic();
+    let mut sub = within("subscribe", conn.subscribe(&topic, group("g"))).await.expect("subscribe");
+    let over = Message::new(vec![7u8; max + 1]);
+    let error = within("publish", conn.publish(&topic, over)).await.expect_err("a payload over max_payload");
+    eprintln!("conformance[{}] oversized_payload_refused: {error}", ctx.harness().name());
+    assert_eq!(error.kind(), ErrorKind::Config, "refused as a misfit, not a failure: {error}");
+    assert!(error.is_permanent(), "resending cannot make it fit: {error}");
+    let body: Vec<u8> = (0..max).map(|b| (b % 251) as u8).collect();
+    let fits = Message::new(body);
+    publish_all(&*conn, &topic, [fits.clone()]).await;
+    let delivery = next_delivery(&mut sub, "the max_payload delivery").await;
+    assert_eq!(delivery.message().id(), fits.id());
+    assert!(delivery.message().payload() == fits.payload(), "a max_payload payload round-trips");
+    within("ack", delivery.ack()).await.expect("ack");
     close(&*conn).await;
 }
 

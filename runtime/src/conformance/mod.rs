@@ -282,7 +282,8 @@ macro_rules! conformance_tests {
             no_next_before_ack, resubscribe_without_loss, subscribe_close_concurrently, order_per_key,
             concurrent_publishers_then_close, topics_isolated, cancel_subscription, close_ends_streams,
             two_groups_each_get_everything, redelivery_after_reconnect, late_group_gets_history,
-            nack_with_delay, large_payloads, metadata_unicode_and_empty, server_restart);
+            nack_with_delay, large_payloads, oversized_payload_refused, metadata_unicode_and_empty,
+            server_restart);
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {
         $(

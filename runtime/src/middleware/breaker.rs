@@ -8,7 +8,7 @@ use futures_core::future::BoxFuture;
 use parking_lot::Mutex;
 use tokio::time::Instant;
 
-use super::{Middleware, Next};
+use super::chain::{Middleware, Next};
 use crate::error::{Error, ErrorKind};
 use crate::handler::HandlerResult;
 use crate::message::Message;
@@ -108,11 +108,23 @@ impl CircuitBreaker {
     }
 
     /// Successes needed in half-open state to close (default 1); also allows that many trials.
-    pub fn success_threshold(mut self, n: u32) -> Self {
-        let inner = Arc::get_mut(&mut self.inner).expect("configure a CircuitBreaker before sharing it");
-        inner.success_threshold = n.max(1);
-        inner.half_open_calls = inner.half_open_calls.max(n.max(1));
-        self
+    ///
+    /// On a breaker shared with a clone, the result is a breaker of its own (closed, with fresh
+    /// counters); the original keeps its settings.
+    pub fn success_threshold(self, n: u32) -> Self {
+        let mut own = match Arc::try_unwrap(self.inner) {
+            Ok(inner) => inner,
+            Err(shared) => {
+                let fresh = CircuitBreaker::new(shared.failure_threshold, shared.cool_down);
+                let mut inner = Arc::into_inner(fresh.inner).expect("a new breaker is not shared");
+                inner.success_threshold = shared.success_threshold;
+                inner.half_open_calls = shared.half_open_calls;
+                inner
+            }
+        };
+        own.success_threshold = n.max(1);
+        own.half_open_calls = own.half_open_calls.max(n.max(1));
+        CircuitBreaker { inner: Arc::new(own) }
     }
 
     /// The current state.
@@ -256,5 +268,17 @@ mod tests {
         let trial = breaker.admit().expect("the trial slot was never taken");
         trial.settle(&failure());
         assert_eq!(breaker.state(), BreakerState::Open);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn success_threshold_on_a_shared_breaker_makes_a_breaker_of_its_own() {
+        let base = CircuitBreaker::new(1, Duration::from_secs(10));
+        let shared = base.clone();
+        let strict = base.clone().success_threshold(2);
+        shared.admit().unwrap().settle(&failure());
+        assert_eq!(base.state(), BreakerState::Open, "a clone is the same breaker");
+        assert_eq!(strict.state(), BreakerState::Closed, "the derived one is a breaker of its own");
+        assert_eq!((strict.inner.success_threshold, strict.inner.half_open_calls), (2, 2));
+        assert_eq!(base.inner.success_threshold, 1);
     }
 }

@@ -2,7 +2,7 @@
 
 use futures_core::future::BoxFuture;
 
-use super::{Middleware, Next};
+use super::chain::{Middleware, Next};
 use crate::error::Error;
 use crate::handler::HandlerResult;
 use crate::message::Message;

@@ -9,7 +9,7 @@ use futures_core::future::BoxFuture;
 use parking_lot::Mutex;
 use tokio::time::Instant;
 
-use super::{Middleware, Next};
+use super::chain::{Middleware, Next};
 use crate::error::Result;
 use crate::handler::{HandlerResult, Outputs};
 use crate::message::Message;

@@ -1,4 +1,4 @@
-//! [`PoisonQueue`] (dead-letter topic) and [`RedeliveryCap`].
+//! [`PoisonQueue`]: sends messages that failed to a dead-letter topic.
 
 use std::fmt;
 use std::sync::Arc;
@@ -6,14 +6,15 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use futures_core::future::BoxFuture;
 
-use super::fused::{call_single, Step};
-use super::{FusedStep, Middleware, Next};
+use super::chain::{Middleware, Next};
+use super::step::{BuiltIn, Cx, Frame, Leave, Shape, Step};
+use crate::context::RouteInfo;
 use crate::error::Error;
 use crate::handler::{HandlerResult, Outputs};
 use crate::keys::poison as poison_keys;
 use crate::message::Message;
 
-type Filter = Box<dyn Fn(&Error) -> bool + Send + Sync>;
+type Filter = Arc<dyn Fn(&Error) -> bool + Send + Sync>;
 
 /// Sends messages that failed to a dead-letter topic, then acks them.
 ///
@@ -25,11 +26,14 @@ type Filter = Box<dyn Fn(&Error) -> bool + Send + Sync>;
 /// The poisoned message keeps its id, payload and metadata, plus `millstream.poison.*` entries:
 /// the error text, its kind, the handler, the original topic, the attempt and the time (Unix
 /// milliseconds). If publishing it fails, the original is nacked.
+///
+/// Clone it and change the clone to derive a variant; the original is not affected.
 #[derive(Clone)]
 pub struct PoisonQueue {
     inner: Arc<Inner>,
 }
 
+#[derive(Clone)]
 struct Inner {
     topic: String,
     after_deliveries: Option<u32>,
@@ -42,8 +46,9 @@ impl PoisonQueue {
         PoisonQueue { inner: Arc::new(Inner { topic: topic.into(), after_deliveries: None, filter: None }) }
     }
 
+    /// Changes the settings; a queue that shares them with a clone gets a copy of its own.
     fn edit(mut self, f: impl FnOnce(&mut Inner)) -> Self {
-        f(Arc::get_mut(&mut self.inner).expect("configure a PoisonQueue before sharing it"));
+        f(Arc::make_mut(&mut self.inner));
         self
     }
 
@@ -54,7 +59,7 @@ impl PoisonQueue {
 
     /// Poisons only errors for which `filter` is true; others pass through (and are nacked).
     pub fn filter(self, filter: impl Fn(&Error) -> bool + Send + Sync + 'static) -> Self {
-        self.edit(|i| i.filter = Some(Box::new(filter)))
+        self.edit(|i| i.filter = Some(Arc::new(filter)))
     }
 
     /// The dead-letter topic.
@@ -62,7 +67,8 @@ impl PoisonQueue {
         &self.inner.topic
     }
 
-    pub(super) fn should_poison(&self, error: &Error, attempt: u32) -> bool {
+    /// Whether a failure with `error` on delivery `attempt` goes to the poison topic.
+    fn should_poison(&self, error: &Error, attempt: u32) -> bool {
         let i = &self.inner;
         if let Some(filter) = &i.filter {
             if !filter(error) {
@@ -91,49 +97,70 @@ pub fn poisoned(original: Message, error: &Error, handler: &str, topic: &str, at
 impl PoisonQueue {
     /// Publishes `original`, which failed with `error` on delivery `attempt`, to the poison topic:
     /// no outputs once it is there, the publish error otherwise (so the original is nacked).
-    pub(super) fn publish(
+    fn publish(
         &self,
-        handle: Next,
+        route: Arc<RouteInfo>,
         original: Message,
         error: &Error,
         attempt: u32,
     ) -> BoxFuture<'static, HandlerResult> {
         let this = self.clone();
         let id = original.id();
-        let dead = poisoned(original, error, handle.handler_name(), handle.topic(), attempt);
+        let dead = poisoned(original, error, &route.name, &route.topic, attempt);
         let error = error.to_string();
         Box::pin(async move {
-            match handle.publisher().publish(&this.inner.topic, dead).await {
+            let topic = &this.inner.topic;
+            match route.publisher.publish(topic, dead).await {
                 Ok(()) => {
                     tracing::error!(
-                        handler = %handle.handler_name(),
-                        topic = %handle.topic(),
+                        handler = %route.name,
+                        topic = %route.topic,
                         message_id = %id,
                         attempt,
-                        poison_topic = %this.inner.topic,
+                        poison_topic = %topic,
                         %error,
                         "message poisoned",
                     );
-                    crate::observe::poisoned(handle.handler_name());
+                    crate::observe::poisoned(&route.name);
                     Ok(Outputs::new())
                 }
-                Err(publish_error) => Err(publish_error.context(format_args!(
-                    "poisoning a message that failed with `{error}` to `{}`",
-                    this.inner.topic
-                ))),
+                Err(publish_error) => Err(publish_error
+                    .context(format_args!("poisoning a message that failed with `{error}` to `{topic}`"))),
             }
         })
     }
 }
 
-impl Middleware for PoisonQueue {
-    fn call(&self, message: Message, next: Next) -> BoxFuture<'static, HandlerResult> {
-        call_single(Step::Poison(self.clone()), message, next)
+/// Leaving with an error it takes, the step asks the engine to await the publish (under the
+/// deadlines and panic guards of the layers outside it); its result replaces the error.
+impl Step for PoisonQueue {
+    fn shape(&self) -> Shape {
+        Shape { keeps_message: true, ..Shape::default() }
     }
 
-    fn fused_step(&self) -> Option<FusedStep> {
-        Some(FusedStep(Step::Poison(self.clone())))
+    fn leave(&self, outcome: &mut HandlerResult, frame: &Frame, cx: &Cx<'_>) -> Leave {
+        let Err(error) = outcome else { return Leave::Pass };
+        if !self.should_poison(error, frame.attempt) {
+            return Leave::Pass;
+        }
+        let original = cx.message.cloned().expect("the poison step keeps the message");
+        Leave::Await(self.publish(cx.route.clone(), original, error, frame.attempt))
     }
+}
+
+impl Middleware for PoisonQueue {
+    fn call(&self, message: Message, next: Next) -> BoxFuture<'static, HandlerResult> {
+        next.run_step(self.clone(), message)
+    }
+
+    fn __built_in(&self) -> Option<BuiltIn> {
+        Some(BuiltIn::new(self.clone()))
+    }
+}
+
+/// [`PoisonQueue::new`]`(topic)`, for attribute lists: `#[handler(middleware = [poison("dead")])]`.
+pub fn poison(topic: &str) -> PoisonQueue {
+    PoisonQueue::new(topic)
 }
 
 impl fmt::Debug for PoisonQueue {
@@ -145,27 +172,20 @@ impl fmt::Debug for PoisonQueue {
     }
 }
 
-/// Stops a message that keeps coming back: from delivery `max + 1` on, the handler is not called
-/// and the message fails permanently (so a [`PoisonQueue`], or the router's poison topic, takes
-/// it). For backends that redeliver forever.
-#[derive(Clone, Copy, Debug)]
-pub struct RedeliveryCap {
-    max: u32,
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-impl RedeliveryCap {
-    /// Allows `max` deliveries.
-    pub fn new(max: u32) -> Self {
-        RedeliveryCap { max: max.max(1) }
-    }
-}
-
-impl Middleware for RedeliveryCap {
-    fn call(&self, message: Message, next: Next) -> BoxFuture<'static, HandlerResult> {
-        call_single(Step::Cap(self.max), message, next)
-    }
-
-    fn fused_step(&self) -> Option<FusedStep> {
-        Some(FusedStep(Step::Cap(self.max)))
+    #[test]
+    fn a_variant_derived_from_a_shared_queue_leaves_the_original_alone() {
+        let base = PoisonQueue::new("dead").filter(|e| e.message() != "skip");
+        let shared = base.clone();
+        let patient = base.clone().after_deliveries(3);
+        let transient = Error::msg("flaky");
+        assert!(!patient.should_poison(&transient, 1), "redelivered until the third delivery");
+        assert!(patient.should_poison(&transient, 3));
+        assert!(shared.should_poison(&transient, 1), "the original poisons at once");
+        assert!(!patient.should_poison(&Error::msg("skip"), 5), "the derived one keeps the filter");
+        assert_eq!(patient.topic(), "dead");
     }
 }

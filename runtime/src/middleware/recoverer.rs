@@ -2,8 +2,8 @@
 
 use futures_core::future::BoxFuture;
 
-use super::fused::{call_single, Step};
-use super::{FusedStep, Middleware, Next};
+use super::chain::{Middleware, Next};
+use super::step::{BuiltIn, Shape, Step};
 use crate::handler::HandlerResult;
 use crate::message::Message;
 
@@ -14,12 +14,19 @@ use crate::message::Message;
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Recoverer;
 
+/// A panic guard around the steps inside (the engine catches the panic while polling them).
+impl Step for Recoverer {
+    fn shape(&self) -> Shape {
+        Shape { catches_panics: true, ..Shape::default() }
+    }
+}
+
 impl Middleware for Recoverer {
     fn call(&self, message: Message, next: Next) -> BoxFuture<'static, HandlerResult> {
-        call_single(Step::Recover, message, next)
+        next.run_step(*self, message)
     }
 
-    fn fused_step(&self) -> Option<FusedStep> {
-        Some(FusedStep(Step::Recover))
+    fn __built_in(&self) -> Option<BuiltIn> {
+        Some(BuiltIn::new(*self))
     }
 }

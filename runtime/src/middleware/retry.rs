@@ -8,14 +8,14 @@ use std::time::Duration;
 use futures_core::future::BoxFuture;
 use tokio::time::Instant;
 
-use super::fused::{call_single, Step};
-use super::{FusedStep, Middleware, Next};
-use crate::error::Error;
+use super::chain::{Middleware, Next};
+use super::step::{BuiltIn, Cx, Expiry, Frame, Leave, Shape, Step};
+use crate::error::{Error, ErrorKind};
 use crate::handler::HandlerResult;
 use crate::message::Message;
 
-type Predicate = Box<dyn Fn(&Error) -> bool + Send + Sync>;
-type Hook = Box<dyn Fn(&RetryEvent<'_>) + Send + Sync>;
+type Predicate = Arc<dyn Fn(&Error) -> bool + Send + Sync>;
+type Hook = Arc<dyn Fn(&RetryEvent<'_>) + Send + Sync>;
 
 /// Retries the rest of the chain in the process, without a redelivery.
 ///
@@ -37,11 +37,15 @@ type Hook = Box<dyn Fn(&RetryEvent<'_>) + Send + Sync>;
 ///     .retry_if(|error| error.kind() != millstream::ErrorKind::Config);
 /// # let _ = retry;
 /// ```
+///
+/// A configured `Retry` is a value like any other: clone it and change the clone to derive a
+/// variant (`base.clone().max_elapsed(..)`); the original is not affected.
 #[derive(Clone)]
 pub struct Retry {
     inner: Arc<Inner>,
 }
 
+#[derive(Clone)]
 struct Inner {
     max_retries: u32,
     initial: Duration,
@@ -86,8 +90,9 @@ impl Retry {
         }
     }
 
+    /// Changes the settings; a `Retry` that shares them with a clone gets a copy of its own.
     fn edit(mut self, f: impl FnOnce(&mut Inner)) -> Self {
-        f(Arc::get_mut(&mut self.inner).expect("configure a Retry before sharing it"));
+        f(Arc::make_mut(&mut self.inner));
         self
     }
 
@@ -126,12 +131,12 @@ impl Retry {
 
     /// Retries only errors for which `predicate` is true (permanent errors never are).
     pub fn retry_if(self, predicate: impl Fn(&Error) -> bool + Send + Sync + 'static) -> Self {
-        self.edit(|i| i.predicate = Some(Box::new(predicate)))
+        self.edit(|i| i.predicate = Some(Arc::new(predicate)))
     }
 
     /// Called before each retry (logging, metrics).
     pub fn on_retry(self, hook: impl Fn(&RetryEvent<'_>) + Send + Sync + 'static) -> Self {
-        self.edit(|i| i.on_retry = Some(Box::new(hook)))
+        self.edit(|i| i.on_retry = Some(Arc::new(hook)))
     }
 
     /// The wait before retry number `retry` (1-based), jitter included.
@@ -147,24 +152,10 @@ impl Retry {
         !error.is_permanent() && self.inner.predicate.as_ref().is_none_or(|p| p(error))
     }
 
-    /// The per-attempt timeout, if any.
-    pub(super) fn attempt_limit(&self) -> Option<Duration> {
-        self.inner.attempt_timeout
-    }
-
-    /// The limit on the time since the first attempt, if any.
-    pub(super) fn max_elapsed_limit(&self) -> Option<Duration> {
-        self.inner.max_elapsed
-    }
-
-    /// The on-retry hook, if any.
-    pub(super) fn hook(&self) -> Option<&(dyn Fn(&RetryEvent<'_>) + Send + Sync)> {
-        self.inner.on_retry.as_deref()
-    }
-
     /// The wait before the next retry, after `done` retries ended in `error`; `None` when there
     /// is no next retry (the budget or the time is used up, or the error is not retried).
-    pub(super) fn next_delay(&self, error: &Error, done: u32, started: Option<Instant>) -> Option<Duration> {
+    /// `started` is when the first attempt started (known when there is an elapsed-time limit).
+    fn next_delay(&self, error: &Error, done: u32, started: Option<Instant>) -> Option<Duration> {
         if done >= self.inner.max_retries || !self.retryable(error) {
             return None;
         }
@@ -176,14 +167,51 @@ impl Retry {
     }
 }
 
-impl Middleware for Retry {
-    fn call(&self, message: Message, next: Next) -> BoxFuture<'static, HandlerResult> {
-        call_single(Step::Retry(self.clone()), message, next)
+/// The retry loop, as a step of the engine: leaving with a retryable error, it asks for the
+/// steps inside to run again after the backoff, as the next attempt.
+impl Step for Retry {
+    fn shape(&self) -> Shape {
+        Shape {
+            keeps_message: true,
+            deadline: self.inner.attempt_timeout,
+            reads_clock: self.inner.max_elapsed.is_some(),
+            ..Shape::default()
+        }
     }
 
-    fn fused_step(&self) -> Option<FusedStep> {
-        Some(FusedStep(Step::Retry(self.clone())))
+    fn leave(&self, outcome: &mut HandlerResult, frame: &Frame, cx: &Cx<'_>) -> Leave {
+        let Err(error) = outcome else { return Leave::Pass };
+        let Some(delay) = self.next_delay(error, frame.reruns, frame.entered) else { return Leave::Pass };
+        let retry = frame.reruns + 1;
+        let handler = &*cx.route.name;
+        if let Some(hook) = &self.inner.on_retry {
+            hook(&RetryEvent { retry, error, delay, handler });
+        }
+        tracing::debug!(handler, retry, ?delay, %error, "retrying");
+        Leave::Rerun(delay)
     }
+
+    /// The per-attempt timeout passed: the retry itself sees the error (and may retry it).
+    fn expired(&self) -> Expiry {
+        let limit = self.inner.attempt_timeout.unwrap_or_default();
+        let error = Error::new(ErrorKind::Timeout, format!("attempt took longer than {limit:?}"));
+        Expiry { error, seen_by_itself: true }
+    }
+}
+
+impl Middleware for Retry {
+    fn call(&self, message: Message, next: Next) -> BoxFuture<'static, HandlerResult> {
+        next.run_step(self.clone(), message)
+    }
+
+    fn __built_in(&self) -> Option<BuiltIn> {
+        Some(BuiltIn::new(self.clone()))
+    }
+}
+
+/// [`Retry::new`]`(max_retries)`, for attribute lists: `#[handler(middleware = [retry(3)])]`.
+pub fn retry(max_retries: u32) -> Retry {
+    Retry::new(max_retries)
 }
 
 impl fmt::Debug for Retry {
@@ -225,5 +253,20 @@ mod tests {
         assert!(r.retryable(&Error::msg("flaky")));
         assert!(!r.retryable(&Error::msg("fatal")));
         assert!(!r.retryable(&Error::permanent("bad input")));
+    }
+
+    #[test]
+    fn a_variant_derived_from_a_shared_retry_leaves_the_original_alone() {
+        let base = Retry::new(3)
+            .initial_interval(Duration::from_millis(100))
+            .jitter(0.0)
+            .retry_if(|e| e.message() != "fatal");
+        let shared = base.clone(); // a second owner of the settings, as a router holding it is
+        let fast = base.clone().initial_interval(Duration::from_millis(1)).on_retry(|_| {});
+        assert_eq!(fast.backoff(1), Duration::from_millis(1));
+        assert_eq!(shared.backoff(1), Duration::from_millis(100), "the original keeps its settings");
+        assert_eq!(base.backoff(1), Duration::from_millis(100));
+        assert!(fast.inner.on_retry.is_some() && shared.inner.on_retry.is_none());
+        assert!(!fast.retryable(&Error::msg("fatal")), "the derived one keeps the predicate");
     }
 }

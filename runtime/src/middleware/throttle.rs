@@ -9,7 +9,7 @@ use futures_core::future::BoxFuture;
 use parking_lot::Mutex;
 use tokio::time::Instant;
 
-use super::{Middleware, Next};
+use super::chain::{Middleware, Next};
 use crate::handler::HandlerResult;
 use crate::message::Message;
 
@@ -18,6 +18,9 @@ use crate::message::Message;
 ///
 /// [`Throttle::shared`] is one limit for every handler it is attached to (a downstream API's
 /// quota); [`Throttle::per_handler`] gives each handler its own.
+///
+/// A clone is the same limit (it shares the buckets). Changing a setting of a clone makes it a
+/// limit of its own, with fresh buckets; the original keeps its settings.
 #[derive(Clone)]
 pub struct Throttle {
     inner: Arc<Inner>,
@@ -61,7 +64,15 @@ impl Throttle {
 
     /// Allows bursts of up to `burst` calls without waiting (default 1).
     pub fn burst(mut self, burst: u32) -> Self {
-        Arc::get_mut(&mut self.inner).expect("configure a Throttle before sharing it").burst = burst.max(1);
+        let burst = burst.max(1);
+        match Arc::get_mut(&mut self.inner) {
+            Some(inner) => inner.burst = burst,
+            None => {
+                let Inner { interval, per_handler, .. } = *self.inner;
+                let buckets = Mutex::new(HashMap::new());
+                self.inner = Arc::new(Inner { interval, burst, per_handler, buckets });
+            }
+        }
         self
     }
 
@@ -104,5 +115,26 @@ impl fmt::Debug for Throttle {
             .field("burst", &self.inner.burst)
             .field("per_handler", &self.inner.per_handler)
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn burst_on_a_shared_throttle_makes_a_limit_of_its_own() {
+        let base = Throttle::shared(1, Duration::from_secs(1));
+        let shared = base.clone();
+        assert_eq!(shared.reserve("h"), Duration::ZERO);
+        let bursty = base.clone().burst(3);
+        // The original (and its clone) keep one bucket with burst 1: the next call waits.
+        assert_eq!(base.reserve("h"), Duration::from_secs(1));
+        // The derived one has its own bucket: three calls at once.
+        for _ in 0..3 {
+            assert_eq!(bursty.reserve("h"), Duration::ZERO);
+        }
+        assert_eq!(bursty.reserve("h"), Duration::from_secs(1));
+        assert_eq!(base.inner.burst, 1);
     }
 }

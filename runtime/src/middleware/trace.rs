@@ -2,7 +2,7 @@
 
 use futures_core::future::BoxFuture;
 
-use super::{Middleware, Next};
+use super::chain::{Middleware, Next};
 use crate::handler::HandlerResult;
 use crate::keys::TRACEPARENT;
 use crate::message::Message;

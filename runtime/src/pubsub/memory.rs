@@ -14,6 +14,11 @@
 //!   group or subscription;
 //! - a named group's queue outlives its subscriptions: what was queued or nacked waits for the next
 //!   subscription of the group. Nothing survives the process (`features().persistent == false`).
+//!
+//! Messages live in memory anyway, so there are no read batches to bound: a subscription takes
+//! its queue's messages one at a time, and a payload is shared (not copied) by every group that
+//! queues it. What the backend holds is bounded by [`MemoryConfig::capacity`] messages per group
+//! (and [`MemoryConfig::retain`] per topic); [`MemoryConfig::max_payload`] bounds their size.
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
@@ -28,8 +33,8 @@ use parking_lot::{Mutex, RwLock};
 use smallvec::SmallVec;
 
 use super::{
-    closed_error, AckSink, Acker, Delivery, Features, OpFuture, Publisher, SubscribeOptions, Subscriber,
-    Subscription,
+    check_size, closed_error, AckSink, Acker, Delivery, Features, OpFuture, Publisher, SubscribeOptions,
+    Subscriber, Subscription,
 };
 use crate::error::Result;
 use crate::message::Message;
@@ -42,11 +47,15 @@ pub struct MemoryConfig {
     pub capacity: usize,
     /// How many of each topic's latest messages to replay to a new subscription. Default 0 (off).
     pub retain: usize,
+    /// The largest payload a publish accepts, in bytes ([`Features::max_payload`]); a larger one
+    /// is refused with a permanent [`ErrorKind::Config`](crate::error::ErrorKind::Config) error.
+    /// Default `None` (no limit).
+    pub max_payload: Option<usize>,
 }
 
 impl Default for MemoryConfig {
     fn default() -> Self {
-        MemoryConfig { capacity: 1024, retain: 0 }
+        MemoryConfig { capacity: 1024, retain: 0, max_payload: None }
     }
 }
 
@@ -293,6 +302,11 @@ impl MemoryPubSub {
         Self::with_config(MemoryConfig { retain: count, ..self.shared.config.clone() })
     }
 
+    /// Refuses payloads larger than `bytes` (builder style); see [`MemoryConfig::max_payload`].
+    pub fn max_payload(self, bytes: usize) -> Self {
+        Self::with_config(MemoryConfig { max_payload: Some(bytes), ..self.shared.config.clone() })
+    }
+
     /// The settings.
     pub fn config(&self) -> &MemoryConfig {
         &self.shared.config
@@ -341,6 +355,13 @@ impl Publisher for MemoryPubSub {
     fn publish<'a>(&'a self, topic: &'a str, message: Message) -> OpFuture<'a> {
         if self.is_closed() {
             return OpFuture::ready(Err(closed_error("memory pub/sub is closed")));
+        }
+        if let Some(limit) = self.shared.config.max_payload {
+            if let Err(error) =
+                check_size("payload", message.payload().len(), limit, "MemoryConfig::max_payload")
+            {
+                return OpFuture::ready(Err(error));
+            }
         }
         let topic = self.topic(topic);
         let mut inner = topic.inner.lock();
@@ -458,7 +479,7 @@ impl Subscriber for MemoryPubSub {
             strict_order: false,
             exactly_once: true,
             nack_delay: true,
-            max_payload: None,
+            max_payload: self.shared.config.max_payload,
         }
     }
 }

@@ -100,8 +100,11 @@ pub struct Features {
     pub exactly_once: bool,
     /// [`Acker::nack_after`] waits the given delay before redelivering.
     pub nack_delay: bool,
-    /// The largest payload (bytes) the backend accepts, when it has a limit (a broker's maximum
-    /// message size); `None`: at least 1 MiB.
+    /// The largest payload (bytes) a publish accepts, when the backend has a limit (a broker's
+    /// maximum message size, a database's largest row or packet); `None`: no limit of its own. A
+    /// larger payload is refused before it is sent, with a permanent
+    /// [`ErrorKind::Config`](crate::error::ErrorKind::Config) error naming the size and the limit (see
+    /// [`check_size`]).
     pub max_payload: Option<usize>,
 }
 
@@ -275,6 +278,32 @@ impl Delivery {
     pub fn into_parts(self) -> (Message, u32, Acker) {
         (self.message, self.attempt, self.acker)
     }
+}
+
+/// Refuses a message too large for a backend before it is sent: `Ok` when `size` bytes are at most
+/// `limit`; otherwise a **permanent** [`ErrorKind::Config`](crate::error::ErrorKind::Config) error
+/// (resending cannot make it fit), saying "message too large: {counted} of {size} bytes, over the
+/// limit of {limit} bytes ({why})".
+///
+/// `counted` names what `size` counts (`"payload"`, or `"payload and headers"` where a broker
+/// counts both); `why` says where the limit comes from, and is formatted only on failure.
+///
+/// ```
+/// # use millstream::pubsub::check_size;
+/// let error = check_size("payload", 2048, 1024, "MemoryConfig::max_payload").unwrap_err();
+/// assert!(error.is_permanent());
+/// assert_eq!(
+///     error.message(),
+///     "message too large: payload of 2048 bytes, over the limit of 1024 bytes (MemoryConfig::max_payload)"
+/// );
+/// ```
+pub fn check_size(counted: &str, size: usize, limit: usize, why: impl fmt::Display) -> Result<()> {
+    if size <= limit {
+        return Ok(());
+    }
+    let text =
+        format!("message too large: {counted} of {size} bytes, over the limit of {limit} bytes ({why})");
+    Err(Error::new(crate::error::ErrorKind::Config, text).into_permanent())
 }
 
 /// Errors a backend reports for a closed publisher or subscriber.

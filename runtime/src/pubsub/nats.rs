@@ -24,7 +24,16 @@
 //! Written for NATS 2.9 (the version tested here, 2.9.10): only JetStream features of 2.9 are used
 //! (no multi-subject filters, consumer metadata, compression or subject transforms of 2.10+).
 //! The server's `max_payload` (1 MiB by default, headers included) bounds a message:
-//! [`Features::max_payload`](super::Features::max_payload) reports what is left for the payload.
+//! [`Features::max_payload`](super::Features::max_payload) reports what is left for the payload
+//! (8 KiB are kept for headers). A publish checks each message against both (the payload against
+//! the reported limit, payload and headers against the server's) before sending it, and refuses
+//! a larger one with a permanent [`ErrorKind::Config`] error (the server would close the
+//! connection on it).
+//!
+//! # Memory
+//! A subscription asks the server for [`NatsConfig::batch`] messages or
+//! [`NatsConfig::batch_bytes`] bytes at a time, whichever is reached first (the pull request's
+//! `max_bytes`), so what the client buffers stays bounded however large the messages are.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -40,8 +49,8 @@ use parking_lot::Mutex;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    closed_error, AckSink, Acker, Delivery, Features, OpFuture, Publisher, SubscribeOptions, Subscriber,
-    Subscription,
+    check_size, closed_error, AckSink, Acker, Delivery, Features, OpFuture, Publisher, SubscribeOptions,
+    Subscriber, Subscription,
 };
 use crate::error::{Error, ErrorKind, Result};
 use crate::message::{Message, MessageId, Metadata};
@@ -70,6 +79,10 @@ pub struct NatsConfig {
     pub duplicate_window: Duration,
     /// Messages a subscription asks for at once. Default 100.
     pub batch: usize,
+    /// Bytes a subscription asks for at once (the pull request's `max_bytes`; the client asks for
+    /// more once half has arrived). Never less than the server's `max_payload` plus room for
+    /// headers, since a message larger than a pull's `max_bytes` is never delivered. Default 8 MiB.
+    pub batch_bytes: usize,
     /// Deliveries a group may have unsettled at once; 1 gives strict order. Default 1000.
     pub max_ack_pending: i64,
     /// How often a message is delivered at most; -1 for no limit. Default -1.
@@ -86,6 +99,7 @@ impl Default for NatsConfig {
             max_age: Duration::ZERO,
             duplicate_window: Duration::from_secs(120),
             batch: 100,
+            batch_bytes: 8 * 1024 * 1024,
             max_ack_pending: 1000,
             max_deliver: -1,
             inactive_threshold: Duration::from_secs(60),
@@ -115,6 +129,12 @@ impl NatsConfig {
     /// Sets [`NatsConfig::batch`].
     pub fn batch(mut self, batch: usize) -> Self {
         self.batch = batch.max(1);
+        self
+    }
+
+    /// Sets [`NatsConfig::batch_bytes`].
+    pub fn batch_bytes(mut self, bytes: usize) -> Self {
+        self.batch_bytes = bytes.max(1);
         self
     }
 
@@ -216,6 +236,19 @@ fn ascii_json(metadata: &Metadata) -> String {
         }
     }
     out
+}
+
+/// The bytes `headers` take on the wire (`NATS/1.0` line, `name: value` lines, blank line), which
+/// the server counts against its `max_payload` with the payload.
+fn header_len(headers: &HeaderMap) -> usize {
+    let lines: usize = headers
+        .iter()
+        .flat_map(|(name, values)| {
+            let name: &str = name.as_ref();
+            values.iter().map(move |value| name.len() + 2 + value.as_str().len() + 2)
+        })
+        .sum();
+    "NATS/1.0\r\n".len() + lines + 2
 }
 
 fn encode(message: Message) -> (HeaderMap, Bytes) {
@@ -351,9 +384,18 @@ impl NatsPubSub {
         }
         self.ensure_stream(topic).await?;
         // Send them all, then wait for the acks: the server stores them in order.
-        let mut acks = Vec::with_capacity(messages.len());
-        for message in messages {
-            let (headers, payload) = encode(message);
+        let limit = self.inner.client.server_info().max_payload;
+        let encoded: Vec<_> = messages.into_iter().map(encode).collect();
+        if limit > 0 {
+            let why = "NATS: the server's max_payload less 8 KiB kept for headers";
+            for (headers, payload) in &encoded {
+                check_size("payload", payload.len(), limit.saturating_sub(HEADER_ROOM), why)?;
+                let size = header_len(headers) + payload.len();
+                check_size("payload and headers", size, limit, "NATS: the server's max_payload")?;
+            }
+        }
+        let mut acks = Vec::with_capacity(encoded.len());
+        for (headers, payload) in encoded {
             let ack = self
                 .inner
                 .js
@@ -407,9 +449,12 @@ impl NatsPubSub {
                 stream.create_consumer(config).await.map_err(nats_error)?
             }
         };
+        // A message larger than a pull's `max_bytes` would never be delivered.
+        let max_payload = self.inner.client.server_info().max_payload;
         consumer
             .stream()
             .max_messages_per_batch(config.batch)
+            .max_bytes_per_batch(config.batch_bytes.max(max_payload + HEADER_ROOM))
             .heartbeat(Duration::from_secs(5))
             .expires(Duration::from_secs(30))
             .messages()

@@ -39,7 +39,7 @@ use crate::error::{Error, ErrorKind, Result};
 /// The metadata keys the router sets on messages it sends to the poison topic (defined in
 /// [`keys::poison`](crate::keys::poison)).
 pub use crate::keys::poison as poison_keys;
-use crate::middleware::{layer_facts, Chain, Middleware};
+use crate::middleware::{layer_facts, Chain, Middleware, Next};
 use crate::pubsub::{Publisher, Subscriber, Subscription};
 use crate::state::StateMap;
 
@@ -121,6 +121,8 @@ struct Handlers {
     prepared: Vec<worker::Prepared>,
     /// Each started handler and whether its subscription is up.
     health: Vec<(String, Arc<AtomicBool>)>,
+    /// Each started handler's chain (its layers around it), for [`Router::service`].
+    chains: Vec<(String, Arc<Chain>)>,
 }
 
 /// What [`Router::health`] reports: for liveness and readiness probes.
@@ -212,6 +214,16 @@ impl Router {
     fn state_problems(&self, route: &Route) -> Vec<Error> {
         let origin = route.origin();
         route.check_state(&self.inner.state).into_iter().map(|e| e.context(&origin)).collect()
+    }
+
+    /// The started handler `name` with every layer around it, as a [`Next`]: call it directly
+    /// with a message (`next.run(message)`), without a subscription and without settling
+    /// anything, to reuse a handler from other code (an HTTP endpoint, a test). With the `tower`
+    /// feature, a `Next` is a `tower::Service<Message>`. `None` before the start or for an unknown
+    /// name.
+    pub fn service(&self, name: &str) -> Option<Next> {
+        let handlers = self.inner.handlers.lock();
+        handlers.chains.iter().find(|(n, _)| n == name).map(|(_, chain)| chain.next(1))
     }
 
     /// Liveness and readiness: ready once running with every subscription up.
@@ -401,6 +413,7 @@ impl Router {
             correlates: facts.correlates,
         });
         let chain = Arc::new(Chain::new(layers, endpoint, info.clone()));
+        handlers.chains.push((route.name.clone(), chain.clone()));
         worker::Prepared {
             metrics: crate::observe::RouteMetrics::new(&route.name),
             group: route.group.unwrap_or(route.name),

@@ -7,10 +7,11 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use tokio::time::Instant;
 
-use super::{
-    backend_error, backoff, is_retryable, millis, number_placeholders, ops, retrying, Dialect, Pool,
-    SqlConfig, SqlPubSub, RETRY_ATTEMPTS,
-};
+use super::config::SqlConfig;
+use super::db::{backend_error, backoff, is_retryable, millis, retrying, Dialect, Pool, RETRY_ATTEMPTS};
+use super::ops::dispatch;
+use super::pubsub::SqlPubSub;
+use super::queries::number_placeholders;
 use crate::error::{Error, ErrorKind, Result};
 use crate::pubsub::OpFuture;
 use crate::store::DedupStore;

@@ -1,24 +1,91 @@
-//! The statements of the SQL backend, written once and instantiated per database by `dialect!`.
+//! The statements of the SQL backend, written once and instantiated per database by `dialect!`,
+//! and [`dispatch!`], which runs code against a [`Pool`](super::db::Pool) with its database's
+//! statements.
 //!
 //! Every function here takes concrete sqlx types (one module per database), so there are no
-//! generic executor bounds; the SQL text comes from [`Queries`](super::Queries), built per dialect.
+//! generic executor bounds; the SQL text comes from [`Queries`](super::queries::Queries), built
+//! per dialect.
 
-/// One claimed message row: (seq, id, metadata JSON, payload).
-pub(super) type Row = (i64, String, String, Vec<u8>);
+use super::stored::StoredMessage;
 
-/// Rows per multi-row INSERT (6 parameters each: far below every database's parameter limit).
-pub(super) const INSERT_CHUNK: usize = 500;
+/// Rows per multi-row INSERT at most (7 parameters each: far below every database's parameter
+/// limit).
+const INSERT_CHUNK: usize = 500;
+
+/// What a row costs a statement beside its payload and metadata (topic, id, numbers), roughly.
+const ROW_OVERHEAD: usize = 64;
+
+/// Cuts `messages` into the rows of successive INSERTs: at most [`INSERT_CHUNK`] rows, and no more
+/// than `max_bytes` unless one message alone is larger.
+fn insert_chunks<'m>(
+    messages: &'m [StoredMessage],
+    topic: &str,
+    max_bytes: usize,
+) -> impl Iterator<Item = &'m [StoredMessage]> {
+    let mut rest = messages;
+    let per_row = topic.len() + ROW_OVERHEAD;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let mut bytes = 0;
+        let mut len = 0;
+        for message in rest.iter().take(INSERT_CHUNK) {
+            bytes += message.stored_len() + per_row;
+            if len > 0 && bytes > max_bytes {
+                break;
+            }
+            len += 1;
+        }
+        let (chunk, tail) = rest.split_at(len);
+        rest = tail;
+        Some(chunk)
+    })
+}
+
+/// Runs `$body` with `$pool` bound to the concrete pool and `$ops` to its dialect's statements.
+macro_rules! dispatch {
+    ($self:expr, ($pool:ident, $ops:ident) => $body:expr) => {
+        match $self {
+            #[cfg(feature = "sqlite")]
+            $crate::pubsub::sql::db::Pool::Sqlite($pool) => {
+                #[allow(unused_imports)]
+                use $crate::pubsub::sql::ops::sqlite as $ops;
+                $body
+            }
+            #[cfg(feature = "postgres")]
+            $crate::pubsub::sql::db::Pool::Postgres($pool) => {
+                #[allow(unused_imports)]
+                use $crate::pubsub::sql::ops::postgres as $ops;
+                $body
+            }
+            #[cfg(feature = "mysql")]
+            $crate::pubsub::sql::db::Pool::MySql($pool) => {
+                #[allow(unused_imports)]
+                use $crate::pubsub::sql::ops::mysql as $ops;
+                $body
+            }
+        }
+    };
+}
+pub(super) use dispatch;
 
 macro_rules! dialect {
     ($module:ident, $db:ty, $conn:ty, $pool:ty) => {
         pub(super) mod $module {
             use sqlx::{Connection, Row as _};
 
-            use super::super::{backend_error, now_ms, Queries, StoredMessage};
-            use super::{Row, INSERT_CHUNK};
             use crate::error::Result;
+            use crate::message::Message;
+            use crate::pubsub::sql::db::{backend_error, now_ms};
+            use crate::pubsub::sql::ops::insert_chunks;
+            use crate::pubsub::sql::queries::Queries;
+            use crate::pubsub::sql::stored::{
+                decode_head, IntoPayload, Row, StoredMessage, ID, METADATA, SEQ,
+            };
 
-            /// Creates the tables and indexes if they do not exist.
+            /// Creates the tables and indexes if they do not exist (and adds MySQL's `size` column to
+            /// a `messages` table made before it).
             pub(crate) async fn create_schema(pool: &$pool, q: &Queries) -> Result<()> {
                 let mut conn = pool.acquire().await.map_err(backend_error)?;
                 let mut tx = Connection::begin(&mut *conn).await.map_err(backend_error)?;
@@ -28,7 +95,33 @@ macro_rules! dialect {
                 for statement in &q.schema {
                     sqlx::query(statement).execute(&mut *tx).await.map_err(backend_error)?;
                 }
-                tx.commit().await.map_err(backend_error)
+                tx.commit().await.map_err(backend_error)?;
+                if let Some([exists, add]) = &q.size_column {
+                    // Looked up first: an ALTER waits for every open transaction on the table.
+                    let found: i64 = sqlx::query_scalar(exists)
+                        .fetch_one(&mut *conn)
+                        .await
+                        .map_err(backend_error)?;
+                    if found == 0 {
+                        if let Err(error) = sqlx::query(add).execute(&mut *conn).await {
+                            // Another process may have added it meanwhile (duplicate column name).
+                            let raced = matches!(&error, sqlx::Error::Database(db)
+                                if db.code().as_deref() == Some("42S21"));
+                            if !raced {
+                                return Err(backend_error(error));
+                            }
+                        }
+                    }
+                }
+                Ok(())
+            }
+
+            /// The server's limit on a statement or a row in bytes, where it has one lower than
+            /// its field limits (MySQL's `max_allowed_packet`).
+            pub(crate) async fn packet_limit(pool: &$pool, q: &Queries) -> Result<Option<u64>> {
+                let Some(query) = &q.packet_limit else { return Ok(None) };
+                let limit: i64 = sqlx::query_scalar(query).fetch_one(pool).await.map_err(backend_error)?;
+                Ok(Some(u64::try_from(limit).unwrap_or(0)))
             }
 
             /// Publishes `messages` to `topic` on `conn`, inside a transaction (a savepoint when
@@ -40,6 +133,7 @@ macro_rules! dialect {
                 q: &Queries,
                 topic: &str,
                 messages: &[StoredMessage],
+                chunk_bytes: usize,
             ) -> Result<()> {
                 if messages.is_empty() {
                     return Ok(());
@@ -93,8 +187,8 @@ macro_rules! dialect {
                 })?;
                 let first = last - count + 1;
                 let created = now_ms();
-                for (index, chunk) in messages.chunks(INSERT_CHUNK).enumerate() {
-                    let base = first + (index * INSERT_CHUNK) as i64;
+                let mut base = first;
+                for chunk in insert_chunks(messages, topic, chunk_bytes) {
                     let mut insert = sqlx::QueryBuilder::<$db>::new(&q.insert_prefix);
                     insert.push_values(chunk.iter().enumerate(), |mut row, (offset, message)| {
                         row.push_bind(topic)
@@ -103,8 +197,12 @@ macro_rules! dialect {
                             .push_bind(message.metadata.as_str())
                             .push_bind(&message.payload[..])
                             .push_bind(created);
+                        if q.mysql {
+                            row.push_bind(message.payload.len() as i64);
+                        }
                     });
                     insert.build().execute(&mut *tx).await.map_err(backend_error)?;
+                    base += chunk.len() as i64;
                 }
                 tx.commit().await.map_err(backend_error)
             }
@@ -130,7 +228,8 @@ macro_rules! dialect {
             }
 
             /// Takes the group's lease for `owner` if it is free (or expired, or already ours) and
-            /// there is something to read; returns (acked, head attempts, up to `batch` rows).
+            /// there is something to read; returns (acked, head attempts, up to `batch` rows, and
+            /// up to `batch_bytes` of payload unless the first row alone is larger).
             #[allow(clippy::too_many_arguments)]
             pub(crate) async fn claim(
                 pool: &$pool,
@@ -141,6 +240,7 @@ macro_rules! dialect {
                 now: i64,
                 lease_until: i64,
                 batch: i64,
+                batch_bytes: i64,
             ) -> Result<Option<(i64, i64, Vec<Row>)>> {
                 macro_rules! claim_query {
                     () => {
@@ -183,13 +283,24 @@ macro_rules! dialect {
                     }
                 };
                 let Some((acked, attempts)) = claimed else { return Ok(None) };
-                let rows = sqlx::query_as::<_, Row>(&q.read)
+                let mut read = sqlx::query(&q.read)
+                    .bind(topic)
+                    .bind(acked)
                     .bind(topic)
                     .bind(acked)
                     .bind(batch)
-                    .fetch_all(pool)
-                    .await
-                    .map_err(backend_error)?;
+                    .bind(batch_bytes)
+                    .fetch(pool);
+                let mut rows = Vec::new();
+                // Each row becomes a message as it arrives (then only its payload is kept).
+                while let Some(row) = futures_util::TryStreamExt::try_next(&mut read).await.map_err(backend_error)? {
+                    let seq: i64 = row.try_get(SEQ).map_err(backend_error)?;
+                    let id: &str = row.try_get(ID).map_err(backend_error)?;
+                    let metadata: &str = row.try_get(METADATA).map_err(backend_error)?;
+                    let (id, metadata) = decode_head(id, metadata);
+                    let payload = row.into_payload().map_err(backend_error)?;
+                    rows.push((seq, Message::from_parts(id, metadata, payload)));
+                }
                 Ok(Some((acked, attempts, rows)))
             }
 

@@ -1,0 +1,318 @@
+//! [`SqlPubSub`]: opening the database, the schema and topics, and what the publishing and
+//! subscribing halves share ([`Inner`]), including the in-process wake-ups of subscriptions.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::Duration;
+
+use futures_core::future::BoxFuture;
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::config::SqlConfig;
+use super::db::{backend_error, Dialect, Pool};
+use super::ops::dispatch;
+use super::queries::Queries;
+use crate::error::{Error, ErrorKind, Result};
+use crate::message::Message;
+use crate::pubsub::check_size;
+
+/// The durable SQL pub/sub (SQLite, PostgreSQL, MySQL / MariaDB). Cheap to clone.
+///
+/// ```no_run
+/// # use millstream::pubsub::sql::{SqlPubSub, SqlConfig};
+/// # use millstream::{Message, Publisher, Subscriber, SubscribeOptions};
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> millstream::Result<()> {
+/// let pubsub = SqlPubSub::connect("sqlite:app.db", SqlConfig::default()).await?;
+/// let mut orders = pubsub.subscribe("orders", SubscribeOptions::group("billing")).await?;
+/// pubsub.publish("orders", Message::new(r#"{"id":1}"#)).await?;
+/// let delivery = orders.next().await.expect("open")?;
+/// delivery.ack().await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct SqlPubSub {
+    pub(super) inner: Arc<Inner>,
+}
+
+/// SQLite through [`SqlPubSub`]: embedded and durable (`sqlite` feature).
+#[cfg(feature = "sqlite")]
+pub type SqlitePubSub = SqlPubSub;
+
+/// What the clones of a [`SqlPubSub`], its subscriptions and their ackers share.
+pub(super) struct Inner {
+    pub(super) pool: Pool,
+    owns_pool: bool,
+    pub(super) queries: Queries,
+    pub(super) config: SqlConfig,
+    schema: tokio::sync::OnceCell<()>,
+    /// The server's packet limit (MySQL), once read.
+    packet_limit: tokio::sync::OnceCell<Option<u64>>,
+    /// Cancelled when the subscriber closes: ends every subscription's stream.
+    pub(super) cancel: CancellationToken,
+    pub(super) publisher_closed: AtomicBool,
+    pub(super) subscriber_closed: AtomicBool,
+    /// Live subscriptions (by owner), so that closing releases their leases before the pool goes.
+    pub(super) subscriptions: Mutex<HashMap<Arc<str>, Weak<dyn Lease>>>,
+    /// Releases spawned by dropped subscriptions.
+    pub(super) tasks: TaskTracker,
+    /// Topics whose row exists.
+    known_topics: Mutex<HashSet<String>>,
+}
+
+/// A live subscription's hold on its group, as the subscriber's close sees it.
+pub(super) trait Lease: Send + Sync {
+    /// The release of the lease (or the deletion of a private group), unless it was already
+    /// given back or a delivery is in flight (its settle releases then).
+    fn release(self: Arc<Self>) -> Option<BoxFuture<'static, ()>>;
+}
+
+impl fmt::Debug for SqlPubSub {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SqlPubSub")
+            .field("dialect", &self.dialect())
+            .field("config", &self.inner.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SqlPubSub {
+    fn with_pool(pool: Pool, owns_pool: bool, config: SqlConfig) -> Result<Self> {
+        if config.table_prefix.is_empty()
+            || !config.table_prefix.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        {
+            return Err(Error::new(
+                ErrorKind::Config,
+                format!("table prefix {:?}: use letters, digits and `_`", config.table_prefix),
+            ));
+        }
+        let queries = Queries::new(pool.dialect(), &config.table_prefix);
+        Ok(SqlPubSub {
+            inner: Arc::new(Inner {
+                pool,
+                owns_pool,
+                queries,
+                config,
+                schema: tokio::sync::OnceCell::new(),
+                packet_limit: tokio::sync::OnceCell::new(),
+                cancel: CancellationToken::new(),
+                publisher_closed: AtomicBool::new(false),
+                subscriber_closed: AtomicBool::new(false),
+                subscriptions: Mutex::new(HashMap::new()),
+                tasks: TaskTracker::new(),
+                known_topics: Mutex::new(Default::default()),
+            }),
+        })
+    }
+
+    /// Connects to `url`: `sqlite:path/to/file.db`, `postgres://...` or `mysql://...` /
+    /// `mariadb://...` (each needs its feature). The tables are created on first use.
+    pub async fn connect(url: &str, config: SqlConfig) -> Result<Self> {
+        let scheme = url.split(':').next().unwrap_or_default();
+        match scheme {
+            #[cfg(feature = "sqlite")]
+            "sqlite" => {
+                use std::str::FromStr;
+                let options = sqlx::sqlite::SqliteConnectOptions::from_str(url).map_err(backend_error)?;
+                Self::open_sqlite_with(options, config).await
+            }
+            #[cfg(feature = "postgres")]
+            "postgres" | "postgresql" => {
+                let pool = sqlx::postgres::PgPoolOptions::new()
+                    .max_connections(config.max_connections)
+                    .connect(url)
+                    .await
+                    .map_err(backend_error)?;
+                Self::with_pool(Pool::Postgres(pool), true, config)
+            }
+            #[cfg(feature = "mysql")]
+            "mysql" | "mariadb" => {
+                let url = url.replacen("mariadb:", "mysql:", 1);
+                let pool = sqlx::mysql::MySqlPoolOptions::new()
+                    .max_connections(config.max_connections)
+                    .connect(&url)
+                    .await
+                    .map_err(backend_error)?;
+                let pubsub = Self::with_pool(Pool::MySql(pool), true, config)?;
+                // (So that `features().max_payload` is the server's from the start.)
+                pubsub.ensure_limits().await?;
+                Ok(pubsub)
+            }
+            other => Err(Error::new(
+                ErrorKind::Config,
+                format!("no SQL backend for `{other}:` URLs (enable the sqlite, postgres or mysql feature)"),
+            )),
+        }
+    }
+
+    /// Opens (creating if needed) the SQLite database at `path`, in WAL mode with
+    /// `synchronous = NORMAL` (durable across process crashes; an OS crash may lose the last
+    /// commits) and a 30 s busy timeout.
+    #[cfg(feature = "sqlite")]
+    pub async fn open_sqlite(path: impl AsRef<std::path::Path>, config: SqlConfig) -> Result<Self> {
+        let options = sqlx::sqlite::SqliteConnectOptions::new().filename(path);
+        Self::open_sqlite_with(options, config).await
+    }
+
+    #[cfg(feature = "sqlite")]
+    async fn open_sqlite_with(
+        options: sqlx::sqlite::SqliteConnectOptions,
+        config: SqlConfig,
+    ) -> Result<Self> {
+        let options = options
+            .create_if_missing(true)
+            .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
+            .synchronous(sqlx::sqlite::SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(30));
+        let pool = sqlx::sqlite::SqlitePoolOptions::new()
+            .max_connections(config.max_connections)
+            .connect_with(options)
+            .await
+            .map_err(backend_error)?;
+        Self::with_pool(Pool::Sqlite(pool), true, config)
+    }
+
+    /// Uses an existing SQLite pool (it is not closed by [`close`](crate::pubsub::Publisher::close)). For
+    /// concurrent writers, open it in WAL mode with a busy timeout.
+    #[cfg(feature = "sqlite")]
+    pub fn sqlite(pool: sqlx::SqlitePool, config: SqlConfig) -> Result<Self> {
+        Self::with_pool(Pool::Sqlite(pool), false, config)
+    }
+
+    /// Uses an existing PostgreSQL pool (it is not closed by [`close`](crate::pubsub::Publisher::close)).
+    #[cfg(feature = "postgres")]
+    pub fn postgres(pool: sqlx::PgPool, config: SqlConfig) -> Result<Self> {
+        Self::with_pool(Pool::Postgres(pool), false, config)
+    }
+
+    /// Uses an existing MySQL / MariaDB pool (it is not closed by [`close`](crate::pubsub::Publisher::close)).
+    #[cfg(feature = "mysql")]
+    pub fn mysql(pool: sqlx::MySqlPool, config: SqlConfig) -> Result<Self> {
+        Self::with_pool(Pool::MySql(pool), false, config)
+    }
+
+    /// The database.
+    pub fn dialect(&self) -> Dialect {
+        self.inner.pool.dialect()
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &SqlConfig {
+        &self.inner.config
+    }
+
+    /// Creates the tables now rather than on first use.
+    pub async fn ensure_schema(&self) -> Result<()> {
+        let inner = &self.inner;
+        inner
+            .schema
+            .get_or_try_init(|| async {
+                dispatch!(&inner.pool, (pool, ops) => ops::create_schema(pool, &inner.queries).await)
+            })
+            .await?;
+        self.ensure_limits().await
+    }
+
+    /// Reads the server's limits (MySQL's `max_allowed_packet`) unless already known.
+    async fn ensure_limits(&self) -> Result<()> {
+        let inner = &self.inner;
+        inner
+            .packet_limit
+            .get_or_try_init(|| async {
+                dispatch!(&inner.pool, (pool, ops) => ops::packet_limit(pool, &inner.queries).await)
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Deletes `topics` for good: their messages, consumer groups and sequence numbers.
+    /// Subscriptions to them should be closed first.
+    pub async fn delete_topics(&self, topics: &[String]) -> Result<()> {
+        self.ensure_schema().await?;
+        let inner = &self.inner;
+        for topic in topics {
+            dispatch!(&inner.pool, (pool, ops) => ops::delete_topic(pool, &inner.queries, topic).await)?;
+            inner.known_topics.lock().remove(topic);
+        }
+        Ok(())
+    }
+
+    /// Creates the topic's row in a statement of its own (autocommit), before any publishing
+    /// transaction: inserting it inside one would make two first publishers to new topics take
+    /// gap locks on MySQL and deadlock.
+    pub(super) async fn ensure_topic(&self, topic: &str) -> Result<()> {
+        let inner = &self.inner;
+        if inner.known_topics.lock().contains(topic) {
+            return Ok(());
+        }
+        dispatch!(&inner.pool, (pool, ops) => ops::create_topic(pool, &inner.queries, topic).await)?;
+        let mut known = inner.known_topics.lock();
+        if known.len() > 10_000 {
+            known.clear();
+        }
+        known.insert(topic.to_owned());
+        Ok(())
+    }
+}
+
+impl Inner {
+    /// The largest payload a publish accepts ([`Features::max_payload`](crate::pubsub::Features)).
+    pub(super) fn max_payload(&self) -> usize {
+        self.pool.dialect().max_payload(self.packet_limit.get().copied().flatten())
+    }
+
+    /// Refuses the publish of `messages` if one is larger than [`max_payload`](Self::max_payload).
+    pub(super) fn check_sizes(&self, messages: &[Message]) -> Result<()> {
+        let limit = self.max_payload();
+        let source = self.pool.dialect().limit_source();
+        messages.iter().try_for_each(|message| check_size("payload", message.payload().len(), limit, source))
+    }
+
+    /// How many bytes one INSERT may carry: [`SqlConfig::batch_bytes`], and never more than the
+    /// server's limit on a statement.
+    pub(super) fn insert_bytes(&self) -> usize {
+        self.config.batch_bytes.min(self.max_payload())
+    }
+
+    /// Wakes the idle subscriptions of this process to `topic` (of this table prefix).
+    pub(super) fn wake(&self, topic: &str) {
+        self.signal(topic).notify_waiters();
+    }
+
+    /// What wakes the idle subscriptions of this process to `topic` (of this table prefix).
+    pub(super) fn signal(&self, topic: &str) -> Arc<Notify> {
+        topic_signal(&format!("{}\u{0}{topic}", self.config.table_prefix))
+    }
+
+    /// Closes an owned pool once both sides are closed.
+    pub(super) async fn close_pool_if_done(&self) -> Result<()> {
+        if self.owns_pool
+            && self.publisher_closed.load(Ordering::Acquire)
+            && self.subscriber_closed.load(Ordering::Acquire)
+        {
+            // A connection still checked out (a settle racing the close) must not hold this up.
+            let _ = tokio::time::timeout(Duration::from_secs(5), self.pool.close()).await;
+        }
+        Ok(())
+    }
+}
+
+/// Wake-ups for subscriptions of this process, by table prefix and topic: a publish through any
+/// `SqlPubSub` wakes the idle subscriptions of every other one at once (they poll otherwise).
+fn topic_signal(key: &str) -> Arc<Notify> {
+    static SIGNALS: OnceLock<Mutex<HashMap<String, Weak<Notify>>>> = OnceLock::new();
+    let mut signals = SIGNALS.get_or_init(Default::default).lock();
+    if let Some(signal) = signals.get(key).and_then(Weak::upgrade) {
+        return signal;
+    }
+    if signals.len() > 1024 {
+        signals.retain(|_, signal| signal.strong_count() > 0);
+    }
+    let signal = Arc::new(Notify::new());
+    signals.insert(key.to_owned(), Arc::downgrade(&signal));
+    signal
+}

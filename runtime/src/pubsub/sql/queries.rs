@@ -1,0 +1,163 @@
+//! [`Queries`]: the SQL text of the backend's statements, built once per dialect and table prefix.
+
+use super::db::Dialect;
+
+/// The SQL text for one dialect and table prefix.
+pub(super) struct Queries {
+    pub(super) mysql: bool,
+    pub(super) schema_lock: Option<String>,
+    pub(super) schema: Vec<String>,
+    /// MySQL: whether `messages` has its `size` column yet, and the statement that adds it (to
+    /// tables created before it existed).
+    pub(super) size_column: Option<[String; 2]>,
+    /// MySQL: the server's largest packet, which bounds a statement and a row.
+    pub(super) packet_limit: Option<String>,
+    pub(super) reserve: String,
+    pub(super) last_seq: String,
+    pub(super) create_topic: String,
+    pub(super) insert_prefix: String,
+    pub(super) create_group: String,
+    pub(super) claim: String,
+    pub(super) group_state: String,
+    pub(super) read: String,
+    pub(super) ack: String,
+    pub(super) nack: String,
+    pub(super) release: String,
+    pub(super) delete_group: String,
+    pub(super) delete_topic: [String; 3],
+}
+
+/// `?` placeholders become `$1`, `$2`, ... for PostgreSQL (no statement here has a literal `?`).
+pub(super) fn number_placeholders(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len() + 8);
+    let mut n = 0;
+    for c in sql.chars() {
+        if c == '?' {
+            n += 1;
+            out.push('$');
+            out.push_str(&n.to_string());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+impl Queries {
+    pub(super) fn new(dialect: Dialect, p: &str) -> Queries {
+        // MySQL: names compare byte for byte (`utf8mb4_bin`: `Orders` and `orders` are two topics);
+        // the columns read back as text keep a text collation (sqlx reads `_bin` ones as bytes).
+        let (text, key, id, blob, big) = match dialect {
+            Dialect::Sqlite => ("TEXT", "TEXT", "TEXT", "BLOB", "INTEGER"),
+            Dialect::Postgres => ("TEXT", "TEXT", "TEXT", "BYTEA", "BIGINT"),
+            Dialect::MySql => (
+                "LONGTEXT",
+                "VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin",
+                "VARCHAR(64)",
+                "LONGBLOB",
+                "BIGINT",
+            ),
+        };
+        // MySQL keeps each payload's size in a column: its `LENGTH(payload)` reads the whole blob
+        // (SQLite reads the length from the row's header, PostgreSQL from the TOAST pointer; a
+        // column stored after the payload would cost SQLite a walk of the blob's overflow pages).
+        let (size_column, size) = match dialect {
+            Dialect::MySql => (", size BIGINT NULL", "COALESCE(size, LENGTH(payload))"),
+            _ => ("", "LENGTH(payload)"),
+        };
+        let table_options = if dialect == Dialect::MySql {
+            " ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_general_ci"
+        } else {
+            ""
+        };
+        let schema = vec![
+            format!(
+                "CREATE TABLE IF NOT EXISTS {p}topics (topic {key} NOT NULL PRIMARY KEY, \
+                 last_seq {big} NOT NULL){table_options}"
+            ),
+            format!(
+                "CREATE TABLE IF NOT EXISTS {p}messages (topic {key} NOT NULL, seq {big} NOT NULL, \
+                 id {id} NOT NULL, metadata {text} NOT NULL, payload {blob} NOT NULL, \
+                 created_ms {big} NOT NULL{size_column}, PRIMARY KEY (topic, seq)){table_options}"
+            ),
+            format!(
+                "CREATE TABLE IF NOT EXISTS {p}groups (topic {key} NOT NULL, grp {key} NOT NULL, \
+                 acked {big} NOT NULL, head_attempts {big} NOT NULL, owner {key} NULL, \
+                 lease_until {big} NOT NULL, not_before {big} NOT NULL, \
+                 PRIMARY KEY (topic, grp)){table_options}"
+            ),
+        ];
+        let mysql = dialect == Dialect::MySql;
+        let returning =
+            |sql: String, columns: &str| if mysql { sql } else { format!("{sql} RETURNING {columns}") };
+        let (ignore, on_conflict) = if mysql { (" IGNORE", "") } else { ("", " ON CONFLICT DO NOTHING") };
+        let sql = |sql: String| if dialect == Dialect::Postgres { number_placeholders(&sql) } else { sql };
+        Queries {
+            mysql,
+            schema_lock: (dialect == Dialect::Postgres)
+                .then(|| "SELECT pg_advisory_xact_lock(7305418842461217)".to_owned()),
+            schema,
+            size_column: mysql.then(|| {
+                [
+                    format!(
+                        "SELECT COUNT(*) FROM information_schema.columns WHERE table_schema = DATABASE() \
+                         AND table_name = '{p}messages' AND column_name = 'size'"
+                    ),
+                    format!("ALTER TABLE {p}messages ADD COLUMN size BIGINT NULL"),
+                ]
+            }),
+            // (Unsigned on MySQL, signed on MariaDB.)
+            packet_limit: mysql.then(|| "SELECT CAST(@@max_allowed_packet AS SIGNED)".to_owned()),
+            reserve: sql(returning(
+                format!("UPDATE {p}topics SET last_seq = last_seq + ? WHERE topic = ?"),
+                "last_seq",
+            )),
+            last_seq: format!("SELECT last_seq FROM {p}topics WHERE topic = ? FOR UPDATE"),
+            create_topic: sql(format!("INSERT{ignore} INTO {p}topics (topic, last_seq) VALUES (?, 0){on_conflict}")),
+            insert_prefix: format!(
+                "INSERT INTO {p}messages (topic, seq, id, metadata, payload, created_ms{}) ",
+                if mysql { ", size" } else { "" }
+            ),
+            create_group: sql(format!(
+                "INSERT{ignore} INTO {p}groups (topic, grp, acked, head_attempts, owner, lease_until, not_before) \
+                 SELECT ?, ?, CASE WHEN ? THEN COALESCE((SELECT last_seq FROM {p}topics WHERE topic = ?), 0) \
+                 ELSE 0 END, 0, NULL, 0, 0 WHERE 1 = 1{on_conflict}"
+            )),
+            claim: sql(returning(
+                format!(
+                    "UPDATE {p}groups SET owner = ?, lease_until = ?, head_attempts = head_attempts + 1 \
+                     WHERE topic = ? AND grp = ? AND (owner IS NULL OR owner = ? OR lease_until < ?) \
+                     AND not_before <= ? AND acked < (SELECT last_seq FROM {p}topics WHERE topic = ?)"
+                ),
+                "acked, head_attempts",
+            )),
+            group_state: sql(format!("SELECT acked, head_attempts FROM {p}groups WHERE topic = ? AND grp = ?")),
+            // The rows after `acked`: at most `batch_size` of them, and no more than `batch_bytes`
+            // of payload unless the first alone is larger. The inner queries read only sizes.
+            read: sql(format!(
+                "SELECT seq, id, metadata, payload FROM {p}messages WHERE topic = ? AND seq > ? AND seq <= (\
+                 SELECT MAX(seq) FROM (\
+                 SELECT seq, size, SUM(size) OVER (ORDER BY seq) AS upto FROM (\
+                 SELECT seq, {size} AS size FROM {p}messages WHERE topic = ? AND seq > ? ORDER BY seq LIMIT ?\
+                 ) f) w WHERE upto <= ? OR upto = size) ORDER BY seq"
+            )),
+            ack: sql(format!(
+                "UPDATE {p}groups SET acked = ?, head_attempts = ?, lease_until = ?, owner = ? \
+                 WHERE topic = ? AND grp = ? AND owner = ? AND acked = ?"
+            )),
+            nack: sql(format!(
+                "UPDATE {p}groups SET owner = NULL, not_before = ? \
+                 WHERE topic = ? AND grp = ? AND owner = ? AND acked = ?"
+            )),
+            release: sql(format!(
+                "UPDATE {p}groups SET owner = NULL, head_attempts = ? WHERE topic = ? AND grp = ? AND owner = ?"
+            )),
+            delete_group: sql(format!("DELETE FROM {p}groups WHERE topic = ? AND grp = ?")),
+            delete_topic: [
+                sql(format!("DELETE FROM {p}groups WHERE topic = ?")),
+                sql(format!("DELETE FROM {p}messages WHERE topic = ?")),
+                sql(format!("DELETE FROM {p}topics WHERE topic = ?")),
+            ],
+        }
+    }
+}
