@@ -164,5 +164,10 @@ async fn main() -> Result<()> {
         }
         return router.close().await;
     }
-    router.run_until(tokio::signal::ctrl_c()).await
+    // The router is running already: wait for ctrl-c, then shut down gracefully.
+    if let Err(error) = tokio::signal::ctrl_c().await {
+        eprintln!("cannot listen for ctrl-c ({error}); stopping");
+    }
+    producer.abort();
+    router.close().await
 }

@@ -35,9 +35,15 @@ impl RouterConfig {
         self
     }
 
-    /// Sets [`poison_topic`](RouterConfig::poison_topic) (`None`: nack permanent failures too).
-    pub fn poison_topic(mut self, topic: Option<impl Into<String>>) -> Self {
-        self.poison_topic = topic.map(Into::into);
+    /// Sets [`poison_topic`](RouterConfig::poison_topic).
+    pub fn poison_topic(mut self, topic: impl Into<String>) -> Self {
+        self.poison_topic = Some(topic.into());
+        self
+    }
+
+    /// Sends permanent failures to no poison topic: they are nacked like any other failure.
+    pub fn without_poison_topic(mut self) -> Self {
+        self.poison_topic = None;
         self
     }
 

@@ -293,6 +293,8 @@ impl Router {
         }
         let count = prepared.len();
         for (p, subscription) in prepared.into_iter().zip(subscriptions) {
+            // Subscribed: ready from now on, not from when the worker first runs.
+            p.up.store(true, Ordering::Release);
             self.spawn(p, Some(subscription));
         }
         // Handlers added while this start was subscribing: `add` reads the status under the

@@ -152,3 +152,29 @@ async fn outbox_refuses_another_database() {
     assert_eq!(error.kind(), millstream::ErrorKind::Config);
     let _ = std::fs::remove_file(&path);
 }
+
+/// The outbox with nothing but millstream as a dependency: the pool comes from the pub/sub and
+/// sqlx from millstream's re-export.
+#[cfg(feature = "sqlite")]
+#[tokio::test]
+async fn sqlite_outbox_with_the_pubsubs_own_pool() {
+    use millstream::pubsub::sql::sqlx;
+    let dir = std::env::temp_dir().join(unique("outbox-pool-"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let pubsub = SqlPubSub::open_sqlite(dir.join("db.sqlite"), config("op_")).await.unwrap();
+    let pool = pubsub.sqlite_pool().expect("a SQLite pub/sub has a SQLite pool").clone();
+    sqlx::query("CREATE TABLE stock (sku TEXT PRIMARY KEY, qty INTEGER)").execute(&pool).await.unwrap();
+    let topic = unique("stock.");
+    let mut sub = pubsub.subscribe(&topic, SubscribeOptions::group("g")).await.unwrap();
+
+    let mut tx = pool.begin().await.unwrap();
+    sqlx::query("INSERT INTO stock VALUES ('tea', 3)").execute(&mut *tx).await.unwrap();
+    pubsub.publish_in(&mut *tx, &topic, vec![Message::new("tea")]).await.unwrap();
+    tx.commit().await.unwrap();
+
+    let (text, _, delivery) = next_text(&mut sub).await;
+    assert_eq!(text, "tea");
+    delivery.ack().await.unwrap();
+    Publisher::close(&pubsub).await.unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -736,3 +736,19 @@ async fn an_output_the_backend_refuses_for_good_poisons_the_input_instead_of_loo
     router.close().await.unwrap();
     assert_eq!(calls.load(Ordering::SeqCst), 1, "handled once, not redelivered");
 }
+
+#[tokio::test]
+async fn ready_as_soon_as_start_returns() {
+    async fn noop(_: Message) {}
+    let router = App::new()
+        .pubsub(MemoryPubSub::new())
+        .route(Route::new("r", topic("ready"), noop))
+        .start()
+        .await
+        .unwrap();
+    let health = router.health();
+    assert!(health.live && health.ready, "{health:?}");
+    router.shutdown();
+    router.close().await.unwrap();
+    assert!(!router.health().ready);
+}

@@ -93,3 +93,6 @@ pub use self::outbox::OutboxConnection;
 pub use self::pubsub::SqlPubSub;
 #[cfg(feature = "sqlite")]
 pub use self::pubsub::SqlitePubSub;
+/// The `sqlx` this backend is built on, for the outbox's transactions without a second copy of
+/// it in your build: `millstream::pubsub::sql::sqlx`.
+pub use sqlx;

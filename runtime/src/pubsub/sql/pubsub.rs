@@ -205,6 +205,39 @@ impl SqlPubSub {
         &self.inner.config
     }
 
+    /// The SQLite pool it uses (for the outbox: begin a transaction on it, write your rows and
+    /// [`publish_in`](SqlPubSub::publish_in) it); `None` on another database.
+    #[cfg(feature = "sqlite")]
+    pub fn sqlite_pool(&self) -> Option<&sqlx::SqlitePool> {
+        match &self.inner.pool {
+            Pool::Sqlite(pool) => Some(pool),
+            #[allow(unreachable_patterns)]
+            _ => None,
+        }
+    }
+
+    /// The PostgreSQL pool it uses (see [`sqlite_pool`](SqlPubSub::sqlite_pool)); `None` on
+    /// another database.
+    #[cfg(feature = "postgres")]
+    pub fn postgres_pool(&self) -> Option<&sqlx::PgPool> {
+        match &self.inner.pool {
+            Pool::Postgres(pool) => Some(pool),
+            #[allow(unreachable_patterns)]
+            _ => None,
+        }
+    }
+
+    /// The MySQL / MariaDB pool it uses (see [`sqlite_pool`](SqlPubSub::sqlite_pool)); `None`
+    /// on another database.
+    #[cfg(feature = "mysql")]
+    pub fn mysql_pool(&self) -> Option<&sqlx::MySqlPool> {
+        match &self.inner.pool {
+            Pool::MySql(pool) => Some(pool),
+            #[allow(unreachable_patterns)]
+            _ => None,
+        }
+    }
+
     /// Creates the tables now rather than on first use.
     pub async fn ensure_schema(&self) -> Result<()> {
         let inner = &self.inner;
