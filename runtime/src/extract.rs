@@ -3,7 +3,7 @@
 //! A handler is an async fn whose first argument may be the payload (any `DeserializeOwned` type,
 //! decoded with the handler's codec) and whose other arguments implement [`FromMessage`]:
 //! [`Json<T>`], [`Bytes`] (the raw payload), [`Metadata`], [`MessageId`], [`Message`],
-//! [`Attempt`], [`State<T>`] and [`Ctx`].
+//! [`Attempt`], [`DeliveryInfo`], [`State<T>`] and [`Ctx`].
 
 use std::borrow::Cow;
 use std::fmt;
@@ -19,7 +19,7 @@ pub use crate::context::MessageCx;
 use crate::context::RouteInfo;
 use crate::error::{Error, ErrorKind, Result};
 use crate::keys::{CORRELATION_ID, TRACEPARENT};
-use crate::message::{Message, MessageId, Metadata};
+use crate::message::{DeliveryInfo, Message, MessageId, Metadata};
 use crate::state::StateMap;
 use crate::topic::Publishable;
 
@@ -31,7 +31,7 @@ use crate::topic::Publishable;
     message = "`{Self}` cannot be a handler argument",
     label = "not an extractor",
     note = "handler arguments are the payload (first, any `DeserializeOwned` type) and extractors: \
-            `Json<T>`, `Bytes`, `Metadata`, `MessageId`, `Message`, `Attempt`, `State<T>`, `Ctx`"
+            `Json<T>`, `Bytes`, `Metadata`, `MessageId`, `Message`, `Attempt`, `DeliveryInfo`, `State<T>`, `Ctx`"
 )]
 pub trait FromMessage: Sized + Send + 'static {
     /// What `prepare` computes once per handler.
@@ -87,6 +87,18 @@ stateless_extractor!(
     /// The delivery attempt.
     Attempt,
     |_message, cx| Attempt(cx.attempt)
+);
+stateless_extractor!(
+    /// Where the message came from: the backend's [`DeliveryInfo`], with the topic filled in
+    /// (the handler's topic where the backend did not name one).
+    DeliveryInfo,
+    |message, cx| {
+        let mut info = message.delivery_info().cloned().unwrap_or_default();
+        if info.topic.is_none() {
+            info.topic = Some(cx.route.topic.clone());
+        }
+        info
+    }
 );
 stateless_extractor!(
     /// The handler context.

@@ -205,7 +205,7 @@ pub const fn output_spec<R: HandlerReturn>() -> OutputSpec {
 /// `#[millstream::handler]`, which decides the payload from the signature.
 #[diagnostic::on_unimplemented(
     message = "`{Self}` is not a millstream handler",
-    note = "a handler is an `async fn` whose first argument is the payload (`T: DeserializeOwned`) or an extractor, whose other arguments are extractors (`Json<T>`, `Bytes`, `Metadata`, `MessageId`, `Message`, `Attempt`, `State<T>`, `Ctx`), and which returns `()`, `Result<T, E>`, `Option<T>` or `Vec<T>`"
+    note = "a handler is an `async fn` whose first argument is the payload (`T: DeserializeOwned`) or an extractor, whose other arguments are extractors (`Json<T>`, `Bytes`, `Metadata`, `MessageId`, `Message`, `Attempt`, `DeliveryInfo`, `State<T>`, `Ctx`), and which returns `()`, `Result<T, E>`, `Option<T>` or `Vec<T>`"
 )]
 pub trait Handler<M>: Clone + Send + Sync + 'static {
     /// Values computed once per handler by the extractors (state lookups).

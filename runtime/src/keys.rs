@@ -13,6 +13,10 @@ pub const CORRELATION_ID: &str = "correlation_id";
 /// The W3C trace context header (set by the [`TraceContext`](crate::middleware::TraceContext) layer).
 pub const TRACEPARENT: &str = "traceparent";
 
+/// The message's key ([`Message::with_key`](crate::Message::with_key)), on backends without a
+/// key of their own.
+pub const KEY: &str = "millstream.key";
+
 /// Keys set on a message sent to a poison (dead-letter) topic, by the router's own poison path
 /// and by [`PoisonQueue`](crate::middleware::PoisonQueue).
 pub mod poison {

@@ -96,7 +96,7 @@ pub use crate::codec::{Codec, JsonCodec};
 pub use crate::error::{Error, ErrorKind, Result};
 pub use crate::extract::{Attempt, Ctx, FromMessage, Json, State};
 pub use crate::handler::{Handler, HandlerResult, Outgoing, Outputs, Publishable, Topic};
-pub use crate::message::{Message, MessageId, Metadata};
+pub use crate::message::{DeliveryInfo, Message, MessageId, Metadata};
 pub use crate::middleware::{Middleware, Next};
 #[cfg(feature = "memory")]
 pub use crate::pubsub::memory::{MemoryConfig, MemoryPubSub};
@@ -116,8 +116,8 @@ pub mod prelude {
     pub use crate::MemoryPubSub;
     pub use crate::{App, HandlerResult, Next, PublishExt};
     pub use crate::{
-        Attempt, Bytes, Ctx, Error, Json, Message, MessageId, Metadata, Publishable, Publisher, Result,
-        Route, Router, State, Subscriber, Topic,
+        Attempt, Bytes, Ctx, DeliveryInfo, Error, Json, Message, MessageId, Metadata, Publishable, Publisher,
+        Result, Route, Router, State, Subscriber, Topic,
     };
     pub use serde::{Deserialize, Serialize};
 }

@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use bytes::Bytes;
 
@@ -318,26 +319,95 @@ impl MetadataBuilder {
     }
 }
 
+/// Where a delivery came from, as far as the backend knows: the concrete topic (a wildcard
+/// subscription reads several), the partition and offset, the broker's timestamp, MQTT's retained
+/// flag. A handler takes it as an argument (it is an extractor), or reads
+/// [`Message::delivery_info`]; the message's key is [`Message::key`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DeliveryInfo {
+    /// The topic the message was published to; `None` where it is the subscribed topic.
+    pub topic: Option<Arc<str>>,
+    /// The partition (Kafka), if any.
+    pub partition: Option<u32>,
+    /// The position in the topic or partition (a Kafka offset, a stream sequence), if any.
+    pub offset: Option<u64>,
+    /// When the broker stored the message, if it says.
+    pub timestamp: Option<SystemTime>,
+    /// An MQTT retained message: stored by the broker for late subscribers.
+    pub retained: bool,
+}
+
+impl DeliveryInfo {
+    /// Information with nothing known.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// With the concrete topic.
+    pub fn topic(mut self, topic: impl Into<Arc<str>>) -> Self {
+        self.topic = Some(topic.into());
+        self
+    }
+
+    /// With the partition.
+    pub fn partition(mut self, partition: u32) -> Self {
+        self.partition = Some(partition);
+        self
+    }
+
+    /// With the offset.
+    pub fn offset(mut self, offset: u64) -> Self {
+        self.offset = Some(offset);
+        self
+    }
+
+    /// With the broker's timestamp.
+    pub fn timestamp(mut self, timestamp: SystemTime) -> Self {
+        self.timestamp = Some(timestamp);
+        self
+    }
+
+    /// Marks a retained message.
+    pub fn retained(mut self, retained: bool) -> Self {
+        self.retained = retained;
+        self
+    }
+}
+
 /// A message: an id, string metadata and an opaque payload.
 ///
 /// Cloning is cheap: the payload is a reference-counted [`Bytes`] and the metadata is shared until
 /// modified. Payloads are encoded by a [`Codec`](crate::codec::Codec), JSON by default.
-#[derive(Clone, PartialEq, Eq)]
+///
+/// A received message also knows where it came from ([`delivery_info`](Message::delivery_info)),
+/// when the backend said; that is not sent when the message is published again, and not compared
+/// by `==`.
+#[derive(Clone)]
 pub struct Message {
     id: MessageId,
     metadata: Metadata,
     payload: Bytes,
+    delivery: Option<Arc<DeliveryInfo>>,
 }
+
+impl PartialEq for Message {
+    fn eq(&self, other: &Self) -> bool {
+        self.id == other.id && self.metadata == other.metadata && self.payload == other.payload
+    }
+}
+
+impl Eq for Message {}
 
 impl Message {
     /// A message with a fresh UUID v7 id and no metadata.
     pub fn new(payload: impl Into<Bytes>) -> Self {
-        Message { id: MessageId::new(), metadata: Metadata::new(), payload: payload.into() }
+        Message { id: MessageId::new(), metadata: Metadata::new(), payload: payload.into(), delivery: None }
     }
 
     /// A message from all its parts; backends use this to rebuild a received message.
     pub fn from_parts(id: MessageId, metadata: Metadata, payload: Bytes) -> Self {
-        Message { id, metadata, payload }
+        Message { id, metadata, payload, delivery: None }
     }
 
     /// Replaces the metadata (builder style).
@@ -399,6 +469,32 @@ impl Message {
     /// [`poison::REASON`](crate::keys::poison::REASON)); `None` for a message that was not poisoned.
     pub fn poison_reason(&self) -> Option<&str> {
         self.metadata.get(keys::poison::REASON)
+    }
+
+    /// Sets the key (builder style): messages with the same key keep their order through a
+    /// key-ordered handler, and partitioned brokers (Kafka) place them on one partition. It
+    /// travels as the broker's own key where it has one, else as the metadata entry
+    /// [`keys::KEY`](crate::keys::KEY), so every backend carries it.
+    pub fn with_key(mut self, key: impl Into<Box<str>>) -> Self {
+        self.metadata.insert_static(keys::KEY, key);
+        self
+    }
+
+    /// The key, if it has one (see [`with_key`](Message::with_key)).
+    pub fn key(&self) -> Option<&str> {
+        self.metadata.get(keys::KEY)
+    }
+
+    /// Where the message came from, when it was received and the backend said (topic, partition,
+    /// offset, broker timestamp, retained flag).
+    pub fn delivery_info(&self) -> Option<&DeliveryInfo> {
+        self.delivery.as_deref()
+    }
+
+    /// Records where the message came from (backends do, through
+    /// [`Delivery::with_info`](crate::Delivery::with_info)).
+    pub fn set_delivery_info(&mut self, info: DeliveryInfo) {
+        self.delivery = Some(Arc::new(info));
     }
 
     /// Splits the message into id, metadata and payload.

@@ -61,7 +61,7 @@ use crate::handler::Topic;
 use crate::message::Message;
 use crate::pubsub::memory::MemoryPubSub;
 use crate::pubsub::{
-    AckSink, Acker, Delivery, OpFuture, Publisher, SubscribeOptions, Subscriber, Subscription,
+    AckSink, Acker, Delivery, OpFuture, Publisher, Settle, SubscribeOptions, Subscriber, Subscription, Token,
 };
 use crate::router::Router;
 
@@ -104,6 +104,10 @@ pub enum Outcome {
     Nacked,
     /// Failed on its last allowed attempt ([`TestConfig::max_attempts`]): dropped, not redelivered.
     GaveUp,
+    /// Rejected: never delivered again (the router rejects what it cannot poison).
+    Rejected,
+    /// Given back unhandled (a shutdown that aborted it): delivered again, same attempt.
+    Released,
 }
 
 /// One delivery to one handler and how it ended.
@@ -454,7 +458,11 @@ impl Stream for RecordingStream {
                 };
                 this.shared.update(|r| r.pending.insert(token, pending));
                 let sink: Arc<dyn AckSink> = Arc::new(Sink(this.shared.clone()));
-                Poll::Ready(Some(Ok(Delivery::new(message, attempt, Acker::new(sink, token, None)))))
+                Poll::Ready(Some(Ok(Delivery::new(
+                    message,
+                    attempt,
+                    Acker::new(sink, Token::new(token), None),
+                ))))
             }
             other => other,
         };
@@ -467,17 +475,19 @@ impl Stream for RecordingStream {
 struct Sink(Arc<Shared>);
 
 impl Sink {
-    fn settle(&self, token: u64, nack: Option<Option<Duration>>) -> OpFuture<'static> {
+    fn settle(&self, token: u64, how: Settle) -> OpFuture<'static> {
         let shared = self.0.clone();
         // The entry stays pending until the inner backend has requeued or dropped the message, so
         // that the message is always counted somewhere.
         let taken =
             shared.record.lock().pending.get_mut(&token).and_then(|p| Some((p.acker.take()?, p.attempt)));
         let Some((acker, attempt)) = taken else { return OpFuture::ready(Ok(())) };
-        let (outcome, op) = match nack {
-            None => (Outcome::Acked, acker.ack()),
-            Some(_) if attempt >= shared.max_attempts => (Outcome::GaveUp, acker.ack()),
-            Some(delay) => (Outcome::Nacked, acker.nack_after(delay)),
+        let (outcome, op) = match how {
+            Settle::Ack => (Outcome::Acked, acker.ack()),
+            Settle::Nack(_) if attempt >= shared.max_attempts => (Outcome::GaveUp, acker.ack()),
+            Settle::Nack(delay) => (Outcome::Nacked, acker.nack_after(delay)),
+            Settle::Reject(reason) => (Outcome::Rejected, acker.reject(reason)),
+            Settle::Release => (Outcome::Released, acker.release()),
         };
         OpFuture::boxed(async move {
             let result = op.await;
@@ -492,11 +502,7 @@ impl Sink {
 }
 
 impl AckSink for Sink {
-    fn ack(&self, token: u64, _message: Option<Message>) -> OpFuture<'static> {
-        self.settle(token, None)
-    }
-
-    fn nack(&self, token: u64, _message: Option<Message>, delay: Option<Duration>) -> OpFuture<'static> {
-        self.settle(token, Some(delay))
+    fn settle(&self, token: Token, _message: Option<Message>, how: Settle) -> OpFuture<'static> {
+        Sink::settle(self, token.get(), how)
     }
 }

@@ -56,6 +56,8 @@ pub(crate) struct LayerFacts {
     /// A [`CorrelationId`](super::CorrelationId) layer is among them: what the handler publishes
     /// through `Ctx` carries the correlation id too.
     pub(crate) correlates: bool,
+    /// A layer decides on the delivery's attempt count (its name): the backend must count them.
+    pub(crate) reads_attempts: Option<&'static str>,
 }
 
 /// The [`LayerFacts`] of a handler's layers (router-wide and its own). Only built-in layers can
@@ -66,6 +68,7 @@ pub(crate) fn layer_facts(layers: &[Arc<dyn Middleware>]) -> LayerFacts {
         let shape = step.shape();
         facts.acks_instantly |= shape.acks_instantly;
         facts.correlates |= shape.correlates;
+        facts.reads_attempts = facts.reads_attempts.or(shape.reads_attempts);
     }
     facts
 }

@@ -135,7 +135,8 @@ impl PoisonQueue {
 /// deadlines and panic guards of the layers outside it); its result replaces the error.
 impl Step for PoisonQueue {
     fn shape(&self) -> Shape {
-        Shape { keeps_message: true, ..Shape::default() }
+        let reads_attempts = self.inner.after_deliveries.map(|_| "PoisonQueue::after_deliveries");
+        Shape { keeps_message: true, reads_attempts, ..Shape::default() }
     }
 
     fn leave(&self, outcome: &mut HandlerResult, frame: &Frame, cx: &Cx<'_>) -> Leave {

@@ -28,7 +28,7 @@ impl RedeliveryCap {
 /// Entering, the step refuses a delivery past the cap.
 impl Step for RedeliveryCap {
     fn shape(&self) -> Shape {
-        Shape { checks_entry: true, ..Shape::default() }
+        Shape { checks_entry: true, reads_attempts: Some("RedeliveryCap"), ..Shape::default() }
     }
 
     fn enter(&self, attempt: u32) -> Result<(), Error> {

@@ -67,6 +67,10 @@ pub(crate) struct Shape {
     pub(crate) acks_instantly: bool,
     /// What the handler publishes through `Ctx` carries the correlation id ([`CorrelationId`](super::correlation::CorrelationId)).
     pub(crate) correlates: bool,
+    /// The step decides on the delivery's attempt count, so the backend must count attempts
+    /// ([`Features::attempts`](crate::pubsub::Features::attempts)): the layer's name, for the
+    /// error when it cannot.
+    pub(crate) reads_attempts: Option<&'static str>,
 }
 
 /// What a step sees of its own state when it is left.

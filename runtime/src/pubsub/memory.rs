@@ -33,8 +33,8 @@ use parking_lot::{Mutex, RwLock};
 use smallvec::SmallVec;
 
 use super::{
-    check_size, closed_error, AckSink, Acker, Delivery, Features, OpFuture, Publisher, SubscribeOptions,
-    Subscriber, Subscription,
+    check_size, closed_error, AckSink, Acker, Attempts, Delivery, Features, OpFuture, Publisher, Settle,
+    Settlement, SubscribeOptions, Subscriber, Subscription, Token,
 };
 use crate::error::Result;
 use crate::message::Message;
@@ -243,15 +243,24 @@ fn register(waiters: &mut Vec<(u64, Waker)>, id: u64, waker: &Waker) {
     }
 }
 
-/// The delivery token carries the attempt number, so that a nack can raise it.
+/// The delivery token carries the attempt number, so that a nack can raise it. A rejected message
+/// is dropped (no dead letter of its own: the router poisons it first); a released one goes back
+/// to the front of the queue with its attempt unchanged.
 impl AckSink for Queue {
-    fn ack(&self, _token: u64, _message: Option<Message>) -> OpFuture<'static> {
+    fn settle(&self, token: Token, message: Option<Message>, how: Settle) -> OpFuture<'static> {
+        let delivered = u32::try_from(token.get()).unwrap_or(u32::MAX);
+        match (how, message) {
+            (Settle::Nack(delay), Some(message)) => self.nack(message, delivered.saturating_add(1), delay),
+            (Settle::Release, Some(message)) => self.requeue(message, delivered),
+            _ => {}
+        }
         OpFuture::ready(Ok(()))
     }
+}
 
-    fn nack(&self, token: u64, message: Option<Message>, delay: Option<Duration>) -> OpFuture<'static> {
-        let Some(message) = message else { return OpFuture::ready(Ok(())) };
-        let attempt = u32::try_from(token).unwrap_or(u32::MAX).saturating_add(1);
+impl Queue {
+    /// Puts a nacked message back, as attempt `attempt`, after `delay` if any.
+    fn nack(&self, message: Message, attempt: u32, delay: Option<Duration>) {
         match (delay, tokio::runtime::Handle::try_current()) {
             (Some(delay), Ok(handle)) if !delay.is_zero() => {
                 // Keep the queue alive until the delay is over; requeue then.
@@ -266,7 +275,6 @@ impl AckSink for Queue {
             }
             _ => self.requeue(message, attempt),
         }
-        OpFuture::ready(Ok(()))
     }
 }
 
@@ -470,6 +478,7 @@ impl Subscriber for MemoryPubSub {
 
     fn features(&self) -> Features {
         Features {
+            backend: "memory",
             consumer_groups: true,
             persistent: false,
             ordered: true,
@@ -480,6 +489,11 @@ impl Subscriber for MemoryPubSub {
             exactly_once: true,
             nack_delay: true,
             max_payload: self.shared.config.max_payload,
+            settlement: Settlement::Individual,
+            ordered_per_key: false,
+            attempts: Attempts::Exact,
+            dead_letter: false,
+            release_uncounted: true,
         }
     }
 }
@@ -531,7 +545,8 @@ impl Stream for MemoryStream {
                 drop(state);
                 this.yield_next = !producers.is_empty();
                 producers.into_iter().for_each(|(_, waker)| waker.wake());
-                let acker = Acker::new(this.sink.clone(), u64::from(attempt), Some(message.clone()));
+                let acker =
+                    Acker::new(this.sink.clone(), Token::new(u64::from(attempt)), Some(message.clone()));
                 Poll::Ready(Some(Ok(Delivery::new(message, attempt, acker))))
             }
             None => {

@@ -14,9 +14,11 @@
 //!   [`NatsConfig::duplicate_window`] (a publish retried after a timeout is not stored twice). The
 //!   metadata travels as one `Millstream-Metadata` header (a JSON array of pairs, ASCII-escaped, so
 //!   keys and values may be any text); other headers of foreign messages become metadata too.
-//! - Ack is `+ACK`; nack is `-NAK`, with the delay when one is given (`nack_after`); a nack with
-//!   [`TERM`] as delay is `+TERM` (never delivered again). A delivery left unsettled is redelivered
-//!   after [`NatsConfig::ack_wait`]. The attempt is JetStream's delivery count.
+//! - Ack is `+ACK`; nack is `-NAK`, with the delay when one is given (`nack_after`); reject is
+//!   `+TERM` (never delivered again; JetStream only reports it as an advisory, so the router
+//!   publishes a rejected message to its poison topic first); release is a `-NAK` without delay
+//!   (JetStream counts it as a delivery). A delivery left unsettled is redelivered after
+//!   [`NatsConfig::ack_wait`]. The attempt is JetStream's delivery count.
 //! - The client reconnects by itself after the server goes away; subscriptions re-create their
 //!   pull stream (and consumer) until the server is back, losing nothing that was stored.
 //!
@@ -49,15 +51,11 @@ use parking_lot::Mutex;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    check_size, closed_error, AckSink, Acker, Delivery, Features, OpFuture, Publisher, SubscribeOptions,
-    Subscriber, Subscription,
+    check_size, closed_error, AckSink, Acker, Attempts, Delivery, Features, OpFuture, Publisher, Settle,
+    Settlement, SubscribeOptions, Subscriber, Subscription, Token,
 };
 use crate::error::{Error, ErrorKind, Result};
 use crate::message::{Message, MessageId, Metadata};
-
-/// Pass as the delay of [`Acker::nack_after`] to terminate a message (`+TERM`): JetStream will
-/// not deliver it again, to any subscription of the group.
-pub const TERM: Duration = Duration::MAX;
 
 /// (A `&str` header name never matches the client's standard `Nats-Msg-Id`; the constant does.)
 const ID_HEADER: &str = "Nats-Msg-Id";
@@ -521,6 +519,7 @@ impl Subscriber for NatsPubSub {
         let strict = self.inner.config.max_ack_pending == 1;
         let max_payload = self.inner.client.server_info().max_payload;
         Features {
+            backend: "nats",
             consumer_groups: true,
             persistent: true,
             ordered: true,
@@ -531,6 +530,11 @@ impl Subscriber for NatsPubSub {
             exactly_once: false,
             nack_delay: true,
             max_payload: (max_payload > 0).then(|| max_payload.saturating_sub(HEADER_ROOM)),
+            settlement: Settlement::Individual,
+            ordered_per_key: strict,
+            attempts: Attempts::Exact,
+            dead_letter: false,
+            release_uncounted: false,
         }
     }
 }
@@ -583,7 +587,8 @@ impl NatsStream {
                         self.next_start = Some(sequence + 1);
                     }
                     let decoded = decode(&message.message, &stream, sequence);
-                    let acker = Acker::new(Arc::new(NatsAck(Mutex::new(Some(message)))), sequence, None);
+                    let acker =
+                        Acker::new(Arc::new(NatsAck(Mutex::new(Some(message)))), Token::new(sequence), None);
                     let attempt = u32::try_from(attempt.max(1)).unwrap_or(u32::MAX);
                     return Some(Ok(Delivery::new(decoded, attempt, acker)));
                 }
@@ -618,16 +623,13 @@ impl NatsAck {
 }
 
 impl AckSink for NatsAck {
-    fn ack(&self, _token: u64, _message: Option<Message>) -> OpFuture<'static> {
-        self.settle(AckKind::Ack)
-    }
-
-    fn nack(&self, _token: u64, _message: Option<Message>, delay: Option<Duration>) -> OpFuture<'static> {
-        let kind = match delay {
-            Some(TERM) => AckKind::Term,
-            Some(delay) if !delay.is_zero() => AckKind::Nak(Some(delay)),
-            _ => AckKind::Nak(None),
+    fn settle(&self, _token: Token, _message: Option<Message>, how: Settle) -> OpFuture<'static> {
+        let kind = match how {
+            Settle::Nack(Some(delay)) if !delay.is_zero() => AckKind::Nak(Some(delay)),
+            Settle::Nack(_) | Settle::Release => AckKind::Nak(None),
+            Settle::Reject(_) => AckKind::Term,
+            Settle::Ack => AckKind::Ack,
         };
-        self.settle(kind)
+        NatsAck::settle(self, kind)
     }
 }

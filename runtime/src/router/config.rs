@@ -8,8 +8,10 @@ use std::time::Duration;
 pub struct RouterConfig {
     /// How long shutdown waits for in-flight messages. Default 30 s.
     pub close_timeout: Duration,
-    /// Where messages that failed permanently go (decode failures, `Error::permanent`).
-    /// Default `Some("millstream.poison")`; `None` nacks them like any other failure.
+    /// Where messages that failed permanently go (decode failures, `Error::permanent`), with the
+    /// reason in their metadata, before they are acked. Default `Some("millstream.poison")`;
+    /// `None` rejects them: the broker's dead letter takes them where it has one
+    /// ([`Features::dead_letter`](crate::pubsub::Features::dead_letter)), else they are dropped.
     pub poison_topic: Option<String>,
     /// Redelivery delay asked for on nack, where the backend honours it. Default none.
     pub nack_delay: Option<Duration>,
@@ -41,7 +43,8 @@ impl RouterConfig {
         self
     }
 
-    /// Sends permanent failures to no poison topic: they are nacked like any other failure.
+    /// Sends permanent failures to no poison topic: they are rejected (see
+    /// [`poison_topic`](RouterConfig::poison_topic)).
     pub fn without_poison_topic(mut self) -> Self {
         self.poison_topic = None;
         self

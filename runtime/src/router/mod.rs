@@ -40,7 +40,7 @@ use crate::error::{Error, ErrorKind, Result};
 /// [`keys::poison`](crate::keys::poison)).
 pub use crate::keys::poison as poison_keys;
 use crate::middleware::{layer_facts, Chain, Middleware, Next};
-use crate::pubsub::{Publisher, Subscriber, Subscription};
+use crate::pubsub::{Attempts, Features, Publisher, Subscriber, Subscription};
 use crate::state::StateMap;
 
 /// Where the router is in its life.
@@ -181,6 +181,7 @@ impl Router {
     pub fn add(&self, route: Route) -> Result<()> {
         let mut problems = route.check();
         problems.extend(self.state_problems(&route));
+        problems.extend(self.backend_problems(&route));
         if !problems.is_empty() {
             return Err(combine(problems));
         }
@@ -208,6 +209,25 @@ impl Router {
                 Err(Error::new(ErrorKind::Closed, "the router is shutting down; no handler can be added"))
             }
         }
+    }
+
+    /// What the handler asks of its backend that the backend's [`Features`] say it cannot honour:
+    /// a layer that decides on attempt counts where the backend keeps none.
+    fn backend_problems(&self, route: &Route) -> Vec<Error> {
+        let subscriber = route.subscriber.as_ref().unwrap_or(&self.inner.subscriber);
+        let features = subscriber.features();
+        let layers: Vec<_> = self.inner.layers.iter().chain(&route.middleware).cloned().collect();
+        let facts = layer_facts(&layers);
+        let mut problems = Vec::new();
+        if let (Some(layer), Attempts::Unknown) = (facts.reads_attempts, features.attempts) {
+            problems.push(config_error(format!(
+                "{}: `{layer}` decides on the delivery attempt, but the `{}` backend does not count \
+                 attempts (every delivery says 1); retry in the process with `Retry` instead",
+                route.origin(),
+                backend_name(&features),
+            )));
+        }
+        problems
     }
 
     /// What the handler's extractors would report with the app's state, each naming the handler.
@@ -435,6 +455,15 @@ impl Router {
         let handle =
             self.inner.tracker.spawn(worker::run(prepared, subscription, self.inner.tracker.clone()));
         self.inner.tasks.lock().push(handle.abort_handle());
+    }
+}
+
+/// The backend's name for messages (`unnamed` when a third-party backend leaves it empty).
+fn backend_name(features: &Features) -> &'static str {
+    if features.backend.is_empty() {
+        "unnamed"
+    } else {
+        features.backend
     }
 }
 

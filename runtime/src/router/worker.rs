@@ -335,6 +335,19 @@ async fn fail(p: &Prepared, original: Message, attempt: u32, acker: Acker, error
             }
             return;
         }
+        // No poison topic: the broker's own dead letter takes it where it has one; never again
+        // either way (a nack would bring back what can never succeed).
+        tracing::error!(
+            handler = %p.info.name,
+            topic = %p.info.topic,
+            message_id = %original.id(),
+            attempt,
+            kind = ?error.kind(),
+            %error,
+            "permanent failure and no poison topic; rejecting",
+        );
+        settle(acker.reject(error.to_string()), p, false).await;
+        return;
     }
     tracing::warn!(
         handler = %p.info.name,
@@ -372,7 +385,7 @@ fn output_topic<'a>(p: &'a Prepared, own: Option<Cow<'static, str>>) -> Result<C
 async fn settle(op: crate::pubsub::OpFuture<'static>, p: &Prepared, ack: bool) {
     p.metrics.settled(ack);
     if let Err(error) = op.await {
-        let what = if ack { "ack" } else { "nack" };
+        let what = if ack { "ack" } else { "settle" };
         tracing::warn!(handler = %p.info.name, %error, "{what} failed");
     }
 }

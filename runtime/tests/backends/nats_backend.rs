@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use millstream::pubsub::nats::{NatsConfig, NatsPubSub, TERM};
+use millstream::pubsub::nats::{NatsConfig, NatsPubSub};
 use millstream::{Message, Publisher, SubscribeOptions, Subscriber, Subscription};
 
 use crate::support::nats as lock;
@@ -58,7 +58,7 @@ async fn provisioning_ack_wait_and_term() {
     assert_eq!((text.as_str(), attempt), ("held", 2));
     std::mem::forget(acker);
     let (_, _, acker) = again.into_parts();
-    acker.nack_after(Some(TERM)).await.unwrap();
+    acker.reject("no use retrying").await.unwrap();
 
     ps.publish(&t, Message::new("next")).await.unwrap();
     let (text, _, d) = next(&mut sub).await;

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use millstream::pubsub::{AckSink, Acker, OpFuture};
+use millstream::pubsub::{AckSink, Acker, OpFuture, Settle, Token};
 use millstream::{Delivery, MemoryPubSub, Message, Publisher, SubscribeOptions, Subscriber, Subscription};
 use parking_lot::Mutex;
 use tokio::sync::Notify;
@@ -22,6 +22,8 @@ pub enum Event {
     Published { topic: String, payload: String },
     Acked { topic: String, payload: String },
     Nacked { topic: String, payload: String },
+    Rejected { topic: String, payload: String, reason: String },
+    Released { topic: String, payload: String },
     PublisherClosed,
 }
 
@@ -102,16 +104,16 @@ struct RecordingSink {
 }
 
 impl AckSink for RecordingSink {
-    fn ack(&self, token: u64, _message: Option<Message>) -> OpFuture<'static> {
-        let (acker, payload) = self.ackers.lock().remove(&token).expect("settled once");
-        self.log.push(Event::Acked { topic: self.topic.clone(), payload });
-        acker.ack()
-    }
-
-    fn nack(&self, token: u64, _message: Option<Message>, delay: Option<Duration>) -> OpFuture<'static> {
-        let (acker, payload) = self.ackers.lock().remove(&token).expect("settled once");
-        self.log.push(Event::Nacked { topic: self.topic.clone(), payload });
-        acker.nack_after(delay)
+    fn settle(&self, token: Token, _message: Option<Message>, how: Settle) -> OpFuture<'static> {
+        let (acker, payload) = self.ackers.lock().remove(&token.get()).expect("settled once");
+        let topic = self.topic.clone();
+        self.log.push(match &how {
+            Settle::Ack => Event::Acked { topic, payload },
+            Settle::Reject(reason) => Event::Rejected { topic, payload, reason: reason.to_string() },
+            Settle::Release => Event::Released { topic, payload },
+            _ => Event::Nacked { topic, payload },
+        });
+        acker.settle(how)
     }
 }
 
@@ -130,7 +132,7 @@ impl Subscriber for Recording {
                     let (message, attempt, acker) = delivery.into_parts();
                     let token = sink.next.fetch_add(1, Ordering::Relaxed);
                     sink.ackers.lock().insert(token, (acker, text(&message)));
-                    Delivery::new(message, attempt, Acker::new(sink.clone(), token, None))
+                    Delivery::new(message, attempt, Acker::new(sink.clone(), Token::new(token), None))
                 })
             })))
         })

@@ -251,7 +251,7 @@ async fn shutdown_finishes_in_flight_messages_before_closing_publishers() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn close_timeout_nacks_what_did_not_finish() {
+async fn close_timeout_releases_what_did_not_finish() {
     let rec = Recording::new();
     let input = topic("stuck");
     let entered = Arc::new(Notify::new());
@@ -283,8 +283,13 @@ async fn close_timeout_nacks_what_did_not_finish() {
     router.shutdown();
     let err = within("stop", run).await.unwrap().unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Timeout);
-    assert_eq!(rec.log.count(|e| matches!(e, Event::Nacked { .. })), 1);
-    assert_eq!(rec.log.count(|e| matches!(e, Event::Acked { .. })), 0);
+    rec.log
+        .wait_for("the aborted delivery released", |ev| {
+            ev.iter().any(|e| matches!(e, Event::Released { .. }))
+        })
+        .await;
+    assert_eq!(rec.log.count(|e| matches!(e, Event::Released { .. })), 1);
+    assert_eq!(rec.log.count(|e| matches!(e, Event::Nacked { .. } | Event::Acked { .. })), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

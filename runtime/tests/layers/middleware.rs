@@ -80,21 +80,28 @@ async fn retry_gives_up_after_the_budget_and_never_retries_permanent_errors() {
     rec.inner.publish(&always, Message::new("{}")).await.unwrap();
     rec.inner.publish(&permanent, Message::new("{}")).await.unwrap();
     rec.log
-        .wait_for("both nacked", |ev| {
+        .wait_for("one nacked, the permanent one rejected", |ev| {
             ev.iter().any(|e| matches!(e, Event::Nacked { topic, .. } if *topic == always))
-                && ev.iter().any(|e| matches!(e, Event::Nacked { topic, .. } if *topic == permanent))
+                && ev.iter().any(|e| matches!(e, Event::Rejected { topic, .. } if *topic == permanent))
         })
         .await;
     stop(&router, task).await;
     assert!(calls.load(Ordering::SeqCst) >= 3, "1 attempt + 2 retries before the first nack");
     assert_eq!(calls.load(Ordering::SeqCst) % 3, 0, "retries come in rounds of three per delivery");
     // Shutdown lets in-flight work finish, so every call has been settled by now.
-    let permanent_nacks = rec.log.count(|e| matches!(e, Event::Nacked { topic, .. } if *topic == permanent));
-    assert_eq!(
-        permanent_calls.load(Ordering::SeqCst) as usize,
-        permanent_nacks,
-        "one call per delivery: permanent errors are not retried in process"
-    );
+    // Without a poison topic, a permanent error is rejected: one call, never delivered again.
+    assert_eq!(permanent_calls.load(Ordering::SeqCst), 1, "permanent errors are not retried in process");
+    let rejected: Vec<_> = rec
+        .log
+        .events()
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::Rejected { topic, reason, .. } if topic == permanent => Some(reason),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(rejected, ["bad order"]);
+    assert_eq!(rec.log.count(|e| matches!(e, Event::Nacked { topic, .. } if *topic == permanent)), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

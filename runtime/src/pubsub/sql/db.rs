@@ -18,6 +18,17 @@ pub enum Dialect {
     MySql,
 }
 
+impl Dialect {
+    /// `sqlite`, `postgres` or `mysql`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Dialect::Sqlite => "sqlite",
+            Dialect::Postgres => "postgres",
+            Dialect::MySql => "mysql",
+        }
+    }
+}
+
 /// What a row may hold beside its payload, within the database's limit on a row or a statement:
 /// the topic, the id and the metadata, and the statement's own bytes.
 pub(super) const ROW_ROOM: usize = 64 * 1024;

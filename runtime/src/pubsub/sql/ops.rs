@@ -336,6 +336,7 @@ macro_rules! dialect {
 
             /// Gives the head message back: releases the lease, and nobody claims the group
             /// before `not_before`. Returns whether `owner` still held it.
+            #[allow(clippy::too_many_arguments)]
             pub(crate) async fn nack(
                 pool: &$pool,
                 q: &Queries,
@@ -344,9 +345,11 @@ macro_rules! dialect {
                 owner: &str,
                 prev: i64,
                 not_before: i64,
+                uncount: bool,
             ) -> Result<bool> {
                 let done = sqlx::query(&q.nack)
                     .bind(not_before)
+                    .bind(i64::from(uncount))
                     .bind(topic)
                     .bind(group)
                     .bind(owner)

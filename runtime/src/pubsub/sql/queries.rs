@@ -145,8 +145,10 @@ impl Queries {
                 "UPDATE {p}groups SET acked = ?, head_attempts = ?, lease_until = ?, owner = ? \
                  WHERE topic = ? AND grp = ? AND owner = ? AND acked = ?"
             )),
+            // A nack gives the head back (the next claim counts an attempt); a release gives it back
+            // uncounted (one attempt taken off first).
             nack: sql(format!(
-                "UPDATE {p}groups SET owner = NULL, not_before = ? \
+                "UPDATE {p}groups SET owner = NULL, not_before = ?, head_attempts = head_attempts - ? \
                  WHERE topic = ? AND grp = ? AND owner = ? AND acked = ?"
             )),
             release: sql(format!(

@@ -19,7 +19,8 @@ use super::stored::Row;
 use crate::error::{Error, ErrorKind, Result};
 use crate::message::Message;
 use crate::pubsub::{
-    closed_error, AckSink, Acker, Delivery, Features, OpFuture, SubscribeOptions, Subscriber, Subscription,
+    closed_error, AckSink, Acker, Attempts, Delivery, Features, OpFuture, Settle, Settlement,
+    SubscribeOptions, Subscriber, Subscription, Token,
 };
 
 impl Subscriber for SqlPubSub {
@@ -80,6 +81,7 @@ impl Subscriber for SqlPubSub {
 
     fn features(&self) -> Features {
         Features {
+            backend: self.inner.pool.dialect().name(),
             consumer_groups: true,
             persistent: true,
             ordered: true,
@@ -90,6 +92,12 @@ impl Subscriber for SqlPubSub {
             exactly_once: true,
             nack_delay: true,
             max_payload: Some(self.inner.max_payload()),
+            settlement: Settlement::Individual,
+            // A group reads one message at a time, in order, whoever its consumers are.
+            ordered_per_key: true,
+            attempts: Attempts::Exact,
+            dead_letter: false,
+            release_uncounted: true,
         }
     }
 }
@@ -163,7 +171,13 @@ impl SubShared {
         })
     }
 
-    async fn settle(self: Arc<Self>, token: u64, nack: Option<Duration>) -> Result<()> {
+    async fn settle(self: Arc<Self>, token: u64, how: Settle) -> Result<()> {
+        // No dead letter of its own: a rejected message is acked away (the router poisons it first).
+        let nack = match how {
+            Settle::Ack | Settle::Reject(_) => None,
+            Settle::Nack(delay) => Some((delay.unwrap_or_default(), false)),
+            Settle::Release => Some((Duration::ZERO, true)),
+        };
         let (flight, release) = {
             let mut state = self.state.lock();
             match state.in_flight {
@@ -188,10 +202,10 @@ impl SubShared {
                 ).await)
                 .map(|done| if done { Outcome::Acked { lease_until } } else { Outcome::Lost })
             }
-            Some(delay) => {
+            Some((delay, uncount)) => {
                 let not_before = now_ms() + millis(delay);
                 dispatch!(&inner.pool, (pool, ops) => ops::nack(
-                    pool, &inner.queries, topic, group, owner, flight.prev, not_before,
+                    pool, &inner.queries, topic, group, owner, flight.prev, not_before, uncount,
                 ).await)
                 .map(|done| if done { Outcome::Nacked { not_before } } else { Outcome::Lost })
             }
@@ -232,12 +246,8 @@ impl Lease for SubShared {
 struct SqlAcker(Arc<SubShared>);
 
 impl AckSink for SqlAcker {
-    fn ack(&self, token: u64, _message: Option<Message>) -> OpFuture<'static> {
-        OpFuture::boxed(self.0.clone().settle(token, None))
-    }
-
-    fn nack(&self, token: u64, _message: Option<Message>, delay: Option<Duration>) -> OpFuture<'static> {
-        OpFuture::boxed(self.0.clone().settle(token, Some(delay.unwrap_or_default())))
+    fn settle(&self, token: Token, _message: Option<Message>, how: Settle) -> OpFuture<'static> {
+        OpFuture::boxed(self.0.clone().settle(token.get(), how))
     }
 }
 
@@ -305,7 +315,7 @@ impl SqlStream {
                 self.sub.state.lock().in_flight = Some(InFlight { seq, prev: self.acked, next_attempts });
                 self.acked = seq;
                 self.head_attempts = next_attempts;
-                let acker = Acker::new(Arc::new(SqlAcker(self.sub.clone())), seq as u64, None);
+                let acker = Acker::new(Arc::new(SqlAcker(self.sub.clone())), Token::new(seq as u64), None);
                 let attempt = u32::try_from(attempt.max(1)).unwrap_or(u32::MAX);
                 return Some(Ok(Delivery::new(message, attempt, acker)));
             }
