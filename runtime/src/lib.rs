@@ -34,7 +34,7 @@
 //! the [`middleware`](mod@middleware) chain, the typed [`Handler`]) to a [`Publisher`]; an input is acked only after
 //! its outputs are published (at-least-once). [`MemoryPubSub`] is the embedded default backend.
 
-#![cfg_attr(docsrs, feature(doc_auto_cfg))]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 #[doc(hidden)]
 #[path = "private.rs"]
