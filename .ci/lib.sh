@@ -60,7 +60,9 @@ ci_services() {
 # Cargo subcommands are looked up the way `cargo` itself does (PATH and $CARGO_HOME/bin), so a tool
 # that is installed but not on PATH is still found. `cargo install` builds in its own temporary
 # directory (never in the project's CARGO_TARGET_DIR), or in $CI_TOOLS_TARGET_DIR when that is set:
-# CI sets it so that the fresh-clone check can install the tools again cheaply.
+# CI sets it so that the fresh-clone check can install the tools again cheaply. Cargo rebuilds a
+# dependency whose source path changed, so such kept builds are only reused when the sources are
+# read from the same CARGO_HOME: $CI_TOOLS_CARGO_HOME, when set, is the one `cargo install` uses.
 
 ci_install_root_bin() { echo "${CARGO_INSTALL_ROOT:-${CARGO_HOME:-$HOME/.cargo}}/bin"; }
 
@@ -71,7 +73,8 @@ ci_ensure_tool() { # probe-command crate [cargo install options...]: install `cr
     if $probe --version >/dev/null 2>&1; then return 0; fi
     ci_say "installing $crate (\`$probe\` is missing; once per machine, a few minutes)"
     if [ -n "${CI_TOOLS_TARGET_DIR:-}" ]; then
-        CARGO_TARGET_DIR="$CI_TOOLS_TARGET_DIR" cargo install --locked --quiet "$crate" "$@"
+        CARGO_HOME="${CI_TOOLS_CARGO_HOME:-${CARGO_HOME:-$HOME/.cargo}}" CARGO_TARGET_DIR="$CI_TOOLS_TARGET_DIR" \
+            cargo install --locked --quiet "$crate" "$@"
     else
         (unset CARGO_TARGET_DIR && cargo install --locked --quiet "$crate" "$@")
     fi
