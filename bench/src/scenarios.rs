@@ -4,7 +4,7 @@
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use millstream::{MemoryPubSub, Message, Publisher, Route, Router, State, SubscribeOptions, Subscriber};
+use millstream::{App, MemoryPubSub, Message, Publisher, Route, Router, State, SubscribeOptions, Subscriber};
 use tokio::sync::mpsc;
 use tokio::time::MissedTickBehavior;
 
@@ -115,16 +115,20 @@ async fn run_router(router: Router, pubsub: MemoryPubSub, latch: Latch, messages
 pub(crate) async fn router(messages: u64) -> Outcome {
     let pubsub = MemoryPubSub::new();
     let latch = Latch::new(messages);
-    let router = Router::new(pubsub.clone()).state(latch.clone()).route(Route::new("sink", TOPIC_A, sink));
+    let router = App::new()
+        .pubsub(pubsub.clone())
+        .state(latch.clone())
+        .route(Route::new("sink", TOPIC_A, sink))
+        .build()
+        .unwrap();
     let elapsed = run_router(router, pubsub, latch, messages).await;
     throughput("router", messages, elapsed)
 }
 
 /// The stack the issue names: retry + poison queue + timeout + correlation id + recoverer.
-fn middleware_stack(router: Router) -> Router {
+fn middleware_stack(app: App) -> App {
     use millstream::middleware::{CorrelationId, PoisonQueue, Recoverer, Retry, Timeout};
-    router
-        .layer(CorrelationId)
+    app.layer(CorrelationId)
         .layer(PoisonQueue::new("bench.poison"))
         .layer(Retry::new(3))
         .layer(Timeout::new(std::time::Duration::from_secs(30)))
@@ -135,8 +139,10 @@ fn middleware_stack(router: Router) -> Router {
 pub(crate) async fn router_mw(messages: u64) -> Outcome {
     let pubsub = MemoryPubSub::new();
     let latch = Latch::new(messages);
-    let router = middleware_stack(Router::new(pubsub.clone()).state(latch.clone()))
-        .route(Route::new("sink", TOPIC_A, sink));
+    let router = middleware_stack(App::new().pubsub(pubsub.clone()).state(latch.clone()))
+        .route(Route::new("sink", TOPIC_A, sink))
+        .build()
+        .unwrap();
     let elapsed = run_router(router, pubsub, latch, messages).await;
     throughput("router-mw", messages, elapsed)
 }
@@ -168,11 +174,11 @@ pub(crate) async fn drain(messages: u64, layered: bool) -> Outcome {
     let count = messages.min(DRAIN_MAX);
     let pubsub = MemoryPubSub::new().capacity(usize::try_from(count).expect("a small count") + 1);
     let gate = Gate { latch: Latch::new(count), open: std::sync::Arc::new(tokio::sync::Semaphore::new(0)) };
-    let mut router = Router::new(pubsub.clone()).state(gate.clone());
+    let mut app = App::new().pubsub(pubsub.clone()).state(gate.clone());
     if layered {
-        router = middleware_stack(router);
+        app = middleware_stack(app);
     }
-    let router = router.route(Route::new("sink", TOPIC_A, gated_sink));
+    let router = app.route(Route::new("sink", TOPIC_A, gated_sink)).build().unwrap();
     router.start().await.expect("router starts");
     for id in 0..count {
         pubsub.publish(TOPIC_A, Message::new(encode(id))).await.expect("publish");
@@ -189,10 +195,13 @@ pub(crate) async fn drain(messages: u64, layered: bool) -> Outcome {
 pub(crate) async fn pipeline(messages: u64) -> Outcome {
     let pubsub = MemoryPubSub::new();
     let latch = Latch::new(messages);
-    let router = Router::new(pubsub.clone())
+    let router = App::new()
+        .pubsub(pubsub.clone())
         .state(latch.clone())
         .route(Route::new("forward", TOPIC_A, forward).publish(TOPIC_B))
-        .route(Route::new("sink", TOPIC_B, sink));
+        .route(Route::new("sink", TOPIC_B, sink))
+        .build()
+        .unwrap();
     let elapsed = run_router(router, pubsub, latch, messages).await;
     throughput("pipeline", messages, elapsed)
 }
@@ -245,8 +254,12 @@ fn stats(stamps: &Stamps) -> LatencyStats {
 async fn latency_router(count: u64, rate: u64) -> LatencyStats {
     let pubsub = MemoryPubSub::new();
     let timed = Timed { latch: Latch::new(count), stamps: Stamps::new(count) };
-    let router =
-        Router::new(pubsub.clone()).state(timed.clone()).route(Route::new("timed", TOPIC_A, timed_sink));
+    let router = App::new()
+        .pubsub(pubsub.clone())
+        .state(timed.clone())
+        .route(Route::new("timed", TOPIC_A, timed_sink))
+        .build()
+        .unwrap();
     router.start().await.expect("router starts");
     let producer = tokio::spawn({
         let stamps = timed.stamps.clone();

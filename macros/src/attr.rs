@@ -3,15 +3,16 @@
 //! Each macro declares its keys with `syn::custom_keyword!` and dispatches on them with
 //! `lookahead1()`, so an unknown key is reported with the list of the expected ones. A [`Slot`]
 //! holds one key's value and reports a second occurrence. [`parse_entries`] keeps going after a
-//! malformed entry, so that every mistake in one attribute is reported in one compile.
-
-use std::str::FromStr;
+//! malformed entry, so that every mistake in one attribute is reported in one compile. A key that
+//! is none of them is reported by [`unknown_key`], with the closest one when it looks misspelled.
 
 use proc_macro2::{Span, TokenStream, TokenTree};
-use syn::parse::{ParseStream, Parser};
+use syn::ext::IdentExt;
+use syn::parse::{Lookahead1, ParseStream, Parser};
 use syn::{LitInt, LitStr, Token};
 
 use crate::errors::Errors;
+use crate::suggest;
 
 /// One key's value, kept with the span of its key.
 pub(crate) struct Slot<T> {
@@ -109,29 +110,74 @@ pub(crate) fn string(input: ParseStream<'_>, key: &str) -> syn::Result<LitStr> {
     Ok(lit)
 }
 
-/// An integer literal, possibly negative: `key = 10`.
-pub(crate) fn integer<N>(input: ParseStream<'_>, key: &str) -> syn::Result<(N, Span)>
+/// The error for an entry that starts with none of the `keys`: "did you mean `topic`?" when the
+/// name is close to one of them, the list of keys otherwise.
+pub(crate) fn unknown_key(input: ParseStream<'_>, lookahead: Lookahead1<'_>, keys: &[&str]) -> syn::Error {
+    if let Some(error) = misspelled_key(input, keys) {
+        return error;
+    }
+    match input.fork().call(syn::Ident::parse_any) {
+        Ok(ident) => {
+            let list: Vec<String> = keys.iter().map(|key| format!("`{key}`")).collect();
+            let message = format!("unknown key `{}`; expected one of: {}", ident.unraw(), list.join(", "));
+            syn::Error::new(ident.span(), message)
+        }
+        Err(_) => lookahead.error(),
+    }
+}
+
+/// "unknown key `topik`; did you mean `topic`?", when the entry starts with a name close to one
+/// of the `keys`.
+pub(crate) fn misspelled_key(input: ParseStream<'_>, keys: &[&str]) -> Option<syn::Error> {
+    let ident = input.fork().call(syn::Ident::parse_any).ok()?;
+    let typed = ident.unraw().to_string();
+    let key = suggest::closest(&typed, keys)?;
+    Some(syn::Error::new(ident.span(), format_args!("unknown key `{typed}`; did you mean `{key}`?")))
+}
+
+/// An integer literal, possibly negative: `key = -10`.
+pub(crate) fn integer<N>(input: ParseStream<'_>, key: &str) -> syn::Result<N>
 where
-    N: FromStr,
-    N::Err: std::fmt::Display,
+    N: TryFrom<i128>,
 {
+    let (value, tokens) = integer_literal(input, key)?;
+    N::try_from(value)
+        .map_err(|_| syn::Error::new_spanned(tokens, format_args!("`{key}` is out of range: `{value}`")))
+}
+
+/// An integer literal of at least 1: `key = 8`.
+pub(crate) fn positive(input: ParseStream<'_>, key: &str) -> syn::Result<usize> {
+    let (value, tokens) = integer_literal(input, key)?;
+    if value < 1 {
+        let message = format!("`{key}` must be a positive integer (1 or more), not `{value}`");
+        return Err(syn::Error::new_spanned(tokens, message));
+    }
+    usize::try_from(value).map_err(|_| {
+        syn::Error::new_spanned(tokens, format_args!("`{key}` is too large: at most {}", usize::MAX))
+    })
+}
+
+/// An integer literal, possibly negative, without a suffix, with its tokens (sign included) for
+/// the errors about its value.
+fn integer_literal(input: ParseStream<'_>, key: &str) -> syn::Result<(i128, TokenStream)> {
     let minus: Option<Token![-]> = input.parse()?;
     if !input.peek(LitInt) {
         return Err(input.error(format_args!("`{key}` takes an integer: `{key} = 8`")));
     }
     let lit: LitInt = input.parse()?;
-    let text = match minus {
-        Some(_) => format!("-{}", lit.base10_digits()),
-        None => lit.base10_digits().to_owned(),
-    };
-    let span = minus.map_or(lit.span(), |m| m.span);
-    let value =
-        text.parse::<N>().map_err(|error| syn::Error::new(span, format_args!("invalid `{key}`: {error}")))?;
     if !lit.suffix().is_empty() {
         return Err(syn::Error::new(
             lit.span(),
             format_args!("`{key}` takes a plain integer, without a suffix"),
         ));
     }
-    Ok((value, span))
+    let text = match minus {
+        Some(_) => format!("-{}", lit.base10_digits()),
+        None => lit.base10_digits().to_owned(),
+    };
+    let tokens = quote::quote!(#minus #lit);
+    match text.parse::<i128>() {
+        Ok(value) => Ok((value, tokens)),
+        Err(_) => Err(syn::Error::new_spanned(tokens, format_args!("`{key}` is out of range: `{text}`"))),
+    }
 }

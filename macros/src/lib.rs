@@ -6,6 +6,9 @@
 //! `validate` checks them and records every mistake with its span, `expand` writes the code. The
 //! item is always emitted unchanged, errors or not; generated items sit in `const _: () = { .. };`;
 //! every path they use comes from `paths.rs`.
+//!
+//! The arities and the extractors the handler macro knows are written once, in `shared.rs`; the
+//! runtime reads them through two hidden macros, `__for_each_arity!` and `__assert_extractors!`.
 
 mod attr;
 mod errors;
@@ -13,6 +16,9 @@ mod handler;
 mod middleware;
 mod names;
 mod paths;
+mod scope;
+mod shared;
+mod suggest;
 mod topic;
 
 use proc_macro::TokenStream;
@@ -56,10 +62,12 @@ use proc_macro::TokenStream;
 /// | `crate` | the path to `millstream`, if renamed or re-exported | `::millstream` |
 ///
 /// # Checked at compile time
-/// An unknown or repeated key, a value of the wrong type, a fn that is not async, generic, takes
-/// `self`, or has two payloads, a parameter that is not an extractor, a payload that is not
-/// `DeserializeOwned`, a return value that cannot be published, `publish` on a fn that returns
-/// nothing, a `topic` type that is not the payload's. Each error points at the offending token.
+/// An unknown or repeated key (a misspelled one with the key meant), a value of the wrong type, a
+/// fn that is not async, generic, takes `self`, sits in an `impl` or `trait` block, or has two
+/// payloads, a parameter that is not an extractor, a payload that is not `DeserializeOwned`, a
+/// returned value that is not `Serialize` or has no topic, an error type that does not convert
+/// into `millstream::Error`, `publish` on a fn that returns nothing, a `topic` type that is not
+/// the payload's. Each error points at the offending token and names what is missing.
 ///
 /// The fn is left as written: it can still be called and tested directly.
 #[proc_macro_attribute]
@@ -88,6 +96,22 @@ pub fn topic(attr: TokenStream, item: TokenStream) -> TokenStream {
 #[proc_macro_attribute]
 pub fn middleware(attr: TokenStream, item: TokenStream) -> TokenStream {
     middleware::middleware(attr.into(), item.into()).into()
+}
+
+/// Not public API: the runtime implements `Handler` for every arity with it. `__for_each_arity!(m)`
+/// expands to `m!(E1, .., EN);` for every count `N` of extractors a handler may take.
+#[doc(hidden)]
+#[proc_macro]
+pub fn __for_each_arity(input: TokenStream) -> TokenStream {
+    shared::for_each_arity(input.into()).into()
+}
+
+/// Not public API: the runtime checks with it that every type the handler macro takes for an
+/// extractor by its name is one.
+#[doc(hidden)]
+#[proc_macro]
+pub fn __assert_extractors(input: TokenStream) -> TokenStream {
+    shared::assert_extractors(input.into()).into()
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@
 //! are the only other names in it, written with the user's own tokens.
 
 use proc_macro2::{Span, TokenStream};
-use quote::{format_ident, quote};
+use quote::{format_ident, quote, quote_spanned};
 
 /// The paths into the runtime, rooted at `::millstream` or at the `crate = path` override.
 pub(crate) struct Paths {
@@ -83,6 +83,31 @@ impl Paths {
     /// The route builder of a handler with `arity` extractor parameters.
     pub(crate) fn extractor_route(&self, arity: usize) -> TokenStream {
         self.private(&format!("extractor_route_{arity}"))
+    }
+
+    /// The marker for a part of the return type that is not checked on its own.
+    pub(crate) fn whole(&self) -> TokenStream {
+        self.private("Whole")
+    }
+
+    /// `ErrorOf<R>`: the error type of `R`, a `Result` alias that does not write it. The tokens
+    /// around `output` are spanned on its first and last tokens, so that an error about the type
+    /// points at the whole return type.
+    pub(crate) fn error_of(&self, output: &TokenStream) -> TokenStream {
+        let mut tokens = output.clone().into_iter();
+        let first = tokens.next().map_or_else(Span::call_site, |token| token.span());
+        let last = tokens.last().map_or(first, |token| token.span());
+        let error_of: TokenStream = self
+            .private("ErrorOf")
+            .into_iter()
+            .map(|mut token| {
+                token.set_span(first);
+                token
+            })
+            .collect();
+        let open = quote_spanned!(first=> <);
+        let close = quote_spanned!(last=> >);
+        quote!(#error_of #open #output #close)
     }
 
     /// `typed_topic::<Declared, Payload>()`.

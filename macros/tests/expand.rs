@@ -4,12 +4,49 @@
 //!
 //! The registration macro is expanded too, so the snapshots show the default collector (`linkme`)
 //! as it expands on Linux. The cases are copied to a fixed directory first: the expansion contains
-//! `file!()`, which would otherwise hold the checkout's own path.
+//! `file!()`, which would otherwise hold the checkout's own path. Runs from several checkouts on one
+//! machine take turns through a lock directory, and a snapshot is written back next to its case
+//! only when it is new or `MACROTEST=overwrite` asks for it: a failing run never rewrites one.
 
 use std::fs;
 use std::path::Path;
+use std::time::{Duration, Instant, SystemTime};
 
 const FIXED_DIR: &str = "/tmp/millstream-macros-expand";
+const LOCK_DIR: &str = "/tmp/millstream-macros-expand.lock";
+
+/// Holds the lock directory; removes it when dropped.
+struct Lock;
+
+impl Lock {
+    fn take() -> Lock {
+        let deadline = Instant::now() + Duration::from_secs(600);
+        loop {
+            match fs::create_dir(LOCK_DIR) {
+                Ok(()) => return Lock,
+                Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {
+                    // A lock left by a run that was killed is stale after ten minutes.
+                    let age = fs::metadata(LOCK_DIR)
+                        .and_then(|m| m.modified())
+                        .ok()
+                        .and_then(|t| SystemTime::now().duration_since(t).ok());
+                    if age.is_some_and(|age| age > Duration::from_secs(600)) {
+                        let _ = fs::remove_dir(LOCK_DIR);
+                    }
+                    assert!(Instant::now() < deadline, "{LOCK_DIR} is held by another run for too long");
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err(error) => panic!("cannot create {LOCK_DIR}: {error}"),
+            }
+        }
+    }
+}
+
+impl Drop for Lock {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir(LOCK_DIR);
+    }
+}
 
 #[test]
 fn expansions() {
@@ -19,6 +56,8 @@ fn expansions() {
         .is_ok_and(|output| output.status.success());
     assert!(installed, "the expansion snapshots need cargo-expand: `cargo install cargo-expand`");
 
+    let _lock = Lock::take();
+    let overwrite = std::env::var("MACROTEST").is_ok_and(|v| v == "overwrite");
     let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/expand");
     let fixed = Path::new(FIXED_DIR);
     let _ = fs::remove_dir_all(fixed);
@@ -28,12 +67,13 @@ fn expansions() {
         fs::copy(&path, fixed.join(path.file_name().unwrap())).unwrap();
     }
     let outcome = std::panic::catch_unwind(|| macrotest::expand(format!("{FIXED_DIR}/*.rs")));
-    // New or refreshed snapshots go back next to their cases.
+    // New snapshots, or all of them when asked to overwrite, go back next to their cases.
     for entry in fs::read_dir(fixed).unwrap() {
         let path = entry.unwrap().path();
         let name = path.file_name().unwrap().to_string_lossy().into_owned();
         let target = source.join(&name);
-        if name.ends_with(".expanded.rs") && fs::read(&path).ok() != fs::read(&target).ok() {
+        let wanted = overwrite || !target.exists();
+        if name.ends_with(".expanded.rs") && wanted && fs::read(&path).ok() != fs::read(&target).ok() {
             fs::copy(&path, &target).unwrap();
         }
     }

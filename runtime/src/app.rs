@@ -1,5 +1,6 @@
-//! [`App`]: a [`Router`] assembled from `#[millstream::handler]` fns, checked as a whole before any
-//! message is read.
+//! [`App`]: the one builder. Backends, state, layers and handlers (`#[millstream::handler]` fns
+//! from the registry, or hand-made [`Route`]s) go in; [`App::build`] checks everything as a whole
+//! before any message is read and gives the [`Router`], the running handle.
 //!
 //! ```no_run
 //! use millstream::prelude::*;
@@ -23,9 +24,28 @@
 //! }
 //! ```
 //!
-//! [`App::build`] reports every problem in one error: a `State<T>` that was never provided, two
-//! handlers with one name (with both locations), two payload types on one topic, a handler bound to
-//! a pub/sub name that was not configured, no pub/sub, no handlers at all.
+//! [`App::build`] reports every problem in one error: a `State<T>` that was never provided (with
+//! every handler that uses it), two handlers with one name (with both locations), two payload
+//! types on one topic, a handler bound to a pub/sub name that was not configured, an expected
+//! handler that is not registered, no pub/sub, no handlers at all.
+//!
+//! A program that is not a server (a demo, a job, a test) builds, starts, publishes and shuts
+//! down by hand:
+//!
+//! ```
+//! # use millstream::prelude::*;
+//! # #[derive(Serialize, Deserialize)]
+//! # #[millstream::topic("app-doc.orders")]
+//! # struct Order { id: u64 }
+//! # #[millstream::handler]
+//! # async fn take(order: Order) { let _ = order.id; }
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> millstream::Result<()> {
+//! let router = App::new().handler(take).pubsub(MemoryPubSub::new()).start().await?;
+//! router.publisher().publish_value(&Order { id: 1 }).await?;
+//! router.shutdown();
+//! router.close().await?; // in-flight messages finish first
+//! # Ok(()) }
+//! ```
 
 use std::any::TypeId;
 use std::collections::btree_map::Entry;
@@ -43,7 +63,7 @@ use crate::message::Message;
 use crate::middleware::Middleware;
 use crate::pubsub::{OpFuture, PubSub, Publisher, Subscriber};
 use crate::registry::{self, HandlerDescriptor, HandlerInfo};
-use crate::router::{combine, Route, Router, RouterConfig};
+use crate::router::{combine, Parts, Route, Router, RouterConfig};
 use crate::state::StateMap;
 
 /// A publisher and a subscriber, usually one backend.
@@ -54,32 +74,35 @@ pub(crate) struct Backend {
 }
 
 impl Backend {
-    fn new<P: PubSub>(pubsub: P) -> Self {
+    pub(crate) fn new<P: PubSub>(pubsub: P) -> Self {
         let pubsub = Arc::new(pubsub);
         Backend { publisher: pubsub.clone(), subscriber: pubsub }
     }
 }
 
-type StateFn = Box<dyn Fn(&Router) + Send + Sync>;
-
-/// Builds a [`Router`] from registered handlers (see the [module docs](self)).
+/// The one builder of a millstream program: it makes the [`Router`] (see the [module docs](self)).
 ///
 /// Two forms: [`App::from_registry`] takes every `#[millstream::handler]` linked into the binary,
 /// narrowed by [`service`](App::service) tags or [module path prefixes](App::module_prefix);
-/// [`App::new`] starts empty and takes handlers one by one with [`handler`](App::handler).
+/// [`App::new`] starts empty and takes `#[millstream::handler]` fns one by one with
+/// [`handler`](App::handler). Either takes hand-made [`Route`]s with [`route`](App::route).
+///
+/// Layers: registered `#[millstream::middleware(priority = ..)]` fns are outermost (highest
+/// priority first), then the layers given with [`layer`](App::layer), in the order given, then
+/// each handler's own (`middleware = [..]`, [`Route::layer`]). Layers added first are called first.
 pub struct App {
     from_registry: bool,
     services: Vec<String>,
     prefixes: Vec<String>,
     explicit: Vec<&'static HandlerDescriptor>,
+    expected: Vec<String>,
     routes: Vec<Route>,
     problems: Vec<Error>,
-    middleware: Vec<Arc<dyn Middleware>>,
-    pub(crate) pubsub: Option<Backend>,
-    pub(crate) named: BTreeMap<String, Backend>,
+    layers: Vec<Arc<dyn Middleware>>,
+    pubsub: Option<Backend>,
+    named: BTreeMap<String, Backend>,
     state: StateMap,
-    state_fns: Vec<StateFn>,
-    pub(crate) config: RouterConfig,
+    config: RouterConfig,
 }
 
 impl Default for App {
@@ -96,13 +119,13 @@ impl App {
             services: Vec::new(),
             prefixes: Vec::new(),
             explicit: Vec::new(),
+            expected: Vec::new(),
             routes: Vec::new(),
             problems: Vec::new(),
-            middleware: Vec::new(),
+            layers: Vec::new(),
             pubsub: None,
             named: BTreeMap::new(),
             state: StateMap::new(),
-            state_fns: Vec::new(),
             config: RouterConfig::default(),
         }
     }
@@ -125,6 +148,18 @@ impl App {
     /// (`"shop::billing"` keeps `shop::billing` and `shop::billing::refunds`); repeatable.
     pub fn module_prefix(mut self, prefix: impl Into<String>) -> Self {
         self.prefixes.push(prefix.into());
+        self
+    }
+
+    /// Fails [`build`](App::build) unless every handler named here is in the app: for programs
+    /// that must not run without them (a handler in a library crate that was not linked, say).
+    /// Names are handler names: the `name` key, or `module::path::fn_name`.
+    pub fn expect_handlers<I>(mut self, names: I) -> Self
+    where
+        I: IntoIterator,
+        I::Item: Into<String>,
+    {
+        self.expected.extend(names.into_iter().map(Into::into));
         self
     }
 
@@ -154,10 +189,11 @@ impl App {
         self
     }
 
-    /// Adds a router-wide middleware; these run after (inside) the registered ones, in the order
-    /// they were added.
-    pub fn middleware(mut self, layer: impl Middleware) -> Self {
-        self.middleware.push(Arc::new(layer));
+    /// Adds a middleware around every handler of the app: inside the registered
+    /// `#[millstream::middleware]` fns, outside each handler's own layers, in the order added
+    /// (layers added first are called first).
+    pub fn layer(mut self, layer: impl Middleware) -> Self {
+        self.layers.push(Arc::new(layer));
         self
     }
 
@@ -168,16 +204,23 @@ impl App {
         self
     }
 
+    /// Sets the default pub/sub as a publisher and a subscriber that may be different backends
+    /// (read from one broker, publish to another).
+    pub fn pubsub_parts(mut self, publisher: Arc<dyn Publisher>, subscriber: Arc<dyn Subscriber>) -> Self {
+        self.pubsub = Some(Backend { publisher, subscriber });
+        self
+    }
+
     /// Adds a named pub/sub, for handlers declared with `pubsub = "name"`.
     pub fn pubsub_named<P: PubSub>(mut self, name: impl Into<String>, pubsub: P) -> Self {
         self.named.insert(name.into(), Backend::new(pubsub));
         self
     }
 
-    /// Adds application state, read by `State<T>` extractors.
+    /// Adds application state, read by `State<T>` extractors (one value per type; a second
+    /// value of a type replaces the first).
     pub fn state<T: Clone + Send + Sync + 'static>(mut self, value: T) -> Self {
-        self.state.insert(value.clone());
-        self.state_fns.push(Box::new(move |router| router.insert_state(value.clone())));
+        self.state.insert(value);
         self
     }
 
@@ -185,6 +228,23 @@ impl App {
     pub fn config(mut self, config: RouterConfig) -> Self {
         self.config = config;
         self
+    }
+
+    /// Runs every pub/sub of the app, the default one and each named one, on `backend`
+    /// (what [`TestApp`](crate::testing::TestApp) does).
+    #[cfg_attr(not(feature = "memory"), allow(dead_code))]
+    pub(crate) fn replace_backends(&mut self, backend: Backend) {
+        let names: Vec<String> = self.pubsub_names().into_iter().map(str::to_owned).collect();
+        for name in names {
+            self.named.insert(name, backend.clone());
+        }
+        self.pubsub = Some(backend);
+    }
+
+    /// The settings, to adjust before building.
+    #[cfg_attr(not(feature = "memory"), allow(dead_code))]
+    pub(crate) fn config_mut(&mut self) -> &mut RouterConfig {
+        &mut self.config
     }
 
     fn in_prefixes(&self, module_path: &str) -> bool {
@@ -256,8 +316,8 @@ impl App {
         Error::new(ErrorKind::Config, text)
     }
 
-    /// Checks everything and assembles the router; one error lists every problem.
-    pub fn build(mut self) -> Result<BuiltApp> {
+    /// Checks everything and makes the router (not started); one error lists every problem.
+    pub fn build(mut self) -> Result<Router> {
         let mut problems = std::mem::take(&mut self.problems);
         let descriptors = self.descriptors();
         // A handler that could not be added is reported already; "no handlers" would only repeat it.
@@ -273,7 +333,7 @@ impl App {
         let mut routes = Vec::with_capacity(descriptors.len() + self.routes.len());
         for descriptor in &descriptors {
             let info = descriptor.info();
-            let mut route = descriptor.route();
+            let mut route = descriptor.route().declared_at(info.location());
             if let Some(group) = info.group {
                 route = route.group(group);
             }
@@ -296,42 +356,41 @@ impl App {
             routes.push(route);
         }
         routes.append(&mut self.routes);
+        check_expected(&self.expected, &routes, &mut problems);
         for route in &routes {
             problems.extend(route.check());
-            problems.extend(
-                route
-                    .check_state(&self.state)
-                    .into_iter()
-                    .map(|e| e.context(format_args!("handler `{}`", route.name()))),
-            );
         }
+        check_state(&routes, &self.state, &mut problems);
         if !problems.is_empty() {
             return Err(combine(problems));
         }
 
         let backend = self.pubsub.clone().expect("checked above");
-        let registered = self.registered_middleware();
-        let router = Router::with_backends(backend.publisher.clone(), backend.subscriber).config(self.config);
-        for set in &self.state_fns {
-            set(&router);
-        }
-        for layer in registered.into_iter().chain(self.middleware) {
-            router.layer_arc(layer);
-        }
-        let mut errors = Vec::new();
-        for route in routes {
-            if let Err(error) = router.add(route) {
-                errors.push(error);
-            }
-        }
+        let mut layers = self.registered_middleware();
+        layers.append(&mut self.layers);
+        let router = Router::new(Parts {
+            config: self.config,
+            publisher: backend.publisher,
+            subscriber: backend.subscriber,
+            state: self.state,
+            layers,
+        });
+        let errors: Vec<Error> = routes.into_iter().filter_map(|route| router.add(route).err()).collect();
         if !errors.is_empty() {
             return Err(combine(errors));
         }
-        let handlers = descriptors.iter().map(|d| *d.info()).collect();
-        Ok(BuiltApp { router, publisher: backend.publisher, handlers })
+        Ok(router)
     }
 
-    /// Builds, then runs until [`Router::shutdown`] is called on the built app's router.
+    /// Builds, then starts: every handler subscribed and reading when it returns.
+    pub async fn start(self) -> Result<Router> {
+        let router = self.build()?;
+        router.start().await?;
+        Ok(router)
+    }
+
+    /// Builds, then runs until [`Router::shutdown`] is called on a clone of the router (from a
+    /// handler's state, say).
     pub async fn run(self) -> Result<()> {
         self.build()?.run().await
     }
@@ -343,7 +402,7 @@ impl App {
 
     /// Builds, then runs until ctrl-c, then shuts down gracefully.
     pub async fn run_until_ctrl_c(self) -> Result<()> {
-        self.build()?.router.run_until_ctrl_c().await
+        self.build()?.run_until_ctrl_c().await
     }
 }
 
@@ -375,6 +434,35 @@ fn check_names(descriptors: &[&'static HandlerDescriptor], routes: &[Route], pro
     }
 }
 
+/// Every name given to [`App::expect_handlers`] names a handler of the app.
+fn check_expected(expected: &[String], routes: &[Route], problems: &mut Vec<Error>) {
+    let present: Vec<&str> = routes.iter().map(Route::name).collect();
+    for name in expected.iter().filter(|name| !present.contains(&name.as_str())) {
+        problems.push(config(format!(
+            "expected handler `{name}` is not in the app (it has {present:?}); a handler declared in a \
+             library crate is registered only when the binary links that crate: add `use that_crate as _;`"
+        )));
+    }
+}
+
+/// What the handlers' extractors report with the app's state, one error per problem with every
+/// handler that has it (a `State<T>` never provided, used by three handlers, is one line).
+fn check_state(routes: &[Route], state: &StateMap, problems: &mut Vec<Error>) {
+    let mut found: Vec<(String, Vec<String>)> = Vec::new();
+    for route in routes {
+        for error in route.check_state(state) {
+            let text = error.message().to_owned();
+            match found.iter_mut().find(|(t, _)| *t == text) {
+                Some((_, users)) => users.push(route.origin()),
+                None => found.push((text, vec![route.origin()])),
+            }
+        }
+    }
+    for (text, users) in found {
+        problems.push(config(format!("{text}; used by {}", users.join(", "))));
+    }
+}
+
 fn check_payloads(descriptors: &[&'static HandlerDescriptor], problems: &mut Vec<Error>) {
     let mut by_topic: BTreeMap<&str, (TypeId, &HandlerInfo)> = BTreeMap::new();
     for descriptor in descriptors {
@@ -399,52 +487,6 @@ fn check_payloads(descriptors: &[&'static HandlerDescriptor], problems: &mut Vec
                 }
             }
         }
-    }
-}
-
-/// An [`App`] that passed its checks: a configured [`Router`], ready to start.
-pub struct BuiltApp {
-    router: Router,
-    publisher: Arc<dyn Publisher>,
-    handlers: Vec<HandlerInfo>,
-}
-
-impl BuiltApp {
-    /// The router (to start, shut down, add handlers, read its health).
-    pub fn router(&self) -> &Router {
-        &self.router
-    }
-
-    /// The registered handlers the app runs (those added as plain `Route`s are not listed).
-    pub fn handlers(&self) -> &[HandlerInfo] {
-        &self.handlers
-    }
-
-    /// The default publisher, for publishing from outside a handler (see [`PublishExt`]).
-    pub fn publisher(&self) -> &Arc<dyn Publisher> {
-        &self.publisher
-    }
-
-    /// Subscribes every handler and starts reading; returns once running.
-    pub async fn start(&self) -> Result<()> {
-        self.router.start().await
-    }
-
-    /// Runs until [`Router::shutdown`] is called.
-    pub async fn run(&self) -> Result<()> {
-        self.router.run().await
-    }
-
-    /// Runs until `signal` resolves, then shuts down gracefully.
-    pub async fn run_until<F: Future>(&self, signal: F) -> Result<()> {
-        self.router.run_until(signal).await
-    }
-}
-
-impl fmt::Debug for BuiltApp {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let names: Vec<_> = self.handlers.iter().map(|h| h.name).collect();
-        f.debug_struct("BuiltApp").field("router", &self.router).field("handlers", &names).finish()
     }
 }
 

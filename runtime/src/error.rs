@@ -222,6 +222,17 @@ impl StdError for StdWrapper {
     }
 }
 
+/// The text of a caught panic's payload (`panic!("..")` gives a `&str` or a `String`).
+pub(crate) fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
+    if let Some(text) = panic.downcast_ref::<&str>() {
+        (*text).to_owned()
+    } else if let Some(text) = panic.downcast_ref::<String>() {
+        text.clone()
+    } else {
+        "panic with a non-string payload".to_owned()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,75 +13,15 @@ use std::sync::Arc;
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tokio_util::sync::CancellationToken;
 
-use crate::codec::{Codec, DynEncoder, JsonCodec};
+use crate::codec::{Codec, JsonCodec};
+pub use crate::context::MessageCx;
+use crate::context::RouteInfo;
 use crate::error::{Error, ErrorKind, Result};
-use crate::handler::Publishable;
+use crate::keys::{CORRELATION_ID, TRACEPARENT};
 use crate::message::{Message, MessageId, Metadata};
-use crate::pubsub::Publisher;
 use crate::state::StateMap;
-
-/// What a running handler knows about itself; shared by all its messages.
-pub(crate) struct RouteInfo {
-    pub(crate) name: Arc<str>,
-    pub(crate) topic: Arc<str>,
-    pub(crate) publish: Option<Arc<str>>,
-    pub(crate) publisher: Arc<dyn Publisher>,
-    pub(crate) encoder: Arc<dyn DynEncoder>,
-    pub(crate) shutdown: CancellationToken,
-    /// A [`CorrelationId`](crate::middleware::CorrelationId) layer is in the chain: what the
-    /// handler publishes carries the input's correlation id, its own id when it has none.
-    pub(crate) correlates: bool,
-}
-
-/// The context of one message being handled, passed to [`FromMessage::from_message`].
-#[derive(Clone, Copy)]
-pub struct MessageCx<'a> {
-    pub(crate) route: &'a Arc<RouteInfo>,
-    pub(crate) attempt: u32,
-}
-
-impl MessageCx<'_> {
-    /// The handler's name.
-    pub fn handler_name(&self) -> &str {
-        &self.route.name
-    }
-
-    /// The topic the message came from.
-    pub fn topic(&self) -> &str {
-        &self.route.topic
-    }
-
-    /// How many times this message has been delivered, this time included.
-    pub fn attempt(&self) -> u32 {
-        self.attempt
-    }
-
-    /// A [`Ctx`] for this message.
-    pub fn ctx(&self, message: &Message) -> Ctx {
-        let mut carried = Metadata::new();
-        for key in PROPAGATED {
-            if let Some(value) = message.metadata().get(key) {
-                carried.insert_static(key, value);
-            }
-        }
-        if self.route.correlates && !carried.contains_key(crate::middleware::CORRELATION_ID) {
-            carried.insert_static(crate::middleware::CORRELATION_ID, message.id().to_boxed_str());
-        }
-        Ctx { route: self.route.clone(), attempt: self.attempt, message_id: message.id(), carried }
-    }
-}
-
-impl fmt::Debug for MessageCx<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("MessageCx")
-            .field("handler", &self.handler_name())
-            .field("topic", &self.topic())
-            .field("attempt", &self.attempt)
-            .finish()
-    }
-}
+use crate::topic::Publishable;
 
 /// A handler argument built from the incoming message (and, once, from the application state).
 ///
@@ -151,7 +91,7 @@ stateless_extractor!(
 stateless_extractor!(
     /// The handler context.
     Ctx,
-    |message, cx| cx.ctx(message)
+    |message, cx| Ctx::new(message, cx)
 );
 
 /// How many times the message has been delivered, this time included (1 the first time).
@@ -259,9 +199,24 @@ pub struct Ctx {
 }
 
 /// Metadata keys that messages published through [`Ctx`] inherit from the input.
-const PROPAGATED: [&str; 2] = [crate::middleware::CORRELATION_ID, crate::middleware::TRACEPARENT];
+const PROPAGATED: [&str; 2] = [CORRELATION_ID, TRACEPARENT];
 
 impl Ctx {
+    /// The context of the message `cx` describes: carries the input's correlation id and trace
+    /// context to what the handler publishes.
+    pub(crate) fn new(message: &Message, cx: MessageCx<'_>) -> Ctx {
+        let mut carried = Metadata::new();
+        for key in PROPAGATED {
+            if let Some(value) = message.metadata().get(key) {
+                carried.insert_static(key, value);
+            }
+        }
+        if cx.route.correlates && !carried.contains_key(CORRELATION_ID) {
+            carried.insert_static(CORRELATION_ID, message.id().to_boxed_str());
+        }
+        Ctx { route: cx.route.clone(), attempt: cx.attempt, message_id: message.id(), carried }
+    }
+
     /// The handler's name.
     pub fn handler_name(&self) -> &str {
         &self.route.name
@@ -286,7 +241,7 @@ impl Ctx {
     /// [`CorrelationId`](crate::middleware::CorrelationId) layer the input's own id when it has
     /// none.
     pub fn correlation_id(&self) -> Option<&str> {
-        self.carried.get(crate::middleware::CORRELATION_ID)
+        self.carried.get(CORRELATION_ID)
     }
 
     /// Publishes a typed value to its own topic (a [`Topic`](crate::Topic) type), or else to the

@@ -21,45 +21,15 @@ use std::borrow::Cow;
 use std::future::Future;
 
 use serde::de::DeserializeOwned;
-use serde::Serialize;
 use smallvec::SmallVec;
 
 use crate::codec::Codec;
+use crate::context::MessageCx;
 use crate::error::{Error, Result};
-use crate::extract::{FromMessage, MessageCx};
+use crate::extract::FromMessage;
 use crate::message::Message;
 use crate::state::StateMap;
-
-/// A type bound to a topic name: publishing a value of it goes to that topic, and a handler taking
-/// it as payload subscribes to that topic. `#[millstream::topic("name")]` implements it.
-#[diagnostic::on_unimplemented(
-    message = "`{Self}` has no topic of its own",
-    label = "not a `#[millstream::topic]` type",
-    note = "mark the type with `#[millstream::topic(\"name\")]`, or give the handler its topic: `#[millstream::handler(topic = \"name\")]`"
-)]
-pub trait Topic {
-    /// The topic's name.
-    const NAME: &'static str;
-}
-
-/// A value a handler can return (or [`Ctx::publish`](crate::Ctx::publish)) to be published.
-///
-/// [`Topic`] types implement it and go to their own topic; [`Json<T>`](crate::Json) wraps any
-/// `Serialize` type. For a plain struct published to the handler's publish topic, implement it
-/// with an empty body: `impl millstream::Publishable for Invoice {}`.
-#[diagnostic::on_unimplemented(
-    message = "`{Self}` cannot be published by a handler",
-    label = "not publishable",
-    note = "mark the type with `#[millstream::topic(\"name\")]`, add `impl millstream::Publishable for {Self} {{}}`, or return `Json<{Self}>`"
-)]
-pub trait Publishable: Serialize + Send + Sync + 'static {
-    /// The type's own topic, if it has one.
-    const TOPIC: Option<&'static str> = None;
-}
-
-impl<T: Topic + Serialize + Send + Sync + 'static> Publishable for T {
-    const TOPIC: Option<&'static str> = Some(T::NAME);
-}
+pub use crate::topic::{Publishable, Topic};
 
 /// A message a handler produced, with the topic it goes to (`None`: the handler's publish topic).
 #[derive(Clone, Debug)]
@@ -222,7 +192,8 @@ pub const fn output_spec<R: HandlerReturn>() -> OutputSpec {
 }
 
 /// An async fn usable as a message handler. Implemented for async fns (and closures returning
-/// futures) of up to 12 arguments; `M` is a marker that tells the shapes apart, never named by users.
+/// futures) taking the payload and up to 11 extractors, or up to 11 extractors alone; `M` is a
+/// marker that tells the shapes apart, never named by users.
 ///
 /// The first argument may be the payload (`T: DeserializeOwned`, decoded with the handler's
 /// codec; a payload that does not decode is a permanent error); every other argument implements
@@ -283,6 +254,8 @@ fn finish<R: HandlerReturn, C: Codec>(returned: R, codec: &C) -> HandlerResult {
     Ok(outputs)
 }
 
+// One rung per arity: `__for_each_arity!` expands to `impl_handler!(E1, .., EN);` for every
+// count `N` of extractors the `#[handler]` macro accepts (the macros crate holds the count).
 macro_rules! impl_handler {
     ($($e:ident),*) => {
         #[allow(non_snake_case, unused_variables, unused_mut)]
@@ -363,23 +336,13 @@ macro_rules! impl_handler {
     };
 }
 
-impl_handler!();
-impl_handler!(E1);
-impl_handler!(E1, E2);
-impl_handler!(E1, E2, E3);
-impl_handler!(E1, E2, E3, E4);
-impl_handler!(E1, E2, E3, E4, E5);
-impl_handler!(E1, E2, E3, E4, E5, E6);
-impl_handler!(E1, E2, E3, E4, E5, E6, E7);
-impl_handler!(E1, E2, E3, E4, E5, E6, E7, E8);
-impl_handler!(E1, E2, E3, E4, E5, E6, E7, E8, E9);
-impl_handler!(E1, E2, E3, E4, E5, E6, E7, E8, E9, E10);
-impl_handler!(E1, E2, E3, E4, E5, E6, E7, E8, E9, E10, E11);
+millstream_macros::__for_each_arity!(impl_handler);
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::JsonCodec;
+    use serde::Serialize;
 
     #[derive(Serialize)]
     struct Plain(u32);

@@ -4,7 +4,7 @@
 //! middleware) with handlers that are plain async functions whose payloads the compiler checks.
 //!
 //! ```
-//! use millstream::{MemoryPubSub, Publishable, Route, Router, State};
+//! use millstream::{App, MemoryPubSub, Publishable, Route, State};
 //! use serde::{Deserialize, Serialize};
 //!
 //! #[derive(Deserialize)]
@@ -23,21 +23,45 @@
 //! }
 //!
 //! # #[tokio::main(flavor = "current_thread")] async fn main() -> millstream::Result<()> {
-//! let router = Router::new(MemoryPubSub::new())
+//! App::new()
+//!     .pubsub(MemoryPubSub::new())
 //!     .state(Prices { cents_per_item: 250 })
-//!     .route(Route::new("bill", "orders.placed", bill).publish("invoices.issued"));
-//! router.run_until(async { /* tokio::signal::ctrl_c() */ }).await
+//!     .route(Route::new("bill", "orders.placed", bill).publish("invoices.issued"))
+//!     .run_until(async { /* tokio::signal::ctrl_c() */ })
+//!     .await
 //! # }
 //! ```
+//!
+//! [`App`] is the one builder (backends, state, layers, handlers); it makes the [`Router`], the
+//! running handle (start, add handlers at run time, health, shutdown).
 //!
 //! The pieces: [`Message`] flows from a [`Subscriber`] through the [`Router`] (per-handler workers,
 //! the [`middleware`](mod@middleware) chain, the typed [`Handler`]) to a [`Publisher`]; an input is acked only after
 //! its outputs are published (at-least-once). [`MemoryPubSub`] is the embedded default backend.
 
+//!
+//! # How the crate is built: floors
+//!
+//! Imports run down, never up and never in a circle. From the ground up:
+//!
+//! 1. [`message`], [`error`](Error), [`keys`] (the metadata keys), `topic` (typed topics: [`Topic`]),
+//!    `state`, `op` ([`OpFuture`](pubsub::OpFuture)), [`observe`] (metrics);
+//! 2. [`codec`]; the [`pubsub`] traits and [`store`] traits, then one module per backend
+//!    (backends never import each other);
+//! 3. `context` (what a running handler knows about itself and its message);
+//! 4. [`extract`] (handler arguments);
+//! 5. [`handler`](mod@handler) (typed handlers and what they return);
+//! 6. [`middleware`](mod@middleware);
+//! 7. [`router`] (the running handle);
+//! 8. [`registry`] (the link-time registry of `#[handler]` and `#[middleware]` fns);
+//! 9. [`app`] (the one builder);
+//! 10. [`testing`] and `conformance` (test support), and `__private`
+//!     (what the macros' generated code calls).
+
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 #[doc(hidden)]
-#[path = "private.rs"]
+#[path = "private/mod.rs"]
 pub mod __private;
 pub mod app;
 pub mod registry;
@@ -47,21 +71,26 @@ pub mod testing;
 pub mod codec;
 #[cfg(feature = "conformance")]
 pub mod conformance;
+mod context;
 mod error;
 pub mod extract;
 pub mod handler;
+pub mod keys;
 pub mod message;
 pub mod middleware;
 pub mod observe;
+mod op;
 pub mod pubsub;
 pub mod router;
 mod state;
+pub mod store;
+mod topic;
 
 pub use bytes::Bytes;
 /// Declarative handlers, typed topics and middleware: see the `millstream-macros` docs re-exported here.
 pub use millstream_macros::{handler, middleware, topic};
 
-pub use crate::app::{App, BuiltApp, PublishExt};
+pub use crate::app::{App, PublishExt};
 
 pub use crate::codec::{Codec, JsonCodec};
 pub use crate::error::{Error, ErrorKind, Result};
@@ -78,7 +107,7 @@ pub use crate::pubsub::sql::SqlitePubSub;
 #[cfg(feature = "sql")]
 pub use crate::pubsub::sql::{SqlConfig, SqlDedupStore, SqlPubSub};
 pub use crate::pubsub::{Delivery, PubSub, Publisher, SubscribeOptions, Subscriber, Subscription};
-pub use crate::router::{Health, Route, Router, RouterConfig};
+pub use crate::router::{HandlerSummary, Health, Route, Router, RouterConfig};
 pub use crate::state::StateMap;
 
 /// The names most programs need: `use millstream::prelude::*;`.

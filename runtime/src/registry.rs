@@ -29,6 +29,7 @@ use std::fmt;
 use std::sync::{Arc, OnceLock};
 
 use crate::middleware::Middleware;
+pub use crate::router::Location;
 use crate::router::Route;
 
 #[cfg(not(any(feature = "linkme", feature = "inventory")))]
@@ -36,8 +37,9 @@ compile_error!("millstream needs a registry collector: enable the `linkme` (defa
 
 /// What `#[millstream::handler]` knows about a handler at compile time.
 ///
-/// Every field is a constant, so the descriptor lives in a `static`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Every field is a constant, so the descriptor lives in a `static`. Its `Debug` shows the
+/// effective group (the handler's name when no `group` key was given).
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub struct HandlerInfo {
     /// The handler's name: the `name` key, or the module path and the fn name (`shop::billing::bill`).
     /// It is also the default consumer group.
@@ -76,20 +78,28 @@ impl HandlerInfo {
     pub fn location(&self) -> Location {
         Location { file: self.file, line: self.line }
     }
+
+    /// The consumer group it reads in: the `group` key, or else the handler's name.
+    pub fn effective_group(&self) -> &'static str {
+        self.group.unwrap_or(self.name)
+    }
 }
 
-/// A source location, displayed as `file:line`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Location {
-    /// The file, as `file!()` gives it.
-    pub file: &'static str,
-    /// The line.
-    pub line: u32,
-}
-
-impl fmt::Display for Location {
+impl fmt::Debug for HandlerInfo {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}", self.file, self.line)
+        f.debug_struct("HandlerInfo")
+            .field("name", &self.name)
+            .field("fn_name", &self.fn_name)
+            .field("topic", &self.topic)
+            .field("group", &self.effective_group())
+            .field("publish", &self.publish)
+            .field("concurrency", &self.concurrency)
+            .field("payload", &self.payload)
+            .field("service", &self.service)
+            .field("pubsub", &self.pubsub)
+            .field("module_path", &self.module_path)
+            .field("location", &format_args!("{}", self.location()))
+            .finish()
     }
 }
 

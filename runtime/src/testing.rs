@@ -54,7 +54,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::sync::Notify;
 
-use crate::app::{App, Backend, BuiltApp, PublishExt};
+use crate::app::{App, Backend, PublishExt};
 use crate::codec::{Codec, JsonCodec};
 use crate::error::Result;
 use crate::handler::Topic;
@@ -124,9 +124,8 @@ pub struct Settlement {
 
 /// An app running on a recording in-memory backend, for tests. See the [module docs](self).
 pub struct TestApp {
-    built: BuiltApp,
+    router: Router,
     recorder: Recorder,
-    poison_topic: Option<String>,
     settle_timeout: Duration,
 }
 
@@ -139,27 +138,15 @@ impl TestApp {
     /// [`start`](TestApp::start) with settings.
     pub async fn start_with(mut app: App, config: TestConfig) -> Result<TestApp> {
         let recorder = Recorder::new(config.max_attempts.max(1));
-        let backend =
-            Backend { publisher: Arc::new(recorder.clone()), subscriber: Arc::new(recorder.clone()) };
-        for name in app.pubsub_names() {
-            app.named.insert(name.to_owned(), backend.clone());
-        }
-        app.pubsub = Some(backend);
-        app.config.nack_delay = None;
-        let poison_topic = app.config.poison_topic.clone();
-        let built = app.build()?;
-        built.start().await?;
-        Ok(TestApp { built, recorder, poison_topic, settle_timeout: config.settle_timeout })
+        app.replace_backends(Backend::new(recorder.clone()));
+        app.config_mut().nack_delay = None;
+        let router = app.start().await?;
+        Ok(TestApp { router, recorder, settle_timeout: config.settle_timeout })
     }
 
-    /// The running router.
+    /// The running router (its handlers, its publisher, its health).
     pub fn router(&self) -> &Router {
-        self.built.router()
-    }
-
-    /// The built app (its handlers, its publisher).
-    pub fn app(&self) -> &BuiltApp {
-        &self.built
+        &self.router
     }
 
     /// Publishes `value` to its type's topic, as JSON.
@@ -262,32 +249,32 @@ impl TestApp {
         self.settled_as(topic, Outcome::GaveUp)
     }
 
-    /// The messages sent to the poison topic, with the reason in their metadata
-    /// (see [`poison_keys`](crate::router::poison_keys)).
+    /// Every message sent to a poison topic, in order: by the router's own poison path (its
+    /// [`poison_topic`](crate::RouterConfig::poison_topic)) and by any
+    /// [`PoisonQueue`](crate::middleware::PoisonQueue) layer, whatever its topic. They are told
+    /// apart by their [`poison_reason`](Message::poison_reason) metadata, which both set.
     pub fn poisoned(&self) -> Vec<Message> {
-        match &self.poison_topic {
-            Some(topic) => self.published_on(topic),
-            None => Vec::new(),
-        }
+        let record = self.recorder.shared.record.lock();
+        record.published.iter().filter(|(_, m)| m.poison_reason().is_some()).map(|(_, m)| m.clone()).collect()
     }
 
     /// Stops the app gracefully (in-flight messages finish).
     pub async fn stop(self) -> Result<()> {
-        self.built.router().shutdown();
-        self.built.router().close().await
+        self.router.shutdown();
+        self.router.close().await
     }
 }
 
 impl Drop for TestApp {
     fn drop(&mut self) {
-        self.built.router().shutdown();
+        self.router.shutdown();
     }
 }
 
 impl fmt::Debug for TestApp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TestApp")
-            .field("app", &self.built)
+            .field("router", &self.router)
             .field("activity", &self.recorder.shared.describe_activity())
             .finish()
     }

@@ -56,16 +56,19 @@ async fn registered_handlers_run_with_state_and_typed_topics() {
         .build()
         .unwrap();
     assert_eq!(app.handlers().len(), 1);
-    let info = app.handlers()[0];
+    let info = app.handlers()[0].clone();
     assert_eq!(info.name, "app::billing::bill");
     assert_eq!(info.topic, "app-test.orders");
-    assert_eq!(info.payload, Some("OrderPlaced"));
+    assert_eq!(info.group, "app::billing::bill", "the default group is the handler's name");
+    assert_eq!(info.publish.as_deref(), Some("app-test.invoices"));
+    let location = info.location.expect("a #[handler] fn has a location");
+    assert!(location.file.ends_with("app.rs") && location.line > 0, "{location}");
     app.start().await.unwrap();
     pubsub.publish_value(&OrderPlaced { id: 7, qty: 3 }).await.unwrap();
     let delivery = within("an invoice", invoices.next()).await.unwrap().unwrap();
     assert_eq!(&delivery.message().payload()[..], br#"{"order":7,"cents":750}"#);
-    app.router().shutdown();
-    app.router().close().await.unwrap();
+    app.shutdown();
+    app.close().await.unwrap();
 }
 
 #[tokio::test]
@@ -77,7 +80,7 @@ async fn the_explicit_form_takes_the_handler_fn() {
         .state(billing::Prices(1))
         .build()
         .unwrap();
-    let names: Vec<_> = app.handlers().iter().map(|h| h.name).collect();
+    let names: Vec<_> = app.handlers().iter().map(|h| h.name.clone()).collect();
     assert_eq!(names, ["app::billing::bill"]);
 }
 
@@ -126,6 +129,9 @@ mod broken {
 
     #[millstream::handler(topic = "app-test.broken.other", pubsub = "kafka")]
     pub(crate) async fn elsewhere(_: Order) {}
+
+    #[millstream::handler(topic = "app-test.broken.third")]
+    pub(crate) async fn third(_: Order, _: State<Db>) {}
 }
 
 #[tokio::test]
@@ -151,9 +157,13 @@ async fn build_lists_every_problem_in_one_error() {
     );
     assert!(text.contains("and `Refund` by handler `dup`"), "{text}");
     assert!(text.contains("uses pub/sub `kafka`, which was not configured"), "{text}");
-    assert!(text.contains("handler `dup`: State<app::broken::Db> is used but was never provided"), "{text}");
+    // One line per missing state, naming every handler that uses it, with its location.
+    let db = text.lines().find(|line| line.contains("State<app::broken::Db> is used but was never provided"));
+    let db = db.unwrap_or_else(|| panic!("no line for the missing Db: {text}"));
+    assert!(db.contains("handler `dup` (runtime/tests/app.rs:124)"), "{db}");
+    assert!(db.contains("handler `app::broken::third` (runtime/tests/app.rs:"), "{db}");
     assert!(
-        text.contains("handler `dup`: State<app::broken::Clock> is used but was never provided"),
+        text.contains("State<app::broken::Clock> is used but was never provided; add it with `.state(value)`; used by handler `dup` (runtime/tests/app.rs:127)"),
         "{text}"
     );
 }
@@ -188,7 +198,7 @@ mod services {
 async fn service_tags_select_handlers() {
     let prefix = module_path!().to_owned() + "::services";
     let alpha = App::from_registry().module_prefix(&prefix).service("alpha").pubsub(MemoryPubSub::new());
-    let names: Vec<_> = alpha.build().unwrap().handlers().iter().map(|h| h.name).collect();
+    let names: Vec<_> = alpha.build().unwrap().handlers().iter().map(|h| h.name.clone()).collect();
     assert_eq!(names, ["app::services::alpha"]);
     let both = App::from_registry()
         .module_prefix(&prefix)
@@ -196,7 +206,7 @@ async fn service_tags_select_handlers() {
         .service("beta")
         .pubsub(MemoryPubSub::new())
         .pubsub_named("side", MemoryPubSub::new());
-    let names: Vec<_> = both.build().unwrap().handlers().iter().map(|h| h.name).collect();
+    let names: Vec<_> = both.build().unwrap().handlers().iter().map(|h| h.name.clone()).collect();
     assert_eq!(names, ["app::services::alpha", "app::services::beta"]);
 }
 
@@ -217,8 +227,8 @@ async fn a_named_pubsub_carries_its_handlers_messages() {
     side.publish("app-test.services.b", Message::new("123")).await.unwrap();
     let echo = within("an echo", echoes.next()).await.unwrap().unwrap();
     assert_eq!(&echo.message().payload()[..], br#"{"len":3}"#);
-    app.router().shutdown();
-    app.router().close().await.unwrap();
+    app.shutdown();
+    app.close().await.unwrap();
 }
 
 /// Router-wide middleware in priority order, and a per-handler one named in `middleware = [..]`.
@@ -259,7 +269,7 @@ async fn registered_middleware_runs_by_priority_then_per_handler_layers() {
     let app = App::from_registry()
         .module_prefix(module_path!().to_owned() + "::layered")
         .pubsub(pubsub.clone())
-        .middleware(millstream::middleware::from_fn(move |message: Message, next: Next| {
+        .layer(millstream::middleware::from_fn(move |message: Message, next: Next| {
             let signal = signal.clone();
             async move {
                 layered::TRAIL.lock().push("added by hand");
@@ -277,8 +287,8 @@ async fn registered_middleware_runs_by_priority_then_per_handler_layers() {
         *layered::TRAIL.lock(),
         ["priority 10", "priority 1", "added by hand", "per handler", "handler"]
     );
-    app.router().shutdown();
-    app.router().close().await.unwrap();
+    app.shutdown();
+    app.close().await.unwrap();
 }
 
 /// Options from the attribute reach the route.
@@ -307,10 +317,10 @@ async fn attribute_options_configure_the_route() {
         .config(config)
         .build()
         .unwrap();
-    let info = app.handlers()[0];
+    let info = app.handlers()[0].clone();
     assert_eq!(
-        (info.group, info.concurrency, info.publish),
-        (Some("workers"), 4, Some("app-test.tuned.out"))
+        (info.group.as_str(), info.concurrency, info.publish.as_deref()),
+        ("workers", 4, Some("app-test.tuned.out"))
     );
     let mut out = pubsub.subscribe("app-test.tuned.out", SubscribeOptions::default()).await.unwrap();
     app.start().await.unwrap();
@@ -318,10 +328,10 @@ async fn attribute_options_configure_the_route() {
     pubsub.publish("app-test.tuned", Message::new("41")).await.unwrap();
     let reply = within("a reply", out.next()).await.unwrap().unwrap();
     assert_eq!(&reply.message().payload()[..], b"42");
-    let health = app.router().health();
+    let health = app.health();
     assert_eq!(health.handlers, [("app::tuned::tuned".to_owned(), true)]);
-    app.router().shutdown();
-    app.router().close().await.unwrap();
+    app.shutdown();
+    app.close().await.unwrap();
 }
 
 /// Built-in layers named in `middleware = [..]` (they run fused) around a macro handler.
@@ -378,6 +388,43 @@ async fn built_in_layers_named_in_the_attribute_guard_the_handler() {
     assert_eq!(reason, Some("never works"));
     // 2 calls for the first message, 3 (one and two retries) for the second.
     assert_eq!(guarded::CALLS.load(std::sync::atomic::Ordering::SeqCst), 5);
-    app.router().shutdown();
-    app.router().close().await.unwrap();
+    app.shutdown();
+    app.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn expected_handlers_that_are_missing_fail_the_build() {
+    let err = App::new()
+        .handler(billing::bill)
+        .expect_handlers(["app::billing::bill", "shop::audit"])
+        .pubsub(MemoryPubSub::new())
+        .state(billing::Prices(1))
+        .build()
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("expected handler `shop::audit` is not in the app"), "{text}");
+    assert!(text.contains(r#"(it has ["app::billing::bill"])"#), "{text}");
+    assert!(text.contains("use that_crate as _;"), "{text}");
+    assert!(!text.contains("`app::billing::bill` is not"), "{text}");
+    App::new()
+        .handler(billing::bill)
+        .expect_handlers(["app::billing::bill"])
+        .pubsub(MemoryPubSub::new())
+        .state(billing::Prices(1))
+        .build()
+        .expect("every expected handler is there");
+}
+
+#[test]
+fn handler_info_shows_the_effective_group() {
+    let info = millstream::registry::handlers()
+        .iter()
+        .find(|d| d.info().name == "app::billing::bill")
+        .expect("registered")
+        .info();
+    assert_eq!(info.group, None, "no `group` key");
+    assert_eq!(info.effective_group(), "app::billing::bill");
+    let debug = format!("{info:?}");
+    assert!(debug.contains(r#"group: "app::billing::bill""#), "{debug}");
+    assert!(debug.contains("location: runtime/tests/app.rs:"), "{debug}");
 }

@@ -15,7 +15,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use common::{flaky, topic, within, Event, Recording};
 use millstream::conformance::check_dedup_store;
 use millstream::middleware::{DedupStore, Deduplicator, RedisDedupStore};
-use millstream::{Message, Publisher, Route, Router};
+use millstream::{App, Router};
+use millstream::{Message, Publisher, Route};
 
 fn url() -> String {
     std::env::var("MILLSTREAM_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
@@ -180,8 +181,11 @@ async fn a_router_handles_a_message_published_twice_once() {
     let input = topic("dedup-redis");
     let calls = Arc::new(AtomicU32::new(0));
     let dedup = Deduplicator::new(Duration::from_secs(60)).store(Arc::new(store(&prefix).await));
-    let router =
-        Router::new(rec.clone()).route(Route::new("once", &input, flaky(calls.clone(), 0)).middleware(dedup));
+    let router = App::new()
+        .pubsub(rec.clone())
+        .route(Route::new("once", &input, flaky(calls.clone(), 0)).layer(dedup))
+        .build()
+        .unwrap();
     let task = start(&router).await;
 
     let message = Message::new("{}");
@@ -208,8 +212,11 @@ async fn routers_sharing_redis_handle_a_message_once_and_retry_failures() {
     for _ in 0..2 {
         let rec = Recording::new();
         let dedup = Deduplicator::new(Duration::from_secs(60)).store(Arc::new(store(&prefix).await));
-        let router = Router::new(rec.clone())
-            .route(Route::new("shared", &input, flaky(calls.clone(), 1)).middleware(dedup));
+        let router = App::new()
+            .pubsub(rec.clone())
+            .route(Route::new("shared", &input, flaky(calls.clone(), 1)).layer(dedup))
+            .build()
+            .unwrap();
         let task = start(&router).await;
         routers.push((rec, router, task));
     }

@@ -18,7 +18,8 @@ use std::time::Duration;
 use common::{within, Event, Recording, TIMEOUT};
 use millstream::conformance::check_dedup_store;
 use millstream::middleware::{DedupStore, Deduplicator};
-use millstream::{Error, Message, Publisher, Route, Router, SqlConfig, SqlDedupStore, SqlPubSub};
+use millstream::App;
+use millstream::{Error, Message, Publisher, Route, SqlConfig, SqlDedupStore, SqlPubSub};
 use parking_lot::Mutex;
 
 /// Unique per process and call: keys and tables of this run never meet another run's.
@@ -251,8 +252,11 @@ async fn router_handles_a_repeat_once(name: &str) {
     let input = common::topic("dedup-sql");
     let (calls, handled) = (Arc::new(AtomicU32::new(0)), Arc::new(Mutex::new(Vec::new())));
     let dedup = Deduplicator::new(Duration::from_secs(3600)).store(Arc::new(store));
-    let router = Router::new(rec.clone())
-        .route(Route::new("dedup", &input, failing_once(calls.clone(), handled.clone())).middleware(dedup));
+    let router = App::new()
+        .pubsub(rec.clone())
+        .route(Route::new("dedup", &input, failing_once(calls.clone(), handled.clone())).layer(dedup))
+        .build()
+        .unwrap();
     let task = tokio::spawn({
         let router = router.clone();
         async move { router.run().await }

@@ -13,8 +13,9 @@ use millstream::middleware::{
     CORRELATION_ID,
 };
 use millstream::router::poison_keys;
+use millstream::App;
 use millstream::{
-    Ctx, Error, ErrorKind, Json, MemoryPubSub, Message, Metadata, Publisher, Route, Router, SubscribeOptions,
+    Ctx, Error, ErrorKind, Json, MemoryPubSub, Message, Metadata, Publisher, Route, SubscribeOptions,
     Subscriber,
 };
 
@@ -34,12 +35,16 @@ async fn a_timeout_outside_a_retry_covers_the_attempts_and_the_backoff_together(
     let calls = Arc::new(AtomicU32::new(0));
     let mut dead = rec.inner.subscribe(&poison, SubscribeOptions::default()).await.unwrap();
     // The first retry would wait 60 s; the timeout around the retry ends it after 100 ms.
-    let router = Router::new(rec.clone()).route(
-        Route::new("outer-timeout", &input, failing(calls.clone()))
-            .middleware(PoisonQueue::new(&poison))
-            .middleware(Timeout::new(Duration::from_millis(100)))
-            .middleware(Retry::new(5).initial_interval(Duration::from_secs(60)).jitter(0.0)),
-    );
+    let router = App::new()
+        .pubsub(rec.clone())
+        .route(
+            Route::new("outer-timeout", &input, failing(calls.clone()))
+                .layer(PoisonQueue::new(&poison))
+                .layer(Timeout::new(Duration::from_millis(100)))
+                .layer(Retry::new(5).initial_interval(Duration::from_secs(60)).jitter(0.0)),
+        )
+        .build()
+        .unwrap();
     let task = start(&router).await;
     rec.inner.publish(&input, Message::new("{}")).await.unwrap();
     let m = next_message(&mut dead).await;
@@ -65,12 +70,16 @@ async fn a_recoverer_inside_a_retry_makes_a_panic_retryable() {
         }
     };
     let mut out = pubsub.subscribe(&output, SubscribeOptions::default()).await.unwrap();
-    let router = Router::new(pubsub.clone()).route(
-        Route::new("panic-retry", &input, handler)
-            .publish(&output)
-            .middleware(Retry::new(2).initial_interval(Duration::from_millis(1)))
-            .middleware(Recoverer),
-    );
+    let router = App::new()
+        .pubsub(pubsub.clone())
+        .route(
+            Route::new("panic-retry", &input, handler)
+                .publish(&output)
+                .layer(Retry::new(2).initial_interval(Duration::from_millis(1)))
+                .layer(Recoverer),
+        )
+        .build()
+        .unwrap();
     let task = start(&router).await;
     pubsub.publish(&input, Message::new("{}")).await.unwrap();
     assert_eq!(&next_message(&mut out).await.payload()[..], b"2");
@@ -97,12 +106,16 @@ async fn a_custom_layer_between_built_in_ones_sees_what_the_nesting_says() {
         })
     };
     let mut dead = rec.inner.subscribe(&poison, SubscribeOptions::default()).await.unwrap();
-    let router = Router::new(rec.clone()).route(
-        Route::new("between", &input, failing(calls.clone()))
-            .middleware(PoisonQueue::new(&poison))
-            .middleware(spy)
-            .middleware(Retry::new(2).initial_interval(Duration::from_millis(1))),
-    );
+    let router = App::new()
+        .pubsub(rec.clone())
+        .route(
+            Route::new("between", &input, failing(calls.clone()))
+                .layer(PoisonQueue::new(&poison))
+                .layer(spy)
+                .layer(Retry::new(2).initial_interval(Duration::from_millis(1))),
+        )
+        .build()
+        .unwrap();
     let task = start(&router).await;
     rec.inner.publish(&input, Message::new("{}")).await.unwrap();
     let m = next_message(&mut dead).await;
@@ -134,8 +147,11 @@ async fn a_built_in_layer_called_by_hand_behaves_as_in_a_chain() {
     let retry = Retry::new(3).initial_interval(Duration::from_millis(1));
     let wrapper = from_fn(move |message: Message, next: Next| retry.call(message, next));
     let mut out = pubsub.subscribe(&output, SubscribeOptions::default()).await.unwrap();
-    let router = Router::new(pubsub.clone())
-        .route(Route::new("by-hand", &input, handler).publish(&output).middleware(wrapper));
+    let router = App::new()
+        .pubsub(pubsub.clone())
+        .route(Route::new("by-hand", &input, handler).publish(&output).layer(wrapper))
+        .build()
+        .unwrap();
     let task = start(&router).await;
     pubsub.publish(&input, Message::new("{}")).await.unwrap();
     assert_eq!(&next_message(&mut out).await.payload()[..], b"3");
@@ -147,11 +163,15 @@ async fn ignored_errors_never_reach_the_poison_step_outside() {
     let rec = Recording::new();
     let (input, poison) = (topic("ignored"), topic("ignored.poison"));
     let calls = Arc::new(AtomicU32::new(0));
-    let router = Router::new(rec.clone()).route(
-        Route::new("ignored", &input, failing(calls.clone()))
-            .middleware(PoisonQueue::new(&poison))
-            .middleware(IgnoreErrors::kinds([ErrorKind::Handler])),
-    );
+    let router = App::new()
+        .pubsub(rec.clone())
+        .route(
+            Route::new("ignored", &input, failing(calls.clone()))
+                .layer(PoisonQueue::new(&poison))
+                .layer(IgnoreErrors::kinds([ErrorKind::Handler])),
+        )
+        .build()
+        .unwrap();
     let task = start(&router).await;
     rec.inner.publish(&input, Message::new("{}")).await.unwrap();
     rec.log
@@ -183,9 +203,12 @@ async fn correlation_leaves_the_input_alone_and_stamps_what_the_handler_publishe
     };
     let mut out = pubsub.subscribe(&output, SubscribeOptions::default()).await.unwrap();
     let mut side_out = pubsub.subscribe(&side, SubscribeOptions::default()).await.unwrap();
-    let router = Router::new(pubsub.clone())
+    let router = App::new()
+        .pubsub(pubsub.clone())
         .layer(CorrelationId)
-        .route(Route::new("corr-in", &input, handler).publish(&output));
+        .route(Route::new("corr-in", &input, handler).publish(&output))
+        .build()
+        .unwrap();
     let task = start(&router).await;
     let sent = Message::new("{}").with_header("tenant", "acme");
     pubsub.publish(&input, sent.clone()).await.unwrap();
@@ -210,11 +233,15 @@ async fn a_retry_stops_when_the_next_wait_would_pass_its_elapsed_time_limit() {
         .initial_interval(Duration::from_millis(100))
         .jitter(0.0)
         .max_elapsed(Duration::from_secs(1));
-    let router = Router::new(rec.clone()).route(
-        Route::new("elapsed", &input, failing(calls.clone()))
-            .middleware(PoisonQueue::new(&poison))
-            .middleware(retry),
-    );
+    let router = App::new()
+        .pubsub(rec.clone())
+        .route(
+            Route::new("elapsed", &input, failing(calls.clone()))
+                .layer(PoisonQueue::new(&poison))
+                .layer(retry),
+        )
+        .build()
+        .unwrap();
     let task = start(&router).await;
     rec.inner.publish(&input, Message::new("{}")).await.unwrap();
     let m = next_message(&mut dead).await;

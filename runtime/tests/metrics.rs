@@ -8,8 +8,9 @@ use std::collections::HashMap;
 use common::topic;
 use metrics_util::debugging::{DebugValue, DebuggingRecorder};
 use millstream::observe::names;
+use millstream::App;
 use millstream::{
-    Attempt, Error, Json, MemoryPubSub, Message, Publisher, Route, Router, SubscribeOptions, Subscriber,
+    Attempt, Error, Json, MemoryPubSub, Message, Publisher, Route, SubscribeOptions, Subscriber,
 };
 
 #[test]
@@ -31,9 +32,12 @@ fn the_router_counts_what_happens_to_each_message() {
             config.poison_topic = Some(poison.clone());
             let mut out = pubsub.subscribe(&output, SubscribeOptions::default()).await.unwrap();
             let mut dead = pubsub.subscribe(&poison, SubscribeOptions::default()).await.unwrap();
-            let router = Router::new(pubsub.clone())
+            let router = App::new()
+                .pubsub(pubsub.clone())
                 .config(config)
-                .route(Route::new("metered", &input, handler).publish(&output));
+                .route(Route::new("metered", &input, handler).publish(&output))
+                .build()
+                .unwrap();
             router.start().await.unwrap();
             for n in 0..5 {
                 pubsub.publish(&input, Message::new(n.to_string())).await.unwrap();

@@ -13,9 +13,10 @@ use millstream::middleware::{
     Timeout, TraceContext, TraceParent, CORRELATION_ID, TRACEPARENT,
 };
 use millstream::router::{poison_keys, RouterConfig};
+use millstream::App;
 use millstream::{
     Attempt, Ctx, Error, ErrorKind, HandlerResult, Json, MemoryPubSub, Message, Metadata, Publisher, Route,
-    Router, SubscribeOptions, Subscriber,
+    SubscribeOptions, Subscriber,
 };
 
 fn counter() -> Arc<AtomicU32> {
@@ -35,8 +36,11 @@ async fn retry_retries_in_process_and_calls_the_hook() {
             hooks.fetch_add(1, Ordering::SeqCst);
         }
     });
-    let router = Router::new(rec.clone())
-        .route(Route::new("flaky", &input, flaky(calls.clone(), 2)).middleware(retry));
+    let router = App::new()
+        .pubsub(rec.clone())
+        .route(Route::new("flaky", &input, flaky(calls.clone(), 2)).layer(retry))
+        .build()
+        .unwrap();
     let task = start(&router).await;
     rec.inner.publish(&input, Message::new("{}")).await.unwrap();
     rec.log.wait_for("ack", |ev| ev.iter().any(|e| matches!(e, Event::Acked { .. }))).await;
@@ -61,16 +65,19 @@ async fn retry_gives_up_after_the_budget_and_never_retries_permanent_errors() {
     };
     let mut config = RouterConfig::default();
     config.poison_topic = None;
-    let router = Router::new(rec.clone())
+    let router = App::new()
+        .pubsub(rec.clone())
         .config(config)
         .route(
             Route::new("always", &always, flaky(calls.clone(), u32::MAX))
-                .middleware(Retry::new(2).initial_interval(Duration::from_millis(1))),
+                .layer(Retry::new(2).initial_interval(Duration::from_millis(1))),
         )
         .route(
             Route::new("permanent", &permanent, fail_permanently)
-                .middleware(Retry::new(5).initial_interval(Duration::from_millis(1))),
-        );
+                .layer(Retry::new(5).initial_interval(Duration::from_millis(1))),
+        )
+        .build()
+        .unwrap();
     let task = start(&router).await;
     rec.inner.publish(&always, Message::new("{}")).await.unwrap();
     rec.inner.publish(&permanent, Message::new("{}")).await.unwrap();
@@ -112,8 +119,11 @@ async fn each_retry_attempt_gets_a_fresh_timeout() {
     let retry =
         Retry::new(2).initial_interval(Duration::from_millis(1)).attempt_timeout(Duration::from_millis(100));
     let mut out = pubsub.subscribe(&output, SubscribeOptions::default()).await.unwrap();
-    let router = Router::new(pubsub.clone())
-        .route(Route::new("slow-first", &input, handler).publish(&output).middleware(retry));
+    let router = App::new()
+        .pubsub(pubsub.clone())
+        .route(Route::new("slow-first", &input, handler).publish(&output).layer(retry))
+        .build()
+        .unwrap();
     let task = start(&router).await;
     pubsub.publish(&input, Message::new("{}")).await.unwrap();
     assert_eq!(&next_message(&mut out).await.payload()[..], b"2");
@@ -129,8 +139,11 @@ async fn timeout_fails_a_slow_handler_and_nacks() {
             std::future::pending::<()>().await;
         }
     };
-    let router = Router::new(rec.clone())
-        .route(Route::new("slow", &input, handler).middleware(Timeout::new(Duration::from_millis(50))));
+    let router = App::new()
+        .pubsub(rec.clone())
+        .route(Route::new("slow", &input, handler).layer(Timeout::new(Duration::from_millis(50))))
+        .build()
+        .unwrap();
     let task = start(&router).await;
     rec.inner.publish(&input, Message::new("{}")).await.unwrap();
     rec.log.wait_for("ack after redelivery", |ev| ev.iter().any(|e| matches!(e, Event::Acked { .. }))).await;
@@ -144,11 +157,15 @@ async fn poison_queue_takes_what_the_retries_could_not_fix() {
     let (input, poison) = (topic("doomed"), topic("doomed.poison"));
     let calls = counter();
     let mut dead = rec.inner.subscribe(&poison, SubscribeOptions::default()).await.unwrap();
-    let router = Router::new(rec.clone()).route(
-        Route::new("doomed", &input, flaky(calls.clone(), u32::MAX))
-            .middleware(PoisonQueue::new(&poison))
-            .middleware(Retry::new(2).initial_interval(Duration::from_millis(1))),
-    );
+    let router = App::new()
+        .pubsub(rec.clone())
+        .route(
+            Route::new("doomed", &input, flaky(calls.clone(), u32::MAX))
+                .layer(PoisonQueue::new(&poison))
+                .layer(Retry::new(2).initial_interval(Duration::from_millis(1))),
+        )
+        .build()
+        .unwrap();
     let task = start(&router).await;
     let sent = Message::new(r#"{"order":1}"#).with_header("tenant", "acme");
     rec.inner.publish(&input, sent.clone()).await.unwrap();
@@ -179,10 +196,14 @@ async fn poison_after_deliveries_lets_the_backend_redeliver_first() {
     let (input, poison) = (topic("capped"), topic("capped.poison"));
     let calls = counter();
     let mut dead = rec.inner.subscribe(&poison, SubscribeOptions::default()).await.unwrap();
-    let router = Router::new(rec.clone()).route(
-        Route::new("capped", &input, flaky(calls.clone(), u32::MAX))
-            .middleware(PoisonQueue::new(&poison).after_deliveries(3)),
-    );
+    let router = App::new()
+        .pubsub(rec.clone())
+        .route(
+            Route::new("capped", &input, flaky(calls.clone(), u32::MAX))
+                .layer(PoisonQueue::new(&poison).after_deliveries(3)),
+        )
+        .build()
+        .unwrap();
     let task = start(&router).await;
     rec.inner.publish(&input, Message::new("{}")).await.unwrap();
     let m = next_message(&mut dead).await;
@@ -199,11 +220,15 @@ async fn poison_filter_and_redelivery_cap() {
     let calls = counter();
     let mut dead = pubsub.subscribe(&poison, SubscribeOptions::default()).await.unwrap();
     // Only permanent errors are poisoned; the cap turns the 4th delivery into one.
-    let router = Router::new(pubsub.clone()).route(
-        Route::new("cap", &input, flaky(calls.clone(), u32::MAX))
-            .middleware(PoisonQueue::new(&poison).filter(Error::is_permanent))
-            .middleware(RedeliveryCap::new(3)),
-    );
+    let router = App::new()
+        .pubsub(pubsub.clone())
+        .route(
+            Route::new("cap", &input, flaky(calls.clone(), u32::MAX))
+                .layer(PoisonQueue::new(&poison).filter(Error::is_permanent))
+                .layer(RedeliveryCap::new(3)),
+        )
+        .build()
+        .unwrap();
     let task = start(&router).await;
     pubsub.publish(&input, Message::new("{}")).await.unwrap();
     let m = next_message(&mut dead).await;
@@ -223,9 +248,11 @@ async fn recoverer_turns_panics_into_errors_that_middleware_can_poison() {
             panic!("index out of bounds: the len is 0");
         }
     };
-    let router = Router::new(pubsub.clone()).route(
-        Route::new("panicky", &input, handler).middleware(PoisonQueue::new(&poison)).middleware(Recoverer),
-    );
+    let router = App::new()
+        .pubsub(pubsub.clone())
+        .route(Route::new("panicky", &input, handler).layer(PoisonQueue::new(&poison)).layer(Recoverer))
+        .build()
+        .unwrap();
     let task = start(&router).await;
     pubsub.publish(&input, Message::new("{}")).await.unwrap();
     let m = next_message(&mut dead).await;
@@ -255,10 +282,13 @@ async fn correlation_and_trace_context_follow_the_message() {
     };
     let mut out = pubsub.subscribe(&output, SubscribeOptions::default()).await.unwrap();
     let mut side_out = pubsub.subscribe(&side, SubscribeOptions::default()).await.unwrap();
-    let router = Router::new(pubsub.clone())
+    let router = App::new()
+        .pubsub(pubsub.clone())
         .layer(CorrelationId)
         .layer(TraceContext)
-        .route(Route::new("corr", &input, handler).publish(&output));
+        .route(Route::new("corr", &input, handler).publish(&output))
+        .build()
+        .unwrap();
     let task = start(&router).await;
 
     // Without a correlation id or trace: the message's id becomes the correlation id; a trace starts.
@@ -303,10 +333,14 @@ async fn deduplicator_skips_repeats_but_not_failed_attempts() {
     let rec = Recording::new();
     let input = topic("dedup");
     let calls = counter();
-    let router = Router::new(rec.clone()).route(
-        Route::new("dedup", &input, flaky(calls.clone(), 1))
-            .middleware(Deduplicator::new(Duration::from_secs(60)).by_metadata("order")),
-    );
+    let router = App::new()
+        .pubsub(rec.clone())
+        .route(
+            Route::new("dedup", &input, flaky(calls.clone(), 1))
+                .layer(Deduplicator::new(Duration::from_secs(60)).by_metadata("order")),
+        )
+        .build()
+        .unwrap();
     let task = start(&router).await;
     // Fails once (nacked, redelivered, handled), then two more copies of the same order: skipped.
     for _ in 0..3 {
@@ -339,8 +373,11 @@ async fn instant_ack_acks_before_the_handler_runs() {
             }
         }
     };
-    let router =
-        Router::new(rec.clone()).route(Route::new("instant", &input, handler).middleware(InstantAck));
+    let router = App::new()
+        .pubsub(rec.clone())
+        .route(Route::new("instant", &input, handler).layer(InstantAck))
+        .build()
+        .unwrap();
     let task = start(&router).await;
     rec.inner.publish(&input, Message::new("{}")).await.unwrap();
     within("handler entered", entered.notified()).await;
@@ -372,10 +409,14 @@ async fn delay_on_nack_delays_redelivery_by_attempt() {
             }
         }
     };
-    let router = Router::new(pubsub.clone()).route(
-        Route::new("delay", &input, handler)
-            .middleware(DelayOnNack::new(Duration::from_secs(1), Duration::from_secs(60))),
-    );
+    let router = App::new()
+        .pubsub(pubsub.clone())
+        .route(
+            Route::new("delay", &input, handler)
+                .layer(DelayOnNack::new(Duration::from_secs(1), Duration::from_secs(60))),
+        )
+        .build()
+        .unwrap();
     let task = start(&router).await;
     pubsub.publish(&input, Message::new("{}")).await.unwrap();
     eventually("three attempts", || times.lock().len() >= 3).await;
@@ -391,8 +432,11 @@ async fn ignore_errors_acks_the_chosen_failures() {
     let input = topic("ignore");
     let handler =
         |_: serde_json::Value| async { Err::<(), _>(Error::new(ErrorKind::Timeout, "slow downstream")) };
-    let router = Router::new(rec.clone())
-        .route(Route::new("ignore", &input, handler).middleware(IgnoreErrors::kinds([ErrorKind::Timeout])));
+    let router = App::new()
+        .pubsub(rec.clone())
+        .route(Route::new("ignore", &input, handler).layer(IgnoreErrors::kinds([ErrorKind::Timeout])))
+        .build()
+        .unwrap();
     let task = start(&router).await;
     rec.inner.publish(&input, Message::new("{}")).await.unwrap();
     rec.log.wait_for("ack", |ev| ev.iter().any(|e| matches!(e, Event::Acked { .. }))).await;
@@ -412,10 +456,14 @@ async fn throttle_spaces_calls_out() {
             async {}
         }
     };
-    let router = Router::new(pubsub.clone()).route(
-        Route::new("throttled", &input, handler)
-            .middleware(Throttle::per_handler(10, Duration::from_secs(1)).burst(2)),
-    );
+    let router = App::new()
+        .pubsub(pubsub.clone())
+        .route(
+            Route::new("throttled", &input, handler)
+                .layer(Throttle::per_handler(10, Duration::from_secs(1)).burst(2)),
+        )
+        .build()
+        .unwrap();
     let task = start(&router).await;
     for _ in 0..6 {
         pubsub.publish(&input, Message::new("{}")).await.unwrap();
@@ -450,8 +498,11 @@ async fn circuit_breaker_opens_fails_fast_and_closes_after_cool_down() {
         }
     };
     let breaker = CircuitBreaker::new(3, Duration::from_secs(10));
-    let router = Router::new(rec.clone())
-        .route(Route::new("guarded", &input, handler).middleware(breaker.clone()).concurrency(1));
+    let router = App::new()
+        .pubsub(rec.clone())
+        .route(Route::new("guarded", &input, handler).layer(breaker.clone()).concurrency(1))
+        .build()
+        .unwrap();
     let task = start(&router).await;
     rec.inner.publish(&input, Message::new("{}")).await.unwrap();
     // Three failures open the breaker; then the nacked message comes back with the remaining
@@ -477,13 +528,17 @@ async fn chaos_with_recoverer_and_retry_still_handles_everything() {
             async {}
         }
     };
-    let router = Router::new(pubsub.clone()).route(
-        Route::new("chaotic", &input, handler)
-            .middleware(Retry::new(50).initial_interval(Duration::from_micros(10)).jitter(0.0))
-            .middleware(Recoverer)
-            .middleware(RandomFail::new(0.3))
-            .middleware(RandomPanic::new(0.2)),
-    );
+    let router = App::new()
+        .pubsub(pubsub.clone())
+        .route(
+            Route::new("chaotic", &input, handler)
+                .layer(Retry::new(50).initial_interval(Duration::from_micros(10)).jitter(0.0))
+                .layer(Recoverer)
+                .layer(RandomFail::new(0.3))
+                .layer(RandomPanic::new(0.2)),
+        )
+        .build()
+        .unwrap();
     let task = start(&router).await;
     for n in 0..200u32 {
         pubsub.publish(&input, Message::new(n.to_string())).await.unwrap();
@@ -505,10 +560,13 @@ async fn router_wide_layers_run_outside_handler_layers_in_order() {
     }
     let handler = |meta: Metadata| async move { Json(meta.get("trail").unwrap_or("").to_owned()) };
     let mut out = pubsub.subscribe(&output, SubscribeOptions::default()).await.unwrap();
-    let router = Router::new(pubsub.clone())
+    let router = App::new()
+        .pubsub(pubsub.clone())
         .layer(tag("a"))
         .layer(tag("b"))
-        .route(Route::new("ordered", &input, handler).publish(&output).middleware(tag("c")));
+        .route(Route::new("ordered", &input, handler).publish(&output).layer(tag("c")))
+        .build()
+        .unwrap();
     let task = start(&router).await;
     pubsub.publish(&input, Message::new("{}")).await.unwrap();
     assert_eq!(&next_message(&mut out).await.payload()[..], br#""a>b>c>""#);
@@ -540,10 +598,14 @@ async fn the_handler_sees_in_process_retries_as_attempts() {
             }
         }
     };
-    let router = Router::new(rec.clone()).route(
-        Route::new("attempts", &input, handler)
-            .middleware(Retry::new(5).initial_interval(Duration::from_millis(1))),
-    );
+    let router = App::new()
+        .pubsub(rec.clone())
+        .route(
+            Route::new("attempts", &input, handler)
+                .layer(Retry::new(5).initial_interval(Duration::from_millis(1))),
+        )
+        .build()
+        .unwrap();
     let task = start(&router).await;
     rec.inner.publish(&input, Message::new("{}")).await.unwrap();
     rec.log.wait_for("ack", |ev| ev.iter().any(|e| matches!(e, Event::Acked { .. }))).await;

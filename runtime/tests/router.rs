@@ -9,9 +9,10 @@ use std::time::Duration;
 
 use common::{eventually, take, topic, within, Event, Recording};
 use millstream::router::{poison_keys, RouterConfig, Status};
+use millstream::App;
 use millstream::{
     Attempt, Bytes, Ctx, Error, ErrorKind, Json, MemoryPubSub, Message, MessageId, Metadata, Publishable,
-    Publisher, Route, Router, State, SubscribeOptions, Subscriber, Topic,
+    Publisher, Route, State, SubscribeOptions, Subscriber, Topic,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, Semaphore};
@@ -50,7 +51,11 @@ async fn outputs_are_published_before_the_input_is_acked() {
     async fn bill(order: Order) -> millstream::Result<Invoice> {
         Ok(Invoice { order: order.id, cents: u64::from(order.qty) * 100 })
     }
-    let router = Router::new(rec.clone()).route(Route::new("bill", &input, bill).publish(&output));
+    let router = App::new()
+        .pubsub(rec.clone())
+        .route(Route::new("bill", &input, bill).publish(&output))
+        .build()
+        .unwrap();
     let run = tokio::spawn({
         let router = router.clone();
         async move { router.run().await }
@@ -98,7 +103,11 @@ async fn handler_error_nacks_and_the_message_is_redelivered() {
         }
     };
     let mut out = pubsub.subscribe(&output, SubscribeOptions::default()).await.unwrap();
-    let router = Router::new(pubsub.clone()).route(Route::new("flaky", &input, handler).publish(&output));
+    let router = App::new()
+        .pubsub(pubsub.clone())
+        .route(Route::new("flaky", &input, handler).publish(&output))
+        .build()
+        .unwrap();
     let run = tokio::spawn({
         let router = router.clone();
         async move { router.run().await }
@@ -120,7 +129,8 @@ async fn a_panicking_handler_is_nacked_and_the_router_goes_on() {
             panic!("boom on order 1");
         }
     };
-    let router = Router::new(rec.clone()).route(Route::new("panicky", &input, handler));
+    let router =
+        App::new().pubsub(rec.clone()).route(Route::new("panicky", &input, handler)).build().unwrap();
     let run = tokio::spawn({
         let router = router.clone();
         async move { router.run().await }
@@ -155,7 +165,12 @@ async fn undecodable_payload_goes_to_the_poison_topic_with_the_reason() {
     let mut config = RouterConfig::default();
     config.poison_topic = Some(poison.clone());
     let mut poisoned = pubsub.subscribe(&poison, SubscribeOptions::default()).await.unwrap();
-    let router = Router::new(pubsub.clone()).config(config).route(Route::new("strict", &input, h));
+    let router = App::new()
+        .pubsub(pubsub.clone())
+        .config(config)
+        .route(Route::new("strict", &input, h))
+        .build()
+        .unwrap();
     let run = tokio::spawn({
         let router = router.clone();
         async move { router.run().await }
@@ -203,8 +218,11 @@ async fn shutdown_finishes_in_flight_messages_before_closing_publishers() {
             }
         }
     };
-    let router =
-        Router::new(rec.clone()).route(Route::new("slow", &input, handler).publish(&output).concurrency(5));
+    let router = App::new()
+        .pubsub(rec.clone())
+        .route(Route::new("slow", &input, handler).publish(&output).concurrency(5))
+        .build()
+        .unwrap();
     let run = tokio::spawn({
         let router = router.clone();
         async move { router.run().await }
@@ -251,7 +269,12 @@ async fn close_timeout_nacks_what_did_not_finish() {
     };
     let mut config = RouterConfig::default();
     config.close_timeout = Duration::from_millis(200);
-    let router = Router::new(rec.clone()).config(config).route(Route::new("stuck", &input, handler));
+    let router = App::new()
+        .pubsub(rec.clone())
+        .config(config)
+        .route(Route::new("stuck", &input, handler))
+        .build()
+        .unwrap();
     let run = tokio::spawn({
         let router = router.clone();
         async move { router.run().await }
@@ -278,10 +301,13 @@ async fn two_groups_each_get_everything_and_one_group_splits_the_work() {
         }
     };
     // "billing" has two handlers sharing one group; "audit" is a group of its own.
-    let router = Router::new(pubsub.clone())
+    let router = App::new()
+        .pubsub(pubsub.clone())
         .route(Route::new("billing-1", &input, counting(counts[0].clone())).group("billing"))
         .route(Route::new("billing-2", &input, counting(counts[1].clone())).group("billing"))
-        .route(Route::new("audit", &input, counting(counts[2].clone())));
+        .route(Route::new("audit", &input, counting(counts[2].clone())))
+        .build()
+        .unwrap();
     let run = tokio::spawn({
         let router = router.clone();
         async move { router.run().await }
@@ -309,22 +335,26 @@ struct Prices(u64);
 struct Tax(u64);
 
 #[tokio::test]
-async fn start_reports_every_problem_at_once() {
+async fn build_reports_every_state_problem_at_once() {
     async fn needs_two(_: Order, _: State<Prices>, _: State<Tax>) {}
     async fn needs_one(_: Order, _: State<Prices>) {}
-    let router = Router::new(MemoryPubSub::new())
+    let err = App::new()
+        .pubsub(MemoryPubSub::new())
         .route(Route::new("a", "t.a", needs_two))
-        .route(Route::new("b", "t.b", needs_one));
-    let err = router.start().await.unwrap_err();
+        .route(Route::new("b", "t.b", needs_one))
+        .build()
+        .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Config);
     let text = err.to_string();
-    assert!(text.contains("3 problems"), "{text}");
-    assert!(text.contains("handler `a`: State<router::Prices> is used but was never provided"), "{text}");
-    assert!(text.contains("handler `a`: State<router::Tax>"), "{text}");
-    assert!(text.contains("handler `b`: State<router::Prices>"), "{text}");
+    assert!(text.contains("2 problems"), "{text}");
+    assert!(
+        text.contains("State<router::Prices> is used but was never provided; add it with `.state(value)`; used by handler `a` (a `Route` added with `.route(..)`), handler `b` (a `Route` added with `.route(..)`)"),
+        "{text}"
+    );
+    assert!(text.contains("State<router::Tax> is used but was never provided; add it with `.state(value)`; used by handler `a`"), "{text}");
 
-    let empty = Router::new(MemoryPubSub::new());
-    assert!(empty.start().await.unwrap_err().to_string().contains("no handlers"));
+    let empty = App::new().pubsub(MemoryPubSub::new()).build().unwrap_err();
+    assert!(empty.to_string().contains("no handlers"), "{empty}");
 }
 
 #[tokio::test]
@@ -333,7 +363,8 @@ async fn static_mistakes_are_rejected_when_added() {
         Some(Invoice { order: o.id, cents: 0 })
     }
     async fn silent(_: Order) {}
-    let router = Router::new(MemoryPubSub::new());
+    let router =
+        App::new().pubsub(MemoryPubSub::new()).route(Route::new("first", "t", silent)).build().unwrap();
     let err = router.add(Route::new("p", "t", publishes)).unwrap_err();
     assert!(err.to_string().contains("has no publish topic"), "{err}");
     let err = router.add(Route::new("s", "t", silent).publish("x")).unwrap_err();
@@ -387,7 +418,12 @@ async fn extractors_state_ctx_and_typed_topics() {
     };
     let mut shipped = pubsub.subscribe(Shipped::NAME, SubscribeOptions::group("g")).await.unwrap();
     let mut side_sub = pubsub.subscribe(&side, SubscribeOptions::default()).await.unwrap();
-    let router = Router::new(pubsub.clone()).state(Prices(250)).route(Route::new("ship", &input, handler));
+    let router = App::new()
+        .pubsub(pubsub.clone())
+        .state(Prices(250))
+        .route(Route::new("ship", &input, handler))
+        .build()
+        .unwrap();
     let run = tokio::spawn({
         let router = router.clone();
         async move { router.run().await }
@@ -412,7 +448,7 @@ async fn a_handler_added_to_a_running_router_starts() {
         Json(serde_json::from_slice(message.payload()).unwrap())
     }
     // `Json<T>` returned directly is published too.
-    let router = Router::new(pubsub.clone()).route(Route::new("first", &first, noop));
+    let router = App::new().pubsub(pubsub.clone()).route(Route::new("first", &first, noop)).build().unwrap();
     let run = tokio::spawn({
         let router = router.clone();
         async move { router.run().await }
@@ -448,7 +484,7 @@ async fn concurrency_one_keeps_order() {
             async {}
         }
     };
-    let router = Router::new(pubsub.clone()).route(Route::new("ordered", &input, h));
+    let router = App::new().pubsub(pubsub.clone()).route(Route::new("ordered", &input, h)).build().unwrap();
     let run = tokio::spawn({
         let router = router.clone();
         async move { router.run().await }
@@ -483,7 +519,8 @@ impl Subscriber for Unreachable {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_reports_liveness_and_readiness() {
     async fn noop(_: Order) {}
-    let router = Router::new(MemoryPubSub::new()).route(Route::new("a", topic("health"), noop));
+    let router =
+        App::new().pubsub(MemoryPubSub::new()).route(Route::new("a", topic("health"), noop)).build().unwrap();
     let health = router.health();
     assert!(!health.live && !health.ready);
     let run = tokio::spawn({
@@ -504,4 +541,169 @@ async fn health_reports_liveness_and_readiness() {
     router.shutdown();
     within("stop", run).await.unwrap().unwrap();
     assert!(!router.health().live);
+}
+
+/// A subscriber that refuses the first `failures` subscribe calls, as a backend that is down.
+struct Flaky {
+    inner: MemoryPubSub,
+    failures: AtomicUsize,
+}
+
+impl Subscriber for Flaky {
+    fn subscribe<'a>(
+        &'a self,
+        topic: &'a str,
+        options: SubscribeOptions,
+    ) -> millstream::pubsub::OpFuture<'a, millstream::Subscription> {
+        let refuse =
+            self.failures.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok();
+        if refuse {
+            return millstream::pubsub::OpFuture::ready(Err(Error::new(
+                ErrorKind::Backend,
+                "broker is down",
+            )));
+        }
+        self.inner.subscribe(topic, options)
+    }
+
+    fn close(&self) -> millstream::pubsub::OpFuture<'_> {
+        Subscriber::close(&self.inner)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_whose_subscribe_fails_can_be_tried_again() {
+    let pubsub = MemoryPubSub::new();
+    let (input, output) = (topic("restart.in"), topic("restart.out"));
+    async fn echo(message: Message) -> Json<String> {
+        Json(String::from_utf8_lossy(message.payload()).into_owned())
+    }
+    let flaky = Arc::new(Flaky { inner: pubsub.clone(), failures: AtomicUsize::new(1) });
+    let router = App::new()
+        .pubsub_parts(Arc::new(pubsub.clone()), flaky)
+        .route(Route::new("first", &input, echo).publish(&output))
+        .route(Route::new("second", &input, echo).publish(&output).group("other"))
+        .build()
+        .unwrap();
+    let err = router.start().await.unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("handler `first` cannot subscribe to"), "{text}");
+    assert!(text.contains("broker is down") && text.contains("start may be called again"), "{text}");
+    assert_eq!(router.status(), Status::Idle, "a failed start leaves the router restartable");
+    assert!(!router.health().live);
+
+    router.start().await.expect("the second start subscribes every handler");
+    assert_eq!(router.status(), Status::Running);
+    let mut out = pubsub.subscribe(&output, SubscribeOptions::default()).await.unwrap();
+    pubsub.publish(&input, Message::new("\"hi\"")).await.unwrap();
+    for _ in 0..2 {
+        let delivery = within("an echo from each handler", out.next()).await.unwrap().unwrap();
+        assert_eq!(&delivery.message().payload()[..], br#""\"hi\"""#);
+        delivery.ack().await.unwrap();
+    }
+    let health = router.health();
+    assert!(health.ready, "{health:?}");
+    assert_eq!(health.handlers.len(), 2, "each handler is counted once: {health:?}");
+    router.shutdown();
+    router.close().await.unwrap();
+}
+
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+#[millstream::topic("router-test.audit")]
+struct Audited {
+    order: u64,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn returned_and_ctx_published_values_follow_one_rule() {
+    // A `#[topic]` value goes to its own topic; any other value to the handler's publish topic;
+    // returned or sent through `Ctx`, the same.
+    let pubsub = MemoryPubSub::new();
+    let (input, output) = (topic("rule.in"), topic("rule.out"));
+    let mut audit =
+        pubsub.subscribe(<Audited as Topic>::NAME, SubscribeOptions::group(topic("g"))).await.unwrap();
+    let mut out = pubsub.subscribe(&output, SubscribeOptions::default()).await.unwrap();
+    async fn handler(order: Order, ctx: Ctx) -> millstream::Result<Vec<Json<u64>>> {
+        ctx.publish(&Audited { order: order.id }).await?;
+        ctx.publish(&Json(order.id * 10)).await?;
+        Ok(vec![Json(order.id * 100)])
+    }
+    async fn typed(order: Order) -> Audited {
+        Audited { order: order.id }
+    }
+    let router = App::new()
+        .pubsub(pubsub.clone())
+        .route(Route::new("rule", &input, handler).publish(&output))
+        .route(Route::new("typed", &input, typed))
+        .start()
+        .await
+        .unwrap();
+    pubsub.publish(&input, order_msg(4)).await.unwrap();
+    let mut untyped = Vec::new();
+    for _ in 0..2 {
+        let delivery = within("untyped values", out.next()).await.unwrap().unwrap();
+        untyped.push(String::from_utf8_lossy(delivery.message().payload()).into_owned());
+        delivery.ack().await.unwrap();
+    }
+    untyped.sort();
+    assert_eq!(untyped, ["40", "400"]);
+    for _ in 0..2 {
+        let delivery = within("typed values on their own topic", audit.next()).await.unwrap().unwrap();
+        assert_eq!(&delivery.message().payload()[..], br#"{"order":4}"#);
+        delivery.ack().await.unwrap();
+    }
+    router.shutdown();
+    router.close().await.unwrap();
+
+    // A handler returning a `#[topic]` type cannot send it elsewhere.
+    let err = App::new()
+        .pubsub(MemoryPubSub::new())
+        .route(Route::new("typed", &input, typed).publish("somewhere.else"))
+        .build()
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("which always go to their own topic `router-test.audit`"), "{text}");
+    // Naming its own topic is allowed (what `publish = Audited` expands to).
+    App::new()
+        .pubsub(MemoryPubSub::new())
+        .route(Route::new("typed", &input, typed).publish(<Audited as Topic>::NAME))
+        .build()
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handlers_added_at_run_time_get_the_app_state_and_layers() {
+    let pubsub = MemoryPubSub::new();
+    let (input, late_input, output) = (topic("late.first"), topic("late.in"), topic("late.out"));
+    async fn noop(_: Message) {}
+    async fn priced(order: Order, State(prices): State<Prices>) -> Json<u64> {
+        Json(u64::from(order.qty) * prices.0)
+    }
+    let seen = Arc::new(AtomicUsize::new(0));
+    let counter = seen.clone();
+    let router = App::new()
+        .pubsub(pubsub.clone())
+        .state(Prices(7))
+        .layer(millstream::middleware::from_fn(move |message: Message, next: millstream::Next| {
+            counter.fetch_add(1, Ordering::SeqCst);
+            next.run(message)
+        }))
+        .route(Route::new("first", &input, noop))
+        .start()
+        .await
+        .unwrap();
+    let mut out = pubsub.subscribe(&output, SubscribeOptions::default()).await.unwrap();
+    router.add(Route::new("late", &late_input, priced).publish(&output)).unwrap();
+    assert!(router.handlers().iter().any(|h| h.name == "late" && h.group == "late"));
+    // A handler whose state the app lacks is refused at once.
+    async fn taxed(_: Order, _: State<Tax>) {}
+    let err = router.add(Route::new("taxed", &late_input, taxed)).unwrap_err();
+    assert!(err.to_string().contains("State<router::Tax> is used but was never provided"), "{err}");
+    eventually("the late handler subscribed", || router.health().handlers.iter().all(|(_, up)| *up)).await;
+    pubsub.publish(&late_input, order_msg(1)).await.unwrap();
+    let delivery = within("the late handler's output", out.next()).await.unwrap().unwrap();
+    assert_eq!(&delivery.message().payload()[..], b"14");
+    assert_eq!(seen.load(Ordering::SeqCst), 1, "the app-wide layer wraps the late handler");
+    router.shutdown();
+    router.close().await.unwrap();
 }

@@ -217,3 +217,30 @@ async fn settled_fails_the_test_when_work_never_ends() {
     app.publish_message("testing.stuck", Message::new("x")).await.unwrap();
     app.settled().await;
 }
+
+/// A handler behind a `PoisonQueue` layer with a topic of its own.
+mod layered {
+    use super::*;
+    use millstream::middleware::PoisonQueue;
+
+    #[millstream::handler(topic = "testing.layered", middleware = [PoisonQueue::new("poison")])]
+    pub(crate) async fn refuses(_: Json<serde_json::Value>) -> Result<()> {
+        Err(Error::permanent("refused by policy"))
+    }
+}
+
+#[tokio::test]
+async fn poisoned_sees_what_a_poison_layer_sends_to_its_own_topic() {
+    let app = TestApp::start(App::from_registry().module_prefix(module_path!().to_owned() + "::layered"))
+        .await
+        .unwrap();
+    app.publish_to("testing.layered", &serde_json::json!({"id": 1})).await.unwrap();
+    app.settled().await;
+    let poisoned = app.poisoned();
+    assert_eq!(poisoned.len(), 1, "{:?}", app.published_all());
+    assert_eq!(poisoned[0].poison_reason(), Some("refused by policy"));
+    assert_eq!(app.published_on("poison").len(), 1, "it went to the layer's topic");
+    assert!(app.published_on("millstream.poison").is_empty());
+    assert_eq!(app.acked("testing.layered").len(), 1);
+    app.stop().await.unwrap();
+}

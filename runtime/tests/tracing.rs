@@ -6,7 +6,8 @@ use std::io::Write;
 use std::sync::Arc;
 
 use common::{topic, within};
-use millstream::{Attempt, Error, MemoryPubSub, Message, Publisher, Route, Router};
+use millstream::App;
+use millstream::{Attempt, Error, MemoryPubSub, Message, Publisher, Route};
 use parking_lot::Mutex;
 
 #[derive(Clone, Default)]
@@ -56,7 +57,8 @@ async fn failures_are_logged_inside_the_message_span() {
             }
         }
     };
-    let router = Router::new(pubsub.clone()).route(Route::new("trace-h", &input, handler));
+    let router =
+        App::new().pubsub(pubsub.clone()).route(Route::new("trace-h", &input, handler)).build().unwrap();
     router.start().await.unwrap();
     let message = Message::new("{}").with_header("correlation_id", "c-42");
     let id = message.id();
@@ -80,4 +82,48 @@ async fn failures_are_logged_inside_the_message_span() {
     assert!(failure.contains("kind=Handler"), "{failure}");
     assert!(text.contains("router running"), "{text}");
     assert!(text.contains("router stopped"), "{text}");
+}
+
+#[millstream::handler(topic = "tracing-test.startup", group = "loggers")]
+async fn logged(_: serde_json::Value) {}
+
+#[tokio::test]
+async fn start_logs_every_handler_with_its_settings_and_location() {
+    let capture = Capture::default();
+    let writer = capture.clone();
+    let subscriber = tracing_subscriber::fmt().with_ansi(false).with_writer(move || writer.clone()).finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    async fn by_hand(_: Message) {}
+    let hand_topic = topic("startup.hand");
+    let router = App::new()
+        .handler(logged)
+        .route(Route::new("by-hand", &hand_topic, by_hand))
+        .pubsub(MemoryPubSub::new())
+        .start()
+        .await
+        .unwrap();
+    router.shutdown();
+    router.close().await.unwrap();
+
+    let text = capture.text();
+    let line = |name: &str| {
+        text.lines()
+            .find(|l| l.contains("handler running") && l.contains(name))
+            .unwrap_or_else(|| panic!("no start-up line for {name} in:\n{text}"))
+            .to_owned()
+    };
+    let logged = line("tracing::logged");
+    assert!(logged.contains(" INFO "), "{logged}");
+    assert!(
+        logged.contains(
+            "`tracing::logged` reads `tracing-test.startup` in group `loggers` (runtime/tests/tracing.rs:"
+        ),
+        "{logged}"
+    );
+    let by_hand = line("by-hand");
+    assert!(
+        by_hand.contains(&format!("`by-hand` reads `{hand_topic}` in group `by-hand` (a hand-made `Route`)")),
+        "{by_hand}"
+    );
 }

@@ -48,13 +48,13 @@ async fn main() -> millstream::Result<()> {
         .pubsub_named("warehouse", warehouse.clone())
         .state(Carrier("postal".into()))
         .build()?;
-    println!("running: {:?}", app.handlers().iter().map(|h| h.name).collect::<Vec<_>>());
+    println!("running: {:?}", app.handlers().iter().map(|h| h.name.as_str()).collect::<Vec<_>>());
     app.start().await?;
     warehouse.publish_value(&ShipmentRequested { order: 42 }).await?;
     let delivery = labels.next().await.expect("a label")?;
     let label: Label = serde_json::from_slice(delivery.message().payload())?;
     println!("label: {label:?}");
     delivery.ack().await?;
-    app.router().shutdown();
-    app.router().close().await
+    app.shutdown();
+    app.close().await
 }

@@ -47,7 +47,7 @@ async fn main() -> millstream::Result<()> {
     let mut invoices = pubsub.subscribe(InvoiceIssued::NAME, SubscribeOptions::default()).await?;
     let app = App::from_registry().pubsub(pubsub.clone()).state(Prices { cents_per_item: 250 }).build()?;
     for handler in app.handlers() {
-        println!("{} reads `{}` ({})", handler.name, handler.topic, handler.location());
+        println!("{handler}");
     }
     app.start().await?;
 
@@ -60,6 +60,6 @@ async fn main() -> millstream::Result<()> {
     println!("invoice: {invoice:?}");
     delivery.ack().await?;
 
-    app.router().shutdown();
-    app.router().close().await
+    app.shutdown();
+    app.close().await
 }

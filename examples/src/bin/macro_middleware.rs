@@ -63,6 +63,6 @@ async fn main() -> millstream::Result<()> {
     println!("poisoned: {:?}", rejected.message().metadata().get("millstream.poison.reason"));
     rejected.ack().await?;
 
-    app.router().shutdown();
-    app.router().close().await
+    app.shutdown();
+    app.close().await
 }

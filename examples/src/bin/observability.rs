@@ -97,14 +97,17 @@ async fn main() -> Result<()> {
         .map_err(|e| Error::msg(format!("cannot install the Prometheus recorder: {e}")))?;
 
     let pubsub = MemoryPubSub::new();
-    let router = Router::new(pubsub.clone())
+    let router = App::new()
+        .pubsub(pubsub.clone())
         .layer(TraceContext)
         .layer(CorrelationId)
         .layer(PoisonQueue::new("payments.poison"))
         .layer(Retry::new(2).initial_interval(Duration::from_millis(10)))
         .layer(Timeout::new(Duration::from_secs(5)))
         .layer(Recoverer)
-        .route(Route::new("charge", "payments", charge).concurrency(4));
+        .route(Route::new("charge", "payments", charge).concurrency(4))
+        .build()
+        .unwrap();
     router.start().await?;
 
     let port = if self_check { 0 } else { 9464 };

@@ -223,7 +223,7 @@ async fn main() -> Result<()> {
     if let Some(progress) = progress {
         progress.abort();
     }
-    app.router().close().await?;
+    app.close().await?;
 
     let s = &stats.0;
     let processed = s.tracked.load(Ordering::Relaxed);

@@ -11,13 +11,15 @@
 //!
 //! The route builder calls a runtime helper with the handler's parameter and return types as
 //! explicit type arguments, written with the user's tokens: when a type does not fit, the error
-//! points at it, and it is reported once.
+//! points at it, and it is reported once. The return type comes with its parts: the value it
+//! publishes and its error type, each checked on its own (`validate::Returned`), or `Whole` for
+//! a part that is not taken apart.
 
 use proc_macro2::{Literal, TokenStream};
 use quote::{quote, quote_spanned};
 
 use super::parse::TopicArg;
-use super::validate::{Handler, Topic};
+use super::validate::{ErrorSide, Handler, Topic};
 use crate::names::{ident_text, tokens_text};
 use crate::paths::{struct_name, Paths};
 
@@ -72,6 +74,15 @@ pub(crate) fn expand(handler: &Handler) -> TokenStream {
         None => paths.extractor_route(arity),
     };
     let output = handler.output.clone().unwrap_or_else(|| quote!(_));
+    let value = match &handler.returned.value {
+        Some(value) => quote!(#value),
+        None => paths.whole(),
+    };
+    let error = match &handler.returned.error {
+        ErrorSide::Written(error) => quote!(#error),
+        ErrorSide::OfAlias => paths.error_of(&output),
+        ErrorSide::None => paths.whole(),
+    };
     let params = handler.payload.iter().chain(&handler.extractors);
     let codec = match &handler.codec {
         Some(codec) => quote!(#codec),
@@ -85,7 +96,7 @@ pub(crate) fn expand(handler: &Handler) -> TokenStream {
     let register = paths.register_handler();
     // Spanned on the fn's name: a future that is not `Send` is reported there.
     let build_route = quote_spanned! {fn_ident.span()=>
-        #helper::<_, _, #output, #(#params),*>(Self::INFO.name, Self::INFO.topic, #fn_ident, #codec)
+        #helper::<_, _, #output, #value, #error, #(#params),*>(Self::INFO.name, Self::INFO.topic, #fn_ident, #codec)
     };
     let doc = format!(" The `#[millstream::handler]` registration of [`{fn_name}`].");
 

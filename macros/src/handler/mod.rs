@@ -14,14 +14,13 @@ pub(crate) fn handler(attr: TokenStream, item: TokenStream) -> TokenStream {
     let args = parse::args(attr, &mut errors);
     let item = parse::item(item);
     let (item, handler) = validate::validate(args, item, &mut errors);
-    match handler {
-        Some(handler) if errors.is_empty() => {
+    match (errors.check(), handler) {
+        (Ok(()), Some(handler)) => {
             let registration = expand::expand(&handler);
             quote::quote!(#item #registration)
         }
-        _ => {
-            let errors = errors.into_compile_errors();
-            quote::quote!(#item #errors)
-        }
+        (Err(errors), _) => quote::quote!(#item #errors),
+        // `validate` returns nothing only after recording why.
+        (Ok(()), None) => unreachable!("`validate` rejected the item without an error"),
     }
 }

@@ -20,6 +20,20 @@ mod kw {
     syn::custom_keyword!(service);
 }
 
+/// Every key, for the "did you mean" of an unknown one.
+const KEYS: &[&str] = &[
+    "topic",
+    "publish",
+    "group",
+    "concurrency",
+    "name",
+    "pubsub",
+    "codec",
+    "middleware",
+    "service",
+    "crate",
+];
+
 /// A topic given as a name or as a `#[millstream::topic]` type.
 pub(crate) enum TopicArg {
     /// `topic = "orders"`.
@@ -33,7 +47,7 @@ pub(crate) struct Args {
     pub(crate) topic: Slot<TopicArg>,
     pub(crate) publish: Slot<TopicArg>,
     pub(crate) group: Slot<LitStr>,
-    pub(crate) concurrency: Slot<(usize, proc_macro2::Span)>,
+    pub(crate) concurrency: Slot<usize>,
     pub(crate) name: Slot<LitStr>,
     pub(crate) pubsub: Slot<LitStr>,
     pub(crate) codec: Slot<Expr>,
@@ -77,7 +91,7 @@ fn entry(input: ParseStream<'_>, args: &mut Args, errors: &mut Errors) -> syn::R
     } else if lookahead.peek(kw::concurrency) {
         let key: kw::concurrency = input.parse()?;
         attr::eq(input, "concurrency")?;
-        args.concurrency.set(key.span, attr::integer(input, "concurrency")?, errors);
+        args.concurrency.set(key.span, attr::positive(input, "concurrency")?, errors);
     } else if lookahead.peek(kw::name) {
         let key: kw::name = input.parse()?;
         attr::eq(input, "name")?;
@@ -103,7 +117,7 @@ fn entry(input: ParseStream<'_>, args: &mut Args, errors: &mut Errors) -> syn::R
         attr::eq(input, "crate")?;
         args.krate.set(key.span, input.call(syn::Path::parse_mod_style)?, errors);
     } else {
-        return Err(lookahead.error());
+        return Err(attr::unknown_key(input, lookahead, KEYS));
     }
     Ok(())
 }

@@ -9,15 +9,11 @@ use quote::ToTokens;
 use syn::{FnArg, LitStr, Type};
 
 use crate::names::tokens_text;
+use crate::shared::{EXTRACTORS, MAX_PARAMS};
 
 use super::parse::{Args, Item, TopicArg};
 use crate::errors::Errors;
-
-/// The types that are extractors by name; any other parameter type is the payload.
-const EXTRACTORS: &[&str] = &["State", "Ctx", "Metadata", "MessageId", "Bytes", "Json", "Message", "Attempt"];
-
-/// The most parameters a handler may take (the runtime implements its `Handler` trait up to that).
-const MAX_PARAMS: usize = 12;
+use crate::scope;
 
 /// A fn that passed every check, with what the expansion needs.
 pub(crate) struct Handler {
@@ -30,6 +26,8 @@ pub(crate) struct Handler {
     /// The return type as written (`()` when there is none), or `None` when it cannot be named
     /// (`impl Trait`).
     pub(crate) output: Option<TokenStream>,
+    /// The parts of the return type that are checked each on its own (see [`Returned`]).
+    pub(crate) returned: Returned,
     /// Where the topic comes from.
     pub(crate) topic: Topic,
     /// Where the return values go, when set.
@@ -42,6 +40,33 @@ pub(crate) struct Handler {
     pub(crate) codec: Option<syn::Expr>,
     pub(crate) middleware: Vec<syn::Expr>,
     pub(crate) krate: Option<syn::Path>,
+}
+
+/// The return type taken apart, so that what is wrong with it is reported on the part at fault:
+/// the value it publishes (`Invoice` in `Result<Vec<Invoice>, E>`) and its error type (`E`).
+///
+/// Only the shapes a handler may return are taken apart, by their names: `Result<T, E>`,
+/// `Result<T>` (an alias such as `millstream::Result`), `Option<T>`, `Vec<T>`, and in a `Result`,
+/// `Option<T>`, `Vec<T>` or `()`. Any other type (`()`, a plain value, a type alias of a whole
+/// return type) is checked as a whole.
+#[derive(Default)]
+pub(crate) struct Returned {
+    /// The published value, as written; `()` in `Result<(), E>`.
+    pub(crate) value: Option<Type>,
+    /// The error type.
+    pub(crate) error: ErrorSide,
+}
+
+/// The error type of a handler's return type.
+#[derive(Default)]
+pub(crate) enum ErrorSide {
+    /// Written: `Result<T, E>`.
+    Written(Box<Type>),
+    /// Not written: `Result<T>`, an alias that names it.
+    OfAlias,
+    /// None, or not taken apart.
+    #[default]
+    None,
 }
 
 /// How the handler's topic is known.
@@ -75,6 +100,7 @@ pub(crate) fn validate(mut args: Args, item: Item, errors: &mut Errors) -> (Toke
         }
     };
     check_signature(&item.sig, errors);
+    scope::require_free_fn(&item.sig, "handler", errors);
     let before_params = errors.len();
     let markers = strip_markers(&mut item, errors);
 
@@ -141,6 +167,10 @@ pub(crate) fn validate(mut args: Args, item: Item, errors: &mut Errors) -> (Toke
         syn::ReturnType::Type(_, ty) if contains_impl_trait(ty) => None,
         syn::ReturnType::Type(_, ty) => Some(ty.to_token_stream()),
     };
+    let returned = match &item.sig.output {
+        syn::ReturnType::Type(_, ty) if output.is_some() => take_apart(ty),
+        _ => Returned::default(),
+    };
     let returns_nothing = returns_nothing(&item.sig.output);
 
     // The keys that depend on the fn.
@@ -170,14 +200,7 @@ pub(crate) fn validate(mut args: Args, item: Item, errors: &mut Errors) -> (Toke
             ),
         );
     }
-    let concurrency = match args.concurrency.take() {
-        Some((0, span)) => {
-            errors.on(span, "`concurrency` must be at least 1");
-            1
-        }
-        Some((n, _)) => n,
-        None => 1,
-    };
+    let concurrency = args.concurrency.take().unwrap_or(1);
 
     let tokens = item.to_token_stream();
     if !errors.is_empty() {
@@ -188,6 +211,7 @@ pub(crate) fn validate(mut args: Args, item: Item, errors: &mut Errors) -> (Toke
         payload,
         extractors,
         output,
+        returned,
         topic,
         publish: args.publish.take(),
         name: args.name.take(),
@@ -278,11 +302,57 @@ fn is_extractor(ty: &Type) -> bool {
             .path
             .segments
             .last()
-            .is_some_and(|segment| EXTRACTORS.iter().any(|name| segment.ident == name)),
+            .is_some_and(|segment| EXTRACTORS.iter().any(|extractor| segment.ident == extractor.name)),
         Type::Paren(inner) => is_extractor(&inner.elem),
         Type::Group(inner) => is_extractor(&inner.elem),
         _ => false,
     }
+}
+
+/// The value and the error type in a return type of a known shape.
+fn take_apart(ty: &Type) -> Returned {
+    match ty {
+        Type::Paren(inner) => return take_apart(&inner.elem),
+        Type::Group(inner) => return take_apart(&inner.elem),
+        _ => {}
+    }
+    let Some((name, args)) = generic_args(ty) else { return Returned::default() };
+    match (name, args.as_slice()) {
+        ("Result", [ok]) => Returned { value: Some(published_value(ok)), error: ErrorSide::OfAlias },
+        ("Result", [ok, error]) => Returned {
+            value: Some(published_value(ok)),
+            error: ErrorSide::Written(Box::new((*error).clone())),
+        },
+        ("Option" | "Vec", [value]) => Returned { value: Some((*value).clone()), error: ErrorSide::None },
+        _ => Returned::default(),
+    }
+}
+
+/// `T` in `Option<T>` and `Vec<T>`; any other type as it is.
+fn published_value(ty: &Type) -> Type {
+    match generic_args(ty) {
+        Some(("Option" | "Vec", args)) if args.len() == 1 => args[0].clone(),
+        _ => ty.clone(),
+    }
+}
+
+/// The last segment's name and type arguments: `("Result", [T, E])` for `std::result::Result<T, E>`.
+fn generic_args(ty: &Type) -> Option<(&'static str, Vec<&Type>)> {
+    let Type::Path(path) = ty else { return None };
+    if path.qself.is_some() {
+        return None;
+    }
+    let last = path.path.segments.last()?;
+    let name = ["Result", "Option", "Vec"].into_iter().find(|name| last.ident == name)?;
+    let syn::PathArguments::AngleBracketed(args) = &last.arguments else { return None };
+    let mut types = Vec::with_capacity(args.args.len());
+    for arg in &args.args {
+        match arg {
+            syn::GenericArgument::Type(ty) => types.push(ty),
+            _ => return None,
+        }
+    }
+    Some((name, types))
 }
 
 /// `()`, nothing, or `Result<(), E>`: nothing to publish.

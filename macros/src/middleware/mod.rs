@@ -14,14 +14,13 @@ pub(crate) fn middleware(attr: TokenStream, item: TokenStream) -> TokenStream {
     let args = parse::args(attr, &mut errors);
     let item = parse::item(item);
     let (item, middleware) = validate::validate(args, item, &mut errors);
-    match middleware {
-        Some(middleware) if errors.is_empty() => {
+    match (errors.check(), middleware) {
+        (Ok(()), Some(middleware)) => {
             let registration = expand::expand(&middleware);
             quote::quote!(#item #registration)
         }
-        _ => {
-            let errors = errors.into_compile_errors();
-            quote::quote!(#item #errors)
-        }
+        (Err(errors), _) => quote::quote!(#item #errors),
+        // `validate` returns nothing only after recording why.
+        (Ok(()), None) => unreachable!("`validate` rejected the item without an error"),
     }
 }

@@ -1,6 +1,6 @@
 //! `#[middleware(..)]`: the keys and the fn.
 
-use proc_macro2::{Span, TokenStream};
+use proc_macro2::TokenStream;
 use syn::parse::ParseStream;
 use syn::{LitStr, Token};
 
@@ -13,9 +13,12 @@ mod kw {
     syn::custom_keyword!(service);
 }
 
+/// Every key, for the "did you mean" of an unknown one.
+const KEYS: &[&str] = &["priority", "name", "service", "crate"];
+
 /// The attribute's keys.
 pub(crate) struct Args {
-    pub(crate) priority: Slot<(i32, Span)>,
+    pub(crate) priority: Slot<i32>,
     pub(crate) name: Slot<LitStr>,
     pub(crate) service: Slot<LitStr>,
     pub(crate) krate: Slot<syn::Path>,
@@ -52,7 +55,7 @@ fn entry(input: ParseStream<'_>, args: &mut Args, errors: &mut Errors) -> syn::R
         attr::eq(input, "crate")?;
         args.krate.set(key.span, input.call(syn::Path::parse_mod_style)?, errors);
     } else {
-        return Err(lookahead.error());
+        return Err(attr::unknown_key(input, lookahead, KEYS));
     }
     Ok(())
 }

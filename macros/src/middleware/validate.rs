@@ -9,6 +9,7 @@ use syn::{FnArg, LitStr, Type};
 
 use super::parse::{Args, Item};
 use crate::errors::Errors;
+use crate::scope;
 
 /// A checked middleware fn.
 pub(crate) struct MiddlewareFn {
@@ -53,6 +54,7 @@ pub(crate) fn validate(
     } else if let Some(where_clause) = &sig.generics.where_clause {
         errors.at(where_clause, "a middleware cannot have a `where` clause");
     }
+    scope::require_free_fn(sig, "middleware", errors);
     let mut types = Vec::new();
     for input in &sig.inputs {
         match input {
@@ -97,7 +99,7 @@ pub(crate) fn validate(
         message,
         next,
         output,
-        priority: args.priority.take().map(|(p, _)| p),
+        priority: args.priority.take(),
         name: args.name.take(),
         service: args.service.take(),
         krate: args.krate.take(),

@@ -14,14 +14,13 @@ pub(crate) fn topic(attr: TokenStream, item: TokenStream) -> TokenStream {
     let args = parse::args(attr, &mut errors);
     let item = parse::item(item);
     let (item, topic) = validate::validate(args, item, &mut errors);
-    match topic {
-        Some(topic) if errors.is_empty() => {
+    match (errors.check(), topic) {
+        (Ok(()), Some(topic)) => {
             let implementation = expand::expand(&topic);
             quote::quote!(#item #implementation)
         }
-        _ => {
-            let errors = errors.into_compile_errors();
-            quote::quote!(#item #errors)
-        }
+        (Err(errors), _) => quote::quote!(#item #errors),
+        // `validate` returns nothing only after recording why.
+        (Ok(()), None) => unreachable!("`validate` rejected the item without an error"),
     }
 }

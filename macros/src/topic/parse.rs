@@ -47,6 +47,8 @@ fn entry(input: ParseStream<'_>, first: bool, args: &mut Args, errors: &mut Erro
         attr::eq(input, "crate")?;
         args.krate.set(key.span, input.call(syn::Path::parse_mod_style)?, errors);
         Ok(())
+    } else if let Some(error) = attr::misspelled_key(input, &["crate"]) {
+        Err(error)
     } else {
         Err(input.error("after the topic's name, only `crate = path` is accepted"))
     }

@@ -53,6 +53,8 @@ const _: () = {
                 _,
                 _,
                 Result<InvoiceIssued>,
+                InvoiceIssued,
+                ::millstream::__private::ErrorOf<Result<InvoiceIssued>>,
                 OrderPlaced,
                 State<Prices>,
             >(

@@ -62,7 +62,7 @@ pub trait Harness: Send + Sync + 'static {
         Box::pin(async move {
             let conn = self.connect().await?;
             let features = conn.features();
-            crate::Publisher::close(&*conn).await?;
+            crate::pubsub::Publisher::close(&*conn).await?;
             Ok(features)
         })
     }
@@ -75,7 +75,9 @@ pub trait Harness: Send + Sync + 'static {
     /// Stops the backend's server and starts it again; returns once it accepts connections. Must
     /// leave the server running even when it fails part-way.
     fn restart_server(&self) -> BoxFuture<'_, Result<()>> {
-        Box::pin(async { Err(crate::Error::new(crate::ErrorKind::Config, "this harness cannot restart")) })
+        Box::pin(async {
+            Err(crate::error::Error::new(crate::error::ErrorKind::Config, "this harness cannot restart"))
+        })
     }
 
     /// Called once a case has finished (passed or not) with every topic it created, so that the

@@ -7,9 +7,6 @@ use super::{FusedStep, Middleware, Next};
 use crate::handler::HandlerResult;
 use crate::message::Message;
 
-/// The metadata key of the correlation id.
-pub const CORRELATION_ID: &str = "correlation_id";
-
 /// Copies the input's correlation id onto every message the handler returns or publishes through
 /// [`Ctx`](crate::Ctx), so a business flow can be followed across topics.
 ///

@@ -14,18 +14,7 @@ use crate::error::Result;
 use crate::handler::{HandlerResult, Outputs};
 use crate::message::Message;
 use crate::pubsub::OpFuture;
-
-/// Remembers keys for a while, to deduplicate across processes when shared. The `conformance`
-/// feature's `check_dedup_store` checks a store against this contract.
-///
-/// A duplicate insert does not extend a key's window.
-pub trait DedupStore: Send + Sync + 'static {
-    /// Records `key` for `ttl` and says whether it was new (`true`) or seen within its window.
-    fn insert_if_new<'a>(&'a self, key: &'a str, ttl: Duration) -> OpFuture<'a, bool>;
-
-    /// Forgets `key` (the handler failed, so a redelivery must go through).
-    fn remove<'a>(&'a self, key: &'a str) -> OpFuture<'a>;
-}
+pub use crate::store::DedupStore;
 
 /// An in-process [`DedupStore`]; expired keys are swept as new ones arrive.
 #[derive(Default)]

@@ -32,9 +32,10 @@ use std::sync::Arc;
 
 use futures_core::future::BoxFuture;
 
-use super::{Chain, DelayOnNack, IgnoreErrors, Next, PoisonQueue, Retry, RetryEvent, CORRELATION_ID};
+use super::{Chain, DelayOnNack, IgnoreErrors, Next, PoisonQueue, Retry, RetryEvent};
 use crate::error::{Error, ErrorKind};
 use crate::handler::{HandlerResult, Outputs};
+use crate::keys::CORRELATION_ID;
 use crate::message::{Message, MessageId, Metadata};
 
 /// What one built-in layer does, as a step of a fused run.
@@ -541,7 +542,7 @@ impl<F: Future + Unpin> Future for Guarded<'_, F> {
             Some(level) => match std::panic::catch_unwind(AssertUnwindSafe(|| this.future.poll_unpin(cx))) {
                 Ok(polled) => polled,
                 Err(panic) => {
-                    let text = crate::router::panic_text(&*panic);
+                    let text = crate::error::panic_text(&*panic);
                     return Poll::Ready(Err((Error::new(ErrorKind::Panic, text), level)));
                 }
             },

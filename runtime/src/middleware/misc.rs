@@ -79,7 +79,7 @@ impl IgnoreErrors {
     }
 
     /// Ignores errors whose kind is one of `kinds`.
-    pub fn kinds(kinds: impl IntoIterator<Item = crate::ErrorKind>) -> Self {
+    pub fn kinds(kinds: impl IntoIterator<Item = crate::error::ErrorKind>) -> Self {
         let kinds: Vec<_> = kinds.into_iter().collect();
         Self::when(move |e| kinds.contains(&e.kind()))
     }

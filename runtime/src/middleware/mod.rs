@@ -25,7 +25,7 @@ use std::sync::Arc;
 
 use futures_core::future::BoxFuture;
 
-use crate::extract::{MessageCx, RouteInfo};
+use crate::context::{MessageCx, RouteInfo};
 use crate::handler::HandlerResult;
 use crate::message::Message;
 
@@ -52,8 +52,6 @@ mod breaker;
 mod chaos;
 mod correlation;
 mod dedup;
-#[cfg(feature = "redis")]
-mod dedup_redis;
 mod fused;
 mod misc;
 mod poison;
@@ -65,10 +63,8 @@ mod trace;
 
 pub use self::breaker::{BreakerState, CircuitBreaker};
 pub use self::chaos::{RandomFail, RandomPanic};
-pub use self::correlation::{CorrelationId, CORRELATION_ID};
+pub use self::correlation::CorrelationId;
 pub use self::dedup::{DedupKey, DedupStore, Deduplicator, MemoryDedupStore};
-#[cfg(feature = "redis")]
-pub use self::dedup_redis::RedisDedupStore;
 #[doc(hidden)]
 pub use self::fused::FusedStep;
 pub use self::misc::{DelayOnNack, IgnoreErrors, InstantAck};
@@ -77,7 +73,29 @@ pub use self::recoverer::Recoverer;
 pub use self::retry::{Retry, RetryEvent};
 pub use self::throttle::Throttle;
 pub use self::timeout::Timeout;
-pub use self::trace::{TraceContext, TraceParent, TRACEPARENT};
+pub use self::trace::{TraceContext, TraceParent};
+/// The metadata keys of the correlation and trace layers (defined in [`keys`](crate::keys)).
+pub use crate::keys::{CORRELATION_ID, TRACEPARENT};
+#[cfg(feature = "redis")]
+pub use crate::pubsub::redis::RedisDedupStore;
+
+/// What the router must know about a handler's layers before it runs them.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct LayerFacts {
+    /// An [`InstantAck`] layer is among them: ack each message before the chain runs.
+    pub(crate) acks_instantly: bool,
+    /// A [`CorrelationId`] layer is among them: what the handler publishes through `Ctx` carries
+    /// the correlation id too.
+    pub(crate) correlates: bool,
+}
+
+/// The [`LayerFacts`] of a handler's layers (router-wide and its own).
+pub(crate) fn layer_facts(layers: &[Arc<dyn Middleware>]) -> LayerFacts {
+    LayerFacts {
+        acks_instantly: layers.iter().any(|m| m.acks_instantly()),
+        correlates: layers.iter().any(|m| m.fused_step().is_some_and(|step| step.correlates())),
+    }
+}
 
 /// The type-erased handler at the end of a chain.
 pub(crate) trait Endpoint: Send + Sync + 'static {

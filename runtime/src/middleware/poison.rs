@@ -10,8 +10,8 @@ use super::fused::{call_single, Step};
 use super::{FusedStep, Middleware, Next};
 use crate::error::Error;
 use crate::handler::{HandlerResult, Outputs};
+use crate::keys::poison as poison_keys;
 use crate::message::Message;
-use crate::router::poison_keys;
 
 type Filter = Box<dyn Fn(&Error) -> bool + Send + Sync>;
 

@@ -4,10 +4,8 @@ use futures_core::future::BoxFuture;
 
 use super::{Middleware, Next};
 use crate::handler::HandlerResult;
+use crate::keys::TRACEPARENT;
 use crate::message::Message;
-
-/// The metadata key of the W3C trace context.
-pub const TRACEPARENT: &str = "traceparent";
 
 /// A parsed `traceparent`: `00-<trace id>-<parent id>-<flags>`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -7,73 +7,26 @@
 //! fast path) or a boxed future (network backends).
 
 use std::fmt;
-use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use futures_core::future::BoxFuture;
 use futures_core::Stream;
 
 use crate::error::{Error, Result};
 use crate::message::Message;
+pub use crate::op::OpFuture;
 
 #[cfg(feature = "memory")]
 pub mod memory;
 #[cfg(feature = "nats")]
 pub mod nats;
+#[cfg(feature = "redis")]
+pub mod redis;
 #[cfg(feature = "sql")]
 pub mod sql;
-
-/// The future of a publish, ack, nack or close: ready at once, or boxed.
-#[must_use = "futures do nothing unless awaited"]
-pub struct OpFuture<'a, T = ()> {
-    inner: OpInner<'a, T>,
-}
-
-enum OpInner<'a, T> {
-    Ready(Option<Result<T>>),
-    Boxed(BoxFuture<'a, Result<T>>),
-}
-
-impl<'a, T> OpFuture<'a, T> {
-    /// An already finished operation; allocates nothing.
-    pub fn ready(result: Result<T>) -> Self {
-        OpFuture { inner: OpInner::Ready(Some(result)) }
-    }
-
-    /// An operation still to run.
-    pub fn boxed(future: impl Future<Output = Result<T>> + Send + 'a) -> Self {
-        OpFuture { inner: OpInner::Boxed(Box::pin(future)) }
-    }
-
-    /// Whether the operation has already finished (nothing to await).
-    pub fn is_ready(&self) -> bool {
-        matches!(self.inner, OpInner::Ready(_))
-    }
-}
-
-impl<T> Future for OpFuture<'_, T> {
-    type Output = Result<T>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<T>> {
-        // `OpInner` is `Unpin`: `Option<Result<T>>` is only moved out, and the boxed future is pinned.
-        let this = self.get_mut();
-        match &mut this.inner {
-            OpInner::Ready(result) => Poll::Ready(result.take().expect("OpFuture polled after completion")),
-            OpInner::Boxed(future) => future.as_mut().poll(cx),
-        }
-    }
-}
-
-impl<T> Unpin for OpFuture<'_, T> {}
-
-impl<T> fmt::Debug for OpFuture<'_, T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(if self.is_ready() { "OpFuture(ready)" } else { "OpFuture(pending)" })
-    }
-}
+pub mod watermark;
 
 /// Sends messages to topics.
 ///
@@ -108,7 +61,8 @@ pub trait Subscriber: Send + Sync + 'static {
     /// Ends every subscription's stream and releases the backend.
     fn close(&self) -> OpFuture<'_>;
 
-    /// What this backend guarantees; the conformance suite and the router read it.
+    /// What this backend guarantees; the conformance suite reads it to choose its cases (the
+    /// router does not read it yet).
     fn features(&self) -> Features {
         Features::default()
     }
@@ -325,5 +279,5 @@ impl Delivery {
 
 /// Errors a backend reports for a closed publisher or subscriber.
 pub fn closed_error(what: &'static str) -> Error {
-    Error::new(crate::ErrorKind::Closed, what)
+    Error::new(crate::error::ErrorKind::Closed, what)
 }

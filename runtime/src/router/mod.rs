@@ -1,5 +1,10 @@
-//! The [`Router`]: reads each handler's subscription, runs the middleware chain and the handler,
-//! publishes the outputs, then acks.
+//! The [`Router`]: the running handle of an app. It reads each handler's subscription, runs the
+//! middleware chain and the handler, publishes the outputs, then acks.
+//!
+//! A router is made by [`App::build`](crate::App::build) (the one builder: backends, state,
+//! layers, handlers, settings) and is then only driven: [`start`](Router::start),
+//! [`add`](Router::add) a handler at run time, [`shutdown`](Router::shutdown),
+//! [`close`](Router::close), [`health`](Router::health). Clones drive the same router.
 //!
 //! Per message: handler → outputs published → ack (at-least-once). A handler error nacks (the
 //! backend redelivers); a permanent error (a payload that does not decode, `Error::permanent`)
@@ -10,15 +15,15 @@
 //! lets in-flight messages finish within [`RouterConfig::close_timeout`] (those still running then
 //! are dropped and so nacked), then closes the publishers and subscribers.
 
+mod config;
 mod route;
 mod worker;
 
 use std::collections::HashSet;
 use std::fmt;
 use std::future::Future;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use parking_lot::Mutex;
 use tokio::sync::watch;
@@ -26,61 +31,22 @@ use tokio::task::AbortHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub use self::config::RouterConfig;
 use self::route::config_error;
-pub use self::route::Route;
-pub(crate) use self::worker::panic_text;
+pub use self::route::{HandlerSummary, Location, Route};
+use crate::context::RouteInfo;
 use crate::error::{Error, ErrorKind, Result};
-use crate::extract::RouteInfo;
-use crate::middleware::{Chain, Middleware};
-use crate::pubsub::{PubSub, Publisher, Subscriber};
+/// The metadata keys the router sets on messages it sends to the poison topic (defined in
+/// [`keys::poison`](crate::keys::poison)).
+pub use crate::keys::poison as poison_keys;
+use crate::middleware::{layer_facts, Chain, Middleware};
+use crate::pubsub::{Publisher, Subscriber, Subscription};
 use crate::state::StateMap;
-
-/// Metadata keys the router sets on messages it sends to the poison topic.
-pub mod poison_keys {
-    /// Why the message was poisoned (the error text).
-    pub const REASON: &str = "millstream.poison.reason";
-    /// The handler that failed.
-    pub const HANDLER: &str = "millstream.poison.handler";
-    /// The topic the message was read from.
-    pub const TOPIC: &str = "millstream.poison.topic";
-    /// The delivery attempt that failed.
-    pub const ATTEMPT: &str = "millstream.poison.attempt";
-    /// The error kind (`Decode`, `Handler`, ...).
-    pub const KIND: &str = "millstream.poison.kind";
-    /// When the message was poisoned, in Unix milliseconds.
-    pub const TIME: &str = "millstream.poison.time";
-}
-
-/// Router settings.
-#[derive(Clone, Debug)]
-#[non_exhaustive]
-pub struct RouterConfig {
-    /// How long shutdown waits for in-flight messages. Default 30 s.
-    pub close_timeout: Duration,
-    /// Where messages that failed permanently go (decode failures, `Error::permanent`).
-    /// Default `Some("millstream.poison")`; `None` nacks them like any other failure.
-    pub poison_topic: Option<String>,
-    /// Redelivery delay asked for on nack, where the backend honours it. Default none.
-    pub nack_delay: Option<Duration>,
-    /// Pause before re-subscribing when a subscription ends unexpectedly. Default 500 ms.
-    pub resubscribe_backoff: Duration,
-}
-
-impl Default for RouterConfig {
-    fn default() -> Self {
-        RouterConfig {
-            close_timeout: Duration::from_secs(30),
-            poison_topic: Some("millstream.poison".to_owned()),
-            nack_delay: None,
-            resubscribe_backoff: Duration::from_millis(500),
-        }
-    }
-}
 
 /// Where the router is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Status {
-    /// Built, not started.
+    /// Built, not started (or a start failed and may be tried again).
     Idle,
     /// Every handler is subscribed and reading.
     Running,
@@ -90,20 +56,23 @@ pub enum Status {
     Stopped,
 }
 
-/// Routes messages to handlers. Cheap to clone: clones control the same router, so one task can
-/// run it while another adds handlers or shuts it down.
+/// The running handle of an app: made by [`App::build`](crate::App::build), then started, driven
+/// and shut down. Cheap to clone: clones drive the same router, so one task can run it while
+/// another adds handlers, reads its health or shuts it down.
 ///
 /// ```
-/// use millstream::{MemoryPubSub, Route, Router};
+/// use millstream::{App, MemoryPubSub, Route};
 /// # #[derive(serde::Deserialize)] struct Order { id: u64 }
 /// async fn log_order(order: Order) {
 ///     println!("order {}", order.id);
 /// }
 ///
 /// # #[tokio::main(flavor = "current_thread")] async fn main() -> millstream::Result<()> {
-/// let router = Router::new(MemoryPubSub::new());
-/// router.add(Route::new("log", "orders", log_order))?;
-/// router.run_until(async { /* a signal */ }).await?;
+/// let router = App::new().pubsub(MemoryPubSub::new()).route(Route::new("log", "orders", log_order)).build()?;
+/// router.start().await?;
+/// // ... publish through `router.publisher()`, read `router.health()` ...
+/// router.shutdown();
+/// router.close().await?;
 /// # Ok(()) }
 /// ```
 #[derive(Clone)]
@@ -114,20 +83,44 @@ pub struct Router {
 /// A handler's own publisher and subscriber, closed with the router.
 type Backends = (Option<Arc<dyn Publisher>>, Option<Arc<dyn Subscriber>>);
 
+/// What [`App::build`](crate::App::build) hands to the router it makes.
+pub(crate) struct Parts {
+    pub(crate) config: RouterConfig,
+    pub(crate) publisher: Arc<dyn Publisher>,
+    pub(crate) subscriber: Arc<dyn Subscriber>,
+    pub(crate) state: StateMap,
+    /// App-wide layers, outermost first.
+    pub(crate) layers: Vec<Arc<dyn Middleware>>,
+}
+
 struct Inner {
     config: RouterConfig,
     publisher: Arc<dyn Publisher>,
     subscriber: Arc<dyn Subscriber>,
-    state: Mutex<Arc<StateMap>>,
-    middleware: Mutex<Vec<Arc<dyn Middleware>>>,
-    pending: Mutex<Vec<Route>>,
-    names: Mutex<HashSet<String>>,
+    state: StateMap,
+    layers: Box<[Arc<dyn Middleware>]>,
+    handlers: Mutex<Handlers>,
     extra_backends: Mutex<Vec<Backends>>,
     status: watch::Sender<Status>,
+    /// Held by a start from beginning to end, so that two starts cannot interleave.
+    starting: tokio::sync::Mutex<()>,
     intake: CancellationToken,
     tracker: TaskTracker,
     tasks: Mutex<Vec<AbortHandle>>,
-    health: Mutex<Vec<(String, Arc<AtomicBool>)>>,
+}
+
+/// The handlers a router knows, and those still waiting to start.
+#[derive(Default)]
+struct Handlers {
+    names: HashSet<String>,
+    /// Every handler added, in order.
+    summaries: Vec<HandlerSummary>,
+    /// Added before the start, not prepared yet.
+    pending: Vec<Route>,
+    /// Prepared by a start that then failed to subscribe: the next start subscribes them.
+    prepared: Vec<worker::Prepared>,
+    /// Each started handler and whether its subscription is up.
+    health: Vec<(String, Arc<AtomicBool>)>,
 }
 
 /// What [`Router::health`] reports: for liveness and readiness probes.
@@ -142,42 +135,24 @@ pub struct Health {
 }
 
 impl Router {
-    /// A router on one backend that both publishes and subscribes.
-    pub fn new<P: PubSub>(pubsub: P) -> Self {
-        let pubsub = Arc::new(pubsub);
-        Self::with_backends(pubsub.clone(), pubsub)
-    }
-
-    /// A router publishing through `publisher` and subscribing through `subscriber`.
-    pub fn with_backends(publisher: Arc<dyn Publisher>, subscriber: Arc<dyn Subscriber>) -> Self {
+    /// A router with its parts (see [`App::build`](crate::App::build)) and no handlers yet.
+    pub(crate) fn new(parts: Parts) -> Self {
         Router {
             inner: Arc::new(Inner {
-                config: RouterConfig::default(),
-                publisher,
-                subscriber,
-                state: Mutex::new(Arc::new(StateMap::new())),
-                middleware: Mutex::new(Vec::new()),
-                pending: Mutex::new(Vec::new()),
-                names: Mutex::new(HashSet::new()),
+                config: parts.config,
+                publisher: parts.publisher,
+                subscriber: parts.subscriber,
+                state: parts.state,
+                layers: parts.layers.into(),
+                handlers: Mutex::new(Handlers::default()),
                 extra_backends: Mutex::new(Vec::new()),
                 status: watch::Sender::new(Status::Idle),
+                starting: tokio::sync::Mutex::new(()),
                 intake: CancellationToken::new(),
                 tracker: TaskTracker::new(),
                 tasks: Mutex::new(Vec::new()),
-                health: Mutex::new(Vec::new()),
             }),
         }
-    }
-
-    /// Replaces the settings (builder style; before anything else is added).
-    ///
-    /// # Panics
-    /// If the router was cloned already.
-    pub fn config(mut self, config: RouterConfig) -> Self {
-        Arc::get_mut(&mut self.inner)
-            .expect("Router::config must be called before the router is shared")
-            .config = config;
-        self
     }
 
     /// The settings.
@@ -185,76 +160,58 @@ impl Router {
         &self.inner.config
     }
 
-    /// Adds application state, read by `State<T>` extractors (builder style).
-    pub fn state<T: Clone + Send + Sync + 'static>(self, value: T) -> Self {
-        self.insert_state(value);
-        self
+    /// The default publisher, for publishing from outside a handler (see
+    /// [`PublishExt`](crate::PublishExt) for typed values).
+    pub fn publisher(&self) -> &Arc<dyn Publisher> {
+        &self.inner.publisher
     }
 
-    /// Adds application state. Handlers added later see it; running ones keep what they had.
-    pub fn insert_state<T: Clone + Send + Sync + 'static>(&self, value: T) {
-        let mut state = self.inner.state.lock();
-        Arc::make_mut(&mut state).insert(value);
+    /// Every handler of the router, in the order they were added, with their effective settings.
+    pub fn handlers(&self) -> Vec<HandlerSummary> {
+        self.inner.handlers.lock().summaries.clone()
     }
 
-    /// Adds a router-wide middleware; router-wide layers run outside per-handler ones, in the
-    /// order they were added. Applies to handlers started afterwards.
-    pub fn layer(self, layer: impl Middleware) -> Self {
-        self.inner.middleware.lock().push(Arc::new(layer));
-        self
-    }
-
-    /// Adds a router-wide middleware that is already shared.
-    pub fn layer_arc(&self, layer: Arc<dyn Middleware>) {
-        self.inner.middleware.lock().push(layer);
-    }
-
-    /// Adds a handler (builder style). See [`Router::add`].
+    /// Adds a handler. Before the start, it waits for [`start`](Router::start); on a running
+    /// router it starts at once (subscribing in the background), with the app's state and layers.
     ///
-    /// # Panics
-    /// If the route is invalid; use [`Router::add`] to get the error instead.
-    pub fn route(self, route: Route) -> Self {
-        if let Err(error) = self.add(route) {
-            panic!("{error:?}");
-        }
-        self
-    }
-
-    /// Adds a handler. Before the router runs, it waits for [`start`](Router::start); on a running
-    /// router it starts at once (subscribing in the background).
-    ///
-    /// Fails at once for problems visible without state (a duplicate name, a missing publish
-    /// topic); state problems are reported when the handler starts.
+    /// Every problem of the handler (a duplicate name, a missing publish topic, a `State<T>` the
+    /// app was not given) is reported here, in one error, and the handler is not added.
     pub fn add(&self, route: Route) -> Result<()> {
-        let problems = route.check();
+        let mut problems = route.check();
+        problems.extend(self.state_problems(&route));
         if !problems.is_empty() {
             return Err(combine(problems));
         }
-        if !self.inner.names.lock().insert(route.name.clone()) {
+        let mut handlers = self.inner.handlers.lock();
+        if !handlers.names.insert(route.name.clone()) {
             return Err(config_error(format!("two handlers are named `{}`", route.name)));
         }
-        match *self.inner.status.borrow() {
+        match self.status() {
             Status::Idle => {
-                self.inner.pending.lock().push(route);
+                handlers.summaries.push(route.summary());
+                handlers.pending.push(route);
                 Ok(())
             }
             Status::Running => {
-                let name = route.name.clone();
-                match self.prepare(route) {
-                    Ok(started) => {
-                        self.spawn(started);
-                        Ok(())
-                    }
-                    Err(problems) => {
-                        self.inner.names.lock().remove(&name);
-                        Err(combine(problems))
-                    }
-                }
+                let summary = route.summary();
+                let prepared = self.prepare(route, &mut handlers);
+                handlers.summaries.push(summary.clone());
+                drop(handlers);
+                tracing::info!(handler = %summary.name, "handler added: {summary}");
+                self.spawn(prepared, None);
+                Ok(())
             }
             Status::ShuttingDown | Status::Stopped => {
+                handlers.names.remove(&route.name);
                 Err(Error::new(ErrorKind::Closed, "the router is shutting down; no handler can be added"))
             }
         }
+    }
+
+    /// What the handler's extractors would report with the app's state, each naming the handler.
+    fn state_problems(&self, route: &Route) -> Vec<Error> {
+        let origin = route.origin();
+        route.check_state(&self.inner.state).into_iter().map(|e| e.context(&origin)).collect()
     }
 
     /// Liveness and readiness: ready once running with every subscription up.
@@ -262,10 +219,11 @@ impl Router {
         let status = self.status();
         let mut handlers: Vec<(String, bool)> = self
             .inner
-            .health
+            .handlers
             .lock()
+            .health
             .iter()
-            .map(|(name, up)| (name.clone(), up.load(std::sync::atomic::Ordering::Acquire)))
+            .map(|(name, up)| (name.clone(), up.load(Ordering::Acquire)))
             .collect();
         handlers.sort();
         let all_up = handlers.iter().all(|(_, up)| *up);
@@ -287,40 +245,59 @@ impl Router {
         let _ = status.wait_for(|s| *s != Status::Idle).await;
     }
 
-    /// Checks every handler, subscribes them all, and starts reading. Returns once running.
+    /// Subscribes every handler and starts reading; returns once running. Each handler is logged
+    /// at `info` (name, topic, group, publish topic, where it was declared).
     ///
-    /// Every problem (a `State<T>` never provided, ...) is reported in one error, before any
-    /// message is read.
+    /// If a subscription fails, nothing starts, the error says which handler failed, and the
+    /// router stays [`Idle`](Status::Idle): `start` may be called again (the backend may be back).
     pub async fn start(&self) -> Result<()> {
+        let _starting = self.inner.starting.lock().await;
         if self.status() != Status::Idle {
             return Err(Error::new(ErrorKind::Config, "the router was already started"));
         }
-        let routes = std::mem::take(&mut *self.inner.pending.lock());
-        let mut problems = Vec::new();
-        let mut prepared = Vec::new();
-        for route in routes {
-            match self.prepare(route) {
-                Ok(p) => prepared.push(p),
-                Err(errors) => problems.extend(errors),
+        let mut prepared = {
+            let mut handlers = self.inner.handlers.lock();
+            let routes = std::mem::take(&mut handlers.pending);
+            let mut prepared = std::mem::take(&mut handlers.prepared);
+            for route in routes {
+                prepared.push(self.prepare(route, &mut handlers));
             }
-        }
-        if prepared.is_empty() && problems.is_empty() {
-            problems.push(config_error("the router has no handlers".to_owned()));
-        }
-        if !problems.is_empty() {
-            return Err(combine(problems));
+            prepared
+        };
+        if prepared.is_empty() {
+            return Err(config_error("the router has no handlers".to_owned()));
         }
         // Subscribe everything first, so that a failure starts nothing.
-        let mut subscribed = Vec::with_capacity(prepared.len());
-        for p in prepared {
-            let subscription = worker::subscribe(&p).await?;
-            subscribed.push((p, subscription));
+        let mut subscriptions: Vec<Subscription> = Vec::with_capacity(prepared.len());
+        for p in &prepared {
+            match worker::subscribe(p).await {
+                Ok(subscription) => subscriptions.push(subscription),
+                Err(error) => {
+                    drop(subscriptions);
+                    self.inner.handlers.lock().prepared.append(&mut prepared);
+                    return Err(error.context("the router did not start (start may be called again)"));
+                }
+            }
         }
-        for (p, subscription) in subscribed {
-            self.spawn_with(p, Some(subscription));
+        let count = prepared.len();
+        for (p, subscription) in prepared.into_iter().zip(subscriptions) {
+            self.spawn(p, Some(subscription));
         }
-        self.inner.status.send_replace(Status::Running);
-        tracing::info!(handlers = self.inner.names.lock().len(), "router running");
+        // Handlers added while this start was subscribing: `add` reads the status under the
+        // same lock, so each is either taken here or started by `add` itself.
+        let late: Vec<_> = {
+            let mut handlers = self.inner.handlers.lock();
+            self.inner.status.send_replace(Status::Running);
+            let routes = std::mem::take(&mut handlers.pending);
+            routes.into_iter().map(|route| self.prepare(route, &mut handlers)).collect()
+        };
+        for p in late {
+            self.spawn(p, None);
+        }
+        for summary in self.handlers() {
+            tracing::info!(handler = %summary.name, "handler running: {summary}");
+        }
+        tracing::info!(handlers = count, "router running");
         Ok(())
     }
 
@@ -353,7 +330,8 @@ impl Router {
     }
 
     /// Asks the router to stop: intake stops at once; `run_until` then finishes in-flight work
-    /// and returns.
+    /// and returns. Call [`close`](Router::close) to wait for that when driving the router
+    /// with [`start`](Router::start).
     pub fn shutdown(&self) {
         self.inner.intake.cancel();
     }
@@ -396,39 +374,35 @@ impl Router {
         outcome
     }
 
-    fn prepare(&self, route: Route) -> Result<worker::Prepared, Vec<Error>> {
-        let state = self.inner.state.lock().clone();
-        let name = route.name.clone();
-        let route_name = route.name.clone();
-        let endpoint = (route.build)(&state).map_err(|errors| {
-            errors.into_iter().map(|e| e.context(format_args!("handler `{name}`"))).collect::<Vec<_>>()
-        })?;
+    /// Builds the handler's chain (app-wide layers outside its own) and its worker's settings.
+    /// The state was checked when the route was added, so building cannot fail.
+    fn prepare(&self, route: Route, handlers: &mut Handlers) -> worker::Prepared {
+        let endpoint = match (route.build)(&self.inner.state) {
+            Ok(endpoint) => endpoint,
+            Err(errors) => unreachable!("state checked when the handler was added: {}", combine(errors)),
+        };
         let up = Arc::new(AtomicBool::new(false));
-        self.inner.health.lock().push((route_name.clone(), up.clone()));
+        handlers.health.push((route.name.clone(), up.clone()));
         if route.publisher.is_some() || route.subscriber.is_some() {
             self.inner.extra_backends.lock().push((route.publisher.clone(), route.subscriber.clone()));
         }
         let publisher = route.publisher.unwrap_or_else(|| self.inner.publisher.clone());
         let subscriber = route.subscriber.unwrap_or_else(|| self.inner.subscriber.clone());
-        let publish = match (&route.publish, route.output) {
-            (Some(topic), _) => Some(Arc::from(topic.as_str())),
-            (None, crate::handler::OutputSpec::Topic(topic)) => Some(Arc::from(topic)),
-            _ => None,
-        };
-        let mut middleware: Vec<_> = self.inner.middleware.lock().clone();
-        middleware.extend(route.middleware);
+        let mut layers: Vec<_> = self.inner.layers.to_vec();
+        layers.extend(route.middleware);
+        let facts = layer_facts(&layers);
         let info = Arc::new(RouteInfo {
             name: Arc::from(route.name.as_str()),
             topic: Arc::from(route.topic.as_str()),
-            publish,
+            publish: route.publish.as_deref().map(Arc::from),
             publisher: publisher.clone(),
             encoder: route.encoder,
             shutdown: self.inner.intake.clone(),
-            correlates: middleware.iter().any(|m| m.fused_step().is_some_and(|step| step.correlates())),
+            correlates: facts.correlates,
         });
-        let instant_ack = middleware.iter().any(|m| m.acks_instantly());
-        let chain = Arc::new(Chain::new(middleware, endpoint, info.clone()));
-        Ok(worker::Prepared {
+        let chain = Arc::new(Chain::new(layers, endpoint, info.clone()));
+        worker::Prepared {
+            metrics: crate::observe::RouteMetrics::new(&route.name),
             group: route.group.unwrap_or(route.name),
             concurrency: route.concurrency.get(),
             subscriber,
@@ -437,17 +411,12 @@ impl Router {
             info,
             config: self.inner.config.clone(),
             intake: self.inner.intake.clone(),
-            metrics: crate::observe::RouteMetrics::new(&route_name),
-            instant_ack,
+            instant_ack: facts.acks_instantly,
             up,
-        })
+        }
     }
 
-    fn spawn(&self, prepared: worker::Prepared) {
-        self.spawn_with(prepared, None);
-    }
-
-    fn spawn_with(&self, prepared: worker::Prepared, subscription: Option<crate::pubsub::Subscription>) {
+    fn spawn(&self, prepared: worker::Prepared, subscription: Option<Subscription>) {
         let handle =
             self.inner.tracker.spawn(worker::run(prepared, subscription, self.inner.tracker.clone()));
         self.inner.tasks.lock().push(handle.abort_handle());
@@ -477,7 +446,7 @@ impl fmt::Debug for Router {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Router")
             .field("status", &self.status())
-            .field("handlers", &self.inner.names.lock().len())
+            .field("handlers", &self.handlers())
             .field("config", &self.inner.config)
             .finish()
     }

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use futures_core::future::BoxFuture;
 
 use crate::codec::{Codec, DynEncoder, JsonCodec};
+use crate::context::MessageCx;
 use crate::error::{Error, ErrorKind};
-use crate::extract::MessageCx;
 use crate::handler::{output_spec, Handler, HandlerResult, OutputSpec};
 use crate::message::Message;
 use crate::middleware::{Chain, Endpoint, Middleware};
@@ -48,6 +48,58 @@ pub struct Route {
     pub(crate) build: BuildFn,
     /// Runs the extractors' `prepare` against some state, without building anything.
     pub(crate) check_state: fn(&StateMap) -> Result<(), Vec<Error>>,
+    /// Where the handler was declared, for a `#[millstream::handler]` fn.
+    pub(crate) location: Option<Location>,
+}
+
+/// A source location, displayed as `file:line`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Location {
+    /// The file, as `file!()` gives it.
+    pub file: &'static str,
+    /// The line.
+    pub line: u32,
+}
+
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.file, self.line)
+    }
+}
+
+/// What a router runs for one handler, as [`Router::handlers`](super::Router::handlers) lists it:
+/// every setting with its effective value (the default group is the handler's name).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct HandlerSummary {
+    /// The handler's name.
+    pub name: String,
+    /// The topic it reads.
+    pub topic: String,
+    /// The consumer group it reads in.
+    pub group: String,
+    /// Where its return values go: its publish topic, or the own topic of its return type.
+    pub publish: Option<String>,
+    /// How many messages it handles at once.
+    pub concurrency: usize,
+    /// Where it was declared, for a `#[millstream::handler]` fn; `None` for a hand-made [`Route`].
+    pub location: Option<Location>,
+}
+
+impl fmt::Display for HandlerSummary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "`{}` reads `{}` in group `{}`", self.name, self.topic, self.group)?;
+        if let Some(publish) = &self.publish {
+            write!(f, ", publishes to `{publish}`")?;
+        }
+        if self.concurrency > 1 {
+            write!(f, ", {} at once", self.concurrency)?;
+        }
+        match self.location {
+            Some(location) => write!(f, " ({location})"),
+            None => f.write_str(" (a hand-made `Route`)"),
+        }
+    }
 }
 
 impl Route {
@@ -85,6 +137,7 @@ impl Route {
             output: output_spec::<H::Return>(),
             encoder,
             check_state: |state| H::prepare(state).map(drop),
+            location: None,
             build: Box::new(move |state| {
                 let prepared = H::prepare(state)?;
                 let endpoint: Arc<dyn Endpoint> =
@@ -94,7 +147,12 @@ impl Route {
         }
     }
 
-    /// Publishes the handler's return values to `topic` (overriding a typed value's own topic).
+    /// Publishes the handler's return values (and what it sends with
+    /// [`Ctx::publish`](crate::Ctx::publish)) that have no topic of their own to `topic`.
+    ///
+    /// A value of a [`Topic`](crate::Topic) type always goes to its own topic: a handler whose
+    /// return type has one cannot name another here (the app refuses to build); return
+    /// [`Json<T>`](crate::Json) to send such a value elsewhere.
     pub fn publish(mut self, topic: impl Into<String>) -> Self {
         self.publish = Some(topic.into());
         self
@@ -116,8 +174,9 @@ impl Route {
         self
     }
 
-    /// Adds a middleware for this handler only; it runs inside the router-wide ones.
-    pub fn middleware(mut self, layer: impl Middleware) -> Self {
+    /// Adds a middleware for this handler only; it runs inside the app-wide ones, and layers
+    /// added first are called first (outermost).
+    pub fn layer(mut self, layer: impl Middleware) -> Self {
         self.middleware.push(Arc::new(layer));
         self
     }
@@ -154,12 +213,44 @@ impl Route {
         self.group.as_deref().unwrap_or(&self.name)
     }
 
-    /// The topic its return values go to by default, if any.
+    /// The topic its return values go to, if it returns any: its return type's own topic, or
+    /// its publish topic.
     pub fn publish_topic(&self) -> Option<Cow<'_, str>> {
-        match (&self.publish, self.output) {
-            (Some(topic), _) => Some(Cow::Borrowed(topic)),
-            (None, OutputSpec::Topic(topic)) => Some(Cow::Borrowed(topic)),
+        match (self.output, &self.publish) {
+            (OutputSpec::Topic(topic), _) => Some(Cow::Borrowed(topic)),
+            (_, Some(topic)) => Some(Cow::Borrowed(topic)),
             _ => None,
+        }
+    }
+
+    /// Where the handler was declared, for a `#[millstream::handler]` fn.
+    pub fn location(&self) -> Option<Location> {
+        self.location
+    }
+
+    /// Records where a `#[millstream::handler]` fn was declared.
+    pub(crate) fn declared_at(mut self, location: Location) -> Self {
+        self.location = Some(location);
+        self
+    }
+
+    /// The route as [`Router::handlers`](super::Router::handlers) lists it.
+    pub fn summary(&self) -> HandlerSummary {
+        HandlerSummary {
+            name: self.name.clone(),
+            topic: self.topic.clone(),
+            group: self.effective_group().to_owned(),
+            publish: self.publish_topic().map(Cow::into_owned),
+            concurrency: self.concurrency.get(),
+            location: self.location,
+        }
+    }
+
+    /// `handler `name`` and where it was declared, for messages.
+    pub(crate) fn origin(&self) -> String {
+        match self.location {
+            Some(location) => format!("handler `{}` ({location})", self.name),
+            None => format!("handler `{}` (a `Route` added with `.route(..)`)", self.name),
         }
     }
 
@@ -187,6 +278,10 @@ impl Route {
                 "handler `{}` has publish topic `{topic}` but returns nothing to publish",
                 self.name
             ))),
+            (OutputSpec::Topic(own), Some(topic)) if own != topic => problems.push(config_error(format!(
+                "handler `{}` has publish topic `{topic}`, but it returns values of a `#[topic]` type, which always go to their own topic `{own}`; remove the publish topic, or return `Json<_>` to publish elsewhere",
+                self.name
+            ))),
             _ => {}
         }
         problems
@@ -204,6 +299,7 @@ impl fmt::Debug for Route {
             .field("topic", &self.topic)
             .field("group", &self.effective_group())
             .field("publish", &self.publish_topic())
+            .field("location", &self.location)
             .field("concurrency", &self.concurrency)
             .field("middleware", &self.middleware.len())
             .finish()

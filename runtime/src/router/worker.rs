@@ -14,14 +14,14 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use super::RouterConfig;
+use super::config::RouterConfig;
+use crate::context::RouteInfo;
 use crate::error::{Error, ErrorKind, Result};
-use crate::extract::RouteInfo;
 use crate::handler::Outputs;
+use crate::keys::CORRELATION_ID;
 use crate::message::{Message, MessageId};
 use crate::middleware::poisoned;
 use crate::middleware::Chain;
-use crate::middleware::CORRELATION_ID;
 use crate::observe::RouteMetrics;
 use crate::pubsub::{Acker, Delivery, Publisher, SubscribeOptions, Subscriber, Subscription};
 
@@ -280,7 +280,7 @@ async fn process(p: &Prepared, message: Message, attempt: u32, acker: Acker) {
 }
 
 async fn panicked(p: &Prepared, id: MessageId, attempt: u32, acker: Acker, panic: Box<dyn Any + Send>) {
-    let text = panic_text(&*panic);
+    let text = crate::error::panic_text(&*panic);
     tracing::error!(
         handler = %p.info.name,
         topic = %p.info.topic,
@@ -344,11 +344,12 @@ async fn publish_outputs(p: &Prepared, outputs: Outputs) -> Result<()> {
     Ok(())
 }
 
-/// Where an output goes: the handler's publish topic overrides a typed value's own.
+/// Where an output goes: a value with a topic of its own (a `#[topic]` type) goes there, any
+/// other to the handler's publish topic; the same rule as `Ctx::publish`.
 fn output_topic<'a>(p: &'a Prepared, own: Option<Cow<'static, str>>) -> Result<Cow<'a, str>> {
     match (own, &p.info.publish) {
-        (_, Some(topic)) => Ok(Cow::Borrowed(topic)),
-        (Some(topic), None) => Ok(topic),
+        (Some(topic), _) => Ok(topic),
+        (None, Some(topic)) => Ok(Cow::Borrowed(topic)),
         (None, None) => Err(Error::new(
             ErrorKind::Config,
             format!("handler `{}` produced a message but has no publish topic", p.info.name),
@@ -361,15 +362,5 @@ async fn settle(op: crate::pubsub::OpFuture<'static>, p: &Prepared, ack: bool) {
     if let Err(error) = op.await {
         let what = if ack { "ack" } else { "nack" };
         tracing::warn!(handler = %p.info.name, %error, "{what} failed");
-    }
-}
-
-pub(crate) fn panic_text(panic: &(dyn Any + Send)) -> String {
-    if let Some(text) = panic.downcast_ref::<&str>() {
-        (*text).to_owned()
-    } else if let Some(text) = panic.downcast_ref::<String>() {
-        text.clone()
-    } else {
-        "panic with a non-string payload".to_owned()
     }
 }

@@ -12,8 +12,8 @@ use super::{
     SqlConfig, SqlPubSub, RETRY_ATTEMPTS,
 };
 use crate::error::{Error, ErrorKind, Result};
-use crate::middleware::DedupStore;
 use crate::pubsub::OpFuture;
+use crate::store::DedupStore;
 
 /// Rows an opportunistic purge deletes at most (a purge that deletes this many runs again at the
 /// next insert).

@@ -86,7 +86,10 @@ macro_rules! dialect {
                         .map_err(backend_error)?;
                 }
                 let last = last.ok_or_else(|| {
-                    crate::Error::new(crate::ErrorKind::Backend, "could not reserve sequence numbers")
+                    crate::error::Error::new(
+                        crate::error::ErrorKind::Backend,
+                        "could not reserve sequence numbers",
+                    )
                 })?;
                 let first = last - count + 1;
                 let created = now_ms();

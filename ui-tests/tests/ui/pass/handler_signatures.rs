@@ -97,7 +97,67 @@ async fn primitive_payload(n: u64) -> Result<Option<Json<u64>>> {
     Ok(Some(Json(n))).map(|v: Option<Json<u64>>| v.filter(|_| false))
 }
 
+/// A type alias of a whole return type is checked as a whole.
+type Billed = Result<Vec<Invoice>>;
+
+#[millstream::handler]
+async fn aliased_return(order: Order) -> Billed {
+    Ok(vec![Invoice { order: order.id }])
+}
+
+#[millstream::handler]
+async fn qualified_result(order: Order) -> millstream::Result<Option<Invoice>> {
+    Ok(Some(Invoice { order: order.id }))
+}
+
+#[millstream::handler]
+async fn unit_with_own_error(_order: Order) -> std::result::Result<(), MyError> {
+    Ok(())
+}
+
+#[millstream::handler(publish = Invoice)]
+async fn typed_publish_in_result(order: Order) -> Result<Vec<Invoice>> {
+    Ok(vec![Invoice { order: order.id }])
+}
+
+/// The most parameters a handler takes: the payload and 11 extractors.
+#[millstream::handler]
+#[allow(clippy::too_many_arguments)]
+async fn widest_with_payload(
+    _order: Order,
+    _a: Metadata,
+    _b: Metadata,
+    _c: Metadata,
+    _d: Metadata,
+    _e: Metadata,
+    _f: Metadata,
+    _g: Metadata,
+    _h: Metadata,
+    _i: Metadata,
+    _j: Metadata,
+    _k: Metadata,
+) {
+}
+
+/// Or 11 extractors without a payload.
+#[millstream::handler(topic = "wide")]
+#[allow(clippy::too_many_arguments)]
+async fn widest_without_payload(
+    _a: Metadata,
+    _b: Metadata,
+    _c: Metadata,
+    _d: Metadata,
+    _e: Metadata,
+    _f: Metadata,
+    _g: Metadata,
+    _h: Metadata,
+    _i: Metadata,
+    _j: Metadata,
+    _k: Metadata,
+) {
+}
+
 fn main() {
     let names: Vec<_> = millstream::registry::handlers().iter().map(|d| d.info().fn_name).collect();
-    assert_eq!(names.len(), 12, "{names:?}");
+    assert_eq!(names.len(), 18, "{names:?}");
 }

@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use redis::aio::ConnectionManager;
 
-use super::dedup::DedupStore;
 use crate::error::{Error, ErrorKind, Result};
 use crate::pubsub::OpFuture;
+use crate::store::DedupStore;
 
 /// The key prefix used unless [`RedisDedupStore::with_prefix`] sets another.
 const DEFAULT_PREFIX: &str = "millstream:dedup:";
@@ -18,7 +18,7 @@ const DEFAULT_PREFIX: &str = "millstream:dedup:";
 const MAX_TTL_MS: u64 = (i64::MAX / 2) as u64;
 
 /// A [`DedupStore`] in Redis: every process whose
-/// [`Deduplicator`](super::Deduplicator) uses a store on the same server (and with the same
+/// [`Deduplicator`](crate::middleware::Deduplicator) uses a store on the same server (and with the same
 /// prefix) sees the same keys, so a message is handled once across all of them within the window.
 ///
 /// Each key is one Redis string, `prefix + key`, that expires with its window:
@@ -34,7 +34,7 @@ const MAX_TTL_MS: u64 = (i64::MAX / 2) as u64;
 /// that fails, returns a transient [`ErrorKind::Backend`] error, and the next operation starts a
 /// new attempt, so the store recovers once the server is back. Meanwhile a failed insert fails the
 /// message without calling its handler (it is nacked and redelivered); a failed remove is only
-/// logged by the [`Deduplicator`](super::Deduplicator), so that key keeps skipping redeliveries
+/// logged by the [`Deduplicator`](crate::middleware::Deduplicator), so that key keeps skipping redeliveries
 /// until its window ends.
 ///
 /// ```no_run

@@ -1,0 +1,58 @@
+//! What a running handler knows about itself ([`RouteInfo`], crate-private) and about the message
+//! it is handling ([`MessageCx`]): read by extractors, middleware and the router alike, so it sits
+//! below all three.
+
+use std::fmt;
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::codec::DynEncoder;
+use crate::pubsub::Publisher;
+
+/// What a running handler knows about itself; shared by all its messages.
+pub(crate) struct RouteInfo {
+    pub(crate) name: Arc<str>,
+    pub(crate) topic: Arc<str>,
+    pub(crate) publish: Option<Arc<str>>,
+    pub(crate) publisher: Arc<dyn Publisher>,
+    pub(crate) encoder: Arc<dyn DynEncoder>,
+    pub(crate) shutdown: CancellationToken,
+    /// A [`CorrelationId`](crate::middleware::CorrelationId) layer is in the chain: what the
+    /// handler publishes carries the input's correlation id, its own id when it has none.
+    pub(crate) correlates: bool,
+}
+
+/// The context of one message being handled, passed to [`FromMessage::from_message`](crate::FromMessage::from_message).
+#[derive(Clone, Copy)]
+pub struct MessageCx<'a> {
+    pub(crate) route: &'a Arc<RouteInfo>,
+    pub(crate) attempt: u32,
+}
+
+impl MessageCx<'_> {
+    /// The handler's name.
+    pub fn handler_name(&self) -> &str {
+        &self.route.name
+    }
+
+    /// The topic the message came from.
+    pub fn topic(&self) -> &str {
+        &self.route.topic
+    }
+
+    /// How many times this message has been delivered, this time included.
+    pub fn attempt(&self) -> u32 {
+        self.attempt
+    }
+}
+
+impl fmt::Debug for MessageCx<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MessageCx")
+            .field("handler", &self.handler_name())
+            .field("topic", &self.topic())
+            .field("attempt", &self.attempt)
+            .finish()
+    }
+}

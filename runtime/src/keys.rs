@@ -1,0 +1,31 @@
+//! The metadata keys millstream itself reads and writes, in one place.
+//!
+//! They sit on the ground floor beside [`Metadata`](crate::Metadata): the middleware that writes a
+//! key and the extractors, router and tests that read it all import it from here.
+//! [`Message`](crate::Message) has accessors for the common ones
+//! ([`correlation_id`](crate::Message::correlation_id), [`traceparent`](crate::Message::traceparent),
+//! [`poison_reason`](crate::Message::poison_reason)).
+
+/// The correlation id: one id that follows a message and everything it causes (set by the
+/// [`CorrelationId`](crate::middleware::CorrelationId) layer).
+pub const CORRELATION_ID: &str = "correlation_id";
+
+/// The W3C trace context header (set by the [`TraceContext`](crate::middleware::TraceContext) layer).
+pub const TRACEPARENT: &str = "traceparent";
+
+/// Keys set on a message sent to a poison (dead-letter) topic, by the router's own poison path
+/// and by [`PoisonQueue`](crate::middleware::PoisonQueue).
+pub mod poison {
+    /// Why the message was poisoned (the error text).
+    pub const REASON: &str = "millstream.poison.reason";
+    /// The handler that failed.
+    pub const HANDLER: &str = "millstream.poison.handler";
+    /// The topic the message was read from.
+    pub const TOPIC: &str = "millstream.poison.topic";
+    /// The delivery attempt that failed.
+    pub const ATTEMPT: &str = "millstream.poison.attempt";
+    /// The error kind (`Decode`, `Handler`, ...).
+    pub const KIND: &str = "millstream.poison.kind";
+    /// When the message was poisoned, in Unix milliseconds.
+    pub const TIME: &str = "millstream.poison.time";
+}

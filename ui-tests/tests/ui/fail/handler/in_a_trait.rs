@@ -1,0 +1,16 @@
+use millstream::prelude::*;
+
+#[derive(Serialize, Deserialize)]
+#[millstream::topic("orders")]
+struct Order {
+    id: u64,
+}
+
+trait Billing {
+    #[millstream::handler]
+    async fn bill(order: Order) {
+        let _ = order.id;
+    }
+}
+
+fn main() {}
