@@ -58,7 +58,7 @@
 //! 10. [`testing`] and `conformance` (test support), and `__private`
 //!     (what the macros' generated code calls).
 
-#![cfg_attr(docsrs, feature(doc_auto_cfg))]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 #[doc(hidden)]
 #[path = "private/mod.rs"]

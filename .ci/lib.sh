@@ -1,0 +1,100 @@
+# shellcheck shell=bash
+# Set-up shared by `.ci/test` (the README's test command) and `.ci/run` (CI): sourced, never run.
+#
+# Everything here is idempotent and cheap when there is nothing to do: a server that answers on its
+# port is left alone, a tool that `cargo` finds is not reinstalled. On a fresh machine it starts the
+# servers the backend tests talk to and installs the cargo subcommands the suite runs, so that
+# `.ci/test` alone works there (issue 9).
+
+# Defaults for every script that sources this file; the caller's environment wins.
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/tmp/millstream-target}"
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+
+ci_say() { echo "ci: $*" >&2; }
+
+# --- servers ---------------------------------------------------------------------------------------
+# Each backend's tests talk to the real server on its standard port on 127.0.0.1.
+
+ci_port_up() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+ci_wait_port() { # port name: up to 60 s for a server that was just started
+    local _
+    for _ in $(seq 1 60); do ci_port_up "$1" && return 0; sleep 1; done
+    ci_say "$2 did not come up on port $1"
+    return 1
+}
+
+ci_ensure_server() { # port name start-command...: start the server when nothing answers on its port
+    local port=$1 name=$2
+    shift 2
+    ci_port_up "$port" && return 0
+    ci_say "starting $name (nothing answers on 127.0.0.1:$port)"
+    # A start command that fails (already starting, pid file left over) is judged by the port alone.
+    "$@" || true
+    ci_wait_port "$port" "$name"
+}
+
+ci_services() {
+    # shellcheck disable=SC2016 # expanded by the inner bash
+    ci_ensure_server 5432 postgresql \
+        bash -c 'pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql)" main start'
+    ci_ensure_server 3306 mariadb \
+        start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd
+    ci_ensure_server 6379 redis \
+        redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no \
+        --dir /var/lib/redis --logfile /var/log/redis/ci.log
+    ci_ensure_server 4222 nats \
+        start-stop-daemon --start --oknodo --background --exec /usr/sbin/nats-server -- \
+        -a 127.0.0.1 -p 4222 -js -sd /var/lib/nats-server -l /var/log/nats-server.log
+    ci_ensure_server 5672 rabbitmq rabbitmq-server -detached
+    ci_ensure_server 1883 mosquitto mosquitto -d -c /etc/mosquitto/mosquitto.conf
+    # Kafka (the `kafka` backend, not written yet): the Kafka-compatible broker `tansu` goes here, the
+    # same way. It is not on the machine, so install it first like the tools below (about 10 minutes
+    # once), then start it when port 9092 is down, with SQLite storage so that messages and offsets
+    # survive a broker restart:
+    #   ci_ensure_tool tansu tansu --no-default-features --features dynostore,libsql
+    #   ci_ensure_server 9092 tansu start-stop-daemon --start --oknodo --background --exec "$(command -v tansu)" -- ...
+}
+
+# --- tools -----------------------------------------------------------------------------------------
+# Cargo subcommands are looked up the way `cargo` itself does (PATH and $CARGO_HOME/bin), so a tool
+# that is installed but not on PATH is still found. `cargo install` builds in its own temporary
+# directory (never in the project's CARGO_TARGET_DIR), or in $CI_TOOLS_TARGET_DIR when that is set:
+# CI sets it so that the fresh-clone check can install the tools again cheaply. Cargo rebuilds a
+# dependency whose source path changed, so such kept builds are only reused when the sources are
+# read from the same CARGO_HOME: $CI_TOOLS_CARGO_HOME, when set, is the one `cargo install` uses.
+
+ci_install_root_bin() { echo "${CARGO_INSTALL_ROOT:-${CARGO_HOME:-$HOME/.cargo}}/bin"; }
+
+ci_ensure_tool() { # probe-command crate [cargo install options...]: install `crate` when probe fails
+    local probe=$1 crate=$2
+    shift 2
+    # shellcheck disable=SC2086 # the probe is a command line
+    if $probe --version >/dev/null 2>&1; then return 0; fi
+    ci_say "installing $crate (\`$probe\` is missing; once per machine, a few minutes)"
+    if [ -n "${CI_TOOLS_TARGET_DIR:-}" ]; then
+        CARGO_HOME="${CI_TOOLS_CARGO_HOME:-${CARGO_HOME:-$HOME/.cargo}}" CARGO_TARGET_DIR="$CI_TOOLS_TARGET_DIR" \
+            cargo install --locked --quiet "$crate" "$@"
+    else
+        (unset CARGO_TARGET_DIR && cargo install --locked --quiet "$crate" "$@")
+    fi
+    local bin
+    bin=$(ci_install_root_bin)
+    case ":$PATH:" in *":$bin:"*) ;; *) export PATH="$bin:$PATH" ;; esac
+    # shellcheck disable=SC2086
+    if ! $probe --version >/dev/null 2>&1; then
+        ci_say "$crate was installed but \`$probe --version\` still fails"
+        return 1
+    fi
+}
+
+ci_tools() {
+    ci_ensure_tool "cargo nextest" cargo-nextest
+    # The expansion snapshots of the macros (`macros/tests/expand.rs`, macrotest) run `cargo expand`,
+    # and cargo-expand formats its output with rustfmt, a toolchain component it cannot install.
+    ci_ensure_tool "cargo expand" cargo-expand
+    if ! rustfmt --version >/dev/null 2>&1; then
+        ci_say "rustfmt is missing: \`rustup component add rustfmt\`"
+        return 1
+    fi
+}
