@@ -54,6 +54,7 @@ use proc_macro::TokenStream;
 /// | `publish` | `"name"` or a `#[topic]` type (checked against the return type) | a returned value's own topic |
 /// | `group` | `"name"` | the handler's name |
 /// | `concurrency` | integer ≥ 1 | 1 |
+/// | `order` | `"key"`: with `concurrency` above 1, messages with the same key stay in order | none |
 /// | `name` | `"name"` | `module::path::fn_name` |
 /// | `pubsub` | `"name"` of a pub/sub added with `App::pubsub_named` | the app's default |
 /// | `codec` | an expression implementing `Codec + Clone` | `JsonCodec` |

@@ -341,6 +341,9 @@ impl App {
                 route = route.publish(publish);
             }
             route = route.concurrency(info.concurrency.max(1));
+            if info.order_by_key {
+                route = route.order_by_key();
+            }
             if let Some(name) = info.pubsub {
                 match self.named.get(name) {
                     Some(backend) => {

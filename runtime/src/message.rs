@@ -474,7 +474,7 @@ impl Message {
     /// Sets the key (builder style): messages with the same key keep their order through a
     /// key-ordered handler, and partitioned brokers (Kafka) place them on one partition. It
     /// travels as the broker's own key where it has one, else as the metadata entry
-    /// [`keys::KEY`](crate::keys::KEY), so every backend carries it.
+    /// [`keys::KEY`], so every backend carries it.
     pub fn with_key(mut self, key: impl Into<Box<str>>) -> Self {
         self.metadata.insert_static(keys::KEY, key);
         self

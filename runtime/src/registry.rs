@@ -54,6 +54,8 @@ pub struct HandlerInfo {
     pub publish: Option<&'static str>,
     /// How many messages it handles at once (`concurrency` key, default 1).
     pub concurrency: usize,
+    /// Messages with the same key stay in order across its lanes (`order = "key"`).
+    pub order_by_key: bool,
     /// The payload type as written in the fn signature; `None` when every argument is an extractor.
     pub payload: Option<&'static str>,
     /// The tag that scopes discovery (`service` key).
@@ -94,6 +96,7 @@ impl fmt::Debug for HandlerInfo {
             .field("group", &self.effective_group())
             .field("publish", &self.publish)
             .field("concurrency", &self.concurrency)
+            .field("order_by_key", &self.order_by_key)
             .field("payload", &self.payload)
             .field("service", &self.service)
             .field("pubsub", &self.pubsub)

@@ -66,6 +66,7 @@ pub(crate) fn expand(handler: &Handler) -> TokenStream {
         quote!(#text)
     }));
     let concurrency = Literal::usize_unsuffixed(handler.concurrency);
+    let order_by_key = handler.order_by_key;
     let (module_path, file, line) = paths.site();
 
     let arity = handler.payload.iter().len() + handler.extractors.len();
@@ -114,6 +115,7 @@ pub(crate) fn expand(handler: &Handler) -> TokenStream {
                     group: #group,
                     publish: #publish,
                     concurrency: #concurrency,
+                    order_by_key: #order_by_key,
                     payload: #payload_name,
                     service: #service,
                     pubsub: #pubsub,

@@ -13,6 +13,7 @@ mod kw {
     syn::custom_keyword!(publish);
     syn::custom_keyword!(group);
     syn::custom_keyword!(concurrency);
+    syn::custom_keyword!(order);
     syn::custom_keyword!(name);
     syn::custom_keyword!(pubsub);
     syn::custom_keyword!(codec);
@@ -26,6 +27,7 @@ const KEYS: &[&str] = &[
     "publish",
     "group",
     "concurrency",
+    "order",
     "name",
     "pubsub",
     "codec",
@@ -48,6 +50,7 @@ pub(crate) struct Args {
     pub(crate) publish: Slot<TopicArg>,
     pub(crate) group: Slot<LitStr>,
     pub(crate) concurrency: Slot<usize>,
+    pub(crate) order: Slot<LitStr>,
     pub(crate) name: Slot<LitStr>,
     pub(crate) pubsub: Slot<LitStr>,
     pub(crate) codec: Slot<Expr>,
@@ -63,6 +66,7 @@ pub(crate) fn args(tokens: TokenStream, errors: &mut Errors) -> Args {
         publish: Slot::new("publish"),
         group: Slot::new("group"),
         concurrency: Slot::new("concurrency"),
+        order: Slot::new("order"),
         name: Slot::new("name"),
         pubsub: Slot::new("pubsub"),
         codec: Slot::new("codec"),
@@ -92,6 +96,10 @@ fn entry(input: ParseStream<'_>, args: &mut Args, errors: &mut Errors) -> syn::R
         let key: kw::concurrency = input.parse()?;
         attr::eq(input, "concurrency")?;
         args.concurrency.set(key.span, attr::positive(input, "concurrency")?, errors);
+    } else if lookahead.peek(kw::order) {
+        let key: kw::order = input.parse()?;
+        attr::eq(input, "order")?;
+        args.order.set(key.span, attr::string(input, "order")?, errors);
     } else if lookahead.peek(kw::name) {
         let key: kw::name = input.parse()?;
         attr::eq(input, "name")?;

@@ -35,6 +35,7 @@ pub(crate) struct Handler {
     pub(crate) name: Option<LitStr>,
     pub(crate) group: Option<LitStr>,
     pub(crate) concurrency: usize,
+    pub(crate) order_by_key: bool,
     pub(crate) pubsub: Option<LitStr>,
     pub(crate) service: Option<LitStr>,
     pub(crate) codec: Option<syn::Expr>,
@@ -201,6 +202,20 @@ pub(crate) fn validate(mut args: Args, item: Item, errors: &mut Errors) -> (Toke
         );
     }
     let concurrency = args.concurrency.take().unwrap_or(1);
+    let order_by_key = match args.order.take() {
+        None => false,
+        Some(order) if order.value() == "key" => true,
+        Some(order) => {
+            errors.at(
+                &order,
+                format_args!(
+                    "`order` takes \"key\" (messages with the same key in order across the lanes), not {:?}",
+                    order.value()
+                ),
+            );
+            false
+        }
+    };
 
     let tokens = item.to_token_stream();
     if !errors.is_empty() {
@@ -217,6 +232,7 @@ pub(crate) fn validate(mut args: Args, item: Item, errors: &mut Errors) -> (Toke
         name: args.name.take(),
         group: args.group.take(),
         concurrency,
+        order_by_key,
         pubsub: args.pubsub.take(),
         service: args.service.take(),
         codec: args.codec.take(),

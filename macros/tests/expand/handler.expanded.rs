@@ -41,6 +41,7 @@ const _: () = {
             group: ::core::option::Option::Some("billing"),
             publish: ::core::option::Option::None,
             concurrency: 4,
+            order_by_key: false,
             payload: ::core::option::Option::Some("OrderPlaced"),
             service: ::core::option::Option::None,
             pubsub: ::core::option::Option::None,

@@ -72,6 +72,25 @@ cases! {
     metadata_unicode_and_empty => metadata_case,
     /// The server restarts in the middle of a run (10 000 messages in full mode): everything arrives.
     server_restart => server_restart_case,
+    /// Three deliveries held at once; the third and the second acked, the first left unsettled as a
+    /// crash leaves it; on a new connection the first comes back, and (settling individually) the
+    /// others do not.
+    acks_out_of_order_then_reconnect => acks_out_of_order_case,
+    /// Keyed messages (three keys) to three subscriptions of one group: each key in publish order.
+    keyed_order_across_subscribers => keyed_order_case,
+    /// A message nacked twice arrives the third time as attempt 3 (where attempts are exact).
+    attempts_are_counted => attempts_counted_case,
+    /// A rejected message is never delivered again; the next one is.
+    reject_never_redelivers => reject_case,
+    /// A released message comes back, without an attempt counted where the backend says so.
+    release_gives_back => release_case,
+    /// A subscription without a group sees everything published after it subscribed.
+    groupless_sees_what_follows => groupless_case,
+    /// A second consumer joins a group in the middle of a stream: nothing is lost.
+    join_group_under_load => join_group_case,
+    /// A delivery held past the backend's ack deadline comes back; the late ack is reported or
+    /// ignored, never fatal, and the subscription goes on.
+    slow_handler_past_the_deadline => slow_handler_case,
 }
 
 fn by_text(message: &Message) -> String {
@@ -754,4 +773,276 @@ async fn server_restart_case(ctx: &Ctx) {
     close(&*publisher).await;
     close(&*consumer).await;
     within("consumer ends", handle).await.expect("consumer");
+}
+
+/// Holds three deliveries at once (needs a backend that hands out several before a settle).
+async fn acks_out_of_order_case(ctx: &Ctx) {
+    let f = ctx.features();
+    let possible = f.persistent && f.consumer_groups && f.redelivery && !f.strict_order;
+    if !ctx.needs("persistence, groups and several unsettled deliveries at once", possible) {
+        return;
+    }
+    let topic = ctx.topic();
+    let options = group("out-of-order");
+    {
+        let conn = ctx.connect().await;
+        drop(within("subscribe", conn.subscribe(&topic, options.clone())).await.expect("create the group"));
+        publish_all(&*conn, &topic, (1..=3).map(|i| numbered("o", i))).await;
+        let mut sub = within("subscribe", conn.subscribe(&topic, options.clone())).await.expect("subscribe");
+        let mut held = Vec::new();
+        for _ in 0..3 {
+            held.push(next_delivery(&mut sub, "three deliveries held at once").await);
+        }
+        held.sort_by_key(|d| text(d.message()));
+        let third = held.pop().expect("three");
+        let second = held.pop().expect("two");
+        let first = held.pop().expect("one");
+        assert_eq!(text(first.message()), "o:1");
+        within("ack the third", third.ack()).await.expect("ack");
+        within("ack the second", second.ack()).await.expect("ack");
+        let (_, _, acker) = first.into_parts();
+        std::mem::forget(acker); // unsettled, as a crash leaves it
+        drop(sub);
+        close(&*conn).await;
+    }
+    let conn = ctx.connect().await;
+    let sub = within("subscribe", conn.subscribe(&topic, options)).await.expect("subscribe");
+    let received = Received::new();
+    let handle = spawn_consumer(sub, received.clone(), by_text, ack_all);
+    received.wait_unique(1, "the unsettled first message again").await;
+    tokio::time::sleep(QUIET).await;
+    assert!(received.contains("o:1"), "the unsettled message comes back: {:?}", received.order());
+    match f.settlement {
+        crate::pubsub::Settlement::Individual => assert!(
+            !received.contains("o:2") && !received.contains("o:3"),
+            "acked messages do not come back when acks are individual: {:?}",
+            received.order()
+        ),
+        // A cumulative backend could only commit up to the unsettled first: 2 and 3 may return.
+        crate::pubsub::Settlement::Cumulative => {}
+    }
+    ctx.report(&format!("{:?} settlement", f.settlement), 1, &received, false);
+    close(&*conn).await;
+    within("consumer ends", handle).await.expect("consumer");
+}
+
+async fn keyed_order_case(ctx: &Ctx) {
+    let f = ctx.features();
+    if !ctx.needs("order per key across a group's subscriptions", f.ordered_per_key && f.consumer_groups) {
+        return;
+    }
+    let conn = ctx.connect().await;
+    let topic = ctx.topic();
+    let options = group("keyed");
+    let received = Received::new();
+    let mut handles = Vec::new();
+    for _ in 0..3 {
+        let sub = within("subscribe", conn.subscribe(&topic, options.clone())).await.expect("subscribe");
+        handles.push(spawn_consumer(sub, received.clone(), by_text, ack_all));
+    }
+    let per_key = ctx.count(20, 333);
+    let keys = ["alpha", "beta", "gamma"];
+    let mut messages = Vec::with_capacity(keys.len() * per_key);
+    for seq in 0..per_key {
+        for key in keys {
+            messages.push(Message::new(format!("{key}:{seq}")).with_key(key));
+        }
+    }
+    publish_all(&*conn, &topic, messages).await;
+    received.wait_unique(keys.len() * per_key, "every keyed message").await;
+    let mut next_expected: HashMap<String, usize> = HashMap::new();
+    for entry in received.order() {
+        let (key, seq) = entry.split_once(':').expect("key:seq");
+        let seq: usize = seq.parse().expect("seq");
+        let expected = next_expected.entry(key.to_owned()).or_insert(0);
+        assert!(seq <= *expected, "key {key}: {seq} arrived before {expected}");
+        if seq == *expected {
+            *expected += 1;
+        }
+    }
+    ctx.report("3 subscriptions", keys.len() * per_key, &received, true);
+    close(&*conn).await;
+    for handle in handles {
+        within("consumer ends", handle).await.expect("consumer");
+    }
+}
+
+async fn attempts_counted_case(ctx: &Ctx) {
+    let f = ctx.features();
+    if !ctx.needs(
+        "redelivery with counted attempts",
+        f.redelivery && f.attempts != crate::pubsub::Attempts::Unknown,
+    ) {
+        return;
+    }
+    let conn = ctx.connect().await;
+    let topic = ctx.topic();
+    let mut sub = within("subscribe", conn.subscribe(&topic, group("attempts"))).await.expect("subscribe");
+    publish_all(&*conn, &topic, [numbered("a", 1)]).await;
+    let mut seen = Vec::new();
+    for round in 1..=3 {
+        let delivery = next_delivery(&mut sub, "a delivery of the nacked message").await;
+        seen.push(delivery.attempt());
+        if round < 3 {
+            within("nack", delivery.nack()).await.expect("nack");
+        } else {
+            within("ack", delivery.ack()).await.expect("ack");
+        }
+    }
+    match f.attempts {
+        crate::pubsub::Attempts::Exact => assert_eq!(seen, [1, 2, 3], "exact attempts"),
+        _ => assert!(seen[2] >= 2 && seen.windows(2).all(|w| w[0] <= w[1]), "at least: {seen:?}"),
+    }
+    close(&*conn).await;
+}
+
+async fn reject_case(ctx: &Ctx) {
+    let conn = ctx.connect().await;
+    let topic = ctx.topic();
+    let mut sub = within("subscribe", conn.subscribe(&topic, group("reject"))).await.expect("subscribe");
+    publish_all(&*conn, &topic, [numbered("r", 1)]).await;
+    let first = next_delivery(&mut sub, "the message to reject").await;
+    assert_eq!(text(first.message()), "r:1");
+    within("reject", first.reject("no use retrying")).await.expect("reject");
+    publish_all(&*conn, &topic, [numbered("r", 2)]).await;
+    let next = next_delivery(&mut sub, "the next message").await;
+    assert_eq!(text(next.message()), "r:2", "a rejected message is not delivered again");
+    within("ack", next.ack()).await.expect("ack");
+    let quiet = tokio::time::timeout(QUIET, sub.next()).await;
+    assert!(
+        !matches!(&quiet, Ok(Some(Ok(d))) if text(d.message()) == "r:1"),
+        "the rejected message came back"
+    );
+    close(&*conn).await;
+}
+
+async fn release_case(ctx: &Ctx) {
+    let f = ctx.features();
+    if !ctx.needs("redelivery", f.redelivery) {
+        return;
+    }
+    let conn = ctx.connect().await;
+    let topic = ctx.topic();
+    let mut sub = within("subscribe", conn.subscribe(&topic, group("release"))).await.expect("subscribe");
+    publish_all(&*conn, &topic, [numbered("l", 1)]).await;
+    let first = next_delivery(&mut sub, "the message to release").await;
+    let (id, attempt) = (first.message().id(), first.attempt());
+    within("release", first.release()).await.expect("release");
+    let again = next_delivery(&mut sub, "the released message again").await;
+    assert_eq!(again.message().id(), id, "a released message comes back");
+    if f.release_uncounted {
+        assert_eq!(again.attempt(), attempt, "release counts no attempt on this backend");
+    } else {
+        assert!(again.attempt() >= attempt);
+    }
+    within("ack", again.ack()).await.expect("ack");
+    close(&*conn).await;
+}
+
+async fn groupless_case(ctx: &Ctx) {
+    let f = ctx.features();
+    let conn = ctx.connect().await;
+    let topic = ctx.topic();
+    publish_all(&*conn, &topic, (0..2).map(|i| numbered("before", i))).await;
+    let sub =
+        within("subscribe", conn.subscribe(&topic, SubscribeOptions::default())).await.expect("subscribe");
+    let received = Received::new();
+    let handle = spawn_consumer(sub, received.clone(), by_text, ack_all);
+    let n = ctx.count(5, 100);
+    publish_all(&*conn, &topic, (0..n).map(|i| numbered("after", i))).await;
+    within("every message published after the subscription", async {
+        while (0..n).any(|i| !received.contains(&format!("after:{i}"))) {
+            let notified = received.changed.notified();
+            if (0..n).all(|i| received.contains(&format!("after:{i}"))) {
+                break;
+            }
+            notified.await;
+        }
+    })
+    .await;
+    if !f.history {
+        assert!(
+            !received.contains("before:0") && !received.contains("before:1"),
+            "a subscription without a group and without history starts with what follows it: {:?}",
+            received.order()
+        );
+    }
+    ctx.report("", n, &received, false);
+    close(&*conn).await;
+    within("consumer ends", handle).await.expect("consumer");
+}
+
+async fn join_group_case(ctx: &Ctx) {
+    if !ctx.needs("consumer groups", ctx.features().consumer_groups) {
+        return;
+    }
+    let conn = ctx.connect().await;
+    let topic = ctx.topic();
+    let options = group("join");
+    let received = Received::new();
+    let first = within("subscribe", conn.subscribe(&topic, options.clone())).await.expect("subscribe");
+    let mut handles = vec![spawn_consumer(first, received.clone(), by_text, ack_all)];
+    let n = ctx.count(200, 4000);
+    let publisher = {
+        let topic = topic.clone();
+        let conn = ctx.connect().await;
+        tokio::spawn(async move {
+            publish_all(&*conn, &topic, (0..n).map(|i| numbered("j", i))).await;
+            close(&*conn).await;
+        })
+    };
+    received.wait_unique(n / 4, "the first quarter, to one consumer").await;
+    let second = within("subscribe", conn.subscribe(&topic, options)).await.expect("a second member joins");
+    handles.push(spawn_consumer(second, received.clone(), by_text, ack_all));
+    within("publisher", publisher).await.expect("publisher");
+    received.wait_unique(n, "every message, across the join").await;
+    ctx.report("2 members, one joining mid-stream", n, &received, false);
+    close(&*conn).await;
+    for handle in handles {
+        within("consumer ends", handle).await.expect("consumer");
+    }
+}
+
+async fn slow_handler_case(ctx: &Ctx) {
+    let f = ctx.features();
+    let Some(deadline) = ctx.harness().ack_deadline() else {
+        ctx.needs("an ack deadline (Harness::ack_deadline)", false);
+        return;
+    };
+    if !ctx.needs("redelivery with consumer groups", f.redelivery && f.consumer_groups) {
+        return;
+    }
+    let conn = ctx.connect().await;
+    let other = ctx.connect().await;
+    let topic = ctx.topic();
+    let options = group("slow");
+    let mut slow = within("subscribe", conn.subscribe(&topic, options.clone())).await.expect("subscribe");
+    publish_all(&*conn, &topic, [numbered("s", 1)]).await;
+    let held = next_delivery(&mut slow, "the delivery a slow handler holds").await;
+    let id = held.message().id();
+    // A second member of the group, on another connection. The slow handler takes longer than
+    // the deadline: the backend gives the message out again, to either member.
+    let mut fast = within("subscribe", other.subscribe(&topic, options)).await.expect("subscribe");
+    let again = tokio::select! {
+        delivery = next_delivery(&mut slow, "the message again after the ack deadline") => delivery,
+        delivery = next_delivery(&mut fast, "the message again after the ack deadline") => delivery,
+    };
+    assert_eq!(again.message().id(), id, "the held message comes back after {deadline:?}");
+    // The slow handler finishes at last: its late ack is reported or ignored, never fatal.
+    if let Err(error) = within("the late ack", held.ack()).await {
+        eprintln!(
+            "conformance[{}] slow_handler_past_the_deadline: late ack reported: {error}",
+            ctx.harness().name()
+        );
+    }
+    within("ack the redelivery", again.ack()).await.expect("ack");
+    publish_all(&*conn, &topic, [numbered("s", 2)]).await;
+    let next = tokio::select! {
+        delivery = next_delivery(&mut slow, "the group goes on") => delivery,
+        delivery = next_delivery(&mut fast, "the group goes on") => delivery,
+    };
+    assert_eq!(text(next.message()), "s:2");
+    within("ack", next.ack()).await.expect("ack");
+    close(&*other).await;
+    close(&*conn).await;
 }

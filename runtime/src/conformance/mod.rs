@@ -80,6 +80,13 @@ pub trait Harness: Send + Sync + 'static {
         })
     }
 
+    /// How long the backend, as this harness configures it, waits for a delivery to be settled
+    /// before it gives the message out again (an ack deadline, an ack wait); `None` where there
+    /// is none. The slow-handler case runs only with one.
+    fn ack_deadline(&self) -> Option<Duration> {
+        None
+    }
+
     /// Called once a case has finished (passed or not) with every topic it created, so that the
     /// harness can delete them (streams, tables). The default does nothing.
     fn cleanup<'a>(&'a self, topics: &'a [String]) -> BoxFuture<'a, ()> {
@@ -283,7 +290,9 @@ macro_rules! conformance_tests {
             concurrent_publishers_then_close, topics_isolated, cancel_subscription, close_ends_streams,
             two_groups_each_get_everything, redelivery_after_reconnect, late_group_gets_history,
             nack_with_delay, large_payloads, oversized_payload_refused, metadata_unicode_and_empty,
-            server_restart);
+            server_restart, acks_out_of_order_then_reconnect, keyed_order_across_subscribers,
+            attempts_are_counted, reject_never_redelivers, release_gives_back, groupless_sees_what_follows,
+            join_group_under_load, slow_handler_past_the_deadline);
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {
         $(

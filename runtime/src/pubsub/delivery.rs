@@ -1,16 +1,5 @@
 //! A received message and the duty to settle it: [`Delivery`], [`DeliveryInfo`], [`Acker`] and
 //! the backend side of settling, [`AckSink`] with its [`Token`] and [`Settle`] outcomes.
-//!
-//! Four outcomes (contract v2):
-//! - **ack**: handled; never deliver it again;
-//! - **nack** (with an optional delay): not handled; deliver it again, counting an attempt;
-//! - **reject** (with a reason): never deliver it again, and dead-letter it where the broker has
-//!   a dead letter of its own ([`Features::dead_letter`](super::Features::dead_letter): AMQP's
-//!   dead-letter exchange, NATS's TERM); elsewhere the router publishes it to its poison topic
-//!   before it rejects, and the backend drops it;
-//! - **release**: give it back without handling it and, where the broker allows
-//!   ([`Features::release_uncounted`](super::Features::release_uncounted)), without counting an
-//!   attempt: what shutdown does with the deliveries it aborts, and what a dropped [`Acker`] does.
 
 use std::fmt;
 use std::sync::Arc;
@@ -49,7 +38,7 @@ impl Token {
     }
 }
 
-/// How a delivery is settled; see the [module docs](self).
+/// How a delivery is settled; see the [`pubsub`](crate::pubsub) module docs.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Settle {

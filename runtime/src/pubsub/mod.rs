@@ -5,6 +5,17 @@
 //! conformance suite) and the [`Watermark`](watermark::Watermark) that cumulative backends settle
 //! through.
 //!
+//! A delivery is settled in one of four ways ([`Settle`]):
+//! - **ack**: handled; never deliver it again;
+//! - **nack** (with an optional delay): not handled; deliver it again, counting an attempt;
+//! - **reject** (with a reason): never deliver it again, and dead-letter it where the broker has
+//!   a dead letter of its own ([`Features::dead_letter`]: AMQP's
+//!   dead-letter exchange, NATS's TERM); elsewhere the router publishes it to its poison topic
+//!   before it rejects, and the backend drops it;
+//! - **release**: give it back without handling it and, where the broker allows
+//!   ([`Features::release_uncounted`]), without counting an
+//!   attempt: what shutdown does with the deliveries it aborts, and what a dropped [`Acker`] does.
+//!
 //! Both traits are object-safe: the router holds `Arc<dyn Publisher>` and `Arc<dyn Subscriber>`.
 //! Operations return [`OpFuture`], which is either already complete (no allocation, the in-memory
 //! fast path) or a boxed future (network backends).

@@ -16,6 +16,7 @@
 //! are dropped and so nacked), then closes the publishers and subscribers.
 
 mod config;
+mod lanes;
 mod route;
 mod worker;
 
@@ -219,6 +220,13 @@ impl Router {
         let layers: Vec<_> = self.inner.layers.iter().chain(&route.middleware).cloned().collect();
         let facts = layer_facts(&layers);
         let mut problems = Vec::new();
+        if route.order_by_key && !(features.ordered || features.ordered_per_key) {
+            problems.push(config_error(format!(
+                "{}: orders by key, but the `{}` backend does not deliver in order",
+                route.origin(),
+                backend_name(&features),
+            )));
+        }
         if let (Some(layer), Attempts::Unknown) = (facts.reads_attempts, features.attempts) {
             problems.push(config_error(format!(
                 "{}: `{layer}` decides on the delivery attempt, but the `{}` backend does not count \
@@ -446,6 +454,7 @@ impl Router {
             info,
             config: self.inner.config.clone(),
             intake: self.inner.intake.clone(),
+            order_by_key: route.order_by_key,
             instant_ack: facts.acks_instantly,
             up,
         }

@@ -50,6 +50,8 @@ pub struct Route {
     pub(crate) check_state: fn(&StateMap) -> Result<(), Vec<Error>>,
     /// Where the handler was declared, for a `#[millstream::handler]` fn.
     pub(crate) location: Option<Location>,
+    /// Deliveries with the same key stay in order with `concurrency > 1`.
+    pub(crate) order_by_key: bool,
 }
 
 /// A source location, displayed as `file:line`.
@@ -138,6 +140,7 @@ impl Route {
             encoder,
             check_state: |state| H::prepare(state).map(drop),
             location: None,
+            order_by_key: false,
             build: Box::new(move |state| {
                 let prepared = H::prepare(state)?;
                 let endpoint: Arc<dyn Endpoint> =
@@ -171,6 +174,17 @@ impl Route {
     /// If `n` is 0.
     pub fn concurrency(mut self, n: usize) -> Self {
         self.concurrency = NonZeroUsize::new(n).expect("concurrency must be at least 1");
+        self
+    }
+
+    /// With [`concurrency`](Route::concurrency) above 1, keeps messages with the same
+    /// [key](crate::Message::with_key) in order: each key is handled by one lane, one message at a
+    /// time, in the order the backend delivered them; messages without a key go to any lane. The
+    /// backend must deliver in order (checked when the handler is added). With several instances
+    /// in one group, the order per key holds only where the backend keeps a key on one consumer
+    /// ([`Features::ordered_per_key`](crate::pubsub::Features::ordered_per_key)).
+    pub fn order_by_key(mut self) -> Self {
+        self.order_by_key = true;
         self
     }
 
@@ -301,6 +315,7 @@ impl fmt::Debug for Route {
             .field("publish", &self.publish_topic())
             .field("location", &self.location)
             .field("concurrency", &self.concurrency)
+            .field("order_by_key", &self.order_by_key)
             .field("middleware", &self.middleware.len())
             .finish()
     }

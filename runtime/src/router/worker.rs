@@ -36,6 +36,8 @@ pub(crate) struct Prepared {
     pub(crate) config: RouterConfig,
     pub(crate) intake: CancellationToken,
     pub(crate) metrics: RouteMetrics,
+    /// Deliveries with the same key stay in order on one lane (`concurrency > 1`).
+    pub(crate) order_by_key: bool,
     /// An `InstantAck` layer is in the chain: ack before handling.
     pub(crate) instant_ack: bool,
     /// Whether the subscription is up (readiness).
@@ -70,7 +72,7 @@ pub(crate) async fn run(p: Prepared, mut subscription: Option<Subscription>, tra
         if p.concurrency == 1 {
             consume_serial(&p, sub).await;
         } else {
-            consume_concurrent(&p, sub, &tracker).await;
+            super::lanes::consume(&p, sub, &tracker).await;
         }
         p.up.store(false, std::sync::atomic::Ordering::Release);
         if p.intake.is_cancelled() {
@@ -110,7 +112,7 @@ async fn consume_serial(p: &Prepared, mut sub: Subscription) {
 /// Intake is checked before every delivery, so it stops at once however busy the subscription
 /// is; the cancellation future itself (which registers a waker, under a lock) is only polled when
 /// no delivery is ready. A `select!` would create, register and drop one per message.
-fn next_delivery(
+pub(super) fn next_delivery(
     intake: &CancellationToken,
     sub: &mut Subscription,
     cancelled: Pin<&mut WaitForCancellationFuture<'_>>,
@@ -125,44 +127,8 @@ fn next_delivery(
     }
 }
 
-async fn consume_concurrent(p: &Arc<Prepared>, sub: Subscription, tracker: &TaskTracker) {
-    let sub = Arc::new(tokio::sync::Mutex::new(sub));
-    let mut workers = tokio::task::JoinSet::new();
-    for _ in 0..p.concurrency {
-        let p = p.clone();
-        let sub = sub.clone();
-        workers.spawn(tracker.track_future(async move {
-            // One cancellation future per worker, on a child token of its own: a `cancelled()`
-            // made per message would register with (and lock) the router's shared token.
-            let intake = p.intake.child_token();
-            let mut cancelled = pin!(intake.cancelled());
-            loop {
-                let next = {
-                    let mut sub = tokio::select! {
-                        biased;
-                        _ = cancelled.as_mut() => return,
-                        sub = sub.lock() => sub,
-                    };
-                    tokio::select! {
-                        biased;
-                        _ = cancelled.as_mut() => return,
-                        next = sub.next() => next,
-                    }
-                };
-                match next {
-                    Some(Ok(delivery)) => handle(&p, delivery).await,
-                    Some(Err(error)) => tracing::warn!(handler = %p.info.name, %error, "subscription error"),
-                    None => return,
-                }
-            }
-        }));
-    }
-    // Dropping the JoinSet (when this task is aborted) aborts the workers, nacking their messages.
-    while workers.join_next().await.is_some() {}
-}
-
 /// Handles one delivery: chain, outputs, settle.
-pub(crate) async fn handle(p: &Prepared, delivery: Delivery) {
+pub(super) async fn handle(p: &Prepared, delivery: Delivery) {
     let (message, attempt, acker) = delivery.into_parts();
     p.metrics.received();
     let span = tracing::debug_span!(
@@ -309,56 +275,40 @@ fn nack_delay(p: &Prepared, error: &Error) -> Option<std::time::Duration> {
     error.retry_after_hint().or(p.config.nack_delay)
 }
 
+/// Settles a delivery whose handling failed: a transient error nacks (redelivered, with the
+/// error's or the router's delay); a permanent one goes to the poison topic and is acked, or is
+/// rejected when there is no poison topic (a nack would bring back what can never succeed).
 async fn fail(p: &Prepared, original: Message, attempt: u32, acker: Acker, error: Error) {
+    let poison = p.config.poison_topic.as_deref().filter(|_| error.is_permanent());
+    let what = match (error.is_permanent(), poison) {
+        (false, _) => "handler failed; nacking",
+        (true, Some(_)) => "permanent failure; sending to the poison topic",
+        (true, None) => "permanent failure and no poison topic; rejecting",
+    };
+    let id = original.id();
+    let (handler, topic, kind) = (&p.info.name, &p.info.topic, error.kind());
     if error.is_permanent() {
-        if let Some(poison) = &p.config.poison_topic {
-            tracing::error!(
-                handler = %p.info.name,
-                topic = %p.info.topic,
-                message_id = %original.id(),
-                attempt,
-                kind = ?error.kind(),
-                %error,
-                poison_topic = %poison,
-                "permanent failure; sending to the poison topic",
-            );
-            let dead = poisoned(original, &error, &p.info.name, &p.info.topic, attempt);
+        tracing::error!(%handler, %topic, message_id = %id, attempt, ?kind, %error, poison_topic = ?poison, "{what}");
+    } else {
+        tracing::warn!(%handler, %topic, message_id = %id, attempt, ?kind, %error, "{what}");
+    }
+    match poison {
+        _ if !error.is_permanent() => settle(acker.nack_after(nack_delay(p, &error)), p, false).await,
+        None => settle(acker.reject(error.to_string()), p, false).await,
+        Some(poison) => {
+            let dead = poisoned(original, &error, handler, topic, attempt);
             match p.publisher.publish(poison, dead).await {
                 Ok(()) => {
                     p.metrics.poisoned();
                     settle(acker.ack(), p, true).await;
                 }
                 Err(publish_error) => {
-                    tracing::error!(handler = %p.info.name, error = %publish_error, "poison publish failed; nacking");
+                    tracing::error!(%handler, error = %publish_error, "poison publish failed; nacking");
                     settle(acker.nack_after(p.config.nack_delay), p, false).await;
                 }
             }
-            return;
         }
-        // No poison topic: the broker's own dead letter takes it where it has one; never again
-        // either way (a nack would bring back what can never succeed).
-        tracing::error!(
-            handler = %p.info.name,
-            topic = %p.info.topic,
-            message_id = %original.id(),
-            attempt,
-            kind = ?error.kind(),
-            %error,
-            "permanent failure and no poison topic; rejecting",
-        );
-        settle(acker.reject(error.to_string()), p, false).await;
-        return;
     }
-    tracing::warn!(
-        handler = %p.info.name,
-        topic = %p.info.topic,
-        message_id = %original.id(),
-        attempt,
-        kind = ?error.kind(),
-        %error,
-        "handler failed; nacking",
-    );
-    settle(acker.nack_after(nack_delay(p, &error)), p, false).await;
 }
 
 async fn publish_outputs(p: &Prepared, outputs: Outputs) -> Result<()> {

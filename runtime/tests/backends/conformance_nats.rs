@@ -111,6 +111,10 @@ fn restart_blocking() -> Result<(), Error> {
 }
 
 impl Harness for NatsHarness {
+    fn ack_deadline(&self) -> Option<Duration> {
+        Some(Duration::from_secs(3))
+    }
+
     fn name(&self) -> &str {
         "nats"
     }

@@ -32,6 +32,10 @@ impl Drop for TempDir {
 }
 
 impl Harness for SqliteHarness {
+    fn ack_deadline(&self) -> Option<Duration> {
+        Some(Duration::from_secs(3))
+    }
+
     fn name(&self) -> &str {
         "sqlite"
     }

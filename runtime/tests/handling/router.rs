@@ -757,3 +757,125 @@ async fn ready_as_soon_as_start_returns() {
     router.close().await.unwrap();
     assert!(!router.health().ready);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyed_lanes_keep_each_key_in_order_while_keys_run_side_by_side() {
+    let pubsub = MemoryPubSub::new();
+    let input = topic("lanes.keyed");
+    let seen: Arc<parking_lot::Mutex<Vec<(String, u64)>>> = Arc::default();
+    let (running, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let handler = {
+        let (seen, running, most) = (seen.clone(), running.clone(), most.clone());
+        move |order: Order, message: Message| {
+            let (seen, running, most) = (seen.clone(), running.clone(), most.clone());
+            async move {
+                let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                most.fetch_max(now, Ordering::SeqCst);
+                // Uneven work, so that a lane without key order would overtake another.
+                for _ in 0..(order.id % 7) {
+                    tokio::task::yield_now().await;
+                }
+                tokio::time::sleep(Duration::from_millis(order.id % 3)).await;
+                seen.lock().push((message.key().expect("keyed").to_owned(), order.id));
+                running.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+    };
+    let router = App::new()
+        .pubsub(pubsub.clone())
+        .route(Route::new("keyed", &input, handler).concurrency(4).order_by_key())
+        .start()
+        .await
+        .unwrap();
+    let keys = ["a", "b", "c", "d", "e", "f"];
+    let per_key = 40;
+    for id in 0..per_key {
+        for key in keys {
+            pubsub.publish(&input, order_msg(id).with_key(key)).await.unwrap();
+        }
+    }
+    eventually("every message handled", || seen.lock().len() == keys.len() * per_key as usize).await;
+    router.shutdown();
+    router.close().await.unwrap();
+    for key in keys {
+        let ids: Vec<u64> = seen.lock().iter().filter(|(k, _)| k == key).map(|(_, id)| *id).collect();
+        assert_eq!(ids, (0..per_key).collect::<Vec<_>>(), "key {key} in publish order");
+    }
+    assert!(most.load(Ordering::SeqCst) >= 2, "keys ran side by side on several lanes");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lanes_handle_concurrency_messages_at_once() {
+    let pubsub = MemoryPubSub::new();
+    let input = topic("lanes.unkeyed");
+    let barrier = Arc::new(tokio::sync::Barrier::new(4));
+    let done = Arc::new(AtomicUsize::new(0));
+    let handler = {
+        let (barrier, done) = (barrier.clone(), done.clone());
+        move |_: Order| {
+            let (barrier, done) = (barrier.clone(), done.clone());
+            async move {
+                // Passes only when four messages are being handled at the same time.
+                barrier.wait().await;
+                done.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+    };
+    let router = App::new()
+        .pubsub(pubsub.clone())
+        .route(Route::new("wide", &input, handler).concurrency(4))
+        .start()
+        .await
+        .unwrap();
+    for id in 0..8 {
+        pubsub.publish(&input, order_msg(id)).await.unwrap();
+    }
+    eventually("eight handled, four at a time", || done.load(Ordering::SeqCst) == 8).await;
+    router.shutdown();
+    router.close().await.unwrap();
+}
+
+/// A backend that says it keeps no order and counts no attempts.
+struct Forgetful(MemoryPubSub);
+
+impl Subscriber for Forgetful {
+    fn subscribe<'a>(
+        &'a self,
+        topic: &'a str,
+        options: SubscribeOptions,
+    ) -> millstream::pubsub::OpFuture<'a, millstream::Subscription> {
+        self.0.subscribe(topic, options)
+    }
+
+    fn close(&self) -> millstream::pubsub::OpFuture<'_> {
+        Subscriber::close(&self.0)
+    }
+
+    fn features(&self) -> millstream::pubsub::Features {
+        let mut features = self.0.features();
+        features.backend = "forgetful";
+        features.ordered = false;
+        features.attempts = millstream::pubsub::Attempts::Unknown;
+        features
+    }
+}
+
+#[tokio::test]
+async fn what_the_backend_cannot_honour_is_refused_when_the_handler_is_added() {
+    async fn noop(_: Order) {}
+    let pubsub = MemoryPubSub::new();
+    let err = App::new()
+        .pubsub_parts(Arc::new(pubsub.clone()), Arc::new(Forgetful(pubsub)))
+        .route(Route::new("capped", "t.capped", noop).layer(millstream::middleware::RedeliveryCap::new(3)))
+        .route(Route::new("ordered", "t.ordered", noop).concurrency(4).order_by_key())
+        .route(Route::new("fine", "t.fine", noop).layer(millstream::middleware::Retry::new(3)))
+        .build()
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("2 problems"), "{text}");
+    assert!(
+        text.contains("handler `capped` (a `Route` added with `.route(..)`): `RedeliveryCap` decides on the delivery attempt, but the `forgetful` backend does not count attempts"),
+        "{text}"
+    );
+    assert!(text.contains("handler `ordered` (a `Route` added with `.route(..)`): orders by key, but the `forgetful` backend does not deliver in order"), "{text}");
+}

@@ -35,6 +35,10 @@ pub(crate) struct SqlHarness {
 }
 
 impl Harness for SqlHarness {
+    fn ack_deadline(&self) -> Option<Duration> {
+        Some(Duration::from_secs(3))
+    }
+
     fn name(&self) -> &str {
         self.name
     }

@@ -43,6 +43,7 @@ async fn timing(message: Message, next: Next) -> HandlerResult {
     publish = Invoice,
     group = "billing",
     concurrency = 8,
+    order = "key",
     name = "billing.bill",
     pubsub = "kafka",
     codec = millstream::JsonCodec,
@@ -76,5 +77,6 @@ fn main() {
     assert_eq!(info.name, "billing.bill");
     assert_eq!((info.topic, info.publish), ("orders", Some("invoices")));
     assert_eq!((info.group, info.concurrency, info.pubsub, info.service), (Some("billing"), 8, Some("kafka"), Some("billing")));
+    assert!(info.order_by_key);
     assert_eq!(<Renamed as Topic>::NAME, "renamed.type");
 }
