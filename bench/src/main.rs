@@ -8,7 +8,9 @@
 //! Scenarios: `baseline`, `pubsub`, `router`, `router-mw` (behind retry + poison + timeout +
 //! correlation + recoverer), `drain` and `drain-mw` (the handler path alone: a queue of
 //! `min(N, 100 000)` drained by the router, plain and behind the same stack), `pipeline`,
-//! `latency`, and with `--features peer`
+//! `router-keyed` (keyed messages, one lane), `router-c4` and `router-c4-keyed` (four lanes; keyed:
+//! ordered by key), `slow-c1` and `slow-c4` (a handler that waits 1 ms, `min(N, 2 000)` messages,
+//! one lane and four), `latency`, and with `--features peer`
 //! `peer-router` and `peer-pipeline` (`peer` selects both). Default: all of them. `baseline` always
 //! runs first, since every ratio is taken against it.
 //!
@@ -56,6 +58,11 @@ const ALL: &[&str] = &[
     "drain",
     "drain-mw",
     "pipeline",
+    "router-keyed",
+    "router-c4",
+    "router-c4-keyed",
+    "slow-c1",
+    "slow-c4",
     "latency",
     #[cfg(feature = "peer")]
     "peer-router",
@@ -67,7 +74,8 @@ const ALL: &[&str] = &[
 const RESULT: &str = "millstream-bench-result ";
 
 const USAGE: &str = "usage: millstream-bench [--json] [--messages N] [--runs R] [--scenario NAME ...]
-scenarios: baseline pubsub router router-mw drain drain-mw pipeline latency peer (= peer-router peer-pipeline, feature `peer`)";
+scenarios: baseline pubsub router router-mw drain drain-mw pipeline router-keyed router-c4 router-c4-keyed slow-c1 slow-c4 latency
+           peer (= peer-router peer-pipeline, feature `peer`)";
 
 struct Args {
     json: bool,
@@ -161,6 +169,11 @@ fn run_child(scenario: &str, messages: u64) -> ExitCode {
             "drain" => scenarios::drain(messages, false).await,
             "drain-mw" => scenarios::drain(messages, true).await,
             "pipeline" => scenarios::pipeline(messages).await,
+            "router-keyed" => scenarios::router_lanes("router-keyed", messages, 1, true).await,
+            "router-c4" => scenarios::router_lanes("router-c4", messages, 4, false).await,
+            "router-c4-keyed" => scenarios::router_lanes("router-c4-keyed", messages, 4, true).await,
+            "slow-c1" => scenarios::slow_lanes("slow-c1", messages, 1).await,
+            "slow-c4" => scenarios::slow_lanes("slow-c4", messages, 4).await,
             "latency" => scenarios::latency(messages).await,
             #[cfg(feature = "peer")]
             "peer-router" => peer::run("router", messages).await,

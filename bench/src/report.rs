@@ -162,6 +162,22 @@ fn targets(outcomes: &[Outcome]) -> Vec<(String, String, bool)> {
         let ratio = ours.msgs_per_sec / peer.msgs_per_sec;
         out.push(("pipeline vs ruststream (no target)".to_owned(), format!("{ratio:.2} x"), true));
     }
+    // Lanes (issue 11): four lanes cost at most 1.2 x one lane per message (CPU), keyed or not;
+    // with a 1 ms handler, four lanes handle at least 3.5 x as many messages per second.
+    for (single, many) in [("router", "router-c4"), ("router-keyed", "router-c4-keyed")] {
+        if let (Some(one), Some(four)) = (find(outcomes, single), find(outcomes, many)) {
+            let ratio = four.cpu_ns_per_msg / one.cpu_ns_per_msg;
+            out.push((
+                format!("{many} cpu ns/msg <= 1.2 x {single}"),
+                format!("{:.0} vs {:.0} ns = {ratio:.2} x", four.cpu_ns_per_msg, one.cpu_ns_per_msg),
+                ratio <= 1.2,
+            ));
+        }
+    }
+    if let (Some(one), Some(four)) = (find(outcomes, "slow-c1"), find(outcomes, "slow-c4")) {
+        let ratio = four.msgs_per_sec / one.msgs_per_sec;
+        out.push(("1 ms handler: 4 lanes >= 3.5 x 1 lane".to_owned(), format!("{ratio:.2} x"), ratio >= 3.5));
+    }
     if let Some(l) = find(outcomes, "latency").and_then(|o| o.latency) {
         let ratio = l.p99_ratio_to_baseline;
         let text = format!("{:.0} us vs {:.0} us = {ratio:.2} x", l.p99_us, l.baseline_p99_us);

@@ -125,6 +125,63 @@ pub(crate) async fn router(messages: u64) -> Outcome {
     throughput("router", messages, elapsed)
 }
 
+/// The keys of the keyed scenarios: sixteen, so that four lanes all get work.
+const KEYS: [&str; 16] =
+    ["k0", "k1", "k2", "k3", "k4", "k5", "k6", "k7", "k8", "k9", "k10", "k11", "k12", "k13", "k14", "k15"];
+
+/// Publishes `messages` orders to topic A, each with a key when `keyed`.
+fn spawn_keyed_producer(pubsub: MemoryPubSub, messages: u64, keyed: bool) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        for id in 0..messages {
+            let mut message = Message::new(encode(id));
+            if keyed {
+                message = message.with_key(KEYS[(id % 16) as usize]);
+            }
+            pubsub.publish(TOPIC_A, message).await.expect("publish");
+        }
+    })
+}
+
+/// `router` with `concurrency` lanes; with `keyed`, keyed messages and lanes ordered by key.
+pub(crate) async fn router_lanes(scenario: &str, messages: u64, concurrency: usize, keyed: bool) -> Outcome {
+    let pubsub = MemoryPubSub::new();
+    let latch = Latch::new(messages);
+    let mut route = Route::new("sink", TOPIC_A, sink).concurrency(concurrency);
+    if keyed {
+        route = route.order_by_key();
+    }
+    let router = App::new().pubsub(pubsub.clone()).state(latch.clone()).route(route).build().unwrap();
+    router.start().await.expect("router starts");
+    let started = Instant::now();
+    let producer = spawn_keyed_producer(pubsub, messages, keyed);
+    latch.wait().await;
+    let elapsed = started.elapsed();
+    producer.await.expect("producer finished");
+    router.close().await.expect("router stops");
+    throughput(scenario, messages, elapsed)
+}
+
+/// The most messages the 1 ms handler scenarios handle (one lane takes about 1.1 ms each).
+pub(crate) const SLOW_MAX: u64 = 2_000;
+
+async fn slow_sink(order: Order, State(latch): State<Latch>) {
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    order.consume();
+    latch.arrive();
+}
+
+/// A handler that takes 1 ms (waiting, as on a database), with `concurrency` lanes: how
+/// throughput scales with the lanes.
+pub(crate) async fn slow_lanes(scenario: &str, messages: u64, concurrency: usize) -> Outcome {
+    let messages = messages.min(SLOW_MAX);
+    let pubsub = MemoryPubSub::new();
+    let latch = Latch::new(messages);
+    let route = Route::new("slow", TOPIC_A, slow_sink).concurrency(concurrency);
+    let router = App::new().pubsub(pubsub.clone()).state(latch.clone()).route(route).build().unwrap();
+    let elapsed = run_router(router, pubsub, latch, messages).await;
+    throughput(scenario, messages, elapsed)
+}
+
 /// The stack the issue names: retry + poison queue + timeout + correlation id + recoverer.
 fn middleware_stack(app: App) -> App {
     use millstream::middleware::{CorrelationId, PoisonQueue, Recoverer, Retry, Timeout};
