@@ -91,6 +91,10 @@ cases! {
     /// A delivery held past the backend's ack deadline comes back; the late ack is reported or
     /// ignored, never fatal, and the subscription goes on.
     slow_handler_past_the_deadline => slow_handler_case,
+    /// A router closed while its handler is still running (close timeout passed), again and
+    /// again: each time the aborted delivery is given back before the backend closes, so the next
+    /// consumer of the group gets it at once, not after the backend's ack deadline.
+    forced_close_gives_back_at_once => forced_close_case,
 }
 
 fn by_text(message: &Message) -> String {
@@ -1045,4 +1049,78 @@ async fn slow_handler_case(ctx: &Ctx) {
     within("ack", next.ack()).await.expect("ack");
     close(&*other).await;
     close(&*conn).await;
+}
+
+async fn forced_close_case(ctx: &Ctx) {
+    use crate::{App, Route, RouterConfig};
+
+    let f = ctx.features();
+    // A group outlives its subscriptions only where the backend persists it.
+    if !ctx.needs("persistence with consumer groups", f.persistent && f.consumer_groups) {
+        return;
+    }
+    let topic = ctx.topic();
+    // "At once": well before a lease runs out (where the backend has one), and within a few
+    // seconds anyway.
+    let at_once =
+        ctx.harness().ack_deadline().map_or(Duration::from_secs(5), |d| (d / 2).min(Duration::from_secs(5)));
+    let publisher = ctx.connect().await;
+    for round in 0..ctx.count(3, 7) {
+        let conn = ctx.connect().await;
+        let entered = Arc::new(tokio::sync::Notify::new());
+        let handler = {
+            let entered = entered.clone();
+            move |_: Message| {
+                let entered = entered.clone();
+                async move {
+                    entered.notify_one();
+                    std::future::pending::<()>().await;
+                }
+            }
+        };
+        let router = App::new()
+            .pubsub_parts(conn.clone(), conn.clone())
+            .config(RouterConfig::default().close_timeout(Duration::from_millis(100)))
+            .route(Route::new("forced", topic.clone(), handler).group("forced"))
+            .build()
+            .expect("a router with one handler");
+        within("router starts", router.start()).await.expect("start");
+        if round == 0 {
+            // After the group's first subscription: backends without history keep it for the group.
+            publish_all(&*publisher, &topic, [numbered("forced", 1)]).await;
+        }
+        within(&format!("round {round}: the handler holds the message"), entered.notified()).await;
+        let closed = within("forced close", router.close()).await;
+        assert_eq!(
+            closed.expect_err("the handler never finishes: close times out").kind(),
+            ErrorKind::Timeout
+        );
+        drop(router);
+        let conn = ctx.connect().await;
+        let mut sub = within("subscribe", conn.subscribe(&topic, group("forced"))).await.expect("subscribe");
+        let started = Instant::now();
+        let back = tokio::time::timeout(at_once, next_delivery(&mut sub, "the aborted delivery"))
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "round {round}: the aborted delivery did not come back within {at_once:?} of the close"
+                )
+            });
+        assert_eq!(text(back.message()), "forced:1");
+        eprintln!(
+            "conformance[{}] forced_close_gives_back_at_once: round {round} back after {:?}",
+            ctx.harness().name(),
+            started.elapsed()
+        );
+        within("release for the next round", back.release()).await.expect("release");
+        drop(sub);
+        close(&*conn).await;
+    }
+    // Finally consumed, so the topic ends empty.
+    let conn = ctx.connect().await;
+    let mut sub = within("subscribe", conn.subscribe(&topic, group("forced"))).await.expect("subscribe");
+    let last = next_delivery(&mut sub, "the message after the forced closes").await;
+    within("ack", last.ack()).await.expect("ack");
+    close(&*conn).await;
+    close(&*publisher).await;
 }

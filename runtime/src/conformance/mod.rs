@@ -292,7 +292,7 @@ macro_rules! conformance_tests {
             nack_with_delay, large_payloads, oversized_payload_refused, metadata_unicode_and_empty,
             server_restart, acks_out_of_order_then_reconnect, keyed_order_across_subscribers,
             attempts_are_counted, reject_never_redelivers, release_gives_back, groupless_sees_what_follows,
-            join_group_under_load, slow_handler_past_the_deadline);
+            join_group_under_load, slow_handler_past_the_deadline, forced_close_gives_back_at_once);
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {
         $(
@@ -301,6 +301,16 @@ macro_rules! conformance_tests {
                 $crate::conformance::run(stringify!($case), $make, $crate::conformance::cases::$case);
             }
         )*
+
+        /// The list above names every case of the suite, in its order (a case added to the suite
+        /// but not to this macro would silently never run).
+        #[test]
+        fn conformance_lists_every_case() {
+            let listed: &[&str] = &[$(stringify!($case)),*];
+            let suite: ::std::vec::Vec<&str> =
+                $crate::conformance::cases::ALL.iter().map(|(name, _)| *name).collect();
+            assert_eq!(listed, &suite[..]);
+        }
     };
 }
 

@@ -147,10 +147,12 @@ impl Drop for Acker {
             let op = sink.settle(self.token, self.message.take(), Settle::Release);
             if !op.is_ready() {
                 if let Ok(handle) = tokio::runtime::Handle::try_current() {
+                    let sending = dropped::Sending::start();
                     handle.spawn(async move {
                         if let Err(error) = op.await {
                             tracing::warn!(%error, "release of a dropped delivery failed");
                         }
+                        drop(sending);
                     });
                 } else {
                     tracing::warn!(
@@ -243,5 +245,55 @@ mod tests {
         assert_eq!(token.pair_parts(), (1_700_000_000_123, 7));
         assert_eq!(Token::pair(0, 9), Token::new(9));
         assert!(Token::pair(1, 0) > Token::pair(0, u64::MAX), "ordered by the first number first");
+    }
+}
+
+/// Releases of dropped deliveries that are still being sent: [`Acker`]'s drop spawns them, and a
+/// router that aborts its handlers waits for them before it closes the backends that send them
+/// (else a release would meet a closed connection pool, and the message would wait out its lease).
+pub(crate) mod dropped {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    use tokio::sync::Notify;
+
+    /// Releases spawned and not finished, in the whole process.
+    static SENDING: AtomicUsize = AtomicUsize::new(0);
+    /// Woken when `SENDING` drops to zero.
+    static DONE: Notify = Notify::const_new();
+
+    /// One release being sent; dropping it (finished, failed or its task cancelled) counts it done.
+    pub(crate) struct Sending(());
+
+    impl Sending {
+        pub(crate) fn start() -> Self {
+            SENDING.fetch_add(1, Ordering::SeqCst);
+            Sending(())
+        }
+    }
+
+    impl Drop for Sending {
+        fn drop(&mut self) {
+            if SENDING.fetch_sub(1, Ordering::SeqCst) == 1 {
+                DONE.notify_waiters();
+            }
+        }
+    }
+
+    /// Waits until every release spawned so far (by any router of the process) has been sent, or
+    /// `limit` passes; true if none is left.
+    pub(crate) async fn settled(limit: Duration) -> bool {
+        let wait = async {
+            loop {
+                let done = DONE.notified();
+                let mut done = std::pin::pin!(done);
+                done.as_mut().enable();
+                if SENDING.load(Ordering::SeqCst) == 0 {
+                    return;
+                }
+                done.await;
+            }
+        };
+        tokio::time::timeout(limit, wait).await.is_ok()
     }
 }

@@ -26,7 +26,7 @@ use crate::error::{Error, Result};
 use crate::message::Message;
 pub use crate::op::OpFuture;
 
-mod delivery;
+pub(crate) mod delivery;
 mod features;
 mod subscribe;
 

@@ -13,7 +13,7 @@
 //!
 //! Shutdown ([`Router::shutdown`], or the end of [`Router::run_until`]'s signal) stops intake,
 //! lets in-flight messages finish within [`RouterConfig::close_timeout`] (those still running then
-//! are dropped and so nacked), then closes the publishers and subscribers.
+//! are aborted and their deliveries released, and the releases sent), then closes the publishers and subscribers.
 
 mod config;
 mod lanes;
@@ -80,6 +80,10 @@ pub enum Status {
 pub struct Router {
     inner: Arc<Inner>,
 }
+
+/// How long [`Router::close`] waits, after aborting handlers, for their deliveries' releases to
+/// reach the backends.
+const RELEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// A handler's own publisher and subscriber, closed with the router.
 type Backends = (Option<Arc<dyn Publisher>>, Option<Arc<dyn Subscriber>>);
@@ -394,10 +398,15 @@ impl Router {
             let tasks = std::mem::take(&mut *self.inner.tasks.lock());
             tasks.iter().for_each(AbortHandle::abort);
             self.inner.tracker.wait().await;
-            tracing::warn!(?timeout, "close timeout passed; unfinished messages were nacked");
+            // The aborted handlers' deliveries were dropped, and their releases spawned: they
+            // must reach the backends before these close, or the messages wait out their leases.
+            if !crate::pubsub::delivery::dropped::settled(RELEASE_WAIT).await {
+                tracing::warn!(limit = ?RELEASE_WAIT, "releases of unfinished messages still pending; closing anyway");
+            }
+            tracing::warn!(?timeout, "close timeout passed; unfinished messages were released");
             outcome = Err(Error::new(
                 ErrorKind::Timeout,
-                format!("in-flight messages did not finish within {timeout:?}; they were nacked"),
+                format!("in-flight messages did not finish within {timeout:?}; they were released"),
             ));
         }
         let extra = std::mem::take(&mut *self.inner.extra_backends.lock());
