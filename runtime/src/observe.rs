@@ -7,6 +7,7 @@
 //! | `millstream_messages_acked_total` | counter | `handler` |
 //! | `millstream_messages_nacked_total` | counter | `handler` |
 //! | `millstream_messages_poisoned_total` | counter | `handler` |
+//! | `millstream_settle_failures_total` | counter | `handler` |
 //! | `millstream_messages_in_flight` | gauge | `handler` |
 //! | `millstream_handler_duration_seconds` | histogram | `handler` |
 //! | `millstream_publish_duration_seconds` | histogram | `handler` |
@@ -21,6 +22,9 @@ pub mod names {
     pub const NACKED: &str = "millstream_messages_nacked_total";
     /// Messages sent to a poison topic.
     pub const POISONED: &str = "millstream_messages_poisoned_total";
+    /// Acks, nacks and rejects the backend failed to record (after its own retries). A failed ack
+    /// means the message will be delivered again: a duplicate, never a loss.
+    pub const SETTLE_FAILURES: &str = "millstream_settle_failures_total";
     /// Messages being handled right now.
     pub const IN_FLIGHT: &str = "millstream_messages_in_flight";
     /// Time in the middleware chain and handler.
@@ -42,6 +46,7 @@ struct Handles {
     acked: metrics::Counter,
     nacked: metrics::Counter,
     poisoned: metrics::Counter,
+    settle_failures: metrics::Counter,
     in_flight: metrics::Gauge,
     duration: metrics::Histogram,
     publish: metrics::Histogram,
@@ -59,6 +64,7 @@ impl RouteMetrics {
                     acked: metrics::counter!(names::ACKED, &label()),
                     nacked: metrics::counter!(names::NACKED, &label()),
                     poisoned: metrics::counter!(names::POISONED, &label()),
+                    settle_failures: metrics::counter!(names::SETTLE_FAILURES, &label()),
                     in_flight: metrics::gauge!(names::IN_FLIGHT, &label()),
                     duration: metrics::histogram!(names::HANDLER_DURATION, &label()),
                     publish: metrics::histogram!(names::PUBLISH_DURATION, &label()),
@@ -97,6 +103,13 @@ impl RouteMetrics {
     pub(crate) fn poisoned(&self) {
         #[cfg(feature = "metrics")]
         self.handles.poisoned.increment(1);
+    }
+
+    /// A settle (ack, nack, reject) the backend failed to record.
+    #[inline]
+    pub(crate) fn settle_failed(&self) {
+        #[cfg(feature = "metrics")]
+        self.handles.settle_failures.increment(1);
     }
 
     /// Whether durations are worth measuring (a clock read per message otherwise).

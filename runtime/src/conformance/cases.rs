@@ -70,7 +70,8 @@ cases! {
     oversized_payload_refused => oversized_payload_case,
     /// Metadata with unicode keys and values, and empty values, round-trips.
     metadata_unicode_and_empty => metadata_case,
-    /// The server restarts in the middle of a run (10 000 messages in full mode): everything arrives.
+    /// The server restarts while a publisher publishes without a pause and a group consumes:
+    /// everything arrives; publish failures the caller saw and duplicates are reported.
     server_restart => server_restart_case,
     /// Three deliveries held at once; the third and the second acked, the first left unsettled as a
     /// crash leaves it; on a new connection the first comes back, and (settling individually) the
@@ -742,38 +743,59 @@ async fn metadata_case(ctx: &Ctx) {
 }
 
 async fn server_restart_case(ctx: &Ctx) {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
     if !ctx.needs("a server restart command", ctx.harness().can_restart()) {
         return;
     }
-    let n = ctx.count(1000, 10_000);
     let topic = ctx.topic();
     let consumer = ctx.connect().await;
     let publisher = ctx.connect().await;
     let sub = within("subscribe", consumer.subscribe(&topic, group("restart"))).await.expect("subscribe");
     let received = Received::new();
     let handle = spawn_consumer(sub, received.clone(), by_text, ack_all);
-    let mut retries = 0usize;
-    for i in 0..n {
-        if i == n / 2 {
-            // Half published, and (in part) consumed: restart the server now.
-            within("server restart", ctx.harness().restart_server()).await.expect("restart the server");
+    // One publisher publishes without a pause, before, during and after the restart. A publish
+    // that fails (the backend's own retries exhausted) is tried again until it is accepted (the
+    // publisher's at-least-once): such failures, and duplicates, are reported.
+    let stop = Arc::new(AtomicBool::new(false));
+    let published = Arc::new(AtomicUsize::new(0));
+    let publishing = tokio::spawn({
+        let (topic, publisher, stop, published) =
+            (topic.clone(), publisher.clone(), stop.clone(), published.clone());
+        async move {
+            let mut failures = 0usize;
+            let mut i = 0;
+            while !stop.load(Ordering::Acquire) {
+                let message = numbered("rs", i);
+                let deadline = Instant::now() + super::TIMEOUT;
+                while let Err(error) = publisher.publish(&topic, message.clone()).await {
+                    failures += 1;
+                    assert!(
+                        Instant::now() < deadline,
+                        "publish {i} still failing after {:?}: {error:?}",
+                        super::TIMEOUT
+                    );
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                i += 1;
+                published.store(i, Ordering::Release);
+            }
+            (i, failures)
         }
-        // A publish that fails while the server is away is retried until it is accepted (the
-        // publisher's own at-least-once), so a duplicate here is possible and reported.
-        let message = numbered("rs", i);
-        let deadline = Instant::now() + super::TIMEOUT;
-        while let Err(error) = publisher.publish(&topic, message.clone()).await {
-            retries += 1;
-            assert!(
-                Instant::now() < deadline,
-                "publish {i} still failing after {:?}: {error:?}",
-                super::TIMEOUT
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
+    });
+    received.wait_unique(ctx.count(200, 2000), "messages flowing before the restart").await;
+    within("server restart", ctx.harness().restart_server()).await.expect("restart the server");
+    let at_restart = published.load(Ordering::Acquire);
+    received.wait_unique(at_restart + ctx.count(300, 3000), "messages flowing after the restart").await;
+    stop.store(true, Ordering::Release);
+    let (n, failures) = within("publisher", publishing).await.expect("publisher");
     received.wait_unique(n, "every message across the restart").await;
-    ctx.report(&format!("{retries} publish retries"), n, &received, false);
+    ctx.report(
+        &format!("publishing under load; {failures} publish failures seen by the caller"),
+        n,
+        &received,
+        false,
+    );
     close(&*publisher).await;
     close(&*consumer).await;
     within("consumer ends", handle).await.expect("consumer");

@@ -81,8 +81,9 @@ pub trait Harness: Send + Sync + 'static {
     }
 
     /// How long the backend, as this harness configures it, waits for a delivery to be settled
-    /// before it gives the message out again (an ack deadline, an ack wait); `None` where there
-    /// is none. The slow-handler case runs only with one.
+    /// before it gives the message out again (an ack deadline, an ack wait, after any heartbeat
+    /// renewals have stopped); `None` where there is none. The slow-handler case runs only with
+    /// one, and the forced-close case expects a message back well within it.
     fn ack_deadline(&self) -> Option<Duration> {
         None
     }

@@ -87,6 +87,11 @@ pub struct NatsConfig {
     pub max_deliver: i64,
     /// How long the server keeps the consumer of a vanished group-less subscription. Default 1 min.
     pub inactive_threshold: Duration,
+    /// How long a publish goes on retrying while the server does not answer (a restart, a lost
+    /// connection): each try sends the same `Nats-Msg-Id`, so a message the server stored but
+    /// could not confirm is not stored twice. Kept below `duplicate_window`. Zero: no retry.
+    /// Default 30 s.
+    pub publish_retry_for: Duration,
 }
 
 impl Default for NatsConfig {
@@ -101,6 +106,7 @@ impl Default for NatsConfig {
             max_ack_pending: 1000,
             max_deliver: -1,
             inactive_threshold: Duration::from_secs(60),
+            publish_retry_for: Duration::from_secs(30),
         }
     }
 }
@@ -115,6 +121,12 @@ impl NatsConfig {
     /// Sets [`NatsConfig::ack_wait`].
     pub fn ack_wait(mut self, wait: Duration) -> Self {
         self.ack_wait = wait;
+        self
+    }
+
+    /// Sets [`NatsConfig::publish_retry_for`].
+    pub fn publish_retry_for(mut self, retry_for: Duration) -> Self {
+        self.publish_retry_for = retry_for;
         self
     }
 
@@ -392,26 +404,84 @@ impl NatsPubSub {
                 check_size("payload and headers", size, limit, "NATS: the server's max_payload")?;
             }
         }
-        let mut acks = Vec::with_capacity(encoded.len());
-        for (headers, payload) in encoded {
-            let ack = self
-                .inner
-                .js
-                .publish_with_headers(topic.to_owned(), headers, payload)
-                .await
-                .map_err(nats_error)?;
-            acks.push(ack);
-        }
-        for ack in acks {
-            if let Err(error) = ack.await {
-                if matches!(error.kind(), jetstream::context::PublishErrorKind::StreamNotFound) {
-                    // Deleted behind our back: create it again next time.
-                    self.inner.streams.lock().remove(topic);
+        // Retried (the rest of the batch, from the first message not confirmed) while the server
+        // does not answer, within `publish_retry_for` and the duplicate window: every try sends the
+        // same ids, so what was stored but not confirmed is dropped as a duplicate.
+        let config = &self.inner.config;
+        let retry_for = config.publish_retry_for.min(config.duplicate_window / 2);
+        let started = std::time::Instant::now();
+        let mut confirmed = 0;
+        let mut tries = 0_u32;
+        loop {
+            tries += 1;
+            let error = match self.send_confirmed(topic, &encoded[confirmed..]).await {
+                Ok(()) => return Ok(()),
+                Err((done, error)) => {
+                    confirmed += done;
+                    error
                 }
-                return Err(nats_error(error));
+            };
+            let waited = started.elapsed();
+            if self.inner.publisher_closed.load(Ordering::Acquire) || waited >= retry_for {
+                let retried = if tries > 1 {
+                    format!(" (tried {tries} times over {waited:.1?})")
+                } else {
+                    String::new()
+                };
+                return Err(Error::new(
+                    ErrorKind::Backend,
+                    format!(
+                        "publish to `{topic}` failed{retried}: {error}; {} of {} messages confirmed, the \
+                         others may or may not have been stored (publishing them again within the \
+                         duplicate window, {:?}, stores each once)",
+                        confirmed,
+                        encoded.len(),
+                        config.duplicate_window,
+                    ),
+                ));
+            }
+            tracing::debug!(topic, %error, tries, "NATS: publish not confirmed; retrying");
+            let pause = Duration::from_millis(50 << tries.min(5)).min(retry_for.saturating_sub(waited));
+            tokio::time::sleep(pause).await;
+        }
+    }
+
+    /// Sends `messages` and waits for the server's confirmations, in order; on failure, how many
+    /// were confirmed first, and the error.
+    async fn send_confirmed(
+        &self,
+        topic: &str,
+        messages: &[(async_nats::HeaderMap, bytes::Bytes)],
+    ) -> std::result::Result<(), (usize, Error)> {
+        self.ensure_stream(topic).await.map_err(|error| (0, error))?;
+        let mut acks = Vec::with_capacity(messages.len());
+        let mut unsent = None;
+        for (headers, payload) in messages {
+            let sent =
+                self.inner.js.publish_with_headers(topic.to_owned(), headers.clone(), payload.clone()).await;
+            match sent {
+                Ok(ack) => acks.push(ack),
+                Err(error) => {
+                    unsent = Some(nats_error(error));
+                    break;
+                }
             }
         }
-        Ok(())
+        // Those sent before a failed send still count if they are confirmed.
+        let sent = acks.len();
+        for (done, ack) in acks.into_iter().enumerate() {
+            if let Err(error) = ack.await {
+                if matches!(error.kind(), jetstream::context::PublishErrorKind::StreamNotFound) {
+                    // Deleted behind our back (or the server is restarting): ensure it again.
+                    self.inner.streams.lock().remove(topic);
+                }
+                return Err((done, nats_error(error)));
+            }
+        }
+        match unsent {
+            Some(error) => Err((sent, error)),
+            None => Ok(()),
+        }
     }
 
     async fn consumer(&self, topic: &str, group: Option<&str>, start: Option<u64>) -> Result<pull::Stream> {

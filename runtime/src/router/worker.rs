@@ -335,7 +335,10 @@ fn output_topic<'a>(p: &'a Prepared, own: Option<Cow<'static, str>>) -> Result<C
 async fn settle(op: crate::pubsub::OpFuture<'static>, p: &Prepared, ack: bool) {
     p.metrics.settled(ack);
     if let Err(error) = op.await {
-        let what = if ack { "ack" } else { "settle" };
-        tracing::warn!(handler = %p.info.name, %error, "{what} failed");
+        p.metrics.settle_failed();
+        // The backend retried what it could: the message will come again (a duplicate, never a
+        // loss).
+        let what = if ack { "ack failed; the message will be delivered again" } else { "settle failed" };
+        tracing::warn!(handler = %p.info.name, %error, "{what}");
     }
 }

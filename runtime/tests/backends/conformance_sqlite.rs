@@ -45,6 +45,9 @@ impl Harness for SqliteHarness {
             // A short ack deadline: a consumer that vanished hands its messages over quickly.
             let config = SqlConfig::default()
                 .ack_deadline(Duration::from_secs(3))
+                // Heartbeats stop after 1 s: a slow handler's message then comes back at the deadline
+                // (the suite's `slow_handler_past_the_deadline`; `sql_faults` tests the heartbeat).
+                .max_hold(Duration::from_secs(1))
                 .poll_interval(Duration::from_millis(20));
             Ok(Arc::new(SqlPubSub::open_sqlite(&self.path, config).await?) as Arc<dyn PubSub>)
         })

@@ -14,6 +14,7 @@ mod dedup_sql;
 mod memory;
 mod nats_backend;
 mod payload_limits;
+mod sql_faults;
 mod sql_memory;
 mod sql_outbox;
 mod sqlite_kill;

@@ -1,7 +1,8 @@
 //! The SQLite backend survives a consumer killed mid-stream (SIGKILL): a child process (this test
 //! binary, re-run on its ignored `consumer_child` test) consumes a group and records what it
-//! processed before acking; it is killed part-way, a second child finishes, and every message turns
-//! out processed at least once.
+//! processed before acking; it is killed part-way, a second child with the same consumer name
+//! resumes at once (not after the ack deadline) and finishes, and every message turns out
+//! processed at least once.
 #![cfg(all(feature = "sqlite", unix))]
 
 use std::collections::HashMap;
@@ -17,10 +18,15 @@ const LOG_ENV: &str = "MILLSTREAM_KILL_TEST_LOG";
 const TOTAL: usize = 3000;
 const TIMEOUT: Duration = Duration::from_secs(120);
 
+/// The default ack deadline: a restarted consumer must not wait it out.
+const DEADLINE: Duration = Duration::from_secs(30);
+
 fn config() -> SqlConfig {
-    // A short ack deadline: the killed consumer's lease runs out quickly.
+    // One consumer name for both children, as for one service restarted on its host: the second
+    // takes the killed one's lease back at once instead of waiting out the ack deadline.
     SqlConfig::default()
-        .ack_deadline(Duration::from_secs(2))
+        .consumer("kill-test")
+        .ack_deadline(DEADLINE)
         .poll_interval(Duration::from_millis(20))
         .batch_size(50)
 }
@@ -122,8 +128,15 @@ fn killed_consumer_loses_nothing() {
     let at_kill = processed(&log).len();
     assert!(at_kill < TOTAL, "the consumer was killed before it finished ({at_kill} of {TOTAL})");
 
-    // Second consumer: picks up after the dead one's lease expires, and finishes.
+    // Second consumer: the same consumer name, so it takes the dead one's lease back at once.
+    let restarted = Instant::now();
     let mut second = spawn_child(&db, &log);
+    wait_for(&log, &mut second, "the restarted consumer's first message", |lines| lines.len() > at_kill);
+    let resumed_after = restarted.elapsed();
+    assert!(
+        resumed_after < DEADLINE / 2,
+        "the restarted consumer waited {resumed_after:?}: it should take its own lease back at once"
+    );
     let expected: Vec<String> = (0..TOTAL).map(|n| format!("job-{n}")).collect();
     wait_for(&log, &mut second, "every message processed", |lines| {
         let seen: std::collections::HashSet<_> = lines.iter().collect();
@@ -140,7 +153,10 @@ fn killed_consumer_loses_nothing() {
     let missing: Vec<_> = expected.iter().filter(|e| !counts.contains_key(e.as_str())).collect();
     assert!(missing.is_empty(), "lost: {missing:?}");
     let duplicates = lines.len() - counts.len();
-    eprintln!("sqlite kill test: {TOTAL} messages, killed after {at_kill}, {duplicates} processed twice");
+    eprintln!(
+        "sqlite kill test: {TOTAL} messages, killed after {at_kill}, {duplicates} processed twice, \
+         restarted consumer resumed after {resumed_after:?} (ack deadline {DEADLINE:?})"
+    );
     // In order, one at a time: at most the message in flight at the kill is processed again.
     assert!(duplicates <= 1, "{duplicates} duplicates: more than the one in flight at the kill");
     // Strict order per group: the log is the publish order, with at most that one repeat.

@@ -22,6 +22,19 @@ pub struct SqlConfig {
     pub ack_deadline: Duration,
     /// Connections of pools this crate opens (not of pools you pass in). Default 5.
     pub max_connections: u32,
+    /// This consumer's stable name: the same after a restart, different for each process that
+    /// consumes the same groups at once. A subscription takes over at once the lease of a group
+    /// held by an earlier process of the same name (a restart after a crash), instead of waiting
+    /// out its ack deadline; subscriptions of one process never take each other's. Default: the
+    /// host name (`HOSTNAME`, else `/etc/hostname`), right for one consumer process per host or
+    /// container; set it (from an environment variable, say) when one host runs several. Letters,
+    /// digits, `-`, `_`, `.` and `:` only, at most 100 characters.
+    pub consumer: String,
+    /// How long a delivery may be kept by heartbeats: while a delivery is unsettled its lease is
+    /// renewed every third of the ack deadline, so a handler slower than the deadline keeps it;
+    /// after this, renewals stop and the lease runs out (a hung handler cannot hold a group
+    /// forever). Default 30 min.
+    pub max_hold: Duration,
 }
 
 impl Default for SqlConfig {
@@ -33,6 +46,8 @@ impl Default for SqlConfig {
             batch_bytes: 8 * 1024 * 1024,
             ack_deadline: Duration::from_secs(30),
             max_connections: 5,
+            consumer: crate::pubsub::host_name(),
+            max_hold: Duration::from_secs(30 * 60),
         }
     }
 }
@@ -65,6 +80,18 @@ impl SqlConfig {
     /// Sets [`SqlConfig::ack_deadline`].
     pub fn ack_deadline(mut self, deadline: Duration) -> Self {
         self.ack_deadline = deadline;
+        self
+    }
+
+    /// Sets [`SqlConfig::consumer`] (checked when the pub/sub is opened).
+    pub fn consumer(mut self, name: impl Into<String>) -> Self {
+        self.consumer = name.into();
+        self
+    }
+
+    /// Sets [`SqlConfig::max_hold`].
+    pub fn max_hold(mut self, hold: Duration) -> Self {
+        self.max_hold = hold;
         self
     }
 

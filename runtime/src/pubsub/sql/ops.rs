@@ -227,8 +227,9 @@ macro_rules! dialect {
                 Ok(())
             }
 
-            /// Takes the group's lease for `owner` if it is free (or expired, or already ours) and
-            /// there is something to read; returns (acked, head attempts, up to `batch` rows, and
+            /// Takes the group's lease for `owner` if it is free (or expired, or already ours, or
+            /// held by an earlier incarnation of our consumer: `owner` is `{consumer}@{incarnation}/..`)
+            /// and there is something to read; returns (acked, head attempts, up to `batch` rows, and
             /// up to `batch_bytes` of payload unless the first row alone is larger).
             #[allow(clippy::too_many_arguments)]
             pub(crate) async fn claim(
@@ -242,6 +243,12 @@ macro_rules! dialect {
                 batch: i64,
                 batch_bytes: i64,
             ) -> Result<Option<(i64, i64, Vec<Row>)>> {
+                // `{consumer}@` and `{consumer}@{incarnation}/`, the prefixes of `owner`.
+                // (An owner without them takes over nothing that is not its own.)
+                let consumer = owner.find('@').map_or(owner, |at| &owner[..=at]);
+                let incarnation = owner.find('/').map_or(owner, |slash| &owner[..=slash]);
+                let (consumer_len, incarnation_len) =
+                    (consumer.chars().count() as i64, incarnation.chars().count() as i64);
                 macro_rules! claim_query {
                     () => {
                         sqlx::query(&q.claim)
@@ -251,6 +258,10 @@ macro_rules! dialect {
                             .bind(group)
                             .bind(owner)
                             .bind(now)
+                            .bind(consumer_len)
+                            .bind(consumer)
+                            .bind(incarnation_len)
+                            .bind(incarnation)
                             .bind(now)
                             .bind(topic)
                     };
@@ -350,6 +361,29 @@ macro_rules! dialect {
                 let done = sqlx::query(&q.nack)
                     .bind(not_before)
                     .bind(i64::from(uncount))
+                    .bind(topic)
+                    .bind(group)
+                    .bind(owner)
+                    .bind(prev)
+                    .execute(pool)
+                    .await
+                    .map_err(backend_error)?;
+                Ok(done.rows_affected() == 1)
+            }
+
+            /// Renews `owner`'s lease of the group while the message after `prev` is in flight;
+            /// whether it still held it.
+            pub(crate) async fn renew(
+                pool: &$pool,
+                q: &Queries,
+                topic: &str,
+                group: &str,
+                owner: &str,
+                prev: i64,
+                lease_until: i64,
+            ) -> Result<bool> {
+                let done = sqlx::query(&q.renew)
+                    .bind(lease_until)
                     .bind(topic)
                     .bind(group)
                     .bind(owner)

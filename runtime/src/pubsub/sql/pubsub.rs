@@ -90,6 +90,7 @@ impl SqlPubSub {
                 format!("table prefix {:?}: use letters, digits and `_`", config.table_prefix),
             ));
         }
+        crate::pubsub::check_consumer_name(&config.consumer)?;
         let queries = Queries::new(pool.dialect(), &config.table_prefix);
         Ok(SqlPubSub {
             inner: Arc::new(Inner {

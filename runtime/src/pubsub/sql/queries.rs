@@ -23,6 +23,7 @@ pub(super) struct Queries {
     pub(super) ack: String,
     pub(super) nack: String,
     pub(super) release: String,
+    pub(super) renew: String,
     pub(super) delete_group: String,
     pub(super) delete_topic: [String; 3],
 }
@@ -92,6 +93,8 @@ impl Queries {
             |sql: String, columns: &str| if mysql { sql } else { format!("{sql} RETURNING {columns}") };
         let (ignore, on_conflict) = if mysql { (" IGNORE", "") } else { ("", " ON CONFLICT DO NOTHING") };
         let sql = |sql: String| if dialect == Dialect::Postgres { number_placeholders(&sql) } else { sql };
+        // A length bound as a parameter (PostgreSQL's `substr` takes an `integer`, not a `bigint`).
+        let len = if dialect == Dialect::Postgres { "CAST(? AS INTEGER)" } else { "?" };
         Queries {
             mysql,
             schema_lock: (dialect == Dialect::Postgres)
@@ -126,7 +129,8 @@ impl Queries {
             claim: sql(returning(
                 format!(
                     "UPDATE {p}groups SET owner = ?, lease_until = ?, head_attempts = head_attempts + 1 \
-                     WHERE topic = ? AND grp = ? AND (owner IS NULL OR owner = ? OR lease_until < ?) \
+                     WHERE topic = ? AND grp = ? AND (owner IS NULL OR owner = ? OR lease_until < ? \
+                     OR (substr(owner, 1, {len}) = ? AND substr(owner, 1, {len}) <> ?)) \
                      AND not_before <= ? AND acked < (SELECT last_seq FROM {p}topics WHERE topic = ?)"
                 ),
                 "acked, head_attempts",
@@ -153,6 +157,10 @@ impl Queries {
             )),
             release: sql(format!(
                 "UPDATE {p}groups SET owner = NULL, head_attempts = ? WHERE topic = ? AND grp = ? AND owner = ?"
+            )),
+            // The heartbeat of a delivery in flight: the lease goes on, if it is still ours.
+            renew: sql(format!(
+                "UPDATE {p}groups SET lease_until = ? WHERE topic = ? AND grp = ? AND owner = ? AND acked = ?"
             )),
             delete_group: sql(format!("DELETE FROM {p}groups WHERE topic = ? AND grp = ?")),
             delete_topic: [

@@ -5,7 +5,7 @@
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_core::future::BoxFuture;
 use parking_lot::Mutex;
@@ -30,10 +30,13 @@ impl Subscriber for SqlPubSub {
         }
         OpFuture::boxed(async move {
             self.ensure_schema().await?;
-            let owner: Arc<str> = uuid::Uuid::now_v7().simple().to_string().into();
+            let id = uuid::Uuid::now_v7().simple().to_string();
+            // `{consumer}@{incarnation}/{id}`: see `ops::claim` for what each part is for.
+            let consumer = &self.inner.config.consumer;
+            let owner: Arc<str> = format!("{consumer}@{}/{id}", crate::pubsub::incarnation()).into();
             let (group, private) = match options.group {
                 Some(group) => (group, false),
-                None => (format!("~private.{owner}"), true),
+                None => (format!("~private.{id}"), true),
             };
             let inner = &self.inner;
             dispatch!(&inner.pool, (pool, ops) => ops::create_group(pool, &inner.queries, topic, &group, private).await)?;
@@ -48,6 +51,7 @@ impl Subscriber for SqlPubSub {
             });
             let lease: Arc<dyn Lease> = sub.clone();
             inner.subscriptions.lock().insert(sub.owner.clone(), Arc::downgrade(&lease));
+            tokio::spawn(heartbeat(Arc::downgrade(&sub), inner.cancel.clone()));
             let stream = SqlStream {
                 signal: inner.signal(topic),
                 cancel: inner.cancel.child_token(),
@@ -129,6 +133,8 @@ struct SettleState {
 struct InFlight {
     seq: i64,
     prev: i64,
+    /// When it was delivered (heartbeats stop after `SqlConfig::max_hold`).
+    since: Instant,
     /// The head attempt count to store once this is acked (1 when the next is already read).
     next_attempts: i64,
 }
@@ -312,7 +318,8 @@ impl SqlStream {
             if let Some((seq, message)) = self.buffer.pop_front() {
                 let attempt = if std::mem::take(&mut self.first_of_claim) { self.head_attempts } else { 1 };
                 let next_attempts = i64::from(!self.buffer.is_empty());
-                self.sub.state.lock().in_flight = Some(InFlight { seq, prev: self.acked, next_attempts });
+                self.sub.state.lock().in_flight =
+                    Some(InFlight { seq, prev: self.acked, since: Instant::now(), next_attempts });
                 self.acked = seq;
                 self.head_attempts = next_attempts;
                 let acker = Acker::new(Arc::new(SqlAcker(self.sub.clone())), Token::new(seq as u64), None);
@@ -393,5 +400,48 @@ impl Drop for SqlStream {
         let Some(release) = self.sub.clone().take_release() else { return };
         let Ok(handle) = tokio::runtime::Handle::try_current() else { return };
         handle.spawn(self.sub.inner.tasks.track_future(release));
+    }
+}
+
+/// Renews the group's lease while a delivery of the subscription is in flight, every third of the
+/// ack deadline, so a handler slower than the deadline keeps its message (up to
+/// `SqlConfig::max_hold`); ends with the subscription, or when the subscriber closes.
+async fn heartbeat(sub: std::sync::Weak<SubShared>, closed: CancellationToken) {
+    let every = match sub.upgrade() {
+        Some(sub) => (sub.inner.config.ack_deadline / 3).max(Duration::from_millis(10)),
+        None => return,
+    };
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(every) => {}
+            () = closed.cancelled() => return,
+        }
+        let Some(sub) = sub.upgrade() else { return };
+        let flight = {
+            let state = sub.state.lock();
+            if state.released {
+                return;
+            }
+            match (state.in_flight, state.outcome) {
+                (Some(flight), None) => flight,
+                _ => continue,
+            }
+        };
+        let inner = &sub.inner;
+        if flight.since.elapsed() >= inner.config.max_hold {
+            continue;
+        }
+        let (topic, group, owner) = (&*sub.topic, &*sub.group, &*sub.owner);
+        let lease_until = now_ms() + millis(inner.config.ack_deadline);
+        let renewed = dispatch!(&inner.pool, (pool, ops) => ops::renew(
+            pool, &inner.queries, topic, group, owner, flight.prev, lease_until,
+        ).await);
+        match renewed {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::debug!(topic, group, "SQL backend: lease already lost; heartbeat not renewed")
+            }
+            Err(error) => tracing::debug!(topic, group, %error, "SQL backend: lease heartbeat failed"),
+        }
     }
 }

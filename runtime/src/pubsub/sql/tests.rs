@@ -34,7 +34,7 @@ async fn publish(pubsub: &SqlPubSub, topic: &str) {
 /// checks the batches against [`BATCHES`].
 async fn check_batches(pubsub: &SqlPubSub, topic: &str, group: &str) {
     let inner = &pubsub.inner;
-    let (q, owner) = (&inner.queries, "unit-owner");
+    let (q, owner) = (&inner.queries, "unit@owner/1");
     let lease = Duration::from_secs(30).as_millis() as i64;
     dispatch!(&inner.pool, (pool, ops) => ops::create_group(pool, q, topic, group, false).await)
         .expect("group");

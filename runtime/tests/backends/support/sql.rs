@@ -26,6 +26,9 @@ pub(crate) fn config() -> SqlConfig {
     SqlConfig::default()
         .table_prefix(PREFIX)
         .ack_deadline(Duration::from_secs(3))
+        // Heartbeats stop after 1 s: a slow handler's message then comes back at the deadline
+        // (the suite's `slow_handler_past_the_deadline`; `sql_faults` tests the heartbeat).
+        .max_hold(Duration::from_secs(1))
         .poll_interval(Duration::from_millis(20))
         .max_connections(3)
 }
