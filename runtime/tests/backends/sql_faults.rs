@@ -101,3 +101,108 @@ async fn a_bad_consumer_name_is_refused() {
     assert_eq!(error.kind(), millstream::ErrorKind::Config);
     assert!(error.to_string().contains("consumer name \"node 1/a\""), "{error}");
 }
+
+/// Rows of `topic` in the messages table.
+async fn rows(pubsub: &SqlPubSub, prefix: &str, topic: &str) -> i64 {
+    use millstream::pubsub::sql::sqlx;
+    let count = format!("SELECT COUNT(*) FROM {prefix}messages WHERE topic = ");
+    if let Some(pool) = pubsub.sqlite_pool() {
+        sqlx::query_scalar(&format!("{count}?")).bind(topic).fetch_one(pool).await.unwrap()
+    } else if let Some(pool) = pubsub.postgres_pool() {
+        sqlx::query_scalar(&format!("{count}$1")).bind(topic).fetch_one(pool).await.unwrap()
+    } else if let Some(pool) = pubsub.mysql_pool() {
+        sqlx::query_scalar(&format!("{count}?")).bind(topic).fetch_one(pool).await.unwrap()
+    } else {
+        unreachable!("one of the three databases")
+    }
+}
+
+/// Takes `n` deliveries from `sub`, checks they are `from..from + n` in order, acks each.
+async fn consume(sub: &mut Subscription, from: usize, n: usize) {
+    for i in from..from + n {
+        let delivery = next(sub).await;
+        assert_eq!(delivery.message().payload().as_ref(), format!("m{i}").as_bytes());
+        delivery.ack().await.unwrap();
+    }
+}
+
+/// Retention on a steady load: a sweep deletes what every group has acked and nothing a group has
+/// not read; the table stops growing once every group keeps up.
+async fn retention_case(pubsub: SqlPubSub, prefix: &str) {
+    let topic = crate::common::topic("retention");
+    let mut fast = pubsub.subscribe(&topic, SubscribeOptions::group("fast")).await.unwrap();
+    let mut slow = pubsub.subscribe(&topic, SubscribeOptions::group("slow")).await.unwrap();
+    let publish = |from: usize, n: usize| {
+        let messages: Vec<_> = (from..from + n).map(|i| Message::new(format!("m{i}"))).collect();
+        pubsub.publish_batch(&topic, messages)
+    };
+    // The slow group reads nothing yet: nothing may go, though the fast one acked it all.
+    publish(0, 200).await.unwrap();
+    consume(&mut fast, 0, 200).await;
+    pubsub.sweep().await.unwrap();
+    assert_eq!(rows(&pubsub, prefix, &topic).await, 200, "unread by `slow`: kept");
+    consume(&mut slow, 0, 200).await;
+    pubsub.sweep().await.unwrap();
+    assert_eq!(rows(&pubsub, prefix, &topic).await, 0, "acked by every group: deleted");
+    // A steady load: the table stays at most one round deep.
+    let mut next_n = 200;
+    for _ in 0..10 {
+        publish(next_n, 50).await.unwrap();
+        consume(&mut fast, next_n, 50).await;
+        consume(&mut slow, next_n, 50).await;
+        next_n += 50;
+        pubsub.sweep().await.unwrap();
+        assert_eq!(rows(&pubsub, prefix, &topic).await, 0);
+    }
+    // A group created now starts at the oldest message left; nothing is lost to it after that.
+    publish(next_n, 5).await.unwrap();
+    let mut late = pubsub.subscribe(&topic, SubscribeOptions::group("late")).await.unwrap();
+    consume(&mut late, next_n, 5).await;
+    drop((fast, slow, late));
+    pubsub.delete_topics(std::slice::from_ref(&topic)).await.unwrap();
+    Publisher::close(&pubsub).await.unwrap();
+}
+
+fn retention_config() -> SqlConfig {
+    // Deleted as soon as every group has acked; tables of their own (other tests keep history).
+    SqlConfig::default()
+        .table_prefix("msret_")
+        .retention(Some(Duration::ZERO))
+        .poll_interval(Duration::from_millis(20))
+        .max_connections(3)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_retention_deletes_only_what_every_group_acked() {
+    let dir = temp_dir("retention");
+    let pubsub = SqlPubSub::open_sqlite(dir.0.join("q.db"), retention_config()).await.unwrap();
+    retention_case(pubsub, "msret_").await;
+}
+
+#[cfg(feature = "postgres")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_retention_deletes_only_what_every_group_acked() {
+    let url = crate::support::sql::url("postgres");
+    retention_case(SqlPubSub::connect(&url, retention_config()).await.unwrap(), "msret_").await;
+}
+
+#[cfg(feature = "mysql")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_retention_deletes_only_what_every_group_acked() {
+    let url = crate::support::sql::url("mysql");
+    retention_case(SqlPubSub::connect(&url, retention_config()).await.unwrap(), "msret_").await;
+}
+
+/// Messages younger than the retention stay, acked or not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_keeps_young_messages() {
+    let dir = temp_dir("young");
+    let config = retention_config().retention(Some(Duration::from_secs(3600)));
+    let pubsub = SqlPubSub::open_sqlite(dir.0.join("q.db"), config).await.unwrap();
+    let mut sub = pubsub.subscribe("young", SubscribeOptions::group("g")).await.unwrap();
+    pubsub.publish("young", Message::new("m0")).await.unwrap();
+    consume(&mut sub, 0, 1).await;
+    assert_eq!(pubsub.sweep().await.unwrap(), 0);
+    assert_eq!(rows(&pubsub, "msret_", "young").await, 1);
+    Publisher::close(&pubsub).await.unwrap();
+}

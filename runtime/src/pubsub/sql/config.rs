@@ -35,6 +35,13 @@ pub struct SqlConfig {
     /// after this, renewals stop and the lease runs out (a hung handler cannot hold a group
     /// forever). Default 30 min.
     pub max_hold: Duration,
+    /// How long messages are kept once every consumer group of their topic has acked them
+    /// (counted from their publication); a topic without groups keeps them this long too. A
+    /// background sweep of each open pub/sub deletes the rest every minute, in bounded batches
+    /// that never block publishers ([`SqlPubSub::sweep`](super::SqlPubSub::sweep) runs one at
+    /// once). A message some group has not acked is never deleted — so a group nobody consumes
+    /// any more holds its topic's messages: delete it. `None`: keep every message. Default 7 days.
+    pub retention: Option<Duration>,
 }
 
 impl Default for SqlConfig {
@@ -48,6 +55,7 @@ impl Default for SqlConfig {
             max_connections: 5,
             consumer: crate::pubsub::host_name(),
             max_hold: Duration::from_secs(30 * 60),
+            retention: Some(Duration::from_secs(7 * 24 * 3600)),
         }
     }
 }
@@ -92,6 +100,12 @@ impl SqlConfig {
     /// Sets [`SqlConfig::max_hold`].
     pub fn max_hold(mut self, hold: Duration) -> Self {
         self.max_hold = hold;
+        self
+    }
+
+    /// Sets [`SqlConfig::retention`].
+    pub fn retention(mut self, retention: Option<Duration>) -> Self {
+        self.retention = retention;
         self
     }
 

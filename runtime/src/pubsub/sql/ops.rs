@@ -420,6 +420,52 @@ macro_rules! dialect {
                 Ok(())
             }
 
+            /// Every topic with a row.
+            pub(crate) async fn all_topics(pool: &$pool, q: &Queries) -> Result<Vec<String>> {
+                let rows = sqlx::query(&q.all_topics).fetch_all(pool).await.map_err(backend_error)?;
+                rows.iter().map(|row| row.try_get::<String, _>(0).map_err(backend_error)).collect()
+            }
+
+            /// Deletes, `batch` sequence numbers at a time, the messages of `topic` that every group
+            /// has acked and that were published before `before` (ms); how many it deleted. Stops
+            /// at the first range with nothing to delete (the rest is newer).
+            pub(crate) async fn trim(
+                pool: &$pool,
+                q: &Queries,
+                topic: &str,
+                before: i64,
+                batch: i64,
+            ) -> Result<u64> {
+                let bound: i64 = sqlx::query_scalar(&q.retention_bound)
+                    .bind(topic)
+                    .bind(topic)
+                    .fetch_one(pool)
+                    .await
+                    .map_err(backend_error)?;
+                let mut start: i64 =
+                    sqlx::query_scalar(&q.first_seq).bind(topic).fetch_one(pool).await.map_err(backend_error)?;
+                let mut deleted = 0;
+                while start > 0 && start <= bound {
+                    let end = start.saturating_add(batch).min(bound.saturating_add(1));
+                    let done = sqlx::query(&q.trim)
+                        .bind(topic)
+                        .bind(start)
+                        .bind(end)
+                        .bind(bound)
+                        .bind(before)
+                        .execute(pool)
+                        .await
+                        .map_err(backend_error)?
+                        .rows_affected();
+                    if done == 0 {
+                        break;
+                    }
+                    deleted += done;
+                    start = end;
+                }
+                Ok(deleted)
+            }
+
             /// Deletes a topic: its messages, its groups and its sequence.
             pub(crate) async fn delete_topic(pool: &$pool, q: &Queries, topic: &str) -> Result<()> {
                 for statement in &q.delete_topic {

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::config::SqlConfig;
-use super::db::{backend_error, Dialect, Pool};
+use super::db::{backend_error, millis, now_ms, Dialect, Pool};
 use super::ops::dispatch;
 use super::queries::Queries;
 use crate::error::{Error, ErrorKind, Result};
@@ -92,7 +92,7 @@ impl SqlPubSub {
         }
         crate::pubsub::check_consumer_name(&config.consumer)?;
         let queries = Queries::new(pool.dialect(), &config.table_prefix);
-        Ok(SqlPubSub {
+        let pubsub = SqlPubSub {
             inner: Arc::new(Inner {
                 pool,
                 owns_pool,
@@ -107,7 +107,13 @@ impl SqlPubSub {
                 tasks: TaskTracker::new(),
                 known_topics: Mutex::new(Default::default()),
             }),
-        })
+        };
+        if pubsub.inner.config.retention.is_some() {
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(sweep_every(Arc::downgrade(&pubsub.inner), pubsub.inner.cancel.clone()));
+            }
+        }
+        Ok(pubsub)
     }
 
     /// Connects to `url`: `sqlite:path/to/file.db`, `postgres://...` or `mysql://...` /
@@ -263,6 +269,24 @@ impl SqlPubSub {
         Ok(())
     }
 
+    /// Runs one retention sweep now (the background one runs every minute): deletes, in every
+    /// topic, the messages every group has acked and published longer than
+    /// [`SqlConfig::retention`] ago. Returns how many it deleted; 0 when retention is off.
+    pub async fn sweep(&self) -> Result<u64> {
+        let Some(retention) = self.inner.config.retention else { return Ok(0) };
+        self.ensure_schema().await?;
+        let inner = &self.inner;
+        let before = now_ms().saturating_sub(millis(retention));
+        let topics = dispatch!(&inner.pool, (pool, ops) => ops::all_topics(pool, &inner.queries).await)?;
+        let mut deleted = 0;
+        for topic in topics {
+            deleted += dispatch!(&inner.pool, (pool, ops) => ops::trim(
+                pool, &inner.queries, &topic, before, RETENTION_BATCH,
+            ).await)?;
+        }
+        Ok(deleted)
+    }
+
     /// Deletes `topics` for good: their messages, consumer groups and sequence numbers.
     /// Subscriptions to them should be closed first.
     pub async fn delete_topics(&self, topics: &[String]) -> Result<()> {
@@ -349,4 +373,28 @@ fn topic_signal(key: &str) -> Arc<Notify> {
     let signal = Arc::new(Notify::new());
     signals.insert(key.to_owned(), Arc::downgrade(&signal));
     signal
+}
+
+/// Sequence numbers one retention statement deletes at most.
+const RETENTION_BATCH: i64 = 1000;
+/// How often the background retention sweep runs.
+const SWEEP_EVERY: Duration = Duration::from_secs(60);
+
+/// The background retention sweep of one pub/sub, until it closes (or is dropped).
+async fn sweep_every(inner: std::sync::Weak<Inner>, closed: CancellationToken) {
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(SWEEP_EVERY) => {}
+            () = closed.cancelled() => return,
+        }
+        let Some(inner) = inner.upgrade() else { return };
+        if inner.publisher_closed.load(Ordering::Acquire) && inner.subscriber_closed.load(Ordering::Acquire) {
+            return;
+        }
+        match (SqlPubSub { inner }).sweep().await {
+            Ok(0) => {}
+            Ok(deleted) => tracing::debug!(deleted, "SQL backend: retention sweep"),
+            Err(error) => tracing::warn!(%error, "SQL backend: retention sweep failed"),
+        }
+    }
 }

@@ -24,6 +24,10 @@ pub(super) struct Queries {
     pub(super) nack: String,
     pub(super) release: String,
     pub(super) renew: String,
+    pub(super) all_topics: String,
+    pub(super) retention_bound: String,
+    pub(super) first_seq: String,
+    pub(super) trim: String,
     pub(super) delete_group: String,
     pub(super) delete_topic: [String; 3],
 }
@@ -161,6 +165,22 @@ impl Queries {
             // The heartbeat of a delivery in flight: the lease goes on, if it is still ours.
             renew: sql(format!(
                 "UPDATE {p}groups SET lease_until = ? WHERE topic = ? AND grp = ? AND owner = ? AND acked = ?"
+            )),
+            // Retention: what every group has acked (everything, without groups), oldest first,
+            // in ranges of sequence numbers.
+            // (MySQL: converted, since sqlx reads a `_bin` column as bytes.)
+            all_topics: if mysql {
+                format!("SELECT CONVERT(topic USING utf8mb4) COLLATE utf8mb4_general_ci FROM {p}topics")
+            } else {
+                format!("SELECT topic FROM {p}topics")
+            },
+            retention_bound: sql(format!(
+                "SELECT COALESCE((SELECT MIN(acked) FROM {p}groups WHERE topic = ?), \
+                 (SELECT last_seq FROM {p}topics WHERE topic = ?), 0)"
+            )),
+            first_seq: sql(format!("SELECT COALESCE(MIN(seq), 0) FROM {p}messages WHERE topic = ?")),
+            trim: sql(format!(
+                "DELETE FROM {p}messages WHERE topic = ? AND seq >= ? AND seq < ? AND seq <= ? AND created_ms < ?"
             )),
             delete_group: sql(format!("DELETE FROM {p}groups WHERE topic = ? AND grp = ?")),
             delete_topic: [
