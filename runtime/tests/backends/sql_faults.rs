@@ -206,3 +206,63 @@ async fn retention_keeps_young_messages() {
     assert_eq!(rows(&pubsub, "msret_", "young").await, 1);
     Publisher::close(&pubsub).await.unwrap();
 }
+
+/// PostgreSQL kills the publisher's connections again and again ("terminating connection due to
+/// administrator command", as in a restart) while 300 messages are published one by one: every
+/// publish returns `Ok` after its retries, and each message is stored exactly once.
+#[cfg(feature = "postgres")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_publish_retries_through_killed_connections() {
+    use millstream::pubsub::sql::sqlx;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    let app = format!("msretry{}", std::process::id());
+    let base = crate::support::sql::url("postgres");
+    let separator = if base.contains('?') { '&' } else { '?' };
+    let url = format!("{base}{separator}application_name={app}");
+    let config = retention_config().retention(None).table_prefix("msretry_");
+    let pubsub = SqlPubSub::connect(&url, config).await.unwrap();
+    let admin = sqlx::PgPool::connect(&base).await.unwrap();
+    let topic = crate::common::topic("killed");
+    pubsub.publish(&topic, Message::new("warm-up")).await.unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let killer = tokio::spawn({
+        let (stop, admin, app) = (stop.clone(), admin.clone(), app.clone());
+        async move {
+            let mut killed = 0_i64;
+            while !stop.load(Ordering::Acquire) {
+                let n: i64 = sqlx::query_scalar(
+                    "SELECT COUNT(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = $1",
+                )
+                .bind(&app)
+                .fetch_one(&admin)
+                .await
+                .unwrap();
+                killed += n;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            killed
+        }
+    });
+    let total = 300;
+    for i in 0..total {
+        let id = format!("00000000-0000-7000-8000-{i:012}");
+        let message = Message::new(format!("m{i}")).with_id(millstream::MessageId::parse(&id).unwrap());
+        pubsub.publish(&topic, message).await.unwrap_or_else(|e| panic!("publish {i}: {e}"));
+    }
+    stop.store(true, Ordering::Release);
+    let killed = killer.await.unwrap();
+    let (rows, unique): (i64, i64) = sqlx::query_as(
+        "SELECT COUNT(*), COUNT(DISTINCT id) FROM msretry_messages WHERE topic = $1 AND payload <> 'warm-up'::bytea",
+    )
+    .bind(&topic)
+    .fetch_one(&admin)
+    .await
+    .unwrap();
+    eprintln!("postgres publish retries: {total} published, {killed} connections killed, {rows} rows, {unique} unique");
+    assert!(killed > 0, "the test killed no connection");
+    assert_eq!((rows, unique), (total, total), "each message stored exactly once");
+    pubsub.delete_topics(std::slice::from_ref(&topic)).await.unwrap();
+    Publisher::close(&pubsub).await.unwrap();
+}

@@ -42,6 +42,11 @@ pub struct SqlConfig {
     /// once). A message some group has not acked is never deleted — so a group nobody consumes
     /// any more holds its topic's messages: delete it. `None`: keep every message. Default 7 days.
     pub retention: Option<Duration>,
+    /// How long a publish goes on retrying while the database is away (a restart, a broken
+    /// connection) or asks for another try (a deadlock). A commit whose outcome is unknown is
+    /// checked before another try, so a message is stored once. Zero: one try (deadlocks are
+    /// still retried a few times). Default 30 s.
+    pub publish_retry_for: Duration,
 }
 
 impl Default for SqlConfig {
@@ -56,6 +61,7 @@ impl Default for SqlConfig {
             consumer: crate::pubsub::host_name(),
             max_hold: Duration::from_secs(30 * 60),
             retention: Some(Duration::from_secs(7 * 24 * 3600)),
+            publish_retry_for: Duration::from_secs(30),
         }
     }
 }
@@ -106,6 +112,12 @@ impl SqlConfig {
     /// Sets [`SqlConfig::retention`].
     pub fn retention(mut self, retention: Option<Duration>) -> Self {
         self.retention = retention;
+        self
+    }
+
+    /// Sets [`SqlConfig::publish_retry_for`].
+    pub fn publish_retry_for(mut self, retry_for: Duration) -> Self {
+        self.publish_retry_for = retry_for;
         self
     }
 

@@ -109,6 +109,23 @@ pub(super) fn is_retryable(error: &Error) -> bool {
     }
 }
 
+/// A failure that may pass if the statement is tried again: a deadlock or serialization failure,
+/// or a connection that broke or could not be had (a database restart, a network cut).
+pub(super) fn is_transient(error: &Error) -> bool {
+    match error.downcast_ref::<sqlx::Error>() {
+        Some(
+            sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::Protocol(_) | sqlx::Error::Tls(_),
+        ) => true,
+        Some(sqlx::Error::Database(db)) => db.code().is_some_and(|code| {
+            // 40: transaction rollback (deadlock, serialization); 08: connection exception;
+            // 57P0x: the server is shutting down or starting (PostgreSQL's admin shutdown);
+            // 70100: the connection was killed (MariaDB).
+            code.starts_with("40") || code.starts_with("08") || code.starts_with("57P0") || code == "70100"
+        }),
+        _ => false,
+    }
+}
+
 /// How many times one operation is tried when the database reports a deadlock or a
 /// serialization failure.
 pub(super) const RETRY_ATTEMPTS: u32 = 8;

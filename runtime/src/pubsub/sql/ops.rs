@@ -135,11 +135,45 @@ macro_rules! dialect {
                 messages: &[StoredMessage],
                 chunk_bytes: usize,
             ) -> Result<()> {
+                publish_committing(conn, q, topic, messages, chunk_bytes).await.map_err(|(error, _)| error)
+            }
+
+            /// [`publish`]; a failure also says whether it came at the commit, whose outcome is then
+            /// unknown, with the first sequence number the batch took (see [`stored_id`]).
+            pub(crate) async fn publish_committing(
+                conn: &mut $conn,
+                q: &Queries,
+                topic: &str,
+                messages: &[StoredMessage],
+                chunk_bytes: usize,
+            ) -> std::result::Result<(), (crate::error::Error, Option<i64>)> {
                 if messages.is_empty() {
                     return Ok(());
                 }
+                let mut tx = Connection::begin(&mut *conn).await.map_err(|e| (backend_error(e), None))?;
+                let first = write_batch(&mut *tx, q, topic, messages, chunk_bytes).await.map_err(|e| (e, None))?;
+                tx.commit().await.map_err(|e| (backend_error(e), Some(first)))
+            }
+
+            /// The id of the message stored at `seq` in `topic`, if any.
+            pub(crate) async fn stored_id(pool: &$pool, q: &Queries, topic: &str, seq: i64) -> Result<Option<String>> {
+                sqlx::query_scalar(&q.stored_id)
+                    .bind(topic)
+                    .bind(seq)
+                    .fetch_optional(pool)
+                    .await
+                    .map_err(backend_error)
+            }
+
+            /// Reserves the batch's sequence numbers and inserts it; returns the first number.
+            async fn write_batch(
+                tx: &mut $conn,
+                q: &Queries,
+                topic: &str,
+                messages: &[StoredMessage],
+                chunk_bytes: usize,
+            ) -> Result<i64> {
                 let count = i64::try_from(messages.len()).expect("batch size fits i64");
-                let mut tx = Connection::begin(&mut *conn).await.map_err(backend_error)?;
                 let mut last = None;
                 for _ in 0..2 {
                     last = if q.mysql {
@@ -204,7 +238,7 @@ macro_rules! dialect {
                     insert.build().execute(&mut *tx).await.map_err(backend_error)?;
                     base += chunk.len() as i64;
                 }
-                tx.commit().await.map_err(backend_error)
+                Ok(first)
             }
 
             /// Creates `group` on `topic` unless it exists: a named group starts at the topic's

@@ -3,12 +3,91 @@
 
 use std::sync::atomic::Ordering;
 
-use super::db::{backend_error, retrying};
+use std::time::{Duration, Instant};
+
+use super::db::{backend_error, is_retryable, is_transient, RETRY_ATTEMPTS};
 use super::ops::dispatch;
 use super::pubsub::SqlPubSub;
 use super::stored::StoredMessage;
+use crate::error::{Error, Result};
 use crate::message::Message;
 use crate::pubsub::{closed_error, OpFuture, Publisher};
+
+impl SqlPubSub {
+    /// One publish transaction, tried again on transient failures for up to
+    /// `SqlConfig::publish_retry_for` (deadlocks a few times in any case). After a commit whose
+    /// outcome is unknown, the first message's sequence number is looked up before another try:
+    /// found with its id, the batch was stored (all of it: one transaction), and is not again.
+    async fn publish_retrying(&self, topic: &str, stored: &[StoredMessage]) -> Result<()> {
+        let inner = &self.inner;
+        let retry_for = inner.config.publish_retry_for;
+        let started = Instant::now();
+        let mut tries = 0_u32;
+        // The first sequence number of a commit whose outcome is not known yet.
+        let mut unknown: Option<i64> = None;
+        loop {
+            tries += 1;
+            if let Some(first) = unknown {
+                let found = dispatch!(&inner.pool, (pool, ops) => ops::stored_id(pool, &inner.queries, topic, first).await);
+                match found {
+                    Ok(Some(id)) if stored.first().is_some_and(|m| m.id == id) => return Ok(()),
+                    // Not stored: try again.
+                    Ok(_) => {}
+                    // Still away: look again after the pause.
+                    Err(error) if is_transient(&error) && started.elapsed() < retry_for => {
+                        backoff_for(tries, retry_for, started).await;
+                        continue;
+                    }
+                    Err(error) => return Err(give_up(topic, error, tries, started, true)),
+                }
+            }
+            let outcome = dispatch!(&inner.pool, (pool, ops) => {
+                match pool.acquire().await {
+                    Ok(mut conn) => {
+                        ops::publish_committing(&mut conn, &inner.queries, topic, stored, inner.insert_bytes()).await
+                    }
+                    Err(error) => Err((backend_error(error), None)),
+                }
+            });
+            let (error, committing) = match outcome {
+                Ok(()) => return Ok(()),
+                Err(failure) => failure,
+            };
+            let deadlock = is_retryable(&error) && tries < RETRY_ATTEMPTS;
+            let transient = is_transient(&error) && started.elapsed() < retry_for;
+            if !(deadlock || transient) {
+                return Err(give_up(topic, error, tries, started, committing.is_some()));
+            }
+            tracing::debug!(topic, %error, tries, "SQL backend: publish failed; retrying");
+            unknown = committing;
+            backoff_for(tries, retry_for, started).await;
+        }
+    }
+}
+
+/// The pause before another try: growing from a few milliseconds to one second, and never past
+/// the retry time.
+async fn backoff_for(tries: u32, retry_for: Duration, started: Instant) {
+    let pause = Duration::from_millis(2u64 << tries.min(9)).min(Duration::from_secs(1));
+    tokio::time::sleep(pause.min(retry_for.saturating_sub(started.elapsed()))).await;
+}
+
+/// The error a publish finally returns: what failed, after how many tries, and whether the
+/// messages may have been stored.
+fn give_up(topic: &str, error: Error, tries: u32, started: Instant, maybe_stored: bool) -> Error {
+    if tries == 1 && !maybe_stored {
+        return error;
+    }
+    let stored = if maybe_stored {
+        "they may have been stored (the outcome of the last commit is unknown)"
+    } else {
+        "they were not stored"
+    };
+    error.context(format_args!(
+        "publish to `{topic}` failed after {tries} tries in {:.1?}; {stored}",
+        started.elapsed()
+    ))
+}
 
 impl Publisher for SqlPubSub {
     fn publish<'a>(&'a self, topic: &'a str, message: Message) -> OpFuture<'a> {
@@ -24,20 +103,8 @@ impl Publisher for SqlPubSub {
             self.inner.check_sizes(&messages)?;
             let stored: Vec<_> = messages.into_iter().map(StoredMessage::new).collect();
             self.ensure_topic(topic).await?;
-            let inner = &self.inner;
-            // A deadlock or serialization failure: the database asks for another try.
-            retrying(|| async {
-                dispatch!(&inner.pool, (pool, ops) => {
-                    match pool.acquire().await {
-                        Ok(mut conn) => {
-                            ops::publish(&mut conn, &inner.queries, topic, &stored, inner.insert_bytes()).await
-                        }
-                        Err(error) => Err(backend_error(error)),
-                    }
-                })
-            })
-            .await?;
-            inner.wake(topic);
+            self.publish_retrying(topic, &stored).await?;
+            self.inner.wake(topic);
             Ok(())
         })
     }

@@ -24,6 +24,7 @@ pub(super) struct Queries {
     pub(super) nack: String,
     pub(super) release: String,
     pub(super) renew: String,
+    pub(super) stored_id: String,
     pub(super) all_topics: String,
     pub(super) retention_bound: String,
     pub(super) first_seq: String,
@@ -169,6 +170,7 @@ impl Queries {
             // Retention: what every group has acked (everything, without groups), oldest first,
             // in ranges of sequence numbers.
             // (MySQL: converted, since sqlx reads a `_bin` column as bytes.)
+            stored_id: sql(format!("SELECT id FROM {p}messages WHERE topic = ? AND seq = ?")),
             all_topics: if mysql {
                 format!("SELECT CONVERT(topic USING utf8mb4) COLLATE utf8mb4_general_ci FROM {p}topics")
             } else {
