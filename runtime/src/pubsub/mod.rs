@@ -34,6 +34,8 @@ pub use self::delivery::{AckSink, Acker, Delivery, DeliveryInfo, Settle, Token};
 pub use self::features::{Attempts, Features, Settlement};
 pub use self::subscribe::{Extensions, StartFrom, SubscribeOptions, Subscription};
 
+#[cfg(feature = "amqp")]
+pub mod amqp;
 #[cfg(feature = "memory")]
 pub mod memory;
 #[cfg(feature = "nats")]
