@@ -30,7 +30,10 @@ fn config(name: &str) -> AmqpConfig {
 }
 
 async fn connect(config: AmqpConfig) -> AmqpPubSub {
-    tokio::time::timeout(TIMEOUT, AmqpPubSub::connect(config)).await.expect("connect in time").expect("connect")
+    tokio::time::timeout(TIMEOUT, AmqpPubSub::connect(config))
+        .await
+        .expect("connect in time")
+        .expect("connect")
 }
 
 async fn next(sub: &mut Subscription, what: &str) -> Delivery {
@@ -100,9 +103,13 @@ async fn a_metadata_key_over_255_bytes_is_refused() {
 
 /// The pid of the server's connection named `name` (`rabbitmqctl list_connections`).
 fn connection_pid(name: &str) -> Option<String> {
-    let out = support::rabbitmqctl(&["list_connections", "-q", "--no-table-headers", "pid", "client_properties"])
-        .ok()?;
-    out.lines().find(|line| line.contains(name)).and_then(|line| line.split_whitespace().next()).map(str::to_owned)
+    let out =
+        support::rabbitmqctl(&["list_connections", "-q", "--no-table-headers", "pid", "client_properties"])
+            .ok()?;
+    out.lines()
+        .find(|line| line.contains(name))
+        .and_then(|line| line.split_whitespace().next())
+        .map(str::to_owned)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -114,17 +121,20 @@ async fn a_stale_delivery_tag_after_a_reconnection_does_not_close_the_new_channe
     let _lock = support::shared().await;
     let name = unique("stale");
     let pubsub = connect(config(&name)).await;
-    let mut sub = pubsub.subscribe(&name, SubscribeOptions::group("g")).await.expect("subscribe");
+    // One in flight at a time: the old channel holds exactly the delivery that goes stale.
+    let options = SubscribeOptions::group("g").max_in_flight(1);
+    let mut sub = pubsub.subscribe(&name, options).await.expect("subscribe");
     for i in 0..3 {
         pubsub.publish(&name, Message::new(format!("m{i}"))).await.expect("publish");
     }
     let old = next(&mut sub, "a delivery before the reconnection").await;
-    let old_text = text(&old);
+    assert_eq!(text(&old), "m0");
     // The server closes our connection (as a restart or a network cut would).
     let pid = tokio::time::timeout(TIMEOUT, async {
         loop {
             let name = name.clone();
-            if let Some(pid) = tokio::task::spawn_blocking(move || connection_pid(&name)).await.expect("task") {
+            if let Some(pid) = tokio::task::spawn_blocking(move || connection_pid(&name)).await.expect("task")
+            {
                 return pid;
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
@@ -134,16 +144,18 @@ async fn a_stale_delivery_tag_after_a_reconnection_does_not_close_the_new_channe
     .expect("our connection is listed");
     support::rabbitmqctl(&["close_connection", &pid, "test: forced reconnection"]).expect("close_connection");
     // The subscription comes back on a new connection and channel; the broker redelivers.
-    let mut fresh = Vec::new();
-    while fresh.len() < 3 {
-        fresh.push(next(&mut sub, "deliveries on the new channel").await);
-    }
-    assert!(fresh.iter().any(|d| text(d) == old_text), "the unsettled message comes back");
-    // The old delivery's tag means nothing (or another message) on the new channel: refused here.
+    let again = next(&mut sub, "the unsettled message on the new channel").await;
+    assert_eq!(text(&again), "m0");
+    assert_eq!(again.attempt(), 2, "flagged redelivered");
+    // The old delivery's tag (1) is the new delivery's tag too on the new channel: acking it
+    // there would settle the wrong delivery. Refused here instead.
     let error = old.ack().await.expect_err("a stale delivery is not acked on the new channel");
     assert!(error.to_string().contains("stale"), "{error}");
     // The new channel is still open: its deliveries settle, and new messages arrive on it.
-    for delivery in fresh {
+    again.ack().await.expect("ack on the new channel");
+    for expected in ["m1", "m2"] {
+        let delivery = next(&mut sub, "the rest on the new channel").await;
+        assert_eq!(text(&delivery), expected);
         delivery.ack().await.expect("ack on the new channel");
     }
     pubsub.publish(&name, Message::new("after")).await.expect("publish after");
@@ -289,6 +301,80 @@ async fn classic_queues_say_at_least() {
     let again = next(&mut sub, "again").await;
     assert_eq!(again.attempt(), 2, "redelivered: at least 2");
     again.ack().await.expect("ack");
+    cleanup(&pubsub, &name).await;
+    close(&pubsub).await;
+}
+
+/// Sets the server's `consumer_timeout` (milliseconds) and puts the old value back when dropped.
+struct ConsumerTimeout(String);
+
+impl ConsumerTimeout {
+    fn set(millis: u64) -> ConsumerTimeout {
+        let old = support::rabbitmqctl(&["eval", "application:get_env(rabbit, consumer_timeout)."])
+            .expect("read consumer_timeout");
+        let old = old.trim().trim_start_matches("{ok,").trim_end_matches('}').trim().to_owned();
+        let old = if old.parse::<u64>().is_ok() { old } else { "1800000".to_owned() };
+        support::rabbitmqctl(&["eval", &format!("application:set_env(rabbit, consumer_timeout, {millis}).")])
+            .expect("set consumer_timeout");
+        // Channels check the timeout on their tick, once a minute by default: tick faster (new
+        // channels read it when they open).
+        support::rabbitmqctl(&[
+            "eval",
+            &format!("application:set_env(rabbit, channel_tick_interval, {millis})."),
+        ])
+        .expect("set channel_tick_interval");
+        ConsumerTimeout(old)
+    }
+}
+
+impl Drop for ConsumerTimeout {
+    fn drop(&mut self) {
+        let restore = format!("application:set_env(rabbit, consumer_timeout, {}).", self.0);
+        if let Err(error) = support::rabbitmqctl(&["eval", &restore]) {
+            eprintln!("restoring consumer_timeout failed: {error}");
+        }
+        // Not unset: running channels read it at every tick (and crash on `undefined`). 60 s is
+        // the server's default.
+        let tick = "application:set_env(rabbit, channel_tick_interval, 60000).";
+        if let Err(error) = support::rabbitmqctl(&["eval", tick]) {
+            eprintln!("restoring channel_tick_interval failed: {error}");
+        }
+    }
+}
+
+/// A handler slower than the server's `consumer_timeout` (1 s here, checked every second): the
+/// server closes the channel and
+/// requeues; the subscription re-attaches, the message comes again, the slow handler's late ack
+/// is refused as stale, and nothing is lost. Runs alone (the exclusive lock): the timeout is a
+/// server-wide setting in RabbitMQ 3.10.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_slower_than_consumer_timeout_loses_nothing() {
+    if !support::local() {
+        eprintln!("skipped: needs rabbitmqctl on the server's machine");
+        return;
+    }
+    let _lock = tokio::task::spawn_blocking(support::exclusive_blocking).await.expect("task").expect("lock");
+    let timeout = tokio::task::spawn_blocking(|| ConsumerTimeout::set(1000)).await.expect("task");
+    let name = unique("slow");
+    let pubsub = connect(config(&name)).await;
+    let mut sub =
+        pubsub.subscribe(&name, SubscribeOptions::group("g").max_in_flight(1)).await.expect("subscribe");
+    pubsub.publish(&name, Message::new("slow")).await.expect("publish");
+    pubsub.publish(&name, Message::new("next")).await.expect("publish");
+    let held = next(&mut sub, "the delivery a slow handler holds").await;
+    assert_eq!(text(&held), "slow");
+    let started = std::time::Instant::now();
+    // The handler takes longer than the timeout; the server gives the message out again.
+    let again = next(&mut sub, "the message again after consumer_timeout").await;
+    eprintln!("redelivered after {:?}", started.elapsed());
+    assert_eq!(text(&again), "slow");
+    let error = held.ack().await.expect_err("the late ack is refused");
+    assert!(error.to_string().contains("stale"), "{error}");
+    again.ack().await.expect("ack");
+    let following = next(&mut sub, "the subscription goes on").await;
+    assert_eq!(text(&following), "next");
+    following.ack().await.expect("ack");
+    drop(timeout);
     cleanup(&pubsub, &name).await;
     close(&pubsub).await;
 }

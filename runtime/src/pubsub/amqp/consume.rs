@@ -118,6 +118,10 @@ impl Consume {
                 () = self.cancel.cancelled() => return None,
             };
             match item {
+                Some(Ok(delivery)) if !delivery.acker.usable() => {
+                    // Buffered before its channel closed: the broker has requeued it already.
+                    tracing::debug!(topic = self.topic, "AMQP: dropping a delivery of a closed channel");
+                }
                 Some(Ok(delivery)) => return Some(Ok(self.delivery(delivery))),
                 Some(Err(error)) => {
                     tracing::warn!(%error, topic = self.topic, "AMQP: consumer failed; re-attaching");
