@@ -254,6 +254,7 @@ async fn a_conflicting_declaration_names_the_queue_and_the_argument() {
     let text = error.to_string();
     assert_eq!(error.kind(), ErrorKind::Config, "{text}");
     assert!(error.is_permanent(), "{text}");
+    eprintln!("{text}");
     assert!(text.contains(&format!("g.{name}")) && text.contains("x-queue-type"), "{text}");
     cleanup(&classic, &name).await;
     close(&quorum).await;
