@@ -379,3 +379,67 @@ async fn a_handler_slower_than_consumer_timeout_loses_nothing() {
     cleanup(&pubsub, &name).await;
     close(&pubsub).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pattern_subscription_names_the_concrete_topic() {
+    let _lock = support::shared().await;
+    let name = unique("pattern");
+    let pubsub = connect(config(&name)).await;
+    let options = SubscribeOptions::group("g").pattern();
+    let mut sub = pubsub.subscribe(&format!("{name}.*"), options).await.expect("subscribe");
+    pubsub.publish(&format!("{name}.eu"), Message::new("eu")).await.expect("publish");
+    pubsub.publish(&format!("{name}.us"), Message::new("us")).await.expect("publish");
+    for region in ["eu", "us"] {
+        let delivery = next(&mut sub, "a delivery of the pattern").await;
+        assert_eq!(text(&delivery), region);
+        let topic = delivery.info().and_then(|info| info.topic.as_deref().map(str::to_owned));
+        assert_eq!(topic.as_deref(), Some(format!("{name}.{region}").as_str()));
+        delivery.ack().await.expect("ack");
+    }
+    cleanup(&pubsub, &name).await;
+    close(&pubsub).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_work_queue_keeps_messages_published_before_any_consumer() {
+    let _lock = support::shared().await;
+    let name = unique("work");
+    let pubsub = connect(config(&name).topology(Preset::work_queue())).await;
+    assert!(pubsub.features().history && !pubsub.features().refuses_unroutable);
+    pubsub.publish(&name, Message::new("early")).await.expect("the publisher declares the queue");
+    // Two subscriptions (in different groups, even) share the one queue.
+    let mut a = pubsub.subscribe(&name, SubscribeOptions::group("a")).await.expect("subscribe");
+    let mut b = pubsub.subscribe(&name, SubscribeOptions::group("b")).await.expect("subscribe");
+    let early = next(&mut a, "the message published before any consumer").await;
+    assert_eq!(text(&early), "early");
+    early.ack().await.expect("ack");
+    pubsub.publish(&name, Message::new("late")).await.expect("publish");
+    let late = tokio::select! {
+        d = next(&mut a, "late") => d,
+        d = next(&mut b, "late") => d,
+    };
+    assert_eq!(text(&late), "late");
+    late.ack().await.expect("ack");
+    cleanup(&pubsub, &name).await;
+    close(&pubsub).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fan_out_gives_every_group_every_message() {
+    let _lock = support::shared().await;
+    let name = unique("fanout");
+    let pubsub = connect(config(&name).topology(Preset::fan_out())).await;
+    let mut a = pubsub.subscribe(&name, SubscribeOptions::group("a")).await.expect("subscribe");
+    let mut b = pubsub.subscribe(&name, SubscribeOptions::group("b")).await.expect("subscribe");
+    let mut private = pubsub.subscribe(&name, SubscribeOptions::default()).await.expect("subscribe");
+    pubsub.publish(&name, Message::new("to all")).await.expect("publish");
+    for sub in [&mut a, &mut b, &mut private] {
+        let delivery = next(sub, "the fanned-out message").await;
+        assert_eq!(text(&delivery), "to all");
+        delivery.ack().await.expect("ack");
+    }
+    cleanup(&pubsub, &name).await;
+    let channel = pubsub.connection().await.expect("connection").create_channel().await.expect("channel");
+    channel.exchange_delete(name.as_str().into(), Default::default()).await.expect("delete the exchange");
+    close(&pubsub).await;
+}
