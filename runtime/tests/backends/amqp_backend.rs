@@ -443,3 +443,19 @@ async fn a_fan_out_gives_every_group_every_message() {
     channel.exchange_delete(name.as_str().into(), Default::default()).await.expect("delete the exchange");
     close(&pubsub).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_login_does_not_show_the_password() {
+    let _lock = support::shared().await;
+    let wrong = support::url().replacen("guest:guest@", "guest:hunter2-secret@", 1);
+    if wrong == support::url() {
+        eprintln!("skipped: the server URL has no guest:guest credentials to change");
+        return;
+    }
+    let config = AmqpConfig::new(wrong).connection_name("secret-test");
+    assert!(!format!("{config:?}").contains("hunter2"), "{config:?}");
+    let error = AmqpPubSub::connect(config).await.expect_err("a wrong password");
+    let shown = format!("{error} {error:?}");
+    assert!(!shown.contains("hunter2"), "{shown}");
+    assert!(shown.contains("guest:***@"), "the redacted URI names the server: {shown}");
+}

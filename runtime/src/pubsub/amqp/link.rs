@@ -29,9 +29,19 @@ impl Live {
     }
 }
 
+/// Failed connection attempts: no new attempt before `retry_at` (backoff for publishers, which
+/// call [`Link::live`] on every publish while the server is away).
+#[derive(Default)]
+struct Backoff {
+    failures: u32,
+    retry_at: Option<tokio::time::Instant>,
+    last_error: String,
+}
+
 pub(crate) struct Link {
     pub(crate) config: AmqpConfig,
     live: tokio::sync::Mutex<Option<Live>>,
+    backoff: Mutex<Backoff>,
     /// What was declared, per generation: `("publish", topic)`, `("retry", queue name)`.
     declared: Mutex<(u64, HashSet<(&'static str, String)>)>,
     generations: std::sync::atomic::AtomicU64,
@@ -46,6 +56,7 @@ impl Link {
         Link {
             config,
             live: tokio::sync::Mutex::new(None),
+            backoff: Mutex::new(Backoff::default()),
             declared: Mutex::new((0, HashSet::new())),
             generations: std::sync::atomic::AtomicU64::new(0),
         }
@@ -68,6 +79,41 @@ impl Link {
             tracing::info!(uri = %self.config.uri, "AMQP: connection lost; reconnecting");
         }
         *guard = None;
+        {
+            let backoff = self.backoff.lock();
+            if let Some(at) = backoff.retry_at {
+                let now = tokio::time::Instant::now();
+                if now < at {
+                    return Err(Error::new(
+                        ErrorKind::Backend,
+                        format!(
+                            "AMQP: not connected; next attempt in {:?} (last: {})",
+                            at - now,
+                            backoff.last_error
+                        ),
+                    ));
+                }
+            }
+        }
+        match self.connect().await {
+            Ok(live) => {
+                *self.backoff.lock() = Backoff::default();
+                *guard = Some(live.clone());
+                Ok(live)
+            }
+            Err(error) => {
+                let mut backoff = self.backoff.lock();
+                backoff.failures += 1;
+                let wait =
+                    Duration::from_millis(100u64 << backoff.failures.min(7)).min(self.config.max_backoff);
+                backoff.retry_at = Some(tokio::time::Instant::now() + wait);
+                backoff.last_error = error.to_string();
+                Err(error)
+            }
+        }
+    }
+
+    async fn connect(&self) -> Result<Live> {
         let properties =
             ConnectionProperties::default().with_connection_name(self.config.connection_name.as_str().into());
         let connect = Connection::connect(self.config.uri.expose(), properties);
@@ -89,9 +135,7 @@ impl Link {
         let connection = Arc::new(connection);
         let publisher = confirm_channel(&connection).await?;
         let generation = self.generations.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-        let live = Live { connection, publisher, generation };
-        *guard = Some(live.clone());
-        Ok(live)
+        Ok(Live { connection, publisher, generation })
     }
 
     /// The live connection, waiting (with backoff) until there is one or `cancel` fires.
@@ -101,6 +145,9 @@ impl Link {
             match self.live().await {
                 Ok(live) => return Some(live),
                 Err(error) => tracing::debug!(%error, "AMQP: reconnecting failed; retrying in {backoff:?}"),
+            }
+            if let Some(at) = self.backoff.lock().retry_at {
+                backoff = backoff.max(at.saturating_duration_since(tokio::time::Instant::now()));
             }
             tokio::select! {
                 () = tokio::time::sleep(backoff) => {}
