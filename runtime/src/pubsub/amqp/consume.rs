@@ -38,6 +38,9 @@ pub(crate) struct Consume {
     attached: Option<Attached>,
     /// Counts attachments; a delivery remembers the one it came on.
     epoch: Arc<AtomicU64>,
+    /// Failed attachments in a row (the backoff), kept across calls: a subscription whose
+    /// declaration keeps failing reports it at a slowing pace, not in a tight loop.
+    failures: u32,
 }
 
 impl Consume {
@@ -57,6 +60,7 @@ impl Consume {
             cancel,
             attached: None,
             epoch: Arc::new(AtomicU64::new(0)),
+            failures: 0,
         };
         let live = consume.link.live().await?;
         consume.attach(&live).await?;
@@ -89,15 +93,14 @@ impl Consume {
     }
 
     pub(crate) async fn next(&mut self) -> Option<Result<Delivery>> {
-        let mut failures = 0u32;
         loop {
             if self.cancel.is_cancelled() {
                 return None;
             }
             let Some(attached) = self.attached.as_mut() else {
-                if failures > 0 {
+                if self.failures > 0 {
                     let backoff =
-                        Duration::from_millis(100 << failures.min(6)).min(self.link.config.max_backoff);
+                        Duration::from_millis(100 << self.failures.min(6)).min(self.link.config.max_backoff);
                     tokio::select! {
                         () = tokio::time::sleep(backoff) => {}
                         () = self.cancel.cancelled() => return None,
@@ -105,7 +108,7 @@ impl Consume {
                 }
                 let live = self.link.live_or_wait(&self.cancel).await?;
                 if let Err(error) = self.attach(&live).await {
-                    failures += 1;
+                    self.failures += 1;
                     tracing::warn!(%error, topic = self.topic, "AMQP: re-attaching the subscription failed");
                     if error.kind() == ErrorKind::Config {
                         return Some(Err(error));
@@ -122,11 +125,14 @@ impl Consume {
                     // Buffered before its channel closed: the broker has requeued it already.
                     tracing::debug!(topic = self.topic, "AMQP: dropping a delivery of a closed channel");
                 }
-                Some(Ok(delivery)) => return Some(Ok(self.delivery(delivery))),
+                Some(Ok(delivery)) => {
+                    self.failures = 0;
+                    return Some(Ok(self.delivery(delivery)));
+                }
                 Some(Err(error)) => {
                     tracing::warn!(%error, topic = self.topic, "AMQP: consumer failed; re-attaching");
                     self.detach();
-                    failures += 1;
+                    self.failures += 1;
                 }
                 None => {
                     tracing::info!(
@@ -134,7 +140,7 @@ impl Consume {
                         "AMQP: consumer ended (channel closed or cancelled); re-attaching"
                     );
                     self.detach();
-                    failures += 1;
+                    self.failures += 1;
                 }
             }
         }

@@ -48,7 +48,8 @@
 //!
 //! # Connection
 //! One connection per [`AmqpPubSub`], made again with backoff (100 ms doubling up to
-//! [`AmqpConfig::max_backoff`]) after the server restarted or the connection dropped; each
+//! [`AmqpConfig::max_backoff`]) after the server restarted or the connection dropped (while the
+//! server is away a publish fails at once, saying when the next attempt is due); each
 //! subscription re-declares its queue and consumes again (a private queue is a new one: what
 //! was published in between is not for it). Deliveries taken before that are **stale**: their
 //! delivery tags belong to a closed channel, and settling one fails with an error instead of
