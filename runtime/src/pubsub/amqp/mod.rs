@@ -8,7 +8,7 @@
 //! gone with its connection). [`Preset::work_queue`] shares one queue per topic among every
 //! subscription; [`Preset::fan_out`] uses a fanout exchange per topic. Declarations are
 //! idempotent; one that conflicts with what the server has (a classic queue declared quorum, a
-//! different dead-letter exchange) fails with a permanent [`ErrorKind::Config`] error naming the
+//! different dead-letter exchange) fails with a permanent [`ErrorKind::Config`](crate::ErrorKind::Config) error naming the
 //! queue and the argument.
 //!
 //! # Publishing
@@ -88,6 +88,8 @@ mod topology;
 
 pub use self::config::{AmqpConfig, AmqpUri, QueueKind};
 pub use self::topology::{retry_queue_name, Declarer, Preset, QueuePlan, QueueSpec, Route, Topology};
+/// The future a [`Topology`] returns (boxed, `Send`).
+pub use futures_core::future::BoxFuture;
 #[doc(no_inline)]
 pub use lapin;
 

@@ -3,7 +3,7 @@
 //!
 //! Declarations are idempotent (declaring what exists, the same way, changes nothing); one that
 //! conflicts with what exists (another queue type, another dead-letter exchange) fails with a
-//! permanent [`ErrorKind::Config`] error naming the queue or exchange and the differing argument,
+//! permanent [`ErrorKind::Config`](crate::ErrorKind::Config) error naming the queue or exchange and the differing argument,
 //! as the server reports it.
 
 use std::fmt;
@@ -74,6 +74,42 @@ impl QueuePlan {
 /// The topology hook: what is declared for publishing to a topic and for subscribing to one.
 /// The [`Preset`]s cover the common shapes; implement it to use an existing topology (exchanges
 /// made by another team, a headers exchange, a plugin's exchange type).
+///
+/// ```no_run
+/// use millstream::pubsub::amqp::{
+///     AmqpConfig, BoxFuture, Declarer, QueueKind, QueuePlan, QueueSpec, Route, Topology,
+/// };
+/// use millstream::SubscribeOptions;
+///
+/// /// Publishes to the `events` exchange another team declared; each group gets its own
+/// /// quorum queue bound to it, without dead letters or retry queues.
+/// #[derive(Debug)]
+/// struct TheirExchange;
+///
+/// impl Topology for TheirExchange {
+///     fn publish_route(&self, topic: &str) -> Route {
+///         Route::new("events", topic)
+///     }
+///     fn declare_publish<'a>(&'a self, _: &'a Declarer, _: &'a str) -> BoxFuture<'a, millstream::Result<()>> {
+///         Box::pin(async { Ok(()) }) // theirs: nothing to declare
+///     }
+///     fn declare_subscribe<'a>(
+///         &'a self,
+///         declarer: &'a Declarer,
+///         topic: &'a str,
+///         options: &'a SubscribeOptions,
+///     ) -> BoxFuture<'a, millstream::Result<QueuePlan>> {
+///         Box::pin(async move {
+///             let group = options.group.as_deref().unwrap_or("default");
+///             let queue = declarer.queue(&QueueSpec::durable(format!("{group}.{topic}"), QueueKind::Quorum)).await?;
+///             declarer.bind(&queue, "events", topic).await?;
+///             Ok(QueuePlan::new(queue))
+///         })
+///     }
+/// }
+///
+/// let config = AmqpConfig::new("amqp://127.0.0.1").topology(TheirExchange);
+/// ```
 pub trait Topology: fmt::Debug + Send + Sync + 'static {
     /// Where a message to `topic` is published.
     fn publish_route(&self, topic: &str) -> Route;
