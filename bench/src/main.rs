@@ -45,6 +45,9 @@ mod workload;
 #[cfg(feature = "peer")]
 mod peer;
 
+#[cfg(feature = "amqp")]
+mod amqp;
+
 use std::process::{Command, ExitCode, Stdio};
 
 use report::Outcome;
@@ -75,7 +78,8 @@ const RESULT: &str = "millstream-bench-result ";
 
 const USAGE: &str = "usage: millstream-bench [--json] [--messages N] [--runs R] [--scenario NAME ...]
 scenarios: baseline pubsub router router-mw drain drain-mw pipeline router-keyed router-c4 router-c4-keyed slow-c1 slow-c4 latency
-           peer (= peer-router peer-pipeline, feature `peer`)";
+           peer (= peer-router peer-pipeline, feature `peer`)
+           amqp (RabbitMQ against raw lapin, its own table; feature `amqp`)";
 
 struct Args {
     json: bool,
@@ -235,6 +239,11 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         };
         return run_child(scenario, args.messages);
+    }
+    #[cfg(feature = "amqp")]
+    if names.iter().any(|n| n == "amqp") {
+        // Its own table: millstream against raw lapin on the same server.
+        return amqp::main(usize::try_from(args.messages).unwrap_or(usize::MAX));
     }
     let selected = match selection(names) {
         Ok(selected) => selected,

@@ -98,6 +98,8 @@ pub use crate::extract::{Attempt, Ctx, FromMessage, Json, State};
 pub use crate::handler::{Handler, HandlerResult, Outgoing, Outputs, Publishable, Topic};
 pub use crate::message::{DeliveryInfo, Message, MessageId, Metadata};
 pub use crate::middleware::{Middleware, Next};
+#[cfg(feature = "amqp")]
+pub use crate::pubsub::amqp::{AmqpConfig, AmqpPubSub};
 #[cfg(feature = "memory")]
 pub use crate::pubsub::memory::{MemoryConfig, MemoryPubSub};
 #[cfg(feature = "nats")]

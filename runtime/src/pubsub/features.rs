@@ -80,4 +80,8 @@ pub struct Features {
     /// [`Settle::Release`](super::Settle::Release) gives a delivery back without counting an
     /// attempt.
     pub release_uncounted: bool,
+    /// A publish to a topic that nothing receives (no subscription, no group: the message would
+    /// be dropped) fails instead (AMQP's `mandatory`). Such a backend keeps no
+    /// [`history`](Features::history) for topics without groups.
+    pub refuses_unroutable: bool,
 }

@@ -494,6 +494,7 @@ impl Subscriber for MemoryPubSub {
             attempts: Attempts::Exact,
             dead_letter: false,
             release_uncounted: true,
+            refuses_unroutable: false,
         }
     }
 }

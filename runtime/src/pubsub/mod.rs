@@ -36,6 +36,8 @@ pub use self::features::{Attempts, Features, Settlement};
 pub use self::identity::{check_consumer_name, host_name, incarnation, MAX_CONSUMER_NAME};
 pub use self::subscribe::{Extensions, StartFrom, SubscribeOptions, Subscription};
 
+#[cfg(feature = "amqp")]
+pub mod amqp;
 #[cfg(feature = "memory")]
 pub mod memory;
 #[cfg(feature = "nats")]

@@ -605,6 +605,7 @@ impl Subscriber for NatsPubSub {
             attempts: Attempts::Exact,
             dead_letter: false,
             release_uncounted: false,
+            refuses_unroutable: false,
         }
     }
 }

@@ -2,8 +2,10 @@
 //!
 //! One test binary per area (CI links a few binaries, not one per file); each file is a module.
 
+mod amqp_backend;
 #[path = "../common/mod.rs"]
 mod common;
+mod conformance_amqp;
 mod conformance_memory;
 mod conformance_mysql;
 mod conformance_nats;

@@ -102,6 +102,7 @@ impl Subscriber for SqlPubSub {
             attempts: Attempts::Exact,
             dead_letter: false,
             release_uncounted: true,
+            refuses_unroutable: false,
         }
     }
 }
