@@ -1093,9 +1093,17 @@ async fn forced_close_case(ctx: &Ctx) {
     let topic = ctx.topic();
     // "At once": well before a lease runs out (where the backend has one), and within a few
     // seconds anyway.
-    let at_once =
-        ctx.harness().ack_deadline().map_or(Duration::from_secs(5), |d| (d / 2).min(Duration::from_secs(5)));
+    let at_once = match ctx.harness().ack_deadline() {
+        None => Duration::from_secs(5),
+        Some(deadline) if ctx.harness().release_on_drop_is_immediate() => {
+            (deadline / 2).min(Duration::from_secs(5))
+        }
+        // Back after the deadline at worst (see `Harness::release_on_drop_is_immediate`).
+        Some(deadline) => deadline + Duration::from_secs(3),
+    };
     let publisher = ctx.connect().await;
+    // The router's group, which the next consumer joins.
+    let forced = format!("forced-{}", unique());
     for round in 0..ctx.count(3, 7) {
         let conn = ctx.connect().await;
         let entered = Arc::new(tokio::sync::Notify::new());
@@ -1112,7 +1120,7 @@ async fn forced_close_case(ctx: &Ctx) {
         let router = App::new()
             .pubsub_parts(conn.clone(), conn.clone())
             .config(RouterConfig::default().close_timeout(Duration::from_millis(100)))
-            .route(Route::new("forced", topic.clone(), handler).group("forced"))
+            .route(Route::new("forced", topic.clone(), handler).group(forced.clone()))
             .build()
             .expect("a router with one handler");
         within("router starts", router.start()).await.expect("start");
@@ -1128,7 +1136,8 @@ async fn forced_close_case(ctx: &Ctx) {
         );
         drop(router);
         let conn = ctx.connect().await;
-        let mut sub = within("subscribe", conn.subscribe(&topic, group("forced"))).await.expect("subscribe");
+        let options = SubscribeOptions::group(forced.clone());
+        let mut sub = within("subscribe", conn.subscribe(&topic, options)).await.expect("subscribe");
         let started = Instant::now();
         let back = tokio::time::timeout(at_once, next_delivery(&mut sub, "the aborted delivery"))
             .await
@@ -1149,7 +1158,9 @@ async fn forced_close_case(ctx: &Ctx) {
     }
     // Finally consumed, so the topic ends empty.
     let conn = ctx.connect().await;
-    let mut sub = within("subscribe", conn.subscribe(&topic, group("forced"))).await.expect("subscribe");
+    let mut sub = within("subscribe", conn.subscribe(&topic, SubscribeOptions::group(forced)))
+        .await
+        .expect("subscribe");
     let last = next_delivery(&mut sub, "the message after the forced closes").await;
     within("ack", last.ack()).await.expect("ack");
     close(&*conn).await;

@@ -88,6 +88,15 @@ pub trait Harness: Send + Sync + 'static {
         None
     }
 
+    /// Whether a delivery released just as its subscription is dropped (a forced shutdown) goes
+    /// to the group's next consumer at once. NATS JetStream 2.9 answers `false`: it may give the
+    /// message to the dropped subscription's pull request, still pending on the server, and it
+    /// then comes back after the ack wait. The forced-close case allows such a backend its
+    /// [`ack_deadline`](Harness::ack_deadline) and a margin. Default `true`.
+    fn release_on_drop_is_immediate(&self) -> bool {
+        true
+    }
+
     /// Called once a case has finished (passed or not) with every topic it created, so that the
     /// harness can delete them (streams, tables). The default does nothing.
     fn cleanup<'a>(&'a self, topics: &'a [String]) -> BoxFuture<'a, ()> {
