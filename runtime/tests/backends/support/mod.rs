@@ -2,5 +2,7 @@
 
 #[cfg(feature = "nats")]
 pub(crate) mod nats;
+#[cfg(feature = "redis")]
+pub(crate) mod redis;
 #[cfg(all(feature = "conformance", any(feature = "sqlite", feature = "postgres", feature = "mysql")))]
 pub(crate) mod sql;
