@@ -562,5 +562,11 @@ async fn acl_users_connect_and_passwords_never_show() {
     let error = RedisPubSub::connect(&wrong, config(&prefix)).await.expect_err("a wrong password");
     let text = format!("{error} {error:?}");
     assert!(!text.contains("wrong-pass"), "{text}");
+    assert_eq!(
+        error.kind(),
+        millstream::ErrorKind::Config,
+        "a wrong password is a configuration error: {text}"
+    );
+    assert!(error.is_permanent(), "{text}");
     Subscriber::close(&pubsub).await.unwrap();
 }

@@ -142,26 +142,45 @@ impl RedisPubSub {
         let client = redis::Client::open(url).map_err(|e| {
             Error::with_source(ErrorKind::Config, e).context(format!("redis: invalid URL {shown}"))
         })?;
-        let manager_config = ConnectionManagerConfig::new()
-            .set_response_timeout(config.response_timeout)
+        // One plain connection first: a wrong password or an unknown user fails here at once
+        // (the manager below would retry it with backoff).
+        let probe_config = AsyncConnectionConfig::new()
             .set_connection_timeout(config.response_timeout)
-            .set_number_of_retries(4)
-            .set_max_delay(config.max_backoff.as_millis() as u64);
-        let mut manager = ConnectionManager::new_with_config(client.clone(), manager_config)
-            .await
-            .map_err(|e| redis_error(e, format!("connecting to {shown}")))?;
+            .set_response_timeout(config.response_timeout);
+        let mut probe =
+            client.get_multiplexed_async_connection_with_config(&probe_config).await.map_err(|e| {
+                let kind = match e.kind() {
+                    redis::ErrorKind::AuthenticationFailed => ErrorKind::Config,
+                    _ => ErrorKind::Backend,
+                };
+                let error = Error::with_source(kind, e).context(format!("redis: connecting to {shown}"));
+                if kind == ErrorKind::Config {
+                    error.into_permanent()
+                } else {
+                    error
+                }
+            })?;
         // The server's largest argument bounds a payload (an ACL may forbid asking: assume the
         // default, 512 MB).
         let server_max = redis::cmd("CONFIG")
             .arg("GET")
             .arg("proto-max-bulk-len")
-            .query_async::<Value>(&mut manager)
+            .query_async::<Value>(&mut probe)
             .await
             .ok()
             .and_then(|v| entry::array("CONFIG GET", v).ok())
             .and_then(|items| items.get(1).and_then(|v| entry::int("CONFIG GET", v).ok()))
             .and_then(|n| usize::try_from(n).ok())
             .unwrap_or(512 * 1024 * 1024);
+        drop(probe);
+        let manager_config = ConnectionManagerConfig::new()
+            .set_response_timeout(config.response_timeout)
+            .set_connection_timeout(config.response_timeout)
+            .set_number_of_retries(4)
+            .set_max_delay(config.max_backoff.as_millis() as u64);
+        let manager = ConnectionManager::new_with_config(client.clone(), manager_config)
+            .await
+            .map_err(|e| redis_error(e, format!("connecting to {shown}")))?;
         let info = client.get_connection_info();
         let server = format!("{}/{}", info.addr, info.redis.db);
         let consumer_base = config.consumer_name.clone().unwrap_or_else(default_consumer_base);
@@ -326,15 +345,20 @@ impl Inner {
         key
     }
 
-    /// A connection of its own for one subscription's blocking reads.
-    pub(super) async fn reader_connection(&self) -> Result<MultiplexedConnection> {
+    /// A connection of its own for one subscription's blocking reads, and its client id (0 if
+    /// the server would not say), with which `CLIENT UNBLOCK` ends a read when the subscription
+    /// ends.
+    pub(super) async fn reader_connection(&self) -> Result<(MultiplexedConnection, i64)> {
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(self.config.response_timeout)
             .set_response_timeout(self.config.block + self.config.response_timeout);
-        self.client
+        let mut connection = self
+            .client
             .get_multiplexed_async_connection_with_config(&config)
             .await
-            .map_err(|e| redis_error(e, format!("connecting to {}", self.url)))
+            .map_err(|e| redis_error(e, format!("connecting to {}", self.url)))?;
+        let id = redis::cmd("CLIENT").arg("ID").query_async::<i64>(&mut connection).await.unwrap_or(0);
+        Ok((connection, id))
     }
 
     /// Creates `group` on `key` at `start` unless it exists (and the stream, if need be).

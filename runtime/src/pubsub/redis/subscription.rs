@@ -6,6 +6,7 @@
 //! moment it is read until it is settled; the reader asks for no more than the room left.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -89,6 +90,8 @@ struct Flow {
     room: Notify,
     max_in_flight: usize,
     cancel: CancellationToken,
+    /// The client id of the reader's connection (0: unknown).
+    reader: AtomicI64,
 }
 
 impl Flow {
@@ -99,6 +102,24 @@ impl Flow {
             room: Notify::new(),
             max_in_flight: max_in_flight.max(1),
             cancel,
+            reader: AtomicI64::new(0),
+        }
+    }
+
+    /// Once the subscription ends, ends the reader's blocking read at once (`CLIENT UNBLOCK`:
+    /// the read returns empty, so nothing is read that no one would hand out).
+    async fn unblock_at_end(self: &Flow, inner: &Inner) {
+        self.cancel.cancelled().await;
+        let id = self.reader.load(Ordering::Acquire);
+        if id != 0 {
+            let unblock = redis::cmd("CLIENT")
+                .arg("UNBLOCK")
+                .arg(id)
+                .query_async::<Value>(&mut inner.manager.clone())
+                .await;
+            if let Err(error) = unblock {
+                tracing::debug!(%error, "redis: CLIENT UNBLOCK failed; the reader ends after its block time");
+            }
         }
     }
 
@@ -265,7 +286,7 @@ pub(super) fn start_group(
     consumer: String,
     slot: Slot,
     max_in_flight: usize,
-    connection: MultiplexedConnection,
+    (connection, reader): (MultiplexedConnection, i64),
 ) -> Subscription {
     let cancel = inner.cancel.child_token();
     let state = Arc::new(Group {
@@ -277,8 +298,11 @@ pub(super) fn start_group(
         flow: Flow::new(max_in_flight, cancel.clone()),
         _slot: slot,
     });
+    state.flow.reader.store(reader, Ordering::Release);
     tokio::spawn(read_group(state.clone(), connection));
     tokio::spawn(claim(state.clone()));
+    let watched = state.clone();
+    tokio::spawn(async move { watched.flow.unblock_at_end(&watched.inner).await });
     let sink: Arc<dyn AckSink> = Arc::new(GroupSink(state.clone()));
     let guard = EndOnDrop(cancel);
     Subscription::new(futures_util::stream::unfold((state, sink, guard), |(state, sink, guard)| async move {
@@ -468,7 +492,10 @@ async fn read_group(group: Arc<Group>, connection: MultiplexedConnection) {
         let conn = match connection.as_mut() {
             Some(conn) => conn,
             None => match group.inner.reader_connection().await {
-                Ok(conn) => connection.insert(conn),
+                Ok((conn, id)) => {
+                    group.flow.reader.store(id, Ordering::Release);
+                    connection.insert(conn)
+                }
                 Err(error) => {
                     failures += 1;
                     tracing::warn!(%error, topic = group.topic, "redis: reconnecting the reader failed");
@@ -567,8 +594,11 @@ async fn take_read(group: &Group, history: &mut Option<StreamId>, entries: Vec<E
 async fn claim(group: Arc<Group>) {
     let config = &group.inner.config;
     let mut cursor = StreamId::ZERO;
+    let mut first = true;
     loop {
-        if !pause(config.claim_interval, &group.flow.cancel).await {
+        // The first look at once: entries given back by a subscription that just ended.
+        let wait = if std::mem::take(&mut first) { Duration::ZERO } else { config.claim_interval };
+        if !pause(wait, &group.flow.cancel).await {
             return;
         }
         let room = group.flow.room_left();
@@ -639,7 +669,7 @@ pub(super) fn start_solo(
     key: String,
     after: StreamId,
     max_in_flight: usize,
-    connection: MultiplexedConnection,
+    (connection, reader): (MultiplexedConnection, i64),
 ) -> Subscription {
     let cancel = inner.cancel.child_token();
     let state = Arc::new(Solo {
@@ -647,6 +677,9 @@ pub(super) fn start_solo(
         flow: Flow::new(max_in_flight, cancel.clone()),
         attempts: Mutex::new(HashMap::new()),
     });
+    state.flow.reader.store(reader, Ordering::Release);
+    let watched = (inner.clone(), state.clone());
+    tokio::spawn(async move { watched.1.flow.unblock_at_end(&watched.0).await });
     tokio::spawn(read_solo(inner, state.clone(), key, after, connection));
     let sink: Arc<dyn AckSink> = Arc::new(SoloSink(state.clone()));
     let guard = EndOnDrop(cancel);
@@ -712,7 +745,10 @@ async fn read_solo(
         let conn = match connection.as_mut() {
             Some(conn) => conn,
             None => match inner.reader_connection().await {
-                Ok(conn) => connection.insert(conn),
+                Ok((conn, id)) => {
+                    solo.flow.reader.store(id, Ordering::Release);
+                    connection.insert(conn)
+                }
                 Err(error) => {
                     failures += 1;
                     tracing::warn!(%error, topic = solo.topic, "redis: reconnecting the reader failed");
