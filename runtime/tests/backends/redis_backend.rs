@@ -570,3 +570,28 @@ async fn acl_users_connect_and_passwords_never_show() {
     assert!(error.is_permanent(), "{text}");
     Subscriber::close(&pubsub).await.unwrap();
 }
+
+#[cfg(feature = "redis-tls")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_with_a_ca_of_its_own() {
+    let Some(server) = PrivateServer::start_tls("tls") else { return };
+    let url = format!("rediss://localhost:{}", server.port);
+    let prefix = unique("tls");
+    // Not trusted by the system's roots: refused, with an error.
+    let untrusted = tokio::time::timeout(TIMEOUT, RedisPubSub::connect(&url, config(&prefix))).await;
+    assert!(matches!(untrusted, Ok(Err(_))), "a certificate no root trusts is refused: {untrusted:?}");
+    // Trusted through the CA given with the client.
+    let ca = std::fs::read(server.certs().join("ca.crt")).unwrap();
+    let certificates = redis::TlsCertificates { client_tls: None, root_cert: Some(ca) };
+    let client = redis::Client::build_with_tls(url.as_str(), certificates).unwrap();
+    let pubsub = RedisPubSub::with_client(client, config(&prefix)).await.expect("connect over TLS");
+    assert!(format!("{pubsub:?}").contains("rediss://localhost"), "{pubsub:?}");
+    let mut sub = pubsub.subscribe("secure", SubscribeOptions::group("g")).await.unwrap();
+    let mut solo = pubsub.subscribe("secure", SubscribeOptions::default()).await.unwrap();
+    pubsub.publish("secure", Message::new("over TLS")).await.unwrap();
+    let delivery = next(&mut sub, "a delivery over TLS").await;
+    assert_eq!(text(&delivery), "over TLS");
+    delivery.ack().await.unwrap();
+    assert_eq!(text(&next(&mut solo, "a group-less delivery over TLS").await), "over TLS");
+    Subscriber::close(&pubsub).await.unwrap();
+}

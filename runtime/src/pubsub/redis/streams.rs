@@ -70,8 +70,8 @@ use crate::pubsub::{
 /// [`RedisConfig::max_backoff`]); after a reconnection it reads its own pending entries first,
 /// in case a reply was lost with the connection. The URL may carry an ACL user and password
 /// (`redis://user:password@host:6379/0`); they are never shown ([`Debug`](fmt::Debug) and logs
-/// show the URL with the password replaced by `***`). `rediss://` (TLS) needs the `redis` crate's
-/// TLS support, which this crate does not turn on.
+/// show the URL with the password replaced by `***`). `rediss://` (TLS) needs the `redis-tls`
+/// feature; [`with_client`](RedisPubSub::with_client) takes a client with certificates of your own.
 ///
 /// ```no_run
 /// # use millstream::pubsub::redis::{RedisConfig, RedisPubSub};
@@ -135,13 +135,40 @@ fn redis_error(error: redis::RedisError, what: impl fmt::Display) -> Error {
 }
 
 impl RedisPubSub {
-    /// Connects to the server at `url` (`redis://[user[:password]@]host[:port][/db]`). Fails if
-    /// the URL is invalid or the server does not answer (after a few attempts with backoff).
+    /// Connects to the server at `url`: `redis://[user[:password]@]host[:port][/db]`, or
+    /// `rediss://` for TLS (feature `redis-tls`; the server's certificate is checked against the
+    /// system's roots, see [`with_client`](RedisPubSub::with_client) for a CA of your own). Fails
+    /// if the URL is invalid, the server does not answer (after a few attempts with backoff), or
+    /// refuses the user or password (a permanent [`ErrorKind::Config`] error).
     pub async fn connect(url: &str, config: RedisConfig) -> Result<Self> {
         let shown = redact(url);
         let client = redis::Client::open(url).map_err(|e| {
             Error::with_source(ErrorKind::Config, e).context(format!("redis: invalid URL {shown}"))
         })?;
+        Self::open(client, shown, config).await
+    }
+
+    /// Connects with a client built by the `redis` crate, for what a URL cannot say: TLS with a
+    /// CA or client certificate of your own (`redis::Client::build_with_tls`, feature
+    /// `redis-tls`), a connection set up by hand.
+    pub async fn with_client(client: redis::Client, config: RedisConfig) -> Result<Self> {
+        let info = client.get_connection_info();
+        let scheme = match info.addr {
+            redis::ConnectionAddr::TcpTls { .. } => "rediss",
+            redis::ConnectionAddr::Unix(_) => "redis+unix",
+            _ => "redis",
+        };
+        let user = match (&info.redis.username, &info.redis.password) {
+            (Some(user), Some(_)) => format!("{user}:***@"),
+            (Some(user), None) => format!("{user}@"),
+            (None, Some(_)) => ":***@".to_owned(),
+            (None, None) => String::new(),
+        };
+        let shown = format!("{scheme}://{user}{}/{}", info.addr, info.redis.db);
+        Self::open(client, shown, config).await
+    }
+
+    async fn open(client: redis::Client, shown: String, config: RedisConfig) -> Result<Self> {
         // One plain connection first: a wrong password or an unknown user fails here at once
         // (the manager below would retry it with backoff).
         let probe_config = AsyncConnectionConfig::new()

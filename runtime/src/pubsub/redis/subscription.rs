@@ -157,15 +157,18 @@ impl Flow {
         self.max_in_flight.saturating_sub(self.inflight.lock().count)
     }
 
-    /// Waits until more may be read; `None` once the subscription has ended.
-    async fn wait_room(&self) -> Option<usize> {
+    /// Waits until at least `wanted` more may be read (fewer when the limit is lower: at most
+    /// half of it, at least 1), so that settling one delivery at a time does not turn into one
+    /// read per delivery; `None` once the subscription has ended.
+    async fn wait_room(&self, wanted: usize) -> Option<usize> {
+        let wanted = wanted.min(self.max_in_flight / 2).max(1);
         loop {
             let notified = self.room.notified();
             if self.cancel.is_cancelled() {
                 return None;
             }
             let room = self.room_left();
-            if room > 0 {
+            if room >= wanted {
                 return Some(room);
             }
             tokio::select! {
@@ -488,7 +491,7 @@ async fn read_group(group: Arc<Group>, connection: MultiplexedConnection) {
     let mut history = Some(StreamId::ZERO);
     let mut failures = 0u32;
     loop {
-        let Some(room) = group.flow.wait_room().await else { break };
+        let Some(room) = group.flow.wait_room(config.batch).await else { break };
         let conn = match connection.as_mut() {
             Some(conn) => conn,
             None => match group.inner.reader_connection().await {
@@ -741,7 +744,7 @@ async fn read_solo(
     let mut connection = Some(connection);
     let mut failures = 0u32;
     loop {
-        let Some(room) = solo.flow.wait_room().await else { break };
+        let Some(room) = solo.flow.wait_room(config.batch).await else { break };
         let conn = match connection.as_mut() {
             Some(conn) => conn,
             None => match inner.reader_connection().await {

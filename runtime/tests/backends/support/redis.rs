@@ -30,6 +30,7 @@ pub(crate) struct PrivateServer {
     pub(crate) port: u16,
     dir: PathBuf,
     args: Vec<String>,
+    certs: Option<PathBuf>,
     child: Option<Child>,
 }
 
@@ -56,9 +57,85 @@ impl PrivateServer {
         let dir = std::env::temp_dir().join(unique(test).replace(':', "_"));
         std::fs::create_dir_all(&dir).unwrap();
         let args = args.iter().map(|a| (*a).to_owned()).collect();
-        let mut server = PrivateServer { port: free_port(), dir, args, child: None };
+        let mut server = PrivateServer { port: free_port(), dir, args, certs: None, child: None };
         server.launch();
         Some(server)
+    }
+
+    /// Starts one that speaks only TLS on its port, with a certificate for `localhost` and
+    /// 127.0.0.1 signed by a CA made for it (`ca.crt` in [`dir`](Self::dir)); `None` when
+    /// `redis-server` or `openssl` is missing.
+    pub(crate) fn start_tls(test: &str) -> Option<PrivateServer> {
+        let dir = std::env::temp_dir().join(format!("{}-certs", unique(test).replace(':', "_")));
+        std::fs::create_dir_all(&dir).unwrap();
+        let openssl = |args: &[&str]| {
+            Command::new("openssl")
+                .args(args)
+                .current_dir(&dir)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+        };
+        std::fs::write(dir.join("san.ext"), "subjectAltName=DNS:localhost,IP:127.0.0.1\n").unwrap();
+        let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+        let steps: [&[&str]; 3] = [
+            &[
+                &["req", "-x509"],
+                &ec[..],
+                &["-keyout", "ca.key", "-out", "ca.crt", "-days", "2", "-subj", "/CN=millstream test CA"],
+            ]
+            .concat(),
+            &[&["req"], &ec[..], &["-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=localhost"]]
+                .concat(),
+            &[
+                "x509",
+                "-req",
+                "-in",
+                "server.csr",
+                "-CA",
+                "ca.crt",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                "server.crt",
+                "-days",
+                "2",
+                "-extfile",
+                "san.ext",
+            ],
+        ];
+        for step in steps {
+            if !openssl(step).is_ok_and(|status| status.success()) {
+                eprintln!("{test}: skipped, openssl could not make the certificates ({step:?})");
+                let _ = std::fs::remove_dir_all(&dir);
+                return None;
+            }
+        }
+        let file = |name: &str| dir.join(name).display().to_string();
+        let args = [
+            "--port".to_owned(),
+            "0".to_owned(),
+            "--tls-port".to_owned(),
+            "{port}".to_owned(),
+            "--tls-cert-file".to_owned(),
+            file("server.crt"),
+            "--tls-key-file".to_owned(),
+            file("server.key"),
+            "--tls-ca-cert-file".to_owned(),
+            file("ca.crt"),
+            "--tls-auth-clients".to_owned(),
+            "no".to_owned(),
+        ];
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut server = Self::start_with(test, &args)?;
+        server.certs = Some(dir);
+        Some(server)
+    }
+
+    /// The directory of the certificates of a [`start_tls`](Self::start_tls) server.
+    pub(crate) fn certs(&self) -> &std::path::Path {
+        self.certs.as_deref().expect("a TLS server")
     }
 
     pub(crate) fn url(&self) -> String {
@@ -71,7 +148,7 @@ impl PrivateServer {
             .args(["--appendonly", "yes", "--appendfsync", "always"])
             .arg("--dir")
             .arg(&self.dir)
-            .args(&self.args)
+            .args(self.args.iter().map(|a| a.replace("{port}", &self.port.to_string())))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -103,5 +180,8 @@ impl Drop for PrivateServer {
     fn drop(&mut self) {
         self.kill();
         let _ = std::fs::remove_dir_all(&self.dir);
+        if let Some(certs) = &self.certs {
+            let _ = std::fs::remove_dir_all(certs);
+        }
     }
 }
