@@ -336,11 +336,11 @@ async fn racing_claimers_deliver_an_entry_once_per_claim_cycle() {
     }
     read_and_die(&url, &key, "g", "dead", 20).await;
 
-    // Two subscriptions on two connections, claiming every 10 ms what is idle for 300 ms.
+    // Two subscriptions on two connections, claiming every 10 ms what is idle for 1 s.
     let racing = |name: &str| {
         let options = SubscribeOptions::group("g").extension(RedisConsumer(name.to_owned()));
         let config =
-            config(&prefix).claim_idle(Duration::from_millis(300)).claim_interval(Duration::from_millis(10));
+            config(&prefix).claim_idle(Duration::from_secs(1)).claim_interval(Duration::from_millis(10));
         let url = url.clone();
         async move {
             let pubsub = connect(&url, config).await;

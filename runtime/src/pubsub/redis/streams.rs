@@ -34,7 +34,8 @@ use crate::pubsub::{
 ///   `<name>/<n>` (see [`RedisConsumer`]): stable across restarts, so a restarted process first
 ///   reads the entries it had read and not settled. Consumers are never deleted by the backend.
 /// - A subscription without a group reads with `XREAD` from the stream's end when it subscribes
-///   (or the start or a time, as [`SubscribeOptions::start`] says); it acknowledges nothing.
+///   (or the start or a time, as [`SubscribeOptions::start`] says); it acknowledges nothing: a
+///   nack or release hands the message out again from memory, a reject drops it.
 ///
 /// # Settling
 /// - **ack**: `XACK`.

@@ -360,6 +360,25 @@ impl Group {
         Ok(())
     }
 
+    /// Retries the ack of `id` with backoff for up to `claim_idle` (after that another
+    /// subscription may claim the entry anyway).
+    async fn ack_later(self: Arc<Self>, id: StreamId) {
+        let config = &self.inner.config;
+        let deadline = tokio::time::Instant::now() + config.claim_idle;
+        let mut failures = 1;
+        while tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(backoff(failures, config.max_backoff)).await;
+            match self.xack(&[id]).await {
+                Ok(()) => return,
+                Err(error) => {
+                    failures += 1;
+                    tracing::debug!(%error, entry = %id, "redis: the ack still fails");
+                }
+            }
+        }
+        tracing::warn!(topic = self.topic, entry = %id, "redis: giving up an ack; the entry will be delivered again");
+    }
+
     /// Delivers `id` again to this subscription, if this consumer still holds it.
     async fn redeliver(&self, id: StreamId) -> Result<()> {
         if self.flow.cancel.is_cancelled() || self.flow.queue.is_closed() {
@@ -465,7 +484,15 @@ impl AckSink for GroupSink {
         let id = StreamId::from_token(token);
         OpFuture::boxed(async move {
             let result = match how {
-                Settle::Ack => group.xack(&[id]).await,
+                Settle::Ack => match group.xack(&[id]).await {
+                    Ok(()) => Ok(()),
+                    Err(error) => {
+                        // Handled, but the ack did not reach the server (it is away): keep
+                        // trying a while, so the entry is not handled again once it is back.
+                        tokio::spawn(group.clone().ack_later(id));
+                        Err(error.context("retrying the ack in the background"))
+                    }
+                },
                 Settle::Reject(reason) => group.reject(id, &reason).await,
                 Settle::Nack(Some(delay)) if !delay.is_zero() => {
                     tokio::spawn(group.clone().redeliver_after(id, delay));
