@@ -595,3 +595,64 @@ async fn tls_with_a_ca_of_its_own() {
     assert_eq!(text(&next(&mut solo, "a group-less delivery over TLS").await), "over TLS");
     Subscriber::close(&pubsub).await.unwrap();
 }
+
+// ----------------------------------------------------------------------------------------------
+// Under the router
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_the_router_failures_are_retried_and_poison_goes_to_the_dead_letter_stream() {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::Arc;
+
+    use millstream::{App, Route, RouterConfig};
+
+    let url = url();
+    let prefix = unique("router");
+    let pubsub = connect(&url, config(&prefix)).await;
+    let calls = Arc::new(AtomicU32::new(0));
+    // Fails twice (transient: nacked, redelivered), then succeeds.
+    let handler = {
+        let calls = calls.clone();
+        move |_: serde_json::Value| {
+            let n = calls.fetch_add(1, Ordering::SeqCst) + 1;
+            std::future::ready(if n <= 2 {
+                Err(millstream::Error::msg(format!("failure {n}")))
+            } else {
+                Ok(())
+            })
+        }
+    };
+    // No poison topic: a permanent failure (a payload that is not JSON) is rejected, and the
+    // backend's dead letter takes it.
+    let router = App::new()
+        .pubsub(pubsub.clone())
+        .config(RouterConfig::default().without_poison_topic())
+        .route(Route::new("bill", "orders", handler))
+        .build()
+        .unwrap();
+    let task = tokio::spawn({
+        let router = router.clone();
+        async move { router.run().await }
+    });
+    tokio::time::timeout(TIMEOUT, router.running()).await.expect("router running");
+    let mut dead = pubsub.subscribe("orders.dead", SubscribeOptions::group("ops")).await.unwrap();
+    pubsub.publish("orders", Message::new(r#"{"id":1}"#)).await.unwrap();
+    pubsub.publish("orders", Message::new("not json")).await.unwrap();
+
+    let letter = next(&mut dead, "the undecodable message in the dead letter stream").await;
+    assert_eq!(text(&letter), "not json");
+    assert!(letter.message().metadata().get("millstream.poison.reason").is_some_and(|r| !r.is_empty()));
+    letter.ack().await.unwrap();
+    let key = format!("{prefix}orders");
+    // The group is the handler's name; everything is settled once the retried message succeeded.
+    let deadline = Instant::now() + TIMEOUT;
+    while calls.load(Ordering::SeqCst) < 3 || pending(&url, &key, "bill", None).await != 0 {
+        assert!(Instant::now() < deadline, "the failing message was not retried to success");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 3, "two failures, one success");
+    router.shutdown();
+    tokio::time::timeout(TIMEOUT, task).await.unwrap().unwrap().unwrap();
+    Subscriber::close(&pubsub).await.unwrap();
+    delete(&url, &[key, format!("{prefix}orders.dead")]).await;
+}
