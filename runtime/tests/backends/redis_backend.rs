@@ -269,6 +269,7 @@ async fn a_killed_consumers_entries_are_claimed_by_another() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_trim_never_drops_unread_entries() {
+    // Groups a (reads and acks everything), b (reads slowly, holds some) and c (reads nothing).
     let url = url();
     let prefix = unique("trim");
     let key = format!("{prefix}t");
@@ -276,6 +277,8 @@ async fn a_trim_never_drops_unread_entries() {
     let publisher =
         connect(&url, config(&prefix).trim(Trim::MaxLen(5)).trim_interval(Duration::from_millis(20))).await;
     let consumers = connect(&url, config(&prefix)).await;
+    // Group c reads nothing until it is removed: its position holds everything.
+    create_group(&url, &key, "c").await;
     let mut a = consumers.subscribe("t", SubscribeOptions::group("a")).await.unwrap();
     let mut b = consumers.subscribe("t", SubscribeOptions::group("b").max_in_flight(30)).await.unwrap();
     for n in 0..100 {
@@ -301,6 +304,15 @@ async fn a_trim_never_drops_unread_entries() {
         }
     }
     publisher.trim("t", Trim::MaxLen(5)).await.unwrap();
+    assert_eq!(xlen(&url, &key).await, 100, "group c has read nothing: nothing goes");
+    let _: i64 = redis::cmd("XGROUP")
+        .arg("DESTROY")
+        .arg(&key)
+        .arg("c")
+        .query_async(&mut raw(&url).await)
+        .await
+        .unwrap();
+    publisher.trim("t", Trim::MaxLen(5)).await.unwrap();
     assert_eq!(xlen(&url, &key).await, 80, "only what both groups acked goes: b's oldest pending is 20");
 
     // b settles and reads the rest: every entry is still there to read.
@@ -312,8 +324,11 @@ async fn a_trim_never_drops_unread_entries() {
         assert_eq!(text(&delivery), n.to_string(), "nothing was lost to the trim");
         delivery.ack().await.unwrap();
     }
-    // Now the publisher's own trimming brings the stream down to its five newest.
+    // Now the publisher's own trimming brings the stream down to its five newest, and a trim by
+    // age (anything older than now) empties it: every group has read and acked everything.
     wait_len(&url, &key, 5).await;
+    assert_eq!(publisher.trim("t", Trim::MaxAge(Duration::ZERO)).await.unwrap(), 5);
+    assert_eq!(xlen(&url, &key).await, 0);
     drop((a, b));
     Subscriber::close(&consumers).await.unwrap();
     Publisher::close(&publisher).await.unwrap();
