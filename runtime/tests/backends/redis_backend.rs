@@ -671,3 +671,52 @@ async fn under_the_router_failures_are_retried_and_poison_goes_to_the_dead_lette
     Subscriber::close(&pubsub).await.unwrap();
     delete(&url, &[key, format!("{prefix}orders.dead")]).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_consumers_that_hold_nothing_are_forgotten_and_the_others_kept() {
+    let url = url();
+    let prefix = unique("forget");
+    let key = format!("{prefix}f");
+    create_group(&url, &key, "g").await;
+    let pubsub = connect(&url, config(&prefix)).await;
+    for n in 0..3 {
+        pubsub.publish("f", Message::new(n.to_string())).await.unwrap();
+    }
+    // "dead" holds three entries; "empty" holds nothing.
+    read_and_die(&url, &key, "g", "dead", 3).await;
+    let created: i64 = redis::cmd("XGROUP")
+        .arg("CREATECONSUMER")
+        .arg(&key)
+        .arg("g")
+        .arg("empty")
+        .query_async(&mut raw(&url).await)
+        .await
+        .unwrap();
+    assert_eq!(created, 1, "the empty consumer exists");
+    // A subscription that forgets consumers idle for 300 ms and claims nothing (for a minute).
+    let config = config(&prefix)
+        .forget_consumers_after(Some(Duration::from_millis(300)))
+        .claim_idle(Duration::from_secs(60));
+    let forgetful = connect(&url, config).await;
+    let _sub = forgetful.subscribe("f", SubscribeOptions::group("g")).await.unwrap();
+    let consumers = || async {
+        let reply: Value = redis::cmd("XINFO")
+            .arg("CONSUMERS")
+            .arg(&key)
+            .arg("g")
+            .query_async(&mut raw(&url).await)
+            .await
+            .unwrap();
+        format!("{reply:?}")
+    };
+    let deadline = Instant::now() + TIMEOUT;
+    while consumers().await.contains("empty") {
+        assert!(Instant::now() < deadline, "the empty consumer was not forgotten: {}", consumers().await);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(consumers().await.contains("dead"), "a consumer holding entries is kept: {}", consumers().await);
+    assert_eq!(pending(&url, &key, "g", Some("dead")).await, 3);
+    Subscriber::close(&forgetful).await.unwrap();
+    Subscriber::close(&pubsub).await.unwrap();
+    delete(&url, &[key]).await;
+}

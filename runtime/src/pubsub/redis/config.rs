@@ -52,6 +52,11 @@ pub struct RedisConfig {
     /// other, so it can be subscribed to). Default `Some(".dead")`; `None` drops rejected entries
     /// (the router then publishes to its poison topic first).
     pub dead_letter_suffix: Option<String>,
+    /// Consumers of a group that hold no pending entry and have not read for this long are
+    /// deleted (by any subscription of the group, checking about every quarter of it), so that
+    /// names of hosts long gone do not pile up; `None` keeps them. A consumer that holds entries
+    /// is never deleted. Default 24 h.
+    pub forget_consumers_after: Option<Duration>,
     /// How long a command waits for its reply (blocking reads wait [`block`](RedisConfig::block)
     /// more). Default 5 s.
     pub response_timeout: Duration,
@@ -74,6 +79,7 @@ impl Default for RedisConfig {
             trim: None,
             trim_interval: Duration::from_secs(5),
             dead_letter_suffix: Some(".dead".to_owned()),
+            forget_consumers_after: Some(Duration::from_secs(24 * 3600)),
             response_timeout: Duration::from_secs(5),
             max_backoff: Duration::from_secs(5),
         }
@@ -147,6 +153,12 @@ impl RedisConfig {
         self
     }
 
+    /// Sets [`forget_consumers_after`](RedisConfig::forget_consumers_after).
+    pub fn forget_consumers_after(mut self, idle: Option<Duration>) -> Self {
+        self.forget_consumers_after = idle;
+        self
+    }
+
     /// Sets [`response_timeout`](RedisConfig::response_timeout).
     pub fn response_timeout(mut self, timeout: Duration) -> Self {
         self.response_timeout = timeout;
@@ -169,7 +181,8 @@ impl RedisConfig {
 /// restarts and subscribes again gets the same names, so each subscription reads its own pending
 /// entries (what it had read but not settled before the restart) before anything new. Two
 /// processes that would pick the same names (two replicas with one host name) must be given
-/// different ones.
+/// different ones. Consumers that hold nothing and have been idle for
+/// [`RedisConfig::forget_consumers_after`] are deleted.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RedisConsumer(pub String);
 

@@ -130,3 +130,25 @@ for _, g in ipairs(redis.call('XINFO', 'GROUPS', key)) do
 end
 return redis.call('XTRIM', key, 'MINID', limit)
 "#;
+
+/// Deletes a group's consumers that hold no pending entry and have been idle at least the given
+/// time, except the caller. Checked and deleted in one script, so a consumer that holds an entry
+/// is never deleted (deleting it would drop its entries from the group's pending list).
+///
+/// KEYS: stream. ARGV: group, idle ms, the caller's consumer. Returns how many were deleted.
+pub(super) const FORGET_CONSUMERS: &str = r#"
+local n = 0
+for _, c in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])) do
+  local name, pending, idle
+  for i = 1, #c, 2 do
+    if c[i] == 'name' then name = c[i + 1]
+    elseif c[i] == 'pending' then pending = c[i + 1]
+    elseif c[i] == 'idle' then idle = c[i + 1] end
+  end
+  if pending == 0 and idle >= tonumber(ARGV[2]) and name ~= ARGV[3] then
+    redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], name)
+    n = n + 1
+  end
+end
+return n
+"#;

@@ -471,6 +471,25 @@ impl Group {
         Ok(counts)
     }
 
+    /// Deletes the group's consumers idle for `idle` that hold nothing.
+    async fn forget_consumers(&self, idle: Duration) {
+        let mut command = redis::cmd("EVAL");
+        command.arg(scripts::FORGET_CONSUMERS).arg(1).arg(&self.key).arg(&self.group);
+        command.arg(idle.as_millis() as u64).arg(&self.consumer);
+        match command.query_async::<i64>(&mut self.manager()).await {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(
+                topic = self.topic,
+                group = self.group,
+                n,
+                "redis: deleted idle consumers that held nothing"
+            ),
+            Err(error) => {
+                tracing::debug!(%error, topic = self.topic, "redis: deleting idle consumers failed")
+            }
+        }
+    }
+
     async fn create_group(&self) -> Result<()> {
         self.inner.create_group(&self.key, &self.group, "0").await
     }
@@ -625,11 +644,21 @@ async fn claim(group: Arc<Group>) {
     let config = &group.inner.config;
     let mut cursor = StreamId::ZERO;
     let mut first = true;
+    let forget_every = config
+        .forget_consumers_after
+        .map(|idle| (idle / 4).clamp(config.claim_interval, Duration::from_secs(600)));
+    let mut forgotten_at = tokio::time::Instant::now();
     loop {
         // The first look at once: entries given back by a subscription that just ended.
         let wait = if std::mem::take(&mut first) { Duration::ZERO } else { config.claim_interval };
         if !pause(wait, &group.flow.cancel).await {
             return;
+        }
+        if let (Some(every), Some(idle)) = (forget_every, config.forget_consumers_after) {
+            if forgotten_at.elapsed() >= every {
+                forgotten_at = tokio::time::Instant::now();
+                group.forget_consumers(idle).await;
+            }
         }
         let room = group.flow.room_left();
         if room == 0 {
