@@ -32,7 +32,9 @@ use crate::pubsub::{
 ///   MKSTREAM`) at the stream's start ([`StartFrom::Default`] and [`StartFrom::Earliest`]), its
 ///   end ([`StartFrom::Latest`]) or a time. Each subscription is one consumer of it, named
 ///   `<name>/<n>` (see [`RedisConsumer`]): stable across restarts, so a restarted process first
-///   reads the entries it had read and not settled. Consumers are never deleted by the backend.
+///   reads the entries it had read and not settled. A consumer that holds no pending entry and
+///   has been idle for [`RedisConfig::forget_consumers_after`] (24 h) is deleted; one that holds
+///   entries never is.
 /// - A subscription without a group reads with `XREAD` from the stream's end when it subscribes
 ///   (or the start or a time, as [`SubscribeOptions::start`] says); it acknowledges nothing: a
 ///   nack or release hands the message out again from memory, a reject drops it.
