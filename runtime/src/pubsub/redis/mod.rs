@@ -5,9 +5,11 @@
 mod config;
 mod dedup;
 mod entry;
+mod flow;
+mod group;
 mod scripts;
+mod solo;
 mod streams;
-mod subscription;
 
 pub use self::config::{RedisConfig, RedisConsumer, Trim};
 pub use self::dedup::RedisDedupStore;

@@ -12,8 +12,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::config::{default_consumer_base, RedisConfig, RedisConsumer, Trim};
 use super::entry::{self, StreamId};
+use super::flow::Slot;
 use super::scripts;
-use super::subscription::{self, Slot};
+use super::{group, solo};
 use crate::error::{Error, ErrorKind, Result};
 use crate::message::Message;
 use crate::pubsub::{
@@ -327,7 +328,7 @@ impl RedisPubSub {
                 _ => inner.last_id(&key).await?,
             };
             let connection = inner.reader_connection().await?;
-            return Ok(subscription::start_solo(
+            return Ok(solo::start_solo(
                 inner.clone(),
                 topic.to_owned(),
                 key,
@@ -347,7 +348,7 @@ impl RedisPubSub {
         let slot = Slot::take(format!("{}\n{key}\n{group}\n{base}", inner.server));
         let consumer = format!("{base}/{}", slot.number());
         let connection = inner.reader_connection().await?;
-        Ok(subscription::start_group(
+        Ok(group::start_group(
             inner.clone(),
             topic.to_owned(),
             key,
