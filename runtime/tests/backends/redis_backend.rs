@@ -720,3 +720,24 @@ async fn idle_consumers_that_hold_nothing_are_forgotten_and_the_others_kept() {
     Subscriber::close(&pubsub).await.unwrap();
     delete(&url, &[key]).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_holding_most_of_its_in_flight_limit_still_gets_the_rest() {
+    let url = url();
+    let prefix = unique("hold");
+    let pubsub = connect(&url, config(&prefix)).await;
+    let mut sub = pubsub.subscribe("h", SubscribeOptions::group("g").max_in_flight(10)).await.unwrap();
+    let mut held = Vec::new();
+    for n in 0..10 {
+        pubsub.publish("h", Message::new(n.to_string())).await.unwrap();
+        // Each one is held before the next is published: the reader has room for one at a time.
+        held.push(next(&mut sub, "a delivery while most of the limit is held").await);
+    }
+    let texts: Vec<String> = held.iter().map(text).collect();
+    assert_eq!(texts, (0..10).map(|n| n.to_string()).collect::<Vec<_>>());
+    for delivery in held {
+        delivery.ack().await.unwrap();
+    }
+    Subscriber::close(&pubsub).await.unwrap();
+    delete(&url, &[format!("{prefix}h")]).await;
+}

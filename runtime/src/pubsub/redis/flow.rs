@@ -75,24 +75,33 @@ struct Inflight {
     count: usize,
 }
 
+/// How long a reader with some room, but less than its low-water mark, waits for more before
+/// it reads what fits.
+const TOP_UP: Duration = Duration::from_millis(20);
+
 /// What both kinds of subscription share: the queue, the in-flight count and the end.
 pub(super) struct Flow {
     pub(super) queue: Queue,
     inflight: Mutex<Inflight>,
     pub(super) room: Notify,
     pub(super) max_in_flight: usize,
+    /// The room the reader waits for: `min(batch, max_in_flight / 2)`, at least 1, so that
+    /// settling one delivery at a time does not turn into one read (and one wake-up) per delivery.
+    low_water: usize,
     pub(super) cancel: CancellationToken,
     /// The client id of the reader's connection (0: unknown).
     pub(super) reader: AtomicI64,
 }
 
 impl Flow {
-    pub(super) fn new(max_in_flight: usize, cancel: CancellationToken) -> Self {
+    pub(super) fn new(max_in_flight: usize, batch: usize, cancel: CancellationToken) -> Self {
+        let max_in_flight = max_in_flight.max(1);
         Flow {
             queue: Queue::default(),
             inflight: Mutex::new(Inflight::default()),
             room: Notify::new(),
-            max_in_flight: max_in_flight.max(1),
+            max_in_flight,
+            low_water: batch.min(max_in_flight / 2).max(1),
             cancel,
             reader: AtomicI64::new(0),
         }
@@ -137,8 +146,11 @@ impl Flow {
             }
             inflight.count -= 1;
         }
+        let room = self.max_in_flight.saturating_sub(inflight.count);
         drop(inflight);
-        self.room.notify_one();
+        if room >= self.low_water {
+            self.room.notify_one();
+        }
     }
 
     pub(super) fn is_out(&self, id: StreamId) -> bool {
@@ -149,22 +161,22 @@ impl Flow {
         self.max_in_flight.saturating_sub(self.inflight.lock().count)
     }
 
-    /// Waits until at least `wanted` more may be read (fewer when the limit is lower: at most
-    /// half of it, at least 1), so that settling one delivery at a time does not turn into one
-    /// read per delivery; `None` once the subscription has ended.
-    pub(super) async fn wait_room(&self, wanted: usize) -> Option<usize> {
-        let wanted = wanted.min(self.max_in_flight / 2).max(1);
+    /// Waits until at least the low-water room may be read, or, when some room is left but less,
+    /// for [`TOP_UP`] at most (a consumer may hold most of its deliveries until more arrive);
+    /// `None` once the subscription has ended.
+    pub(super) async fn wait_room(&self) -> Option<usize> {
         loop {
             let notified = self.room.notified();
             if self.cancel.is_cancelled() {
                 return None;
             }
             let room = self.room_left();
-            if room >= wanted {
+            if room >= self.low_water {
                 return Some(room);
             }
             tokio::select! {
                 () = notified => {}
+                () = tokio::time::sleep(TOP_UP), if room > 0 => return Some(room),
                 () = self.cancel.cancelled() => return None,
             }
         }

@@ -45,13 +45,14 @@ pub(super) fn start_group(
     (connection, reader): (MultiplexedConnection, i64),
 ) -> Subscription {
     let cancel = inner.cancel.child_token();
+    let batch = inner.config.batch;
     let state = Arc::new(Group {
         inner,
         topic,
         key,
         group,
         consumer,
-        flow: Flow::new(max_in_flight, cancel.clone()),
+        flow: Flow::new(max_in_flight, batch, cancel.clone()),
         _slot: slot,
     });
     state.flow.reader.store(reader, Ordering::Release);
@@ -290,7 +291,7 @@ async fn read_group(group: Arc<Group>, connection: MultiplexedConnection) {
     let mut history = Some(StreamId::ZERO);
     let mut failures = 0u32;
     loop {
-        let Some(room) = group.flow.wait_room(config.batch).await else { break };
+        let Some(room) = group.flow.wait_room().await else { break };
         let conn = match connection.as_mut() {
             Some(conn) => conn,
             None => match group.inner.reader_connection().await {

@@ -36,7 +36,7 @@ pub(super) fn start_solo(
     let cancel = inner.cancel.child_token();
     let state = Arc::new(Solo {
         topic,
-        flow: Flow::new(max_in_flight, cancel.clone()),
+        flow: Flow::new(max_in_flight, inner.config.batch, cancel.clone()),
         attempts: Mutex::new(HashMap::new()),
     });
     state.flow.reader.store(reader, Ordering::Release);
@@ -103,7 +103,7 @@ async fn read_solo(
     let mut connection = Some(connection);
     let mut failures = 0u32;
     loop {
-        let Some(room) = solo.flow.wait_room(config.batch).await else { break };
+        let Some(room) = solo.flow.wait_room().await else { break };
         let conn = match connection.as_mut() {
             Some(conn) => conn,
             None => match inner.reader_connection().await {
