@@ -104,6 +104,8 @@ pub use crate::pubsub::amqp::{AmqpConfig, AmqpPubSub};
 pub use crate::pubsub::memory::{MemoryConfig, MemoryPubSub};
 #[cfg(feature = "nats")]
 pub use crate::pubsub::nats::{NatsConfig, NatsPubSub};
+#[cfg(feature = "redis")]
+pub use crate::pubsub::redis::{RedisConfig, RedisPubSub};
 #[cfg(feature = "sqlite")]
 pub use crate::pubsub::sql::SqlitePubSub;
 #[cfg(feature = "sql")]
