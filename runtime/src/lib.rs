@@ -100,6 +100,8 @@ pub use crate::message::{DeliveryInfo, Message, MessageId, Metadata};
 pub use crate::middleware::{Middleware, Next};
 #[cfg(feature = "memory")]
 pub use crate::pubsub::memory::{MemoryConfig, MemoryPubSub};
+#[cfg(feature = "mqtt")]
+pub use crate::pubsub::mqtt::{MqttConfig, MqttPubSub};
 #[cfg(feature = "nats")]
 pub use crate::pubsub::nats::{NatsConfig, NatsPubSub};
 #[cfg(feature = "sqlite")]

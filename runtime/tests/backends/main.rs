@@ -5,6 +5,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 mod conformance_memory;
+mod conformance_mqtt;
 mod conformance_mysql;
 mod conformance_nats;
 mod conformance_postgres;
@@ -12,6 +13,7 @@ mod conformance_sqlite;
 mod dedup_redis;
 mod dedup_sql;
 mod memory;
+mod mqtt_backend;
 mod nats_backend;
 mod payload_limits;
 mod sql_memory;

@@ -1,0 +1,2 @@
+//! MQTT beyond the conformance suite.
+#![cfg(feature = "mqtt")]
