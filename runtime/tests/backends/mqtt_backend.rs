@@ -1,2 +1,366 @@
-//! MQTT beyond the conformance suite.
+//! MQTT beyond the conformance suite: PUBACK order, a session resumed after a disconnect, a
+//! shared-subscription member that dies mid-stream, retained messages, wildcards, QoS 0 and 2,
+//! username and password. Against the machine's Mosquitto (`MILLSTREAM_MQTT_URL`, default
+//! 127.0.0.1:1883), or a private one where a test needs settings of its own (a log of every
+//! packet, a password file).
 #![cfg(feature = "mqtt")]
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use millstream::pubsub::mqtt::{MqttConfig, MqttPubSub, MqttPublish, MqttSubscribe, Qos};
+use millstream::{Delivery, ErrorKind, Message, Publisher, SubscribeOptions, Subscriber, Subscription};
+
+use crate::support::mqtt::{shared_url, unique, Broker};
+
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+async fn connect(url: &str, instance: &str) -> MqttPubSub {
+    let config = MqttConfig::from_url(url, instance)
+        .expect("url")
+        .reconnect(Duration::from_millis(50), Duration::from_millis(500));
+    MqttPubSub::connect(config).await.expect("connect")
+}
+
+async fn next(sub: &mut Subscription) -> Delivery {
+    tokio::time::timeout(TIMEOUT, sub.next()).await.expect("a delivery in time").expect("open").expect("ok")
+}
+
+fn text(delivery: &Delivery) -> String {
+    String::from_utf8_lossy(delivery.message().payload()).into_owned()
+}
+
+async fn close(pubsub: &MqttPubSub) {
+    Publisher::close(pubsub).await.unwrap();
+    Subscriber::close(pubsub).await.unwrap();
+}
+
+/// Waits (polling, with a deadline) until `done` holds.
+async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + TIMEOUT;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The packet ids of the PUBLISHes the broker sent `client`, and of the PUBACKs it received from
+/// it, each in log order (a broker with `log_type all`).
+fn publishes_and_pubacks(log: &str, client: &str) -> (Vec<u32>, Vec<u32>) {
+    let mut sent = Vec::new();
+    let mut acked = Vec::new();
+    for line in log.lines() {
+        if let Some(rest) = line.split_once(&format!("Sending PUBLISH to {client} (")).map(|(_, r)| r) {
+            let mid = rest.split(", ").find_map(|field| field.strip_prefix('m')?.parse::<u32>().ok());
+            sent.extend(mid);
+        } else if let Some(rest) =
+            line.split_once(&format!("Received PUBACK from {client} (Mid: ")).map(|(_, r)| r)
+        {
+            acked.extend(rest.split(',').next().and_then(|mid| mid.parse::<u32>().ok()));
+        }
+    }
+    (sent, acked)
+}
+
+/// Handlers settle in any order (here: reversed, in batches); the PUBACKs reach the broker in the
+/// order the messages arrived, and none before the ack of every earlier delivery.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pubacks_leave_in_arrival_order() {
+    let broker = Broker::start("log_type all\nmax_inflight_messages 100");
+    let instance = unique("order");
+    let ps = connect(&broker.url(), &instance).await;
+    let topic = unique("order/t");
+    let group = "g";
+    let mut sub = ps.subscribe(&topic, SubscribeOptions::group(group)).await.unwrap();
+    let n = 40;
+    ps.publish_batch(&topic, (0..n).map(|i| Message::new(format!("m{i}"))).collect()).await.unwrap();
+    let mut held = Vec::new();
+    for _ in 0..n {
+        held.push(next(&mut sub).await);
+    }
+    // The last ten first, newest first: nothing may be acknowledged to the broker yet.
+    for delivery in held.drain(30..).rev() {
+        delivery.ack().await.unwrap();
+    }
+    // Then the rest, from the newest down to the first: once the first is acked, all go.
+    for delivery in held.drain(..).rev() {
+        delivery.ack().await.unwrap();
+    }
+    let client = format!("ms-{instance}-{group}-");
+    let read = || {
+        let log = broker.log();
+        let id = log
+            .lines()
+            .find_map(|line| line.split_once("Sending PUBLISH to ").map(|(_, r)| r))
+            .filter(|r| r.starts_with(&client))
+            .and_then(|r| r.split(' ').next())
+            .map(str::to_owned)
+            .unwrap_or_default();
+        publishes_and_pubacks(&log, &id)
+    };
+    eventually("every PUBACK in the broker's log", || read().1.len() >= n).await;
+    let (sent, acked) = read();
+    assert_eq!(sent.len(), n, "{sent:?}");
+    assert_eq!(acked, sent, "PUBACKs in the order the PUBLISHes arrived");
+    close(&ps).await;
+}
+
+/// A consumer takes five messages, acks the first two, and its process goes away with three
+/// unsettled; the next process with the same instance resumes the session and gets exactly
+/// those three back, marked as redeliveries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resumed_session_redelivers_what_was_not_acked() {
+    let url = shared_url();
+    let instance = unique("resume");
+    let topic = unique("resume/t");
+    let options = SubscribeOptions::group("workers");
+    {
+        let ps = connect(&url, &instance).await;
+        let mut sub = ps.subscribe(&topic, options.clone()).await.unwrap();
+        ps.publish_batch(&topic, (0..5).map(|i| Message::new(format!("m{i}"))).collect()).await.unwrap();
+        let mut held = Vec::new();
+        for _ in 0..5 {
+            held.push(next(&mut sub).await);
+        }
+        let rest = held.split_off(2);
+        for delivery in held {
+            assert!(text(&delivery) == "m0" || text(&delivery) == "m1");
+            delivery.ack().await.unwrap();
+        }
+        for delivery in rest {
+            let (_, attempt, acker) = delivery.into_parts();
+            assert_eq!(attempt, 1);
+            std::mem::forget(acker); // as a crash leaves it
+        }
+        drop(sub);
+        close(&ps).await;
+    }
+    let ps = connect(&url, &instance).await;
+    let mut sub = ps.subscribe(&topic, options).await.unwrap();
+    let mut again = BTreeSet::new();
+    for _ in 0..3 {
+        let delivery = next(&mut sub).await;
+        assert!(delivery.attempt() >= 2, "a redelivery says so: {}", delivery.attempt());
+        again.insert(text(&delivery));
+        delivery.ack().await.unwrap();
+    }
+    assert_eq!(again, BTreeSet::from(["m2".to_owned(), "m3".to_owned(), "m4".to_owned()]));
+    assert!(
+        tokio::time::timeout(Duration::from_millis(1500), sub.next()).await.is_err(),
+        "the acked messages do not come back"
+    );
+    close(&ps).await;
+}
+
+/// Two replicas share a group. One dies in the middle of the stream (its unsettled deliveries
+/// and the messages the broker keeps queuing for it wait in its session); the other goes on.
+/// When a process with the dead one's instance comes back, every message has been handled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_member_that_dies_loses_nothing() {
+    let broker = Broker::start("max_queued_messages 100000");
+    let url = broker.url();
+    let topic = unique("shared/t");
+    let (one, two) = (unique("one"), unique("two"));
+    let options = SubscribeOptions::group("pool");
+    let n = 300;
+    let handled = std::sync::Arc::new(parking_lot::Mutex::new(BTreeSet::new()));
+
+    let survivor = connect(&url, &two).await;
+    let mut survivor_sub = survivor.subscribe(&topic, options.clone()).await.unwrap();
+    let survivor_task = {
+        let handled = handled.clone();
+        tokio::spawn(async move {
+            while let Some(Ok(delivery)) = survivor_sub.next().await {
+                handled.lock().insert(text(&delivery));
+                let _ = delivery.ack().await;
+            }
+        })
+    };
+
+    let dying = connect(&url, &one).await;
+    let mut dying_sub = dying.subscribe(&topic, options.clone()).await.unwrap();
+    let publisher = connect(&url, &unique("pub")).await;
+    let publishing = {
+        let topic = topic.clone();
+        let publisher = publisher.clone();
+        tokio::spawn(async move {
+            for i in 0..n {
+                publisher.publish(&topic, Message::new(format!("m{i}"))).await.unwrap();
+            }
+        })
+    };
+    // The dying member handles ten, takes five more, and dies without settling them.
+    for i in 0..15 {
+        let delivery = next(&mut dying_sub).await;
+        if i < 10 {
+            handled.lock().insert(text(&delivery));
+            delivery.ack().await.unwrap();
+        } else {
+            let (_, _, acker) = delivery.into_parts();
+            std::mem::forget(acker);
+        }
+    }
+    drop(dying_sub);
+    close(&dying).await;
+    publishing.await.unwrap();
+    // The survivor got its share; the dead member's share waits in its session.
+    let handled_now = handled.lock().len();
+    assert!(handled_now < n, "Mosquitto queues for the offline member: {handled_now} of {n} handled");
+
+    let back = connect(&url, &one).await;
+    let mut back_sub = back.subscribe(&topic, options).await.unwrap();
+    let back_task = {
+        let handled = handled.clone();
+        tokio::spawn(async move {
+            while let Some(Ok(delivery)) = back_sub.next().await {
+                handled.lock().insert(text(&delivery));
+                let _ = delivery.ack().await;
+            }
+        })
+    };
+    eventually("every message handled by one member or the other", || handled.lock().len() == n).await;
+    close(&back).await;
+    close(&survivor).await;
+    close(&publisher).await;
+    let _ = tokio::time::timeout(TIMEOUT, back_task).await;
+    let _ = tokio::time::timeout(TIMEOUT, survivor_task).await;
+}
+
+/// A retained message reaches a subscriber that comes later, flagged as retained; a live one is
+/// not; clearing it leaves nothing for the next subscriber.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retained_messages_reach_late_subscribers() {
+    let ps = connect(&shared_url(), &unique("retain")).await;
+    let topic = unique("retain/t");
+    let sent = Message::new("last known value").with_header("unit", "°C");
+    ps.publish_with(&topic, sent.clone(), MqttPublish::retained()).await.unwrap();
+    let mut sub = ps.subscribe(&topic, SubscribeOptions::default()).await.unwrap();
+    let delivery = next(&mut sub).await;
+    assert_eq!(delivery.message(), &sent, "id, metadata and payload");
+    let info = delivery.info().expect("delivery info");
+    assert!(info.retained, "flagged as retained");
+    assert_eq!(info.topic.as_deref(), Some(topic.as_str()));
+    delivery.ack().await.unwrap();
+    ps.publish(&topic, Message::new("live")).await.unwrap();
+    let live = next(&mut sub).await;
+    assert_eq!(text(&live), "live");
+    assert!(!live.info().is_some_and(|info| info.retained), "a live message is not retained");
+    live.ack().await.unwrap();
+    // Opting out of retained messages, and clearing them.
+    let mut without = ps
+        .subscribe(&topic, SubscribeOptions::default().extension(MqttSubscribe::new().retained(false)))
+        .await
+        .unwrap();
+    ps.clear_retained(&topic).await.unwrap();
+    let mut late = ps.subscribe(&topic, SubscribeOptions::default()).await.unwrap();
+    ps.publish(&topic, Message::new("after")).await.unwrap();
+    // MQTT forwards the clearing (empty) publish to the subscribers there are.
+    assert_eq!(
+        text(&next(&mut without).await),
+        "",
+        "no retained message when opted out: the clear comes first"
+    );
+    assert_eq!(text(&next(&mut without).await), "after");
+    assert_eq!(text(&next(&mut late).await), "after", "a cleared retained message is gone");
+    close(&ps).await;
+}
+
+/// `+` and `#` patterns, alone and in a group: the concrete topic comes with each delivery; a
+/// wildcard without `pattern()` is refused, as is publishing to one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wildcard_subscriptions_name_the_concrete_topic() {
+    let ps = connect(&shared_url(), &unique("wild")).await;
+    let base = unique("wild");
+    let mut plus =
+        ps.subscribe(&format!("{base}/+/temp"), SubscribeOptions::default().pattern()).await.unwrap();
+    let mut hash =
+        ps.subscribe(&format!("{base}/#"), SubscribeOptions::group("all").pattern()).await.unwrap();
+    let topics = [format!("{base}/a/temp"), format!("{base}/b/humidity"), format!("{base}/b/temp")];
+    for topic in &topics {
+        ps.publish(topic, Message::new(topic.clone())).await.unwrap();
+    }
+    for expected in [&topics[0], &topics[2]] {
+        let delivery = next(&mut plus).await;
+        assert_eq!(&text(&delivery), expected);
+        assert_eq!(delivery.info().and_then(|i| i.topic.as_deref()), Some(expected.as_str()));
+        delivery.ack().await.unwrap();
+    }
+    for expected in &topics {
+        let delivery = next(&mut hash).await;
+        assert_eq!(delivery.info().and_then(|i| i.topic.as_deref()), Some(expected.as_str()));
+        delivery.ack().await.unwrap();
+    }
+    for bad in [format!("{base}/+/temp"), format!("{base}/#")] {
+        let error = ps.subscribe(&bad, SubscribeOptions::default()).await.unwrap_err();
+        assert_eq!(error.kind(), ErrorKind::Config, "{bad}: a wildcard needs pattern()");
+        let error = ps.publish(&bad, Message::new("x")).await.unwrap_err();
+        assert_eq!(error.kind(), ErrorKind::Config, "{bad}: not a topic name");
+    }
+    let error = ps.subscribe(&format!("{base}/a#"), SubscribeOptions::default().pattern()).await.unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::Config, "'#' must be a whole level");
+    close(&ps).await;
+}
+
+/// QoS 0 and QoS 2 publishes arrive; a QoS 0 subscription gets its messages without PUBACKs; a
+/// QoS 2 subscription is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qos_options() {
+    let ps = connect(&shared_url(), &unique("qos")).await;
+    let topic = unique("qos/t");
+    let mut sub = ps.subscribe(&topic, SubscribeOptions::group("g")).await.unwrap();
+    let mut at_most_once = ps
+        .subscribe(&topic, SubscribeOptions::default().extension(MqttSubscribe::new().qos(Qos::AtMostOnce)))
+        .await
+        .unwrap();
+    ps.publish_with(&topic, Message::new("q0"), MqttPublish::new().qos(Qos::AtMostOnce)).await.unwrap();
+    ps.publish_with(&topic, Message::new("q2"), MqttPublish::new().qos(Qos::ExactlyOnce)).await.unwrap();
+    let mut got = BTreeSet::new();
+    for _ in 0..2 {
+        let delivery = next(&mut sub).await;
+        got.insert(text(&delivery));
+        delivery.ack().await.unwrap();
+    }
+    assert_eq!(got, BTreeSet::from(["q0".to_owned(), "q2".to_owned()]));
+    for _ in 0..2 {
+        next(&mut at_most_once).await.ack().await.unwrap();
+    }
+    let error = ps
+        .subscribe(&topic, SubscribeOptions::default().extension(MqttSubscribe::new().qos(Qos::ExactlyOnce)))
+        .await
+        .unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::Config);
+    close(&ps).await;
+}
+
+/// A broker that wants a password: the right one connects, a wrong one is refused at connect,
+/// and neither shows up in `Debug`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn username_and_password() {
+    let dir = std::env::temp_dir().join(unique("mqtt-passwd"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let passwords = dir.join("passwd");
+    let status = std::process::Command::new("mosquitto_passwd")
+        .arg("-c")
+        .arg("-b")
+        .arg(&passwords)
+        .args(["ann", "s3cret/pw"])
+        .status()
+        .expect("mosquitto_passwd");
+    assert!(status.success());
+    let broker = Broker::start(&format!("allow_anonymous false\npassword_file {}", passwords.display()));
+    let config = |password: &str| {
+        MqttConfig::new(unique("auth")).host("127.0.0.1", broker.port()).credentials("ann", password)
+    };
+    let good = config("s3cret/pw");
+    assert!(!format!("{good:?}").contains("s3cret"), "the password is redacted");
+    let ps = MqttPubSub::connect(good).await.expect("the right password connects");
+    assert!(!format!("{ps:?}").contains("s3cret"));
+    let topic = unique("auth/t");
+    let mut sub = ps.subscribe(&topic, SubscribeOptions::group("g")).await.unwrap();
+    ps.publish(&topic, Message::new("hello")).await.unwrap();
+    assert_eq!(text(&next(&mut sub).await), "hello");
+    close(&ps).await;
+    let error = MqttPubSub::connect(config("wrong")).await.expect_err("a wrong password is refused");
+    assert!(!error.to_string().contains("wrong"), "{error}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -191,7 +191,8 @@ impl MqttPubSub {
         self.publish_all(topic, vec![message], options).await
     }
 
-    /// Clears `topic`'s retained message (an empty retained publish).
+    /// Clears `topic`'s retained message: an empty retained publish, which MQTT also forwards
+    /// to the topic's current subscribers as an empty message.
     pub async fn clear_retained(&self, topic: &str) -> Result<()> {
         check_topic(topic)?;
         let mut publish = Publish::new(topic, self.inner.config.qos.raw(), bytes::Bytes::new(), None);

@@ -119,6 +119,11 @@ impl Broker {
         false
     }
 
+    /// The broker's log so far.
+    pub(crate) fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("mosquitto.log")).unwrap_or_default()
+    }
+
     pub(crate) fn port(&self) -> u16 {
         self.port
     }
