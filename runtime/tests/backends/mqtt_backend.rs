@@ -364,3 +364,23 @@ async fn username_and_password() {
     assert!(!error.to_string().contains("wrong"), "{error}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The broker streams faster than rumqttc writes PUBACKs (its event loop reads the network and
+/// its request channel in turn): acks wait in order in the session's outbox instead of failing
+/// on a full channel. (Found by the suite's full mode: 1000 messages, each acked in turn.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acks_never_fail_on_a_busy_connection() {
+    let broker = Broker::start("max_queued_messages 100000");
+    let ps = connect(&broker.url(), &unique("busy")).await;
+    let topic = unique("busy/t");
+    let mut sub = ps.subscribe(&topic, SubscribeOptions::group("g")).await.unwrap();
+    let n = 3000;
+    ps.publish_batch(&topic, (0..n).map(|i| Message::new(format!("m{i}"))).collect()).await.unwrap();
+    let mut seen = BTreeSet::new();
+    while seen.len() < n {
+        let delivery = next(&mut sub).await;
+        seen.insert(text(&delivery));
+        delivery.ack().await.expect("an ack is accepted however busy the connection");
+    }
+    close(&ps).await;
+}

@@ -45,8 +45,8 @@ pub(super) fn client(config: &MqttConfig, session: &Session) -> (AsyncClient, Ev
     if let Some(tls) = &config.tls {
         options.set_transport(rumqttc::Transport::Tls(tls.clone()));
     }
-    // PUBACKs and publishes wait here while the connection is down; the PUBACKs are bounded by
-    // the receive maximum, the publishes by the callers waiting for them.
+    // Requests wait here for the event loop; when it is full, publishes wait (their callers) and
+    // PUBACKs wait in their session's outbox, in order.
     let capacity = usize::from(session.receive_maximum) * 2 + 64;
     AsyncClient::new(options, capacity)
 }

@@ -8,7 +8,7 @@
 //! delivery of an older one is an error the router logs, and the broker sends those messages
 //! again on the resumed session.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -34,6 +34,24 @@ type Pending = (u16, QoS, MessageId);
 struct Marks {
     generation: u64,
     watermark: Watermark<Pending>,
+    /// Released PUBACKs not yet in rumqttc's request channel (it was full), in order.
+    outbox: VecDeque<(u16, QoS)>,
+}
+
+impl Marks {
+    /// Moves PUBACKs from the outbox into rumqttc's channel, in order, while it has room.
+    fn flush(&mut self, client: &AsyncClient) {
+        while let Some(&(pkid, qos)) = self.outbox.front() {
+            let mut publish = Publish::new("", qos, Bytes::new(), None);
+            publish.pkid = pkid;
+            if client.try_ack(&publish).is_err() {
+                // Full: the event loop task flushes again after its next event. (Or closed: the
+                // broker sends the message again when the session resumes.)
+                break;
+            }
+            self.outbox.pop_front();
+        }
+    }
 }
 
 /// The settling side of a session, shared by its deliveries.
@@ -64,15 +82,13 @@ impl Sink {
                 let mut attempts = self.attempts.lock();
                 for (pkid, qos, id) in released {
                     attempts.remove(&id);
-                    if qos == QoS::AtMostOnce {
-                        continue;
+                    if qos != QoS::AtMostOnce {
+                        marks.outbox.push_back((pkid, qos));
                     }
-                    let mut publish = Publish::new("", qos, Bytes::new(), None);
-                    publish.pkid = pkid;
-                    // Under the marks lock, so PUBACKs enter the channel in release order. The
-                    // channel holds twice the receive maximum: it has room.
-                    self.client.try_ack(&publish).map_err(|error| mqtt_error("PUBACK", error))?;
                 }
+                drop(attempts);
+                // Under the marks lock, so PUBACKs enter the channel in release order.
+                marks.flush(&self.client);
                 Ok(())
             }
         }
@@ -103,6 +119,8 @@ impl Sink {
         let mut marks = self.marks.lock();
         marks.generation += 1;
         marks.watermark.reset();
+        // PUBACKs of the old connection's packet ids mean nothing on the next one.
+        marks.outbox.clear();
     }
 }
 
@@ -156,7 +174,7 @@ impl SessionHandle {
         let (resume, resumes) = mpsc::unbounded_channel();
         let sink = Arc::new(Sink {
             client: client.clone(),
-            marks: Mutex::new(Marks { generation: 0, watermark: Watermark::new() }),
+            marks: Mutex::new(Marks { generation: 0, watermark: Watermark::new(), outbox: VecDeque::new() }),
             attempts: Mutex::new(HashMap::new()),
             resume,
             closed: AtomicBool::new(false),
@@ -231,6 +249,12 @@ impl Task {
                 Some(generation) = self.resumes.recv() => Step::Resume(generation),
                 event = self.eventloop.poll() => Step::Event(event),
             };
+            {
+                let mut marks = self.sink.marks.lock();
+                if !marks.outbox.is_empty() {
+                    marks.flush(&self.client);
+                }
+            }
             match step {
                 Step::Stop => break,
                 Step::Resume(generation) => {
