@@ -18,7 +18,9 @@
 //!   [`MqttConfig::instance`], the group and the topic, so a restarted replica resumes its
 //!   session and gets back what it had not acknowledged, and what was queued for it meanwhile.
 //!   Several processes with distinct instances are several members, and the broker spreads the
-//!   messages among them. A subscription without a group has a session of its own that ends
+//!   messages among them. The first subscription of a group in a process opens the session, and
+//!   its options (pattern, [`max_in_flight`](crate::SubscribeOptions::max_in_flight),
+//!   [`MqttSubscribe`]) hold for the subscriptions that join it. A subscription without a group has a session of its own that ends
 //!   with it: it receives what is published while it is connected (and, unless
 //!   [`MqttSubscribe::retained`] says otherwise, the topic's retained message).
 //! - PUBACKs leave in the order the messages arrived, as MQTT requires: acks arrive in any order
