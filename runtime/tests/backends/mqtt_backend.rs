@@ -384,3 +384,88 @@ async fn acks_never_fail_on_a_busy_connection() {
     }
     close(&ps).await;
 }
+
+/// A TLS listener with a certificate from a test CA: trusting that CA connects (and messages
+/// flow); trusting another CA is refused at connect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_with_a_private_ca() {
+    let dir = std::env::temp_dir().join(unique("mqtt-tls"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let openssl = |args: &[&str]| {
+        let status = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(&dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .expect("openssl");
+        assert!(status.success(), "openssl {args:?}");
+    };
+    for ca in ["ca", "other-ca"] {
+        let key = format!("{ca}.key");
+        let pem = format!("{ca}.pem");
+        let subject = format!("/CN={ca}");
+        openssl(&[
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", &key, "-out", &pem, "-subj",
+            &subject, "-days", "1",
+        ]);
+    }
+    std::fs::write(
+        dir.join("ext.cnf"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n",
+    )
+    .unwrap();
+    openssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ]);
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "1",
+        "-extfile",
+        "ext.cnf",
+    ]);
+    let path = |file: &str| dir.join(file).display().to_string();
+    let broker = Broker::start(&format!(
+        "cafile {}\ncertfile {}\nkeyfile {}",
+        path("ca.pem"),
+        path("server.pem"),
+        path("server.key")
+    ));
+    let config = |ca: &str| {
+        let ca = std::fs::read(dir.join(ca)).unwrap();
+        MqttConfig::new(unique("tls"))
+            .host("127.0.0.1", broker.port())
+            .tls(millstream::pubsub::mqtt::TlsConfiguration::Simple { ca, alpn: None, client_auth: None })
+    };
+    let ps = MqttPubSub::connect(config("ca.pem")).await.expect("TLS with the right CA");
+    let topic = unique("tls/t");
+    let mut sub = ps.subscribe(&topic, SubscribeOptions::group("g")).await.unwrap();
+    ps.publish(&topic, Message::new("over tls")).await.unwrap();
+    assert_eq!(text(&next(&mut sub).await), "over tls");
+    close(&ps).await;
+    let error = MqttPubSub::connect(config("other-ca.pem")).await.expect_err("a certificate from another CA");
+    eprintln!("refused as expected: {error}");
+    let plain = MqttConfig::new(unique("plain")).host("127.0.0.1", broker.port());
+    assert!(MqttPubSub::connect(plain).await.is_err(), "no TLS to a TLS listener");
+    let _ = std::fs::remove_dir_all(&dir);
+}

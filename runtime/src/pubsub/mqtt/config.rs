@@ -249,7 +249,11 @@ impl MqttConfig {
             config = config.credentials(percent_decode(user), percent_decode(password));
         }
         if tls {
-            config.tls = Some(rumqttc::TlsConfiguration::default());
+            // rumqttc's default loads the system's root certificates and panics when it cannot.
+            super::connection::install_crypto_provider();
+            let roots = std::panic::catch_unwind(rumqttc::TlsConfiguration::default)
+                .map_err(|_| bad("the system's root certificates could not be loaded"))?;
+            config.tls = Some(roots);
         }
         Ok(config)
     }

@@ -39,16 +39,30 @@ pub(super) fn client(config: &MqttConfig, session: &Session) -> (AsyncClient, Ev
             session.expiry.map(|expiry| u32::try_from(expiry.as_secs()).unwrap_or(u32::MAX)),
         )
         .set_receive_maximum(Some(session.receive_maximum.max(1)));
+    // Small packets (PUBACKs, small messages) leave at once instead of waiting for Nagle.
+    let mut network = rumqttc::NetworkOptions::new();
+    network.set_tcp_nodelay(true);
+    options.set_network_options(network);
     if let Some((user, password)) = &config.credentials {
         options.set_credentials(user.clone(), password.expose().to_owned());
     }
     if let Some(tls) = &config.tls {
+        install_crypto_provider();
         options.set_transport(rumqttc::Transport::Tls(tls.clone()));
     }
     // Requests wait here for the event loop; when it is full, publishes wait (their callers) and
     // PUBACKs wait in their session's outbox, in order.
     let capacity = usize::from(session.receive_maximum) * 2 + 64;
     AsyncClient::new(options, capacity)
+}
+
+/// Makes rustls's ring provider the process's default, unless one is installed already: rumqttc
+/// builds its TLS configuration with the process default, and with more than one provider
+/// compiled in (ring and aws-lc-rs) rustls cannot choose by itself.
+pub(super) fn install_crypto_provider() {
+    if rustls::crypto::CryptoProvider::get_default().is_none() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
 }
 
 /// The pause before the next reconnection attempt: doubles from `min` to `max`.

@@ -220,7 +220,12 @@ async fn run(
             }
             Ok(_) => {}
             Err(error) => {
-                let error = mqtt_error("connection lost before the broker acknowledged", error);
+                let what = if ready.is_some() {
+                    "connect"
+                } else {
+                    "connection lost before the broker acknowledged"
+                };
+                let error = mqtt_error(what, error);
                 {
                     let mut state = state.lock();
                     if state.closed && state.inflight.is_empty() && state.queued.is_empty() {
