@@ -19,6 +19,10 @@
 //!   subscription, `delivery.ack()` for each; raw: the event loop task hands each publish to a
 //!   consumer task, which calls `client.ack`).
 //!
+//! The raw side runs twice: bare (payload only) and with the id as a user property, which is
+//! what millstream sends besides the payload (its metadata is empty here), so the second ratio
+//! is millstream's own cost and the first includes the broker's work on the property.
+//!
 //! Each figure is the median of RUNS runs (default 3); MESSAGES defaults to 100 000.
 
 use std::net::TcpListener;
@@ -93,8 +97,38 @@ impl Drop for Broker {
     }
 }
 
-fn rate(messages: usize, elapsed: Duration) -> f64 {
-    messages as f64 / elapsed.as_secs_f64().max(1e-9)
+/// One measured phase: messages per second, and this process's CPU time (user + system, all
+/// threads) per message in microseconds: the client's own cost, less disturbed by a busy machine
+/// than wall time (the broker is another process).
+#[derive(Clone, Copy, Debug, Default)]
+struct Figure {
+    rate: f64,
+    cpu_us: f64,
+}
+
+/// This process's CPU time so far (`/proc/self/stat`, clock ticks of 10 ms).
+fn cpu_time() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let fields: Vec<&str> = stat.rsplit_once(')').map_or("", |(_, rest)| rest).split_whitespace().collect();
+    let ticks: u64 = fields.get(11..13).map_or(0, |f| f.iter().filter_map(|t| t.parse::<u64>().ok()).sum());
+    Duration::from_millis(ticks * 10)
+}
+
+struct Clock {
+    wall: Instant,
+    cpu: Duration,
+}
+
+impl Clock {
+    fn start() -> Clock {
+        Clock { wall: Instant::now(), cpu: cpu_time() }
+    }
+
+    fn stop(&self, messages: usize) -> Figure {
+        let wall = self.wall.elapsed().as_secs_f64().max(1e-9);
+        let cpu = (cpu_time() - self.cpu).as_secs_f64();
+        Figure { rate: messages as f64 / wall, cpu_us: cpu * 1e6 / messages as f64 }
+    }
 }
 
 fn unique(name: &str) -> String {
@@ -181,29 +215,49 @@ impl Raw {
     }
 }
 
+/// One raw QoS 1 publish; `with_id` adds what millstream sends besides the payload (the id as a
+/// user property), so the broker does the same work.
+async fn raw_send(client: &AsyncClient, topic: &str, with_id: bool) -> Result<(), BoxError> {
+    if with_id {
+        let properties = rumqttc::v5::mqttbytes::v5::PublishProperties {
+            user_properties: vec![("millstream-id".to_owned(), millstream::MessageId::new().to_string())],
+            ..Default::default()
+        };
+        client.publish_with_properties(topic, QoS::AtLeastOnce, false, PAYLOAD, properties).await?;
+    } else {
+        client.publish(topic, QoS::AtLeastOnce, false, PAYLOAD).await?;
+    }
+    Ok(())
+}
+
 /// Raw: batches of 100 publishes, each batch's PUBACKs awaited; then one at a time.
-async fn raw_publish(port: u16, topic: &str, messages: usize) -> Result<(f64, f64), BoxError> {
+async fn raw_publish(
+    port: u16,
+    topic: &str,
+    messages: usize,
+    with_id: bool,
+) -> Result<(Figure, Figure), BoxError> {
     let mut raw = Raw::connect(raw_options(port, &unique("raw-pub"), true), None).await?;
-    let started = Instant::now();
+    let started = Clock::start();
     let mut left = messages;
     while left > 0 {
         let n = left.min(BATCH);
         for _ in 0..n {
-            raw.client.publish(topic, QoS::AtLeastOnce, false, PAYLOAD).await?;
+            raw_send(&raw.client, topic, with_id).await?;
         }
         for _ in 0..n {
             raw.acked.recv().await.ok_or("raw publisher stopped")?;
         }
         left -= n;
     }
-    let batched = rate(messages, started.elapsed());
+    let batched = started.stop(messages);
     let single = messages / 10;
-    let started = Instant::now();
+    let started = Clock::start();
     for _ in 0..single {
-        raw.client.publish(topic, QoS::AtLeastOnce, false, PAYLOAD).await?;
+        raw_send(&raw.client, topic, with_id).await?;
         raw.acked.recv().await.ok_or("raw publisher stopped")?;
     }
-    let one_by_one = rate(single, started.elapsed());
+    let one_by_one = started.stop(single);
     raw.close().await;
     Ok((batched, one_by_one))
 }
@@ -212,21 +266,21 @@ async fn millstream_publish(
     pubsub: &MqttPubSub,
     topic: &str,
     messages: usize,
-) -> Result<(f64, f64), BoxError> {
-    let started = Instant::now();
+) -> Result<(Figure, Figure), BoxError> {
+    let started = Clock::start();
     let mut left = messages;
     while left > 0 {
         let n = left.min(BATCH);
         pubsub.publish_batch(topic, (0..n).map(|_| Message::new(PAYLOAD)).collect()).await.std()?;
         left -= n;
     }
-    let batched = rate(messages, started.elapsed());
+    let batched = started.stop(messages);
     let single = messages / 10;
-    let started = Instant::now();
+    let started = Clock::start();
     for _ in 0..single {
         pubsub.publish(topic, Message::new(PAYLOAD)).await.std()?;
     }
-    Ok((batched, rate(single, started.elapsed())))
+    Ok((batched, started.stop(single)))
 }
 
 /// Fills a group's offline session with `messages` (raw publisher, batches awaited).
@@ -243,16 +297,16 @@ async fn fill(port: u16, topic: &str, messages: usize, millstream_format: bool) 
         Publisher::close(&pubsub).await.std()?;
         return Ok(());
     }
-    raw_publish_only(port, topic, messages).await
+    raw_publish_only(port, topic, messages, false).await
 }
 
-async fn raw_publish_only(port: u16, topic: &str, messages: usize) -> Result<(), BoxError> {
+async fn raw_publish_only(port: u16, topic: &str, messages: usize, with_id: bool) -> Result<(), BoxError> {
     let mut raw = Raw::connect(raw_options(port, &unique("raw-fill"), true), None).await?;
     let mut left = messages;
     while left > 0 {
         let n = left.min(BATCH);
         for _ in 0..n {
-            raw.client.publish(topic, QoS::AtLeastOnce, false, PAYLOAD).await?;
+            raw_send(&raw.client, topic, with_id).await?;
         }
         for _ in 0..n {
             raw.acked.recv().await.ok_or("raw publisher stopped")?;
@@ -263,24 +317,24 @@ async fn raw_publish_only(port: u16, topic: &str, messages: usize) -> Result<(),
     Ok(())
 }
 
-async fn raw_consume(port: u16, topic: &str, messages: usize) -> Result<f64, BoxError> {
+async fn raw_consume(port: u16, topic: &str, messages: usize, with_id: bool) -> Result<Figure, BoxError> {
     let client_id = unique("raw-sub");
     let filter = format!("$share/bench/{topic}");
     // Create the session and its subscription, then leave.
     Raw::connect(raw_options(port, &client_id, false), Some(filter.clone())).await?.close().await;
-    raw_publish_only(port, topic, messages).await?;
-    let started = Instant::now();
+    raw_publish_only(port, topic, messages, with_id).await?;
+    let started = Clock::start();
     let mut raw = Raw::connect(raw_options(port, &client_id, false), Some(filter)).await?;
     for _ in 0..messages {
         let publish = raw.incoming.recv().await.ok_or("raw consumer stopped")?;
         raw.client.ack(&publish).await?;
     }
-    let consumed = rate(messages, started.elapsed());
+    let consumed = started.stop(messages);
     raw.close().await;
     Ok(consumed)
 }
 
-async fn millstream_consume(port: u16, topic: &str, messages: usize) -> Result<f64, BoxError> {
+async fn millstream_consume(port: u16, topic: &str, messages: usize) -> Result<Figure, BoxError> {
     let config = MqttConfig::new(unique("bench")).host("127.0.0.1", port);
     let pubsub = MqttPubSub::connect(config.clone()).await.std()?;
     drop(pubsub.subscribe(topic, SubscribeOptions::group("bench")).await.std()?);
@@ -288,13 +342,13 @@ async fn millstream_consume(port: u16, topic: &str, messages: usize) -> Result<f
     Publisher::close(&pubsub).await.std()?;
     fill(port, topic, messages, true).await?;
     let pubsub = MqttPubSub::connect(config).await.std()?;
-    let started = Instant::now();
+    let started = Clock::start();
     let mut sub = pubsub.subscribe(topic, SubscribeOptions::group("bench")).await.std()?;
     for _ in 0..messages {
         let delivery = sub.next().await.ok_or("subscription ended")?.std()?;
         delivery.ack().await.std()?;
     }
-    let consumed = rate(messages, started.elapsed());
+    let consumed = started.stop(messages);
     drop(sub);
     Subscriber::close(&pubsub).await.std()?;
     Publisher::close(&pubsub).await.std()?;
@@ -314,37 +368,60 @@ fn main() -> Result<(), BoxError> {
     let port = broker.port;
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let rows = runtime.block_on(async move {
-        let mut figures: Vec<Vec<f64>> = vec![Vec::new(); 6];
+        let mut figures: Vec<Vec<Figure>> = vec![Vec::new(); 9];
         for run in 0..runs {
-            let topic = unique("bench/raw");
-            let (raw_batched, raw_single) = raw_publish(port, &topic, messages).await?;
-            let pubsub = MqttPubSub::connect(MqttConfig::new(unique("pub")).host("127.0.0.1", port)).await.std()?;
+            let (raw_batched, raw_single) = raw_publish(port, &unique("bench/raw"), messages, false).await?;
+            let (id_batched, id_single) = raw_publish(port, &unique("bench/rawid"), messages, true).await?;
+            let pubsub =
+                MqttPubSub::connect(MqttConfig::new(unique("pub")).host("127.0.0.1", port)).await.std()?;
             let (ms_batched, ms_single) = millstream_publish(&pubsub, &unique("bench/ms"), messages).await?;
             Publisher::close(&pubsub).await.std()?;
-            let raw_consumed = raw_consume(port, &unique("bench/rawc"), messages).await?;
+            let raw_consumed = raw_consume(port, &unique("bench/rawc"), messages, false).await?;
+            let id_consumed = raw_consume(port, &unique("bench/rawidc"), messages, true).await?;
             let ms_consumed = millstream_consume(port, &unique("bench/msc"), messages).await?;
-            eprintln!(
-                "run {run}: publish batched {ms_batched:.0} vs raw {raw_batched:.0}; one by one {ms_single:.0} vs \
-                 {raw_single:.0}; consume+ack {ms_consumed:.0} vs {raw_consumed:.0}"
-            );
-            for (i, value) in [ms_batched, raw_batched, ms_single, raw_single, ms_consumed, raw_consumed].into_iter().enumerate() {
+            let values = [
+                ms_batched,
+                raw_batched,
+                id_batched,
+                ms_single,
+                raw_single,
+                id_single,
+                ms_consumed,
+                raw_consumed,
+                id_consumed,
+            ];
+            eprintln!("run {run}: {values:?}");
+            for (i, value) in values.into_iter().enumerate() {
                 figures[i].push(value);
             }
         }
-        Ok::<_, BoxError>(figures.into_iter().map(median).collect::<Vec<f64>>())
+        Ok::<_, BoxError>(figures)
     })?;
+    let rate = |i: usize| median(rows[i].iter().map(|f| f.rate).collect());
+    let cpu = |i: usize| median(rows[i].iter().map(|f| f.cpu_us).collect());
     println!(
         "{messages} messages of {} bytes, QoS 1, Mosquitto {}, median of {runs} runs\n",
         PAYLOAD.len(),
         mosquitto_version()
     );
-    println!("| scenario | millstream msg/s | raw rumqttc msg/s | ratio |\n|---|---:|---:|---:|");
-    for (name, ms, raw) in [
-        ("publish, batches of 100 (each batch's PUBACKs awaited)", rows[0], rows[1]),
-        ("publish, one at a time (PUBACK awaited; 1/10 of the messages)", rows[2], rows[3]),
-        ("consume + ack (a group's resumed session)", rows[4], rows[5]),
+    println!(
+        "| scenario | millstream msg/s | raw rumqttc msg/s | ratio | raw + id property msg/s | ratio | CPU µs/msg: millstream / raw / raw + id |\n\
+         |---|---:|---:|---:|---:|---:|---:|"
+    );
+    for (name, i) in [
+        ("publish, batches of 100 (each batch's PUBACKs awaited)", 0),
+        ("publish, one at a time (PUBACK awaited; 1/10 of the messages)", 3),
+        ("consume + ack (a group's resumed session)", 6),
     ] {
-        println!("| {name} | {ms:.0} | {raw:.0} | {:.2} |", ms / raw);
+        let (ms, raw, id) = (rate(i), rate(i + 1), rate(i + 2));
+        println!(
+            "| {name} | {ms:.0} | {raw:.0} | {:.2} | {id:.0} | {:.2} | {:.1} / {:.1} / {:.1} |",
+            ms / raw,
+            ms / id,
+            cpu(i),
+            cpu(i + 1),
+            cpu(i + 2)
+        );
     }
     drop(broker);
     Ok(())

@@ -265,26 +265,23 @@ impl Task {
                         self.eventloop.clean();
                     }
                 }
-                Step::Event(Ok(Event::Incoming(Packet::ConnAck(connack)))) => {
+                Step::Event(Ok(Event::Incoming(Packet::ConnAck(_)))) => {
                     self.backoff.reset();
                     // Subscribe on every connection, resumed sessions too: Mosquitto 2.0.11 does
                     // not restore shared subscriptions after a restart (their sessions, yes). A
                     // repeated subscription changes nothing, and sends no retained message to a
                     // shared one; a subscription without a group never resumes a session.
-                    {
-                        let _ = connack.session_present;
-                        let mut filter = Filter::new(self.spec.filter.clone(), self.spec.qos);
-                        filter.retain_forward_rule = if self.spec.retained {
-                            RetainForwardRule::OnEverySubscribe
-                        } else {
-                            RetainForwardRule::Never
-                        };
-                        if let Err(error) = self.client.try_subscribe_many([filter]) {
-                            self.fail_ready(mqtt_error("subscribe", error));
-                            break;
-                        }
-                        subscribing = true;
+                    let mut filter = Filter::new(self.spec.filter.clone(), self.spec.qos);
+                    filter.retain_forward_rule = if self.spec.retained {
+                        RetainForwardRule::OnEverySubscribe
+                    } else {
+                        RetainForwardRule::Never
+                    };
+                    if let Err(error) = self.client.try_subscribe_many([filter]) {
+                        self.fail_ready(mqtt_error("subscribe", error));
+                        break;
                     }
+                    subscribing = true;
                 }
                 Step::Event(Ok(Event::Incoming(Packet::SubAck(suback)))) if subscribing => {
                     subscribing = false;
