@@ -469,3 +469,96 @@ async fn tls_with_a_private_ca() {
     assert!(MqttPubSub::connect(plain).await.is_err(), "no TLS to a TLS listener");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
+struct Order {
+    id: u64,
+    qty: u32,
+}
+
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
+struct Invoice {
+    order: u64,
+    cents: u64,
+}
+impl millstream::Publishable for Invoice {}
+
+static BILLED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+async fn bill(order: Order) -> millstream::Result<Invoice> {
+    BILLED.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    Ok(Invoice { order: order.id, cents: u64::from(order.qty) * 100 })
+}
+
+/// The router on MQTT, four lanes acking out of order: every output is published, an
+/// undecodable input goes to the poison topic and is acknowledged (MQTT has no dead letter), and
+/// a router started again on the same instance resumes the group's session with nothing left
+/// over: the next order is the only one handled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_router_on_mqtt_publishes_outputs_and_poisons_what_cannot_be_read() {
+    use millstream::router::{poison_keys, RouterConfig};
+    use millstream::{App, Route};
+    use std::sync::atomic::Ordering;
+
+    let url = shared_url();
+    let instance = unique("router");
+    let base = unique("router");
+    let (input, output, poison) =
+        (format!("{base}/orders"), format!("{base}/invoices"), format!("{base}/poison"));
+    let checker = connect(&url, &unique("checker")).await;
+    let mut invoices = checker.subscribe(&output, SubscribeOptions::group("check")).await.unwrap();
+    let mut poisoned = checker.subscribe(&poison, SubscribeOptions::group("check")).await.unwrap();
+    let start = |pubsub: MqttPubSub| {
+        let mut config = RouterConfig::default();
+        config.poison_topic = Some(poison.clone());
+        let router = App::new()
+            .pubsub(pubsub)
+            .config(config)
+            .route(Route::new("bill", &input, bill).publish(&output).concurrency(4))
+            .build()
+            .unwrap();
+        let run = tokio::spawn({
+            let router = router.clone();
+            async move { router.run().await }
+        });
+        (router, run)
+    };
+    let order = |id: u64| Message::new(serde_json::to_vec(&Order { id, qty: 2 }).unwrap());
+
+    let (router, run) = start(connect(&url, &instance).await);
+    tokio::time::timeout(TIMEOUT, router.running()).await.expect("router running");
+    let bad = Message::new(r#"{"id":"seven"}"#);
+    let bad_id = bad.id();
+    for id in 0..50 {
+        checker.publish(&input, order(id)).await.unwrap();
+        if id == 25 {
+            checker.publish(&input, bad.clone()).await.unwrap();
+        }
+    }
+    let mut billed = BTreeSet::new();
+    while billed.len() < 50 {
+        let delivery = next(&mut invoices).await;
+        let invoice: Invoice = serde_json::from_slice(delivery.message().payload()).unwrap();
+        billed.insert(invoice.order);
+        delivery.ack().await.unwrap();
+    }
+    let delivery = next(&mut poisoned).await;
+    assert_eq!(delivery.message().id(), bad_id);
+    assert_eq!(delivery.message().metadata().get(poison_keys::KIND), Some("Decode"));
+    delivery.ack().await.unwrap();
+    router.shutdown();
+    tokio::time::timeout(TIMEOUT, run).await.expect("router stops").unwrap().unwrap();
+    assert_eq!(BILLED.load(Ordering::SeqCst), 50);
+
+    let (router, run) = start(connect(&url, &instance).await);
+    tokio::time::timeout(TIMEOUT, router.running()).await.expect("router running again");
+    checker.publish(&input, order(50)).await.unwrap();
+    let delivery = next(&mut invoices).await;
+    let invoice: Invoice = serde_json::from_slice(delivery.message().payload()).unwrap();
+    assert_eq!(invoice.order, 50, "nothing of the first run came back before it");
+    delivery.ack().await.unwrap();
+    assert_eq!(BILLED.load(Ordering::SeqCst), 51);
+    router.shutdown();
+    tokio::time::timeout(TIMEOUT, run).await.expect("router stops").unwrap().unwrap();
+    close(&checker).await;
+}

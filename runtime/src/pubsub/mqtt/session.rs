@@ -330,9 +330,30 @@ impl Task {
             }
         }
         self.sink.closed.store(true, Ordering::Release);
+        self.hand_over_pubacks().await;
         self.sink.next_generation();
         connection::disconnect(&self.client, &mut self.eventloop).await;
         drop(guard);
+    }
+
+    /// Before a graceful close, gets the PUBACKs still in the outbox written (a while at most),
+    /// so that what was handled does not come back when the session resumes.
+    async fn hand_over_pubacks(&mut self) {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(2);
+        loop {
+            {
+                let mut marks = self.sink.marks.lock();
+                marks.flush(&self.client);
+                if marks.outbox.is_empty() {
+                    return;
+                }
+            }
+            // Messages that arrive meanwhile are not delivered: the broker sends them again.
+            match tokio::time::timeout_at(deadline, self.eventloop.poll()).await {
+                Ok(Ok(_)) => {}
+                _ => return,
+            }
+        }
     }
 
     fn fail_ready(&mut self, error: Error) {
