@@ -562,3 +562,35 @@ async fn the_router_on_mqtt_publishes_outputs_and_poisons_what_cannot_be_read() 
     tokio::time::timeout(TIMEOUT, run).await.expect("router stops").unwrap().unwrap();
     close(&checker).await;
 }
+
+/// What `docs/backends.md` warns about: Mosquitto keeps at most `max_queued_messages` for an
+/// offline session and drops the rest (here 10 of 30), so a consumer that may be away long needs
+/// the broker configured for it (the suite's brokers raise it to 100 000).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mosquitto_drops_what_an_offline_session_cannot_queue() {
+    let broker = Broker::start("max_queued_messages 10");
+    let instance = unique("queue");
+    let topic = unique("queue/t");
+    let options = SubscribeOptions::group("g");
+    let consumer = connect(&broker.url(), &instance).await;
+    drop(consumer.subscribe(&topic, options.clone()).await.unwrap());
+    close(&consumer).await;
+    let publisher = connect(&broker.url(), &unique("pub")).await;
+    // Publishes succeed: the broker accepts them and drops what does not fit the queue.
+    for i in 0..30 {
+        publisher.publish(&topic, Message::new(format!("m{i}"))).await.unwrap();
+    }
+    let consumer = connect(&broker.url(), &instance).await;
+    let mut sub = consumer.subscribe(&topic, options).await.unwrap();
+    let mut got = Vec::new();
+    for _ in 0..10 {
+        let delivery = next(&mut sub).await;
+        got.push(text(&delivery));
+        delivery.ack().await.unwrap();
+    }
+    assert_eq!(got, (0..10).map(|i| format!("m{i}")).collect::<Vec<_>>(), "the first ten, in order");
+    publisher.publish(&topic, Message::new("after")).await.unwrap();
+    assert_eq!(text(&next(&mut sub).await), "after", "m10 to m29 were dropped by the broker");
+    close(&publisher).await;
+    close(&consumer).await;
+}
