@@ -594,3 +594,34 @@ async fn mosquitto_drops_what_an_offline_session_cannot_queue() {
     close(&publisher).await;
     close(&consumer).await;
 }
+
+/// A message nacked again and again comes back each time, with a growing attempt, and the
+/// session resumes behind it are paced like reconnections (`reconnect_min`, doubling up to
+/// `reconnect_max`, once they follow each other within a second): a handler that fails
+/// everything does not become a reconnection storm.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_nacks_are_paced() {
+    let ps = connect(&shared_url(), &unique("nacks")).await;
+    let topic = unique("nacks/t");
+    let mut sub = ps.subscribe(&topic, SubscribeOptions::group("g")).await.unwrap();
+    ps.publish(&topic, Message::new("again")).await.unwrap();
+    let first = next(&mut sub).await;
+    let id = first.message().id();
+    first.nack().await.unwrap();
+    let started = Instant::now();
+    let mut attempts = Vec::new();
+    for _ in 0..4 {
+        let delivery = next(&mut sub).await;
+        assert_eq!(delivery.message().id(), id);
+        attempts.push(delivery.attempt());
+        delivery.nack().await.unwrap();
+    }
+    let last = next(&mut sub).await;
+    assert_eq!(last.message().id(), id);
+    last.ack().await.unwrap();
+    assert_eq!(attempts, [2, 3, 4, 5]);
+    // Four resumes within a second of the one before, paced like reconnections (this test's
+    // backoff: 50 ms doubling up to 500 ms): at least 50 + 100 + 200 + 400 ms.
+    assert!(started.elapsed() >= Duration::from_millis(750), "resumes paced: {:?}", started.elapsed());
+    close(&ps).await;
+}

@@ -34,7 +34,8 @@
 //! and opened again (after the nack's delay, if any) and the broker sends every message not yet
 //! acknowledged, the nacked one among them, marked DUP. The other deliveries in flight at that
 //! moment come back too (their late acks are reported as errors and change nothing): a nack is
-//! expensive, and duplicates follow it. The attempt count is exact while the process runs and
+//! expensive, and duplicates follow it. Resumes that follow each other within a second are paced
+//! like reconnections, so a handler that fails every message does not storm the broker. The attempt count is exact while the process runs and
 //! "at least 2" for a DUP message it has not seen ([`Attempts::AtLeast`]). **Reject** sends the
 //! PUBACK (MQTT has no dead letter): the router publishes a rejected message to its poison topic
 //! before it rejects it. A delivery left unsettled by a process that dies comes back when its

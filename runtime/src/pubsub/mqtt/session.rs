@@ -192,6 +192,8 @@ impl SessionHandle {
             resumes,
             cancel: cancel.clone(),
             backoff: Backoff::new(config),
+            resume_backoff: Backoff::new(config),
+            last_resume: None,
             ready: Some(ready),
             spec,
         };
@@ -226,6 +228,11 @@ struct Task {
     resumes: mpsc::UnboundedReceiver<u64>,
     cancel: CancellationToken,
     backoff: Backoff,
+    /// Paces session resumes for nacks: one right away, then, while nacks keep coming within a
+    /// second of the last resume, pauses growing like the reconnection backoff (a handler that
+    /// fails every message must not turn into a reconnection storm).
+    resume_backoff: Backoff,
+    last_resume: Option<tokio::time::Instant>,
     ready: Option<oneshot::Sender<Result<()>>>,
     spec: Spec,
 }
@@ -263,6 +270,16 @@ impl Task {
                         // message again (MQTT resends only then).
                         self.sink.next_generation();
                         self.eventloop.clean();
+                        let now = tokio::time::Instant::now();
+                        let recent = self
+                            .last_resume
+                            .is_some_and(|last| now - last < std::time::Duration::from_secs(1));
+                        if !recent {
+                            self.resume_backoff.reset();
+                        } else if !self.resume_backoff.wait(&self.cancel).await {
+                            break;
+                        }
+                        self.last_resume = Some(tokio::time::Instant::now());
                     }
                 }
                 Step::Event(Ok(Event::Incoming(Packet::ConnAck(_)))) => {
