@@ -102,6 +102,8 @@ pub use crate::middleware::{Middleware, Next};
 pub use crate::pubsub::amqp::{AmqpConfig, AmqpPubSub};
 #[cfg(feature = "memory")]
 pub use crate::pubsub::memory::{MemoryConfig, MemoryPubSub};
+#[cfg(feature = "mqtt")]
+pub use crate::pubsub::mqtt::{MqttConfig, MqttPubSub};
 #[cfg(feature = "nats")]
 pub use crate::pubsub::nats::{NatsConfig, NatsPubSub};
 #[cfg(feature = "redis")]

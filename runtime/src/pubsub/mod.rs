@@ -40,6 +40,8 @@ pub use self::subscribe::{Extensions, StartFrom, SubscribeOptions, Subscription}
 pub mod amqp;
 #[cfg(feature = "memory")]
 pub mod memory;
+#[cfg(feature = "mqtt")]
+pub mod mqtt;
 #[cfg(feature = "nats")]
 pub mod nats;
 #[cfg(feature = "redis")]
