@@ -17,6 +17,7 @@
 
 mod config;
 mod lanes;
+mod reader;
 mod route;
 mod worker;
 
@@ -314,7 +315,7 @@ impl Router {
         // Subscribe everything first, so that a failure starts nothing.
         let mut subscriptions: Vec<Subscription> = Vec::with_capacity(prepared.len());
         for p in &prepared {
-            match worker::subscribe(p).await {
+            match reader::subscribe(p).await {
                 Ok(subscription) => subscriptions.push(subscription),
                 Err(error) => {
                     drop(subscriptions);
@@ -471,7 +472,7 @@ impl Router {
 
     fn spawn(&self, prepared: worker::Prepared, subscription: Option<Subscription>) {
         let handle =
-            self.inner.tracker.spawn(worker::run(prepared, subscription, self.inner.tracker.clone()));
+            self.inner.tracker.spawn(reader::run(prepared, subscription, self.inner.tracker.clone()));
         self.inner.tasks.lock().push(handle.abort_handle());
     }
 }

@@ -54,18 +54,6 @@ impl fmt::Display for AmqpUri {
     }
 }
 
-/// The kind of queue the presets declare for consumer groups.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub enum QueueKind {
-    /// A classic queue: a redelivery is only flagged `redelivered`, so attempts are counted as
-    /// [`Attempts::AtLeast`](crate::pubsub::Attempts::AtLeast).
-    #[default]
-    Classic,
-    /// A quorum queue (replicated, `x-queue-type: quorum`): the broker counts deliveries
-    /// (`x-delivery-count`), so attempts are [`Attempts::Exact`](crate::pubsub::Attempts::Exact).
-    Quorum,
-}
-
 /// Settings of an [`AmqpPubSub`](super::AmqpPubSub).
 #[derive(Clone)]
 #[non_exhaustive]

@@ -86,7 +86,8 @@ mod consume;
 mod link;
 mod topology;
 
-pub use self::config::{AmqpConfig, AmqpUri, QueueKind};
+pub use self::config::{AmqpConfig, AmqpUri};
+pub use self::topology::QueueKind;
 pub use self::topology::{retry_queue_name, Declarer, Preset, QueuePlan, QueueSpec, Route, Topology};
 /// The future a [`Topology`] returns (boxed, `Send`).
 pub use futures_core::future::BoxFuture;

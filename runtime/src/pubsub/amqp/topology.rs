@@ -14,7 +14,6 @@ use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptio
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{Channel, ExchangeKind};
 
-use super::config::QueueKind;
 use crate::error::{Error, ErrorKind, Result};
 use crate::pubsub::{Features, SubscribeOptions};
 
@@ -462,4 +461,16 @@ impl Topology for Preset {
         }
         features
     }
+}
+
+/// The kind of queue the presets declare for consumer groups.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum QueueKind {
+    /// A classic queue: a redelivery is only flagged `redelivered`, so attempts are counted as
+    /// [`Attempts::AtLeast`](crate::pubsub::Attempts::AtLeast).
+    #[default]
+    Classic,
+    /// A quorum queue (replicated, `x-queue-type: quorum`): the broker counts deliveries
+    /// (`x-delivery-count`), so attempts are [`Attempts::Exact`](crate::pubsub::Attempts::Exact).
+    Quorum,
 }

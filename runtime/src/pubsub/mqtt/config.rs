@@ -250,7 +250,7 @@ impl MqttConfig {
         }
         if tls {
             // rumqttc's default loads the system's root certificates and panics when it cannot.
-            super::connection::install_crypto_provider();
+            install_crypto_provider();
             let roots = std::panic::catch_unwind(rumqttc::TlsConfiguration::default)
                 .map_err(|_| bad("the system's root certificates could not be loaded"))?;
             config.tls = Some(roots);
@@ -360,6 +360,15 @@ fn percent_decode(text: &str) -> String {
         i += 1;
     }
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Makes rustls's ring provider the process's default, unless one is installed already: rumqttc
+/// builds its TLS configuration with the process default, and with more than one provider
+/// compiled in (ring and aws-lc-rs) rustls cannot choose by itself.
+pub(super) fn install_crypto_provider() {
+    if rustls::crypto::CryptoProvider::get_default().is_none() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
 }
 
 #[cfg(test)]

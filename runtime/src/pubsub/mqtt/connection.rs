@@ -47,22 +47,13 @@ pub(super) fn client(config: &MqttConfig, session: &Session) -> (AsyncClient, Ev
         options.set_credentials(user.clone(), password.expose().to_owned());
     }
     if let Some(tls) = &config.tls {
-        install_crypto_provider();
+        super::config::install_crypto_provider();
         options.set_transport(rumqttc::Transport::Tls(tls.clone()));
     }
     // Requests wait here for the event loop; when it is full, publishes wait (their callers) and
     // PUBACKs wait in their session's outbox, in order.
     let capacity = usize::from(session.receive_maximum) * 2 + 64;
     AsyncClient::new(options, capacity)
-}
-
-/// Makes rustls's ring provider the process's default, unless one is installed already: rumqttc
-/// builds its TLS configuration with the process default, and with more than one provider
-/// compiled in (ring and aws-lc-rs) rustls cannot choose by itself.
-pub(super) fn install_crypto_provider() {
-    if rustls::crypto::CryptoProvider::get_default().is_none() {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-    }
 }
 
 /// The pause before the next reconnection attempt: doubles from `min` to `max`.

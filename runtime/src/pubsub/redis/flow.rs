@@ -15,7 +15,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::entry::StreamId;
-use super::streams::Inner;
+use super::shared::Inner;
 use crate::error::Error;
 use crate::message::Message;
 

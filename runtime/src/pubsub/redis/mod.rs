@@ -8,6 +8,7 @@ mod entry;
 mod flow;
 mod group;
 mod scripts;
+mod shared;
 mod solo;
 mod streams;
 

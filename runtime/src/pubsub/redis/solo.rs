@@ -12,7 +12,7 @@ use redis::Value;
 
 use super::entry::{self, Entry, StreamId};
 use super::flow::{backoff, pause, redis_error, EndOnDrop, Flow, Item};
-use super::streams::Inner;
+use super::shared::Inner;
 use crate::message::Message;
 use crate::pubsub::{AckSink, Acker, Delivery, OpFuture, Settle, Subscription, Token};
 

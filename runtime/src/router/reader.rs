@@ -1,0 +1,76 @@
+//! A handler's intake: subscribe (again, after the backend ends the stream), then take
+//! deliveries one at a time ([`consume_serial`]) or feed them to lanes
+//! ([`lanes::consume`](super::lanes::consume)), each handled by [`handle`].
+
+use std::future::poll_fn;
+use std::pin::pin;
+use std::sync::Arc;
+
+use tokio_util::task::TaskTracker;
+
+use super::worker::{handle, next_delivery, Prepared};
+use crate::error::Result;
+use crate::pubsub::{SubscribeOptions, Subscription};
+
+pub(crate) async fn subscribe(p: &Prepared) -> Result<Subscription> {
+    p.subscriber.subscribe(&p.info.topic, SubscribeOptions::group(p.group.clone())).await.map_err(|e| {
+        e.context(format_args!("handler `{}` cannot subscribe to `{}`", p.info.name, p.info.topic))
+    })
+}
+
+/// Runs one handler until intake stops. Owns its subscription (subscribing itself if not given
+/// one), and re-subscribes if the backend ends the stream while the router is still running.
+pub(crate) async fn run(p: Prepared, mut subscription: Option<Subscription>, tracker: TaskTracker) {
+    let p = Arc::new(p);
+    loop {
+        let sub = match subscription.take() {
+            Some(sub) => sub,
+            None => match subscribe(&p).await {
+                Ok(sub) => sub,
+                Err(error) => {
+                    tracing::error!(handler = %p.info.name, %error, "subscribe failed; retrying");
+                    if pause(&p).await {
+                        return;
+                    }
+                    continue;
+                }
+            },
+        };
+        p.up.store(true, std::sync::atomic::Ordering::Release);
+        if p.concurrency == 1 {
+            consume_serial(&p, sub).await;
+        } else {
+            super::lanes::consume(&p, sub, &tracker).await;
+        }
+        p.up.store(false, std::sync::atomic::Ordering::Release);
+        if p.intake.is_cancelled() {
+            return;
+        }
+        tracing::warn!(handler = %p.info.name, topic = %p.info.topic, "subscription ended; re-subscribing");
+        if pause(&p).await {
+            return;
+        }
+    }
+}
+
+/// Waits the re-subscribe backoff; true if intake stopped meanwhile.
+async fn pause(p: &Prepared) -> bool {
+    tokio::select! {
+        _ = p.intake.cancelled() => true,
+        _ = tokio::time::sleep(p.config.resubscribe_backoff) => false,
+    }
+}
+
+async fn consume_serial(p: &Prepared, mut sub: Subscription) {
+    // A child token of this worker's own: checking it locks a node no other worker touches.
+    let intake = p.intake.child_token();
+    let mut cancelled = pin!(intake.cancelled());
+    loop {
+        let next = poll_fn(|cx| next_delivery(&intake, &mut sub, cancelled.as_mut(), cx)).await;
+        match next {
+            Some(Ok(delivery)) => handle(p, delivery).await,
+            Some(Err(error)) => tracing::warn!(handler = %p.info.name, %error, "subscription error"),
+            None => return,
+        }
+    }
+}
