@@ -92,6 +92,12 @@ pub struct NatsConfig {
     /// could not confirm is not stored twice. Kept below `duplicate_window`. Zero: no retry.
     /// Default 30 s.
     pub publish_retry_for: Duration,
+    /// How long a delivery may be kept by heartbeats: while it is unsettled, its subscription
+    /// tells the server every third of `ack_wait` that it is still being worked on (`+WPI`), so a
+    /// handler slower than `ack_wait` keeps its message; after this, the heartbeats stop and the
+    /// server redelivers it after `ack_wait` (a hung handler cannot hold it for ever). Default
+    /// 30 min.
+    pub max_hold: Duration,
 }
 
 impl Default for NatsConfig {
@@ -107,6 +113,7 @@ impl Default for NatsConfig {
             max_deliver: -1,
             inactive_threshold: Duration::from_secs(60),
             publish_retry_for: Duration::from_secs(30),
+            max_hold: Duration::from_secs(30 * 60),
         }
     }
 }
@@ -121,6 +128,12 @@ impl NatsConfig {
     /// Sets [`NatsConfig::ack_wait`].
     pub fn ack_wait(mut self, wait: Duration) -> Self {
         self.ack_wait = wait;
+        self
+    }
+
+    /// Sets [`NatsConfig::max_hold`].
+    pub fn max_hold(mut self, hold: Duration) -> Self {
+        self.max_hold = hold;
         self
     }
 
@@ -563,7 +576,15 @@ impl Subscriber for NatsPubSub {
         }
         OpFuture::boxed(async move {
             let messages = self.consumer(topic, options.group.as_deref(), None).await?;
+            let held = Arc::new(Held::default());
+            tokio::spawn(heartbeat(
+                Arc::downgrade(&held),
+                self.inner.client.clone(),
+                self.inner.config.clone(),
+                self.inner.cancel.clone(),
+            ));
             let state = NatsStream {
+                held,
                 pubsub: self.clone(),
                 topic: topic.to_owned(),
                 group: options.group,
@@ -611,6 +632,8 @@ impl Subscriber for NatsPubSub {
 }
 
 struct NatsStream {
+    /// The deliveries handed out, for the heartbeat.
+    held: Arc<Held>,
     pubsub: NatsPubSub,
     topic: String,
     group: Option<String>,
@@ -658,8 +681,12 @@ impl NatsStream {
                         self.next_start = Some(sequence + 1);
                     }
                     let decoded = decode(&message.message, &stream, sequence);
-                    let acker =
-                        Acker::new(Arc::new(NatsAck(Mutex::new(Some(message)))), Token::new(sequence), None);
+                    let reply = message.message.reply.clone();
+                    let ack = Arc::new(NatsAck(Mutex::new(Some(message))));
+                    if let Some(reply) = reply {
+                        self.held.add(&ack, reply);
+                    }
+                    let acker = Acker::new(ack, Token::new(sequence), None);
                     let attempt = u32::try_from(attempt.max(1)).unwrap_or(u32::MAX);
                     return Some(Ok(Delivery::new(decoded, attempt, acker)));
                 }
@@ -674,6 +701,72 @@ impl NatsStream {
                     self.failures += 1;
                     self.messages = None;
                 }
+            }
+        }
+    }
+}
+
+/// The unsettled deliveries of one subscription: each one's acker (weakly: a settled or dropped
+/// one is forgotten), its reply subject, and since when it is held.
+#[derive(Default)]
+struct Held(Mutex<HeldList>);
+
+#[derive(Default)]
+struct HeldList {
+    entries: Vec<(std::sync::Weak<NatsAck>, async_nats::Subject, std::time::Instant)>,
+    /// The length at which settled entries are swept out on the next `add` (twice what was left
+    /// last time, at least 256), so the list stays about as long as what is really held.
+    sweep_at: usize,
+}
+
+impl HeldList {
+    fn sweep(&mut self) {
+        self.entries.retain(|(ack, ..)| ack.upgrade().is_some_and(|ack| ack.0.lock().is_some()));
+        self.sweep_at = (self.entries.len() * 2).max(256);
+    }
+}
+
+impl Held {
+    fn add(&self, ack: &Arc<NatsAck>, reply: async_nats::Subject) {
+        let mut held = self.0.lock();
+        if held.entries.len() >= held.sweep_at {
+            held.sweep();
+        }
+        held.entries.push((Arc::downgrade(ack), reply, std::time::Instant::now()));
+    }
+
+    /// The reply subjects of the deliveries still unsettled and held less than `max_hold`;
+    /// forgets the others.
+    fn due(&self, max_hold: Duration) -> Vec<async_nats::Subject> {
+        let mut held = self.0.lock();
+        held.sweep();
+        held.entries
+            .iter()
+            .filter(|(.., since)| since.elapsed() < max_hold)
+            .map(|(_, reply, _)| reply.clone())
+            .collect()
+    }
+}
+
+/// Tells the server, every third of `ack_wait`, that the subscription's unsettled deliveries are
+/// still being worked on (`+WPI`, which restarts their ack wait), up to `max_hold`; ends with the
+/// subscription or when the subscriber closes.
+async fn heartbeat(
+    held: std::sync::Weak<Held>,
+    client: async_nats::Client,
+    config: NatsConfig,
+    closed: CancellationToken,
+) {
+    let every = (config.ack_wait / 3).max(Duration::from_millis(10));
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(every) => {}
+            () = closed.cancelled() => return,
+        }
+        let Some(held) = held.upgrade() else { return };
+        for reply in held.due(config.max_hold) {
+            if let Err(error) = client.publish(reply, bytes::Bytes::from_static(b"+WPI")).await {
+                tracing::debug!(%error, "NATS: a delivery's heartbeat was not sent");
             }
         }
     }

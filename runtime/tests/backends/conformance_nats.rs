@@ -29,7 +29,12 @@ fn url() -> String {
 
 fn config() -> NatsConfig {
     // A short ack wait: a vanished consumer's messages come back quickly.
-    NatsConfig::default().stream_prefix("MSCONF_").ack_wait(Duration::from_secs(3))
+    // Heartbeats stop after 1 s: a slow handler's message then comes back after the ack wait
+    // (the suite's `slow_handler_past_the_deadline`; `nats_backend` tests the heartbeat).
+    NatsConfig::default()
+        .stream_prefix("MSCONF_")
+        .ack_wait(Duration::from_secs(3))
+        .max_hold(Duration::from_secs(1))
 }
 
 struct NatsHarness {

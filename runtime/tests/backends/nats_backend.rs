@@ -40,7 +40,9 @@ async fn pubsub(config: NatsConfig) -> (NatsPubSub, std::fs::File) {
 /// never does (the next delivery is the next message, and the consumer has nothing pending).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn provisioning_ack_wait_and_term() {
-    let (ps, _lock) = pubsub(NatsConfig::default().ack_wait(Duration::from_secs(1))).await;
+    // No heartbeats: an unsettled delivery comes back after the ack wait.
+    let config = NatsConfig::default().ack_wait(Duration::from_secs(1)).max_hold(Duration::ZERO);
+    let (ps, _lock) = pubsub(config).await;
     let t = topic("term");
     let mut sub = ps.subscribe(&t, SubscribeOptions::group("workers")).await.unwrap();
     let mut stream = ps.ensure_stream(&t).await.unwrap();
@@ -117,4 +119,38 @@ async fn topics_must_be_subjects() {
         let error = ps.publish(bad, Message::new("x")).await.unwrap_err();
         assert_eq!(error.kind(), millstream::ErrorKind::Config, "{bad:?}");
     }
+}
+
+/// A handler holds its message for 4 ack waits while a second member of the group waits: the
+/// heartbeats (`+WPI`) keep it, the other member gets nothing, and the late ack succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_keep_a_slow_handlers_message() {
+    let ack_wait = Duration::from_secs(2);
+    let (ps, _lock) = pubsub(NatsConfig::default().ack_wait(ack_wait)).await;
+    let t = topic("heartbeat");
+    let mut slow = ps.subscribe(&t, SubscribeOptions::group("workers")).await.unwrap();
+    let mut other = ps.subscribe(&t, SubscribeOptions::group("workers")).await.unwrap();
+    ps.publish(&t, Message::new("slow")).await.unwrap();
+    let held = tokio::select! {
+        d = next(&mut slow) => d.2,
+        d = next(&mut other) => d.2,
+    };
+    // Whichever member got it holds it; both keep reading.
+    let started = std::time::Instant::now();
+    let again = tokio::time::timeout(ack_wait * 4, async {
+        tokio::select! {
+            d = next(&mut slow) => d,
+            d = next(&mut other) => d,
+        }
+    })
+    .await;
+    if let Ok((text, attempt, _)) = again {
+        panic!(
+            "{text:?} (attempt {attempt}) delivered again after {:?} while it was held",
+            started.elapsed()
+        );
+    }
+    held.ack().await.expect("the late ack");
+    drop((slow, other));
+    ps.delete_topics(&[t]).await.unwrap();
 }
