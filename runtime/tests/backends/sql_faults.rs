@@ -266,3 +266,76 @@ async fn postgres_publish_retries_through_killed_connections() {
     pubsub.delete_topics(std::slice::from_ref(&topic)).await.unwrap();
     Publisher::close(&pubsub).await.unwrap();
 }
+
+/// PostgreSQL kills the consumer's connections again and again while it consumes 200 messages,
+/// acking each: acks are retried (and a retry whose first try went through is recognised), so no
+/// message is delivered twice and none is lost.
+#[cfg(feature = "postgres")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_acks_retry_through_killed_connections() {
+    use millstream::pubsub::sql::sqlx;
+    use std::collections::HashMap;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    let app = format!("msackretry{}", std::process::id());
+    let base = crate::support::sql::url("postgres");
+    let separator = if base.contains('?') { '&' } else { '?' };
+    let config = retention_config().retention(None).table_prefix("msretry_");
+    let publisher = SqlPubSub::connect(&base, config.clone()).await.unwrap();
+    let consumer =
+        SqlPubSub::connect(&format!("{base}{separator}application_name={app}"), config).await.unwrap();
+    let admin = sqlx::PgPool::connect(&base).await.unwrap();
+    let topic = crate::common::topic("ack-killed");
+    let total = 200;
+    let mut sub = consumer.subscribe(&topic, SubscribeOptions::group("g")).await.unwrap();
+    let messages: Vec<_> = (0..total).map(|i| Message::new(format!("m{i}"))).collect();
+    publisher.publish_batch(&topic, messages).await.unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let killer = tokio::spawn({
+        let (stop, admin, app) = (stop.clone(), admin.clone(), app.clone());
+        async move {
+            let mut killed = 0_i64;
+            while !stop.load(Ordering::Acquire) {
+                let n: i64 = sqlx::query_scalar(
+                    "SELECT COUNT(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = $1",
+                )
+                .bind(&app)
+                .fetch_one(&admin)
+                .await
+                .unwrap();
+                killed += n;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            killed
+        }
+    });
+    let mut seen: HashMap<String, u32> = HashMap::new();
+    let (mut ack_failures, mut read_errors) = (0, 0);
+    while seen.len() < total {
+        match within("the next delivery", sub.next()).await.expect("open") {
+            Ok(delivery) => {
+                *seen
+                    .entry(String::from_utf8_lossy(delivery.message().payload()).into_owned())
+                    .or_default() += 1;
+                if delivery.ack().await.is_err() {
+                    ack_failures += 1;
+                }
+            }
+            Err(_) => read_errors += 1,
+        }
+    }
+    stop.store(true, Ordering::Release);
+    let killed = killer.await.unwrap();
+    let duplicates: u32 = seen.values().map(|n| n - 1).sum();
+    eprintln!(
+        "postgres ack retries: {total} consumed, {killed} connections killed, {read_errors} read errors \
+         reported, {ack_failures} failed acks, {duplicates} duplicates"
+    );
+    assert!(killed > 0, "the test killed no connection");
+    assert_eq!((ack_failures, duplicates), (0, 0));
+    drop(sub);
+    publisher.delete_topics(std::slice::from_ref(&topic)).await.unwrap();
+    Publisher::close(&publisher).await.unwrap();
+    Publisher::close(&consumer).await.unwrap();
+}

@@ -454,6 +454,17 @@ macro_rules! dialect {
                 Ok(())
             }
 
+            /// The group's `acked`, if the group exists.
+            pub(crate) async fn acked(pool: &$pool, q: &Queries, topic: &str, group: &str) -> Result<Option<i64>> {
+                let row = sqlx::query(&q.group_state)
+                    .bind(topic)
+                    .bind(group)
+                    .fetch_optional(pool)
+                    .await
+                    .map_err(backend_error)?;
+                row.map(|row| row.try_get::<i64, _>(0)).transpose().map_err(backend_error)
+            }
+
             /// Every topic with a row.
             pub(crate) async fn all_topics(pool: &$pool, q: &Queries) -> Result<Vec<String>> {
                 let rows = sqlx::query(&q.all_topics).fetch_all(pool).await.map_err(backend_error)?;

@@ -12,7 +12,7 @@ use parking_lot::Mutex;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::db::{millis, now_ms};
+use super::db::{is_transient, millis, now_ms};
 use super::ops::dispatch;
 use super::pubsub::{Inner, Lease, SqlPubSub};
 use super::stored::Row;
@@ -199,22 +199,58 @@ impl SubShared {
         };
         let inner = &self.inner;
         let (topic, group, owner) = (&*self.topic, &*self.group, &*self.owner);
-        let result = match nack {
-            None => {
-                let lease_until = now_ms() + millis(inner.config.ack_deadline);
-                let new_owner = if release { None } else { Some(owner) };
-                dispatch!(&inner.pool, (pool, ops) => ops::ack(
-                    pool, &inner.queries, topic, group, owner, new_owner, flight.seq, flight.prev,
-                    if release { 0 } else { flight.next_attempts }, lease_until,
-                ).await)
-                .map(|done| if done { Outcome::Acked { lease_until } } else { Outcome::Lost })
-            }
-            Some((delay, uncount)) => {
-                let not_before = now_ms() + millis(delay);
-                dispatch!(&inner.pool, (pool, ops) => ops::nack(
-                    pool, &inner.queries, topic, group, owner, flight.prev, not_before, uncount,
-                ).await)
-                .map(|done| if done { Outcome::Nacked { not_before } } else { Outcome::Lost })
+        // A broken connection is retried for a while (a database restart): a failed ack means
+        // a duplicate. After a try whose outcome is unknown, an ack that finds the group moved
+        // past its message had gone through.
+        let retry_for = inner.config.publish_retry_for.min(inner.config.ack_deadline / 2);
+        let started = Instant::now();
+        let mut tries = 0_u32;
+        let mut unknown = false;
+        let result = loop {
+            tries += 1;
+            let result = match nack {
+                None => {
+                    let lease_until = now_ms() + millis(inner.config.ack_deadline);
+                    let new_owner = if release { None } else { Some(owner) };
+                    dispatch!(&inner.pool, (pool, ops) => ops::ack(
+                        pool, &inner.queries, topic, group, owner, new_owner, flight.seq, flight.prev,
+                        if release { 0 } else { flight.next_attempts }, lease_until,
+                    ).await)
+                    .map(|done| if done { Outcome::Acked { lease_until } } else { Outcome::Lost })
+                }
+                Some((delay, uncount)) => {
+                    let not_before = now_ms() + millis(delay);
+                    dispatch!(&inner.pool, (pool, ops) => ops::nack(
+                        pool, &inner.queries, topic, group, owner, flight.prev, not_before, uncount,
+                    ).await)
+                    .map(|done| if done { Outcome::Nacked { not_before } } else { Outcome::Lost })
+                }
+            };
+            match result {
+                Err(error) if is_transient(&error) && started.elapsed() < retry_for => {
+                    tracing::debug!(topic, group, %error, tries, "SQL backend: settle failed; retrying");
+                    unknown = true;
+                    tokio::time::sleep(
+                        Duration::from_millis(2u64 << tries.min(9)).min(Duration::from_secs(1)),
+                    )
+                    .await;
+                }
+                Ok(Outcome::Lost) if unknown && nack.is_none() => {
+                    let acked = dispatch!(&inner.pool, (pool, ops) => ops::acked(pool, &inner.queries, topic, group).await);
+                    break match acked {
+                        // Our earlier try went through (the lease was renewed or released with it).
+                        Ok(Some(acked)) if acked >= flight.seq => Ok(Outcome::Acked {
+                            lease_until: if release {
+                                0
+                            } else {
+                                now_ms() + millis(inner.config.ack_deadline)
+                            },
+                        }),
+                        Ok(_) => Ok(Outcome::Lost),
+                        Err(error) => Err(error),
+                    };
+                }
+                other => break other,
             }
         };
         let outcome = *result.as_ref().unwrap_or(&Outcome::Lost);
