@@ -301,23 +301,23 @@ macro_rules! dialect {
                     };
                 }
                 let claimed = if q.mysql {
-                    let mut conn = pool.acquire().await.map_err(backend_error)?;
-                    let mut tx = Connection::begin(&mut *conn).await.map_err(backend_error)?;
-                    let updated =
-                        claim_query!().execute(&mut *tx).await.map_err(backend_error)?.rows_affected();
-                    let state = if updated == 0 {
+                    // No RETURNING: the claim, then a read of the group's row. Not in one
+                    // transaction: a claim dropped half-way (a `select!` that took another
+                    // branch) would leave it open on a pooled connection, holding the group's row
+                    // locked until that connection is used again. Once the lease is ours, nobody
+                    // else moves `acked` or the attempts, so the read after it is exact.
+                    let updated = claim_query!().execute(pool).await.map_err(backend_error)?.rows_affected();
+                    if updated == 0 {
                         None
                     } else {
                         let row = sqlx::query(&q.group_state)
                             .bind(topic)
                             .bind(group)
-                            .fetch_one(&mut *tx)
+                            .fetch_one(pool)
                             .await
                             .map_err(backend_error)?;
                         Some((row.try_get(0).map_err(backend_error)?, row.try_get(1).map_err(backend_error)?))
-                    };
-                    tx.commit().await.map_err(backend_error)?;
-                    state
+                    }
                 } else {
                     match claim_query!().fetch_optional(pool).await.map_err(backend_error)? {
                         Some(row) => Some((
