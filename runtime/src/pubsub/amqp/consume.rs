@@ -280,7 +280,12 @@ impl AckInner {
 }
 
 impl AckSink for AmqpAck {
-    fn settle(&self, _token: Token, _message: Option<crate::Message>, how: Settle) -> OpFuture<'static> {
+    fn settle(
+        &self,
+        _token: Token,
+        _message: Option<crate::message::Message>,
+        how: Settle,
+    ) -> OpFuture<'static> {
         OpFuture::boxed(self.0.clone().settle_as(how))
     }
 }

@@ -128,7 +128,12 @@ impl Sink {
 struct SinkHandle(Arc<Sink>);
 
 impl AckSink for SinkHandle {
-    fn settle(&self, token: Token, _message: Option<crate::Message>, how: Settle) -> OpFuture<'static> {
+    fn settle(
+        &self,
+        token: Token,
+        _message: Option<crate::message::Message>,
+        how: Settle,
+    ) -> OpFuture<'static> {
         let (generation, seq) = token.pair_parts();
         OpFuture::ready(match how {
             // MQTT has no dead letter: a rejected message is acknowledged (the router published
