@@ -165,7 +165,7 @@ pub struct MqttConfig {
     /// How long one connection attempt (TCP, TLS, CONNECT/CONNACK) may take. Default 5 s.
     pub connect_timeout: Duration,
     /// How long a publish waits for the broker's acknowledgement (while reconnecting, too)
-    /// before it fails. Default 30 s.
+    /// before it fails; for a batch, for all of its acknowledgements. Default 30 s.
     pub publish_timeout: Duration,
     /// The first pause before reconnecting; it doubles on each failure up to
     /// [`MqttConfig::reconnect_max`]. Default 100 ms.

@@ -204,9 +204,23 @@ impl MqttPubSub {
     }
 
     async fn wait(&self, done: tokio::sync::oneshot::Receiver<Result<()>>) -> Result<()> {
-        match tokio::time::timeout(self.inner.config.publish_timeout, done).await {
-            Ok(Ok(result)) => result,
-            Ok(Err(_)) => Err(closed_error("MQTT publisher is closed")),
+        self.wait_all(vec![done]).await
+    }
+
+    /// Waits for every acknowledgement, in order, within one `publish_timeout` for them all (one
+    /// timer for a batch, not one per message).
+    async fn wait_all(&self, pending: Vec<tokio::sync::oneshot::Receiver<Result<()>>>) -> Result<()> {
+        let all = async {
+            for done in pending {
+                match done.await {
+                    Ok(result) => result?,
+                    Err(_) => return Err(closed_error("MQTT publisher is closed")),
+                }
+            }
+            Ok(())
+        };
+        match tokio::time::timeout(self.inner.config.publish_timeout, all).await {
+            Ok(result) => result,
             Err(_) => Err(Error::new(
                 ErrorKind::Backend,
                 format!(
@@ -248,10 +262,7 @@ impl MqttPubSub {
         for publish in publishes {
             pending.push(self.inner.publisher.send(publish).await?);
         }
-        for done in pending {
-            self.wait(done).await?;
-        }
-        Ok(())
+        self.wait_all(pending).await
     }
 
     async fn open(&self, topic: &str, options: SubscribeOptions) -> Result<Arc<SessionHandle>> {
