@@ -577,14 +577,18 @@ impl Subscriber for NatsPubSub {
         OpFuture::boxed(async move {
             let messages = self.consumer(topic, options.group.as_deref(), None).await?;
             let held = Arc::new(Held::default());
-            tokio::spawn(heartbeat(
-                Arc::downgrade(&held),
-                self.inner.client.clone(),
-                self.inner.config.clone(),
-                self.inner.cancel.clone(),
-            ));
+            // (With `max_hold` zero there are no heartbeats: nothing is registered per delivery.)
+            let heartbeats = !self.inner.config.max_hold.is_zero();
+            if heartbeats {
+                tokio::spawn(heartbeat(
+                    Arc::downgrade(&held),
+                    self.inner.client.clone(),
+                    self.inner.config.clone(),
+                    self.inner.cancel.clone(),
+                ));
+            }
             let state = NatsStream {
-                held,
+                held: heartbeats.then_some(held),
                 pubsub: self.clone(),
                 topic: topic.to_owned(),
                 group: options.group,
@@ -632,8 +636,8 @@ impl Subscriber for NatsPubSub {
 }
 
 struct NatsStream {
-    /// The deliveries handed out, for the heartbeat.
-    held: Arc<Held>,
+    /// The deliveries handed out, for the heartbeat (none without heartbeats).
+    held: Option<Arc<Held>>,
     pubsub: NatsPubSub,
     topic: String,
     group: Option<String>,
@@ -681,10 +685,10 @@ impl NatsStream {
                         self.next_start = Some(sequence + 1);
                     }
                     let decoded = decode(&message.message, &stream, sequence);
-                    let reply = message.message.reply.clone();
+                    let reply = self.held.as_ref().and(message.message.reply.clone());
                     let ack = Arc::new(NatsAck(Mutex::new(Some(message))));
-                    if let Some(reply) = reply {
-                        self.held.add(&ack, reply);
+                    if let (Some(held), Some(reply)) = (&self.held, reply) {
+                        held.add(&ack, reply);
                     }
                     let acker = Acker::new(ack, Token::new(sequence), None);
                     let attempt = u32::try_from(attempt.max(1)).unwrap_or(u32::MAX);

@@ -214,8 +214,6 @@ async fn retention_keeps_young_messages() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_publish_retries_through_killed_connections() {
     use millstream::pubsub::sql::sqlx;
-    use std::sync::atomic::{AtomicBool, Ordering};
-    use std::sync::Arc;
 
     let app = format!("msretry{}", std::process::id());
     let base = crate::support::sql::url("postgres");
@@ -226,33 +224,14 @@ async fn postgres_publish_retries_through_killed_connections() {
     let admin = sqlx::PgPool::connect(&base).await.unwrap();
     let topic = crate::common::topic("killed");
     pubsub.publish(&topic, Message::new("warm-up")).await.unwrap();
-    let stop = Arc::new(AtomicBool::new(false));
-    let killer = tokio::spawn({
-        let (stop, admin, app) = (stop.clone(), admin.clone(), app.clone());
-        async move {
-            let mut killed = 0_i64;
-            while !stop.load(Ordering::Acquire) {
-                let n: i64 = sqlx::query_scalar(
-                    "SELECT COUNT(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = $1",
-                )
-                .bind(&app)
-                .fetch_one(&admin)
-                .await
-                .unwrap();
-                killed += n;
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            killed
-        }
-    });
+    let killer = ConnectionKiller::start(admin.clone(), app.clone());
     let total = 300;
     for i in 0..total {
         let id = format!("00000000-0000-7000-8000-{i:012}");
         let message = Message::new(format!("m{i}")).with_id(millstream::MessageId::parse(&id).unwrap());
         pubsub.publish(&topic, message).await.unwrap_or_else(|e| panic!("publish {i}: {e}"));
     }
-    stop.store(true, Ordering::Release);
-    let killed = killer.await.unwrap();
+    let killed = killer.stop().await;
     let (rows, unique): (i64, i64) = sqlx::query_as(
         "SELECT COUNT(*), COUNT(DISTINCT id) FROM msretry_messages WHERE topic = $1 AND payload <> 'warm-up'::bytea",
     )
@@ -275,8 +254,6 @@ async fn postgres_publish_retries_through_killed_connections() {
 async fn postgres_acks_retry_through_killed_connections() {
     use millstream::pubsub::sql::sqlx;
     use std::collections::HashMap;
-    use std::sync::atomic::{AtomicBool, Ordering};
-    use std::sync::Arc;
 
     let app = format!("msackretry{}", std::process::id());
     let base = crate::support::sql::url("postgres");
@@ -291,25 +268,7 @@ async fn postgres_acks_retry_through_killed_connections() {
     let mut sub = consumer.subscribe(&topic, SubscribeOptions::group("g")).await.unwrap();
     let messages: Vec<_> = (0..total).map(|i| Message::new(format!("m{i}"))).collect();
     publisher.publish_batch(&topic, messages).await.unwrap();
-    let stop = Arc::new(AtomicBool::new(false));
-    let killer = tokio::spawn({
-        let (stop, admin, app) = (stop.clone(), admin.clone(), app.clone());
-        async move {
-            let mut killed = 0_i64;
-            while !stop.load(Ordering::Acquire) {
-                let n: i64 = sqlx::query_scalar(
-                    "SELECT COUNT(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = $1",
-                )
-                .bind(&app)
-                .fetch_one(&admin)
-                .await
-                .unwrap();
-                killed += n;
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            killed
-        }
-    });
+    let killer = ConnectionKiller::start(admin.clone(), app.clone());
     let mut seen: HashMap<String, u32> = HashMap::new();
     let (mut ack_failures, mut read_errors) = (0, 0);
     while seen.len() < total {
@@ -325,8 +284,7 @@ async fn postgres_acks_retry_through_killed_connections() {
             Err(_) => read_errors += 1,
         }
     }
-    stop.store(true, Ordering::Release);
-    let killed = killer.await.unwrap();
+    let killed = killer.stop().await;
     let duplicates: u32 = seen.values().map(|n| n - 1).sum();
     eprintln!(
         "postgres ack retries: {total} consumed, {killed} connections killed, {read_errors} read errors \
@@ -338,4 +296,46 @@ async fn postgres_acks_retry_through_killed_connections() {
     publisher.delete_topics(std::slice::from_ref(&topic)).await.unwrap();
     Publisher::close(&publisher).await.unwrap();
     Publisher::close(&consumer).await.unwrap();
+}
+
+/// Terminates, every 20 ms until stopped, every PostgreSQL connection whose `application_name`
+/// is `app` (what a database restart does to a client: "terminating connection due to
+/// administrator command").
+#[cfg(feature = "postgres")]
+struct ConnectionKiller {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<i64>,
+}
+
+#[cfg(feature = "postgres")]
+impl ConnectionKiller {
+    fn start(admin: millstream::pubsub::sql::sqlx::PgPool, app: String) -> Self {
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let task = tokio::spawn({
+            let stop = stop.clone();
+            async move {
+                let mut killed = 0_i64;
+                while !stop.load(Ordering::Acquire) {
+                    let n: i64 = millstream::pubsub::sql::sqlx::query_scalar(
+                        "SELECT COUNT(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = $1",
+                    )
+                    .bind(&app)
+                    .fetch_one(&admin)
+                    .await
+                    .unwrap();
+                    killed += n;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                killed
+            }
+        });
+        ConnectionKiller { stop, task }
+    }
+
+    /// Stops; how many connections it terminated.
+    async fn stop(self) -> i64 {
+        self.stop.store(true, std::sync::atomic::Ordering::Release);
+        self.task.await.unwrap()
+    }
 }

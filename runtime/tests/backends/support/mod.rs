@@ -8,5 +8,6 @@ pub(crate) mod mqtt;
 pub(crate) mod nats;
 #[cfg(feature = "redis")]
 pub(crate) mod redis;
+pub(crate) mod restart_lock;
 #[cfg(all(feature = "conformance", any(feature = "sqlite", feature = "postgres", feature = "mysql")))]
 pub(crate) mod sql;

@@ -9,26 +9,12 @@ use std::fs::File;
 
 const LOCK: &str = "/tmp/millstream-nats.lock";
 
-pub(crate) fn lock_file() -> File {
-    std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(LOCK).expect("lock file")
-}
-
 /// Waits for a shared hold on the lock (no restart running) and keeps it while the file lives.
-#[allow(clippy::incompatible_msrv)] // `File::lock_shared`: newer than the declared MSRV, fine for tests
 pub(crate) async fn shared() -> File {
-    tokio::task::spawn_blocking(|| {
-        let file = lock_file();
-        file.lock_shared().expect("shared lock");
-        file
-    })
-    .await
-    .expect("lock task")
+    super::restart_lock::shared(LOCK).await
 }
 
 /// Waits for the exclusive hold (every other NATS test finished or waiting).
-#[allow(clippy::incompatible_msrv)]
 pub(crate) fn exclusive_blocking() -> std::io::Result<File> {
-    let file = lock_file();
-    file.lock()?;
-    Ok(file)
+    super::restart_lock::exclusive_blocking(LOCK)
 }
