@@ -38,6 +38,8 @@ pub use self::subscribe::{Extensions, StartFrom, SubscribeOptions, Subscription}
 
 #[cfg(feature = "amqp")]
 pub mod amqp;
+#[cfg(feature = "kafka")]
+pub mod kafka;
 #[cfg(feature = "memory")]
 pub mod memory;
 #[cfg(feature = "mqtt")]

@@ -93,6 +93,13 @@ impl<K> Watermark<K> {
         Settled::Released(released)
     }
 
+    /// The key of the delivery at `seq` while it is pending (not settled, not from before a
+    /// reset).
+    pub fn get(&self, seq: Seq) -> Option<&K> {
+        let index = usize::try_from(seq.0.checked_sub(self.front)?).ok()?;
+        self.window.get(index).filter(|(_, done)| !*done).map(|(key, _)| key)
+    }
+
     /// How many deliveries are held: pending ones, and settled ones behind a pending one.
     pub fn len(&self) -> usize {
         self.window.len()
@@ -150,8 +157,10 @@ mod tests {
         w.reset();
         assert!(w.is_empty());
         assert_eq!(w.settle(a), Settled::Unknown, "from before the reset");
+        assert_eq!(w.get(a), None);
         let c = w.deliver("c");
         assert_ne!(c, a);
+        assert_eq!(w.get(c), Some(&"c"));
         assert_eq!(released(w.settle(c)), ["c"]);
         assert_eq!(w.settle(a), Settled::Unknown);
         assert_eq!(w.settle(Seq::from_raw(c.get() + 5)), Settled::Unknown, "never delivered");

@@ -6,6 +6,7 @@ mod amqp_backend;
 #[path = "../common/mod.rs"]
 mod common;
 mod conformance_amqp;
+mod conformance_kafka;
 mod conformance_memory;
 mod conformance_mqtt;
 mod conformance_mysql;
@@ -15,6 +16,7 @@ mod conformance_redis;
 mod conformance_sqlite;
 mod dedup_redis;
 mod dedup_sql;
+mod kafka_backend;
 mod memory;
 mod mqtt_backend;
 mod nats_backend;

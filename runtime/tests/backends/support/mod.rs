@@ -2,6 +2,8 @@
 
 #[cfg(feature = "amqp")]
 pub(crate) mod amqp;
+#[cfg(feature = "kafka")]
+pub(crate) mod kafka;
 #[cfg(feature = "mqtt")]
 pub(crate) mod mqtt;
 #[cfg(feature = "nats")]

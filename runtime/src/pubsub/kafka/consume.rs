@@ -1,0 +1,766 @@
+//! One subscription: a librdkafka consumer polled by a task of its own (the poller), its
+//! partitions' [`Watermark`]s, and the [`AckSink`] that settles through them.
+//!
+//! - The poller reads records, turns them into deliveries and sends them to the subscription's
+//!   stream; it never waits for the router, so librdkafka is polled (and `max.poll.interval.ms`
+//!   kept) however slow the handlers are. Once [`State::max_in_flight`] deliveries are unsettled
+//!   it pauses every assigned partition and resumes them when settles bring the count down.
+//! - Rebalance callbacks run inside the poller's reads: a revoke resets the partitions' watermarks
+//!   (later acks of their deliveries are dropped, at debug level: the new owner reads them again
+//!   from the committed offset); an assign starts them afresh.
+//! - An ack settles in the partition's watermark; what it releases becomes the partition's offset
+//!   to commit, which the poller commits every
+//!   [`KafkaConfig::commit_interval`](super::KafkaConfig::commit_interval); the revoke callback
+//!   commits what is pending (synchronously) before partitions go, on a rebalance and when the
+//!   consumer closes. Commits are explicit, not librdkafka's auto-commit of stored offsets: tansu
+//!   0.6 resumes a group one record past an offset committed that way (see the module docs).
+//! - A nack (or release) is sent to the poller, which seeks the partition back: seeking from the
+//!   task that reads means no record read before the seek is delivered after it.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use parking_lot::Mutex;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::BorrowedMessage;
+use rdkafka::{ClientContext, Message as _, Offset, TopicPartitionList};
+use tokio::sync::{mpsc, watch, Notify};
+use tokio_util::sync::CancellationToken;
+
+use super::codec;
+use super::config::Redelivery;
+use super::publish::Producer;
+use crate::error::{Error, ErrorKind, Result};
+use crate::message::{DeliveryInfo, Message};
+use crate::op::OpFuture;
+use crate::pubsub::watermark::{Seq, Settled, Watermark};
+use crate::pubsub::{AckSink, Acker, Delivery, Settle, Token};
+
+pub(super) type KafkaConsumer = StreamConsumer<Ctx>;
+
+/// What a subscription's consumer, its poller and its ackers share.
+pub(super) struct State {
+    /// This state itself (for the tasks a settle spawns).
+    me: std::sync::Weak<State>,
+    pub(super) topic: String,
+    /// Whether the consumer is in a group (commits offsets) or reads assigned partitions alone.
+    pub(super) group: bool,
+    pub(super) max_in_flight: usize,
+    pub(super) commit_interval: Duration,
+    pub(super) redelivery: Redelivery,
+    /// For [`Redelivery::Republish`].
+    pub(super) producer: Producer,
+    pub(super) settling: Mutex<Settling>,
+    /// Nacks and timers for the poller.
+    pub(super) commands: mpsc::UnboundedSender<Command>,
+    /// Deliveries sent and not settled.
+    pub(super) in_flight: AtomicUsize,
+    /// Whether the poller paused the partitions for backpressure.
+    pub(super) paused: AtomicBool,
+    /// Wakes a paused poller when settles make room.
+    pub(super) room: Notify,
+    /// How many assignments the consumer has had (a subscription returns after the first).
+    pub(super) assignments: watch::Sender<u64>,
+    /// Set when the poller stops: releases no longer seek.
+    pub(super) closing: AtomicBool,
+}
+
+/// Under one lock: the consumer (for storing offsets; `None` once closing) and each partition.
+pub(super) struct Settling {
+    pub(super) consumer: Option<Arc<KafkaConsumer>>,
+    pub(super) parts: HashMap<i32, Part>,
+}
+
+/// One partition of the subscription.
+#[derive(Default)]
+pub(super) struct Part {
+    watermark: Watermark<i64>,
+    assigned: bool,
+    /// Bumped whenever the watermark is reset (revoke, assign, seek), so that a timer set before
+    /// does nothing after.
+    epoch: u64,
+    /// Nacks of each offset seen by this process, for attempt counts.
+    nacks: HashMap<i64, u32>,
+    /// After a seek to this offset: the next record must be this one; any other was read before
+    /// the seek took hold (or the seek failed) and is dropped.
+    expect: Option<Expect>,
+    /// Paused until a delayed nack's timer fires.
+    held: bool,
+    /// The offset after the last record delivered.
+    next: Option<i64>,
+    /// The offset to commit (after every record settled in order), and the one last committed.
+    commit: Option<i64>,
+    committed: Option<i64>,
+}
+
+#[derive(Clone, Copy)]
+struct Expect {
+    offset: i64,
+    /// When the seek was last sent, and how many times.
+    sent: Instant,
+    tries: u32,
+}
+
+/// What the poller is asked to do.
+pub(super) enum Command {
+    /// Seek `partition` back to the delivery at `seq` (after `delay`), counting a nack.
+    Redeliver { partition: i32, seq: Seq, delay: Option<Duration>, count: bool },
+    /// A delayed nack's time has come.
+    Resume { partition: i32, epoch: u64, offset: i64 },
+}
+
+/// The consumer's context: rebalance callbacks and librdkafka's logs.
+pub(super) struct Ctx {
+    pub(super) state: Arc<State>,
+}
+
+impl ClientContext for Ctx {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+        super::log_librdkafka(level, fac, message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::warn!(topic = %self.state.topic, %error, reason, "kafka consumer error");
+    }
+}
+
+impl ConsumerContext for Ctx {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Revoke(list) => {
+                // What was settled is committed before the partitions go to another member.
+                if let Some(pending) = self.state.pending_commits() {
+                    if let Err(error) = consumer.commit(&pending, CommitMode::Sync) {
+                        tracing::warn!(topic = %self.state.topic, %error, "kafka commit before a revoke failed; the new owner reads those messages again");
+                    }
+                }
+                let mut settling = self.state.settling.lock();
+                let mut dropped = 0;
+                for element in list.elements_for_topic(&self.state.topic) {
+                    let part = settling.parts.entry(element.partition()).or_default();
+                    dropped += part.watermark.len();
+                    part.reset();
+                    part.assigned = false;
+                    part.nacks.clear();
+                }
+                tracing::debug!(
+                    topic = %self.state.topic,
+                    partitions = list.count(),
+                    unsettled = dropped,
+                    "kafka partitions revoked; acks that arrive for them later are dropped"
+                );
+            }
+            Rebalance::Assign(_) => {}
+            Rebalance::Error(error) => {
+                tracing::warn!(topic = %self.state.topic, %error, "kafka rebalance failed");
+            }
+        }
+    }
+
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(list) = rebalance {
+            {
+                let mut settling = self.state.settling.lock();
+                for element in list.elements_for_topic(&self.state.topic) {
+                    let part = settling.parts.entry(element.partition()).or_default();
+                    part.reset();
+                    part.assigned = true;
+                }
+            }
+            // A partition paused before (backpressure, a delayed nack) starts paused only while
+            // the subscription is paused.
+            let result = if self.state.paused.load(Ordering::SeqCst) {
+                consumer.pause(list)
+            } else {
+                consumer.resume(list)
+            };
+            if let Err(error) = result {
+                tracing::debug!(topic = %self.state.topic, %error, "kafka pause/resume after assign");
+            }
+            tracing::debug!(topic = %self.state.topic, partitions = list.count(), "kafka partitions assigned");
+            self.state.assignments.send_modify(|n| *n += 1);
+        }
+    }
+}
+
+impl Part {
+    fn reset(&mut self) {
+        self.watermark.reset();
+        self.epoch += 1;
+        self.expect = None;
+        self.held = false;
+        self.next = None;
+        self.commit = None;
+        self.committed = None;
+    }
+}
+
+fn token(partition: i32, attempt: u32, seq: Seq) -> Token {
+    Token::pair((u64::from(partition as u32) << 32) | u64::from(attempt), seq.get())
+}
+
+fn token_parts(token: Token) -> (i32, u32, Seq) {
+    let (high, low) = token.pair_parts();
+    ((high >> 32) as u32 as i32, high as u32, Seq::from_raw(low))
+}
+
+impl State {
+    /// The offsets settled and not committed yet, marked committed (`None`: nothing to commit,
+    /// or no group to commit for).
+    fn pending_commits(&self) -> Option<TopicPartitionList> {
+        if !self.group {
+            return None;
+        }
+        let mut settling = self.settling.lock();
+        let mut list = TopicPartitionList::new();
+        for (&partition, part) in &mut settling.parts {
+            if let Some(offset) = part.commit.filter(|_| part.assigned && part.commit != part.committed) {
+                if list.add_partition_offset(&self.topic, partition, Offset::Offset(offset)).is_ok() {
+                    part.committed = Some(offset);
+                }
+            }
+        }
+        (list.count() > 0).then_some(list)
+    }
+
+    /// Settles `seq` of `partition` in its watermark; what it releases is to be committed.
+    fn settle_done(&self, partition: i32, seq: Seq) {
+        let mut guard = self.settling.lock();
+        let settling = &mut *guard;
+        let Some(part) = settling.parts.get_mut(&partition) else { return };
+        match part.watermark.settle(seq) {
+            Settled::Released(offsets) => {
+                let Some(&last) = offsets.last() else { return };
+                if !part.nacks.is_empty() {
+                    for offset in &offsets {
+                        part.nacks.remove(offset);
+                    }
+                }
+                tracing::trace!(topic = %self.topic, partition, offset = last + 1, "kafka offset to commit");
+                part.commit = Some(last + 1);
+            }
+            Settled::Unknown => tracing::debug!(
+                topic = %self.topic,
+                partition,
+                "kafka settle dropped: its partition was revoked or sought back since"
+            ),
+        }
+    }
+
+    fn redeliver(&self, partition: i32, seq: Seq, delay: Option<Duration>, count: bool) {
+        if self.closing.load(Ordering::SeqCst) {
+            return;
+        }
+        let _ = self.commands.send(Command::Redeliver { partition, seq, delay, count });
+    }
+}
+
+impl AckSink for State {
+    fn settle(&self, token: Token, message: Option<Message>, how: Settle) -> OpFuture<'static> {
+        let (partition, attempt, seq) = token_parts(token);
+        let left = self.in_flight.fetch_sub(1, Ordering::SeqCst) - 1;
+        if left < self.max_in_flight && self.paused.load(Ordering::SeqCst) {
+            self.room.notify_one();
+        }
+        match how {
+            Settle::Ack | Settle::Reject(_) => self.settle_done(partition, seq),
+            Settle::Release => self.redeliver(partition, seq, None, false),
+            Settle::Nack(delay) => match (self.redelivery, message) {
+                (Redelivery::Republish, Some(message)) => {
+                    return self.republish(partition, seq, attempt, delay, message);
+                }
+                _ => self.redeliver(partition, seq, delay, true),
+            },
+        }
+        OpFuture::ready(Ok(()))
+    }
+}
+
+impl State {
+    /// [`Redelivery::Republish`]: a copy to the end of the topic (after `delay`), then the
+    /// original settled; if the copy cannot be published, a seek instead.
+    fn republish(
+        &self,
+        partition: i32,
+        seq: Seq,
+        attempt: u32,
+        delay: Option<Duration>,
+        message: Message,
+    ) -> OpFuture<'static> {
+        let this = self.self_arc();
+        let work = async move {
+            if let Some(delay) = delay.filter(|d| !d.is_zero()) {
+                tokio::time::sleep(delay).await;
+            }
+            match this.producer.send(&this.topic, message, Some(attempt)).await {
+                Ok(_) => this.settle_done(partition, seq),
+                Err(error) => {
+                    tracing::warn!(topic = %this.topic, %error, "kafka republish of a nacked message failed; seeking back instead");
+                    this.redeliver(partition, seq, None, true);
+                }
+            }
+        };
+        // A delayed copy must not hold up the router: it goes on by itself.
+        tokio::spawn(work);
+        OpFuture::ready(Ok(()))
+    }
+
+    fn self_arc(&self) -> Arc<State> {
+        self.me.upgrade().expect("a settle holds the state")
+    }
+}
+
+/// Consumers of dropped subscriptions still closing, by (topic, group): a new member of the same
+/// group waits for them, so that it joins once they have left (tansu 0.6 gives a member that
+/// joins while another leaves no partitions, and never rebalances again).
+pub(super) type Closing = Arc<Mutex<HashMap<(String, String), Vec<watch::Receiver<bool>>>>>;
+
+/// Registers a dropped subscription's consumer in [`Closing`] until it has closed.
+struct DropGuard {
+    key: Option<(String, String)>,
+    closed: watch::Receiver<bool>,
+    closing: Closing,
+}
+
+impl Drop for DropGuard {
+    fn drop(&mut self) {
+        if let Some(key) = self.key.take() {
+            let mut closing = self.closing.lock();
+            let list = closing.entry(key).or_default();
+            list.retain(|closed| !*closed.borrow());
+            list.push(self.closed.clone());
+        }
+    }
+}
+
+/// Waits (up to `limit`) for the consumers of `topic` and `group` that are closing.
+async fn wait_for_closing(closing: &Closing, topic: &str, group: &str, limit: Duration) {
+    let waiting: Vec<watch::Receiver<bool>> = {
+        let mut closing = closing.lock();
+        let key = (topic.to_owned(), group.to_owned());
+        let Some(list) = closing.get_mut(&key) else { return };
+        list.retain(|closed| !*closed.borrow());
+        let waiting = list.clone();
+        if list.is_empty() {
+            closing.remove(&key);
+        }
+        waiting
+    };
+    let all = async {
+        for mut closed in waiting {
+            let _ = closed.wait_for(|closed| *closed).await;
+        }
+    };
+    let _ = tokio::time::timeout(limit, all).await;
+}
+
+/// What [`subscribe`] needs from its [`KafkaPubSub`](super::KafkaPubSub).
+pub(super) struct Plan<'a> {
+    /// Consumers of this connection's dropped subscriptions that are still closing.
+    pub(super) closing: Closing,
+    pub(super) config: &'a super::KafkaConfig,
+    pub(super) producer: Producer,
+    /// Cancelled when the subscriber closes.
+    pub(super) cancel: CancellationToken,
+    pub(super) tasks: tokio_util::task::TaskTracker,
+}
+
+/// Subscribes to `topic` (which exists): returns once the consumer has its partitions.
+pub(super) async fn subscribe(
+    plan: Plan<'_>,
+    topic: &str,
+    options: &crate::pubsub::SubscribeOptions,
+) -> Result<crate::pubsub::Subscription> {
+    use crate::pubsub::StartFrom;
+
+    let config = plan.config;
+    if let Some(group) = &options.group {
+        wait_for_closing(&plan.closing, topic, group, config.assign_timeout).await;
+    }
+    let (commands, commands_rx) = mpsc::unbounded_channel();
+    let state = Arc::new_cyclic(|me| State {
+        me: me.clone(),
+        topic: topic.to_owned(),
+        group: options.group.is_some(),
+        max_in_flight: options.max_in_flight.unwrap_or(config.max_in_flight).max(1),
+        commit_interval: config.commit_interval.max(Duration::from_millis(1)),
+        redelivery: config.redelivery,
+        producer: plan.producer,
+        settling: Mutex::new(Settling { consumer: None, parts: HashMap::new() }),
+        commands,
+        in_flight: AtomicUsize::new(0),
+        paused: AtomicBool::new(false),
+        room: Notify::new(),
+        assignments: watch::channel(0).0,
+        closing: AtomicBool::new(false),
+    });
+    let solo = format!("millstream-solo-{}", uuid::Uuid::now_v7().simple());
+    let mut ours: Vec<(&str, &str)> = vec![
+        ("enable.auto.commit", "false"),
+        ("enable.partition.eof", "false"),
+        ("fetch.wait.max.ms", "10"),
+        ("session.timeout.ms", "10000"),
+    ];
+    match &options.group {
+        Some(group) => {
+            let reset = match options.start {
+                StartFrom::Latest => "latest",
+                StartFrom::Time(_) => {
+                    return Err(Error::new(
+                        ErrorKind::Config,
+                        "kafka: StartFrom::Time is supported for subscriptions without a group; a group \
+                         starts from its committed offsets, or the earliest or latest one",
+                    ));
+                }
+                _ => "earliest",
+            };
+            ours.extend([("group.id", group.as_str()), ("auto.offset.reset", reset)]);
+        }
+        // librdkafka wants a group id even to read assigned partitions; this one never joins
+        // (nor commits).
+        None => ours.push(("group.id", solo.as_str())),
+    }
+    let consumer: KafkaConsumer = config
+        .client_config(&ours)
+        .create_with_context(Ctx { state: state.clone() })
+        .map_err(|error| Error::with_source(ErrorKind::Config, error).context("kafka consumer"))?;
+    let consumer = Arc::new(consumer);
+    match &options.group {
+        Some(_) => consumer.subscribe(&[topic]).map_err(|error| backend(error, topic, "subscribe"))?,
+        None => {
+            let assignment = {
+                let consumer = consumer.clone();
+                let (topic, start, timeout) = (topic.to_owned(), options.start, config.assign_timeout);
+                tokio::task::spawn_blocking(move || groupless_assignment(&consumer, &topic, start, timeout))
+                    .await
+                    .map_err(|error| Error::msg(format!("kafka assignment task: {error}")))??
+            };
+            consumer.assign(&assignment).map_err(|error| backend(error, topic, "assign"))?;
+            let mut settling = state.settling.lock();
+            for element in assignment.elements() {
+                settling.parts.entry(element.partition()).or_default().assigned = true;
+            }
+            drop(settling);
+            state.assignments.send_modify(|n| *n += 1);
+        }
+    }
+    state.settling.lock().consumer = Some(consumer.clone());
+    let (out, deliveries) = mpsc::unbounded_channel();
+    let cancel = plan.cancel.child_token();
+    let cancel_poller = cancel.clone();
+    let mut assigned = state.assignments.subscribe();
+    let (closed_tx, closed) = watch::channel(false);
+    plan.tasks.spawn(async move {
+        poll(state, consumer, commands_rx, out, cancel_poller).await;
+        let _ = closed_tx.send(true);
+    });
+    let waited = tokio::time::timeout(config.assign_timeout, assigned.wait_for(|n| *n > 0)).await;
+    if !matches!(waited, Ok(Ok(_))) {
+        cancel.cancel();
+        return Err(Error::new(
+            ErrorKind::Timeout,
+            format!(
+                "kafka: the group gave the subscription to {topic} no partitions within {:?} \
+                 (KafkaConfig::assign_timeout); is the broker reachable?",
+                config.assign_timeout
+            ),
+        ));
+    }
+    let mut deliveries = deliveries;
+    let guard = DropGuard {
+        key: options.group.as_ref().map(|group| (topic.to_owned(), group.clone())),
+        closed,
+        closing: plan.closing,
+    };
+    Ok(crate::pubsub::Subscription::new(futures_util::stream::poll_fn(move |cx| {
+        let _owned = &guard;
+        deliveries.poll_recv(cx)
+    })))
+}
+
+fn backend(error: KafkaError, topic: &str, what: &str) -> Error {
+    Error::with_source(ErrorKind::Backend, error).context(format!("kafka {what} {topic}"))
+}
+
+/// Every partition of `topic`, each at the offset `start` names (the end by default, resolved
+/// now, so that a message published once the subscription returns is never skipped).
+fn groupless_assignment(
+    consumer: &KafkaConsumer,
+    topic: &str,
+    start: crate::pubsub::StartFrom,
+    timeout: Duration,
+) -> Result<TopicPartitionList> {
+    use crate::pubsub::StartFrom;
+
+    let metadata =
+        consumer.fetch_metadata(Some(topic), timeout).map_err(|e| backend(e, topic, "metadata of"))?;
+    let partitions: Vec<i32> = metadata
+        .topics()
+        .iter()
+        .filter(|t| t.name() == topic && t.error().is_none())
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
+    if partitions.is_empty() {
+        return Err(Error::new(ErrorKind::Config, format!("kafka: topic {topic} does not exist")));
+    }
+    let mut list = TopicPartitionList::new();
+    for &partition in &partitions {
+        let offset = match start {
+            StartFrom::Earliest => Offset::Beginning,
+            StartFrom::Time(at) => {
+                let millis = at.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+                Offset::Offset(millis)
+            }
+            _ => {
+                let (_, high) = consumer
+                    .fetch_watermarks(topic, partition, timeout)
+                    .map_err(|e| backend(e, topic, "end offsets of"))?;
+                Offset::Offset(high)
+            }
+        };
+        list.add_partition_offset(topic, partition, offset)
+            .map_err(|e| backend(e, topic, "assignment of"))?;
+    }
+    if let StartFrom::Time(_) = start {
+        list =
+            consumer.offsets_for_times(list, timeout).map_err(|e| backend(e, topic, "offsets by time of"))?;
+    }
+    Ok(list)
+}
+
+/// The poller: reads records, runs commands, pauses and resumes; on its way out closes the
+/// consumer (leaving the group after a last commit of the stored offsets).
+async fn poll(
+    state: Arc<State>,
+    consumer: Arc<KafkaConsumer>,
+    mut commands: mpsc::UnboundedReceiver<Command>,
+    out: mpsc::UnboundedSender<Result<Delivery>>,
+    cancel: CancellationToken,
+) {
+    let mut last_error: Option<Instant> = None;
+    let mut commits = tokio::time::interval(state.commit_interval);
+    commits.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            biased;
+            () = cancel.cancelled() => break,
+            () = out.closed() => break,
+            _ = commits.tick() => {
+                if let Some(pending) = state.pending_commits() {
+                    if let Err(error) = consumer.commit(&pending, CommitMode::Async) {
+                        tracing::debug!(topic = %state.topic, %error, "kafka commit failed; tried again at the next tick");
+                        for part in state.settling.lock().parts.values_mut() {
+                            part.committed = None;
+                        }
+                    }
+                }
+            }
+            Some(command) = commands.recv() => run(&state, &consumer, command),
+            () = state.room.notified(), if state.paused.load(Ordering::SeqCst) => {
+                if state.in_flight.load(Ordering::SeqCst) < state.max_in_flight {
+                    state.paused.store(false, Ordering::SeqCst);
+                    set_paused(&state, &consumer, false);
+                }
+            }
+            record = consumer.recv() => match record {
+                Ok(record) => {
+                    let Some(delivery) = accept(&state, &consumer, &record) else { continue };
+                    drop(record);
+                    if out.send(Ok(delivery)).is_err() {
+                        break;
+                    }
+                    if state.in_flight.load(Ordering::SeqCst) >= state.max_in_flight
+                        && !state.paused.swap(true, Ordering::SeqCst)
+                    {
+                        set_paused(&state, &consumer, true);
+                    }
+                }
+                Err(error) => {
+                    // librdkafka reconnects by itself; say so at most once a second.
+                    if last_error.is_none_or(|at| at.elapsed() > Duration::from_secs(1)) {
+                        tracing::warn!(topic = %state.topic, %error, "kafka consumer: read failed");
+                        last_error = Some(Instant::now());
+                    }
+                }
+            },
+        }
+    }
+    state.closing.store(true, Ordering::SeqCst);
+    let taken = state.settling.lock().consumer.take();
+    drop(taken);
+    // Closing blocks (a last commit, leaving the group): off the runtime's threads. Acks being
+    // stored hold the consumer for a moment only.
+    let topic = state.topic.clone();
+    drop(state);
+    let closed = tokio::task::spawn_blocking(move || {
+        let mut consumer = consumer;
+        loop {
+            match Arc::try_unwrap(consumer) {
+                Ok(last) => {
+                    drop(last);
+                    return;
+                }
+                Err(shared) => {
+                    consumer = shared;
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+        }
+    })
+    .await;
+    if let Err(error) = closed {
+        tracing::warn!(%topic, %error, "kafka consumer close failed");
+    }
+}
+
+/// Pauses (or resumes) every assigned partition, except those held by a delayed nack.
+///
+/// A resumed partition is also sought to the offset after its last delivery: librdkafka would
+/// resume from the position of the last record it handed out, with that record's leader epoch,
+/// and a broker that cannot validate epochs (tansu 0.6) then never answers the fetch. An
+/// explicit offset carries no epoch.
+fn set_paused(state: &State, consumer: &KafkaConsumer, pause: bool) {
+    let (list, positions) = {
+        let settling = state.settling.lock();
+        let mut list = TopicPartitionList::new();
+        let mut positions = Vec::new();
+        for (&partition, part) in &settling.parts {
+            if part.assigned && !part.held {
+                list.add_partition(&state.topic, partition);
+                if let (false, Some(next)) = (pause, part.next) {
+                    positions.push((partition, next));
+                }
+            }
+        }
+        (list, positions)
+    };
+    tracing::debug!(
+        topic = %state.topic,
+        pause,
+        partitions = list.count(),
+        in_flight = state.in_flight.load(Ordering::SeqCst),
+        "kafka backpressure"
+    );
+    if list.count() == 0 {
+        return;
+    }
+    let result = if pause { consumer.pause(&list) } else { consumer.resume(&list) };
+    if let Err(error) = result {
+        tracing::debug!(topic = %state.topic, %error, pause, "kafka pause/resume");
+    }
+    for (partition, next) in positions {
+        seek(consumer, &state.topic, partition, next);
+    }
+}
+
+/// The delivery of a record just read, or `None` when it must be dropped (read before a seek).
+fn accept(state: &Arc<State>, consumer: &KafkaConsumer, record: &BorrowedMessage<'_>) -> Option<Delivery> {
+    let (partition, offset) = (record.partition(), record.offset());
+    let (seq, nacks) = {
+        let mut settling = state.settling.lock();
+        let part = settling.parts.entry(partition).or_default();
+        if part.held {
+            return None;
+        }
+        if let Some(mut expect) = part.expect {
+            if offset == expect.offset {
+                part.expect = None;
+            } else {
+                // Read before the seek took hold, or the seek failed: try it again now and then,
+                // and give up on an offset that is gone (retention) after ten tries.
+                if expect.sent.elapsed() >= Duration::from_millis(500) {
+                    if expect.tries >= 10 {
+                        tracing::warn!(topic = %state.topic, partition, expected = expect.offset, offset, "kafka: the offset sought back to is gone; going on");
+                        part.expect = None;
+                    } else {
+                        expect.sent = Instant::now();
+                        expect.tries += 1;
+                        part.expect = Some(expect);
+                        seek(consumer, &state.topic, partition, expect.offset);
+                    }
+                }
+                if part.expect.is_some() {
+                    return None;
+                }
+            }
+        }
+        part.next = Some(offset + 1);
+        (part.watermark.deliver(offset), part.nacks.get(&offset).copied().unwrap_or(0))
+    };
+    tracing::trace!(topic = %state.topic, partition, offset, "kafka delivery");
+    let (message, attempts_before) = codec::decode(record);
+    let attempt = 1 + attempts_before + nacks;
+    let mut info = DeliveryInfo::new().partition(partition as u32).offset(offset as u64);
+    if let Some(millis) = record.timestamp().to_millis().filter(|m| *m >= 0) {
+        info = info.timestamp(SystemTime::UNIX_EPOCH + Duration::from_millis(millis as u64));
+    }
+    state.in_flight.fetch_add(1, Ordering::SeqCst);
+    let copy = (state.redelivery == Redelivery::Republish).then(|| message.clone());
+    let acker = Acker::new(state.clone() as Arc<dyn AckSink>, token(partition, attempt, seq), copy);
+    Some(Delivery::new(message, attempt, acker).with_info(info))
+}
+
+fn seek(consumer: &KafkaConsumer, topic: &str, partition: i32, offset: i64) {
+    if let Err(error) = consumer.seek(topic, partition, Offset::Offset(offset), Duration::ZERO) {
+        tracing::debug!(topic, partition, offset, %error, "kafka seek failed; tried again on the next record");
+    }
+}
+
+/// Runs a command in the poller.
+fn run(state: &State, consumer: &KafkaConsumer, command: Command) {
+    let mut settling = state.settling.lock();
+    match command {
+        Command::Redeliver { partition, seq, delay, count } => {
+            let Some(part) = settling.parts.get_mut(&partition) else { return };
+            let Some(&offset) = part.watermark.get(seq) else {
+                tracing::debug!(topic = %state.topic, partition, "kafka nack dropped: its partition was revoked or sought back since");
+                return;
+            };
+            tracing::trace!(topic = %state.topic, partition, offset, count, "kafka seek back");
+            if count {
+                *part.nacks.entry(offset).or_default() += 1;
+            }
+            // Everything read after it comes again behind it: their settles change nothing.
+            part.reset();
+            let mut list = TopicPartitionList::new();
+            list.add_partition(&state.topic, partition);
+            match delay.filter(|d| !d.is_zero()) {
+                Some(delay) => {
+                    part.held = true;
+                    let epoch = part.epoch;
+                    if let Err(error) = consumer.pause(&list) {
+                        tracing::debug!(topic = %state.topic, partition, %error, "kafka pause for a delayed nack");
+                    }
+                    let commands = state.commands.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(delay).await;
+                        let _ = commands.send(Command::Resume { partition, epoch, offset });
+                    });
+                }
+                None => {
+                    part.expect = Some(Expect { offset, sent: Instant::now(), tries: 0 });
+                    seek(consumer, &state.topic, partition, offset);
+                }
+            }
+        }
+        Command::Resume { partition, epoch, offset } => {
+            let Some(part) = settling.parts.get_mut(&partition) else { return };
+            if part.epoch != epoch || !part.assigned {
+                return;
+            }
+            part.held = false;
+            part.expect = Some(Expect { offset, sent: Instant::now(), tries: 0 });
+            seek(consumer, &state.topic, partition, offset);
+            if !state.paused.load(Ordering::SeqCst) {
+                let mut list = TopicPartitionList::new();
+                list.add_partition(&state.topic, partition);
+                if let Err(error) = consumer.resume(&list) {
+                    tracing::debug!(topic = %state.topic, partition, %error, "kafka resume after a delayed nack");
+                }
+            }
+        }
+    }
+}
