@@ -100,6 +100,8 @@ pub use crate::message::{DeliveryInfo, Message, MessageId, Metadata};
 pub use crate::middleware::{Middleware, Next};
 #[cfg(feature = "amqp")]
 pub use crate::pubsub::amqp::{AmqpConfig, AmqpPubSub};
+#[cfg(feature = "kafka")]
+pub use crate::pubsub::kafka::{KafkaConfig, KafkaPubSub};
 #[cfg(feature = "memory")]
 pub use crate::pubsub::memory::{MemoryConfig, MemoryPubSub};
 #[cfg(feature = "mqtt")]

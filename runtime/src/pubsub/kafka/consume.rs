@@ -618,10 +618,8 @@ async fn poll(
 
 /// Pauses (or resumes) every assigned partition, except those held by a delayed nack.
 ///
-/// A resumed partition is also sought to the offset after its last delivery: librdkafka would
-/// resume from the position of the last record it handed out, with that record's leader epoch,
-/// and a broker that cannot validate epochs (tansu 0.6) then never answers the fetch. An
-/// explicit offset carries no epoch.
+/// A resumed partition is also sought to the offset after its last delivery (what librdkafka
+/// would resume from anyway), so that resuming never depends on librdkafka's saved position.
 fn set_paused(state: &State, consumer: &KafkaConsumer, pause: bool) {
     let (list, positions) = {
         let settling = state.settling.lock();
