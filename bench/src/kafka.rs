@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! cargo run --release -p millstream-bench --features kafka --bin kafka-bench -- \
-//!     [--messages 100000] [--runs 3] [--brokers 127.0.0.1:9092]
+//!     [--messages 100000] [--runs 3] [--brokers 127.0.0.1:9092] [--publish-only]
 //! ```
 //!
 //! Scenarios, each on a fresh topic of 3 partitions, `messages` messages of the same 83-byte
@@ -15,6 +15,9 @@
 //!   taking the next; millstream: `subscribe` + `next` + `ack().await`; raw: a `StreamConsumer`
 //!   with `enable.auto.offset.store=false`, `store_offset` after each message, auto commit.
 //!   Both with `fetch.wait.max.ms=10`.
+//!
+//! One message is published before the timing starts (connection, metadata and producer id
+//! are set up then), and consumed with the others.
 //!
 //! Each scenario runs `runs` times (which side goes first alternates) and the median is
 //! reported; each run's figures go to stderr. With no broker answering it says so and exits 0.
@@ -35,13 +38,16 @@ const PAYLOAD: &[u8] =
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 struct Args {
+    /// Only the publish scenario (`--publish-only`).
+    publish_only: bool,
     messages: usize,
     runs: usize,
     brokers: String,
 }
 
 fn args() -> Result<Args, String> {
-    let mut args = Args { messages: 100_000, runs: 3, brokers: "127.0.0.1:9092".to_owned() };
+    let mut args =
+        Args { publish_only: false, messages: 100_000, runs: 3, brokers: "127.0.0.1:9092".to_owned() };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         let mut value = || it.next().ok_or_else(|| format!("{arg} needs a value"));
@@ -49,6 +55,7 @@ fn args() -> Result<Args, String> {
             "--messages" => args.messages = value()?.parse().map_err(|e| format!("--messages: {e}"))?,
             "--runs" => args.runs = value()?.parse::<usize>().map_err(|e| format!("--runs: {e}"))?.max(1),
             "--brokers" => args.brokers = value()?,
+            "--publish-only" => args.publish_only = true,
             other => return Err(format!("unknown argument {other}")),
         }
     }
@@ -67,10 +74,12 @@ fn unique(side: &str) -> String {
 /// (publish, consume+ack) in msg/s.
 type Rates = [f64; 2];
 
-async fn millstream_run(brokers: &str, messages: usize) -> Result<Rates, BoxError> {
+async fn millstream_run(brokers: &str, messages: usize, publish_only: bool) -> Result<Rates, BoxError> {
     let pubsub = KafkaPubSub::connect(KafkaConfig::new(brokers)).await.map_err(|e| e.into_std())?;
     let topic = unique("millstream");
     pubsub.create_topic(&topic, 3, 1).await.map_err(|e| e.into_std())?;
+    // Warm-up (connection, metadata, producer id), outside the timing, as for the raw side.
+    pubsub.publish(&topic, Message::new(PAYLOAD)).await.map_err(|e| e.into_std())?;
     let started = Instant::now();
     let mut left = messages;
     while left > 0 {
@@ -82,10 +91,15 @@ async fn millstream_run(brokers: &str, messages: usize) -> Result<Rates, BoxErro
         left -= n;
     }
     let publish = rate(messages, started.elapsed());
+    if publish_only {
+        Publisher::close(&pubsub).await.map_err(|e| e.into_std())?;
+        let _ = pubsub.delete_topic(&topic).await;
+        return Ok([publish, f64::NAN]);
+    }
 
     let started = Instant::now();
     let mut sub = pubsub.subscribe(&topic, SubscribeOptions::group("one")).await.map_err(|e| e.into_std())?;
-    for _ in 0..messages {
+    for _ in 0..=messages {
         let delivery = sub.next().await.ok_or("subscription ended")?.map_err(|e| e.into_std())?;
         delivery.ack().await.map_err(|e| e.into_std())?;
     }
@@ -97,7 +111,7 @@ async fn millstream_run(brokers: &str, messages: usize) -> Result<Rates, BoxErro
     Ok([publish, consume])
 }
 
-async fn raw_run(brokers: &str, messages: usize) -> Result<Rates, BoxError> {
+async fn raw_run(brokers: &str, messages: usize, publish_only: bool) -> Result<Rates, BoxError> {
     let topic = unique("raw");
     // The topic, made the same way (millstream's admin helper) so that only the data path differs.
     let admin = KafkaPubSub::connect(KafkaConfig::new(brokers)).await.map_err(|e| e.into_std())?;
@@ -109,6 +123,8 @@ async fn raw_run(brokers: &str, messages: usize) -> Result<Rates, BoxError> {
         .set("linger.ms", "5")
         .set("queue.buffering.max.messages", "1000000")
         .create()?;
+    let warm_up = FutureRecord::<[u8], [u8]>::to(&topic).payload(PAYLOAD);
+    producer.send_result(warm_up).map_err(|(e, _)| e)?.await?.map_err(|(e, _)| e)?;
     let started = Instant::now();
     let mut left = messages;
     let mut n = 0u64;
@@ -130,6 +146,11 @@ async fn raw_run(brokers: &str, messages: usize) -> Result<Rates, BoxError> {
         left -= batch;
     }
     let publish = rate(messages, started.elapsed());
+    if publish_only {
+        producer.flush(Duration::from_secs(10))?;
+        let _ = admin.delete_topic(&topic).await;
+        return Ok([publish, f64::NAN]);
+    }
 
     let started = Instant::now();
     let consumer: StreamConsumer = ClientConfig::new()
@@ -143,7 +164,7 @@ async fn raw_run(brokers: &str, messages: usize) -> Result<Rates, BoxError> {
         .set("session.timeout.ms", "10000")
         .create()?;
     consumer.subscribe(&[&topic])?;
-    for _ in 0..messages {
+    for _ in 0..=messages {
         let record = consumer.recv().await?;
         let _payload = bytes_of(record.payload());
         consumer.store_offset(&topic, record.partition(), record.offset() + 1)?;
@@ -186,9 +207,9 @@ fn main() -> std::process::ExitCode {
             for side in order {
                 let record = if side { &mut ours } else { &mut raw };
                 let result = if side {
-                    millstream_run(&args.brokers, args.messages).await
+                    millstream_run(&args.brokers, args.messages, args.publish_only).await
                 } else {
-                    raw_run(&args.brokers, args.messages).await
+                    raw_run(&args.brokers, args.messages, args.publish_only).await
                 };
                 match result {
                     Ok(rates) => {

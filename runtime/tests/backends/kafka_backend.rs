@@ -1,5 +1,5 @@
-//! Kafka beyond the conformance suite, against tansu (the machine's broker at
-//! `MILLSTREAM_KAFKA_BROKERS`, default 127.0.0.1:9092): a consumer killed with SIGKILL mid-stream
+//! Kafka beyond the conformance suite, against tansu (a private broker per test, or the brokers
+//! at `MILLSTREAM_KAFKA_BROKERS`): a consumer killed with SIGKILL mid-stream
 //! loses nothing once another member takes its partitions; a member that joins under load
 //! rebalances without losing a message; republished nacks do not hold up their partition;
 //! backpressure pauses the partitions; a missing topic is an error unless topics are created;
@@ -18,12 +18,27 @@ use millstream::pubsub::StartFrom;
 use millstream::{Delivery, ErrorKind, Message, Publisher, SubscribeOptions, Subscriber, Subscription};
 use parking_lot::Mutex;
 
-use crate::support::kafka::{shared_brokers, unique};
+use crate::support::kafka::{shared_brokers, unique, Broker};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 
-fn config() -> KafkaConfig {
-    KafkaConfig::new(shared_brokers()).create_topics(3, 1).commit_interval(Duration::from_millis(100))
+/// The brokers a test talks to: its own tansu (SQLite storage), so that one test's load never
+/// stalls another's (tansu 0.6 can hang under load), or `MILLSTREAM_KAFKA_BROKERS` when set.
+struct Brokers {
+    _private: Option<Broker>,
+    address: String,
+}
+
+async fn brokers() -> Brokers {
+    if std::env::var("MILLSTREAM_KAFKA_BROKERS").is_ok() {
+        return Brokers { _private: None, address: shared_brokers() };
+    }
+    let broker = tokio::task::spawn_blocking(Broker::start).await.expect("start tansu");
+    Brokers { address: broker.brokers(), _private: Some(broker) }
+}
+
+fn config(brokers: &Brokers) -> KafkaConfig {
+    KafkaConfig::new(brokers.address.clone()).create_topics(3, 1).commit_interval(Duration::from_millis(100))
 }
 
 async fn connect(config: KafkaConfig) -> KafkaPubSub {
@@ -137,12 +152,12 @@ impl Drop for KillOnDrop {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "server limit: tansu 0.6 never reassigns a killed member's partitions"]
 async fn a_killed_consumer_loses_nothing() {
-    let brokers = shared_brokers();
+    let brokers = brokers().await;
     let topic = unique("killed");
     let log = std::env::temp_dir().join(format!("{topic}.log"));
-    let pubsub = connect(config()).await;
+    let pubsub = connect(config(&brokers)).await;
     pubsub.create_topic(&topic, 3, 1).await.expect("topic");
-    let mut child = KillOnDrop(spawn_child(&brokers, &topic, &log));
+    let mut child = KillOnDrop(spawn_child(&brokers.address, &topic, &log));
     for n in 0..KILL_TOTAL {
         pubsub
             .publish(&topic, Message::new(n.to_string()).with_key(format!("k{}", n % 7)))
@@ -166,7 +181,7 @@ async fn a_killed_consumer_loses_nothing() {
     // Another member of the group gets, once the dead one's session ran out, every message that
     // was not acked (and possibly some that were: their offsets may not have been committed).
     let started = Instant::now();
-    let survivor = connect(config()).await;
+    let survivor = connect(config(&brokers)).await;
     let mut sub = survivor
         .subscribe(&topic, SubscribeOptions::group(format!("{topic}-workers")))
         .await
@@ -212,11 +227,12 @@ fn consume(mut sub: Subscription, seen: Arc<Mutex<HashMap<usize, u32>>>) -> toki
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_joining_under_load_loses_nothing() {
+    let brokers = brokers().await;
     let topic = unique("join");
     let group = unique("g");
-    let publisher = connect(config()).await;
+    let publisher = connect(config(&brokers)).await;
     publisher.create_topic(&topic, 4, 1).await.expect("topic");
-    let first = connect(config()).await;
+    let first = connect(config(&brokers)).await;
     let seen = Arc::new(Mutex::new(HashMap::new()));
     let a = consume(
         first.subscribe(&topic, SubscribeOptions::group(group.clone())).await.expect("subscribe"),
@@ -241,7 +257,7 @@ async fn a_member_joining_under_load_loses_nothing() {
         assert!(Instant::now() < deadline, "the first member made no progress");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let second = connect(config()).await;
+    let second = connect(config(&brokers)).await;
     let b =
         consume(second.subscribe(&topic, SubscribeOptions::group(group)).await.expect("join"), seen.clone());
     producing.await.unwrap();
@@ -265,8 +281,9 @@ async fn a_member_joining_under_load_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_republished_nack_does_not_hold_up_its_partition() {
+    let brokers = brokers().await;
     let topic = unique("republish");
-    let pubsub = connect(config().redelivery(Redelivery::Republish)).await;
+    let pubsub = connect(config(&brokers).redelivery(Redelivery::Republish)).await;
     pubsub.create_topic(&topic, 1, 1).await.expect("topic");
     let mut sub = pubsub.subscribe(&topic, SubscribeOptions::group(unique("g"))).await.expect("subscribe");
     pubsub.publish(&topic, Message::new("a").with_key("k").with_header("h", "v")).await.unwrap();
@@ -291,8 +308,9 @@ async fn a_republished_nack_does_not_hold_up_its_partition() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_delayed_nack_seeks_back_after_the_delay() {
+    let brokers = brokers().await;
     let topic = unique("delay");
-    let pubsub = connect(config()).await;
+    let pubsub = connect(config(&brokers)).await;
     pubsub.create_topic(&topic, 1, 1).await.expect("topic");
     let mut sub = pubsub.subscribe(&topic, SubscribeOptions::group(unique("g"))).await.expect("subscribe");
     for text in ["a", "b"] {
@@ -334,8 +352,9 @@ async fn read_sorted(sub: &mut Subscription, n: usize) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unsettled_deliveries_pause_the_partitions() {
+    let brokers = brokers().await;
     let topic = unique("pause");
-    let pubsub = connect(config().property("debug", "topic,fetch").property("log_level", "7")).await;
+    let pubsub = connect(config(&brokers)).await;
     pubsub.create_topic(&topic, 2, 1).await.expect("topic");
     let options = SubscribeOptions::group(unique("g")).max_in_flight(10);
     let mut sub = pubsub.subscribe(&topic, options).await.expect("subscribe");
@@ -371,15 +390,16 @@ async fn unsettled_deliveries_pause_the_partitions() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_topic_is_an_error_unless_topics_are_created() {
+    let brokers = brokers().await;
     let topic = unique("missing");
-    let strict = connect(KafkaConfig::new(shared_brokers())).await;
+    let strict = connect(KafkaConfig::new(brokers.address.clone())).await;
     let error =
         strict.subscribe(&topic, SubscribeOptions::group(unique("g"))).await.expect_err("no such topic");
     assert_eq!(error.kind(), ErrorKind::Config);
     assert!(error.to_string().contains("does not exist"), "{error}");
     let error = strict.publish("not a topic", Message::new("x")).await.expect_err("bad name");
     assert!(error.is_permanent(), "{error}");
-    let creating = connect(config()).await;
+    let creating = connect(config(&brokers)).await;
     let sub = creating.subscribe(&topic, SubscribeOptions::group(unique("g"))).await;
     assert!(sub.is_ok(), "created on first use: {:?}", sub.err());
     close(&strict).await;
@@ -389,8 +409,9 @@ async fn a_missing_topic_is_an_error_unless_topics_are_created() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subscription_without_a_group_starts_where_told() {
+    let brokers = brokers().await;
     let topic = unique("start");
-    let pubsub = connect(config()).await;
+    let pubsub = connect(config(&brokers)).await;
     // One partition: tansu 0.6 answers a by-time lookup on a partition holding only older
     // records with its first offset instead of none.
     pubsub.create_topic(&topic, 1, 1).await.expect("topic");
