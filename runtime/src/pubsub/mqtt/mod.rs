@@ -200,25 +200,13 @@ impl MqttPubSub {
         check_topic(topic)?;
         let mut publish = Publish::new(topic, self.inner.config.qos.raw(), bytes::Bytes::new(), None);
         publish.retain = true;
-        self.wait(self.inner.publisher.send(publish).await?).await
+        self.send(vec![publish]).await
     }
 
-    async fn wait(&self, done: tokio::sync::oneshot::Receiver<Result<()>>) -> Result<()> {
-        self.wait_all(vec![done]).await
-    }
-
-    /// Waits for every acknowledgement, in order, within one `publish_timeout` for them all (one
-    /// timer for a batch, not one per message).
-    async fn wait_all(&self, pending: Vec<tokio::sync::oneshot::Receiver<Result<()>>>) -> Result<()> {
-        let all = async {
-            for done in pending {
-                match done.await {
-                    Ok(result) => result?,
-                    Err(_) => return Err(closed_error("MQTT publisher is closed")),
-                }
-            }
-            Ok(())
-        };
+    /// Hands the publishes over and waits for every acknowledgement, within one
+    /// `publish_timeout` for them all (one timer for a batch, not one per message).
+    async fn send(&self, publishes: Vec<Publish>) -> Result<()> {
+        let all = async { self.inner.publisher.send(publishes).await?.wait().await };
         match tokio::time::timeout(self.inner.config.publish_timeout, all).await {
             Ok(result) => result,
             Err(_) => Err(Error::new(
@@ -258,11 +246,7 @@ impl MqttPubSub {
             )?;
             publishes.push(publish);
         }
-        let mut pending = Vec::with_capacity(publishes.len());
-        for publish in publishes {
-            pending.push(self.inner.publisher.send(publish).await?);
-        }
-        self.wait_all(pending).await
+        self.send(publishes).await
     }
 
     async fn open(&self, topic: &str, options: SubscribeOptions) -> Result<Arc<SessionHandle>> {

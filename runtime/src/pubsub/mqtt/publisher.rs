@@ -3,18 +3,27 @@
 //! QoS 0).
 //!
 //! rumqttc tells which packet id a publish got only through its events, in the order the
-//! requests were taken from its channel; so each publish queues its waiter under the same lock
-//! as its request, and the event loop task hands the waiters their packet ids in that order.
+//! requests were taken from its channel. So publishers take turns (the `order` lock, never held
+//! across an await): each queues its waiter, then hands its request to rumqttc, and the event
+//! loop task gives the queued waiters their packet ids in that order. A publish refused because
+//! rumqttc's channel is full takes its waiter back (no one else queued one meanwhile) and tries
+//! again a moment later. A batch shares one [`Completion`], so its caller wakes once, when the
+//! last acknowledgement arrives, not once per message.
+//!
 //! When the connection is lost, every waiter fails (the message may or may not have arrived: a
 //! retry can duplicate it, at-least-once) and the requests rumqttc kept are dropped with them,
-//! so that waiters and requests never get out of step.
+//! under the `order` lock, so that waiters and requests never get out of step.
 
 use std::collections::{HashMap, VecDeque};
+use std::future::poll_fn;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::Poll;
 
+use futures_util::task::AtomicWaker;
 use parking_lot::Mutex;
 use rumqttc::v5::mqttbytes::v5::{Packet, PubAckReason, PubRecReason, Publish};
-use rumqttc::v5::{AsyncClient, ClientError, Event, EventLoop};
+use rumqttc::v5::{AsyncClient, ClientError, Event, EventLoop, Request};
 use rumqttc::Outgoing;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
@@ -24,33 +33,104 @@ use super::connection::{self, mqtt_error, Backoff};
 use crate::error::{Error, ErrorKind, Result};
 use crate::pubsub::closed_error;
 
-type Waiter = oneshot::Sender<Result<()>>;
-
-#[derive(Default)]
-struct State {
-    /// Waiters of requests not yet written, in channel order.
-    queued: VecDeque<Waiter>,
-    /// Waiters of written publishes, by packet id.
-    inflight: HashMap<u16, Waiter>,
-    /// The waiter of a publish rumqttc holds back on a packet id collision.
-    collided: Option<Waiter>,
-    closed: bool,
-    /// The broker's Maximum Packet Size, if it announced one.
-    server_max: Option<usize>,
+/// The outcome of a group of publishes (one, or a batch): done when every one of them was
+/// acknowledged or failed; the first failure is the result.
+pub(super) struct Completion {
+    remaining: AtomicUsize,
+    failure: Mutex<Option<Error>>,
+    waker: AtomicWaker,
 }
 
-impl State {
-    fn fail_all(&mut self, error: &Error) {
-        for waiter in
-            self.queued.drain(..).chain(self.inflight.drain().map(|(_, w)| w)).chain(self.collided.take())
-        {
-            let _ = waiter.send(Err(Error::new(error.kind(), error.message().to_owned())));
+impl Completion {
+    fn new(count: usize) -> Arc<Self> {
+        Arc::new(Completion {
+            remaining: AtomicUsize::new(count),
+            failure: Mutex::new(None),
+            waker: AtomicWaker::new(),
+        })
+    }
+
+    fn settle(&self, result: Result<()>) {
+        if let Err(error) = result {
+            self.failure.lock().get_or_insert(error);
+        }
+        if self.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.waker.wake();
         }
     }
 
-    fn complete(&mut self, pkid: u16, result: Result<()>) {
-        if let Some(waiter) = self.inflight.remove(&pkid) {
-            let _ = waiter.send(result);
+    /// Publishes counted but never handed over (the publisher closed meanwhile).
+    fn forget(&self, count: usize) {
+        if count > 0 && self.remaining.fetch_sub(count, Ordering::AcqRel) == count {
+            self.waker.wake();
+        }
+    }
+
+    /// Waits until every publish of the group is settled.
+    pub(super) async fn wait(&self) -> Result<()> {
+        poll_fn(|cx| {
+            if self.remaining.load(Ordering::Acquire) == 0 {
+                return Poll::Ready(());
+            }
+            self.waker.register(cx.waker());
+            if self.remaining.load(Ordering::Acquire) == 0 {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+        .await;
+        match self.failure.lock().take() {
+            Some(error) => Err(error),
+            None => Ok(()),
+        }
+    }
+}
+
+type Waiter = Arc<Completion>;
+
+/// What publishers and the event loop task share.
+struct Shared {
+    /// Held by a publisher while it queues a waiter and hands its request to rumqttc, and by the
+    /// event loop task while it drops both after a lost connection: keeps them in step.
+    order: Mutex<()>,
+    /// Waiters of requests not yet written, in channel order.
+    queued: Mutex<VecDeque<Waiter>>,
+    /// Publishes queued and not yet settled.
+    outstanding: AtomicUsize,
+    closed: AtomicBool,
+    /// The broker's Maximum Packet Size, if it announced one (0: none).
+    server_max: AtomicUsize,
+}
+
+impl Shared {
+    fn settle(&self, waiter: Waiter, result: Result<()>) {
+        waiter.settle(result);
+        self.outstanding.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// The event loop task's own state: written publishes by packet id.
+#[derive(Default)]
+struct Inflight {
+    by_pkid: HashMap<u16, Waiter>,
+    /// The waiter of a publish rumqttc holds back on a packet id collision.
+    collided: Option<Waiter>,
+}
+
+impl Inflight {
+    fn complete(&mut self, shared: &Shared, pkid: u16, result: Result<()>) {
+        if let Some(waiter) = self.by_pkid.remove(&pkid) {
+            shared.settle(waiter, result);
+        }
+    }
+
+    /// Fails every waiter; the caller holds `order`.
+    fn fail_all(&mut self, shared: &Shared, error: &Error) {
+        let queued: Vec<Waiter> = shared.queued.lock().drain(..).collect();
+        let written = self.by_pkid.drain().map(|(_, waiter)| waiter);
+        for waiter in queued.into_iter().chain(written).chain(self.collided.take()) {
+            shared.settle(waiter, Err(Error::new(error.kind(), error.message().to_owned())));
         }
     }
 }
@@ -58,7 +138,7 @@ impl State {
 /// The publishing connection.
 pub(super) struct PubConn {
     client: AsyncClient,
-    state: Arc<Mutex<State>>,
+    shared: Arc<Shared>,
     cancel: CancellationToken,
 }
 
@@ -68,12 +148,18 @@ impl PubConn {
         let session =
             connection::Session { client_id, clean_start: true, expiry: None, receive_maximum: 100 };
         let (client, eventloop) = connection::client(config, &session);
-        let state = Arc::new(Mutex::new(State::default()));
+        let shared = Arc::new(Shared {
+            order: Mutex::new(()),
+            queued: Mutex::new(VecDeque::new()),
+            outstanding: AtomicUsize::new(0),
+            closed: AtomicBool::new(false),
+            server_max: AtomicUsize::new(0),
+        });
         let cancel = CancellationToken::new();
         let (ready, connected) = oneshot::channel();
-        tokio::spawn(run(eventloop, state.clone(), Backoff::new(config), cancel.clone(), ready));
+        tokio::spawn(run(eventloop, shared.clone(), Backoff::new(config), cancel.clone(), ready));
         match connected.await {
-            Ok(Ok(())) => Ok(PubConn { client, state, cancel }),
+            Ok(Ok(())) => Ok(PubConn { client, shared, cancel }),
             Ok(Err(error)) => Err(error),
             Err(_) => Err(closed_error("MQTT publisher stopped while connecting")),
         }
@@ -81,65 +167,87 @@ impl PubConn {
 
     /// The broker's Maximum Packet Size, if it announced one.
     pub(super) fn server_max(&self) -> Option<usize> {
-        self.state.lock().server_max
-    }
-
-    /// Hands `publish` to the event loop; the receiver completes when the broker acknowledged it.
-    pub(super) async fn send(&self, mut publish: Publish) -> Result<oneshot::Receiver<Result<()>>> {
-        loop {
-            publish = match self.try_send(publish)? {
-                Ok(done) => return Ok(done),
-                Err(back) => back,
-            };
-            // The channel is full (a connection that is down, many publishers): wait.
-            if self.cancel.is_cancelled() {
-                return Err(closed_error("MQTT publisher is closed"));
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        match self.shared.server_max.load(Ordering::Relaxed) {
+            0 => None,
+            max => Some(max),
         }
     }
 
-    /// One attempt; gives the publish back when the channel is full.
-    fn try_send(
+    /// Hands every publish to the event loop, in order; the completion is done when the broker
+    /// acknowledged them all. Waits (a millisecond at a time) while rumqttc's channel is full:
+    /// a connection that is down, or more publishers than it holds.
+    pub(super) async fn send(&self, publishes: Vec<Publish>) -> Result<Arc<Completion>> {
+        let done = Completion::new(publishes.len());
+        let mut publishes = publishes.into_iter().peekable();
+        while publishes.peek().is_some() {
+            if let Err(error) = self.hand_over(&mut publishes, &done) {
+                done.forget(publishes.len() + 1);
+                return Err(error);
+            }
+            if publishes.peek().is_some() {
+                if self.cancel.is_cancelled() {
+                    done.forget(publishes.len());
+                    return Err(closed_error("MQTT publisher is closed"));
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            }
+        }
+        Ok(done)
+    }
+
+    /// Hands over publishes until the channel is full or none is left. On an error, the publish
+    /// that failed is consumed (the caller forgets it with the rest).
+    fn hand_over(
         &self,
-        mut publish: Publish,
-    ) -> Result<std::result::Result<oneshot::Receiver<Result<()>>, Publish>> {
-        let mut state = self.state.lock();
-        if state.closed {
+        publishes: &mut std::iter::Peekable<std::vec::IntoIter<Publish>>,
+        done: &Waiter,
+    ) -> Result<()> {
+        let _order = self.shared.order.lock();
+        if self.shared.closed.load(Ordering::Acquire) {
+            publishes.next();
             return Err(closed_error("MQTT publisher is closed"));
         }
-        let topic = String::from_utf8_lossy(&publish.topic).into_owned();
-        let properties = publish.properties.take().unwrap_or_default();
-        let result = self.client.try_publish_with_properties(
-            topic,
-            publish.qos,
-            publish.retain,
-            publish.payload,
-            properties,
-        );
-        match result {
-            Ok(()) => {
-                let (waiter, done) = oneshot::channel();
-                state.queued.push_back(waiter);
-                Ok(Ok(done))
+        while let Some(mut publish) = publishes.next() {
+            self.shared.outstanding.fetch_add(1, Ordering::AcqRel);
+            self.shared.queued.lock().push_back(done.clone());
+            let topic = String::from_utf8_lossy(&publish.topic).into_owned();
+            let properties = publish.properties.take().unwrap_or_default();
+            let result = self.client.try_publish_with_properties(
+                topic,
+                publish.qos,
+                publish.retain,
+                publish.payload,
+                properties,
+            );
+            if result.is_ok() {
+                continue;
             }
-            Err(ClientError::TryRequest(rumqttc::v5::Request::Publish(back)))
-            | Err(ClientError::Request(rumqttc::v5::Request::Publish(back))) => Ok(Err(back)),
-            Err(error) => Err(mqtt_error("publish", error)),
+            // Not handed over: take the waiter back. Only publishers queue (one at a time, under
+            // `order`), and the event loop takes waiters only for requests it wrote, which were
+            // all queued before this one: the last waiter is this one.
+            self.shared.queued.lock().pop_back();
+            self.shared.outstanding.fetch_sub(1, Ordering::AcqRel);
+            return match result {
+                Err(ClientError::TryRequest(Request::Publish(back)))
+                | Err(ClientError::Request(Request::Publish(back))) => {
+                    let mut rest: Vec<Publish> = Vec::with_capacity(publishes.len() + 1);
+                    rest.push(back);
+                    rest.extend(publishes.by_ref());
+                    *publishes = rest.into_iter().peekable();
+                    Ok(())
+                }
+                Err(error) => Err(mqtt_error("publish", error)),
+                Ok(()) => unreachable!("handled above"),
+            };
         }
+        Ok(())
     }
 
     /// Refuses new publishes, waits (a while) for the ones in flight, disconnects.
     pub(super) async fn close(&self) {
-        self.state.lock().closed = true;
+        self.shared.closed.store(true, Ordering::Release);
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
-        while tokio::time::Instant::now() < deadline {
-            {
-                let state = self.state.lock();
-                if state.queued.is_empty() && state.inflight.is_empty() && state.collided.is_none() {
-                    break;
-                }
-            }
+        while tokio::time::Instant::now() < deadline && self.shared.outstanding.load(Ordering::Acquire) > 0 {
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
         let _ = self.client.try_disconnect();
@@ -168,53 +276,54 @@ fn ack_result(ok: bool, reason: impl std::fmt::Debug) -> Result<()> {
 
 async fn run(
     mut eventloop: EventLoop,
-    state: Arc<Mutex<State>>,
+    shared: Arc<Shared>,
     mut backoff: Backoff,
     cancel: CancellationToken,
     ready: oneshot::Sender<Result<()>>,
 ) {
     let mut ready = Some(ready);
+    let mut inflight = Inflight::default();
+    let cancelled = cancel.cancelled();
+    tokio::pin!(cancelled);
     loop {
         let event = tokio::select! {
             biased;
-            () = cancel.cancelled() => break,
+            () = &mut cancelled => break,
             event = eventloop.poll() => event,
         };
         match event {
             Ok(Event::Incoming(Packet::ConnAck(connack))) => {
                 backoff.reset();
                 let server_max = connack.properties.as_ref().and_then(|p| p.max_packet_size);
-                state.lock().server_max = server_max.map(|max| max as usize);
+                shared.server_max.store(server_max.map_or(0, |max| max as usize), Ordering::Relaxed);
                 if let Some(ready) = ready.take() {
                     let _ = ready.send(Ok(()));
                 }
             }
             Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
-                let mut state = state.lock();
-                let waiter = state.collided.take().or_else(|| state.queued.pop_front());
+                let waiter = inflight.collided.take().or_else(|| shared.queued.lock().pop_front());
                 if let Some(waiter) = waiter {
                     if pkid == 0 {
-                        let _ = waiter.send(Ok(()));
+                        shared.settle(waiter, Ok(()));
                     } else {
-                        state.inflight.insert(pkid, waiter);
+                        inflight.by_pkid.insert(pkid, waiter);
                     }
                 }
             }
             Ok(Event::Outgoing(Outgoing::AwaitAck(_))) => {
-                let mut state = state.lock();
-                state.collided = state.queued.pop_front();
+                inflight.collided = shared.queued.lock().pop_front();
             }
             Ok(Event::Incoming(Packet::PubAck(ack))) => {
                 let ok = matches!(ack.reason, PubAckReason::Success | PubAckReason::NoMatchingSubscribers);
-                state.lock().complete(ack.pkid, ack_result(ok, ack.reason));
+                inflight.complete(&shared, ack.pkid, ack_result(ok, ack.reason));
             }
             Ok(Event::Incoming(Packet::PubRec(rec))) => {
                 let ok = matches!(rec.reason, PubRecReason::Success | PubRecReason::NoMatchingSubscribers);
                 if !ok {
-                    state.lock().complete(rec.pkid, ack_result(false, rec.reason));
+                    inflight.complete(&shared, rec.pkid, ack_result(false, rec.reason));
                 }
             }
-            Ok(Event::Incoming(Packet::PubComp(comp))) => state.lock().complete(comp.pkid, Ok(())),
+            Ok(Event::Incoming(Packet::PubComp(comp))) => inflight.complete(&shared, comp.pkid, Ok(())),
             Ok(Event::Incoming(Packet::Disconnect(disconnect))) => {
                 tracing::warn!(reason = ?disconnect.reason_code, "MQTT: the broker disconnected the publisher");
             }
@@ -227,12 +336,15 @@ async fn run(
                 };
                 let error = mqtt_error(what, error);
                 {
-                    let mut state = state.lock();
-                    if state.closed && state.inflight.is_empty() && state.queued.is_empty() {
+                    let _order = shared.order.lock();
+                    if shared.closed.load(Ordering::Acquire)
+                        && shared.outstanding.load(Ordering::Acquire) == 0
+                    {
                         break;
                     }
-                    state.fail_all(&error);
-                    // Drop what rumqttc kept for the next connection: its waiters just failed.
+                    inflight.fail_all(&shared, &error);
+                    // Drop what rumqttc kept for the next connection (and the requests still in
+                    // its channel): their waiters just failed.
                     eventloop.clean();
                     eventloop.pending.clear();
                 }
@@ -247,7 +359,7 @@ async fn run(
             }
         }
     }
-    let mut state = state.lock();
-    state.closed = true;
-    state.fail_all(&closed_error("MQTT publisher is closed"));
+    let _order = shared.order.lock();
+    shared.closed.store(true, Ordering::Release);
+    inflight.fail_all(&shared, &closed_error("MQTT publisher is closed"));
 }
