@@ -7,9 +7,8 @@
 #![cfg(all(feature = "conformance", feature = "kafka", unix))]
 
 use std::collections::{HashMap, HashSet};
-use std::io::{BufRead, Write};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::io::Write;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -18,6 +17,7 @@ use millstream::pubsub::StartFrom;
 use millstream::{Delivery, ErrorKind, Message, Publisher, SubscribeOptions, Subscriber, Subscription};
 use parking_lot::Mutex;
 
+use crate::support::child::{self, log_lines, KillOnDrop};
 use crate::support::kafka::{shared_brokers, unique, Broker};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
@@ -110,41 +110,6 @@ fn killed_consumer_child() {
     });
 }
 
-fn spawn_child(brokers: &str, topic: &str, log: &Path) -> Child {
-    Command::new(std::env::current_exe().expect("test binary"))
-        .args([
-            &crate::common::test_name(module_path!(), "killed_consumer_child"),
-            "--exact",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(KILL_BROKERS_ENV, brokers)
-        .env(KILL_TOPIC_ENV, topic)
-        .env(KILL_LOG_ENV, log)
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn the consumer")
-}
-
-fn log_lines(log: &Path) -> Vec<String> {
-    match std::fs::File::open(log) {
-        Ok(file) => std::io::BufReader::new(file).lines().map_while(Result::ok).collect(),
-        Err(_) => Vec::new(),
-    }
-}
-
-/// Kills the child whatever happens.
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// A server limit of tansu 0.6, not of millstream: the broker never gives a SIGKILLed member's
 /// partitions to another member, even long after its session timed out (it notices the missed
 /// heartbeats, then never completes the rebalance). The issue 14 note has an rdkafka-only
@@ -157,7 +122,15 @@ async fn a_killed_consumer_loses_nothing() {
     let log = std::env::temp_dir().join(format!("{topic}.log"));
     let pubsub = connect(config(&brokers)).await;
     pubsub.create_topic(&topic, 3, 1).await.expect("topic");
-    let mut child = KillOnDrop(spawn_child(&brokers.address, &topic, &log));
+    let mut child = KillOnDrop(child::spawn(
+        module_path!(),
+        "killed_consumer_child",
+        &[
+            (KILL_BROKERS_ENV, brokers.address.as_ref()),
+            (KILL_TOPIC_ENV, topic.as_ref()),
+            (KILL_LOG_ENV, log.as_ref()),
+        ],
+    ));
     for n in 0..KILL_TOTAL {
         pubsub
             .publish(&topic, Message::new(n.to_string()).with_key(format!("k{}", n % 7)))

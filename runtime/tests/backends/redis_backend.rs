@@ -11,15 +11,15 @@
 #![cfg(all(feature = "conformance", feature = "redis", unix))]
 
 use std::collections::{HashMap, HashSet};
-use std::io::{BufRead, Write};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::io::Write;
+
 use std::time::{Duration, Instant};
 
 use millstream::pubsub::redis::{RedisConfig, RedisConsumer, RedisPubSub, Trim};
 use millstream::{Delivery, Message, Publisher, SubscribeOptions, Subscriber, Subscription};
 use redis::Value;
 
+use crate::support::child::{self, log_lines, KillOnDrop};
 use crate::support::redis::{raw, unique, url, PrivateServer};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
@@ -169,41 +169,6 @@ fn killed_consumer_child() {
     });
 }
 
-fn spawn_child(url: &str, prefix: &str, log: &Path) -> Child {
-    Command::new(std::env::current_exe().expect("test binary"))
-        .args([
-            &crate::common::test_name(module_path!(), "killed_consumer_child"),
-            "--exact",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(KILL_URL_ENV, url)
-        .env(KILL_PREFIX_ENV, prefix)
-        .env(KILL_LOG_ENV, log)
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn the consumer")
-}
-
-fn log_lines(log: &Path) -> Vec<String> {
-    match std::fs::File::open(log) {
-        Ok(file) => std::io::BufReader::new(file).lines().map_while(Result::ok).collect(),
-        Err(_) => Vec::new(),
-    }
-}
-
-/// Kills the child whatever happens.
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_consumers_entries_are_claimed_by_another() {
     let url = url();
@@ -213,7 +178,11 @@ async fn a_killed_consumers_entries_are_claimed_by_another() {
     let pubsub = connect(&url, config(&prefix)).await;
     // The group exists before the child starts, so it reads everything from the first message.
     create_group(&url, &key, "workers").await;
-    let mut child = KillOnDrop(spawn_child(&url, &prefix, &log));
+    let mut child = KillOnDrop(child::spawn(
+        module_path!(),
+        "killed_consumer_child",
+        &[(KILL_URL_ENV, url.as_ref()), (KILL_PREFIX_ENV, prefix.as_ref()), (KILL_LOG_ENV, log.as_ref())],
+    ));
     for n in 0..KILL_TOTAL {
         pubsub.publish("jobs", Message::new(n.to_string())).await.expect("publish");
     }

@@ -107,14 +107,17 @@ async fn rows(pubsub: &SqlPubSub, prefix: &str, topic: &str) -> i64 {
     use millstream::pubsub::sql::sqlx;
     let count = format!("SELECT COUNT(*) FROM {prefix}messages WHERE topic = ");
     if let Some(pool) = pubsub.sqlite_pool() {
-        sqlx::query_scalar(&format!("{count}?")).bind(topic).fetch_one(pool).await.unwrap()
-    } else if let Some(pool) = pubsub.postgres_pool() {
-        sqlx::query_scalar(&format!("{count}$1")).bind(topic).fetch_one(pool).await.unwrap()
-    } else if let Some(pool) = pubsub.mysql_pool() {
-        sqlx::query_scalar(&format!("{count}?")).bind(topic).fetch_one(pool).await.unwrap()
-    } else {
-        unreachable!("one of the three databases")
+        return sqlx::query_scalar(&format!("{count}?")).bind(topic).fetch_one(pool).await.unwrap();
     }
+    #[cfg(feature = "postgres")]
+    if let Some(pool) = pubsub.postgres_pool() {
+        return sqlx::query_scalar(&format!("{count}$1")).bind(topic).fetch_one(pool).await.unwrap();
+    }
+    #[cfg(feature = "mysql")]
+    if let Some(pool) = pubsub.mysql_pool() {
+        return sqlx::query_scalar(&format!("{count}?")).bind(topic).fetch_one(pool).await.unwrap();
+    }
+    unreachable!("one of the three databases")
 }
 
 /// Takes `n` deliveries from `sub`, checks they are `from..from + n` in order, acks each.

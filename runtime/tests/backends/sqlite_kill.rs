@@ -6,11 +6,12 @@
 #![cfg(all(feature = "sqlite", unix))]
 
 use std::collections::HashMap;
-use std::io::{BufRead, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
+use crate::support::child::{self, log_lines};
 use millstream::{Message, Publisher, SqlConfig, SqlPubSub, SubscribeOptions, Subscriber};
 
 const DB_ENV: &str = "MILLSTREAM_KILL_TEST_DB";
@@ -55,39 +56,15 @@ fn consumer_child() {
     });
 }
 
-fn spawn_child(db: &Path, log: &Path) -> Child {
-    Command::new(std::env::current_exe().expect("test binary"))
-        .args([
-            &crate::common::test_name(module_path!(), "consumer_child"),
-            "--exact",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(DB_ENV, db)
-        .env(LOG_ENV, log)
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn the consumer")
-}
-
-fn processed(log: &Path) -> Vec<String> {
-    match std::fs::File::open(log) {
-        Ok(file) => std::io::BufReader::new(file).lines().map_while(Result::ok).collect(),
-        Err(_) => Vec::new(),
-    }
-}
-
 /// Waits (polling the log file) until `pred` holds or the child exits.
 fn wait_for(log: &Path, child: &mut Child, what: &str, pred: impl Fn(&[String]) -> bool) {
     let deadline = Instant::now() + TIMEOUT;
     loop {
-        if pred(&processed(log)) {
+        if pred(&log_lines(log)) {
             return;
         }
         if let Some(status) = child.try_wait().expect("child status") {
-            assert!(pred(&processed(log)), "the consumer exited ({status}) before {what}");
+            assert!(pred(&log_lines(log)), "the consumer exited ({status}) before {what}");
             return;
         }
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
@@ -121,16 +98,18 @@ fn killed_consumer_loses_nothing() {
     });
 
     // First consumer: SIGKILLed a third of the way in, mid-stream.
-    let mut first = spawn_child(&db, &log);
+    let mut first =
+        child::spawn(module_path!(), "consumer_child", &[(DB_ENV, db.as_ref()), (LOG_ENV, log.as_ref())]);
     wait_for(&log, &mut first, "a third processed", |lines| lines.len() >= TOTAL / 3);
     first.kill().expect("SIGKILL"); // std's kill is SIGKILL on unix
     first.wait().unwrap();
-    let at_kill = processed(&log).len();
+    let at_kill = log_lines(&log).len();
     assert!(at_kill < TOTAL, "the consumer was killed before it finished ({at_kill} of {TOTAL})");
 
     // Second consumer: the same consumer name, so it takes the dead one's lease back at once.
     let restarted = Instant::now();
-    let mut second = spawn_child(&db, &log);
+    let mut second =
+        child::spawn(module_path!(), "consumer_child", &[(DB_ENV, db.as_ref()), (LOG_ENV, log.as_ref())]);
     wait_for(&log, &mut second, "the restarted consumer's first message", |lines| lines.len() > at_kill);
     let resumed_after = restarted.elapsed();
     assert!(
@@ -145,7 +124,7 @@ fn killed_consumer_loses_nothing() {
     let _ = second.kill();
     second.wait().unwrap();
 
-    let lines = processed(&log);
+    let lines = log_lines(&log);
     let mut counts: HashMap<&str, usize> = HashMap::new();
     for line in &lines {
         *counts.entry(line).or_default() += 1;

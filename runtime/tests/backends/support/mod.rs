@@ -2,6 +2,11 @@
 
 #[cfg(feature = "amqp")]
 pub(crate) mod amqp;
+#[cfg(all(
+    unix,
+    any(feature = "sqlite", all(feature = "conformance", any(feature = "redis", feature = "kafka")))
+))]
+pub(crate) mod child;
 #[cfg(feature = "kafka")]
 pub(crate) mod kafka;
 #[cfg(feature = "mqtt")]
