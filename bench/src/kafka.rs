@@ -31,45 +31,11 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::{ClientConfig, Message as _};
 
+mod side_by_side;
+
+use side_by_side::{rate, unique, Args, Bench, BoxError, PAYLOAD};
+
 const BATCH: usize = 1000;
-const PAYLOAD: &[u8] =
-    br#"{"id":123456,"sku":"ABC-123","qty":3,"note":"benchmark message, about 100 bytes"}"#;
-
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-struct Args {
-    /// Only the publish scenario (`--publish-only`).
-    publish_only: bool,
-    messages: usize,
-    runs: usize,
-    brokers: String,
-}
-
-fn args() -> Result<Args, String> {
-    let mut args =
-        Args { publish_only: false, messages: 100_000, runs: 3, brokers: "127.0.0.1:9092".to_owned() };
-    let mut it = std::env::args().skip(1);
-    while let Some(arg) = it.next() {
-        let mut value = || it.next().ok_or_else(|| format!("{arg} needs a value"));
-        match arg.as_str() {
-            "--messages" => args.messages = value()?.parse().map_err(|e| format!("--messages: {e}"))?,
-            "--runs" => args.runs = value()?.parse::<usize>().map_err(|e| format!("--runs: {e}"))?.max(1),
-            "--brokers" => args.brokers = value()?,
-            "--publish-only" => args.publish_only = true,
-            other => return Err(format!("unknown argument {other}")),
-        }
-    }
-    Ok(args)
-}
-
-fn rate(messages: usize, elapsed: Duration) -> f64 {
-    messages as f64 / elapsed.as_secs_f64().max(1e-9)
-}
-
-fn unique(side: &str) -> String {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
-    format!("bench.{side}.{}.{}", std::process::id(), nanos % 1_000_000_000_000)
-}
 
 /// (publish, consume+ack) in msg/s.
 type Rates = [f64; 2];
@@ -182,62 +148,31 @@ fn bytes_of(payload: Option<&[u8]>) -> Vec<u8> {
     payload.unwrap_or_default().to_vec()
 }
 
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
-}
-
 fn main() -> std::process::ExitCode {
-    let args = match args() {
-        Ok(args) => args,
-        Err(error) => {
-            eprintln!("kafka-bench: {error}");
-            return std::process::ExitCode::from(2);
-        }
-    };
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    runtime.block_on(async move {
-        if let Err(error) = KafkaPubSub::connect(KafkaConfig::new(args.brokers.clone())).await {
-            println!("kafka-bench: skipped, no Kafka broker answers at {}: {error}", args.brokers);
+    let args = Args::parse("--brokers", "127.0.0.1:9092", &["--publish-only"]);
+    side_by_side::main_with("kafka-bench", args, async |args| {
+        if let Err(error) = KafkaPubSub::connect(KafkaConfig::new(args.address.clone())).await {
+            println!("kafka-bench: skipped, no Kafka broker answers at {}: {error}", args.address);
             return std::process::ExitCode::SUCCESS;
         }
-        let (mut ours, mut raw) = (vec![Vec::new(); 2], vec![Vec::new(); 2]);
-        for run in 0..args.runs {
-            let order = if run % 2 == 0 { [true, false] } else { [false, true] };
-            for side in order {
-                let record = if side { &mut ours } else { &mut raw };
-                let result = if side {
-                    millstream_run(&args.brokers, args.messages, args.publish_only).await
-                } else {
-                    raw_run(&args.brokers, args.messages, args.publish_only).await
-                };
-                match result {
-                    Ok(rates) => {
-                        let name = if side { "millstream" } else { "raw" };
-                        eprintln!("run {run} {name}: {:.0} / {:.0} msg/s", rates[0], rates[1]);
-                        for (i, rate) in rates.into_iter().enumerate() {
-                            record[i].push(rate);
-                        }
-                    }
-                    Err(error) => {
-                        eprintln!("kafka-bench: a run failed: {error}");
-                        return std::process::ExitCode::FAILURE;
-                    }
-                }
-            }
-        }
-        println!(
-            "{} messages of {} bytes, batches of {BATCH}, 3 partitions, median of {} runs\n",
-            args.messages,
-            PAYLOAD.len(),
-            args.runs
-        );
-        println!("| scenario | millstream msg/s | raw rdkafka msg/s | millstream / raw |");
-        println!("|---|---:|---:|---:|");
-        for (i, name) in ["publish (batches, reports awaited)", "consume+ack"].iter().enumerate() {
-            let (a, b) = (median(ours[i].clone()), median(raw[i].clone()));
-            println!("| {name} | {a:.0} | {b:.0} | {:.2} |", a / b);
-        }
-        std::process::ExitCode::SUCCESS
+        let publish_only = args.switches.iter().any(|s| s == "--publish-only");
+        let bench = Bench {
+            name: "kafka-bench",
+            raw: "raw rdkafka",
+            setting: format!(
+                "{} messages of {} bytes, batches of {BATCH}, 3 partitions",
+                args.messages,
+                PAYLOAD.len()
+            ),
+            scenarios: ["publish (batches, reports awaited)", "consume+ack"],
+        };
+        let (brokers, messages) = (args.address.as_str(), args.messages);
+        bench
+            .run(
+                args.runs,
+                async || millstream_run(brokers, messages, publish_only).await,
+                async || raw_run(brokers, messages, publish_only).await,
+            )
+            .await
     })
 }

@@ -27,41 +27,12 @@ use millstream::pubsub::redis::{RedisConfig, RedisPubSub};
 use millstream::{Message, Publisher, SubscribeOptions, Subscriber};
 use redis::Value;
 
+#[path = "../side_by_side.rs"]
+mod side_by_side;
+
+use side_by_side::{rate, unique, Args, Bench, BoxError, PAYLOAD};
+
 const BATCH: usize = 100;
-const PAYLOAD: &[u8] =
-    br#"{"id":123456,"sku":"ABC-123","qty":3,"note":"benchmark message, about 100 bytes"}"#;
-
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-struct Args {
-    messages: usize,
-    runs: usize,
-    url: String,
-}
-
-fn args() -> Result<Args, String> {
-    let mut args = Args { messages: 100_000, runs: 3, url: "redis://127.0.0.1:6379".to_owned() };
-    let mut it = std::env::args().skip(1);
-    while let Some(arg) = it.next() {
-        let mut value = || it.next().ok_or_else(|| format!("{arg} needs a value"));
-        match arg.as_str() {
-            "--messages" => args.messages = value()?.parse().map_err(|e| format!("--messages: {e}"))?,
-            "--runs" => args.runs = value()?.parse::<usize>().map_err(|e| format!("--runs: {e}"))?.max(1),
-            "--url" => args.url = value()?,
-            other => return Err(format!("unknown argument {other}")),
-        }
-    }
-    Ok(args)
-}
-
-fn rate(messages: usize, elapsed: Duration) -> f64 {
-    messages as f64 / elapsed.as_secs_f64().max(1e-9)
-}
-
-fn unique(side: &str) -> String {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
-    format!("bench.{side}.{}.{}", std::process::id(), nanos % 1_000_000_000_000)
-}
 
 /// (publish, consume+ack, consume+ack with acks in flight) in msg/s.
 type Rates = [f64; 3];
@@ -200,74 +171,33 @@ async fn raw_run(url: &str, messages: usize) -> Result<Rates, BoxError> {
     Ok(results)
 }
 
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
-}
-
 fn main() -> std::process::ExitCode {
-    let args = match args() {
-        Ok(args) => args,
-        Err(error) => {
-            eprintln!("redis-streams: {error}");
-            return std::process::ExitCode::from(2);
-        }
-    };
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    runtime.block_on(async move {
+    let args = Args::parse("--url", "redis://127.0.0.1:6379", &[]);
+    side_by_side::main_with("redis-streams", args, async |args| {
         let probe = async {
-            let client = redis::Client::open(args.url.as_str())?;
+            let client = redis::Client::open(args.address.as_str())?;
             let mut conn = client.get_multiplexed_async_connection().await?;
             redis::cmd("PING").query_async::<String>(&mut conn).await
         };
         if let Err(error) = tokio::time::timeout(Duration::from_secs(5), probe).await.unwrap_or_else(|_| {
             Err(redis::RedisError::from((redis::ErrorKind::IoError, "no answer within 5 s")))
         }) {
-            println!("redis-streams: skipped, no Redis server answers at {}: {error}", args.url);
+            println!("redis-streams: skipped, no Redis server answers at {}: {error}", args.address);
             return std::process::ExitCode::SUCCESS;
         }
-        let (mut ours, mut raw) = (vec![Vec::new(); 3], vec![Vec::new(); 3]);
-        for run in 0..args.runs {
-            // Alternate which side goes first, so that neither always finds the server warmer.
-            let order = if run % 2 == 0 { [true, false] } else { [false, true] };
-            for side in order {
-                let record = if side { &mut ours } else { &mut raw };
-                let result = if side {
-                    millstream_run(&args.url, args.messages).await
-                } else {
-                    raw_run(&args.url, args.messages).await
-                };
-                match result {
-                    Ok(rates) => {
-                        let name = if side { "millstream" } else { "raw" };
-                        eprintln!(
-                            "run {run} {name}: {:.0} / {:.0} / {:.0} msg/s",
-                            rates[0], rates[1], rates[2]
-                        );
-                        for (i, rate) in rates.into_iter().enumerate() {
-                            record[i].push(rate);
-                        }
-                    }
-                    Err(error) => {
-                        eprintln!("redis-streams: a run failed: {error}");
-                        return std::process::ExitCode::FAILURE;
-                    }
-                }
-            }
-        }
-        println!(
-            "{} messages of {} bytes, batches of {BATCH}, median of {} runs\n",
-            args.messages,
-            PAYLOAD.len(),
-            args.runs
-        );
-        println!("| scenario | millstream msg/s | raw redis msg/s | millstream / raw |");
-        println!("|---|---:|---:|---:|");
-        let names = ["publish", "consume+ack (each ack awaited)", "consume+ack (acks in flight)"];
-        for (i, name) in names.iter().enumerate() {
-            let (a, b) = (median(ours[i].clone()), median(raw[i].clone()));
-            println!("| {name} | {a:.0} | {b:.0} | {:.2} |", a / b);
-        }
-        std::process::ExitCode::SUCCESS
+        let bench = Bench {
+            name: "redis-streams",
+            raw: "raw redis",
+            setting: format!("{} messages of {} bytes, batches of {BATCH}", args.messages, PAYLOAD.len()),
+            scenarios: ["publish", "consume+ack (each ack awaited)", "consume+ack (acks in flight)"],
+        };
+        let (url, messages) = (args.address.as_str(), args.messages);
+        bench
+            .run(
+                args.runs,
+                async || millstream_run(url, messages).await,
+                async || raw_run(url, messages).await,
+            )
+            .await
     })
 }
