@@ -385,6 +385,52 @@ async fn acks_never_fail_on_a_busy_connection() {
     close(&ps).await;
 }
 
+/// Publishers that share one connection and overfill its request queue (a few hundred
+/// requests): every publish returns once the broker has the message, each publisher's messages
+/// arrive in the order it sent them, and none is lost or sent twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_publishers_overfilling_the_queue_lose_nothing() {
+    let broker = Broker::start("max_queued_messages 100000");
+    let ps = std::sync::Arc::new(connect(&broker.url(), &unique("crowd")).await);
+    let topic = unique("crowd/t");
+    let mut sub = ps.subscribe(&topic, SubscribeOptions::default()).await.unwrap();
+    let (publishers, batches, batch) = (4, 3, 700);
+    let mut tasks = tokio::task::JoinSet::new();
+    for p in 0..publishers {
+        let (ps, topic) = (ps.clone(), topic.clone());
+        tasks.spawn(async move {
+            for b in 0..batches {
+                let messages = (0..batch).map(|i| Message::new(format!("{p}:{}", b * batch + i))).collect();
+                ps.publish_batch(&topic, messages).await.expect("a batch");
+                ps.publish(&topic, Message::new(format!("{p}:single{b}"))).await.expect("a single publish");
+            }
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.unwrap();
+    }
+    let total = publishers * batches * (batch + 1);
+    let mut last = vec![None::<usize>; publishers];
+    let mut singles = 0;
+    for _ in 0..total {
+        let delivery = next(&mut sub).await;
+        let body = text(&delivery);
+        let (p, n) = body.split_once(':').unwrap();
+        let p: usize = p.parse().unwrap();
+        if n.starts_with("single") {
+            singles += 1;
+        } else {
+            let n: usize = n.parse().unwrap();
+            assert!(last[p].is_none_or(|last| n == last + 1), "publisher {p}: {n} after {:?}", last[p]);
+            last[p] = Some(n);
+        }
+        delivery.ack().await.unwrap();
+    }
+    assert_eq!(singles, publishers * batches);
+    assert!(last.iter().all(|last| *last == Some(batches * batch - 1)), "{last:?}");
+    close(&ps).await;
+}
+
 /// A TLS listener with a certificate from a test CA: trusting that CA connects (and messages
 /// flow); trusting another CA is refused at connect.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -66,6 +66,18 @@ pub(super) fn encode(message: Message) -> (PublishProperties, Bytes) {
     (properties, payload)
 }
 
+/// An upper bound of the PUBLISH packet that carries `message` to `topic` (fixed header, topic,
+/// packet id, properties, payload), without encoding it: each metadata entry counted as if it
+/// had to travel escaped (six bytes per byte, and the JSON around it).
+pub(super) fn packet_bound(topic: &str, message: &Message) -> usize {
+    const FIXED: usize = 5 + 2 + 2 + 4;
+    const ID: usize = 1 + 2 + ID_PROPERTY.len() + 2 + 36;
+    const ESCAPED: usize = 1 + 2 + ESCAPED_PROPERTY.len() + 2 + 2;
+    let metadata: usize =
+        message.metadata().iter().map(|(key, value)| 5 + 8 + 6 * (key.len() + value.len())).sum();
+    FIXED + 2 + topic.len() + ID + ESCAPED + metadata + message.payload().len()
+}
+
 /// FNV-1a over `bytes`, from `seed`.
 fn fnv(seed: u64, bytes: &[u8]) -> u64 {
     bytes.iter().fold(seed, |hash, byte| (hash ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3))
@@ -146,6 +158,22 @@ mod tests {
         a.sort();
         b.sort();
         assert_eq!(a, b);
+    }
+
+    #[test]
+    fn the_packet_bound_is_never_below_the_packet() {
+        let messages = [
+            Message::new(""),
+            Message::new("x".repeat(1000)),
+            Message::new("x").with_key("k").with_header("plain", "value"),
+            Message::new("x").with_header("ctl", "\u{1}\u{2}\u{3}\n").with_header("\u{ffff}", "🦀🦀"),
+        ];
+        for message in messages {
+            let bound = packet_bound("some/topic", &message);
+            let (properties, payload) = encode(message);
+            let packet = Publish::new("some/topic", QoS::AtLeastOnce, payload, Some(properties));
+            assert!(packet.size() + 2 <= bound, "{} + 2 > {bound}", packet.size());
+        }
     }
 
     #[test]

@@ -65,12 +65,13 @@ use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 
+use bytes::Bytes;
 use futures_util::StreamExt;
-use rumqttc::v5::mqttbytes::v5::Publish;
+use rumqttc::v5::mqttbytes::v5::{Publish, PublishProperties};
 use tokio_util::sync::CancellationToken;
 
 use self::connection::Session;
-use self::publisher::PubConn;
+use self::publisher::{PubConn, Target};
 use self::session::{SessionHandle, Spec};
 use super::{
     check_size, closed_error, Attempts, Features, OpFuture, Publisher, Settlement, SubscribeOptions,
@@ -198,15 +199,18 @@ impl MqttPubSub {
     /// to the topic's current subscribers as an empty message.
     pub async fn clear_retained(&self, topic: &str) -> Result<()> {
         check_topic(topic)?;
-        let mut publish = Publish::new(topic, self.inner.config.qos.raw(), bytes::Bytes::new(), None);
-        publish.retain = true;
-        self.send(vec![publish]).await
+        let target = Target { topic, qos: self.inner.config.qos.raw(), retain: true };
+        self.send(target, std::iter::once((PublishProperties::default(), Bytes::new()))).await
     }
 
     /// Hands the publishes over and waits for every acknowledgement, within one
     /// `publish_timeout` for them all (one timer for a batch, not one per message).
-    async fn send(&self, publishes: Vec<Publish>) -> Result<()> {
-        let all = async { self.inner.publisher.send(publishes).await?.wait().await };
+    async fn send(
+        &self,
+        target: Target<'_>,
+        publishes: impl ExactSizeIterator<Item = (PublishProperties, Bytes)> + Send,
+    ) -> Result<()> {
+        let all = async { self.inner.publisher.send(target, publishes).await?.wait().await };
         match tokio::time::timeout(self.inner.config.publish_timeout, all).await {
             Ok(result) => result,
             Err(_) => Err(Error::new(
@@ -219,7 +223,8 @@ impl MqttPubSub {
         }
     }
 
-    /// Sends them all, then waits for the acknowledgements: the broker keeps their order.
+    /// Checks every size first (none is sent when one is too large), then encodes each message
+    /// as it is handed over, so that the connection writes the first while the rest are encoded.
     async fn publish_all(&self, topic: &str, messages: Vec<Message>, options: MqttPublish) -> Result<()> {
         if self.inner.publisher_closed.load(Ordering::Acquire) {
             return Err(closed_error("MQTT publisher is closed"));
@@ -231,22 +236,21 @@ impl MqttPubSub {
             Some(server) => config.packet_limit().min(server),
             None => config.packet_limit(),
         };
-        let mut publishes = Vec::with_capacity(messages.len());
-        for message in messages {
-            let (properties, payload) = codec::encode(message);
-            check_size("payload", payload.len(), config.max_payload, "MqttConfig::max_payload")?;
-            let mut publish = Publish::new(topic, qos, payload, Some(properties));
-            publish.retain = options.retain;
-            // (+ 2: the packet id, not set yet.)
-            check_size(
-                "packet",
-                publish.size() + 2,
-                packet_limit,
-                "MqttConfig::max_payload + 64 KiB, or the broker's maximum packet size",
-            )?;
-            publishes.push(publish);
+        for message in &messages {
+            check_size("payload", message.payload().len(), config.max_payload, "MqttConfig::max_payload")?;
+            if codec::packet_bound(topic, message) > packet_limit {
+                // Near the limit: the exact size (+ 2: the packet id, not set yet).
+                let (properties, payload) = codec::encode(message.clone());
+                check_size(
+                    "packet",
+                    Publish::new(topic, qos, payload, Some(properties)).size() + 2,
+                    packet_limit,
+                    "MqttConfig::max_payload + 64 KiB, or the broker's maximum packet size",
+                )?;
+            }
         }
-        self.send(publishes).await
+        let target = Target { topic, qos, retain: options.retain };
+        self.send(target, messages.into_iter().map(codec::encode)).await
     }
 
     async fn open(&self, topic: &str, options: SubscribeOptions) -> Result<Arc<SessionHandle>> {

@@ -20,9 +20,11 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::Poll;
 
+use bytes::Bytes;
 use futures_util::task::AtomicWaker;
 use parking_lot::Mutex;
-use rumqttc::v5::mqttbytes::v5::{Packet, PubAckReason, PubRecReason, Publish};
+use rumqttc::v5::mqttbytes::v5::{Packet, PubAckReason, PubRecReason, PublishProperties};
+use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, ClientError, Event, EventLoop, Request};
 use rumqttc::Outgoing;
 use tokio::sync::oneshot;
@@ -94,8 +96,9 @@ struct Shared {
     /// Held by a publisher while it queues a waiter and hands its request to rumqttc, and by the
     /// event loop task while it drops both after a lost connection: keeps them in step.
     order: Mutex<()>,
-    /// Waiters of requests not yet written, in channel order.
-    queued: Mutex<VecDeque<Waiter>>,
+    /// Waiters of requests not yet written, in channel order: each with how many requests it
+    /// still waits for (a batch queues its completion once, for all its requests).
+    queued: Mutex<VecDeque<(Waiter, usize)>>,
     /// Publishes queued and not yet settled.
     outstanding: AtomicUsize,
     closed: AtomicBool,
@@ -104,6 +107,29 @@ struct Shared {
 }
 
 impl Shared {
+    /// The waiter of the next request written.
+    fn next_waiter(&self) -> Option<Waiter> {
+        let mut queued = self.queued.lock();
+        let (waiter, count) = queued.front_mut()?;
+        *count -= 1;
+        if *count > 0 {
+            return Some(waiter.clone());
+        }
+        queued.pop_front().map(|(waiter, _)| waiter)
+    }
+
+    /// Takes back `unsent` requests of the last waiter queued, which were not handed over.
+    fn unqueue(&self, unsent: usize) {
+        let mut queued = self.queued.lock();
+        if let Some((_, count)) = queued.back_mut() {
+            *count -= unsent;
+            if *count == 0 {
+                queued.pop_back();
+            }
+        }
+        self.outstanding.fetch_sub(unsent, Ordering::AcqRel);
+    }
+
     fn settle(&self, waiter: Waiter, result: Result<()>) {
         waiter.settle(result);
         self.outstanding.fetch_sub(1, Ordering::AcqRel);
@@ -127,12 +153,20 @@ impl Inflight {
 
     /// Fails every waiter; the caller holds `order`.
     fn fail_all(&mut self, shared: &Shared, error: &Error) {
-        let queued: Vec<Waiter> = shared.queued.lock().drain(..).collect();
+        let queued: Vec<(Waiter, usize)> = shared.queued.lock().drain(..).collect();
+        let queued = queued.into_iter().flat_map(|(waiter, count)| std::iter::repeat_n(waiter, count));
         let written = self.by_pkid.drain().map(|(_, waiter)| waiter);
-        for waiter in queued.into_iter().chain(written).chain(self.collided.take()) {
+        for waiter in queued.chain(written).chain(self.collided.take()) {
             shared.settle(waiter, Err(Error::new(error.kind(), error.message().to_owned())));
         }
     }
+}
+
+/// Where a group of publishes goes, and how.
+pub(super) struct Target<'a> {
+    pub(super) topic: &'a str,
+    pub(super) qos: QoS,
+    pub(super) retain: bool,
 }
 
 /// The publishing connection.
@@ -173,74 +207,87 @@ impl PubConn {
         }
     }
 
-    /// Hands every publish to the event loop, in order; the completion is done when the broker
-    /// acknowledged them all. Waits (a millisecond at a time) while rumqttc's channel is full:
-    /// a connection that is down, or more publishers than it holds.
-    pub(super) async fn send(&self, publishes: Vec<Publish>) -> Result<Arc<Completion>> {
-        let done = Completion::new(publishes.len());
-        let mut publishes = publishes.into_iter().peekable();
-        while publishes.peek().is_some() {
-            if let Err(error) = self.hand_over(&mut publishes, &done) {
-                done.forget(publishes.len() + 1);
-                return Err(error);
-            }
-            if publishes.peek().is_some() {
-                if self.cancel.is_cancelled() {
-                    done.forget(publishes.len());
+    /// Hands the publishes to the event loop, in order; the completion is done when the
+    /// broker acknowledged them all. Waits (a millisecond at a time) while rumqttc's channel is
+    /// full: a connection that is down, or more publishers than it holds.
+    pub(super) async fn send(
+        &self,
+        target: Target<'_>,
+        mut publishes: impl ExactSizeIterator<Item = (PublishProperties, Bytes)>,
+    ) -> Result<Arc<Completion>> {
+        let count = publishes.len();
+        let done = Completion::new(count);
+        let mut handed = 0;
+        let mut carry = None;
+        loop {
+            match self.hand_over(&target, &mut carry, &mut publishes, &done, &mut handed) {
+                Ok(true) => return Ok(done),
+                Ok(false) if !self.cancel.is_cancelled() => {
+                    tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                }
+                Ok(false) => {
+                    done.forget(count - handed);
                     return Err(closed_error("MQTT publisher is closed"));
                 }
-                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                Err(error) => {
+                    done.forget(count - handed);
+                    return Err(error);
+                }
             }
         }
-        Ok(done)
     }
 
-    /// Hands over publishes until the channel is full or none is left. On an error, the publish
-    /// that failed is consumed (the caller forgets it with the rest).
+    /// Hands over publishes until none is left (`true`) or the channel is full (`false`, the
+    /// refused one in `carry`).
     fn hand_over(
         &self,
-        publishes: &mut std::iter::Peekable<std::vec::IntoIter<Publish>>,
+        target: &Target<'_>,
+        carry: &mut Option<(PublishProperties, Bytes)>,
+        publishes: &mut impl ExactSizeIterator<Item = (PublishProperties, Bytes)>,
         done: &Waiter,
-    ) -> Result<()> {
+        handed: &mut usize,
+    ) -> Result<bool> {
         let _order = self.shared.order.lock();
         if self.shared.closed.load(Ordering::Acquire) {
-            publishes.next();
             return Err(closed_error("MQTT publisher is closed"));
         }
-        while let Some(mut publish) = publishes.next() {
-            self.shared.outstanding.fetch_add(1, Ordering::AcqRel);
-            self.shared.queued.lock().push_back(done.clone());
-            let topic = String::from_utf8_lossy(&publish.topic).into_owned();
-            let properties = publish.properties.take().unwrap_or_default();
+        // Queued once for all that are left, before the first is handed over (the event loop may
+        // write it at once); what is not handed over is taken back.
+        let left = usize::from(carry.is_some()) + publishes.len();
+        let count = *handed + left;
+        if left == 0 {
+            return Ok(true);
+        }
+        self.shared.outstanding.fetch_add(left, Ordering::AcqRel);
+        self.shared.queued.lock().push_back((done.clone(), left));
+        while let Some((properties, payload)) = carry.take().or_else(|| publishes.next()) {
             let result = self.client.try_publish_with_properties(
-                topic,
-                publish.qos,
-                publish.retain,
-                publish.payload,
+                target.topic,
+                target.qos,
+                target.retain,
+                payload,
                 properties,
             );
             if result.is_ok() {
+                *handed += 1;
                 continue;
             }
-            // Not handed over: take the waiter back. Only publishers queue (one at a time, under
-            // `order`), and the event loop takes waiters only for requests it wrote, which were
-            // all queued before this one: the last waiter is this one.
-            self.shared.queued.lock().pop_back();
-            self.shared.outstanding.fetch_sub(1, Ordering::AcqRel);
+            // Not handed over: take the rest back. Only publishers queue (one at a time, under
+            // `order`), and the event loop takes waiters only for requests it wrote, in order:
+            // the last entry is this one, and counts at least the requests not handed over.
+            let unsent = count - *handed;
+            self.shared.unqueue(unsent);
             return match result {
                 Err(ClientError::TryRequest(Request::Publish(back)))
                 | Err(ClientError::Request(Request::Publish(back))) => {
-                    let mut rest: Vec<Publish> = Vec::with_capacity(publishes.len() + 1);
-                    rest.push(back);
-                    rest.extend(publishes.by_ref());
-                    *publishes = rest.into_iter().peekable();
-                    Ok(())
+                    *carry = Some((back.properties.unwrap_or_default(), back.payload));
+                    Ok(false)
                 }
                 Err(error) => Err(mqtt_error("publish", error)),
                 Ok(()) => unreachable!("handled above"),
             };
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Refuses new publishes, waits (a while) for the ones in flight, disconnects.
@@ -301,7 +348,7 @@ async fn run(
                 }
             }
             Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
-                let waiter = inflight.collided.take().or_else(|| shared.queued.lock().pop_front());
+                let waiter = inflight.collided.take().or_else(|| shared.next_waiter());
                 if let Some(waiter) = waiter {
                     if pkid == 0 {
                         shared.settle(waiter, Ok(()));
@@ -311,7 +358,7 @@ async fn run(
                 }
             }
             Ok(Event::Outgoing(Outgoing::AwaitAck(_))) => {
-                inflight.collided = shared.queued.lock().pop_front();
+                inflight.collided = shared.next_waiter();
             }
             Ok(Event::Incoming(Packet::PubAck(ack))) => {
                 let ok = matches!(ack.reason, PubAckReason::Success | PubAckReason::NoMatchingSubscribers);
