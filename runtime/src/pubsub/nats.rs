@@ -3,8 +3,9 @@
 //! # Mapping
 //! - A topic is a NATS subject (`orders.placed`: dot-separated tokens, no spaces, no wildcards).
 //!   Each topic gets its own stream, created on first use: `<prefix><topic, sanitised>_<hash>`,
-//!   file storage, limits retention (messages stay until [`NatsConfig::max_age`], so groups that
-//!   arrive late read the history), one subject.
+//!   file storage, limits retention (messages stay until [`NatsConfig::max_age`],
+//!   [`NatsConfig::max_bytes`] or [`NatsConfig::max_messages`] deletes them, all unlimited by
+//!   default, so groups that arrive late read the history), one subject.
 //! - A consumer group is a durable pull consumer on the topic's stream (created on first use,
 //!   delivering from the start of the stream); its subscriptions pull from it together and
 //!   JetStream spreads the messages among them. A subscription without a group is an ephemeral
@@ -71,8 +72,17 @@ pub struct NatsConfig {
     pub stream_prefix: String,
     /// How long a delivery may stay unsettled before JetStream redelivers it. Default 30 s.
     pub ack_wait: Duration,
-    /// How old messages may get before the stream drops them; zero keeps them. Default zero.
+    /// Retention: how old messages may get before the stream deletes them; zero keeps them.
+    /// Default zero. The stream's limits apply whether or not a group has read a message: keep
+    /// them above the furthest any group may fall behind. An existing stream gets the configured
+    /// limits when a topic is first used.
     pub max_age: Duration,
+    /// Retention: the most bytes a topic's stream keeps (the oldest messages are deleted to make
+    /// room); zero: no limit. Default zero.
+    pub max_bytes: u64,
+    /// Retention: the most messages a topic's stream keeps (the oldest are deleted); zero: no
+    /// limit. Default zero.
+    pub max_messages: u64,
     /// The window in which a re-published message id is dropped as a duplicate. Default 2 min.
     pub duplicate_window: Duration,
     /// Messages a subscription asks for at once. Default 100.
@@ -106,6 +116,8 @@ impl Default for NatsConfig {
             stream_prefix: "MS_".to_owned(),
             ack_wait: Duration::from_secs(30),
             max_age: Duration::ZERO,
+            max_bytes: 0,
+            max_messages: 0,
             duplicate_window: Duration::from_secs(120),
             batch: 100,
             batch_bytes: 8 * 1024 * 1024,
@@ -146,6 +158,18 @@ impl NatsConfig {
     /// Sets [`NatsConfig::max_age`].
     pub fn max_age(mut self, age: Duration) -> Self {
         self.max_age = age;
+        self
+    }
+
+    /// Sets [`NatsConfig::max_bytes`].
+    pub fn max_bytes(mut self, bytes: u64) -> Self {
+        self.max_bytes = bytes;
+        self
+    }
+
+    /// Sets [`NatsConfig::max_messages`].
+    pub fn max_messages(mut self, messages: u64) -> Self {
+        self.max_messages = messages;
         self
     }
 
@@ -274,14 +298,13 @@ fn header_len(headers: &HeaderMap) -> usize {
     "NATS/1.0\r\n".len() + lines + 2
 }
 
-fn encode(message: Message) -> (HeaderMap, Bytes) {
-    let (id, metadata, payload) = message.into_parts();
+fn encode(message: &Message) -> (HeaderMap, Bytes) {
     let mut headers = HeaderMap::new();
-    headers.insert(async_nats::header::NATS_MESSAGE_ID, id.to_string());
-    if !metadata.is_empty() {
-        headers.insert(METADATA_HEADER, ascii_json(&metadata));
+    headers.insert(async_nats::header::NATS_MESSAGE_ID, message.id().to_string());
+    if !message.metadata().is_empty() {
+        headers.insert(METADATA_HEADER, ascii_json(message.metadata()));
     }
-    (headers, payload)
+    (headers, message.payload().clone())
 }
 
 /// Rebuilds a message. A message without a (valid) id gets one derived from its stream and
@@ -370,20 +393,39 @@ impl NatsPubSub {
             return Ok(stream.clone());
         }
         let config = &self.inner.config;
-        let stream = self
-            .inner
-            .js
-            .get_or_create_stream(jetstream::stream::Config {
-                name: self.stream_name(topic),
-                subjects: vec![topic.to_owned()],
-                storage: jetstream::stream::StorageType::File,
-                retention: jetstream::stream::RetentionPolicy::Limits,
-                max_age: config.max_age,
-                duplicate_window: config.duplicate_window,
-                ..Default::default()
-            })
-            .await
-            .map_err(nats_error)?;
+        let limit = |n: u64| if n == 0 { -1 } else { i64::try_from(n).unwrap_or(i64::MAX) };
+        // The server refuses a duplicate window longer than the stream's max age.
+        let duplicate_window = match config.max_age {
+            Duration::ZERO => config.duplicate_window,
+            age => config.duplicate_window.min(age),
+        };
+        let wanted = jetstream::stream::Config {
+            name: self.stream_name(topic),
+            subjects: vec![topic.to_owned()],
+            storage: jetstream::stream::StorageType::File,
+            retention: jetstream::stream::RetentionPolicy::Limits,
+            max_age: config.max_age,
+            max_bytes: limit(config.max_bytes),
+            max_messages: limit(config.max_messages),
+            duplicate_window,
+            ..Default::default()
+        };
+        let mut stream = self.inner.js.get_or_create_stream(wanted.clone()).await.map_err(nats_error)?;
+        // A stream made with other limits (an earlier configuration) gets these.
+        let current = &stream.cached_info().config;
+        if (current.max_age, current.max_bytes, current.max_messages, current.duplicate_window)
+            != (wanted.max_age, wanted.max_bytes, wanted.max_messages, wanted.duplicate_window)
+        {
+            let updated = jetstream::stream::Config {
+                max_age: wanted.max_age,
+                max_bytes: wanted.max_bytes,
+                max_messages: wanted.max_messages,
+                duplicate_window: wanted.duplicate_window,
+                ..current.clone()
+            };
+            self.inner.js.update_stream(updated).await.map_err(nats_error)?;
+            stream = self.inner.js.get_stream(wanted.name.clone()).await.map_err(nats_error)?;
+        }
         self.inner.streams.lock().insert(topic.to_owned(), stream.clone());
         Ok(stream)
     }
@@ -408,7 +450,7 @@ impl NatsPubSub {
         self.ensure_stream(topic).await?;
         // Send them all, then wait for the acks: the server stores them in order.
         let limit = self.inner.client.server_info().max_payload;
-        let encoded: Vec<_> = messages.into_iter().map(encode).collect();
+        let mut encoded: Vec<_> = messages.iter().map(encode).collect();
         if limit > 0 {
             let why = "NATS: the server's max_payload less 8 KiB kept for headers";
             for (headers, payload) in &encoded {
@@ -419,7 +461,10 @@ impl NatsPubSub {
         }
         // Retried (the rest of the batch, from the first message not confirmed) while the server
         // does not answer, within `publish_retry_for` and the duplicate window: every try sends the
-        // same ids, so what was stored but not confirmed is dropped as a duplicate.
+        // same ids, so what was stored but not confirmed is dropped as a duplicate. The first try
+        // sends the encodings checked above; a retry encodes the rest again (the client takes
+        // its headers by value: no copy of every message's headers is kept for a retry that
+        // rarely comes).
         let config = &self.inner.config;
         let retry_for = config.publish_retry_for.min(config.duplicate_window / 2);
         let started = std::time::Instant::now();
@@ -427,7 +472,12 @@ impl NatsPubSub {
         let mut tries = 0_u32;
         loop {
             tries += 1;
-            let error = match self.send_confirmed(topic, &encoded[confirmed..]).await {
+            let batch = if tries == 1 {
+                std::mem::take(&mut encoded)
+            } else {
+                messages[confirmed..].iter().map(encode).collect()
+            };
+            let error = match self.send_confirmed(topic, batch).await {
                 Ok(()) => return Ok(()),
                 Err((done, error)) => {
                     confirmed += done;
@@ -448,7 +498,7 @@ impl NatsPubSub {
                          others may or may not have been stored (publishing them again within the \
                          duplicate window, {:?}, stores each once)",
                         confirmed,
-                        encoded.len(),
+                        messages.len(),
                         config.duplicate_window,
                     ),
                 ));
@@ -464,14 +514,13 @@ impl NatsPubSub {
     async fn send_confirmed(
         &self,
         topic: &str,
-        messages: &[(async_nats::HeaderMap, bytes::Bytes)],
+        messages: Vec<(async_nats::HeaderMap, bytes::Bytes)>,
     ) -> std::result::Result<(), (usize, Error)> {
         self.ensure_stream(topic).await.map_err(|error| (0, error))?;
         let mut acks = Vec::with_capacity(messages.len());
         let mut unsent = None;
         for (headers, payload) in messages {
-            let sent =
-                self.inner.js.publish_with_headers(topic.to_owned(), headers.clone(), payload.clone()).await;
+            let sent = self.inner.js.publish_with_headers(topic.to_owned(), headers, payload).await;
             match sent {
                 Ok(ack) => acks.push(ack),
                 Err(error) => {

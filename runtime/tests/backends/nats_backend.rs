@@ -154,3 +154,53 @@ async fn heartbeats_keep_a_slow_handlers_message() {
     drop((slow, other));
     ps.delete_topics(&[t]).await.unwrap();
 }
+
+/// Retention: under a steady load (50 messages every 100 ms for 6 s) a stream whose messages
+/// may be 2 s old stops growing: at the end it holds what arrived in the last few seconds, not
+/// everything, and empties once the load stops; meanwhile a group that keeps up reads every
+/// message. A stream made earlier without limits gets them when the topic is next used.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_bounds_a_stream_under_steady_load() {
+    let max_age = Duration::from_secs(2);
+    let t = topic("retention");
+    // Made first without limits, as an earlier version of a service would have.
+    let (unlimited, _lock) = pubsub(NatsConfig::default()).await;
+    assert_eq!(unlimited.ensure_stream(&t).await.unwrap().cached_info().config.max_age, Duration::ZERO);
+    let config = NatsConfig::default().max_age(max_age);
+    let ps = NatsPubSub::connect(&url(), config.stream_prefix("MSTEST_")).await.expect("connect");
+    let mut stream = ps.ensure_stream(&t).await.unwrap();
+    assert_eq!(stream.cached_info().config.max_age, max_age, "the limits are applied to the old stream");
+    let mut sub = ps.subscribe(&t, SubscribeOptions::group("keeps-up")).await.unwrap();
+    let reader = tokio::spawn(async move {
+        let mut seen = std::collections::HashSet::new();
+        while seen.len() < 3000 {
+            let (body, _, delivery) = next(&mut sub).await;
+            delivery.ack().await.unwrap();
+            seen.insert(body);
+        }
+        seen.len()
+    });
+    let mut sizes = Vec::new();
+    for round in 0..60 {
+        let batch = (0..50).map(|i| Message::new(format!("{}", round * 50 + i))).collect();
+        ps.publish_batch(&t, batch).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if round % 10 == 9 {
+            sizes.push(stream.info().await.unwrap().state.messages);
+        }
+    }
+    assert_eq!(
+        tokio::time::timeout(TIMEOUT, reader).await.expect("the group read everything").unwrap(),
+        3000
+    );
+    // 3 000 were published; with messages at most 2 s old, the stream held a few seconds' worth
+    // (500 per second) once the first had expired, and never more.
+    let last = *sizes.last().unwrap();
+    assert!(last < 2000, "the stream kept growing: {sizes:?}");
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    while stream.info().await.unwrap().state.messages > 0 {
+        assert!(std::time::Instant::now() < deadline, "expired messages were never deleted");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    ps.delete_topics(&[t]).await.unwrap();
+}
