@@ -210,24 +210,17 @@ async fn retention_keeps_young_messages() {
     Publisher::close(&pubsub).await.unwrap();
 }
 
-/// PostgreSQL kills the publisher's connections again and again ("terminating connection due to
-/// administrator command", as in a restart) while 300 messages are published one by one: every
-/// publish returns `Ok` after its retries, and each message is stored exactly once.
-#[cfg(feature = "postgres")]
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_publish_retries_through_killed_connections() {
-    use millstream::pubsub::sql::sqlx;
-
-    let app = format!("msretry{}", std::process::id());
-    let base = crate::support::sql::url("postgres");
-    let separator = if base.contains('?') { '&' } else { '?' };
-    let url = format!("{base}{separator}application_name={app}");
+/// The database kills the publisher's connections again and again (as a restart does) while 300
+/// messages are published one by one: every publish returns `Ok` after its retries, and each
+/// message is stored exactly once.
+#[cfg(any(feature = "postgres", feature = "mysql"))]
+async fn publish_retries_case(victim: Victim) {
     let config = retention_config().retention(None).table_prefix("msretry_");
-    let pubsub = SqlPubSub::connect(&url, config).await.unwrap();
-    let admin = sqlx::PgPool::connect(&base).await.unwrap();
+    let pubsub = SqlPubSub::connect(&victim.url, config).await.unwrap();
     let topic = crate::common::topic("killed");
     pubsub.publish(&topic, Message::new("warm-up")).await.unwrap();
-    let killer = ConnectionKiller::start(admin.clone(), app.clone());
+    let victim = std::sync::Arc::new(victim);
+    let killer = ConnectionKiller::start(victim.clone());
     let total = 300;
     for i in 0..total {
         let id = format!("00000000-0000-7000-8000-{i:012}");
@@ -235,43 +228,35 @@ async fn postgres_publish_retries_through_killed_connections() {
         pubsub.publish(&topic, message).await.unwrap_or_else(|e| panic!("publish {i}: {e}"));
     }
     let killed = killer.stop().await;
-    let (rows, unique): (i64, i64) = sqlx::query_as(
-        "SELECT COUNT(*), COUNT(DISTINCT id) FROM msretry_messages WHERE topic = $1 AND payload <> 'warm-up'::bytea",
-    )
-    .bind(&topic)
-    .fetch_one(&admin)
-    .await
-    .unwrap();
-    eprintln!("postgres publish retries: {total} published, {killed} connections killed, {rows} rows, {unique} unique");
+    // The warm-up message is one of them.
+    let (rows, unique) = victim.rows_and_ids("msretry_messages", &topic).await;
+    eprintln!(
+        "{} publish retries: {total} published, {killed} connections killed, {rows} rows, {unique} unique",
+        victim.name()
+    );
     assert!(killed > 0, "the test killed no connection");
-    assert_eq!((rows, unique), (total, total), "each message stored exactly once");
+    assert_eq!((rows, unique), (total + 1, total + 1), "each message stored exactly once");
     pubsub.delete_topics(std::slice::from_ref(&topic)).await.unwrap();
     Publisher::close(&pubsub).await.unwrap();
 }
 
-/// PostgreSQL kills the consumer's connections again and again while it consumes 200 messages,
-/// acking each: acks are retried (and a retry whose first try went through is recognised), so no
-/// message is delivered twice and none is lost.
-#[cfg(feature = "postgres")]
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_acks_retry_through_killed_connections() {
-    use millstream::pubsub::sql::sqlx;
+/// The database kills the consumer's connections again and again while it consumes 200
+/// messages, acking each: acks are retried (and a retry whose first try went through is
+/// recognised), so no message is delivered twice and none is lost.
+#[cfg(any(feature = "postgres", feature = "mysql"))]
+async fn ack_retries_case(victim: Victim) {
     use std::collections::HashMap;
 
-    let app = format!("msackretry{}", std::process::id());
-    let base = crate::support::sql::url("postgres");
-    let separator = if base.contains('?') { '&' } else { '?' };
     let config = retention_config().retention(None).table_prefix("msretry_");
-    let publisher = SqlPubSub::connect(&base, config.clone()).await.unwrap();
-    let consumer =
-        SqlPubSub::connect(&format!("{base}{separator}application_name={app}"), config).await.unwrap();
-    let admin = sqlx::PgPool::connect(&base).await.unwrap();
+    let publisher = SqlPubSub::connect(&victim.admin_url, config.clone()).await.unwrap();
+    let consumer = SqlPubSub::connect(&victim.url, config).await.unwrap();
     let topic = crate::common::topic("ack-killed");
     let total = 200;
     let mut sub = consumer.subscribe(&topic, SubscribeOptions::group("g")).await.unwrap();
     let messages: Vec<_> = (0..total).map(|i| Message::new(format!("m{i}"))).collect();
     publisher.publish_batch(&topic, messages).await.unwrap();
-    let killer = ConnectionKiller::start(admin.clone(), app.clone());
+    let victim = std::sync::Arc::new(victim);
+    let killer = ConnectionKiller::start(victim.clone());
     let mut seen: HashMap<String, u32> = HashMap::new();
     let (mut ack_failures, mut read_errors) = (0, 0);
     while seen.len() < total {
@@ -290,8 +275,9 @@ async fn postgres_acks_retry_through_killed_connections() {
     let killed = killer.stop().await;
     let duplicates: u32 = seen.values().map(|n| n - 1).sum();
     eprintln!(
-        "postgres ack retries: {total} consumed, {killed} connections killed, {read_errors} read errors \
-         reported, {ack_failures} failed acks, {duplicates} duplicates"
+        "{} ack retries: {total} consumed, {killed} connections killed, {read_errors} read errors \
+         reported, {ack_failures} failed acks, {duplicates} duplicates",
+        victim.name()
     );
     assert!(killed > 0, "the test killed no connection");
     assert_eq!((ack_failures, duplicates), (0, 0));
@@ -301,18 +287,154 @@ async fn postgres_acks_retry_through_killed_connections() {
     Publisher::close(&consumer).await.unwrap();
 }
 
-/// Terminates, every 20 ms until stopped, every PostgreSQL connection whose `application_name`
-/// is `app` (what a database restart does to a client: "terminating connection due to
-/// administrator command").
 #[cfg(feature = "postgres")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_publish_retries_through_killed_connections() {
+    publish_retries_case(Victim::postgres("msretry").await).await;
+}
+
+#[cfg(feature = "postgres")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_acks_retry_through_killed_connections() {
+    ack_retries_case(Victim::postgres("msackretry").await).await;
+}
+
+#[cfg(feature = "mysql")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_publish_retries_through_killed_connections() {
+    publish_retries_case(Victim::mysql("msretry").await).await;
+}
+
+#[cfg(feature = "mysql")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_acks_retry_through_killed_connections() {
+    ack_retries_case(Victim::mysql("msackretry").await).await;
+}
+
+/// A client of PostgreSQL or MariaDB whose connections another connection can find and kill.
+#[cfg(any(feature = "postgres", feature = "mysql"))]
+struct Victim {
+    /// The URL the client connects with (it marks its connections).
+    url: String,
+    /// A URL whose connections are left alone.
+    admin_url: String,
+    admin: Admin,
+}
+
+#[cfg(any(feature = "postgres", feature = "mysql"))]
+enum Admin {
+    /// Connections marked by `application_name`.
+    #[cfg(feature = "postgres")]
+    Postgres(millstream::pubsub::sql::sqlx::PgPool, String),
+    /// Connections marked by their user (MariaDB has no per-connection name in its URL).
+    #[cfg(feature = "mysql")]
+    Mysql(millstream::pubsub::sql::sqlx::MySqlPool, String),
+}
+
+#[cfg(any(feature = "postgres", feature = "mysql"))]
+impl Victim {
+    #[cfg(feature = "postgres")]
+    async fn postgres(tag: &str) -> Victim {
+        let app = format!("{tag}{}", std::process::id());
+        let base = crate::support::sql::url("postgres");
+        let separator = if base.contains('?') { '&' } else { '?' };
+        let admin = millstream::pubsub::sql::sqlx::PgPool::connect(&base).await.unwrap();
+        Victim {
+            url: format!("{base}{separator}application_name={app}"),
+            admin_url: base,
+            admin: Admin::Postgres(admin, app),
+        }
+    }
+
+    /// A user of its own (all rights on the test database) for the client's connections.
+    #[cfg(feature = "mysql")]
+    async fn mysql(tag: &str) -> Victim {
+        use millstream::pubsub::sql::sqlx;
+        // One user per test (not per process: users are not dropped, so they must not pile up).
+        let user = tag.to_owned();
+        let base = crate::support::sql::url("mysql");
+        let admin = sqlx::MySqlPool::connect(&base).await.unwrap();
+        let database: String = sqlx::query_scalar("SELECT DATABASE()").fetch_one(&admin).await.unwrap();
+        for statement in [
+            format!("CREATE USER IF NOT EXISTS '{user}'@'%'"),
+            format!("GRANT ALL ON `{database}`.* TO '{user}'@'%'"),
+        ] {
+            sqlx::raw_sql(&statement).execute(&admin).await.unwrap();
+        }
+        let (scheme, rest) = base.split_once("://").expect("a mysql:// URL");
+        let host = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+        Victim { url: format!("{scheme}://{user}@{host}"), admin_url: base, admin: Admin::Mysql(admin, user) }
+    }
+
+    fn name(&self) -> &'static str {
+        match &self.admin {
+            #[cfg(feature = "postgres")]
+            Admin::Postgres(..) => "postgres",
+            #[cfg(feature = "mysql")]
+            Admin::Mysql(..) => "mysql",
+        }
+    }
+
+    /// Kills every connection of the client; how many.
+    async fn kill_all(&self) -> i64 {
+        use millstream::pubsub::sql::sqlx;
+        match &self.admin {
+            #[cfg(feature = "postgres")]
+            Admin::Postgres(admin, app) => sqlx::query_scalar(
+                "SELECT COUNT(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = $1",
+            )
+            .bind(app)
+            .fetch_one(admin)
+            .await
+            .unwrap(),
+            #[cfg(feature = "mysql")]
+            Admin::Mysql(admin, user) => {
+                let ids: Vec<i64> =
+                    sqlx::query_scalar("SELECT ID FROM information_schema.PROCESSLIST WHERE USER = ?")
+                        .bind(user)
+                        .fetch_all(admin)
+                        .await
+                        .unwrap();
+                let mut killed = 0;
+                for id in ids {
+                    // Gone already (it ended by itself) is fine.
+                    if sqlx::raw_sql(&format!("KILL CONNECTION {id}")).execute(admin).await.is_ok() {
+                        killed += 1;
+                    }
+                }
+                killed
+            }
+        }
+    }
+
+    /// Rows of `topic` in `table`, and distinct message ids among them.
+    async fn rows_and_ids(&self, table: &str, topic: &str) -> (i64, i64) {
+        use millstream::pubsub::sql::sqlx;
+        let count = format!("SELECT COUNT(*), COUNT(DISTINCT id) FROM {table} WHERE topic = ");
+        match &self.admin {
+            #[cfg(feature = "postgres")]
+            Admin::Postgres(admin, _) => {
+                sqlx::query_as(&format!("{count}$1")).bind(topic).fetch_one(admin).await.unwrap()
+            }
+            #[cfg(feature = "mysql")]
+            Admin::Mysql(admin, _) => {
+                sqlx::query_as(&format!("{count}?")).bind(topic).fetch_one(admin).await.unwrap()
+            }
+        }
+    }
+}
+
+/// Kills, every 20 ms until stopped, every connection of a victim (what a database restart does
+/// to a client: "terminating connection due to administrator command", "Connection was killed").
+#[cfg(any(feature = "postgres", feature = "mysql"))]
 struct ConnectionKiller {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     task: tokio::task::JoinHandle<i64>,
 }
 
-#[cfg(feature = "postgres")]
+#[cfg(any(feature = "postgres", feature = "mysql"))]
 impl ConnectionKiller {
-    fn start(admin: millstream::pubsub::sql::sqlx::PgPool, app: String) -> Self {
+    fn start(victim: std::sync::Arc<Victim>) -> Self {
         use std::sync::atomic::Ordering;
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let task = tokio::spawn({
@@ -320,14 +442,7 @@ impl ConnectionKiller {
             async move {
                 let mut killed = 0_i64;
                 while !stop.load(Ordering::Acquire) {
-                    let n: i64 = millstream::pubsub::sql::sqlx::query_scalar(
-                        "SELECT COUNT(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = $1",
-                    )
-                    .bind(&app)
-                    .fetch_one(&admin)
-                    .await
-                    .unwrap();
-                    killed += n;
+                    killed += victim.kill_all().await;
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
                 killed
@@ -336,7 +451,7 @@ impl ConnectionKiller {
         ConnectionKiller { stop, task }
     }
 
-    /// Stops; how many connections it terminated.
+    /// Stops; how many connections it killed.
     async fn stop(self) -> i64 {
         self.stop.store(true, std::sync::atomic::Ordering::Release);
         self.task.await.unwrap()

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Child;
 use std::time::{Duration, Instant};
 
-use crate::support::child::{self, log_lines};
+use crate::support::child::{self, log_lines, KillOnDrop};
 use millstream::{Message, Publisher, SqlConfig, SqlPubSub, SubscribeOptions, Subscriber};
 
 const DB_ENV: &str = "MILLSTREAM_KILL_TEST_DB";
@@ -98,31 +98,37 @@ fn killed_consumer_loses_nothing() {
     });
 
     // First consumer: SIGKILLed a third of the way in, mid-stream.
-    let mut first =
-        child::spawn(module_path!(), "consumer_child", &[(DB_ENV, db.as_ref()), (LOG_ENV, log.as_ref())]);
-    wait_for(&log, &mut first, "a third processed", |lines| lines.len() >= TOTAL / 3);
-    first.kill().expect("SIGKILL"); // std's kill is SIGKILL on unix
-    first.wait().unwrap();
+    let mut first = KillOnDrop(child::spawn(
+        module_path!(),
+        "consumer_child",
+        &[(DB_ENV, db.as_ref()), (LOG_ENV, log.as_ref())],
+    ));
+    wait_for(&log, &mut first.0, "a third processed", |lines| lines.len() >= TOTAL / 3);
+    first.0.kill().expect("SIGKILL"); // std's kill is SIGKILL on unix
+    first.0.wait().unwrap();
     let at_kill = log_lines(&log).len();
     assert!(at_kill < TOTAL, "the consumer was killed before it finished ({at_kill} of {TOTAL})");
 
     // Second consumer: the same consumer name, so it takes the dead one's lease back at once.
     let restarted = Instant::now();
-    let mut second =
-        child::spawn(module_path!(), "consumer_child", &[(DB_ENV, db.as_ref()), (LOG_ENV, log.as_ref())]);
-    wait_for(&log, &mut second, "the restarted consumer's first message", |lines| lines.len() > at_kill);
+    let mut second = KillOnDrop(child::spawn(
+        module_path!(),
+        "consumer_child",
+        &[(DB_ENV, db.as_ref()), (LOG_ENV, log.as_ref())],
+    ));
+    wait_for(&log, &mut second.0, "the restarted consumer's first message", |lines| lines.len() > at_kill);
     let resumed_after = restarted.elapsed();
     assert!(
         resumed_after < DEADLINE / 2,
         "the restarted consumer waited {resumed_after:?}: it should take its own lease back at once"
     );
     let expected: Vec<String> = (0..TOTAL).map(|n| format!("job-{n}")).collect();
-    wait_for(&log, &mut second, "every message processed", |lines| {
+    wait_for(&log, &mut second.0, "every message processed", |lines| {
         let seen: std::collections::HashSet<_> = lines.iter().collect();
         expected.iter().all(|e| seen.contains(e))
     });
-    let _ = second.kill();
-    second.wait().unwrap();
+    let _ = second.0.kill();
+    second.0.wait().unwrap();
 
     let lines = log_lines(&log);
     let mut counts: HashMap<&str, usize> = HashMap::new();
