@@ -471,8 +471,7 @@ impl Router {
     }
 
     fn spawn(&self, prepared: worker::Prepared, subscription: Option<Subscription>) {
-        let handle =
-            self.inner.tracker.spawn(reader::run(prepared, subscription, self.inner.tracker.clone()));
+        let handle = self.inner.tracker.spawn(reader::run(prepared, subscription));
         self.inner.tasks.lock().push(handle.abort_handle());
     }
 }

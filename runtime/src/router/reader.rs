@@ -6,8 +6,6 @@ use std::future::poll_fn;
 use std::pin::pin;
 use std::sync::Arc;
 
-use tokio_util::task::TaskTracker;
-
 use super::worker::{handle, next_delivery, Prepared};
 use crate::error::Result;
 use crate::pubsub::{SubscribeOptions, Subscription};
@@ -20,7 +18,7 @@ pub(crate) async fn subscribe(p: &Prepared) -> Result<Subscription> {
 
 /// Runs one handler until intake stops. Owns its subscription (subscribing itself if not given
 /// one), and re-subscribes if the backend ends the stream while the router is still running.
-pub(crate) async fn run(p: Prepared, mut subscription: Option<Subscription>, tracker: TaskTracker) {
+pub(crate) async fn run(p: Prepared, mut subscription: Option<Subscription>) {
     let p = Arc::new(p);
     loop {
         let sub = match subscription.take() {
@@ -40,7 +38,7 @@ pub(crate) async fn run(p: Prepared, mut subscription: Option<Subscription>, tra
         if p.concurrency == 1 {
             consume_serial(&p, sub).await;
         } else {
-            super::lanes::consume(&p, sub, &tracker).await;
+            super::lanes::consume(&p, sub).await;
         }
         p.up.store(false, std::sync::atomic::Ordering::Release);
         if p.intake.is_cancelled() {
