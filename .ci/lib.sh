@@ -64,6 +64,14 @@ ci_kafka() {
         setsid nohup "$0" broker --storage-engine sqlite://tansu.db \
             --listener-url tcp://127.0.0.1:9092 --advertised-listener-url tcp://127.0.0.1:9092 \
             >>/var/log/tansu.log 2>&1 </dev/null &' "$bin"
+    # tansu 0.6's SQLite engine reads each fetched record's headers with a query that scans the
+    # whole `header` table (no index): fetches slow down as the database grows, until they
+    # outlast a consumer group's session and the group rebalances for ever (the Kafka bench
+    # stalled so). An index makes that a lookup; tansu's own schema leaves it alone on restart.
+    python3 -c 'import sqlite3
+db = sqlite3.connect("/var/lib/tansu/tansu.db", timeout=60)
+db.execute("create index if not exists header_topition_offset_id on header (topition, offset_id)")
+db.commit()' || echo "ci: could not index tansu's header table (/var/lib/tansu/tansu.db)" >&2
 }
 
 # --- tools -----------------------------------------------------------------------------------------

@@ -4,7 +4,12 @@
 //! - The poller reads records, turns them into deliveries and sends them to the subscription's
 //!   stream; it never waits for the router, so librdkafka is polled (and `max.poll.interval.ms`
 //!   kept) however slow the handlers are. Once [`State::max_in_flight`] deliveries are unsettled
-//!   it pauses every assigned partition and resumes them when settles bring the count down.
+//!   it stops reading (librdkafka keeps what it fetched, within its own queue limits) until
+//!   settles bring the count down to half of it. Only if that takes longer than
+//!   [`PAUSE_AFTER`] does it pause every assigned partition and go on polling (rebalances are
+//!   served, `max.poll.interval.ms` is kept) until there is room. A pause costs a fetch: librdkafka
+//!   drops what it had fetched for a paused partition and fetches it again on resume; pausing at
+//!   every full buffer made consume-with-ack 0.06 × raw rdkafka on tansu, whose fetches are slow.
 //! - Rebalance callbacks run inside the poller's reads: a revoke resets the partitions' watermarks
 //!   (later acks of their deliveries are dropped, at debug level: the new owner reads them again
 //!   from the committed offset); an assign starts them afresh.
@@ -41,6 +46,9 @@ use crate::pubsub::{AckSink, Acker, Delivery, Settle, Token};
 
 pub(super) type KafkaConsumer = StreamConsumer<Ctx>;
 
+/// How long a full poller stops reading before it pauses its partitions (see the module docs).
+pub(super) const PAUSE_AFTER: Duration = Duration::from_secs(1);
+
 /// What a subscription's consumer, its poller and its ackers share.
 pub(super) struct State {
     /// This state itself (for the tasks a settle spawns).
@@ -58,9 +66,11 @@ pub(super) struct State {
     pub(super) commands: mpsc::UnboundedSender<Command>,
     /// Deliveries sent and not settled.
     pub(super) in_flight: AtomicUsize,
-    /// Whether the poller paused the partitions for backpressure.
+    /// Whether the poller stopped reading for backpressure (`max_in_flight` unsettled).
+    pub(super) full: AtomicBool,
+    /// Whether the poller paused the partitions, after being full for [`PAUSE_AFTER`].
     pub(super) paused: AtomicBool,
-    /// Wakes a paused poller when settles make room.
+    /// Wakes a full poller when settles make room.
     pub(super) room: Notify,
     /// How many assignments the consumer has had (a subscription returns after the first).
     pub(super) assignments: watch::Sender<u64>,
@@ -208,6 +218,11 @@ fn token_parts(token: Token) -> (i32, u32, Seq) {
 }
 
 impl State {
+    /// The count of unsettled deliveries at which a paused poller resumes.
+    fn resume_at(&self) -> usize {
+        self.max_in_flight / 2
+    }
+
     /// The offsets settled and not committed yet, marked committed (`None`: nothing to commit,
     /// or no group to commit for).
     fn pending_commits(&self) -> Option<TopicPartitionList> {
@@ -262,7 +277,7 @@ impl AckSink for State {
     fn settle(&self, token: Token, message: Option<Message>, how: Settle) -> OpFuture<'static> {
         let (partition, attempt, seq) = token_parts(token);
         let left = self.in_flight.fetch_sub(1, Ordering::SeqCst) - 1;
-        if left < self.max_in_flight && self.paused.load(Ordering::SeqCst) {
+        if left <= self.resume_at() && self.full.load(Ordering::SeqCst) {
             self.room.notify_one();
         }
         match how {
@@ -392,6 +407,7 @@ pub(super) async fn subscribe(
         settling: Mutex::new(Settling { consumer: None, parts: HashMap::new() }),
         commands,
         in_flight: AtomicUsize::new(0),
+        full: AtomicBool::new(false),
         paused: AtomicBool::new(false),
         room: Notify::new(),
         assignments: watch::channel(0).0,
@@ -541,6 +557,11 @@ async fn poll(
     cancel: CancellationToken,
 ) {
     let mut last_error: Option<Instant> = None;
+    // Set when the poller stops reading, full: then it pauses once this fires. (One timer, reset
+    // when needed: not a clock reading for every record.)
+    let mut full_since = false;
+    let pause_timer = tokio::time::sleep(PAUSE_AFTER);
+    tokio::pin!(pause_timer);
     let mut commits = tokio::time::interval(state.commit_interval);
     commits.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -559,13 +580,21 @@ async fn poll(
                 }
             }
             Some(command) = commands.recv() => run(&state, &consumer, command),
-            () = state.room.notified(), if state.paused.load(Ordering::SeqCst) => {
-                if state.in_flight.load(Ordering::SeqCst) < state.max_in_flight {
-                    state.paused.store(false, Ordering::SeqCst);
-                    set_paused(&state, &consumer, false);
+            () = state.room.notified(), if state.full.load(Ordering::SeqCst) => {
+                if state.in_flight.load(Ordering::SeqCst) <= state.resume_at() {
+                    state.full.store(false, Ordering::SeqCst);
+                    full_since = false;
+                    if state.paused.swap(false, Ordering::SeqCst) {
+                        set_paused(&state, &consumer, false);
+                    }
                 }
             }
-            record = consumer.recv() => match record {
+            // Full for a while: pause, so that polling goes on without reading.
+            () = &mut pause_timer, if full_since && !state.paused.load(Ordering::SeqCst) => {
+                state.paused.store(true, Ordering::SeqCst);
+                set_paused(&state, &consumer, true);
+            }
+            record = consumer.recv(), if !state.full.load(Ordering::SeqCst) || state.paused.load(Ordering::SeqCst) => match record {
                 Ok(record) => {
                     let Some(delivery) = accept(&state, &consumer, &record) else { continue };
                     drop(record);
@@ -573,9 +602,10 @@ async fn poll(
                         break;
                     }
                     if state.in_flight.load(Ordering::SeqCst) >= state.max_in_flight
-                        && !state.paused.swap(true, Ordering::SeqCst)
+                        && !state.full.swap(true, Ordering::SeqCst)
                     {
-                        set_paused(&state, &consumer, true);
+                        full_since = true;
+                        pause_timer.as_mut().reset(tokio::time::Instant::now() + PAUSE_AFTER);
                     }
                 }
                 Err(error) => {
