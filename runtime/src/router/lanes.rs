@@ -103,8 +103,8 @@ pub(crate) async fn consume(p: &Arc<Prepared>, mut sub: Subscription) {
     let intake = p.intake.child_token();
     let mut cancelled = pin!(intake.cancelled());
     let mut reading = true;
-    // Starts a delivery on a free lane and polls it at once (a handler that does not wait is
-    // done before the reader reads on); true if it finished.
+    // Starts a delivery on a free lane and polls it at once: a handler that does not wait is
+    // done (and its slot free again) before the reader reads on.
     let start = |running: &mut Vec<Pin<Box<Option<_>>>>, lane: usize, delivery: Delivery| {
         let mut slot = running[lane].as_mut();
         slot.set(Some(handle(p, delivery)));
