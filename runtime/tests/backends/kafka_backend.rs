@@ -7,7 +7,6 @@
 #![cfg(all(feature = "conformance", feature = "kafka", unix))]
 
 use std::collections::{HashMap, HashSet};
-use std::io::Write;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -17,7 +16,7 @@ use millstream::pubsub::StartFrom;
 use millstream::{Delivery, ErrorKind, Message, Publisher, SubscribeOptions, Subscriber, Subscription};
 use parking_lot::Mutex;
 
-use crate::support::child::{self, log_lines, KillOnDrop};
+use crate::support::child::{self, log_line, log_lines, KillOnDrop};
 use crate::support::kafka::{shared_brokers, unique, Broker};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
@@ -99,13 +98,12 @@ fn killed_consumer_child() {
             let delivery = next(&mut sub, "a job").await;
             let n: usize = text(&delivery).parse().unwrap();
             if n.is_multiple_of(5) {
-                writeln!(log, "held:{n}").unwrap();
+                log_line(&mut log, &format!("held:{n}"));
                 held.push(delivery);
             } else {
                 delivery.ack().await.expect("ack");
-                writeln!(log, "acked:{n}").unwrap();
+                log_line(&mut log, &format!("acked:{n}"));
             }
-            log.flush().unwrap();
         }
     });
 }

@@ -11,7 +11,6 @@
 #![cfg(all(feature = "conformance", feature = "redis", unix))]
 
 use std::collections::{HashMap, HashSet};
-use std::io::Write;
 
 use std::time::{Duration, Instant};
 
@@ -19,7 +18,7 @@ use millstream::pubsub::redis::{RedisConfig, RedisConsumer, RedisPubSub, Trim};
 use millstream::{Delivery, Message, Publisher, SubscribeOptions, Subscriber, Subscription};
 use redis::Value;
 
-use crate::support::child::{self, log_lines, KillOnDrop};
+use crate::support::child::{self, log_line, log_lines, KillOnDrop};
 use crate::support::redis::{raw, unique, url, PrivateServer};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
@@ -157,12 +156,10 @@ fn killed_consumer_child() {
             let delivery = next(&mut sub, "a job").await;
             let n: usize = text(&delivery).parse().unwrap();
             if n.is_multiple_of(5) {
-                writeln!(log, "held:{n}").unwrap();
-                log.flush().unwrap();
+                log_line(&mut log, &format!("held:{n}"));
                 held.push(delivery);
             } else {
-                writeln!(log, "acked:{n}").unwrap();
-                log.flush().unwrap();
+                log_line(&mut log, &format!("acked:{n}"));
                 delivery.ack().await.expect("ack");
             }
         }

@@ -6,12 +6,11 @@
 #![cfg(all(feature = "sqlite", unix))]
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Child;
 use std::time::{Duration, Instant};
 
-use crate::support::child::{self, log_lines, KillOnDrop};
+use crate::support::child::{self, log_line, log_lines, KillOnDrop};
 use millstream::{Message, Publisher, SqlConfig, SqlPubSub, SubscribeOptions, Subscriber};
 
 const DB_ENV: &str = "MILLSTREAM_KILL_TEST_DB";
@@ -48,8 +47,7 @@ fn consumer_child() {
         while done < TOTAL {
             let delivery = sub.next().await.expect("open").expect("delivery");
             // Processed (recorded, flushed to the OS) before the ack: at-least-once.
-            writeln!(log, "{}", String::from_utf8_lossy(delivery.message().payload())).unwrap();
-            log.flush().unwrap();
+            log_line(&mut log, &String::from_utf8_lossy(delivery.message().payload()));
             delivery.ack().await.expect("ack");
             done += 1;
         }

@@ -3,7 +3,7 @@
 //! and it records what it did in a log file, one line per event, flushed as it goes.
 
 use std::ffi::OsStr;
-use std::io::BufRead;
+use std::io::Write;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
@@ -27,12 +27,17 @@ pub(crate) fn spawn(module: &str, test: &str, env: &[(&str, &OsStr)]) -> Child {
     command.spawn().expect("spawn the consumer")
 }
 
-/// The lines of a child's log so far (none before the child created it).
+/// Appends one line to a child's log in a single write, so that a SIGKILL leaves either the
+/// whole line or none of it (`writeln!` may write a line in pieces).
+pub(crate) fn log_line(log: &mut std::fs::File, line: &str) {
+    log.write_all(format!("{line}\n").as_bytes()).expect("log");
+}
+
+/// The complete lines of a child's log so far (none before the child created it); a last line
+/// without its newline (a write cut short) is left out.
 pub(crate) fn log_lines(log: &Path) -> Vec<String> {
-    match std::fs::File::open(log) {
-        Ok(file) => std::io::BufReader::new(file).lines().map_while(Result::ok).collect(),
-        Err(_) => Vec::new(),
-    }
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    text.split_inclusive('\n').filter_map(|line| line.strip_suffix('\n')).map(str::to_owned).collect()
 }
 
 /// Kills the child whatever happens to the test.
