@@ -623,7 +623,11 @@ async fn poll(
                             Some(Ok(record)) => {
                                 run.extend(accept(&state, &consumer, &record).map(Ok));
                             }
-                            Some(Err(_)) | None => break,
+                            Some(Err(error)) => {
+                                read_failed(&state, &mut last_error, &error);
+                                break;
+                            }
+                            None => break,
                         }
                     }
                     if !run.is_empty() && out.send(run).is_err() {
@@ -636,13 +640,7 @@ async fn poll(
                         pause_timer.as_mut().reset(tokio::time::Instant::now() + PAUSE_AFTER);
                     }
                 }
-                Err(error) => {
-                    // librdkafka reconnects by itself; say so at most once a second.
-                    if last_error.is_none_or(|at| at.elapsed() > Duration::from_secs(1)) {
-                        tracing::warn!(topic = %state.topic, %error, "kafka consumer: read failed");
-                        last_error = Some(Instant::now());
-                    }
-                }
+                Err(error) => read_failed(&state, &mut last_error, &error),
             },
         }
     }
@@ -671,6 +669,14 @@ async fn poll(
     .await;
     if let Err(error) = closed {
         tracing::warn!(%topic, %error, "kafka consumer close failed");
+    }
+}
+
+/// Reports a failed read (librdkafka reconnects by itself): at most once a second.
+fn read_failed(state: &State, last: &mut Option<Instant>, error: &KafkaError) {
+    if last.is_none_or(|at| at.elapsed() > Duration::from_secs(1)) {
+        tracing::warn!(topic = %state.topic, %error, "kafka consumer: read failed");
+        *last = Some(Instant::now());
     }
 }
 

@@ -61,7 +61,7 @@ impl Completion {
         }
     }
 
-    /// Publishes counted but never handed over (the publisher closed meanwhile).
+    /// Publishes counted but never handed over (the publisher closed, or rumqttc refused them).
     fn forget(&self, count: usize) {
         if count > 0 && self.remaining.fetch_sub(count, Ordering::AcqRel) == count {
             self.waker.wake();
