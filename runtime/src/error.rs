@@ -61,6 +61,9 @@ struct Inner {
     message: Cow<'static, str>,
     source: Option<Box<dyn StdError + Send + Sync + 'static>>,
     retry_after: Option<Duration>,
+    /// The delivery attempt a [`CountAttempts`](crate::middleware::CountAttempts) layer counted,
+    /// for the poison topic's metadata when it is not the backend's.
+    attempt: Option<u32>,
 }
 
 /// `Result<T, millstream::Error>`.
@@ -76,6 +79,7 @@ impl Error {
                 message: message.into(),
                 source: None,
                 retry_after: None,
+                attempt: None,
             }),
         }
     }
@@ -129,6 +133,18 @@ impl Error {
     /// The redelivery delay this error asks for, if any.
     pub fn retry_after_hint(&self) -> Option<Duration> {
         self.inner.retry_after
+    }
+
+    /// Notes the attempt counted for the delivery that failed (kept if one is noted already: the
+    /// innermost count is the one its layers decided on).
+    pub(crate) fn with_counted_attempt(mut self, attempt: u32) -> Self {
+        self.inner.attempt.get_or_insert(attempt);
+        self
+    }
+
+    /// The attempt a counting layer noted, if any.
+    pub(crate) fn counted_attempt(&self) -> Option<u32> {
+        self.inner.attempt
     }
 
     /// The broad kind.

@@ -113,7 +113,7 @@ pub use crate::pubsub::redis::{RedisConfig, RedisPubSub};
 #[cfg(feature = "sqlite")]
 pub use crate::pubsub::sql::SqlitePubSub;
 #[cfg(feature = "sql")]
-pub use crate::pubsub::sql::{SqlConfig, SqlDedupStore, SqlPubSub};
+pub use crate::pubsub::sql::{SqlAttemptStore, SqlConfig, SqlDedupStore, SqlPubSub};
 pub use crate::pubsub::{Delivery, PubSub, Publisher, SubscribeOptions, Subscriber, Subscription};
 pub use crate::router::{HandlerSummary, Health, Route, Router, RouterConfig};
 pub use crate::state::StateMap;

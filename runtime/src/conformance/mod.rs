@@ -42,9 +42,11 @@ use crate::error::Result;
 use crate::message::Message;
 use crate::pubsub::{Delivery, Features, PubSub, Subscription};
 
+pub mod attempts;
 pub mod cases;
 pub mod dedup;
 
+pub use self::attempts::check_attempt_store;
 pub use self::dedup::check_dedup_store;
 
 /// How a backend is reached by the suite.

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use futures_core::future::BoxFuture;
 
 use super::engine::{self, Rest, Segment};
-use super::step::{BuiltIn, Step};
+use super::step::{BuiltIn, Kind, Step};
 use crate::context::{MessageCx, RouteInfo};
 use crate::handler::HandlerResult;
 use crate::message::Message;
@@ -56,7 +56,9 @@ pub(crate) struct LayerFacts {
     /// A [`CorrelationId`](super::CorrelationId) layer is among them: what the handler publishes
     /// through `Ctx` carries the correlation id too.
     pub(crate) correlates: bool,
-    /// A layer decides on the delivery's attempt count (its name): the backend must count them.
+    /// A layer decides on the backend's attempt count (its name): the backend must count them.
+    /// A layer inside a [`CountAttempts`](super::CountAttempts) decides on that one's count
+    /// instead, and is not named here.
     pub(crate) reads_attempts: Option<&'static str>,
 }
 
@@ -64,11 +66,21 @@ pub(crate) struct LayerFacts {
 /// set them.
 pub(crate) fn layer_facts(layers: &[Arc<dyn Middleware>]) -> LayerFacts {
     let mut facts = LayerFacts::default();
-    for BuiltIn(step) in layers.iter().filter_map(|layer| layer.__built_in()) {
+    let mut counted = false;
+    for BuiltIn(kind) in layers.iter().filter_map(|layer| layer.__built_in()) {
+        let step = match kind {
+            Kind::Step(step) => step,
+            Kind::CountsAttempts => {
+                counted = true;
+                continue;
+            }
+        };
         let shape = step.shape();
         facts.acks_instantly |= shape.acks_instantly;
         facts.correlates |= shape.correlates;
-        facts.reads_attempts = facts.reads_attempts.or(shape.reads_attempts);
+        if !counted {
+            facts.reads_attempts = facts.reads_attempts.or(shape.reads_attempts);
+        }
     }
     facts
 }
@@ -119,8 +131,8 @@ impl Chain {
         };
         for layer in middleware {
             match layer.__built_in() {
-                Some(BuiltIn(step)) => steps.push(step),
-                None => {
+                Some(BuiltIn(Kind::Step(step))) => steps.push(step),
+                Some(BuiltIn(Kind::CountsAttempts)) | None => {
                     flush(&mut layers, &mut steps);
                     layers.push(Layer::Custom(layer));
                 }

@@ -45,6 +45,7 @@ mod timeout;
 // Other layers (plain middleware).
 mod breaker;
 mod chaos;
+mod count_attempts;
 mod dedup;
 mod throttle;
 mod trace;
@@ -61,6 +62,7 @@ pub(crate) use self::chain::{layer_facts, Chain, Endpoint};
 pub use self::chain::{Middleware, Next};
 pub use self::chaos::{RandomFail, RandomPanic};
 pub use self::correlation::CorrelationId;
+pub use self::count_attempts::{AttemptStore, CountAttempts, MemoryAttemptStore};
 pub use self::dedup::{DedupKey, DedupStore, Deduplicator, MemoryDedupStore};
 pub use self::delay_on_nack::DelayOnNack;
 pub use self::from_fn::{from_fn, FromFn};
@@ -76,6 +78,6 @@ pub use self::trace::{TraceContext, TraceParent};
 /// The metadata keys of the correlation and trace layers (defined in [`keys`](crate::keys)).
 pub use crate::keys::{CORRELATION_ID, TRACEPARENT};
 #[cfg(feature = "redis")]
-pub use crate::pubsub::redis::RedisDedupStore;
+pub use crate::pubsub::redis::{RedisAttemptStore, RedisDedupStore};
 /// The boxed future a [`Middleware::call`] returns (`Pin<Box<dyn Future<Output = T> + Send + 'a>>`).
 pub use futures_core::future::BoxFuture;

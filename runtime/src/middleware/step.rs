@@ -27,18 +27,31 @@ use crate::message::Message;
 
 /// A built-in layer as the chain receives it (see the [module docs](self)). It can only be made
 /// inside millstream.
-pub struct BuiltIn(pub(crate) Box<dyn Step>);
+pub struct BuiltIn(pub(crate) Kind);
+
+/// What a built-in layer is to the chain.
+pub(crate) enum Kind {
+    /// A step the engine runs, fused with the built-in steps next to it.
+    Step(Box<dyn Step>),
+    /// A layer that awaits on its way in, so it runs as plain middleware, and counts each
+    /// delivery itself ([`CountAttempts`](super::CountAttempts)): the layers inside it decide on
+    /// its count, not the backend's.
+    CountsAttempts,
+}
 
 impl BuiltIn {
     /// The built-in layer `step`.
     pub(crate) fn new(step: impl Step) -> Self {
-        BuiltIn(Box::new(step))
+        BuiltIn(Kind::Step(Box::new(step)))
     }
 }
 
 impl fmt::Debug for BuiltIn {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(&self.0, f)
+        match &self.0 {
+            Kind::Step(step) => fmt::Debug::fmt(step, f),
+            Kind::CountsAttempts => f.write_str("CountsAttempts"),
+        }
     }
 }
 

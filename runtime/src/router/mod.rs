@@ -235,7 +235,8 @@ impl Router {
         if let (Some(layer), Attempts::Unknown) = (facts.reads_attempts, features.attempts) {
             problems.push(config_error(format!(
                 "{}: `{layer}` decides on the delivery attempt, but the `{}` backend does not count \
-                 attempts (every delivery says 1); retry in the process with `Retry` instead",
+                 attempts (every delivery says 1); count them in a store with a `CountAttempts` layer \
+                 outside it, or retry in the process with `Retry` instead",
                 route.origin(),
                 backend_name(&features),
             )));

@@ -215,6 +215,7 @@ fn nack_delay(p: &Prepared, error: &Error) -> Option<std::time::Duration> {
 /// error's or the router's delay); a permanent one goes to the poison topic and is acked, or is
 /// rejected when there is no poison topic (a nack would bring back what can never succeed).
 async fn fail(p: &Prepared, original: Message, attempt: u32, acker: Acker, error: Error) {
+    let attempt = error.counted_attempt().unwrap_or(attempt);
     let poison = p.config.poison_topic.as_deref().filter(|_| error.is_permanent());
     let what = match (error.is_permanent(), poison) {
         (false, _) => "handler failed; nacking",

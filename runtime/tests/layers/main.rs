@@ -4,7 +4,7 @@
 
 #[path = "../common/mod.rs"]
 mod common;
-mod dedup_memory;
 mod fused;
 mod middleware;
+mod stores_memory;
 mod tower;

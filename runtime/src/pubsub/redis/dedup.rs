@@ -71,14 +71,7 @@ impl RedisDedupStore {
     /// Fails with an [`ErrorKind::Backend`] error if the URL is invalid or the server cannot be
     /// reached (the manager first retries a few times, with backoff).
     pub async fn connect(url: &str) -> Result<Self> {
-        let client = redis::Client::open(url).map_err(|e| backend(e, "invalid Redis URL"))?;
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_response_timeout(Self::RESPONSE_TIMEOUT)
-            .set_connection_timeout(Self::CONNECTION_TIMEOUT);
-        let manager = ConnectionManager::new_with_config(client, config)
-            .await
-            .map_err(|e| backend(e, "connecting to Redis"))?;
-        Ok(Self::new(manager))
+        Ok(Self::new(connect_manager(url, Self::RESPONSE_TIMEOUT, Self::CONNECTION_TIMEOUT).await?))
     }
 
     /// A store over an existing connection manager (to choose its timeouts and reconnection
@@ -100,20 +93,38 @@ impl RedisDedupStore {
     }
 
     fn redis_key(&self, key: &str) -> String {
-        let mut full = String::with_capacity(self.prefix.len() + key.len());
-        full.push_str(&self.prefix);
-        full.push_str(key);
-        full
+        prefixed(&self.prefix, key)
     }
 }
 
+/// A connection manager for `url` with these timeouts: what the stores' `connect` opens.
+pub(super) async fn connect_manager(
+    url: &str,
+    response: Duration,
+    connection: Duration,
+) -> Result<ConnectionManager> {
+    let client = redis::Client::open(url).map_err(|e| backend(e, "invalid Redis URL"))?;
+    let config = redis::aio::ConnectionManagerConfig::new()
+        .set_response_timeout(response)
+        .set_connection_timeout(connection);
+    ConnectionManager::new_with_config(client, config).await.map_err(|e| backend(e, "connecting to Redis"))
+}
+
+/// `prefix` + `key`, the Redis key of a store's key.
+pub(super) fn prefixed(prefix: &str, key: &str) -> String {
+    let mut full = String::with_capacity(prefix.len() + key.len());
+    full.push_str(prefix);
+    full.push_str(key);
+    full
+}
+
 /// Whole milliseconds for `ttl`, rounded up, at least 1 and at most [`MAX_TTL_MS`].
-fn ttl_millis(ttl: Duration) -> u64 {
+pub(super) fn ttl_millis(ttl: Duration) -> u64 {
     let millis = ttl.as_nanos().div_ceil(1_000_000);
     u64::try_from(millis).unwrap_or(u64::MAX).clamp(1, MAX_TTL_MS)
 }
 
-fn backend(error: redis::RedisError, context: &str) -> Error {
+pub(super) fn backend(error: redis::RedisError, context: &str) -> Error {
     Error::backend(error).context(context)
 }
 

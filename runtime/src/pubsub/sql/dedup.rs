@@ -4,25 +4,14 @@
 use std::fmt;
 use std::time::Duration;
 
-use parking_lot::Mutex;
-use tokio::time::Instant;
-
 use super::config::SqlConfig;
-use super::db::{backend_error, backoff, is_retryable, millis, retrying, Dialect, Pool, RETRY_ATTEMPTS};
+use super::db::{backend_error, backoff, is_retryable, millis, retrying, Dialect, RETRY_ATTEMPTS};
+use super::keyed::{numbered, KeyTable, Sql, MAX_TTL_MS};
 use super::ops::dispatch;
 use super::pubsub::SqlPubSub;
-use super::queries::number_placeholders;
 use crate::error::{Error, ErrorKind, Result};
 use crate::pubsub::OpFuture;
 use crate::store::DedupStore;
-
-/// Rows an opportunistic purge deletes at most (a purge that deletes this many runs again at the
-/// next insert).
-const PURGE_BATCH: u64 = 5_000;
-
-/// The longest window kept, about a thousand years (longer ones are cut to it): expiry times
-/// stay far from overflowing.
-const MAX_TTL_MS: i64 = 1_000 * 366 * 24 * 3_600 * 1_000;
 
 /// A [`DedupStore`] in the database of a [`SqlPubSub`] (SQLite, PostgreSQL, MySQL / MariaDB):
 /// a [`Deduplicator`](crate::middleware::Deduplicator) of every process using the same database
@@ -63,112 +52,41 @@ const MAX_TTL_MS: i64 = 1_000 * 366 * 24 * 3_600 * 1_000;
 /// The store shares the pool of the [`SqlPubSub`] it came from: closing both halves of a pub/sub
 /// that opened its own pool closes the pool, and the store with it.
 pub struct SqlDedupStore {
-    pool: Pool,
-    table: String,
+    table: KeyTable,
     statements: Statements,
-    schema: tokio::sync::OnceCell<()>,
-    purge_interval: Option<Duration>,
-    /// When the next opportunistic purge is due (`None`: at the next insert).
-    next_purge: Mutex<Option<Instant>>,
 }
 
 /// The SQL text for one dialect and table.
 struct Statements {
-    dialect: Dialect,
-    schema_lock: Option<String>,
-    schema: Vec<String>,
     /// PostgreSQL, SQLite: an upsert returning a row iff the key was new (or expired). MySQL: an
     /// `INSERT IGNORE`, affecting a row iff the key was absent.
     insert: String,
     /// MySQL: deletes the key's row if it expired (binds the key).
     delete_expired: String,
     remove: String,
-    /// Deletes up to `PURGE_BATCH` expired rows.
-    purge: String,
 }
 
 impl Statements {
     fn new(dialect: Dialect, table: &str) -> Statements {
-        // The database's clock in milliseconds since the epoch, and how a key is stored.
-        let (now, key, key_type, expires_type, options) = match dialect {
-            Dialect::Sqlite => (
-                "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)",
-                "?",
-                "TEXT",
-                "INTEGER",
-                " WITHOUT ROWID",
-            ),
-            Dialect::Postgres => (
-                "(EXTRACT(EPOCH FROM statement_timestamp()) * 1000)::BIGINT",
-                "sha256(convert_to(?, 'UTF8'))",
-                "BYTEA",
-                "BIGINT",
-                "",
-            ),
-            // `UNIX_TIMESTAMP()` and `NOW(6)` both read the statement's start time; combined this
-            // way, no time zone conversion is involved (`UNIX_TIMESTAMP(NOW(3))` would convert from
-            // the session's zone, ambiguous in a daylight saving fall-back hour).
-            Dialect::MySql => (
-                "(UNIX_TIMESTAMP() * 1000 + MICROSECOND(NOW(6)) DIV 1000)",
-                "UNHEX(SHA2(?, 256))",
-                "BINARY(32)",
-                "BIGINT",
-                " ENGINE=InnoDB",
-            ),
-        };
-        let index = format!("{table}_expires");
-        let schema = if dialect == Dialect::MySql {
-            // (MySQL has no `CREATE INDEX IF NOT EXISTS`: the index comes with the table.)
-            vec![format!(
-                "CREATE TABLE IF NOT EXISTS {table} (dedup_key {key_type} NOT NULL PRIMARY KEY, \
-                 expires_ms {expires_type} NOT NULL, INDEX {index} (expires_ms)){options}"
-            )]
+        let Sql { now, key } = Sql::of(dialect);
+        let insert = if dialect == Dialect::MySql {
+            format!("INSERT IGNORE INTO {table} (dedup_key, expires_ms) VALUES ({key}, {now} + ?)")
         } else {
-            vec![
-                format!(
-                    "CREATE TABLE IF NOT EXISTS {table} (dedup_key {key_type} NOT NULL PRIMARY KEY, \
-                     expires_ms {expires_type} NOT NULL){options}"
-                ),
-                format!("CREATE INDEX IF NOT EXISTS {index} ON {table} (expires_ms)"),
-            ]
-        };
-        let (insert, purge) = if dialect == Dialect::MySql {
-            (
-                format!("INSERT IGNORE INTO {table} (dedup_key, expires_ms) VALUES ({key}, {now} + ?)"),
-                format!(
-                    "DELETE FROM {table} WHERE expires_ms <= {now} ORDER BY expires_ms LIMIT {PURGE_BATCH}"
-                ),
-            )
-        } else {
-            (
-                // The update only happens to an expired row, so a live key keeps its expiry; the
-                // row comes back only when inserted or updated.
-                format!(
-                    "INSERT INTO {table} (dedup_key, expires_ms) VALUES ({key}, {now} + ?) \
-                     ON CONFLICT (dedup_key) DO UPDATE SET expires_ms = excluded.expires_ms \
-                     WHERE {table}.expires_ms <= {now} RETURNING 1"
-                ),
-                // The outer condition is checked again on a row changed meanwhile (PostgreSQL),
-                // so a key renewed since the subquery read it stays.
-                format!(
-                    "DELETE FROM {table} WHERE expires_ms <= {now} AND dedup_key IN \
-                     (SELECT dedup_key FROM {table} WHERE expires_ms <= {now} LIMIT {PURGE_BATCH})"
-                ),
+            // The update only happens to an expired row, so a live key keeps its expiry; the row
+            // comes back only when inserted or updated.
+            format!(
+                "INSERT INTO {table} (dedup_key, expires_ms) VALUES ({key}, {now} + ?) \
+                 ON CONFLICT (dedup_key) DO UPDATE SET expires_ms = excluded.expires_ms \
+                 WHERE {table}.expires_ms <= {now} RETURNING 1"
             )
         };
-        let numbered =
-            |sql: String| if dialect == Dialect::Postgres { number_placeholders(&sql) } else { sql };
         Statements {
-            dialect,
-            schema_lock: (dialect == Dialect::Postgres)
-                .then(|| "SELECT pg_advisory_xact_lock(7305418842461218)".to_owned()),
-            schema,
-            insert: numbered(insert),
-            delete_expired: numbered(format!(
-                "DELETE FROM {table} WHERE dedup_key = {key} AND expires_ms <= {now}"
-            )),
-            remove: numbered(format!("DELETE FROM {table} WHERE dedup_key = {key}")),
-            purge,
+            insert: numbered(dialect, insert),
+            delete_expired: numbered(
+                dialect,
+                format!("DELETE FROM {table} WHERE dedup_key = {key} AND expires_ms <= {now}"),
+            ),
+            remove: numbered(dialect, format!("DELETE FROM {table} WHERE dedup_key = {key}")),
         }
     }
 }
@@ -177,15 +95,9 @@ impl SqlDedupStore {
     /// A store in `pubsub`'s database, sharing its pool and table prefix.
     pub fn new(pubsub: &SqlPubSub) -> Self {
         let pool = pubsub.inner.pool.clone();
-        let table = format!("{}dedup", pubsub.inner.config.table_prefix);
-        SqlDedupStore {
-            statements: Statements::new(pool.dialect(), &table),
-            pool,
-            table,
-            schema: tokio::sync::OnceCell::new(),
-            purge_interval: Some(Duration::from_secs(60)),
-            next_purge: Mutex::new(None),
-        }
+        let name = format!("{}dedup", pubsub.inner.config.table_prefix);
+        let statements = Statements::new(pool.dialect(), &name);
+        SqlDedupStore { table: KeyTable::new(pool, name, "dedup_key", "", 7305418842461218), statements }
     }
 
     /// Connects to `url` like [`SqlPubSub::connect`] (`sqlite:...`, `postgres://...`,
@@ -197,94 +109,39 @@ impl SqlDedupStore {
     /// How often an insert also purges expired rows (`None`: never; call
     /// [`purge_expired`](Self::purge_expired) yourself). Default one minute.
     pub fn purge_interval(mut self, interval: Option<Duration>) -> Self {
-        self.purge_interval = interval;
+        self.table.purge_interval = interval;
         self
     }
 
     /// The database.
     pub fn dialect(&self) -> Dialect {
-        self.statements.dialect
+        self.table.dialect
     }
 
     /// The table's name (`{prefix}dedup`).
     pub fn table(&self) -> &str {
-        &self.table
+        &self.table.name
     }
 
     /// Creates the table now rather than on first use (idempotent).
     pub async fn ensure_schema(&self) -> Result<()> {
-        let statements = &self.statements;
-        self.schema
-            .get_or_try_init(|| async {
-                dispatch!(&self.pool, (pool, _ops) => {
-                    let mut tx = pool.begin().await.map_err(backend_error)?;
-                    if let Some(lock) = &statements.schema_lock {
-                        sqlx::query(lock).execute(&mut *tx).await.map_err(backend_error)?;
-                    }
-                    for statement in &statements.schema {
-                        sqlx::query(statement).execute(&mut *tx).await.map_err(backend_error)?;
-                    }
-                    tx.commit().await.map_err(backend_error)
-                })
-            })
-            .await
-            .map(|_| ())
+        self.table.ensure().await
     }
 
     /// Deletes every expired row now; returns how many.
     pub async fn purge_expired(&self) -> Result<u64> {
-        self.ensure_schema().await?;
-        let mut total = 0;
-        loop {
-            let deleted = self.purge_batch().await?;
-            total += deleted;
-            if deleted < PURGE_BATCH {
-                return Ok(total);
-            }
-        }
-    }
-
-    async fn purge_batch(&self) -> Result<u64> {
-        let sql = &self.statements.purge;
-        retrying(|| async {
-            dispatch!(&self.pool, (pool, _ops) => sqlx::query(sql)
-                .execute(pool)
-                .await
-                .map(|done| done.rows_affected())
-                .map_err(backend_error))
-        })
-        .await
-    }
-
-    /// Purges a batch if one is due; failures are only logged (the next one tries again).
-    async fn purge_if_due(&self) {
-        let Some(interval) = self.purge_interval else { return };
-        let now = Instant::now();
-        {
-            let mut next = self.next_purge.lock();
-            if next.is_some_and(|at| now < at) {
-                return;
-            }
-            *next = Some(now.checked_add(interval).unwrap_or(now + Duration::from_secs(365 * 24 * 3600)));
-        }
-        match self.purge_batch().await {
-            Ok(deleted) if deleted >= PURGE_BATCH => *self.next_purge.lock() = None,
-            Ok(_) => {}
-            Err(error) => {
-                tracing::debug!(%error, table = %self.table, "dedup store: purging expired keys failed")
-            }
-        }
+        self.table.purge_expired().await
     }
 
     async fn insert(&self, key: &str, ttl: Duration) -> Result<bool> {
-        self.ensure_schema().await?;
+        self.table.ensure().await?;
         let ttl = millis(ttl).min(MAX_TTL_MS);
-        let fresh = if self.statements.dialect == Dialect::MySql {
+        let fresh = if self.table.dialect == Dialect::MySql {
             self.insert_mysql(key, ttl).await?
         } else {
             let sql = &self.statements.insert;
             retrying(|| async {
-                dispatch!(&self.pool, (pool, _ops) => sqlx::query(sql)
+                dispatch!(&self.table.pool, (pool, _ops) => sqlx::query(sql)
                     .bind(key)
                     .bind(ttl)
                     .fetch_optional(pool)
@@ -294,7 +151,7 @@ impl SqlDedupStore {
             })
             .await?
         };
-        self.purge_if_due().await;
+        self.table.purge_if_due().await;
         Ok(fresh)
     }
 
@@ -308,7 +165,7 @@ impl SqlDedupStore {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let step: Result<Option<bool>> = dispatch!(&self.pool, (pool, _ops) => {
+            let step: Result<Option<bool>> = dispatch!(&self.table.pool, (pool, _ops) => {
                 let inserted = sqlx::query(insert)
                     .bind(key)
                     .bind(ttl)
@@ -346,17 +203,7 @@ impl SqlDedupStore {
     }
 
     async fn remove_key(&self, key: &str) -> Result<()> {
-        self.ensure_schema().await?;
-        let sql = &self.statements.remove;
-        retrying(|| async {
-            dispatch!(&self.pool, (pool, _ops) => sqlx::query(sql)
-                .bind(key)
-                .execute(pool)
-                .await
-                .map(|_| ())
-                .map_err(backend_error))
-        })
-        .await
+        self.table.delete_key(&self.statements.remove, key).await
     }
 }
 
@@ -373,9 +220,9 @@ impl DedupStore for SqlDedupStore {
 impl fmt::Debug for SqlDedupStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SqlDedupStore")
-            .field("dialect", &self.statements.dialect)
-            .field("table", &self.table)
-            .field("purge_interval", &self.purge_interval)
+            .field("dialect", &self.table.dialect)
+            .field("table", &self.table.name)
+            .field("purge_interval", &self.table.purge_interval)
             .finish_non_exhaustive()
     }
 }

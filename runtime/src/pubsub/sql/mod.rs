@@ -68,14 +68,17 @@
 //! - `pubsub`: [`SqlPubSub`] itself: opening, the schema, topics, the state both halves share;
 //! - `publisher`, `outbox` ([`SqlPubSub::publish_in`]) and `subscription` (leases, batches,
 //!   settling): the halves;
-//! - `dedup`: [`SqlDedupStore`], a dedup store in the same database.
+//! - `keyed`: a table of keys that expire, and `dedup` ([`SqlDedupStore`]) and `attempts`
+//!   ([`SqlAttemptStore`]) on it: the middleware's stores in the same database.
 
 #[cfg(not(any(feature = "sqlite", feature = "postgres", feature = "mysql")))]
 compile_error!("the `sql` feature is internal: enable `sqlite`, `postgres` or `mysql`");
 
+mod attempts;
 mod config;
 mod db;
 mod dedup;
+mod keyed;
 mod ops;
 mod outbox;
 mod publisher;
@@ -86,6 +89,7 @@ mod subscription;
 #[cfg(test)]
 mod tests;
 
+pub use self::attempts::SqlAttemptStore;
 pub use self::config::SqlConfig;
 pub use self::db::Dialect;
 pub use self::dedup::SqlDedupStore;

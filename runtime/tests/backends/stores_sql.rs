@@ -1,7 +1,8 @@
-//! `SqlDedupStore` against SQLite (a fresh temp dir per test), PostgreSQL (127.0.0.1:5432,
+//! `SqlDedupStore` and `SqlAttemptStore` against SQLite (a fresh temp dir per test), PostgreSQL (127.0.0.1:5432,
 //! database `test`; override with `MILLSTREAM_POSTGRES_URL`) and MariaDB / MySQL (127.0.0.1:3306,
 //! database `test`; `MILLSTREAM_MYSQL_URL`): the `DedupStore` contract, keys shared between stores
-//! (processes), expiry without extension, purging, and a `Deduplicator` in a router.
+//! (processes), expiry without extension, purging, and a `Deduplicator` in a router; the
+//! `AttemptStore` contract and counts shared between stores.
 //!
 //! Tables: tests whose rows are keyed per run share a fixed table per test; tests that need a
 //! table of their own use a fresh prefix and drop the table at the end.
@@ -14,10 +15,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::common::{within, Event, Recording, TIMEOUT};
-use millstream::conformance::check_dedup_store;
-use millstream::middleware::{DedupStore, Deduplicator};
+use millstream::conformance::{check_attempt_store, check_dedup_store};
+use millstream::middleware::{AttemptStore, DedupStore, Deduplicator};
 use millstream::App;
-use millstream::{Error, Message, Publisher, Route, SqlConfig, SqlDedupStore, SqlPubSub};
+use millstream::{Error, Message, Publisher, Route, SqlAttemptStore, SqlConfig, SqlDedupStore, SqlPubSub};
 use parking_lot::Mutex;
 
 /// Unique per process and call: keys and tables of this run never meet another run's.
@@ -281,6 +282,48 @@ async fn router_handles_a_repeat_once(name: &str) {
     assert_eq!(rec.log.count(|e| matches!(e, Event::Acked { .. })), 3);
 }
 
+/// The `AttemptStore` contract, through a store connected by URL.
+async fn attempts_keep_the_contract(name: &str) {
+    let db = db(name);
+    let store = SqlAttemptStore::connect(&db.url, config("msat_contract_")).await.unwrap();
+    check_attempt_store(Arc::new(store), &unique(&format!("{name}-contract-"))).await.unwrap();
+}
+
+/// Two stores with pools of their own (two processes) on one table, created concurrently by
+/// both, count the same deliveries; rows expire and are purged.
+async fn attempts_are_shared_between_stores(name: &str) {
+    let db = db(name);
+    let prefix = unique("msat_");
+    let a = SqlAttemptStore::connect(&db.url, config(&prefix)).await.unwrap();
+    let b = SqlAttemptStore::new(&SqlPubSub::connect(&db.url, config(&prefix)).await.unwrap());
+    assert_eq!(a.table(), format!("{prefix}attempts"));
+    let (made_a, made_b) = tokio::join!(a.ensure_schema(), b.ensure_schema());
+    made_a.unwrap();
+    made_b.unwrap();
+
+    let long = Duration::from_secs(60);
+    let key = "handler:0195b2c4-long-key-".repeat(20);
+    assert_eq!(a.record(&key, long).await.unwrap(), 1);
+    assert_eq!(b.record(&key, long).await.unwrap(), 2, "counted through the other store");
+    assert_eq!(a.record(&key, long).await.unwrap(), 3);
+    b.forget(&key).await.unwrap();
+    assert_eq!(a.record(&key, long).await.unwrap(), 1, "forgotten through the other store");
+
+    assert_eq!(a.record("short", Duration::from_millis(1)).await.unwrap(), 1);
+    let raw = Raw::connect(&db.url).await;
+    assert_eq!(raw.count(a.table()).await, 2);
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    let mut purged = 0;
+    while purged == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "`short` was never purged");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        purged = a.purge_expired().await.unwrap();
+    }
+    assert_eq!(purged, 1, "only the expired row");
+    assert_eq!(raw.count(a.table()).await, 1);
+    raw.drop_table(a.table()).await;
+}
+
 macro_rules! dedup_tests {
     ($module:ident, $feature:literal) => {
         #[cfg(feature = $feature)]
@@ -308,6 +351,16 @@ macro_rules! dedup_tests {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn router_handles_a_repeat_once() {
                 super::router_handles_a_repeat_once(stringify!($module)).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn attempts_keep_the_contract() {
+                super::attempts_keep_the_contract(stringify!($module)).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn attempts_are_shared_between_stores() {
+                super::attempts_are_shared_between_stores(stringify!($module)).await;
             }
         }
     };

@@ -1,6 +1,7 @@
-//! The Redis dedup store against a real server (127.0.0.1:6379; override with
+//! The Redis stores against a real server (127.0.0.1:6379; override with
 //! `MILLSTREAM_REDIS_URL`): the `DedupStore` contract, keys shared between connections, and a
-//! router that handles a repeated message once.
+//! router that handles a repeated message once; the `AttemptStore` contract and counts shared
+//! between connections.
 //!
 //! Every test uses its own key prefix (process id and clock), so tests can run in parallel and
 //! again; keys are deleted at the end, and expire by themselves if a test fails first.
@@ -11,8 +12,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::common::{flaky, topic, within, Event, Recording};
-use millstream::conformance::check_dedup_store;
-use millstream::middleware::{DedupStore, Deduplicator, RedisDedupStore};
+use millstream::conformance::{check_attempt_store, check_dedup_store};
+use millstream::middleware::{AttemptStore, DedupStore, Deduplicator, RedisAttemptStore, RedisDedupStore};
 use millstream::{App, Router};
 use millstream::{Message, Publisher, Route};
 
@@ -98,6 +99,37 @@ fn acks(events: &[Event]) -> usize {
 async fn the_redis_store_keeps_the_contract() {
     let prefix = unique_prefix("contract");
     check_dedup_store(Arc::new(store(&prefix).await), "contract").await.unwrap();
+    cleanup(&prefix).await;
+}
+
+async fn attempt_store(prefix: &str) -> RedisAttemptStore {
+    within("connect to Redis", RedisAttemptStore::connect(&url()))
+        .await
+        .expect("Redis at MILLSTREAM_REDIS_URL or 127.0.0.1:6379")
+        .with_prefix(prefix.to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_redis_attempt_store_keeps_the_contract() {
+    let prefix = unique_prefix("attempts-contract");
+    check_attempt_store(Arc::new(attempt_store(&prefix).await), "contract").await.unwrap();
+    cleanup(&prefix).await;
+}
+
+/// Two connections (two processes) count the same deliveries, under one prefixed key that
+/// expires with its window.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn separate_connections_share_attempt_counts() {
+    let prefix = unique_prefix("attempts-shared");
+    let (here, there) = (attempt_store(&prefix).await, attempt_store(&prefix).await);
+    let window = Duration::from_secs(30);
+    assert_eq!(here.record("h:order-1", window).await.unwrap(), 1);
+    assert_eq!(there.record("h:order-1", window).await.unwrap(), 2);
+    assert_eq!(keys_under(&prefix).await, vec![format!("{prefix}h:order-1")], "one key, prefixed");
+    let left = pttl(&format!("{prefix}h:order-1")).await;
+    assert!((1..=30_000).contains(&left), "PTTL {left}");
+    there.forget("h:order-1").await.unwrap();
+    assert_eq!(here.record("h:order-1", window).await.unwrap(), 1, "forgotten through the other one");
     cleanup(&prefix).await;
 }
 
