@@ -76,21 +76,28 @@ impl<K> Watermark<K> {
     /// backend, oldest first.
     pub fn settle(&mut self, seq: Seq) -> Settled<K> {
         let Seq(seq) = seq;
-        if seq < self.front {
-            return Settled::Unknown;
-        }
-        let index = (seq - self.front) as usize;
-        match self.window.get_mut(index) {
-            Some((_, done)) if !*done => *done = true,
-            _ => return Settled::Unknown,
-        }
         let mut released = Vec::new();
+        match self.settle_with(Seq(seq), |key| released.push(key)) {
+            true => Settled::Released(released),
+            false => Settled::Unknown,
+        }
+    }
+
+    /// [`settle`](Self::settle) without collecting: hands each delivery that may now be settled
+    /// with the backend to `release`, oldest first, and says whether `seq` was pending (`false`
+    /// is [`Settled::Unknown`]). Nothing is allocated.
+    pub fn settle_with(&mut self, seq: Seq, mut release: impl FnMut(K)) -> bool {
+        let Some(index) = seq.0.checked_sub(self.front) else { return false };
+        match self.window.get_mut(index as usize) {
+            Some((_, done)) if !*done => *done = true,
+            _ => return false,
+        }
         while self.window.front().is_some_and(|(_, done)| *done) {
             let (key, _) = self.window.pop_front().expect("checked above");
-            released.push(key);
+            release(key);
             self.front += 1;
         }
-        Settled::Released(released)
+        true
     }
 
     /// The key of the delivery at `seq` while it is pending (not settled, not from before a

@@ -43,7 +43,7 @@ use super::publish::Producer;
 use crate::error::{Error, ErrorKind, Result};
 use crate::message::{DeliveryInfo, Message};
 use crate::op::OpFuture;
-use crate::pubsub::watermark::{Seq, Settled, Watermark};
+use crate::pubsub::watermark::{Seq, Watermark};
 use crate::pubsub::{AckSink, Acker, Delivery, Settle, Token};
 
 pub(super) type KafkaConsumer = StreamConsumer<Ctx>;
@@ -254,22 +254,23 @@ impl State {
         let mut guard = self.settling.lock();
         let settling = &mut *guard;
         let Some(part) = settling.parts.get_mut(&partition) else { return };
-        match part.watermark.settle(seq) {
-            Settled::Released(offsets) => {
-                let Some(&last) = offsets.last() else { return };
-                if !part.nacks.is_empty() {
-                    for offset in &offsets {
-                        part.nacks.remove(offset);
-                    }
-                }
-                tracing::trace!(topic = %self.topic, partition, offset = last + 1, "kafka offset to commit");
-                part.commit = Some(last + 1);
+        let nacks = &mut part.nacks;
+        let mut last = None;
+        let pending = part.watermark.settle_with(seq, |offset| {
+            if !nacks.is_empty() {
+                nacks.remove(&offset);
             }
-            Settled::Unknown => tracing::debug!(
+            last = Some(offset);
+        });
+        if !pending {
+            tracing::debug!(
                 topic = %self.topic,
                 partition,
                 "kafka settle dropped: its partition was revoked or sought back since"
-            ),
+            );
+        } else if let Some(last) = last {
+            tracing::trace!(topic = %self.topic, partition, offset = last + 1, "kafka offset to commit");
+            part.commit = Some(last + 1);
         }
     }
 
@@ -579,6 +580,8 @@ async fn poll(
     let mut full_since = false;
     let pause_timer = tokio::time::sleep(PAUSE_AFTER);
     tokio::pin!(pause_timer);
+    // The records of a run, read before they are accepted together (kept for the next run).
+    let mut records: Vec<BorrowedMessage<'_>> = Vec::with_capacity(RUN);
     let mut commits = tokio::time::interval(state.commit_interval);
     commits.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -614,15 +617,13 @@ async fn poll(
             record = consumer.recv(), if !state.full.load(Ordering::SeqCst) || state.paused.load(Ordering::SeqCst) => match record {
                 Ok(record) => {
                     // With it, what librdkafka already holds (without waiting), up to a run of
-                    // RUN: the subscription wakes once per run, not once per record.
-                    let mut run = Run::new();
-                    run.extend(accept(&state, &consumer, &record).map(Ok));
-                    drop(record);
-                    while run.len() < RUN && state.in_flight.load(Ordering::SeqCst) < state.max_in_flight {
+                    // RUN (and the room left): the subscription wakes once per run, and the
+                    // partitions are locked once per run, not once per record.
+                    let room = state.max_in_flight.saturating_sub(state.in_flight.load(Ordering::Acquire));
+                    records.push(record);
+                    while records.len() < RUN.min(room) {
                         match futures_util::FutureExt::now_or_never(consumer.recv()) {
-                            Some(Ok(record)) => {
-                                run.extend(accept(&state, &consumer, &record).map(Ok));
-                            }
+                            Some(Ok(record)) => records.push(record),
                             Some(Err(error)) => {
                                 read_failed(&state, &mut last_error, &error);
                                 break;
@@ -630,6 +631,8 @@ async fn poll(
                             None => break,
                         }
                     }
+                    let run = accept(&state, &consumer, &records);
+                    records.clear();
                     if !run.is_empty() && out.send(run).is_err() {
                         break;
                     }
@@ -644,6 +647,7 @@ async fn poll(
             },
         }
     }
+    drop(records);
     state.closing.store(true, Ordering::SeqCst);
     let taken = state.settling.lock().consumer.take();
     drop(taken);
@@ -718,40 +722,69 @@ fn set_paused(state: &State, consumer: &KafkaConsumer, pause: bool) {
     }
 }
 
-/// The delivery of a record just read, or `None` when it must be dropped (read before a seek).
-fn accept(state: &Arc<State>, consumer: &KafkaConsumer, record: &BorrowedMessage<'_>) -> Option<Delivery> {
-    let (partition, offset) = (record.partition(), record.offset());
-    let (seq, nacks) = {
+/// The deliveries of records just read, in order; records read before a seek took hold are
+/// dropped. The partitions are locked once for the run.
+fn accept(state: &Arc<State>, consumer: &KafkaConsumer, records: &[BorrowedMessage<'_>]) -> Run {
+    // Each record's place in its partition's watermark and the nacks it had, or `None`.
+    let mut marks: smallvec::SmallVec<[Option<(Seq, u32)>; RUN]> = smallvec::SmallVec::new();
+    {
         let mut settling = state.settling.lock();
-        let part = settling.parts.entry(partition).or_default();
-        if part.held {
-            return None;
+        for record in records {
+            marks.push(mark(state, consumer, &mut settling, record.partition(), record.offset()));
         }
-        if let Some(mut expect) = part.expect {
-            if offset == expect.offset {
-                part.expect = None;
-            } else {
-                // Read before the seek took hold, or the seek failed: try it again now and then,
-                // and give up on an offset that is gone (retention) after ten tries.
-                if expect.sent.elapsed() >= Duration::from_millis(500) {
-                    if expect.tries >= 10 {
-                        tracing::warn!(topic = %state.topic, partition, expected = expect.offset, offset, "kafka: the offset sought back to is gone; going on");
-                        part.expect = None;
-                    } else {
-                        expect.sent = Instant::now();
-                        expect.tries += 1;
-                        part.expect = Some(expect);
-                        seek(consumer, &state.topic, partition, expect.offset);
-                    }
-                }
-                if part.expect.is_some() {
-                    return None;
+    }
+    let mut run = Run::new();
+    for (record, mark) in records.iter().zip(marks) {
+        if let Some((seq, nacks)) = mark {
+            run.push(Ok(delivery(state, record, seq, nacks)));
+        }
+    }
+    state.in_flight.fetch_add(run.len(), Ordering::SeqCst);
+    run
+}
+
+/// Records the record at `offset` of `partition` in its watermark: its place and the nacks it
+/// had, or `None` when it must be dropped (its partition is held, or it was read before a seek).
+fn mark(
+    state: &State,
+    consumer: &KafkaConsumer,
+    settling: &mut Settling,
+    partition: i32,
+    offset: i64,
+) -> Option<(Seq, u32)> {
+    let part = settling.parts.entry(partition).or_default();
+    if part.held {
+        return None;
+    }
+    if let Some(mut expect) = part.expect {
+        if offset == expect.offset {
+            part.expect = None;
+        } else {
+            // Read before the seek took hold, or the seek failed: try it again now and then,
+            // and give up on an offset that is gone (retention) after ten tries.
+            if expect.sent.elapsed() >= Duration::from_millis(500) {
+                if expect.tries >= 10 {
+                    tracing::warn!(topic = %state.topic, partition, expected = expect.offset, offset, "kafka: the offset sought back to is gone; going on");
+                    part.expect = None;
+                } else {
+                    expect.sent = Instant::now();
+                    expect.tries += 1;
+                    part.expect = Some(expect);
+                    seek(consumer, &state.topic, partition, expect.offset);
                 }
             }
+            if part.expect.is_some() {
+                return None;
+            }
         }
-        part.next = Some(offset + 1);
-        (part.watermark.deliver(offset), part.nacks.get(&offset).copied().unwrap_or(0))
-    };
+    }
+    part.next = Some(offset + 1);
+    Some((part.watermark.deliver(offset), part.nacks.get(&offset).copied().unwrap_or(0)))
+}
+
+/// The delivery of `record`, at `seq` in its partition's watermark, nacked `nacks` times here.
+fn delivery(state: &Arc<State>, record: &BorrowedMessage<'_>, seq: Seq, nacks: u32) -> Delivery {
+    let (partition, offset) = (record.partition(), record.offset());
     tracing::trace!(topic = %state.topic, partition, offset, "kafka delivery");
     let (message, attempts_before) = codec::decode(record);
     let attempt = 1 + attempts_before + nacks;
@@ -759,10 +792,9 @@ fn accept(state: &Arc<State>, consumer: &KafkaConsumer, record: &BorrowedMessage
     if let Some(millis) = record.timestamp().to_millis().filter(|m| *m >= 0) {
         info = info.timestamp(SystemTime::UNIX_EPOCH + Duration::from_millis(millis as u64));
     }
-    state.in_flight.fetch_add(1, Ordering::SeqCst);
     let copy = (state.redelivery == Redelivery::Republish).then(|| message.clone());
     let acker = Acker::new(state.clone() as Arc<dyn AckSink>, token(partition, attempt, seq), copy);
-    Some(Delivery::new(message, attempt, acker).with_info(info))
+    Delivery::new(message, attempt, acker).with_info(info)
 }
 
 fn seek(consumer: &KafkaConsumer, topic: &str, partition: i32, offset: i64) {
