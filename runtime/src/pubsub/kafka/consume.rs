@@ -427,6 +427,7 @@ pub(super) async fn subscribe(
         ("enable.auto.commit", "false"),
         ("enable.partition.eof", "false"),
         ("fetch.wait.max.ms", "10"),
+        ("fetch.queue.backoff.ms", "20"),
         ("session.timeout.ms", "10000"),
     ];
     match &options.group {
@@ -639,8 +640,16 @@ async fn poll(
                     if state.in_flight.load(Ordering::SeqCst) >= state.max_in_flight
                         && !state.full.swap(true, Ordering::SeqCst)
                     {
-                        full_since = true;
-                        pause_timer.as_mut().reset(tokio::time::Instant::now() + PAUSE_AFTER);
+                        // Full is set before the count is read again: a settle that read `full`
+                        // before it was set made room before this read, and this read sees it
+                        // (else the settles that made room would all have missed `full`, and
+                        // none would wake the poller).
+                        if state.in_flight.load(Ordering::SeqCst) <= state.resume_at() {
+                            state.full.store(false, Ordering::SeqCst);
+                        } else {
+                            full_since = true;
+                            pause_timer.as_mut().reset(tokio::time::Instant::now() + PAUSE_AFTER);
+                        }
                     }
                 }
                 Err(error) => read_failed(&state, &mut last_error, &error),
