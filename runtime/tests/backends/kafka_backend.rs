@@ -3,7 +3,8 @@
 //! loses nothing once another member takes its partitions; a member that joins under load
 //! rebalances without losing a message; republished nacks do not hold up their partition;
 //! backpressure pauses the partitions; a missing topic is an error unless topics are created;
-//! a subscription without a group starts where it is told.
+//! a subscription without a group starts where it is told; attempts counted in a shared store go on
+//! from one consumer to the next.
 #![cfg(all(feature = "conformance", feature = "kafka", unix))]
 
 use std::collections::{HashMap, HashSet};
@@ -408,4 +409,79 @@ async fn a_subscription_without_a_group_starts_where_told() {
     assert_eq!(read_sorted(&mut by_time, 2).await, ["last", "newer"]);
     close(&pubsub).await;
     let _ = pubsub.delete_topic(&topic).await;
+}
+
+// ----------------------------------------------------------------------------------------------
+// Attempts counted in a store across consumers
+
+/// Kafka counts attempts in the process (`AtLeast`): a new consumer of the group starts again at
+/// 1. With `CountAttempts` and a SQLite store shared by both (two pub/subs, two stores on one
+/// file: what two processes have), the second consumer goes on from the first one's count, and
+/// the cap sends the message to the poison topic at its fourth delivery overall.
+#[cfg(feature = "sqlite")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_attempt_store_carries_the_count_to_the_next_consumer() {
+    use millstream::middleware::{CountAttempts, RedeliveryCap};
+    use millstream::router::{poison_keys, RouterConfig};
+    use millstream::{App, Attempt, Error, Route, SqlAttemptStore, SqlConfig};
+
+    let brokers = brokers().await;
+    let (topic, poison) = (unique("counted"), unique("counted-poison"));
+    let dir = std::env::temp_dir().join(unique("millstream-kafka-attempts-"));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let db = format!("sqlite:{}", dir.join("attempts.db").display());
+    let seen = Arc::new(Mutex::new(Vec::<u32>::new()));
+    let failing = {
+        let seen = seen.clone();
+        move |_: serde_json::Value, Attempt(n): Attempt| {
+            seen.lock().push(n);
+            std::future::ready(Err::<(), Error>(Error::msg(format!("attempt {n} failed"))))
+        }
+    };
+    let app = |pubsub: KafkaPubSub, store: SqlAttemptStore| {
+        App::new()
+            .pubsub(pubsub)
+            .config(RouterConfig::default().poison_topic(poison.clone()).nack_delay(None))
+            .route(
+                Route::new("capped", &topic, failing.clone())
+                    .layer(CountAttempts::new(Arc::new(store)))
+                    .layer(RedeliveryCap::new(3)),
+            )
+    };
+
+    // The first consumer handles the message once or twice, then stops.
+    let first = connect(config(&brokers)).await;
+    first.create_topic(&topic, 1, 1).await.expect("topic");
+    first.create_topic(&poison, 1, 1).await.expect("poison topic");
+    let store = SqlAttemptStore::connect(&db, SqlConfig::default()).await.expect("store");
+    let router = app(first.clone(), store).build().expect("first router");
+    let task = crate::common::start(&router).await;
+    first.publish(&topic, Message::new(r#"{"order":1}"#)).await.unwrap();
+    let deadline = Instant::now() + TIMEOUT;
+    while seen.lock().is_empty() {
+        assert!(Instant::now() < deadline, "the first consumer never handled the message");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    crate::common::stop(&router, task).await;
+    let before = seen.lock().clone();
+    assert_eq!(before, (1..=before.len() as u32).collect::<Vec<_>>(), "counted 1, 2, ...");
+    assert!(before.len() < 3, "the first consumer stopped before the cap: {before:?}");
+
+    // The next consumer (a new pub/sub, a new store on the same database) goes on counting.
+    let next_pubsub = connect(config(&brokers)).await;
+    let mut dead = next_pubsub
+        .subscribe(&poison, SubscribeOptions::group(unique("dead")).start(StartFrom::Earliest))
+        .await
+        .expect("poison subscription");
+    let store = SqlAttemptStore::connect(&db, SqlConfig::default()).await.expect("store");
+    let router = app(next_pubsub.clone(), store).build().expect("next router");
+    let task = crate::common::start(&router).await;
+    let poisoned = next(&mut dead, "the message capped").await;
+    assert_eq!(poisoned.message().metadata().get(poison_keys::ATTEMPT), Some("4"));
+    poisoned.ack().await.unwrap();
+    crate::common::stop(&router, task).await;
+    assert_eq!(*seen.lock(), [1, 2, 3], "three handlings over two consumers, counted on");
+    close(&first).await;
+    close(&next_pubsub).await;
+    let _ = std::fs::remove_dir_all(&dir);
 }
