@@ -459,3 +459,65 @@ async fn a_refused_login_does_not_show_the_password() {
     assert!(!shown.contains("hunter2"), "{shown}");
     assert!(shown.contains("guest:***@"), "the redacted URI names the server: {shown}");
 }
+
+/// A connection that dies without a close (no FIN, no error; the heartbeat not yet due) must not
+/// hold publishes forever: past `publish_timeout` the publish fails as a timeout, the connection
+/// is dropped, and the next publish goes through on a new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_on_a_stalled_connection_times_out_and_the_next_reconnects() {
+    let _lock = support::shared().await;
+    let name = unique("stalled");
+    let direct = connect(config(&format!("{name}-direct"))).await;
+    let mut sub = direct.subscribe(&name, SubscribeOptions::group("g")).await.expect("subscribe");
+
+    let Ok(server) = support::host_port().parse::<std::net::SocketAddr>() else {
+        eprintln!("skipped: the server address {} is not an IP address and port", support::host_port());
+        return;
+    };
+    if !support::url().contains(&support::host_port()) {
+        eprintln!("skipped: the server URL names no port to replace");
+        return;
+    }
+    let relay = crate::support::stall::StallingRelay::start(server).await;
+    let url = support::url().replacen(&support::host_port(), &relay.addr().to_string(), 1);
+    // No heartbeat: only the publish timeout can notice the stall.
+    let url = format!("{url}{}heartbeat=0", if url.contains('?') { '&' } else { '?' });
+    let relayed = connect(
+        AmqpConfig::new(url)
+            .topology(Preset::groups(EXCHANGE))
+            .connection_name(&name)
+            .publish_timeout(Duration::from_secs(1)),
+    )
+    .await;
+    relayed.publish(&name, Message::new("before")).await.expect("publish before the stall");
+    assert_eq!(text(&next(&mut sub, "the message before the stall").await), "before");
+
+    relay.stall();
+    let started = std::time::Instant::now();
+    let error = tokio::time::timeout(TIMEOUT, relayed.publish(&name, Message::new("stalled")))
+        .await
+        .expect("the publish returns instead of waiting for ever")
+        .expect_err("a publish on a stalled connection fails");
+    assert_eq!(error.kind(), ErrorKind::Timeout, "{error}");
+    assert!(!error.is_permanent(), "a timeout is worth retrying: {error}");
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "failed after the 1 s timeout: {:?}",
+        started.elapsed()
+    );
+
+    let before = relay.accepted();
+    relayed.publish(&name, Message::new("after")).await.expect("the next publish reconnects");
+    assert!(relay.accepted() > before, "the next publish made a new connection");
+    // "stalled" may or may not have reached the broker (at-least-once); "after" must arrive.
+    let mut seen = Vec::new();
+    while !seen.contains(&"after".to_owned()) {
+        let delivery = next(&mut sub, "the message after the stall").await;
+        seen.push(text(&delivery));
+        delivery.ack().await.expect("ack");
+    }
+    cleanup(&direct, &name).await;
+    close(&relayed).await;
+    close(&direct).await;
+    drop(relay);
+}

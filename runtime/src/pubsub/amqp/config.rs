@@ -78,8 +78,15 @@ pub struct AmqpConfig {
     /// The connection's name, shown by the management tools (`rabbitmqctl list_connections
     /// client_properties`). Default `millstream`.
     pub connection_name: String,
-    /// How long connecting may take. Default 10 s.
+    /// How long connecting may take, and each step of attaching a subscription (its
+    /// declarations, channel and consumer). A step that takes longer drops the connection,
+    /// which is made again. Default 10 s.
     pub connect_timeout: Duration,
+    /// How long a publish waits, from its first frame to the broker's last confirm (for a
+    /// batch, all of them), before it fails with [`ErrorKind::Timeout`](crate::ErrorKind) and
+    /// drops the connection: a connection that died without a close (no FIN, no heartbeat yet)
+    /// would otherwise hold every publish until lapin noticed. Default 30 s.
+    pub publish_timeout: Duration,
     /// The longest wait between two reconnection attempts (the wait doubles from 100 ms up to
     /// this). Default 5 s.
     pub max_backoff: Duration,
@@ -94,7 +101,10 @@ impl fmt::Debug for AmqpConfig {
             .field("retry_delays", &self.retry_delays)
             .field("max_payload", &self.max_payload)
             .field("connection_name", &self.connection_name)
-            .finish_non_exhaustive()
+            .field("connect_timeout", &self.connect_timeout)
+            .field("publish_timeout", &self.publish_timeout)
+            .field("max_backoff", &self.max_backoff)
+            .finish()
     }
 }
 
@@ -109,6 +119,7 @@ impl AmqpConfig {
             max_payload: 128 * 1024 * 1024 - 64 * 1024,
             connection_name: "millstream".to_owned(),
             connect_timeout: Duration::from_secs(10),
+            publish_timeout: Duration::from_secs(30),
             max_backoff: Duration::from_secs(5),
         }
     }
@@ -143,6 +154,18 @@ impl AmqpConfig {
     /// Sets [`AmqpConfig::connection_name`].
     pub fn connection_name(mut self, name: impl Into<String>) -> Self {
         self.connection_name = name.into();
+        self
+    }
+
+    /// Sets [`AmqpConfig::connect_timeout`] (at least 100 ms).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout.max(Duration::from_millis(100));
+        self
+    }
+
+    /// Sets [`AmqpConfig::publish_timeout`] (at least 100 ms).
+    pub fn publish_timeout(mut self, timeout: Duration) -> Self {
+        self.publish_timeout = timeout.max(Duration::from_millis(100));
         self
     }
 

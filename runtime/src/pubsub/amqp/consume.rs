@@ -67,7 +67,20 @@ impl Consume {
         Ok(consume)
     }
 
+    /// Declares, opens a channel and consumes, within [`AmqpConfig::connect_timeout`]
+    /// (past it the connection is dropped and made again).
+    ///
+    /// [`AmqpConfig::connect_timeout`]: super::AmqpConfig::connect_timeout
     async fn attach(&mut self, live: &Live) -> Result<()> {
+        let link = self.link.clone();
+        let limit = link.config.connect_timeout;
+        let attached = link.bounded(live, limit, "attaching a subscription", self.open(live)).await?;
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        self.attached = Some(attached);
+        Ok(())
+    }
+
+    async fn open(&self, live: &Live) -> Result<Attached> {
         let declarer = super::topology::Declarer::open(&live.connection).await?;
         let plan = self.topology.declare_subscribe(&declarer, &self.topic, &self.options).await;
         declarer.close().await;
@@ -87,9 +100,7 @@ impl Consume {
             )
             .await
             .map_err(amqp_error)?;
-        self.epoch.fetch_add(1, Ordering::AcqRel);
-        self.attached = Some(Attached { _channel: channel, consumer, plan: Arc::new(plan) });
-        Ok(())
+        Ok(Attached { _channel: channel, consumer, plan: Arc::new(plan) })
     }
 
     pub(crate) async fn next(&mut self) -> Option<Result<Delivery>> {

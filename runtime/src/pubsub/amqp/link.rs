@@ -71,10 +71,21 @@ impl Link {
             }
             if live.connection.status().connected() {
                 // Only the publishing channel closed (a refused publish): open another.
-                let publisher = confirm_channel(&live.connection).await?;
-                let live = Live { publisher, ..live.clone() };
-                *guard = Some(live.clone());
-                return Ok(live);
+                let reopen = confirm_channel(&live.connection);
+                match tokio::time::timeout(self.config.connect_timeout, reopen).await {
+                    Ok(publisher) => {
+                        let live = Live { publisher: publisher?, ..live.clone() };
+                        *guard = Some(live.clone());
+                        return Ok(live);
+                    }
+                    Err(_) => {
+                        let dead = guard.take().expect("checked above");
+                        close_in_background(dead);
+                        return Err(
+                            self.timed_out("opening a publishing channel", self.config.connect_timeout)
+                        );
+                    }
+                }
             }
             tracing::info!(uri = %self.config.uri, "AMQP: connection lost; reconnecting");
         }
@@ -116,12 +127,24 @@ impl Link {
     async fn connect(&self) -> Result<Live> {
         let properties =
             ConnectionProperties::default().with_connection_name(self.config.connection_name.as_str().into());
-        let connect = Connection::connect(self.config.uri.expose(), properties);
-        let connection = match tokio::time::timeout(self.config.connect_timeout, connect).await {
-            Ok(Ok(connection)) => connection,
-            Ok(Err(error)) => {
-                return Err(amqp_error(error).context(format!("AMQP: connecting to {}", self.config.uri)));
+        // The connection and its publishing channel, both within the timeout: a server that is
+        // still starting may take the connection and not answer the channel's open.
+        let connect = async {
+            let connection =
+                Connection::connect(self.config.uri.expose(), properties).await.map_err(|error| {
+                    amqp_error(error).context(format!("AMQP: connecting to {}", self.config.uri))
+                })?;
+            let connection = Arc::new(connection);
+            match confirm_channel(&connection).await {
+                Ok(publisher) => Ok((connection, publisher)),
+                Err(error) => {
+                    let _ = connection.close(200, "no publishing channel".into()).await;
+                    Err(error)
+                }
             }
+        };
+        let (connection, publisher) = match tokio::time::timeout(self.config.connect_timeout, connect).await {
+            Ok(result) => result?,
             Err(_) => {
                 return Err(Error::new(
                     ErrorKind::Timeout,
@@ -132,8 +155,6 @@ impl Link {
                 ));
             }
         };
-        let connection = Arc::new(connection);
-        let publisher = confirm_channel(&connection).await?;
         let generation = self.generations.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
         Ok(Live { connection, publisher, generation })
     }
@@ -184,12 +205,52 @@ impl Link {
         Ok(())
     }
 
+    /// Runs `step` on `live` for at most `limit`; past it, drops that connection (when it is
+    /// still the current one: the next call connects again) and fails with a timeout.
+    pub(crate) async fn bounded<T>(
+        &self,
+        live: &Live,
+        limit: Duration,
+        what: &str,
+        step: impl std::future::Future<Output = Result<T>>,
+    ) -> Result<T> {
+        match tokio::time::timeout(limit, step).await {
+            Ok(result) => result,
+            Err(_) => {
+                self.abandon(live).await;
+                Err(self.timed_out(what, limit))
+            }
+        }
+    }
+
+    /// Drops `live` if it is still the current connection, closing it in the background.
+    async fn abandon(&self, live: &Live) {
+        let mut guard = self.live.lock().await;
+        if guard.as_ref().is_some_and(|current| current.generation == live.generation) {
+            if let Some(dead) = guard.take() {
+                close_in_background(dead);
+            }
+        }
+    }
+
+    fn timed_out(&self, what: &str, limit: Duration) -> Error {
+        tracing::warn!(uri = %self.config.uri, "AMQP: {what} took over {limit:?}; dropping the connection");
+        Error::new(
+            ErrorKind::Timeout,
+            format!(
+                "AMQP: {what} on {} took over {limit:?}; the connection was dropped and will be made again",
+                self.config.uri
+            ),
+        )
+    }
+
     /// Forgets what was declared (an exchange may have been deleted behind our back).
     pub(crate) fn forget_declarations(&self) {
         self.declared.lock().1.clear();
     }
 
-    /// Publishes, mandatory, and waits for the broker's confirm.
+    /// Publishes, mandatory, and waits for the broker's confirm (at most
+    /// [`AmqpConfig::publish_timeout`]).
     pub(crate) async fn publish_confirmed(
         &self,
         live: &Live,
@@ -197,8 +258,11 @@ impl Link {
         payload: &[u8],
         properties: BasicProperties,
     ) -> Result<()> {
-        let confirm = self.send(live, route, payload, properties).await?;
-        check_confirm(confirm.await.map_err(amqp_error)?, route)
+        let publish = async {
+            let confirm = self.send(live, route, payload, properties).await?;
+            check_confirm(confirm.await.map_err(amqp_error)?, route)
+        };
+        self.bounded(live, self.config.publish_timeout, "a publish awaiting its confirm", publish).await
     }
 
     /// Sends one mandatory publish; the returned future resolves with the broker's confirm.
@@ -257,6 +321,14 @@ fn short(text: &str, what: &str) -> Result<ShortString> {
         Error::new(ErrorKind::Config, format!("AMQP: {what} {text:?} is over AMQP's limit of 255 bytes"))
             .into_permanent()
     })
+}
+
+/// Closes a connection given up on, without waiting for it (a dead one never answers).
+fn close_in_background(dead: Live) {
+    tokio::spawn(async move {
+        let close = dead.connection.close(320, "millstream: the connection stopped answering".into());
+        let _ = tokio::time::timeout(Duration::from_secs(5), close).await;
+    });
 }
 
 async fn confirm_channel(connection: &Connection) -> Result<Channel> {

@@ -56,6 +56,13 @@
 //! being sent on the new channel (where the tag would name another message, or none, and the
 //! broker would close the channel). The broker redelivers them anyway.
 //!
+//! A connection can also die without a close (a peer frozen, a path cut; lapin notices only at
+//! the next missed heartbeat): every round trip is bounded instead. A publish waits at most
+//! [`AmqpConfig::publish_timeout`] (30 s) for its confirms, attaching a subscription at most
+//! [`AmqpConfig::connect_timeout`] (10 s) per step; past it the call fails with
+//! [`ErrorKind::Timeout`](crate::ErrorKind::Timeout) (worth retrying: the message may or may
+//! not have been stored) and the connection is dropped, so the next call makes a new one.
+//!
 //! # consumer_timeout
 //! RabbitMQ closes a channel whose delivery stays unacked longer than its `consumer_timeout`
 //! (30 min by default, a server setting in 3.10): every unsettled delivery of that channel goes
@@ -165,36 +172,44 @@ impl AmqpPubSub {
         }
         let link = &self.inner.link;
         let live = link.live().await?;
-        let topology = config.topology.clone();
-        link.declare_once(&live, ("publish", topic.to_owned()), |declarer| async move {
-            let result = topology.declare_publish(&declarer, topic).await;
-            declarer.close().await;
-            result
-        })
-        .await?;
-        let route = config.topology.publish_route(topic);
-        // Send them all, then wait for the confirms.
-        let mut confirms = Vec::with_capacity(messages.len());
-        for (message, properties) in messages.iter().zip(encoded) {
-            match link.send(&live, &route, message.payload(), properties).await {
-                Ok(confirm) => confirms.push(confirm),
-                Err(error) => {
-                    link.forget_declarations();
-                    return Err(error);
+        let publish = async {
+            let topology = config.topology.clone();
+            link.declare_once(&live, ("publish", topic.to_owned()), |declarer| async move {
+                let result = topology.declare_publish(&declarer, topic).await;
+                declarer.close().await;
+                result
+            })
+            .await?;
+            let route = config.topology.publish_route(topic);
+            // Send them all, then wait for the confirms.
+            let mut confirms = Vec::with_capacity(messages.len());
+            for (message, properties) in messages.iter().zip(encoded) {
+                match link.send(&live, &route, message.payload(), properties).await {
+                    Ok(confirm) => confirms.push(confirm),
+                    Err(error) => {
+                        link.forget_declarations();
+                        return Err(error);
+                    }
                 }
             }
-        }
-        for confirm in confirms {
-            let confirmation = match confirm.await {
-                Ok(confirmation) => confirmation,
-                Err(error) => {
-                    link.forget_declarations();
-                    return Err(link::amqp_error(error));
-                }
-            };
-            link::check_confirm(confirmation, &route)?;
-        }
-        Ok(())
+            for confirm in confirms {
+                let confirmation = match confirm.await {
+                    Ok(confirmation) => confirmation,
+                    Err(error) => {
+                        link.forget_declarations();
+                        return Err(link::amqp_error(error));
+                    }
+                };
+                link::check_confirm(confirmation, &route)?;
+            }
+            Ok(())
+        };
+        let what = if messages.len() == 1 {
+            "a publish awaiting its confirm"
+        } else {
+            "a batch awaiting its confirms"
+        };
+        link.bounded(&live, config.publish_timeout, what, publish).await
     }
 
     async fn close_if_done(&self) -> Result<()> {

@@ -302,7 +302,8 @@ impl Declarer {
     }
 
     pub(crate) async fn close(self) {
-        let _ = self.channel.close(200, "declared".into()).await;
+        let close = self.channel.close(200, "declared".into());
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), close).await;
     }
 }
 

@@ -16,6 +16,19 @@ pub(crate) fn url() -> String {
         .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned())
 }
 
+/// The `host:port` part of [`url`] (port 5672 when it names none).
+pub(crate) fn host_port() -> String {
+    let url = url();
+    let rest = url.split_once("://").map_or(url.as_str(), |(_, rest)| rest);
+    let rest = rest.rsplit_once('@').map_or(rest, |(_, rest)| rest);
+    let host = rest.split(['/', '?']).next().unwrap_or(rest);
+    if host.contains(':') {
+        host.to_owned()
+    } else {
+        format!("{host}:5672")
+    }
+}
+
 /// Whether the tests may run `rabbitmqctl` against the server (a local one).
 pub(crate) fn local() -> bool {
     std::env::var("MILLSTREAM_AMQP_URL").is_err()

@@ -18,3 +18,5 @@ pub(crate) mod redis;
 pub(crate) mod restart_lock;
 #[cfg(all(feature = "conformance", any(feature = "sqlite", feature = "postgres", feature = "mysql")))]
 pub(crate) mod sql;
+#[cfg(feature = "amqp")]
+pub(crate) mod stall;
