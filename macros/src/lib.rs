@@ -13,6 +13,7 @@
 mod attr;
 mod errors;
 mod handler;
+mod message_type;
 mod middleware;
 mod names;
 mod paths;
@@ -73,7 +74,7 @@ use proc_macro::TokenStream;
 /// The fn is left as written: it can still be called and tested directly.
 #[proc_macro_attribute]
 pub fn handler(attr: TokenStream, item: TokenStream) -> TokenStream {
-    handler::handler(attr.into(), item.into()).into()
+    handler::handler(handler::Role::Handler, attr.into(), item.into()).into()
 }
 
 /// Binds a struct or enum to a topic: `#[millstream::topic("orders.placed")]` implements
@@ -85,6 +86,76 @@ pub fn handler(attr: TokenStream, item: TokenStream) -> TokenStream {
 #[proc_macro_attribute]
 pub fn topic(attr: TokenStream, item: TokenStream) -> TokenStream {
     topic::topic(attr.into(), item.into()).into()
+}
+
+/// Declares a struct or enum a command: `#[millstream::command]` implements `millstream::Topic`
+/// and `millstream::Command` for it.
+///
+/// ```ignore
+/// #[derive(Serialize, Deserialize)]
+/// #[millstream::command]                       // topic "commands.PlaceOrder", type "PlaceOrder", version 1
+/// struct PlaceOrder { id: u64 }
+///
+/// #[derive(Serialize, Deserialize)]
+/// #[millstream::command(topic = "billing", name = "Charge", version = 2)]
+/// struct ChargeCard { order: u64, cents: u64 }
+/// ```
+///
+/// Every message of the type carries its kind, name and version in metadata
+/// (`millstream.kind`, `millstream.type`, `millstream.version`). Send one with
+/// `millstream::CommandBus`, or return it from a handler; handle it with exactly one
+/// `#[millstream::command_handler]`.
+///
+/// | key | value | default |
+/// | --- | --- | --- |
+/// | `topic` | `"name"` | `"commands.<name>"` |
+/// | `name` | `"name"`: the type name carried in metadata | the type's name |
+/// | `version` | integer ≥ 1: the schema version | 1 |
+/// | `crate` | the path to `millstream`, if renamed or re-exported | `::millstream` |
+///
+/// The type cannot be generic (its name is its identity in every message).
+#[proc_macro_attribute]
+pub fn command(attr: TokenStream, item: TokenStream) -> TokenStream {
+    message_type::message_type(message_type::Kind::Command, attr.into(), item.into()).into()
+}
+
+/// Declares a struct or enum an event: `#[millstream::event]` implements `millstream::Topic` and
+/// `millstream::Event` for it.
+///
+/// The keys are those of [`macro@command`]; the default topic is `"events.<name>"`. Several event
+/// types may share one topic (`topic = "orders"`: one stream per aggregate, in order); each
+/// `#[millstream::event_handler]` then runs only for its own type. Publish one with
+/// `millstream::EventBus`, or return it from a handler.
+#[proc_macro_attribute]
+pub fn event(attr: TokenStream, item: TokenStream) -> TokenStream {
+    message_type::message_type(message_type::Kind::Event, attr.into(), item.into()).into()
+}
+
+/// Declares an async fn the one handler of a command (a `#[millstream::command]` type, its first
+/// parameter) and registers it.
+///
+/// Everything else is as for [`macro@handler`] (extractors, return values, keys), except that
+/// the topic is the command's own (no `topic` key), and the handler runs only for messages of its
+/// command type. A command has exactly one handler: a second `#[command_handler]` of the same
+/// command in the same crate does not compile (conflicting implementations of
+/// `CommandHasOneHandler`), and two from different crates fail `App::build`, naming both. When
+/// the command type is defined in another crate, write `#[millstream::command_handler(external)]`
+/// (Rust allows the compile-time check only for the crate's own types).
+#[proc_macro_attribute]
+pub fn command_handler(attr: TokenStream, item: TokenStream) -> TokenStream {
+    handler::handler(handler::Role::Command, attr.into(), item.into()).into()
+}
+
+/// Declares an async fn a handler of an event (a `#[millstream::event]` type, its first
+/// parameter) and registers it.
+///
+/// Everything else is as for [`macro@handler`], except that the topic is the event's own (no
+/// `topic` key) and the handler runs only for messages of its event type (on a topic several
+/// event types share, the others are acked without running it). An event has any number of
+/// handlers, each in its own consumer group by default (its name).
+#[proc_macro_attribute]
+pub fn event_handler(attr: TokenStream, item: TokenStream) -> TokenStream {
+    handler::handler(handler::Role::Event, attr.into(), item.into()).into()
 }
 
 /// Declares `async fn name(message: Message, next: Next) -> HandlerResult` as a middleware.
@@ -133,7 +204,7 @@ mod tests {
                 Ok(InvoiceIssued { order_id: order.id, cents: u64::from(order.qty) * prices.cents_per_item })
             }
         };
-        let output = crate::handler::handler(attr, item);
+        let output = crate::handler::handler(crate::handler::Role::Handler, attr, item);
         let file: syn::File = syn::parse2(output).expect("the expansion parses");
         let expected = format!("```rust\n{}```\n", prettyplease::unparse(&file));
 

@@ -70,6 +70,50 @@ impl Paths {
         self.private("Topic")
     }
 
+    /// The command marker trait.
+    pub(crate) fn command_trait(&self) -> TokenStream {
+        self.private("Command")
+    }
+
+    /// The event marker trait.
+    pub(crate) fn event_trait(&self) -> TokenStream {
+        self.private("Event")
+    }
+
+    /// `MessageKind::Command` / `MessageKind::Event`.
+    pub(crate) fn message_kind(&self, variant: &str) -> TokenStream {
+        let kind = self.private("MessageKind");
+        let variant = syn::Ident::new(variant, Span::call_site());
+        quote!(#kind::#variant)
+    }
+
+    /// The const fn building a command's or event's identity.
+    pub(crate) fn message_type_fn(&self) -> TokenStream {
+        self.private("message_type")
+    }
+
+    /// The identity's type.
+    pub(crate) fn message_type_struct(&self) -> TokenStream {
+        self.private("MessageType")
+    }
+
+    /// `command_route::<C>(route)` / `event_route::<E>(route)`.
+    pub(crate) fn typed_route(&self, role_fn: &str) -> TokenStream {
+        self.private(role_fn)
+    }
+
+    /// The trait a command handler implements for its command.
+    pub(crate) fn command_has_one_handler(&self) -> TokenStream {
+        self.private("CommandHasOneHandler")
+    }
+
+    /// `Role::Handler` and the others.
+    pub(crate) fn role(&self, variant: &str) -> TokenStream {
+        let role = self.private("Role");
+        let variant = syn::Ident::new(variant, Span::call_site());
+        quote!(#role::#variant)
+    }
+
     /// The default codec.
     pub(crate) fn json_codec(&self) -> TokenStream {
         self.private("JsonCodec")

@@ -43,6 +43,8 @@ pub(crate) const EXTRACTORS: &[Extractor] = &[
     Extractor { name: "Message", generics: 0 },
     Extractor { name: "Attempt", generics: 0 },
     Extractor { name: "DeliveryInfo", generics: 0 },
+    Extractor { name: "CommandBus", generics: 0 },
+    Extractor { name: "EventBus", generics: 0 },
 ];
 
 /// `m!(E1, .., EN);` for each count `N` of extractors a handler may take, from none up to

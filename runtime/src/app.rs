@@ -59,10 +59,9 @@ use serde::Serialize;
 use crate::codec::{Codec, JsonCodec};
 use crate::error::{Error, ErrorKind, Result};
 use crate::handler::{Handler, Topic};
-use crate::message::Message;
 use crate::middleware::Middleware;
 use crate::pubsub::{OpFuture, PubSub, Publisher, Subscriber};
-use crate::registry::{self, HandlerDescriptor, HandlerInfo};
+use crate::registry::{self, HandlerDescriptor, HandlerInfo, Role};
 use crate::router::{combine, Parts, Route, Router, RouterConfig};
 use crate::state::StateMap;
 
@@ -329,6 +328,7 @@ impl App {
         }
         check_names(&descriptors, &self.routes, &mut problems);
         check_payloads(&descriptors, &mut problems);
+        check_command_handlers(&descriptors, &mut problems);
 
         let mut routes = Vec::with_capacity(descriptors.len() + self.routes.len());
         for descriptor in &descriptors {
@@ -466,6 +466,33 @@ fn check_state(routes: &[Route], state: &StateMap, problems: &mut Vec<Error>) {
     }
 }
 
+/// A command has exactly one handler: two in one crate fail to compile; two from different
+/// crates (or declared `external`) are reported here, with both locations.
+fn check_command_handlers(descriptors: &[&'static HandlerDescriptor], problems: &mut Vec<Error>) {
+    let mut by_command: BTreeMap<TypeId, &HandlerInfo> = BTreeMap::new();
+    for descriptor in descriptors {
+        let info = descriptor.info();
+        let (Role::CommandHandler, Some(payload)) = (info.role, descriptor.payload_type()) else { continue };
+        match by_command.entry(payload) {
+            Entry::Vacant(slot) => {
+                slot.insert(info);
+            }
+            Entry::Occupied(first) => {
+                let first = *first.get();
+                problems.push(config(format!(
+                    "command `{}` has two handlers: `{}` ({}) and `{}` ({}); a command has exactly one handler \
+                     (for several reactions, make it an event and use `#[millstream::event_handler]`)",
+                    info.payload.unwrap_or("?"),
+                    first.name,
+                    first.location(),
+                    info.name,
+                    info.location()
+                )));
+            }
+        }
+    }
+}
+
 fn check_payloads(descriptors: &[&'static HandlerDescriptor], problems: &mut Vec<Error>) {
     let mut by_topic: BTreeMap<&str, (TypeId, &HandlerInfo)> = BTreeMap::new();
     for descriptor in descriptors {
@@ -476,7 +503,9 @@ fn check_payloads(descriptors: &[&'static HandlerDescriptor], problems: &mut Vec
             }
             Entry::Occupied(first) => {
                 let (first_payload, first_info) = *first.get();
-                if first_payload != payload {
+                // Command and event handlers skip the other types of a topic they share.
+                let typed = |info: &HandlerInfo| info.role != Role::Handler;
+                if first_payload != payload && !(typed(first_info) && typed(info)) {
                     problems.push(config(format!(
                         "topic `{}` is read as two payload types: `{}` by handler `{}` ({}) and `{}` by handler `{}` ({})",
                         info.topic,
@@ -525,7 +554,7 @@ pub trait PublishExt: Publisher {
     /// Publishes `value` to `T`'s topic, encoded as JSON.
     fn publish_value<T: Topic + Serialize + ?Sized>(&self, value: &T) -> OpFuture<'_> {
         match JsonCodec.encode(value) {
-            Ok(payload) => self.publish(T::NAME, Message::new(payload)),
+            Ok(payload) => self.publish(T::NAME, crate::topic::typed_message(payload, T::MESSAGE_TYPE)),
             Err(error) => OpFuture::ready(Err(error)),
         }
     }

@@ -31,7 +31,7 @@ use crate::topic::Publishable;
     message = "`{Self}` cannot be a handler argument",
     label = "not an extractor",
     note = "handler arguments are the payload (first, any `DeserializeOwned` type) and extractors: \
-            `Json<T>`, `Bytes`, `Metadata`, `MessageId`, `Message`, `Attempt`, `DeliveryInfo`, `State<T>`, `Ctx`"
+            `Json<T>`, `Bytes`, `Metadata`, `MessageId`, `Message`, `Attempt`, `DeliveryInfo`, `State<T>`, `Ctx`, `CommandBus`, `EventBus`"
 )]
 pub trait FromMessage: Sized + Send + 'static {
     /// What `prepare` computes once per handler.
@@ -229,6 +229,11 @@ impl Ctx {
         Ctx { route: cx.route.clone(), attempt: cx.attempt, message_id: message.id(), carried }
     }
 
+    /// The route and the metadata passed on, for the buses that publish the same way.
+    pub(crate) fn into_parts(self) -> (Arc<RouteInfo>, Metadata) {
+        (self.route, self.carried)
+    }
+
     /// The handler's name.
     pub fn handler_name(&self) -> &str {
         &self.route.name
@@ -264,7 +269,8 @@ impl Ctx {
             (None, Some(topic)) => Cow::Owned(topic.to_string()),
             (None, None) => return Err(self.no_topic(std::any::type_name::<T>())),
         };
-        self.publish_to(&topic, value).await
+        let payload = self.route.encoder.encode_dyn(value)?;
+        self.publish_message(&topic, crate::topic::typed_message(payload, T::MESSAGE_TYPE)).await
     }
 
     fn no_topic(&self, type_name: &str) -> Error {

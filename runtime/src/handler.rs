@@ -29,7 +29,7 @@ use crate::error::{Error, Result};
 use crate::extract::FromMessage;
 use crate::message::Message;
 use crate::state::StateMap;
-pub use crate::topic::{Publishable, Topic};
+pub use crate::topic::{Command, Event, MessageKind, MessageType, Publishable, Topic};
 
 /// A message a handler produced, with the topic it goes to (`None`: the handler's publish topic).
 #[derive(Clone, Debug)]
@@ -73,7 +73,8 @@ pub trait IntoOutputs: Send {
 }
 
 fn encode_one<T: Publishable, C: Codec>(value: &T, codec: &C) -> Result<Outgoing> {
-    Ok(Outgoing { topic: T::TOPIC.map(Cow::Borrowed), message: Message::new(codec.encode(value)?) })
+    let message = crate::topic::typed_message(codec.encode(value)?, T::MESSAGE_TYPE);
+    Ok(Outgoing { topic: T::TOPIC.map(Cow::Borrowed), message })
 }
 
 const fn spec_of<T: Publishable>() -> OutputSpec {

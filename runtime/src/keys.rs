@@ -17,6 +17,17 @@ pub const TRACEPARENT: &str = "traceparent";
 /// key of their own.
 pub const KEY: &str = "millstream.key";
 
+/// Keys every message of a command or event type carries ([`MessageType`](crate::MessageType)),
+/// written when it is published and read by the handlers of a topic several types share.
+pub mod message {
+    /// `command` or `event`.
+    pub const KIND: &str = "millstream.kind";
+    /// The type's name (`OrderPlaced`).
+    pub const TYPE: &str = "millstream.type";
+    /// The type's schema version (`1`).
+    pub const VERSION: &str = "millstream.version";
+}
+
 /// Keys set on a message sent to a poison (dead-letter) topic, by the router's own poison path
 /// and by [`PoisonQueue`](crate::middleware::PoisonQueue).
 pub mod poison {

@@ -64,6 +64,7 @@
 #[path = "private/mod.rs"]
 pub mod __private;
 pub mod app;
+mod bus;
 pub mod registry;
 #[cfg(feature = "memory")]
 pub mod testing;
@@ -88,14 +89,17 @@ mod topic;
 
 pub use bytes::Bytes;
 /// Declarative handlers, typed topics and middleware: see the `millstream-macros` docs re-exported here.
-pub use millstream_macros::{handler, middleware, topic};
+pub use millstream_macros::{command, command_handler, event, event_handler, handler, middleware, topic};
 
 pub use crate::app::{App, PublishExt};
+pub use crate::bus::{CommandBus, EventBus};
 
 pub use crate::codec::{Codec, JsonCodec};
 pub use crate::error::{Error, ErrorKind, Result};
 pub use crate::extract::{Attempt, Ctx, FromMessage, Json, State};
-pub use crate::handler::{Handler, HandlerResult, Outgoing, Outputs, Publishable, Topic};
+pub use crate::handler::{
+    Command, Event, Handler, HandlerResult, MessageKind, MessageType, Outgoing, Outputs, Publishable, Topic,
+};
 pub use crate::message::{DeliveryInfo, Message, MessageId, Metadata};
 pub use crate::middleware::{Middleware, Next};
 #[cfg(feature = "amqp")]
@@ -124,8 +128,8 @@ pub mod prelude {
     pub use crate::MemoryPubSub;
     pub use crate::{App, HandlerResult, Next, PublishExt};
     pub use crate::{
-        Attempt, Bytes, Ctx, DeliveryInfo, Error, Json, Message, MessageId, Metadata, Publishable, Publisher,
-        Result, Route, Router, State, Subscriber, Topic,
+        Attempt, Bytes, Command, CommandBus, Ctx, DeliveryInfo, Error, Event, EventBus, Json, Message,
+        MessageId, Metadata, Publishable, Publisher, Result, Route, Router, State, Subscriber, Topic,
     };
     pub use serde::{Deserialize, Serialize};
 }

@@ -62,12 +62,25 @@ pub struct HandlerInfo {
     pub service: Option<&'static str>,
     /// The named pub/sub it runs on (`pubsub` key); `None`: the app's default one.
     pub pubsub: Option<&'static str>,
+    /// A plain handler, or the handler of a command or an event.
+    pub role: Role,
     /// `module_path!()` where the handler is declared.
     pub module_path: &'static str,
     /// `file!()` where the handler is declared.
     pub file: &'static str,
     /// `line!()` of the handler's attribute.
     pub line: u32,
+}
+
+/// Which attribute declared a handler.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// `#[millstream::handler]`.
+    Handler,
+    /// `#[millstream::command_handler]`: the one handler of its command type.
+    CommandHandler,
+    /// `#[millstream::event_handler]`: one of any number of handlers of its event type.
+    EventHandler,
 }
 
 impl HandlerInfo {
@@ -100,6 +113,7 @@ impl fmt::Debug for HandlerInfo {
             .field("payload", &self.payload)
             .field("service", &self.service)
             .field("pubsub", &self.pubsub)
+            .field("role", &self.role)
             .field("module_path", &self.module_path)
             .field("location", &format_args!("{}", self.location()))
             .finish()

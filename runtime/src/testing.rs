@@ -57,7 +57,7 @@ use tokio::sync::Notify;
 use crate::app::{App, Backend, PublishExt};
 use crate::codec::{Codec, JsonCodec};
 use crate::error::Result;
-use crate::handler::Topic;
+use crate::handler::{MessageType, Topic};
 use crate::message::Message;
 use crate::pubsub::memory::MemoryPubSub;
 use crate::pubsub::{
@@ -193,13 +193,20 @@ impl TestApp {
         }
     }
 
-    /// Every value published to `T`'s topic (by handlers or by the test), decoded as JSON.
+    /// Every value published to `T`'s topic (by handlers or by the test), decoded as JSON. For a
+    /// command or event type, only the messages of that type (or of no stated type): several
+    /// types may share a topic.
     ///
     /// # Panics
     /// If one does not decode as `T`.
     pub fn published<T: Topic + DeserializeOwned>(&self) -> Vec<T> {
+        let of_type = |message: &Message| match (T::MESSAGE_TYPE, MessageType::name_of(message)) {
+            (Some(expected), Some(name)) => expected.name == name,
+            _ => true,
+        };
         self.published_on(T::NAME)
             .iter()
+            .filter(|message| of_type(message))
             .map(|message| {
                 JsonCodec.decode(message.payload()).unwrap_or_else(|error| {
                     panic!(

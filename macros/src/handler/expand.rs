@@ -20,6 +20,7 @@ use quote::{quote, quote_spanned};
 
 use super::parse::TopicArg;
 use super::validate::{ErrorSide, Handler, Topic};
+use super::Role;
 use crate::names::{ident_text, tokens_text};
 use crate::paths::{struct_name, Paths};
 
@@ -99,7 +100,36 @@ pub(crate) fn expand(handler: &Handler) -> TokenStream {
     let build_route = quote_spanned! {fn_ident.span()=>
         #helper::<_, _, #output, #value, #error, #(#params),*>(Self::INFO.name, Self::INFO.topic, #fn_ident, #codec)
     };
-    let doc = format!(" The `#[millstream::handler]` registration of [`{fn_name}`].");
+    let doc = format!(" The `{}` registration of [`{fn_name}`].", handler.role.attribute());
+    let role = paths.role(match handler.role {
+        Role::Handler => "Handler",
+        Role::Command => "CommandHandler",
+        Role::Event => "EventHandler",
+    });
+    // A command or event handler runs only for messages of its type; the bound on the payload
+    // (`Command` or `Event`) is reported on the payload's type.
+    let typed_route = match (handler.role, &handler.payload) {
+        (Role::Command, Some(payload)) => {
+            let command_route = paths.typed_route("command_route");
+            Some(quote_spanned! {payload_span(payload)=> let route = #command_route::<#payload>(route);})
+        }
+        (Role::Event, Some(payload)) => {
+            let event_route = paths.typed_route("event_route");
+            Some(quote_spanned! {payload_span(payload)=> let route = #event_route::<#payload>(route);})
+        }
+        _ => None,
+    };
+    // One command, one handler: a second impl in the crate does not compile.
+    let one_handler = match (handler.role, &handler.payload, handler.external) {
+        (Role::Command, Some(payload), false) => {
+            let one = paths.command_has_one_handler();
+            Some(quote_spanned! {payload_span(payload)=>
+                #[automatically_derived]
+                impl #one for #payload {}
+            })
+        }
+        _ => None,
+    };
 
     quote! {
         const _: () = {
@@ -119,6 +149,7 @@ pub(crate) fn expand(handler: &Handler) -> TokenStream {
                     payload: #payload_name,
                     service: #service,
                     pubsub: #pubsub,
+                    role: #role,
                     module_path: #module_path,
                     file: #file,
                     line: #line,
@@ -126,6 +157,7 @@ pub(crate) fn expand(handler: &Handler) -> TokenStream {
 
                 fn route() -> #route {
                     let route = #build_route;
+                    #typed_route
                     #(let route = #with_middleware(route, #middleware);)*
                     route
                 }
@@ -139,7 +171,15 @@ pub(crate) fn expand(handler: &Handler) -> TokenStream {
                 }
             }
 
+            #one_handler
+
             #register!(#struct_ident);
         };
     }
+}
+
+/// The span of a type's first token (a path type's own span covers only its start on stable).
+fn payload_span(ty: &syn::Type) -> proc_macro2::Span {
+    use quote::ToTokens;
+    ty.to_token_stream().into_iter().next().map_or_else(proc_macro2::Span::call_site, |t| t.span())
 }

@@ -19,6 +19,7 @@ mod kw {
     syn::custom_keyword!(codec);
     syn::custom_keyword!(middleware);
     syn::custom_keyword!(service);
+    syn::custom_keyword!(external);
 }
 
 /// Every key, for the "did you mean" of an unknown one.
@@ -33,6 +34,7 @@ const KEYS: &[&str] = &[
     "codec",
     "middleware",
     "service",
+    "external",
     "crate",
 ];
 
@@ -56,6 +58,8 @@ pub(crate) struct Args {
     pub(crate) codec: Slot<Expr>,
     pub(crate) middleware: Slot<Vec<Expr>>,
     pub(crate) service: Slot<LitStr>,
+    /// `external` (a command handler's command is defined in another crate).
+    pub(crate) external: Slot<()>,
     pub(crate) krate: Slot<syn::Path>,
 }
 
@@ -72,6 +76,7 @@ pub(crate) fn args(tokens: TokenStream, errors: &mut Errors) -> Args {
         codec: Slot::new("codec"),
         middleware: Slot::new("middleware"),
         service: Slot::new("service"),
+        external: Slot::new("external"),
         krate: Slot::new("crate"),
     };
     attr::parse_entries(tokens, errors, |input, errors| entry(input, &mut args, errors));
@@ -120,6 +125,12 @@ fn entry(input: ParseStream<'_>, args: &mut Args, errors: &mut Errors) -> syn::R
         let key: kw::service = input.parse()?;
         attr::eq(input, "service")?;
         args.service.set(key.span, attr::string(input, "service")?, errors);
+    } else if lookahead.peek(kw::external) {
+        let key: kw::external = input.parse()?;
+        if input.peek(Token![=]) {
+            return Err(input.error("`external` takes no value: `#[millstream::command_handler(external)]`"));
+        }
+        args.external.set(key.span, (), errors);
     } else if lookahead.peek(Token![crate]) {
         let key: Token![crate] = input.parse()?;
         attr::eq(input, "crate")?;

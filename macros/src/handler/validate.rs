@@ -12,6 +12,7 @@ use crate::names::tokens_text;
 use crate::shared::{EXTRACTORS, MAX_PARAMS};
 
 use super::parse::{Args, Item, TopicArg};
+use super::Role;
 use crate::errors::Errors;
 use crate::scope;
 
@@ -41,6 +42,11 @@ pub(crate) struct Handler {
     pub(crate) codec: Option<syn::Expr>,
     pub(crate) middleware: Vec<syn::Expr>,
     pub(crate) krate: Option<syn::Path>,
+    /// Which attribute declared it.
+    pub(crate) role: Role,
+    /// A command handler whose command is defined in another crate (`external`): its uniqueness
+    /// is checked when the app is built, not by the compiler.
+    pub(crate) external: bool,
 }
 
 /// The return type taken apart, so that what is wrong with it is reported on the part at fault:
@@ -88,19 +94,25 @@ enum Marker {
 
 /// Checks the fn and the keys; `None` if anything is wrong (all of it recorded in `errors`).
 /// Returns the fn to emit either way.
-pub(crate) fn validate(mut args: Args, item: Item, errors: &mut Errors) -> (TokenStream, Option<Handler>) {
+pub(crate) fn validate(
+    role: Role,
+    mut args: Args,
+    item: Item,
+    errors: &mut Errors,
+) -> (TokenStream, Option<Handler>) {
+    let attribute = role.attribute();
     let mut item = match item {
         Item::Fn(item) => *item,
         Item::Other(tokens) => {
             let span = tokens.clone().into_iter().next().map_or(Span::call_site(), |t| t.span());
             errors.on(
                 span,
-                "`#[millstream::handler]` goes on an async fn: `async fn name(payload: T, ..) -> R`",
+                format_args!("`{attribute}` goes on an async fn: `async fn name(payload: T, ..) -> R`"),
             );
             return (tokens, None);
         }
     };
-    check_signature(&item.sig, errors);
+    check_signature(&item.sig, attribute, errors);
     scope::require_free_fn(&item.sig, "handler", errors);
     let before_params = errors.len();
     let markers = strip_markers(&mut item, errors);
@@ -175,12 +187,41 @@ pub(crate) fn validate(mut args: Args, item: Item, errors: &mut Errors) -> (Toke
     let returns_nothing = returns_nothing(&item.sig.output);
 
     // The keys that depend on the fn.
+    let what = match role {
+        Role::Command => "command",
+        Role::Event | Role::Handler => "event",
+    };
+    if role != Role::Handler {
+        if let Some(span) = args.topic.key_span() {
+            errors.on(
+                span,
+                format_args!(
+                    "`{attribute}` reads its {what}'s own topic; to change it, set it on the type: \
+                     `#[millstream::{what}(topic = \"name\")]`"
+                ),
+            );
+            args.topic.take();
+        }
+        if payload.is_none() && errors.len() == before_params {
+            errors.at(
+                &item.sig.ident,
+                format_args!(
+                    "`{}` has no {what} parameter: a {what} handler takes its {what} (a `#[millstream::{what}]` type) first",
+                    item.sig.ident
+                ),
+            );
+        }
+    }
+    let external = args.external.key_span();
+    if let (Some(span), false) = (external, role == Role::Command) {
+        errors.on(span, "`external` is a key of `#[millstream::command_handler]` only");
+    }
     let topic = match args.topic.take() {
         Some(TopicArg::Name(name)) => Topic::Name(name),
         Some(TopicArg::Type(ty)) => Topic::Declared(ty),
         None => {
             // Unless a parameter was rejected: it might have been meant as the payload.
-            if payload.is_none() && errors.len() == before_params {
+            if payload.is_none() && errors.len() == before_params && role == Role::Handler {
                 errors.at(
                     &item.sig.ident,
                     format_args!(
@@ -238,17 +279,17 @@ pub(crate) fn validate(mut args: Args, item: Item, errors: &mut Errors) -> (Toke
         codec: args.codec.take(),
         middleware: args.middleware.take().unwrap_or_default(),
         krate: args.krate.take(),
+        role,
+        external: external.is_some(),
     };
     (tokens, Some(handler))
 }
 
 /// The fn's shape: async, free, not generic.
-fn check_signature(sig: &syn::Signature, errors: &mut Errors) {
+fn check_signature(sig: &syn::Signature, attribute: &str, errors: &mut Errors) {
     if sig.asyncness.is_none() {
-        errors.at(
-            sig.fn_token,
-            format_args!("`#[millstream::handler]` needs an async fn: `async fn {}(..)`", sig.ident),
-        );
+        errors
+            .at(sig.fn_token, format_args!("`{attribute}` needs an async fn: `async fn {}(..)`", sig.ident));
     }
     if let Some(unsafety) = &sig.unsafety {
         errors.at(unsafety, "a handler cannot be `unsafe`");

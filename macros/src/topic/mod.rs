@@ -4,6 +4,8 @@ mod expand;
 mod parse;
 mod validate;
 
+pub(crate) use parse::{item as parse_item, Item};
+
 use proc_macro2::TokenStream;
 
 use crate::errors::Errors;

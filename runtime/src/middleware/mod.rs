@@ -47,6 +47,7 @@ mod breaker;
 mod chaos;
 mod count_attempts;
 mod dedup;
+mod message_type;
 mod throttle;
 mod trace;
 
@@ -68,6 +69,7 @@ pub use self::delay_on_nack::DelayOnNack;
 pub use self::from_fn::{from_fn, FromFn};
 pub use self::ignore_errors::IgnoreErrors;
 pub use self::instant_ack::InstantAck;
+pub use self::message_type::MessageTypeFilter;
 pub use self::poison::{poison, poisoned, PoisonQueue};
 pub use self::recoverer::Recoverer;
 pub use self::redelivery_cap::RedeliveryCap;

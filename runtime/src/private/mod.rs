@@ -16,8 +16,11 @@
 //!   return type, each with a diagnostic that names the type at fault and what it lacks.
 //! - `typed.rs`: `topic = T` and `publish = T`, checked against the handler's types.
 //! - `middleware.rs`: what `#[millstream::middleware]` fns and `middleware = [..]` entries become.
+//! - `cqrs.rs`: commands and events: their identity, their handlers' type filter, and the trait
+//!   whose impls make a second handler of one command a compile error.
 //! - `extractors.rs`: the check that the macros' list of extractors names real ones.
 
+mod cqrs;
 mod extractors;
 mod middleware;
 mod payload;
@@ -27,6 +30,7 @@ mod typed;
 
 use std::any::TypeId;
 
+pub use self::cqrs::{command_route, event_route, message_type, CommandHasOneHandler};
 pub use self::middleware::{
     middleware_fn, with_middleware, IntoMiddleware, IsFn, IsMiddleware, MiddlewareMessage, MiddlewareNext,
     MiddlewareOutput,
@@ -41,12 +45,12 @@ pub use crate::handler::{HandlerResult, HandlerReturn};
 pub use crate::message::Message;
 pub use crate::middleware::{Middleware, Next};
 pub use crate::registry::{
-    HandlerDef, HandlerDescriptor, HandlerInfo, MiddlewareDef, MiddlewareDescriptor, MiddlewareInfo,
+    HandlerDef, HandlerDescriptor, HandlerInfo, MiddlewareDef, MiddlewareDescriptor, MiddlewareInfo, Role,
 };
 #[cfg(all(feature = "linkme", not(feature = "inventory")))]
 pub use crate::registry::{HANDLERS, MIDDLEWARE};
 pub use crate::router::Route;
-pub use crate::topic::Topic;
+pub use crate::topic::{Command, Event, MessageKind, MessageType, Topic};
 pub use crate::{
     __millstream_register_handler as register_handler,
     __millstream_register_middleware as register_middleware,

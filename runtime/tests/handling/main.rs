@@ -5,6 +5,7 @@
 mod app;
 #[path = "../common/mod.rs"]
 mod common;
+mod cqrs;
 mod metrics;
 mod router;
 mod testing;

@@ -1,0 +1,37 @@
+//! `#[command(..)]` / `#[event(..)]`: the `Topic` impl (name and identity as constants) and the
+//! `Command` or `Event` impl.
+
+use proc_macro2::TokenStream;
+use quote::quote;
+
+use super::validate::MessageType;
+use super::Kind;
+use crate::paths::Paths;
+
+/// The impls.
+pub(crate) fn expand(checked: &MessageType) -> TokenStream {
+    let paths = Paths::new(checked.krate.as_ref());
+    let topic_trait = paths.topic();
+    let (kind_trait, kind) = match checked.kind {
+        Kind::Command => (paths.command_trait(), paths.message_kind("Command")),
+        Kind::Event => (paths.event_trait(), paths.message_kind("Event")),
+    };
+    let message_type = paths.message_type_fn();
+    let message_type_struct = paths.message_type_struct();
+    let ident = &checked.input.ident;
+    let topic = &checked.topic;
+    let name = &checked.name;
+    let version = checked.version;
+    let version_text = version.to_string();
+    quote! {
+        #[automatically_derived]
+        impl #topic_trait for #ident {
+            const NAME: &'static str = #topic;
+            const MESSAGE_TYPE: ::core::option::Option<#message_type_struct> =
+                ::core::option::Option::Some(#message_type(#kind, #name, #version, #version_text));
+        }
+
+        #[automatically_derived]
+        impl #kind_trait for #ident {}
+    }
+}

@@ -1,0 +1,91 @@
+//! `#[command(..)]` / `#[event(..)]`: a non-generic struct or enum, and usable names.
+
+use proc_macro2::TokenStream;
+use quote::ToTokens;
+
+use super::parse::Args;
+use super::Kind;
+use crate::errors::Errors;
+use crate::topic::Item;
+
+/// A checked command or event type.
+pub(crate) struct MessageType {
+    pub(crate) kind: Kind,
+    pub(crate) input: syn::DeriveInput,
+    /// The topic: the `topic` key, or `commands.<Type>` / `events.<Type>`.
+    pub(crate) topic: String,
+    /// The type name carried in metadata: the `name` key, or the type's name.
+    pub(crate) name: String,
+    pub(crate) version: u32,
+    pub(crate) krate: Option<syn::Path>,
+}
+
+/// Checks the item and the keys; returns the item to emit and, if all is well, the type.
+pub(crate) fn validate(
+    kind: Kind,
+    mut args: Args,
+    item: Item,
+    errors: &mut Errors,
+) -> (TokenStream, Option<MessageType>) {
+    let attribute = kind.attribute();
+    let input = match item {
+        Item::Type(input) => *input,
+        Item::Other(tokens, span) => {
+            errors.on(span, format_args!("`{attribute}` goes on a struct or an enum"));
+            return (tokens, None);
+        }
+    };
+    if let syn::Data::Union(union) = &input.data {
+        errors.at(union.union_token, format_args!("`{attribute}` goes on a struct or an enum, not a union"));
+    }
+    if !input.generics.params.is_empty() {
+        errors.at(
+            &input.generics,
+            format_args!(
+                "`{attribute}` goes on a type without generic parameters: the type's name is its identity in \
+                 every message, and `{}<A>` and `{}<B>` would share it",
+                input.ident, input.ident
+            ),
+        );
+    }
+    let type_name = input.ident.unraw_text();
+    let name = match args.name.take() {
+        Some(name) => {
+            check_name(&name, "name", errors);
+            name.value()
+        }
+        None => type_name.clone(),
+    };
+    let topic = match args.topic.take() {
+        Some(topic) => {
+            check_name(&topic, "topic", errors);
+            topic.value()
+        }
+        None => format!("{}{name}", kind.topic_prefix()),
+    };
+    let version = args.version.take().map_or(1, |(version, _)| version);
+    let tokens = input.to_token_stream();
+    if !errors.is_empty() {
+        return (tokens, None);
+    }
+    let checked = MessageType { kind, input, topic, name, version, krate: args.krate.take() };
+    (tokens, Some(checked))
+}
+
+fn check_name(value: &syn::LitStr, key: &str, errors: &mut Errors) {
+    if value.value().chars().any(char::is_whitespace) {
+        errors.at(value, format_args!("a {key} cannot contain whitespace"));
+    }
+}
+
+/// The identifier's text without `r#`.
+trait UnrawText {
+    fn unraw_text(&self) -> String;
+}
+
+impl UnrawText for syn::Ident {
+    fn unraw_text(&self) -> String {
+        let text = self.to_string();
+        text.strip_prefix("r#").map(str::to_owned).unwrap_or(text)
+    }
+}
