@@ -270,7 +270,7 @@ impl Ctx {
             (None, None) => return Err(self.no_topic(std::any::type_name::<T>())),
         };
         let payload = self.route.encoder.encode_dyn(value)?;
-        self.publish_message(&topic, crate::topic::typed_message(payload, T::MESSAGE_TYPE)).await
+        self.publish_message(&topic, crate::topic::typed_message(payload, T::IDENTITY)).await
     }
 
     fn no_topic(&self, type_name: &str) -> Error {

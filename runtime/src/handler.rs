@@ -73,7 +73,7 @@ pub trait IntoOutputs: Send {
 }
 
 fn encode_one<T: Publishable, C: Codec>(value: &T, codec: &C) -> Result<Outgoing> {
-    let message = crate::topic::typed_message(codec.encode(value)?, T::MESSAGE_TYPE);
+    let message = crate::topic::typed_message(codec.encode(value)?, T::IDENTITY);
     Ok(Outgoing { topic: T::TOPIC.map(Cow::Borrowed), message })
 }
 

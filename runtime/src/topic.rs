@@ -130,11 +130,13 @@ pub trait Publishable: Serialize + Send + Sync + 'static {
     /// The type's own topic, if it has one.
     const TOPIC: Option<&'static str> = None;
 
-    /// What the type is, if it is a command or an event (written into each message's metadata).
-    const MESSAGE_TYPE: Option<MessageType> = None;
+    /// What the type is, if it is a command or an event (written into each message's metadata):
+    /// [`Topic::MESSAGE_TYPE`] for a topic type. Named apart from it so that `T::MESSAGE_TYPE`
+    /// is never ambiguous with both traits in scope.
+    const IDENTITY: Option<MessageType> = None;
 }
 
 impl<T: Topic + Serialize + Send + Sync + 'static> Publishable for T {
     const TOPIC: Option<&'static str> = Some(T::NAME);
-    const MESSAGE_TYPE: Option<MessageType> = T::MESSAGE_TYPE;
+    const IDENTITY: Option<MessageType> = T::MESSAGE_TYPE;
 }

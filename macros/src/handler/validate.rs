@@ -206,8 +206,9 @@ pub(crate) fn validate(
             errors.at(
                 &item.sig.ident,
                 format_args!(
-                    "`{}` has no {what} parameter: a {what} handler takes its {what} (a `#[millstream::{what}]` type) first",
-                    item.sig.ident
+                    "`{}` has no {what} parameter: {} {what} handler takes its {what} (a `#[millstream::{what}]` type) first",
+                    item.sig.ident,
+                    if role == Role::Event { "an" } else { "a" },
                 ),
             );
         }

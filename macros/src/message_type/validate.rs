@@ -48,21 +48,16 @@ pub(crate) fn validate(
             ),
         );
     }
-    let type_name = input.ident.unraw_text();
-    let name = match args.name.take() {
-        Some(name) => {
-            check_name(&name, "name", errors);
-            name.value()
+    let topic = args.topic.take();
+    let name = args.name.take();
+    // In the order the keys are usually written.
+    for (value, key) in [(&topic, "topic"), (&name, "name")] {
+        if let Some(value) = value {
+            check_name(value, key, errors);
         }
-        None => type_name.clone(),
-    };
-    let topic = match args.topic.take() {
-        Some(topic) => {
-            check_name(&topic, "topic", errors);
-            topic.value()
-        }
-        None => format!("{}{name}", kind.topic_prefix()),
-    };
+    }
+    let name = name.map_or_else(|| input.ident.unraw_text(), |name| name.value());
+    let topic = topic.map_or_else(|| format!("{}{name}", kind.topic_prefix()), |topic| topic.value());
     let version = args.version.take().map_or(1, |(version, _)| version);
     let tokens = input.to_token_stream();
     if !errors.is_empty() {

@@ -35,7 +35,7 @@ const _: () = {
     #[automatically_derived]
     impl ::millstream::__private::HandlerDef for BillHandler {
         const INFO: ::millstream::__private::HandlerInfo = ::millstream::__private::HandlerInfo {
-            name: "macrotest001::bill",
+            name: "macrotest002::bill",
             fn_name: "bill",
             topic: <OrderPlaced as ::millstream::__private::Topic>::NAME,
             group: ::core::option::Option::Some("billing"),
@@ -45,7 +45,8 @@ const _: () = {
             payload: ::core::option::Option::Some("OrderPlaced"),
             service: ::core::option::Option::None,
             pubsub: ::core::option::Option::None,
-            module_path: "macrotest001",
+            role: ::millstream::__private::Role::Handler,
+            module_path: "macrotest002",
             file: "/tmp/millstream-macros-expand/handler.rs",
             line: 18u32,
         };

@@ -1,0 +1,172 @@
+use millstream::prelude::*;
+struct PlaceOrder {
+    id: u64,
+}
+#[automatically_derived]
+impl ::millstream::__private::Topic for PlaceOrder {
+    const NAME: &'static str = "commands.PlaceOrder";
+    const MESSAGE_TYPE: ::core::option::Option<::millstream::__private::MessageType> = ::core::option::Option::Some(
+        ::millstream::__private::message_type(
+            ::millstream::__private::MessageKind::Command,
+            "PlaceOrder",
+            1u32,
+            "1",
+        ),
+    );
+}
+#[automatically_derived]
+impl ::millstream::__private::Command for PlaceOrder {}
+struct OrderPlaced {
+    id: u64,
+}
+#[automatically_derived]
+impl ::millstream::__private::Topic for OrderPlaced {
+    const NAME: &'static str = "orders";
+    const MESSAGE_TYPE: ::core::option::Option<::millstream::__private::MessageType> = ::core::option::Option::Some(
+        ::millstream::__private::message_type(
+            ::millstream::__private::MessageKind::Event,
+            "OrderPlaced",
+            2u32,
+            "2",
+        ),
+    );
+}
+#[automatically_derived]
+impl ::millstream::__private::Event for OrderPlaced {}
+async fn place(order: PlaceOrder) -> OrderPlaced {
+    OrderPlaced { id: order.id }
+}
+const _: () = {
+    /// The `#[millstream::command_handler]` registration of [`place`].
+    struct PlaceHandler;
+    #[automatically_derived]
+    impl ::millstream::__private::HandlerDef for PlaceHandler {
+        const INFO: ::millstream::__private::HandlerInfo = ::millstream::__private::HandlerInfo {
+            name: "macrotest000::place",
+            fn_name: "place",
+            topic: <PlaceOrder as ::millstream::__private::Topic>::NAME,
+            group: ::core::option::Option::None,
+            publish: ::core::option::Option::None,
+            concurrency: 1,
+            order_by_key: false,
+            payload: ::core::option::Option::Some("PlaceOrder"),
+            service: ::core::option::Option::None,
+            pubsub: ::core::option::Option::None,
+            role: ::millstream::__private::Role::CommandHandler,
+            module_path: "macrotest000",
+            file: "/tmp/millstream-macros-expand/cqrs.rs",
+            line: 15u32,
+        };
+        fn route() -> ::millstream::__private::Route {
+            let route = ::millstream::__private::payload_route_1::<
+                _,
+                _,
+                OrderPlaced,
+                ::millstream::__private::Whole,
+                ::millstream::__private::Whole,
+                PlaceOrder,
+            >(
+                Self::INFO.name,
+                Self::INFO.topic,
+                place,
+                ::millstream::__private::JsonCodec,
+            );
+            let route = ::millstream::__private::command_route::<PlaceOrder>(route);
+            route
+        }
+        fn handler_type() -> ::core::any::TypeId {
+            ::millstream::__private::type_id_of_val(&place)
+        }
+        fn payload_type() -> ::core::option::Option<::core::any::TypeId> {
+            ::core::option::Option::Some(::core::any::TypeId::of::<PlaceOrder>())
+        }
+    }
+    #[automatically_derived]
+    impl ::millstream::__private::CommandHasOneHandler for PlaceOrder {}
+    #[used]
+    #[unsafe(link_section = "linkme_HANDLERS")]
+    static REGISTRATION: ::millstream::__private::HandlerDescriptor = {
+        #[allow(clippy::no_effect_underscore_binding)]
+        unsafe fn __typecheck(_: ::millstream::__private::linkme::__private37::Void) {
+            #[allow(clippy::ref_option_ref)]
+            let __new = || -> fn() -> &'static ::millstream::__private::HandlerDescriptor {
+                || &REGISTRATION
+            };
+            unsafe {
+                ::millstream::__private::linkme::DistributedSlice::private_typecheck(
+                    ::millstream::__private::HANDLERS,
+                    __new(),
+                );
+            }
+        }
+        ::millstream::__private::HandlerDescriptor::of::<PlaceHandler>()
+    };
+};
+async fn on_placed(event: OrderPlaced) {
+    let _ = event.id;
+}
+const _: () = {
+    /// The `#[millstream::event_handler]` registration of [`on_placed`].
+    struct OnPlacedHandler;
+    #[automatically_derived]
+    impl ::millstream::__private::HandlerDef for OnPlacedHandler {
+        const INFO: ::millstream::__private::HandlerInfo = ::millstream::__private::HandlerInfo {
+            name: "macrotest000::on_placed",
+            fn_name: "on_placed",
+            topic: <OrderPlaced as ::millstream::__private::Topic>::NAME,
+            group: ::core::option::Option::None,
+            publish: ::core::option::Option::None,
+            concurrency: 1,
+            order_by_key: false,
+            payload: ::core::option::Option::Some("OrderPlaced"),
+            service: ::core::option::Option::None,
+            pubsub: ::core::option::Option::None,
+            role: ::millstream::__private::Role::EventHandler,
+            module_path: "macrotest000",
+            file: "/tmp/millstream-macros-expand/cqrs.rs",
+            line: 20u32,
+        };
+        fn route() -> ::millstream::__private::Route {
+            let route = ::millstream::__private::payload_route_1::<
+                _,
+                _,
+                (),
+                ::millstream::__private::Whole,
+                ::millstream::__private::Whole,
+                OrderPlaced,
+            >(
+                Self::INFO.name,
+                Self::INFO.topic,
+                on_placed,
+                ::millstream::__private::JsonCodec,
+            );
+            let route = ::millstream::__private::event_route::<OrderPlaced>(route);
+            route
+        }
+        fn handler_type() -> ::core::any::TypeId {
+            ::millstream::__private::type_id_of_val(&on_placed)
+        }
+        fn payload_type() -> ::core::option::Option<::core::any::TypeId> {
+            ::core::option::Option::Some(::core::any::TypeId::of::<OrderPlaced>())
+        }
+    }
+    #[used]
+    #[unsafe(link_section = "linkme_HANDLERS")]
+    static REGISTRATION: ::millstream::__private::HandlerDescriptor = {
+        #[allow(clippy::no_effect_underscore_binding)]
+        unsafe fn __typecheck(_: ::millstream::__private::linkme::__private37::Void) {
+            #[allow(clippy::ref_option_ref)]
+            let __new = || -> fn() -> &'static ::millstream::__private::HandlerDescriptor {
+                || &REGISTRATION
+            };
+            unsafe {
+                ::millstream::__private::linkme::DistributedSlice::private_typecheck(
+                    ::millstream::__private::HANDLERS,
+                    __new(),
+                );
+            }
+        }
+        ::millstream::__private::HandlerDescriptor::of::<OnPlacedHandler>()
+    };
+};
+fn main() {}

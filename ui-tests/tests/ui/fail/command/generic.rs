@@ -1,0 +1,9 @@
+use millstream::prelude::*;
+
+#[derive(Serialize, Deserialize)]
+#[millstream::command]
+struct Place<T> {
+    item: T,
+}
+
+fn main() {}

@@ -1,0 +1,4 @@
+#[millstream::command]
+fn place_order() {}
+
+fn main() {}

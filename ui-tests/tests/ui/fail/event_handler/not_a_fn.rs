@@ -1,0 +1,4 @@
+#[millstream::event_handler]
+struct OnPlaced;
+
+fn main() {}
