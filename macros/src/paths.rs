@@ -114,6 +114,26 @@ impl Paths {
         quote!(#role::#variant)
     }
 
+    /// The codec trait.
+    pub(crate) fn codec_trait(&self) -> TokenStream {
+        self.private("Codec")
+    }
+
+    /// `Bytes`.
+    pub(crate) fn bytes(&self) -> TokenStream {
+        self.private("Bytes")
+    }
+
+    /// `millstream::Error`.
+    pub(crate) fn error(&self) -> TokenStream {
+        self.private("Error")
+    }
+
+    /// `upcast::<Old, New, C>(codec, payload)`.
+    pub(crate) fn upcast(&self) -> TokenStream {
+        self.private("upcast")
+    }
+
     /// The default codec.
     pub(crate) fn json_codec(&self) -> TokenStream {
         self.private("JsonCodec")

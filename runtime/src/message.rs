@@ -455,6 +455,11 @@ impl Message {
         &self.payload
     }
 
+    /// Replaces the payload (an upcaster turning an older schema version into the current one).
+    pub fn set_payload(&mut self, payload: impl Into<Bytes>) {
+        self.payload = payload.into();
+    }
+
     /// The correlation id (metadata [`CORRELATION_ID`](crate::keys::CORRELATION_ID)), if it has one.
     pub fn correlation_id(&self) -> Option<&str> {
         self.metadata.get(keys::CORRELATION_ID)

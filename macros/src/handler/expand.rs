@@ -97,8 +97,15 @@ pub(crate) fn expand(handler: &Handler) -> TokenStream {
     let type_id_of_val = paths.type_id_of_val();
     let register = paths.register_handler();
     // Spanned on the fn's name: a future that is not `Send` is reported there.
+    // A command or event handler's type filter upcasts with the handler's codec too.
+    let typed = handler.role != Role::Handler && handler.payload.is_some();
+    let (bind_codec, codec_arg) = if typed {
+        (Some(quote!(let codec = #codec;)), quote!(::core::clone::Clone::clone(&codec)))
+    } else {
+        (None, codec.clone())
+    };
     let build_route = quote_spanned! {fn_ident.span()=>
-        #helper::<_, _, #output, #value, #error, #(#params),*>(Self::INFO.name, Self::INFO.topic, #fn_ident, #codec)
+        #helper::<_, _, #output, #value, #error, #(#params),*>(Self::INFO.name, Self::INFO.topic, #fn_ident, #codec_arg)
     };
     let doc = format!(" The `{}` registration of [`{fn_name}`].", handler.role.attribute());
     let role = paths.role(match handler.role {
@@ -111,11 +118,15 @@ pub(crate) fn expand(handler: &Handler) -> TokenStream {
     let typed_route = match (handler.role, &handler.payload) {
         (Role::Command, Some(payload)) => {
             let command_route = paths.typed_route("command_route");
-            Some(quote_spanned! {payload_span(payload)=> let route = #command_route::<#payload>(route);})
+            Some(
+                quote_spanned! {payload_span(payload)=> let route = #command_route::<#payload, _>(route, codec);},
+            )
         }
         (Role::Event, Some(payload)) => {
             let event_route = paths.typed_route("event_route");
-            Some(quote_spanned! {payload_span(payload)=> let route = #event_route::<#payload>(route);})
+            Some(
+                quote_spanned! {payload_span(payload)=> let route = #event_route::<#payload, _>(route, codec);},
+            )
         }
         _ => None,
     };
@@ -156,6 +167,7 @@ pub(crate) fn expand(handler: &Handler) -> TokenStream {
                 };
 
                 fn route() -> #route {
+                    #bind_codec
                     let route = #build_route;
                     #typed_route
                     #(let route = #with_middleware(route, #middleware);)*

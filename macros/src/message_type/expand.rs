@@ -2,7 +2,7 @@
 //! `Command` or `Event` impl.
 
 use proc_macro2::TokenStream;
-use quote::quote;
+use quote::{quote, quote_spanned, ToTokens};
 
 use super::validate::MessageType;
 use super::Kind;
@@ -23,6 +23,35 @@ pub(crate) fn expand(checked: &MessageType) -> TokenStream {
     let name = &checked.name;
     let version = checked.version;
     let version_text = version.to_string();
+    let upcast_fn = (!checked.upcasts.is_empty()).then(|| {
+        let codec = paths.codec_trait();
+        let bytes = paths.bytes();
+        let error = paths.error();
+        let upcast = paths.upcast();
+        let arms = checked.upcasts.iter().map(|entry| {
+            let old = &entry.ty;
+            let number = entry.version;
+            let span = old
+                .to_token_stream()
+                .into_iter()
+                .next()
+                .map_or_else(proc_macro2::Span::call_site, |t| t.span());
+            let call = quote_spanned! {span=> #upcast::<#old, Self, C>(codec, payload)};
+            quote!(#number => ::core::option::Option::Some(#call),)
+        });
+        quote! {
+            fn upcast<C: #codec>(
+                codec: &C,
+                version: u32,
+                payload: &[u8],
+            ) -> ::core::option::Option<::core::result::Result<#bytes, #error>> {
+                match version {
+                    #(#arms)*
+                    _ => ::core::option::Option::None,
+                }
+            }
+        }
+    });
     quote! {
         #[automatically_derived]
         impl #topic_trait for #ident {
@@ -32,6 +61,8 @@ pub(crate) fn expand(checked: &MessageType) -> TokenStream {
         }
 
         #[automatically_derived]
-        impl #kind_trait for #ident {}
+        impl #kind_trait for #ident {
+            #upcast_fn
+        }
     }
 }

@@ -3,7 +3,7 @@
 use proc_macro2::TokenStream;
 use quote::ToTokens;
 
-use super::parse::Args;
+use super::parse::{Args, Upcast};
 use super::Kind;
 use crate::errors::Errors;
 use crate::topic::Item;
@@ -17,6 +17,8 @@ pub(crate) struct MessageType {
     /// The type name carried in metadata: the `name` key, or the type's name.
     pub(crate) name: String,
     pub(crate) version: u32,
+    /// The upcasters of older versions.
+    pub(crate) upcasts: Vec<Upcast>,
     pub(crate) krate: Option<syn::Path>,
 }
 
@@ -59,11 +61,28 @@ pub(crate) fn validate(
     let name = name.map_or_else(|| input.ident.unraw_text(), |name| name.value());
     let topic = topic.map_or_else(|| format!("{}{name}", kind.topic_prefix()), |topic| topic.value());
     let version = args.version.take().map_or(1, |(version, _)| version);
+    let upcasts = args.upcast.take().unwrap_or_default();
+    let mut seen = Vec::with_capacity(upcasts.len());
+    for upcast in &upcasts {
+        if upcast.version >= version {
+            errors.at(
+                &upcast.version_tokens,
+                format_args!(
+                    "an upcaster turns an older version into the current one ({version}): {} is not older{}",
+                    upcast.version,
+                    if version == 1 { "; set the current one with `version = N`" } else { "" }
+                ),
+            );
+        } else if seen.contains(&upcast.version) {
+            errors.at(&upcast.version_tokens, format_args!("version {} has two upcasters", upcast.version));
+        }
+        seen.push(upcast.version);
+    }
     let tokens = input.to_token_stream();
     if !errors.is_empty() {
         return (tokens, None);
     }
-    let checked = MessageType { kind, input, topic, name, version, krate: args.krate.take() };
+    let checked = MessageType { kind, input, topic, name, version, upcasts, krate: args.krate.take() };
     (tokens, Some(checked))
 }
 

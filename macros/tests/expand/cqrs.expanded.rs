@@ -42,7 +42,7 @@ const _: () = {
     #[automatically_derived]
     impl ::millstream::__private::HandlerDef for PlaceHandler {
         const INFO: ::millstream::__private::HandlerInfo = ::millstream::__private::HandlerInfo {
-            name: "macrotest000::place",
+            name: "macrotest001::place",
             fn_name: "place",
             topic: <PlaceOrder as ::millstream::__private::Topic>::NAME,
             group: ::core::option::Option::None,
@@ -53,11 +53,12 @@ const _: () = {
             service: ::core::option::Option::None,
             pubsub: ::core::option::Option::None,
             role: ::millstream::__private::Role::CommandHandler,
-            module_path: "macrotest000",
+            module_path: "macrotest001",
             file: "/tmp/millstream-macros-expand/cqrs.rs",
             line: 15u32,
         };
         fn route() -> ::millstream::__private::Route {
+            let codec = ::millstream::__private::JsonCodec;
             let route = ::millstream::__private::payload_route_1::<
                 _,
                 _,
@@ -69,9 +70,12 @@ const _: () = {
                 Self::INFO.name,
                 Self::INFO.topic,
                 place,
-                ::millstream::__private::JsonCodec,
+                ::core::clone::Clone::clone(&codec),
             );
-            let route = ::millstream::__private::command_route::<PlaceOrder>(route);
+            let route = ::millstream::__private::command_route::<
+                PlaceOrder,
+                _,
+            >(route, codec);
             route
         }
         fn handler_type() -> ::core::any::TypeId {
@@ -111,7 +115,7 @@ const _: () = {
     #[automatically_derived]
     impl ::millstream::__private::HandlerDef for OnPlacedHandler {
         const INFO: ::millstream::__private::HandlerInfo = ::millstream::__private::HandlerInfo {
-            name: "macrotest000::on_placed",
+            name: "macrotest001::on_placed",
             fn_name: "on_placed",
             topic: <OrderPlaced as ::millstream::__private::Topic>::NAME,
             group: ::core::option::Option::None,
@@ -122,11 +126,12 @@ const _: () = {
             service: ::core::option::Option::None,
             pubsub: ::core::option::Option::None,
             role: ::millstream::__private::Role::EventHandler,
-            module_path: "macrotest000",
+            module_path: "macrotest001",
             file: "/tmp/millstream-macros-expand/cqrs.rs",
             line: 20u32,
         };
         fn route() -> ::millstream::__private::Route {
+            let codec = ::millstream::__private::JsonCodec;
             let route = ::millstream::__private::payload_route_1::<
                 _,
                 _,
@@ -138,9 +143,12 @@ const _: () = {
                 Self::INFO.name,
                 Self::INFO.topic,
                 on_placed,
-                ::millstream::__private::JsonCodec,
+                ::core::clone::Clone::clone(&codec),
             );
-            let route = ::millstream::__private::event_route::<OrderPlaced>(route);
+            let route = ::millstream::__private::event_route::<
+                OrderPlaced,
+                _,
+            >(route, codec);
             route
         }
         fn handler_type() -> ::core::any::TypeId {

@@ -35,7 +35,7 @@ const _: () = {
     #[automatically_derived]
     impl ::millstream::__private::HandlerDef for BillHandler {
         const INFO: ::millstream::__private::HandlerInfo = ::millstream::__private::HandlerInfo {
-            name: "macrotest002::bill",
+            name: "macrotest003::bill",
             fn_name: "bill",
             topic: <OrderPlaced as ::millstream::__private::Topic>::NAME,
             group: ::core::option::Option::Some("billing"),
@@ -46,7 +46,7 @@ const _: () = {
             service: ::core::option::Option::None,
             pubsub: ::core::option::Option::None,
             role: ::millstream::__private::Role::Handler,
-            module_path: "macrotest002",
+            module_path: "macrotest003",
             file: "/tmp/millstream-macros-expand/handler.rs",
             line: 18u32,
         };

@@ -30,7 +30,9 @@ mod typed;
 
 use std::any::TypeId;
 
-pub use self::cqrs::{command_route, event_route, message_type, CommandHasOneHandler};
+pub use self::cqrs::{
+    command_route, event_route, message_type, upcast, CommandHasOneHandler, OlderVersion, UpcastsTo,
+};
 pub use self::middleware::{
     middleware_fn, with_middleware, IntoMiddleware, IsFn, IsMiddleware, MiddlewareMessage, MiddlewareNext,
     MiddlewareOutput,
@@ -40,6 +42,7 @@ pub use self::returns::{Encoded, ErrorOf, ErrorType, HandlerError, ResultParts, 
 pub use self::route::*;
 pub use self::typed::{typed_publish, typed_topic, Publishes, TopicMatches};
 pub use crate::codec::{Codec, JsonCodec};
+pub use crate::error::Error;
 pub use crate::extract::{FromMessage, Json};
 pub use crate::handler::{HandlerResult, HandlerReturn};
 pub use crate::message::Message;
@@ -55,6 +58,7 @@ pub use crate::{
     __millstream_register_handler as register_handler,
     __millstream_register_middleware as register_middleware,
 };
+pub use bytes::Bytes;
 #[cfg(feature = "inventory")]
 pub use inventory;
 #[cfg(all(feature = "linkme", not(feature = "inventory")))]

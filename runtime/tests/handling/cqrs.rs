@@ -109,49 +109,76 @@ async fn a_command_causes_events_that_carry_their_type_and_each_handler_runs_for
     app.stop().await.unwrap();
 }
 
-/// A version newer than the handler's, and one that is not a number.
+/// Versions: the current one, an older one with an upcaster, an older one without, a newer one,
+/// one that is not a number, none.
 mod versions {
     use super::*;
 
+    /// Version 1 priced in whole dollars.
+    #[derive(Deserialize)]
+    pub(crate) struct PricedV1 {
+        pub(crate) dollars: u64,
+    }
+
     #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
-    #[millstream::event(topic = "cqrs-test.versions", version = 2)]
+    #[millstream::event(topic = "cqrs-test.versions", version = 3, upcast(1 = PricedV1))]
     pub(crate) struct Priced {
         pub(crate) cents: u64,
     }
 
-    pub(crate) static HANDLED: AtomicU32 = AtomicU32::new(0);
+    impl From<PricedV1> for Priced {
+        fn from(old: PricedV1) -> Self {
+            Priced { cents: old.dollars * 100 }
+        }
+    }
+
+    pub(crate) static CENTS: std::sync::Mutex<Vec<u64>> = std::sync::Mutex::new(Vec::new());
 
     #[millstream::event_handler]
-    pub(crate) async fn priced(_: Priced) {
-        HANDLED.fetch_add(1, Ordering::SeqCst);
+    pub(crate) async fn priced(event: Priced, meta: Metadata) {
+        assert_eq!(meta.get(VERSION).unwrap_or("3"), "3", "the handler sees the current version");
+        CENTS.lock().unwrap().push(event.cents);
     }
 }
 
 #[tokio::test]
-async fn a_newer_version_goes_to_the_poison_queue_with_the_reason() {
+async fn older_versions_are_upcast_or_poisoned_and_newer_ones_poisoned_with_the_reason() {
     use versions::*;
     let app = TestApp::start(App::from_registry().module_prefix(module_path!().to_owned() + "::versions"))
         .await
         .unwrap();
-    let typed = |version: &str| {
-        Message::new(r#"{"cents":5}"#)
+    let typed = |version: &str, payload: &'static str| {
+        Message::new(payload)
             .with_header(TYPE, "Priced")
             .with_header(VERSION, version)
             .with_header(KIND, "event")
     };
-    app.publish_message("cqrs-test.versions", typed("1")).await.unwrap();
-    app.publish_message("cqrs-test.versions", typed("3")).await.unwrap();
-    app.publish_message("cqrs-test.versions", typed("two")).await.unwrap();
+    app.publish_message("cqrs-test.versions", typed("1", r#"{"dollars":2}"#)).await.unwrap();
+    app.publish_message("cqrs-test.versions", typed("2", r#"{"cents":3}"#)).await.unwrap();
+    app.publish_message("cqrs-test.versions", typed("3", r#"{"cents":4}"#)).await.unwrap();
+    app.publish_message("cqrs-test.versions", typed("4", r#"{"cents":5}"#)).await.unwrap();
+    app.publish_message("cqrs-test.versions", typed("two", r#"{"cents":6}"#)).await.unwrap();
     // Another program's message says no type: its payload decides.
-    app.publish_message("cqrs-test.versions", Message::new(r#"{"cents":6}"#)).await.unwrap();
+    app.publish_message("cqrs-test.versions", Message::new(r#"{"cents":7}"#)).await.unwrap();
+    // An older version whose payload does not decode as the old type.
+    app.publish_message("cqrs-test.versions", typed("1", r#"{"cents":8}"#)).await.unwrap();
     app.settled().await;
-    assert_eq!(HANDLED.load(Ordering::SeqCst), 2, "versions 1 and none");
+    let mut cents = CENTS.lock().unwrap().clone();
+    cents.sort_unstable();
+    assert_eq!(cents, [4, 7, 200], "version 1 upcast, version 3 and no version handled");
     let mut reasons: Vec<_> =
         app.poisoned().iter().map(|m| m.poison_reason().unwrap_or("").to_owned()).collect();
     reasons.sort();
-    assert_eq!(reasons.len(), 2, "{reasons:?}");
-    assert!(reasons[0].contains("Priced has a version that is not a number: \"two\""), "{reasons:?}");
-    assert!(reasons[1].contains("Priced version 3 is newer than this handler's (version 2)"), "{reasons:?}");
+    assert_eq!(reasons.len(), 4, "{reasons:#?}");
+    let expected = [
+        "Priced has a version that is not a number: \"two\"",
+        "Priced version 1 could not be upcast to version 3: missing field `dollars`",
+        "Priced version 2 is older than this handler's (version 3) and Priced has no upcaster from it",
+        "Priced version 4 is newer than this handler's (version 3)",
+    ];
+    for (reason, expected) in reasons.iter().zip(expected) {
+        assert!(reason.contains(expected), "{reason:?} should say {expected:?}");
+    }
     app.stop().await.unwrap();
 }
 

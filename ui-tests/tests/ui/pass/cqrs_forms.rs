@@ -20,11 +20,23 @@ struct OrderPlaced {
     id: u64,
 }
 
+/// Version 1 of `OrderChanged`: only cancellations.
+#[derive(Deserialize)]
+struct OrderCancelledV1 {
+    id: u64,
+}
+
 #[derive(Serialize, Deserialize)]
-#[millstream::event(topic = "orders", version = 2)]
+#[millstream::event(topic = "orders", version = 2, upcast(1 = OrderCancelledV1))]
 enum OrderChanged {
     Cancelled { id: u64 },
     Paid(u64),
+}
+
+impl From<OrderCancelledV1> for OrderChanged {
+    fn from(old: OrderCancelledV1) -> Self {
+        OrderChanged::Cancelled { id: old.id }
+    }
 }
 
 #[millstream::command_handler]
@@ -59,4 +71,7 @@ fn main() {
     assert_eq!((charge.kind, charge.name, charge.version), (MessageKind::Command, "Charge", 3));
     assert_eq!(ChargeCard::NAME, "billing.commands");
     assert_eq!(OrderChanged::MESSAGE_TYPE.unwrap().version_text, "2");
+    let upcast = <OrderChanged as millstream::Event>::upcast(&millstream::JsonCodec, 1, br#"{"id":4}"#);
+    assert_eq!(&upcast.unwrap().unwrap()[..], br#"{"Cancelled":{"id":4}}"#);
+    assert!(<OrderChanged as millstream::Event>::upcast(&millstream::JsonCodec, 2, b"{}").is_none());
 }

@@ -1,0 +1,20 @@
+use millstream::prelude::*;
+
+#[derive(Deserialize)]
+struct PlacedV1 {
+    id: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+#[millstream::event(version = 3, upcast(1 = PlacedV1, 1 = PlacedV1))]
+struct OrderPlaced {
+    id: u64,
+}
+
+impl From<PlacedV1> for OrderPlaced {
+    fn from(old: PlacedV1) -> Self {
+        OrderPlaced { id: old.id }
+    }
+}
+
+fn main() {}
