@@ -28,6 +28,20 @@ pub mod message {
     pub const VERSION: &str = "millstream.version";
 }
 
+/// Keys of request–reply ([`Requester`](crate::Requester)): a request says where its replies
+/// go, a reply says which request it answers and, when the handler failed, why.
+pub mod reply {
+    /// On a request: the topic its replies go to. The router sends whatever the handler returns
+    /// there instead of to the values' own topics (an empty reply when it returns nothing).
+    pub const TO: &str = "millstream.reply_to";
+    /// On a reply: the id of the request it answers.
+    pub const FOR: &str = "millstream.reply_for";
+    /// On an error reply: the handler's error.
+    pub const ERROR: &str = "millstream.reply_error";
+    /// On an error reply: the error's kind (`Handler`, `Decode`, ...).
+    pub const ERROR_KIND: &str = "millstream.reply_error_kind";
+}
+
 /// Keys set on a message sent to a poison (dead-letter) topic, by the router's own poison path
 /// and by [`PoisonQueue`](crate::middleware::PoisonQueue).
 pub mod poison {

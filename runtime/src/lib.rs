@@ -66,6 +66,8 @@ pub mod __private;
 pub mod app;
 mod bus;
 pub mod registry;
+mod reply;
+mod request;
 #[cfg(feature = "memory")]
 pub mod testing;
 
@@ -93,6 +95,7 @@ pub use millstream_macros::{command, command_handler, event, event_handler, hand
 
 pub use crate::app::{App, PublishExt};
 pub use crate::bus::{CommandBus, EventBus};
+pub use crate::request::{RequestError, Requester};
 
 pub use crate::codec::{Codec, JsonCodec};
 pub use crate::error::{Error, ErrorKind, Result};

@@ -10,7 +10,7 @@ use super::chain::{Middleware, Next};
 use super::step::{BuiltIn, Cx, Frame, Leave, Shape, Step};
 use crate::context::RouteInfo;
 use crate::error::Error;
-use crate::handler::{HandlerResult, Outputs};
+use crate::handler::{HandlerResult, Outgoing, Outputs};
 use crate::keys::poison as poison_keys;
 use crate::message::Message;
 
@@ -106,6 +106,9 @@ impl PoisonQueue {
     ) -> BoxFuture<'static, HandlerResult> {
         let this = self.clone();
         let id = original.id();
+        // A request is answered: the error travels back as its reply (the router sends outputs
+        // of a request to its reply topic).
+        let reply = crate::reply::reply_topic(&original).map(|to| (to, crate::reply::error_reply(id, error)));
         let dead = poisoned(original, error, &route.name, &route.topic, attempt);
         let error = error.to_string();
         Box::pin(async move {
@@ -122,7 +125,11 @@ impl PoisonQueue {
                         "message poisoned",
                     );
                     crate::observe::poisoned(&route.name);
-                    Ok(Outputs::new())
+                    let mut outputs = Outputs::new();
+                    if let Some((to, reply)) = reply {
+                        outputs.push(Outgoing { topic: Some(to.into_string().into()), message: reply });
+                    }
+                    Ok(outputs)
                 }
                 Err(publish_error) => Err(publish_error
                     .context(format_args!("poisoning a message that failed with `{error}` to `{topic}`"))),

@@ -114,6 +114,8 @@ async fn process(p: &Prepared, message: Message, attempt: u32, acker: Acker) {
     } else {
         acker
     };
+    // A request's outputs are its replies.
+    let reply_to = crate::reply::reply_topic(&message);
     let (outputs, original) = {
         let id = message.id();
         // The message is kept for the poison topic. A backend that redelivers (the in-memory
@@ -144,7 +146,7 @@ async fn process(p: &Prepared, message: Message, attempt: u32, acker: Acker) {
                 };
                 // Built in a statement of its own: a temporary in the `.await` statement would
                 // count as alive across the await, and the failure future is large.
-                let failed = Box::pin(fail(p, original, attempt, acker, error));
+                let failed = Box::pin(fail(p, original, attempt, acker, error, reply_to));
                 return failed.await;
             }
             Err(panic) => {
@@ -153,7 +155,14 @@ async fn process(p: &Prepared, message: Message, attempt: u32, acker: Acker) {
             }
         }
     };
-    let published = if outputs.is_empty() {
+    let published = if let Some(to) = reply_to {
+        let request = match (&original, acker.message()) {
+            (Some(original), _) | (None, Some(original)) => original.id(),
+            (None, None) => unreachable!("a copy is kept when the acker keeps none"),
+        };
+        let replied = Box::pin(publish_replies(p, to, request, outputs));
+        replied.await
+    } else if outputs.is_empty() {
         Ok(())
     } else {
         let started = p.metrics.timed().then(std::time::Instant::now);
@@ -182,7 +191,7 @@ async fn process(p: &Prepared, message: Message, attempt: u32, acker: Acker) {
                 None => acker.message().cloned().expect("the acker keeps the message"),
             };
             let error = error.context("publishing the handler's output failed");
-            let failed = Box::pin(fail(p, original, attempt, acker, error));
+            let failed = Box::pin(fail(p, original, attempt, acker, error, None));
             failed.await
         }
         Err(error) => {
@@ -214,8 +223,24 @@ fn nack_delay(p: &Prepared, error: &Error) -> Option<std::time::Duration> {
 /// Settles a delivery whose handling failed: a transient error nacks (redelivered, with the
 /// error's or the router's delay); a permanent one goes to the poison topic and is acked, or is
 /// rejected when there is no poison topic (a nack would bring back what can never succeed).
-async fn fail(p: &Prepared, original: Message, attempt: u32, acker: Acker, error: Error) {
+///
+/// A request that fails for good gets an error reply first (best effort: the requester times out
+/// otherwise); a transient failure sends none, since the request comes again.
+async fn fail(
+    p: &Prepared,
+    original: Message,
+    attempt: u32,
+    acker: Acker,
+    error: Error,
+    reply_to: Option<Box<str>>,
+) {
     let attempt = error.counted_attempt().unwrap_or(attempt);
+    if let (Some(to), true) = (reply_to, error.is_permanent()) {
+        let reply = crate::reply::error_reply(original.id(), &error);
+        if let Err(reply_error) = p.publisher.publish(&to, reply).await {
+            tracing::warn!(handler = %p.info.name, error = %reply_error, "sending the error reply failed");
+        }
+    }
     let poison = p.config.poison_topic.as_deref().filter(|_| error.is_permanent());
     let what = match (error.is_permanent(), poison) {
         (false, _) => "handler failed; nacking",
@@ -246,6 +271,18 @@ async fn fail(p: &Prepared, original: Message, attempt: u32, acker: Acker, error
             }
         }
     }
+}
+
+/// A request's outputs, each sent to its reply topic as a reply to `request`; an empty reply
+/// when there is none (the handler returned nothing: the request is done).
+async fn publish_replies(p: &Prepared, to: Box<str>, request: MessageId, outputs: Outputs) -> Result<()> {
+    if outputs.is_empty() {
+        return p.publisher.publish(&to, crate::reply::as_reply(request, Message::new(Vec::new()))).await;
+    }
+    for output in outputs {
+        p.publisher.publish(&to, crate::reply::as_reply(request, output.message)).await?;
+    }
+    Ok(())
 }
 
 async fn publish_outputs(p: &Prepared, outputs: Outputs) -> Result<()> {

@@ -20,6 +20,7 @@ mod mqtt_backend;
 mod nats_backend;
 mod payload_limits;
 mod redis_backend;
+mod request_reply;
 mod sql_faults;
 mod sql_memory;
 mod sql_outbox;

@@ -7,6 +7,7 @@ mod app;
 mod common;
 mod cqrs;
 mod metrics;
+mod request;
 mod router;
 mod testing;
 mod tracing;

@@ -1,0 +1,66 @@
+//! Request–reply on durable backends: SQLite (embedded) and NATS JetStream (the local server).
+//! The replying handler is an ordinary route; each test uses topics of its own.
+#![cfg(any(feature = "sqlite", feature = "nats"))]
+
+use std::time::Duration;
+
+use millstream::prelude::*;
+use millstream::{PubSub, RequestError, Requester};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+#[derive(Serialize, Deserialize, Debug, PartialEq)]
+struct Doubled {
+    value: u64,
+}
+
+async fn double(value: Json<u64>) -> Result<Json<Doubled>> {
+    if value.0 == 0 {
+        return Err(Error::permanent("zero cannot be doubled here"));
+    }
+    Ok(Json(Doubled { value: value.0 * 2 }))
+}
+
+fn unique(prefix: &str) -> String {
+    let id = uuid::Uuid::now_v7().simple().to_string();
+    format!("{prefix}.{}", &id[id.len() - 12..])
+}
+
+/// Ten requests answered, a permanent failure sent back, on `pubsub`.
+async fn requests_are_answered(pubsub: impl PubSub + Clone) {
+    let topic = unique("rr.double");
+    let route = Route::new(topic.clone(), topic.clone(), double).publish(format!("{topic}.out"));
+    let router = App::new().route(route).pubsub(pubsub.clone()).start().await.expect("start");
+    let requester = Requester::connect(pubsub.clone()).await.expect("requester");
+    for value in 1..=10u64 {
+        let doubled: Doubled = requester.request_to(&topic, &value, WAIT).await.expect("a reply");
+        assert_eq!(doubled, Doubled { value: value * 2 });
+    }
+    let error = requester.request_to::<_, Doubled>(&topic, &0u64, WAIT).await.expect_err("an error reply");
+    let RequestError::Remote(remote) = error else { panic!("a remote error: {error}") };
+    assert_eq!(remote.message(), "zero cannot be doubled here");
+    requester.close().await;
+    router.close().await.expect("close");
+}
+
+#[cfg(feature = "sqlite")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_answers_requests() {
+    let dir = std::env::temp_dir().join(unique("millstream-rr"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let pubsub = millstream::SqlPubSub::open_sqlite(dir.join("db.sqlite"), millstream::SqlConfig::default())
+        .await
+        .expect("open");
+    requests_are_answered(pubsub).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[cfg(feature = "nats")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_answers_requests() {
+    let _lock = crate::support::nats::shared().await;
+    let url = std::env::var("MILLSTREAM_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned());
+    let config = millstream::NatsConfig::default().stream_prefix("MSTEST_");
+    let pubsub = millstream::NatsPubSub::connect(&url, config).await.expect("connect");
+    requests_are_answered(pubsub).await;
+}
