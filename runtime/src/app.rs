@@ -329,6 +329,7 @@ impl App {
         check_names(&descriptors, &self.routes, &mut problems);
         check_payloads(&descriptors, &mut problems);
         check_command_handlers(&descriptors, &mut problems);
+        check_typed_groups(&descriptors, &mut problems);
 
         let mut routes = Vec::with_capacity(descriptors.len() + self.routes.len());
         for descriptor in &descriptors {
@@ -487,6 +488,37 @@ fn check_command_handlers(descriptors: &[&'static HandlerDescriptor], problems: 
                     first.location(),
                     info.name,
                     info.location()
+                )));
+            }
+        }
+    }
+}
+
+/// Two command or event handlers reading one topic in one group would split its messages between
+/// them, and each would ack the other's types without running: messages lost to both.
+fn check_typed_groups(descriptors: &[&'static HandlerDescriptor], problems: &mut Vec<Error>) {
+    let mut seen: BTreeMap<(Option<&str>, &str, &str), &HandlerInfo> = BTreeMap::new();
+    for descriptor in descriptors {
+        let info = descriptor.info();
+        if info.role == Role::Handler {
+            continue;
+        }
+        match seen.entry((info.pubsub, info.topic, info.effective_group())) {
+            Entry::Vacant(slot) => {
+                slot.insert(info);
+            }
+            Entry::Occupied(first) => {
+                let first = *first.get();
+                problems.push(config(format!(
+                    "handlers `{}` ({}) and `{}` ({}) both read topic `{}` in group `{}`: they would share its \
+                     messages, each skipping the other's types, so neither would see them all; give each its \
+                     own group (the default)",
+                    first.name,
+                    first.location(),
+                    info.name,
+                    info.location(),
+                    info.topic,
+                    info.effective_group()
                 )));
             }
         }

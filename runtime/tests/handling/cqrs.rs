@@ -264,3 +264,39 @@ async fn the_buses_send_typed_messages_and_carry_the_correlation_id() {
     delivery.ack().await.unwrap();
     router.close().await.unwrap();
 }
+
+/// Two event handlers of one topic in one group would compete for its messages.
+mod shared_group {
+    use super::*;
+
+    #[derive(Serialize, Deserialize)]
+    #[millstream::event(topic = "cqrs-test.shared")]
+    pub(crate) struct Opened {
+        pub(crate) id: u64,
+    }
+
+    #[derive(Serialize, Deserialize)]
+    #[millstream::event(topic = "cqrs-test.shared")]
+    pub(crate) struct Closed {
+        pub(crate) id: u64,
+    }
+
+    #[millstream::event_handler(group = "projector")]
+    pub(crate) async fn on_opened(_: Opened) {}
+
+    #[millstream::event_handler(group = "projector")]
+    pub(crate) async fn on_closed(_: Closed) {}
+}
+
+#[test]
+fn event_handlers_sharing_a_topic_and_a_group_fail_the_build() {
+    let error = App::from_registry()
+        .module_prefix(module_path!().to_owned() + "::shared_group")
+        .pubsub(MemoryPubSub::new())
+        .build()
+        .expect_err("two event handlers in one group on one topic");
+    let text = error.to_string();
+    assert!(text.contains("both read topic `cqrs-test.shared` in group `projector`"), "{text}");
+    assert!(text.contains("handling::cqrs::shared_group::on_closed"), "{text}");
+    assert!(text.contains("handling::cqrs::shared_group::on_opened"), "{text}");
+}
