@@ -74,6 +74,7 @@ pub mod testing;
 pub mod codec;
 #[cfg(feature = "conformance")]
 pub mod conformance;
+pub mod connect;
 mod context;
 mod error;
 pub mod extract;
@@ -98,6 +99,7 @@ pub use crate::bus::{CommandBus, EventBus};
 pub use crate::request::{RequestError, Requester};
 
 pub use crate::codec::{Codec, JsonCodec};
+pub use crate::connect::{connect, Backend};
 pub use crate::error::{Error, ErrorKind, Result};
 pub use crate::extract::{Attempt, Ctx, FromMessage, Json, State};
 pub use crate::handler::{

@@ -14,6 +14,7 @@ mod conformance_nats;
 mod conformance_postgres;
 mod conformance_redis;
 mod conformance_sqlite;
+mod connect_url;
 mod cqrs_flow;
 mod kafka_backend;
 mod memory;
