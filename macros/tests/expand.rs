@@ -66,13 +66,32 @@ fn expansions() {
         let path = entry.unwrap().path();
         fs::copy(&path, fixed.join(path.file_name().unwrap())).unwrap();
     }
+    // macrotest names each case's crate `macrotest<N>`, N its index among every `*.rs` the glob
+    // matches, snapshots included; the expansion shows the name (`module_path!()`). A new case
+    // gets an empty snapshot first, so that N is already what it will be once the real one
+    // exists, and this run rewrites the copies (only the new ones go back unless asked).
+    let mut new_case = false;
+    for entry in fs::read_dir(&source).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if let Some(stem) = name.strip_suffix(".rs").filter(|stem| !stem.ends_with(".expanded")) {
+            let snapshot = fixed.join(format!("{stem}.expanded.rs"));
+            if !snapshot.exists() {
+                fs::write(&snapshot, "").unwrap();
+                new_case = true;
+            }
+        }
+    }
+    if new_case && !overwrite {
+        std::env::set_var("MACROTEST", "overwrite");
+    }
     let outcome = std::panic::catch_unwind(|| macrotest::expand(format!("{FIXED_DIR}/*.rs")));
     // New snapshots, or all of them when asked to overwrite, go back next to their cases.
     for entry in fs::read_dir(fixed).unwrap() {
         let path = entry.unwrap().path();
         let name = path.file_name().unwrap().to_string_lossy().into_owned();
         let target = source.join(&name);
-        let wanted = overwrite || !target.exists();
+        let wanted = overwrite || !target.exists() || fs::read(&target).is_ok_and(|text| text.is_empty());
         if name.ends_with(".expanded.rs") && wanted && fs::read(&path).ok() != fs::read(&target).ok() {
             fs::copy(&path, &target).unwrap();
         }
