@@ -274,6 +274,27 @@ impl App {
         chosen
     }
 
+    /// The handlers this app would run and the topics between them, without building it: draw it
+    /// with [`Topology::mermaid`](crate::topology::Topology::mermaid) or
+    /// [`dot`](crate::topology::Topology::dot).
+    pub fn topology(&self) -> crate::topology::Topology {
+        use crate::topology::Topology;
+        let mut nodes = Vec::new();
+        for descriptor in self.descriptors() {
+            let info = descriptor.info();
+            let mut route = descriptor.route().declared_at(info.location());
+            if let Some(group) = info.group {
+                route = route.group(group);
+            }
+            if let Some(publish) = info.publish {
+                route = route.publish(publish);
+            }
+            nodes.push(Topology::node(route.summary(), Some(info.role), info.payload));
+        }
+        nodes.extend(self.routes.iter().map(|route| Topology::node(route.summary(), None, None)));
+        Topology::new(nodes)
+    }
+
     /// The named pub/subs the selected handlers use.
     pub(crate) fn pubsub_names(&self) -> Vec<&'static str> {
         let mut names: Vec<_> = self.descriptors().iter().filter_map(|d| d.info().pubsub).collect();

@@ -89,6 +89,7 @@ pub mod router;
 mod state;
 pub mod store;
 mod topic;
+pub mod topology;
 
 pub use bytes::Bytes;
 /// Declarative handlers, typed topics and middleware: see the `millstream-macros` docs re-exported here.

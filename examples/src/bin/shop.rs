@@ -129,10 +129,12 @@ async fn track(_shipment: ShipmentDispatched, State(stats): State<Stats>) {
 struct Args {
     orders: u64,
     quiet: bool,
+    /// `--graph mermaid|dot`: print the topology and exit.
+    graph: Option<String>,
 }
 
 fn parse_args() -> Result<Args, String> {
-    let mut args = Args { orders: 100_000, quiet: false };
+    let mut args = Args { orders: 100_000, quiet: false, graph: None };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         match arg.as_str() {
@@ -141,8 +143,12 @@ fn parse_args() -> Result<Args, String> {
                 args.orders = value.replace('_', "").parse().map_err(|e| format!("--orders {value}: {e}"))?;
             }
             "--quiet" | "-q" => args.quiet = true,
+            "--graph" => match it.next().as_deref() {
+                Some(format @ ("mermaid" | "dot")) => args.graph = Some(format.to_owned()),
+                _ => return Err("--graph takes `mermaid` or `dot`".into()),
+            },
             "--help" | "-h" => {
-                println!("usage: shop [--orders N (default 100000)] [--quiet]");
+                println!("usage: shop [--orders N (default 100000)] [--quiet] [--graph mermaid|dot]");
                 std::process::exit(0);
             }
             other => return Err(format!("unknown argument `{other}`; try --help")),
@@ -170,6 +176,11 @@ async fn main() -> Result<()> {
         }
     };
 
+    if let Some(format) = &args.graph {
+        let topology = App::from_registry().topology();
+        print!("{}", if format == "dot" { topology.dot() } else { topology.mermaid() });
+        return Ok(());
+    }
     let pubsub = MemoryPubSub::new();
     let stats = Stats::default();
     stats.0.target.store(args.orders, Ordering::Relaxed);

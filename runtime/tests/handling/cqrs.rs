@@ -300,3 +300,33 @@ fn event_handlers_sharing_a_topic_and_a_group_fail_the_build() {
     assert!(text.contains("handling::cqrs::shared_group::on_closed"), "{text}");
     assert!(text.contains("handling::cqrs::shared_group::on_opened"), "{text}");
 }
+
+#[test]
+fn the_topology_draws_commands_events_and_their_handlers() {
+    use millstream::registry::Role;
+    let topology = App::from_registry().module_prefix(module_path!().to_owned() + "::orders").topology();
+    let nodes: Vec<_> = topology
+        .handlers()
+        .iter()
+        .map(|n| (n.name.as_str(), n.topic.as_str(), n.publishes.as_deref(), n.role))
+        .collect();
+    assert_eq!(
+        nodes,
+        [
+            ("handling::cqrs::orders::on_paid", "cqrs-test.orders", None, Some(Role::EventHandler)),
+            ("handling::cqrs::orders::on_placed", "cqrs-test.orders", None, Some(Role::EventHandler)),
+            (
+                "handling::cqrs::orders::place",
+                "commands.PlaceOrder",
+                Some("cqrs-test.orders"),
+                Some(Role::CommandHandler)
+            ),
+        ]
+    );
+    let mermaid = topology.mermaid();
+    assert!(
+        mermaid.contains("    t0[(\"commands.PlaceOrder\")]\n    t1[(\"cqrs-test.orders\")]\n"),
+        "{mermaid}"
+    );
+    assert!(mermaid.contains("    h2[\"handling::cqrs::orders::place<br/><small>command handler</small>\"]\n    t0 --> h2\n    h2 --> t1\n"), "{mermaid}");
+}
