@@ -115,4 +115,17 @@ ci_tools() {
         ci_say "rustfmt is missing: \`rustup component add rustfmt\`"
         return 1
     fi
+    ci_asyncapi_schema
+}
+
+# The AsyncAPI 3.0 JSON schema the generated documents are validated against
+# (`runtime/tests/handling/asyncapi.rs`), from the npm registry's `@asyncapi/specs`.
+MILLSTREAM_ASYNCAPI_DIR=/tmp/millstream-asyncapi-specs
+ci_asyncapi_schema() {
+    local schema="$MILLSTREAM_ASYNCAPI_DIR/package/schemas/3.0.0-without-\$id.json"
+    [ -f "$schema" ] && return 0
+    ci_say "fetching the AsyncAPI 3.0 JSON schema (@asyncapi/specs from the npm registry)"
+    mkdir -p "$MILLSTREAM_ASYNCAPI_DIR"
+    (cd "$MILLSTREAM_ASYNCAPI_DIR" && npm pack --silent @asyncapi/specs@6.11.1 >/dev/null && tar xzf asyncapi-specs-6.11.1.tgz)
+    [ -f "$schema" ] || { ci_say "the AsyncAPI schema was not found in @asyncapi/specs"; return 1; }
 }

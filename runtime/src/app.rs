@@ -289,9 +289,9 @@ impl App {
             if let Some(publish) = info.publish {
                 route = route.publish(publish);
             }
-            nodes.push(Topology::node(route.summary(), Some(info.role), info.payload));
+            nodes.push(Topology::node(route.summary(), Some(info)));
         }
-        nodes.extend(self.routes.iter().map(|route| Topology::node(route.summary(), None, None)));
+        nodes.extend(self.routes.iter().map(|route| Topology::node(route.summary(), None)));
         Topology::new(nodes)
     }
 

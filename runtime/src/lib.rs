@@ -64,6 +64,7 @@
 #[path = "private/mod.rs"]
 pub mod __private;
 pub mod app;
+pub mod asyncapi;
 mod bus;
 pub mod registry;
 mod reply;

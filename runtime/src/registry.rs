@@ -58,6 +58,10 @@ pub struct HandlerInfo {
     pub order_by_key: bool,
     /// The payload type as written in the fn signature; `None` when every argument is an extractor.
     pub payload: Option<&'static str>,
+    /// The type of the values it returns to publish, as written (`InvoiceIssued` in
+    /// `Result<Vec<InvoiceIssued>, Error>`); `None` when it publishes nothing or the return type
+    /// is not taken apart (an alias).
+    pub output: Option<&'static str>,
     /// The tag that scopes discovery (`service` key).
     pub service: Option<&'static str>,
     /// The named pub/sub it runs on (`pubsub` key); `None`: the app's default one.
@@ -111,6 +115,7 @@ impl fmt::Debug for HandlerInfo {
             .field("concurrency", &self.concurrency)
             .field("order_by_key", &self.order_by_key)
             .field("payload", &self.payload)
+            .field("output", &self.output)
             .field("service", &self.service)
             .field("pubsub", &self.pubsub)
             .field("role", &self.role)

@@ -37,6 +37,8 @@ pub struct Node {
     pub role: Option<Role>,
     /// Its payload type, as written.
     pub payload: Option<&'static str>,
+    /// The type of the values it returns to publish, as written.
+    pub output: Option<&'static str>,
     /// Where it was declared.
     pub location: Option<Location>,
 }
@@ -55,14 +57,15 @@ impl Topology {
     }
 
     /// A node for a handler summary, with what the registry adds.
-    pub(crate) fn node(summary: HandlerSummary, role: Option<Role>, payload: Option<&'static str>) -> Node {
+    pub(crate) fn node(summary: HandlerSummary, info: Option<&crate::registry::HandlerInfo>) -> Node {
         Node {
             name: summary.name,
             topic: summary.topic,
             group: summary.group,
             publishes: summary.publish,
-            role,
-            payload,
+            role: info.map(|info| info.role),
+            payload: info.and_then(|info| info.payload),
+            output: info.and_then(|info| info.output),
             location: summary.location,
         }
     }
@@ -157,6 +160,7 @@ mod tests {
             publishes: publishes.map(str::to_owned),
             role: Some(Role::Handler),
             payload: None,
+            output: None,
             location: None,
         }
     }

@@ -129,7 +129,7 @@ async fn track(_shipment: ShipmentDispatched, State(stats): State<Stats>) {
 struct Args {
     orders: u64,
     quiet: bool,
-    /// `--graph mermaid|dot`: print the topology and exit.
+    /// `--graph mermaid|dot`: print the topology and exit; `--asyncapi`: its AsyncAPI document.
     graph: Option<String>,
 }
 
@@ -147,8 +147,11 @@ fn parse_args() -> Result<Args, String> {
                 Some(format @ ("mermaid" | "dot")) => args.graph = Some(format.to_owned()),
                 _ => return Err("--graph takes `mermaid` or `dot`".into()),
             },
+            "--asyncapi" => args.graph = Some("asyncapi".to_owned()),
             "--help" | "-h" => {
-                println!("usage: shop [--orders N (default 100000)] [--quiet] [--graph mermaid|dot]");
+                println!(
+                    "usage: shop [--orders N (default 100000)] [--quiet] [--graph mermaid|dot] [--asyncapi]"
+                );
                 std::process::exit(0);
             }
             other => return Err(format!("unknown argument `{other}`; try --help")),
@@ -178,7 +181,15 @@ async fn main() -> Result<()> {
 
     if let Some(format) = &args.graph {
         let topology = App::from_registry().topology();
-        print!("{}", if format == "dot" { topology.dot() } else { topology.mermaid() });
+        match format.as_str() {
+            "dot" => print!("{}", topology.dot()),
+            "mermaid" => print!("{}", topology.mermaid()),
+            _ => {
+                let api = millstream::asyncapi::AsyncApi::new("shop", env!("CARGO_PKG_VERSION"))
+                    .description("An order pipeline: orders are billed, shipped and tracked.");
+                println!("{:#}", api.document(&topology));
+            }
+        }
         return Ok(());
     }
     let pubsub = MemoryPubSub::new();

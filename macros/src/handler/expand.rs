@@ -62,6 +62,16 @@ pub(crate) fn expand(handler: &Handler) -> TokenStream {
     let pubsub = lit(&handler.pubsub);
     let service = lit(&handler.service);
     let publish = paths.option(publish);
+    // The type of the values it publishes: the part taken apart, else a plain return type.
+    let unit = |ty: &syn::Type| matches!(ty, syn::Type::Tuple(tuple) if tuple.elems.is_empty());
+    let output_text = match (&handler.returned.value, &handler.item.sig.output) {
+        (Some(value), _) if !unit(value) => Some(tokens_text(value)),
+        (None, syn::ReturnType::Type(_, ty)) if !unit(ty) && handler.output.is_some() => {
+            Some(tokens_text(&**ty))
+        }
+        _ => None,
+    };
+    let output_name = paths.option(output_text.map(|text| quote!(#text)));
     let payload_name = paths.option(handler.payload.as_ref().map(|p| {
         let text = tokens_text(p);
         quote!(#text)
@@ -158,6 +168,7 @@ pub(crate) fn expand(handler: &Handler) -> TokenStream {
                     concurrency: #concurrency,
                     order_by_key: #order_by_key,
                     payload: #payload_name,
+                    output: #output_name,
                     service: #service,
                     pubsub: #pubsub,
                     role: #role,

@@ -43,6 +43,7 @@ const _: () = {
             concurrency: 4,
             order_by_key: false,
             payload: ::core::option::Option::Some("OrderPlaced"),
+            output: ::core::option::Option::Some("InvoiceIssued"),
             service: ::core::option::Option::None,
             pubsub: ::core::option::Option::None,
             role: ::millstream::__private::Role::Handler,

@@ -3,6 +3,7 @@
 //! One test binary per area (CI links a few binaries, not one per file); each file is a module.
 
 mod app;
+mod asyncapi;
 #[path = "../common/mod.rs"]
 mod common;
 mod cqrs;

@@ -1,0 +1,306 @@
+//! An [AsyncAPI 3.0](https://www.asyncapi.com/docs/reference/specification/v3.0.0) document of an
+//! app, from what the link-time registry knows: a channel per topic, a `receive` operation per
+//! handler and a `send` operation per handler that returns values to publish, a message per
+//! payload type, and a server per backend URL given.
+//!
+//! ```
+//! use millstream::asyncapi::AsyncApi;
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> millstream::Result<()> {
+//! let app = millstream::App::from_registry();
+//! let document = AsyncApi::new("shop", "1.0.0")
+//!     .server("production", "kafka://broker-1:9092")?
+//!     .document(&app.topology());
+//! assert_eq!(document["asyncapi"], "3.0.0");
+//! # Ok(()) }
+//! ```
+//!
+//! Payloads are described by their type's name (`{"type": "object", "title": "OrderPlaced"}`);
+//! handlers that take the raw message or JSON (`Json<T>`, `Bytes`) get a message of the topic's
+//! name with any payload. Where the servers' protocol has AsyncAPI bindings, operations carry
+//! them: the consumer group as Kafka's `groupId` and NATS's `queue`, QoS 1 for MQTT, acks for
+//! AMQP. Each operation names its handler, group and source location in `x-millstream-*`
+//! extensions.
+
+use std::collections::BTreeMap;
+
+use serde_json::{json, Map, Value};
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::registry::Role;
+use crate::topology::{Node, Topology};
+
+/// What the document says about the app itself, and where it runs.
+#[derive(Clone, Debug)]
+pub struct AsyncApi {
+    title: String,
+    version: String,
+    description: Option<String>,
+    servers: Vec<Server>,
+}
+
+#[derive(Clone, Debug)]
+struct Server {
+    name: String,
+    protocol: &'static str,
+    host: String,
+    pathname: Option<String>,
+}
+
+impl AsyncApi {
+    /// A document titled `title` for version `version` of the app.
+    pub fn new(title: impl Into<String>, version: impl Into<String>) -> Self {
+        AsyncApi { title: title.into(), version: version.into(), description: None, servers: Vec::new() }
+    }
+
+    /// A description of the app.
+    pub fn description(mut self, text: impl Into<String>) -> Self {
+        self.description = Some(text.into());
+        self
+    }
+
+    /// A server the app runs against, from its backend URL (the scheme of
+    /// [`connect`](crate::connect): `kafka://`, `nats://`, `amqp://`, `mqtt://`, `redis://`,
+    /// `postgres://`, ...). Credentials in the URL are left out of the document.
+    pub fn server(mut self, name: impl Into<String>, url: &str) -> Result<Self> {
+        let bad = |why: &str| Error::new(ErrorKind::Config, format!("AsyncAPI server URL: {why}"));
+        let (scheme, rest) = url.split_once("://").ok_or_else(|| bad("expected scheme://host"))?;
+        let protocol = match scheme.to_ascii_lowercase().as_str() {
+            "kafka" => "kafka",
+            "amqp" => "amqp",
+            "amqps" => "amqps",
+            "mqtt" | "tcp" => "mqtt",
+            "mqtts" | "ssl" => "secure-mqtt",
+            "nats" => "nats",
+            "redis" | "rediss" => "redis",
+            "postgres" | "postgresql" => "postgres",
+            "mysql" | "mariadb" => "mysql",
+            "sqlite" => "sqlite",
+            other => return Err(bad(&format!("no AsyncAPI protocol for `{other}://`"))),
+        };
+        let end = rest.find(['/', '?']).unwrap_or(rest.len());
+        let (authority, tail) = rest.split_at(end);
+        let host = authority.rsplit_once('@').map_or(authority, |(_, host)| host);
+        if host.is_empty() {
+            return Err(bad("no host"));
+        }
+        let path = tail.split('?').next().unwrap_or("");
+        let pathname = (!path.is_empty() && path != "/").then(|| path.to_owned());
+        self.servers.push(Server { name: name.into(), protocol, host: host.to_owned(), pathname });
+        Ok(self)
+    }
+
+    /// The document for `topology` (see [`App::topology`](crate::App::topology)).
+    pub fn document(&self, topology: &Topology) -> Value {
+        let protocols: Vec<&str> = self.servers.iter().map(|s| s.protocol).collect();
+        let mut channels = BTreeMap::<String, Channel>::new();
+        let channel = |channels: &mut BTreeMap<String, Channel>, topic: &str| {
+            channels
+                .entry(id(topic))
+                .or_insert_with(|| Channel { address: topic.to_owned(), messages: Vec::new() });
+            id(topic)
+        };
+        // The messages of each channel: the types read from it and written to it.
+        for node in topology.handlers() {
+            let read = channel(&mut channels, &node.topic);
+            push_unique(
+                &mut channels.get_mut(&read).expect("inserted").messages,
+                message_id(node.payload, &node.topic),
+            );
+            if let Some(publishes) = &node.publishes {
+                let written = channel(&mut channels, publishes);
+                let message = message_id(node.output, publishes);
+                push_unique(&mut channels.get_mut(&written).expect("inserted").messages, message);
+            }
+        }
+        let mut messages = Map::new();
+        let mut channel_objects = Map::new();
+        for (channel_id, channel) in &channels {
+            let mut refs = Map::new();
+            for message in &channel.messages {
+                refs.insert(
+                    message.id.clone(),
+                    json!({ "$ref": format!("#/components/messages/{}", message.id) }),
+                );
+                messages.entry(message.id.clone()).or_insert_with(|| message.component());
+            }
+            let mut object = json!({ "address": channel.address, "messages": refs });
+            if protocols.contains(&"kafka") {
+                object["bindings"] =
+                    json!({ "kafka": { "topic": channel.address, "bindingVersion": "0.5.0" } });
+            }
+            channel_objects.insert(channel_id.clone(), object);
+        }
+        let mut operations = Map::new();
+        for node in topology.handlers() {
+            let read = id(&node.topic);
+            let message = message_id(node.payload, &node.topic).id;
+            let mut receive = json!({
+                "action": "receive",
+                "channel": { "$ref": format!("#/channels/{read}") },
+                "messages": [{ "$ref": format!("#/channels/{read}/messages/{message}") }],
+                "summary": format!("{} reads {}", node.name, node.topic),
+            });
+            extensions(&mut receive, node);
+            if let Some(bindings) = receive_bindings(&protocols, &node.group) {
+                receive["bindings"] = bindings;
+            }
+            operations.insert(format!("{}.receive", id(&node.name)), receive);
+            if let Some(publishes) = &node.publishes {
+                let written = id(publishes);
+                let message = message_id(node.output, publishes).id;
+                let mut send = json!({
+                    "action": "send",
+                    "channel": { "$ref": format!("#/channels/{written}") },
+                    "messages": [{ "$ref": format!("#/channels/{written}/messages/{message}") }],
+                    "summary": format!("{} publishes to {publishes}", node.name),
+                });
+                extensions(&mut send, node);
+                operations.insert(format!("{}.send", id(&node.name)), send);
+            }
+        }
+        let mut info = json!({ "title": self.title, "version": self.version });
+        if let Some(description) = &self.description {
+            info["description"] = json!(description);
+        }
+        let mut document = json!({
+            "asyncapi": "3.0.0",
+            "info": info,
+            "defaultContentType": "application/json",
+            "channels": channel_objects,
+            "operations": operations,
+            "components": { "messages": messages },
+        });
+        if !self.servers.is_empty() {
+            let servers: Map<String, Value> = self
+                .servers
+                .iter()
+                .map(|server| {
+                    let mut object = json!({ "host": server.host, "protocol": server.protocol });
+                    if let Some(pathname) = &server.pathname {
+                        object["pathname"] = json!(pathname);
+                    }
+                    (id(&server.name), object)
+                })
+                .collect();
+            document["servers"] = Value::Object(servers);
+        }
+        document
+    }
+}
+
+/// A channel being assembled.
+struct Channel {
+    address: String,
+    messages: Vec<MessageRef>,
+}
+
+/// A message of a channel: a payload type, or any payload on a topic.
+#[derive(Clone, PartialEq)]
+struct MessageRef {
+    id: String,
+    type_name: Option<&'static str>,
+    topic: String,
+}
+
+impl MessageRef {
+    fn component(&self) -> Value {
+        match self.type_name {
+            Some(name) => json!({
+                "name": name,
+                "title": name,
+                "contentType": "application/json",
+                "payload": { "type": "object", "title": name },
+            }),
+            None => json!({
+                "name": self.id,
+                "summary": format!("any payload on {}", self.topic),
+                "payload": {},
+            }),
+        }
+    }
+}
+
+fn message_id(type_name: Option<&'static str>, topic: &str) -> MessageRef {
+    match type_name {
+        Some(name) => MessageRef { id: id(name), type_name: Some(name), topic: topic.to_owned() },
+        None => MessageRef { id: format!("{}.any", id(topic)), type_name: None, topic: topic.to_owned() },
+    }
+}
+
+fn push_unique(messages: &mut Vec<MessageRef>, message: MessageRef) {
+    if !messages.iter().any(|m| m.id == message.id) {
+        messages.push(message);
+    }
+}
+
+fn extensions(operation: &mut Value, node: &Node) {
+    operation["x-millstream-handler"] = json!(node.name);
+    operation["x-millstream-group"] = json!(node.group);
+    if let Some(role) = node.role {
+        let role = match role {
+            Role::Handler => "handler",
+            Role::CommandHandler => "command_handler",
+            Role::EventHandler => "event_handler",
+        };
+        operation["x-millstream-role"] = json!(role);
+    }
+    if let Some(location) = node.location {
+        operation["x-millstream-location"] = json!(location.to_string());
+    }
+}
+
+/// The bindings of a receive operation, for the protocols of the document's servers.
+fn receive_bindings(protocols: &[&str], group: &str) -> Option<Value> {
+    let mut bindings = Map::new();
+    for protocol in protocols {
+        match *protocol {
+            "kafka" => {
+                let group_id = json!({ "type": "string", "enum": [group] });
+                bindings.insert("kafka".into(), json!({ "groupId": group_id, "bindingVersion": "0.5.0" }));
+            }
+            "nats" => {
+                let queue: String = group.chars().take(255).collect();
+                bindings.insert("nats".into(), json!({ "queue": queue, "bindingVersion": "0.1.0" }));
+            }
+            "mqtt" | "secure-mqtt" => {
+                bindings.insert("mqtt".into(), json!({ "qos": 1, "bindingVersion": "0.2.0" }));
+            }
+            "amqp" | "amqps" => {
+                bindings.insert("amqp".into(), json!({ "ack": true, "bindingVersion": "0.3.0" }));
+            }
+            _ => {}
+        }
+    }
+    (!bindings.is_empty()).then_some(Value::Object(bindings))
+}
+
+/// An AsyncAPI id (`^[\w\d\.\-_]+$`) from a name: other characters become `_`.
+fn id(name: &str) -> String {
+    name.chars()
+        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') { c } else { '_' })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_urls_lose_their_credentials() {
+        let api = AsyncApi::new("t", "1").server("prod", "amqp://user:secret@rabbit:5672/vhost").unwrap();
+        let document = api.document(&Topology::default());
+        assert_eq!(
+            document["servers"]["prod"],
+            json!({ "host": "rabbit:5672", "protocol": "amqp", "pathname": "/vhost" })
+        );
+        assert!(!document.to_string().contains("secret"));
+        assert!(AsyncApi::new("t", "1").server("x", "ftp://host").is_err());
+    }
+
+    #[test]
+    fn ids_are_sanitized() {
+        assert_eq!(id("shop::bill"), "shop__bill");
+        assert_eq!(id("orders.placed"), "orders.placed");
+        assert_eq!(id("Vec<Order>"), "Vec_Order_");
+    }
+}
