@@ -134,6 +134,26 @@ impl Paths {
         self.private("upcast")
     }
 
+    /// `serde_json::Value`.
+    pub(crate) fn value(&self) -> TokenStream {
+        self.private("Value")
+    }
+
+    /// `SchemaOf::<T>`.
+    pub(crate) fn schema_of(&self) -> TokenStream {
+        self.private("SchemaOf")
+    }
+
+    /// The trait giving a `JsonSchema` type's schema.
+    pub(crate) fn json_schema_trait(&self) -> TokenStream {
+        self.private("FromJsonSchema")
+    }
+
+    /// The trait giving any other type none.
+    pub(crate) fn no_schema(&self) -> TokenStream {
+        self.private("NoSchema")
+    }
+
     /// The default codec.
     pub(crate) fn json_codec(&self) -> TokenStream {
         self.private("JsonCodec")

@@ -289,7 +289,7 @@ impl App {
             if let Some(publish) = info.publish {
                 route = route.publish(publish);
             }
-            nodes.push(Topology::node(route.summary(), Some(info)));
+            nodes.push(Topology::node(route.summary(), Some(descriptor)));
         }
         nodes.extend(self.routes.iter().map(|route| Topology::node(route.summary(), None)));
         Topology::new(nodes)

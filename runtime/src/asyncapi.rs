@@ -14,7 +14,9 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Payloads are described by their type's name (`{"type": "object", "title": "OrderPlaced"}`);
+//! Payloads are described by their JSON Schema with the `schema` feature when the type derives
+//! `schemars::JsonSchema` (draft-07, subschemas inline), else by their type's name
+//! (`{"type": "object", "title": "OrderPlaced"}`);
 //! handlers that take the raw message or JSON (`Json<T>`, `Bytes`) get a message of the topic's
 //! name with any payload. Where the servers' protocol has AsyncAPI bindings, operations carry
 //! them: the consumer group as Kafka's `groupId` and NATS's `queue`, QoS 1 for MQTT, acks for
@@ -102,13 +104,11 @@ impl AsyncApi {
         // The messages of each channel: the types read from it and written to it.
         for node in topology.handlers() {
             let read = channel(&mut channels, &node.topic);
-            push_unique(
-                &mut channels.get_mut(&read).expect("inserted").messages,
-                message_id(node.payload, &node.topic),
-            );
+            let message = message_id(node.payload, &node.topic).with_schema(node.payload_schema.as_ref());
+            push_unique(&mut channels.get_mut(&read).expect("inserted").messages, message);
             if let Some(publishes) = &node.publishes {
                 let written = channel(&mut channels, publishes);
-                let message = message_id(node.output, publishes);
+                let message = message_id(node.output, publishes).with_schema(node.output_schema.as_ref());
                 push_unique(&mut channels.get_mut(&written).expect("inserted").messages, message);
             }
         }
@@ -200,16 +200,22 @@ struct MessageRef {
     id: String,
     type_name: Option<&'static str>,
     topic: String,
+    schema: Option<Value>,
 }
 
 impl MessageRef {
+    fn with_schema(mut self, schema: Option<&Value>) -> Self {
+        self.schema = schema.cloned();
+        self
+    }
+
     fn component(&self) -> Value {
         match self.type_name {
             Some(name) => json!({
                 "name": name,
                 "title": name,
                 "contentType": "application/json",
-                "payload": { "type": "object", "title": name },
+                "payload": self.schema.clone().unwrap_or_else(|| json!({ "type": "object", "title": name })),
             }),
             None => json!({
                 "name": self.id,
@@ -222,14 +228,24 @@ impl MessageRef {
 
 fn message_id(type_name: Option<&'static str>, topic: &str) -> MessageRef {
     match type_name {
-        Some(name) => MessageRef { id: id(name), type_name: Some(name), topic: topic.to_owned() },
-        None => MessageRef { id: format!("{}.any", id(topic)), type_name: None, topic: topic.to_owned() },
+        Some(name) => {
+            MessageRef { id: id(name), type_name: Some(name), topic: topic.to_owned(), schema: None }
+        }
+        None => MessageRef {
+            id: format!("{}.any", id(topic)),
+            type_name: None,
+            topic: topic.to_owned(),
+            schema: None,
+        },
     }
 }
 
 fn push_unique(messages: &mut Vec<MessageRef>, message: MessageRef) {
-    if !messages.iter().any(|m| m.id == message.id) {
-        messages.push(message);
+    match messages.iter_mut().find(|m| m.id == message.id) {
+        // A schema known from one handler describes the type for all.
+        Some(known) if known.schema.is_none() => known.schema = message.schema,
+        Some(_) => {}
+        None => messages.push(message),
     }
 }
 
@@ -272,6 +288,20 @@ fn receive_bindings(protocols: &[&str], group: &str) -> Option<Value> {
         }
     }
     (!bindings.is_empty()).then_some(Value::Object(bindings))
+}
+
+/// The JSON Schema of `T` as AsyncAPI's default schema format takes it: draft-07, with every
+/// subschema inline (a `$ref` would point into the AsyncAPI document, not the schema).
+#[cfg(feature = "schema")]
+pub(crate) fn schema_of<T: schemars::JsonSchema + ?Sized>() -> Value {
+    let generator = schemars::generate::SchemaSettings::draft07()
+        .with(|settings| settings.inline_subschemas = true)
+        .into_generator();
+    let mut schema = generator.into_root_schema_for::<T>().to_value();
+    if let Some(object) = schema.as_object_mut() {
+        object.remove("$schema");
+    }
+    schema
 }
 
 /// An AsyncAPI id (`^[\w\d\.\-_]+$`) from a name: other characters become `_`.

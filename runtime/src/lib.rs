@@ -95,6 +95,9 @@ pub mod topology;
 pub use bytes::Bytes;
 /// Declarative handlers, typed topics and middleware: see the `millstream-macros` docs re-exported here.
 pub use millstream_macros::{command, command_handler, event, event_handler, handler, middleware, topic};
+/// schemars, for `#[derive(JsonSchema)]` without a dependency of your own (`schema` feature).
+#[cfg(feature = "schema")]
+pub use schemars;
 
 pub use crate::app::{App, PublishExt};
 pub use crate::bus::{CommandBus, EventBus};

@@ -139,6 +139,16 @@ pub trait HandlerDef: 'static {
 
     /// The payload type, to find two handlers reading one topic as different types.
     fn payload_type() -> Option<TypeId>;
+
+    /// The payload type's JSON Schema, when it has one (`schema` feature, `JsonSchema` types).
+    fn payload_schema() -> Option<serde_json::Value> {
+        None
+    }
+
+    /// The returned type's JSON Schema, when it has one (`schema` feature, `JsonSchema` types).
+    fn output_schema() -> Option<serde_json::Value> {
+        None
+    }
 }
 
 /// One registered handler: its [`HandlerInfo`] and how to build it.
@@ -148,6 +158,8 @@ pub struct HandlerDescriptor {
     route: fn() -> Route,
     handler_type: fn() -> TypeId,
     payload_type: fn() -> Option<TypeId>,
+    payload_schema: fn() -> Option<serde_json::Value>,
+    output_schema: fn() -> Option<serde_json::Value>,
 }
 
 impl HandlerDescriptor {
@@ -158,6 +170,8 @@ impl HandlerDescriptor {
             route: D::route,
             handler_type: D::handler_type,
             payload_type: D::payload_type,
+            payload_schema: D::payload_schema,
+            output_schema: D::output_schema,
         }
     }
 
@@ -179,6 +193,16 @@ impl HandlerDescriptor {
     /// The payload type, if the handler has a payload parameter.
     pub fn payload_type(&self) -> Option<TypeId> {
         (self.payload_type)()
+    }
+
+    /// The payload type's JSON Schema (`schema` feature, a type deriving `JsonSchema`).
+    pub fn payload_schema(&self) -> Option<serde_json::Value> {
+        (self.payload_schema)()
+    }
+
+    /// The returned type's JSON Schema (`schema` feature, a type deriving `JsonSchema`).
+    pub fn output_schema(&self) -> Option<serde_json::Value> {
+        (self.output_schema)()
     }
 }
 

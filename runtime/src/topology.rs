@@ -22,7 +22,7 @@ use crate::registry::Role;
 use crate::router::{HandlerSummary, Location};
 
 /// One handler in the drawing.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 #[non_exhaustive]
 pub struct Node {
     /// The handler's name.
@@ -39,12 +39,16 @@ pub struct Node {
     pub payload: Option<&'static str>,
     /// The type of the values it returns to publish, as written.
     pub output: Option<&'static str>,
+    /// The payload type's JSON Schema (`schema` feature, a type deriving `JsonSchema`).
+    pub payload_schema: Option<serde_json::Value>,
+    /// The returned type's JSON Schema (`schema` feature, a type deriving `JsonSchema`).
+    pub output_schema: Option<serde_json::Value>,
     /// Where it was declared.
     pub location: Option<Location>,
 }
 
 /// The handlers of an app and the topics between them.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Topology {
     nodes: Vec<Node>,
 }
@@ -57,7 +61,11 @@ impl Topology {
     }
 
     /// A node for a handler summary, with what the registry adds.
-    pub(crate) fn node(summary: HandlerSummary, info: Option<&crate::registry::HandlerInfo>) -> Node {
+    pub(crate) fn node(
+        summary: HandlerSummary,
+        descriptor: Option<&crate::registry::HandlerDescriptor>,
+    ) -> Node {
+        let info = descriptor.map(|d| d.info());
         Node {
             name: summary.name,
             topic: summary.topic,
@@ -66,6 +74,8 @@ impl Topology {
             role: info.map(|info| info.role),
             payload: info.and_then(|info| info.payload),
             output: info.and_then(|info| info.output),
+            payload_schema: descriptor.and_then(|d| d.payload_schema()),
+            output_schema: descriptor.and_then(|d| d.output_schema()),
             location: summary.location,
         }
     }
@@ -161,6 +171,8 @@ mod tests {
             role: Some(Role::Handler),
             payload: None,
             output: None,
+            payload_schema: None,
+            output_schema: None,
             location: None,
         }
     }

@@ -72,6 +72,27 @@ pub(crate) fn expand(handler: &Handler) -> TokenStream {
         _ => None,
     };
     let output_name = paths.option(output_text.map(|text| quote!(#text)));
+    // The JSON Schemas of the payload and output types, where they have one.
+    let output_type: Option<TokenStream> = match (&handler.returned.value, &handler.item.sig.output) {
+        (Some(value), _) if !unit(value) => Some(quote!(#value)),
+        (None, syn::ReturnType::Type(_, ty)) if !unit(ty) && handler.output.is_some() => Some(quote!(#ty)),
+        _ => None,
+    };
+    let schema_fn = |name: &str, ty: Option<TokenStream>| {
+        let ty = ty?;
+        let name = syn::Ident::new(name, proc_macro2::Span::call_site());
+        let (value, schema_of, from_json_schema, no_schema) =
+            (paths.value(), paths.schema_of(), paths.json_schema_trait(), paths.no_schema());
+        Some(quote! {
+            fn #name() -> ::core::option::Option<#value> {
+                use #from_json_schema as _;
+                use #no_schema as _;
+                (&&#schema_of::<#ty>::new()).schema()
+            }
+        })
+    };
+    let payload_schema = schema_fn("payload_schema", handler.payload.as_ref().map(|p| quote!(#p)));
+    let output_schema = schema_fn("output_schema", output_type);
     let payload_name = paths.option(handler.payload.as_ref().map(|p| {
         let text = tokens_text(p);
         quote!(#text)
@@ -192,6 +213,10 @@ pub(crate) fn expand(handler: &Handler) -> TokenStream {
                 fn payload_type() -> #option_type_id {
                     #payload_type
                 }
+
+                #payload_schema
+
+                #output_schema
             }
 
             #one_handler

@@ -85,6 +85,16 @@ const _: () = {
         fn payload_type() -> ::core::option::Option<::core::any::TypeId> {
             ::core::option::Option::Some(::core::any::TypeId::of::<PlaceOrder>())
         }
+        fn payload_schema() -> ::core::option::Option<::millstream::__private::Value> {
+            use ::millstream::__private::FromJsonSchema as _;
+            use ::millstream::__private::NoSchema as _;
+            (&&::millstream::__private::SchemaOf::<PlaceOrder>::new()).schema()
+        }
+        fn output_schema() -> ::core::option::Option<::millstream::__private::Value> {
+            use ::millstream::__private::FromJsonSchema as _;
+            use ::millstream::__private::NoSchema as _;
+            (&&::millstream::__private::SchemaOf::<OrderPlaced>::new()).schema()
+        }
     }
     #[automatically_derived]
     impl ::millstream::__private::CommandHasOneHandler for PlaceOrder {}
@@ -158,6 +168,11 @@ const _: () = {
         }
         fn payload_type() -> ::core::option::Option<::core::any::TypeId> {
             ::core::option::Option::Some(::core::any::TypeId::of::<OrderPlaced>())
+        }
+        fn payload_schema() -> ::core::option::Option<::millstream::__private::Value> {
+            use ::millstream::__private::FromJsonSchema as _;
+            use ::millstream::__private::NoSchema as _;
+            (&&::millstream::__private::SchemaOf::<OrderPlaced>::new()).schema()
         }
     }
     #[used]

@@ -74,6 +74,16 @@ const _: () = {
         fn payload_type() -> ::core::option::Option<::core::any::TypeId> {
             ::core::option::Option::Some(::core::any::TypeId::of::<OrderPlaced>())
         }
+        fn payload_schema() -> ::core::option::Option<::millstream::__private::Value> {
+            use ::millstream::__private::FromJsonSchema as _;
+            use ::millstream::__private::NoSchema as _;
+            (&&::millstream::__private::SchemaOf::<OrderPlaced>::new()).schema()
+        }
+        fn output_schema() -> ::core::option::Option<::millstream::__private::Value> {
+            use ::millstream::__private::FromJsonSchema as _;
+            use ::millstream::__private::NoSchema as _;
+            (&&::millstream::__private::SchemaOf::<InvoiceIssued>::new()).schema()
+        }
     }
     #[used]
     #[unsafe(link_section = "linkme_HANDLERS")]

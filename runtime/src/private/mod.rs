@@ -26,6 +26,7 @@ mod middleware;
 mod payload;
 mod returns;
 mod route;
+mod schema;
 mod typed;
 
 use std::any::TypeId;
@@ -40,6 +41,7 @@ pub use self::middleware::{
 pub use self::payload::Payload;
 pub use self::returns::{Encoded, ErrorOf, ErrorType, HandlerError, ResultParts, Returns, Routed, Whole};
 pub use self::route::*;
+pub use self::schema::{FromJsonSchema, NoSchema, SchemaOf};
 pub use self::typed::{typed_publish, typed_topic, Publishes, TopicMatches};
 pub use crate::codec::{Codec, JsonCodec};
 pub use crate::error::Error;
@@ -64,6 +66,7 @@ pub use inventory;
 #[cfg(all(feature = "linkme", not(feature = "inventory")))]
 pub use linkme;
 pub use serde;
+pub use serde_json::Value;
 pub use std::sync::Arc;
 
 /// The `TypeId` of a value's type; names the type of a fn item, which has no written name.

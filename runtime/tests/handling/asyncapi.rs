@@ -82,3 +82,48 @@ fn the_schema_rejects_what_is_not_asyncapi_3() {
     document["asyncapi"] = "2.6.0".into();
     assert!(!validator.is_valid(&document), "another version is refused");
 }
+
+/// A type that describes itself with the `schema` feature.
+mod described {
+    use millstream::prelude::*;
+
+    #[derive(Serialize, Deserialize)]
+    #[cfg_attr(feature = "schema", derive(millstream::schemars::JsonSchema))]
+    #[cfg_attr(feature = "schema", schemars(crate = "millstream::schemars"))]
+    #[millstream::topic("asyncapi-test.parcels")]
+    pub(crate) struct Parcel {
+        pub(crate) id: u64,
+        pub(crate) weight_grams: u32,
+        pub(crate) label: Option<Label>,
+    }
+
+    #[derive(Serialize, Deserialize)]
+    #[cfg_attr(feature = "schema", derive(millstream::schemars::JsonSchema))]
+    #[cfg_attr(feature = "schema", schemars(crate = "millstream::schemars"))]
+    pub(crate) struct Label {
+        pub(crate) text: String,
+    }
+
+    #[millstream::handler]
+    pub(crate) async fn weigh(parcel: Parcel) {
+        let _ = (parcel.id, parcel.weight_grams, parcel.label.map(|l| l.text));
+    }
+}
+
+#[test]
+fn payload_types_deriving_json_schema_are_described_by_it() {
+    let topology = App::from_registry().module_prefix("handling::asyncapi::described").topology();
+    let document = AsyncApi::new("parcels", "1.0.0").document(&topology);
+    assert_valid(&document);
+    let payload = &document["components"]["messages"]["Parcel"]["payload"];
+    if cfg!(feature = "schema") {
+        assert_eq!(payload["type"], "object", "{payload:#}");
+        let properties = payload["properties"].as_object().expect("properties");
+        assert!(properties.contains_key("weight_grams"), "{payload:#}");
+        // The nested type is inline, not a $ref into the AsyncAPI document.
+        assert!(!payload.to_string().contains("$ref"), "{payload:#}");
+        assert!(payload.to_string().contains("\"text\""), "{payload:#}");
+    } else {
+        assert_eq!(payload, &serde_json::json!({ "type": "object", "title": "Parcel" }));
+    }
+}
