@@ -66,6 +66,8 @@ pub mod __private;
 pub mod app;
 pub mod asyncapi;
 mod bus;
+#[cfg(feature = "cli")]
+pub mod cli;
 pub mod registry;
 mod reply;
 mod request;

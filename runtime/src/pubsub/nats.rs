@@ -546,7 +546,18 @@ impl NatsPubSub {
         }
     }
 
-    async fn consumer(&self, topic: &str, group: Option<&str>, start: Option<u64>) -> Result<pull::Stream> {
+    /// The pull consumer of a subscription: a durable one per group, an ephemeral one without;
+    /// `start` is the sequence an ephemeral consumer resumes at (after a reconnection), `from`
+    /// where a new consumer starts.
+    async fn consumer(
+        &self,
+        topic: &str,
+        group: Option<&str>,
+        start: Option<u64>,
+        from: &crate::pubsub::StartFrom,
+    ) -> Result<pull::Stream> {
+        use crate::pubsub::StartFrom;
+        use jetstream::consumer::DeliverPolicy;
         let stream = self.ensure_stream(topic).await?;
         let config = &self.inner.config;
         let base = pull::Config {
@@ -560,19 +571,19 @@ impl NatsPubSub {
         let consumer = match group {
             Some(group) => {
                 let name = name_for("", group);
-                let config = pull::Config {
-                    durable_name: Some(name.clone()),
-                    deliver_policy: jetstream::consumer::DeliverPolicy::All,
-                    ..base
+                // (An existing durable consumer keeps its position.)
+                let deliver_policy = match from {
+                    StartFrom::Latest => DeliverPolicy::New,
+                    StartFrom::Default | StartFrom::Earliest | StartFrom::Time(_) => DeliverPolicy::All,
                 };
+                let config = pull::Config { durable_name: Some(name.clone()), deliver_policy, ..base };
                 stream.get_or_create_consumer(&name, config).await.map_err(nats_error)?
             }
             None => {
-                let deliver_policy = match start {
-                    Some(start_sequence) => {
-                        jetstream::consumer::DeliverPolicy::ByStartSequence { start_sequence }
-                    }
-                    None => jetstream::consumer::DeliverPolicy::New,
+                let deliver_policy = match (start, from) {
+                    (Some(start_sequence), _) => DeliverPolicy::ByStartSequence { start_sequence },
+                    (None, StartFrom::Earliest) => DeliverPolicy::All,
+                    (None, _) => DeliverPolicy::New,
                 };
                 let config =
                     pull::Config { deliver_policy, inactive_threshold: config.inactive_threshold, ..base };
@@ -624,7 +635,7 @@ impl Subscriber for NatsPubSub {
             return OpFuture::ready(Err(closed_error("NATS subscriber is closed")));
         }
         OpFuture::boxed(async move {
-            let messages = self.consumer(topic, options.group.as_deref(), None).await?;
+            let messages = self.consumer(topic, options.group.as_deref(), None, &options.start).await?;
             let held = Arc::new(Held::default());
             // (With `max_hold` zero there are no heartbeats: nothing is registered per delivery.)
             let heartbeats = !self.inner.config.max_hold.is_zero();
@@ -643,6 +654,7 @@ impl Subscriber for NatsPubSub {
                 group: options.group,
                 messages: Some(messages),
                 cancel: self.inner.cancel.child_token(),
+                from: options.start,
                 next_start: None,
                 failures: 0,
             };
@@ -692,6 +704,8 @@ struct NatsStream {
     group: Option<String>,
     messages: Option<pull::Stream>,
     cancel: CancellationToken,
+    /// Where the subscription started (for a consumer re-created before any delivery).
+    from: crate::pubsub::StartFrom,
     /// For a group-less subscription whose consumer must be re-created: where to start again.
     next_start: Option<u64>,
     failures: u32,
@@ -710,7 +724,11 @@ impl NatsStream {
                     () = tokio::time::sleep(backoff) => {}
                     () = self.cancel.cancelled() => return None,
                 }
-                match self.pubsub.consumer(&self.topic, self.group.as_deref(), self.next_start).await {
+                match self
+                    .pubsub
+                    .consumer(&self.topic, self.group.as_deref(), self.next_start, &self.from)
+                    .await
+                {
                     Ok(messages) => self.messages = Some(messages),
                     Err(error) => {
                         self.failures += 1;

@@ -17,15 +17,17 @@ use crate::error::Result;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum StartFrom {
-    /// The backend's default (the in-memory and SQL backends: what is published from now on,
-    /// plus retained history; NATS: the stream's beginning for a new durable consumer).
+    /// The backend's default (the in-memory backend: what is published from now on, plus
+    /// retained history; SQL: a new group from the first retained row, a subscription without a
+    /// group from now on; NATS: the stream's beginning for a new durable consumer).
     #[default]
     Default,
-    /// The oldest message the backend still holds.
+    /// The oldest message the backend still holds (SQL: also for a subscription without a group).
     Earliest,
-    /// Only what is published after the subscription.
+    /// Only what is published after the subscription (SQL: also for a new group).
     Latest,
-    /// The first message stored at or after this time, where the backend can find it.
+    /// The first message stored at or after this time, where the backend can find it (SQL: the
+    /// default instead).
     Time(SystemTime),
 }
 

@@ -38,8 +38,15 @@ impl Subscriber for SqlPubSub {
                 Some(group) => (group, false),
                 None => (format!("~private.{id}"), true),
             };
+            // A new group starts at the topic's first retained row, a private one at its end,
+            // unless the options say otherwise (an existing group keeps its position).
+            let start_at_end = match options.start {
+                crate::pubsub::StartFrom::Earliest => false,
+                crate::pubsub::StartFrom::Latest => true,
+                crate::pubsub::StartFrom::Default | crate::pubsub::StartFrom::Time(_) => private,
+            };
             let inner = &self.inner;
-            dispatch!(&inner.pool, (pool, ops) => ops::create_group(pool, &inner.queries, topic, &group, private).await)?;
+            dispatch!(&inner.pool, (pool, ops) => ops::create_group(pool, &inner.queries, topic, &group, start_at_end).await)?;
             let sub = Arc::new(SubShared {
                 inner: inner.clone(),
                 topic: topic.into(),
