@@ -203,6 +203,20 @@ impl App {
         self
     }
 
+    /// Connects to the backend `url` names ([`connect`](crate::connect)) and makes it the default
+    /// pub/sub, so that one binary runs on the in-memory backend in its tests and on a broker in
+    /// production, the URL coming from configuration:
+    ///
+    /// ```no_run
+    /// # #[tokio::main] async fn main() -> millstream::Result<()> {
+    /// let url = std::env::var("PUBSUB_URL").unwrap_or_else(|_| "memory://".into());
+    /// millstream::App::from_registry().connect(&url).await?.run_until_ctrl_c().await
+    /// # }
+    /// ```
+    pub async fn connect(self, url: &str) -> Result<Self> {
+        Ok(self.pubsub(crate::connect::connect(url).await?))
+    }
+
     /// Sets the default pub/sub as a publisher and a subscriber that may be different backends
     /// (read from one broker, publish to another).
     pub fn pubsub_parts(mut self, publisher: Arc<dyn Publisher>, subscriber: Arc<dyn Subscriber>) -> Self {

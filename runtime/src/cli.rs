@@ -220,10 +220,7 @@ async fn execute(app: App, command: Command) -> Result<()> {
             println!("{:#}", api.document(&app.topology()));
             Ok(())
         }
-        Command::Run { backend } => {
-            let pubsub = open(&backend.pubsub).await?;
-            app.pubsub(pubsub).run_until_ctrl_c().await
-        }
+        Command::Run { backend } => app.connect(&backend.pubsub).await?.run_until_ctrl_c().await,
         Command::Publish { backend, topic, payload, headers, key } => {
             let pubsub = open(&backend.pubsub).await?;
             let payload = match payload {

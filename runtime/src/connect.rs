@@ -257,6 +257,21 @@ mod tests {
         assert_eq!(&delivery.message().payload()[..], b"hi");
     }
 
+    #[cfg(feature = "memory")]
+    #[tokio::test]
+    async fn an_app_connects_by_url() {
+        async fn echo(_: crate::Json<serde_json::Value>) {}
+        let app = crate::App::new()
+            .route(crate::Route::new("echo", "connect.app", echo))
+            .connect("memory://")
+            .await
+            .unwrap();
+        let router = app.start().await.unwrap();
+        router.close().await.unwrap();
+        let error = crate::App::new().connect("nope://").await.err().expect("an unknown scheme");
+        assert!(error.message().contains("unknown backend `nope:`"), "{error}");
+    }
+
     #[cfg(not(feature = "kafka"))]
     #[tokio::test]
     async fn a_backend_not_compiled_in_names_its_feature() {
