@@ -268,7 +268,7 @@ mod tests {
             .unwrap();
         let router = app.start().await.unwrap();
         router.close().await.unwrap();
-        let error = crate::App::new().connect("nope://").await.err().expect("an unknown scheme");
+        let Err(error) = crate::App::new().connect("nope://").await else { panic!("an unknown scheme") };
         assert!(error.message().contains("unknown backend `nope:`"), "{error}");
     }
 
