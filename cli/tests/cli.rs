@@ -4,6 +4,7 @@
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
+#[cfg(any(feature = "sqlite", feature = "nats"))]
 use serde_json::Value;
 
 fn millstream(args: &[&str]) -> Output {
@@ -37,6 +38,7 @@ fn ok(args: &[&str]) -> (String, String) {
     (stdout, stderr)
 }
 
+#[cfg_attr(not(any(feature = "sqlite", feature = "nats")), allow(dead_code))]
 fn unique(prefix: &str) -> String {
     let id = uuid::Uuid::now_v7().simple().to_string();
     format!("{prefix}.{}", &id[id.len() - 12..])
@@ -56,17 +58,28 @@ fn help_lists_every_command() {
     assert!(tail.contains("--pubsub <PUBSUB>") && tail.contains("MILLSTREAM_PUBSUB"), "{tail}");
 }
 
+#[cfg(feature = "nats")]
 #[test]
-fn bad_urls_and_unreachable_servers_are_clear_errors() {
+fn unreachable_servers_are_clear_errors() {
+    let output = millstream(&["tail", "--pubsub", "nats://127.0.0.1:1", "t"]);
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("connecting to nats://127.0.0.1:1"), "{stderr}");
+}
+
+#[test]
+fn bad_urls_and_missing_backends_are_clear_errors() {
     let output = millstream(&["publish", "--pubsub", "rabbit://host", "t", "p"]);
     assert_eq!(output.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("unknown backend `rabbit:`"), "{stderr}");
 
-    let output = millstream(&["tail", "--pubsub", "nats://127.0.0.1:1", "t"]);
-    assert_eq!(output.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("connecting to nats://127.0.0.1:1"), "{stderr}");
+    if cfg!(not(feature = "kafka")) {
+        let output = millstream(&["publish", "--pubsub", "kafka://broker:9092", "t", "p"]);
+        assert_eq!(output.status.code(), Some(1));
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains("`kafka:` URLs need millstream's `kafka` feature"), "{stderr}");
+    }
 
     let output = millstream(&["publish", "t"]);
     assert_eq!(output.status.code(), Some(2), "a missing --pubsub is a usage error");
@@ -75,6 +88,7 @@ fn bad_urls_and_unreachable_servers_are_clear_errors() {
 }
 
 /// Publishes two messages with metadata and a key, then tails them from the start.
+#[cfg(any(feature = "sqlite", feature = "nats"))]
 fn publish_and_tail(url: &str) {
     let topic = unique("cli.orders");
     ok(&["publish", "--pubsub", url, &topic, r#"{"id":1}"#, "--header", "source=cli", "--key", "k1"]);
@@ -96,6 +110,7 @@ fn publish_and_tail(url: &str) {
 /// metadata. `dry_run`: a dry run first, which gives every message back to the requeue group
 /// (on NATS 2.9 a given-back message reaches the next process only after the ack wait: the
 /// server keeps the closed reader's pull open until it expires, so that case is left out there).
+#[cfg(any(feature = "sqlite", feature = "nats"))]
 fn poison_round_trip(url: &str, dry_run: bool) {
     let (poison_topic, original) = (unique("cli.poison"), unique("cli.jobs"));
     let reason = "--header=millstream.poison.reason=timed out talking to the carrier";
@@ -190,6 +205,7 @@ fn poison_round_trip(url: &str, dry_run: bool) {
     assert!(metadata.keys().all(|k| !k.starts_with("millstream.poison.")), "{metadata:?}");
 }
 
+#[cfg(feature = "sqlite")]
 #[test]
 fn sqlite_publish_tail_and_poison() {
     let dir = std::env::temp_dir().join(unique("millstream-cli"));
@@ -202,6 +218,7 @@ fn sqlite_publish_tail_and_poison() {
 
 /// The runtime's NATS tests restart the local server holding this lock exclusively; every test
 /// of that server holds it shared (`runtime/tests/backends/support/restart_lock.rs`).
+#[cfg(feature = "nats")]
 #[allow(clippy::incompatible_msrv)] // `File::lock_shared`: newer than the declared MSRV, fine for tests
 fn nats_restart_lock() -> std::fs::File {
     let file = std::fs::OpenOptions::new()
@@ -214,6 +231,7 @@ fn nats_restart_lock() -> std::fs::File {
     file
 }
 
+#[cfg(feature = "nats")]
 #[test]
 fn nats_publish_tail_and_poison() {
     let _lock = nats_restart_lock();

@@ -203,7 +203,7 @@ impl App {
         self
     }
 
-    /// Connects to the backend `url` names ([`connect`](crate::connect)) and makes it the default
+    /// Connects to the backend `url` names ([`connect`](crate::connect())) and makes it the default
     /// pub/sub, so that one binary runs on the in-memory backend in its tests and on a broker in
     /// production, the URL coming from configuration:
     ///

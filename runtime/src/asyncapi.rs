@@ -61,7 +61,7 @@ impl AsyncApi {
     }
 
     /// A server the app runs against, from its backend URL (the scheme of
-    /// [`connect`](crate::connect): `kafka://`, `nats://`, `amqp://`, `mqtt://`, `redis://`,
+    /// [`connect`](crate::connect()): `kafka://`, `nats://`, `amqp://`, `mqtt://`, `redis://`,
     /// `postgres://`, ...). Credentials in the URL are left out of the document.
     pub fn server(mut self, name: impl Into<String>, url: &str) -> Result<Self> {
         let bad = |why: &str| Error::new(ErrorKind::Config, format!("AsyncAPI server URL: {why}"));

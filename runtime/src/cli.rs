@@ -20,7 +20,7 @@
 //! ```
 //!
 //! `--pubsub` defaults to the `MILLSTREAM_PUBSUB` environment variable; the URL is
-//! [`connect`](crate::connect)'s. The `millstream` binary (crate `millstream-cli`) is this command
+//! [`connect`](crate::connect())'s. The `millstream` binary (crate `millstream-cli`) is this command
 //! line with no handlers of its own.
 //!
 //! `tail --from-start` and `poison list|show` read from the oldest message the backend holds

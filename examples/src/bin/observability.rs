@@ -7,19 +7,19 @@
 //! cargo run -p millstream-examples --bin observability -- --self-check   # fetches its own endpoints, exits
 //! ```
 //!
-//! The HTTP side is a few lines of plain tokio so the example needs no web framework; in a real
-//! service mount the same three handlers in axum, actix or hyper.
+//! The HTTP side is a few lines of plain tokio (`millstream_examples::serve_health`) so the example
+//! needs no web framework; in a real service mount the same three handlers in axum, actix or hyper.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::PrometheusBuilder;
 use millstream::middleware::{CorrelationId, PoisonQueue, Recoverer, Retry, Timeout, TraceContext};
 use millstream::prelude::*;
 use millstream::Attempt;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use millstream_examples::{get, response, serve_health};
+use tokio::net::TcpListener;
 
 #[derive(Serialize, Deserialize)]
 struct Payment {
@@ -36,52 +36,6 @@ async fn charge(payment: Payment, Attempt(attempt): Attempt) -> Result<()> {
         return Err(Error::permanent("a payment of zero cents"));
     }
     Ok(())
-}
-
-fn response(status: &str, content_type: &str, body: &str) -> String {
-    format!(
-        "HTTP/1.1 {status}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-        body.len()
-    )
-}
-
-/// `/metrics`, `/livez` and `/readyz`.
-async fn serve(listener: TcpListener, router: Router, prometheus: PrometheusHandle) {
-    loop {
-        let Ok((mut stream, _)) = listener.accept().await else { continue };
-        let (router, prometheus) = (router.clone(), prometheus.clone());
-        tokio::spawn(async move {
-            let mut request = [0u8; 1024];
-            let n = stream.read(&mut request).await.unwrap_or(0);
-            let line = String::from_utf8_lossy(&request[..n]);
-            let path = line.split_whitespace().nth(1).unwrap_or("/");
-            let health = router.health();
-            let reply = match path {
-                "/metrics" => response("200 OK", "text/plain; version=0.0.4", &prometheus.render()),
-                "/livez" if health.live => response("200 OK", "text/plain", "live\n"),
-                "/livez" => response("503 Service Unavailable", "text/plain", "not live\n"),
-                "/readyz" => {
-                    let body: String = health
-                        .handlers
-                        .iter()
-                        .map(|(name, up)| format!("{name}: {}\n", if *up { "up" } else { "down" }))
-                        .collect();
-                    let status = if health.ready { "200 OK" } else { "503 Service Unavailable" };
-                    response(status, "text/plain", &body)
-                }
-                _ => response("404 Not Found", "text/plain", "try /metrics, /livez or /readyz\n"),
-            };
-            let _ = stream.write_all(reply.as_bytes()).await;
-        });
-    }
-}
-
-async fn get(addr: std::net::SocketAddr, path: &str) -> std::io::Result<String> {
-    let mut stream = TcpStream::connect(addr).await?;
-    stream.write_all(format!("GET {path} HTTP/1.1\r\nhost: localhost\r\n\r\n").as_bytes()).await?;
-    let mut body = String::new();
-    stream.read_to_string(&mut body).await?;
-    Ok(body)
 }
 
 #[tokio::main]
@@ -113,7 +67,10 @@ async fn main() -> Result<()> {
     let port = if self_check { 0 } else { 9464 };
     let listener = TcpListener::bind(("127.0.0.1", port)).await.map_err(Error::from)?;
     let addr = listener.local_addr().map_err(Error::from)?;
-    tokio::spawn(serve(listener, router.clone(), prometheus));
+    let metrics = move |path: &str| {
+        (path == "/metrics").then(|| response("200 OK", "text/plain; version=0.0.4", &prometheus.render()))
+    };
+    tokio::spawn(serve_health(listener, router.clone(), metrics));
     println!("observability: serving http://{addr}/metrics, /livez, /readyz");
 
     let sent = Arc::new(AtomicU64::new(0));
