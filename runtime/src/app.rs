@@ -295,15 +295,7 @@ impl App {
         use crate::topology::Topology;
         let mut nodes = Vec::new();
         for descriptor in self.descriptors() {
-            let info = descriptor.info();
-            let mut route = descriptor.route().declared_at(info.location());
-            if let Some(group) = info.group {
-                route = route.group(group);
-            }
-            if let Some(publish) = info.publish {
-                route = route.publish(publish);
-            }
-            nodes.push(Topology::node(route.summary(), Some(descriptor)));
+            nodes.push(Topology::node(registered_route(descriptor).summary(), Some(descriptor)));
         }
         nodes.extend(self.routes.iter().map(|route| Topology::node(route.summary(), None)));
         Topology::new(nodes)
@@ -369,17 +361,7 @@ impl App {
         let mut routes = Vec::with_capacity(descriptors.len() + self.routes.len());
         for descriptor in &descriptors {
             let info = descriptor.info();
-            let mut route = descriptor.route().declared_at(info.location());
-            if let Some(group) = info.group {
-                route = route.group(group);
-            }
-            if let Some(publish) = info.publish {
-                route = route.publish(publish);
-            }
-            route = route.concurrency(info.concurrency.max(1));
-            if info.order_by_key {
-                route = route.order_by_key();
-            }
+            let mut route = registered_route(descriptor);
             if let Some(name) = info.pubsub {
                 match self.named.get(name) {
                     Some(backend) => {
@@ -443,6 +425,24 @@ impl App {
     pub async fn run_until_ctrl_c(self) -> Result<()> {
         self.build()?.run_until_ctrl_c().await
     }
+}
+
+/// A registered handler's route with its keys applied (group, publish topic, concurrency, order
+/// by key; not its named pub/sub, which the app resolves).
+fn registered_route(descriptor: &HandlerDescriptor) -> Route {
+    let info = descriptor.info();
+    let mut route = descriptor.route().declared_at(info.location());
+    if let Some(group) = info.group {
+        route = route.group(group);
+    }
+    if let Some(publish) = info.publish {
+        route = route.publish(publish);
+    }
+    route = route.concurrency(info.concurrency.max(1));
+    if info.order_by_key {
+        route = route.order_by_key();
+    }
+    route
 }
 
 fn config(text: String) -> Error {
