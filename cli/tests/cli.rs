@@ -239,3 +239,23 @@ fn nats_publish_tail_and_poison() {
     publish_and_tail(&url);
     poison_round_trip(&url, false);
 }
+
+#[test]
+fn docs_writes_a_self_contained_page() {
+    let path = std::env::temp_dir().join(format!("millstream-docs-{}.html", std::process::id()));
+    let (_, stderr) = ok(&[
+        "docs",
+        "--title",
+        "nothing",
+        "--server",
+        "prod=nats://nats:4222",
+        "--out",
+        path.to_str().unwrap(),
+    ]);
+    assert!(stderr.contains("wrote"), "{stderr}");
+    let page = std::fs::read_to_string(&path).expect("the page");
+    assert!(page.starts_with("<!doctype html>") && page.contains("<h1>nothing</h1>"), "{page}");
+    assert!(page.contains("<td>prod</td><td>nats</td><td>nats:4222</td>"), "{page}");
+    assert!(!page.contains("<script"), "no scripts");
+    let _ = std::fs::remove_file(path);
+}

@@ -12,6 +12,7 @@
 //! myapp list                                    # handlers: topic, group, output, file:line
 //! myapp graph --format dot                      # the topology (Mermaid by default)
 //! myapp asyncapi --server prod=kafka://b:9092   # the AsyncAPI 3.0 document
+//! myapp docs --out docs.html                    # one self-contained HTML page of both (or --serve ADDR)
 //! myapp run --pubsub nats://localhost:4222      # the handlers, until Ctrl-C
 //! myapp publish --pubsub sqlite:app.db orders '{"id":1}' --header source=cli
 //! myapp tail --pubsub sqlite:app.db orders --from-start --count 10
@@ -79,6 +80,25 @@ enum Command {
         /// A server, `name=url` (repeatable).
         #[arg(long = "server", value_parser = name_and_value)]
         servers: Vec<(String, String)>,
+    },
+    /// Writes the handlers' documentation page (the topology and the AsyncAPI document, one
+    /// self-contained HTML file), or serves it.
+    Docs {
+        /// The document's title.
+        #[arg(long, default_value = "millstream")]
+        title: String,
+        /// The app's version.
+        #[arg(long = "app-version", default_value = "0.0.0")]
+        app_version: String,
+        /// A server, `name=url` (repeatable).
+        #[arg(long = "server", value_parser = name_and_value)]
+        servers: Vec<(String, String)>,
+        /// Where to write the page (`-`: standard output).
+        #[arg(long, default_value = "-", conflicts_with = "serve")]
+        out: String,
+        /// Serves the page over HTTP on this address (`127.0.0.1:8088`) until Ctrl-C.
+        #[arg(long)]
+        serve: Option<String>,
     },
     /// Publishes one message (the payload from the argument, or standard input).
     Publish {
@@ -213,12 +233,25 @@ async fn execute(app: App, command: Command) -> Result<()> {
             Ok(())
         }
         Command::Asyncapi { title, app_version, servers } => {
-            let mut api = AsyncApi::new(title, app_version);
-            for (name, url) in servers {
-                api = api.server(name, &url)?;
-            }
-            println!("{:#}", api.document(&app.topology()));
+            println!("{:#}", asyncapi(title, app_version, servers)?.document(&app.topology()));
             Ok(())
+        }
+        Command::Docs { title, app_version, servers, out, serve } => {
+            let topology = app.topology();
+            let document = asyncapi(title, app_version, servers)?.document(&topology);
+            let page = crate::docs_page::page(&document, &topology);
+            match (serve, out.as_str()) {
+                (Some(addr), _) => serve_page(&addr, page).await,
+                (None, "-") => {
+                    print!("{page}");
+                    Ok(())
+                }
+                (None, path) => {
+                    std::fs::write(path, page).map_err(|e| cli_error(format!("writing {path}: {e}")))?;
+                    eprintln!("wrote {path}");
+                    Ok(())
+                }
+            }
         }
         Command::Run { backend } => app.connect(&backend.pubsub).await?.run_until_ctrl_c().await,
         Command::Publish { backend, topic, payload, headers, key } => {
@@ -425,6 +458,44 @@ async fn requeue(args: &PoisonArgs, dry_run: bool) -> Result<()> {
     let verb = if dry_run { "would requeue" } else { "requeued" };
     eprintln!("{verb} {requeued} of {seen} poisoned message(s) read from {}", args.topic);
     Ok(())
+}
+
+fn asyncapi(title: String, version: String, servers: Vec<(String, String)>) -> Result<AsyncApi> {
+    let mut api = AsyncApi::new(title, version);
+    for (name, url) in servers {
+        api = api.server(name, &url)?;
+    }
+    Ok(api)
+}
+
+/// Serves `page` at every path of `addr` until Ctrl-C.
+async fn serve_page(addr: &str, page: String) -> Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener =
+        tokio::net::TcpListener::bind(addr).await.map_err(|e| cli_error(format!("binding {addr}: {e}")))?;
+    let local = listener.local_addr().map_err(Error::from)?;
+    eprintln!("serving the documentation on http://{local}/ (Ctrl-C stops)");
+    let page = std::sync::Arc::new(page);
+    let accept = async {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else { continue };
+            let page = page.clone();
+            tokio::spawn(async move {
+                let mut request = [0u8; 2048];
+                let _ = stream.read(&mut request).await;
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: text/html; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                    page.len()
+                );
+                let _ = stream.write_all(head.as_bytes()).await;
+                let _ = stream.write_all(page.as_bytes()).await;
+            });
+        }
+    };
+    tokio::select! {
+        () = accept => Ok(()),
+        _ = tokio::signal::ctrl_c() => Ok(()),
+    }
 }
 
 fn name_and_value(text: &str) -> std::result::Result<(String, String), String> {

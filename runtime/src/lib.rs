@@ -79,6 +79,7 @@ pub mod codec;
 pub mod conformance;
 pub mod connect;
 mod context;
+pub mod docs_page;
 mod error;
 pub mod extract;
 pub mod handler;

@@ -129,7 +129,8 @@ async fn track(_shipment: ShipmentDispatched, State(stats): State<Stats>) {
 struct Args {
     orders: u64,
     quiet: bool,
-    /// `--graph mermaid|dot`: print the topology and exit; `--asyncapi`: its AsyncAPI document.
+    /// `--graph mermaid|dot`: print the topology and exit; `--asyncapi`: its AsyncAPI document;
+    /// `--docs`: the documentation page (HTML).
     graph: Option<String>,
 }
 
@@ -148,6 +149,7 @@ fn parse_args() -> Result<Args, String> {
                 _ => return Err("--graph takes `mermaid` or `dot`".into()),
             },
             "--asyncapi" => args.graph = Some("asyncapi".to_owned()),
+            "--docs" => args.graph = Some("docs".to_owned()),
             "--help" | "-h" => {
                 println!(
                     "usage: shop [--orders N (default 100000)] [--quiet] [--graph mermaid|dot] [--asyncapi]"
@@ -161,6 +163,11 @@ fn parse_args() -> Result<Args, String> {
         return Err("--orders must be at least 1".into());
     }
     Ok(args)
+}
+
+fn shop_asyncapi() -> millstream::asyncapi::AsyncApi {
+    millstream::asyncapi::AsyncApi::new("shop", env!("CARGO_PKG_VERSION"))
+        .description("An order pipeline: orders are billed, shipped and tracked.")
 }
 
 #[tokio::main]
@@ -184,10 +191,13 @@ async fn main() -> Result<()> {
         match format.as_str() {
             "dot" => print!("{}", topology.dot()),
             "mermaid" => print!("{}", topology.mermaid()),
-            _ => {
-                let api = millstream::asyncapi::AsyncApi::new("shop", env!("CARGO_PKG_VERSION"))
-                    .description("An order pipeline: orders are billed, shipped and tracked.");
-                println!("{:#}", api.document(&topology));
+            format => {
+                let document = shop_asyncapi().document(&topology);
+                if format == "docs" {
+                    print!("{}", millstream::docs_page::page(&document, &topology));
+                } else {
+                    println!("{document:#}");
+                }
             }
         }
         return Ok(());
@@ -260,4 +270,29 @@ async fn main() -> Result<()> {
         messages as f64 / elapsed.as_secs_f64()
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The documentation page shows every handler and every topic of the shop.
+    #[test]
+    fn the_docs_page_shows_every_handler_and_topic() {
+        let topology = App::from_registry().topology();
+        let page = millstream::docs_page::page(&shop_asyncapi().document(&topology), &topology);
+        for handler in ["shop::bill", "shop::ship", "shop::track"] {
+            assert!(page.contains(&format!("data-handler=\"{handler}\"")), "{handler}");
+            assert!(page.contains(&format!("data-name=\"{handler}\"")), "{handler} in the drawing");
+        }
+        for topic in ["orders.placed", "invoices.issued", "shipments.dispatched"] {
+            assert!(page.contains(&format!("data-topic=\"{topic}\"")), "{topic}");
+            assert!(page.contains(&format!("data-name=\"{topic}\"")), "{topic} in the drawing");
+        }
+        assert!(
+            !page.contains("http://")
+                || page.matches("http://").all(|_| page.contains("xmlns=\"http://www.w3.org/2000/svg\""))
+        );
+        assert!(!page.contains("<script"), "a page without scripts");
+    }
 }
