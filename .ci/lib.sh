@@ -116,6 +116,20 @@ ci_tools() {
         return 1
     fi
     ci_asyncapi_schema
+    ci_chromium
+}
+
+# Headless Chromium for the documentation page's browser check (`.ci/docs-page-check`), from
+# Debian's packages.
+ci_chromium() {
+    command -v chromium >/dev/null 2>&1 && return 0
+    ci_say "installing chromium (Debian's package; once per machine, about a minute)"
+    if [ "$(id -u)" != 0 ]; then
+        ci_say "chromium is missing and installing it needs root: \`apt-get install chromium\`"
+        return 1
+    fi
+    apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
 }
 
 # The AsyncAPI 3.0 JSON schema the generated documents are validated against
