@@ -211,12 +211,19 @@ impl MessageRef {
 
     fn component(&self) -> Value {
         match self.type_name {
-            Some(name) => json!({
-                "name": name,
-                "title": name,
-                "contentType": "application/json",
-                "payload": self.schema.clone().unwrap_or_else(|| json!({ "type": "object", "title": name })),
-            }),
+            Some(name) => {
+                let mut message = json!({
+                    "name": name,
+                    "title": name,
+                    "contentType": "application/json",
+                    "payload": self.schema.clone().unwrap_or_else(|| json!({ "type": "object", "title": name })),
+                });
+                // An example payload, made from the schema, when there is one to make it from.
+                if let Some(example) = self.schema.as_ref().and_then(|schema| example(schema, 0)) {
+                    message["examples"] = json!([{ "name": "example", "payload": example }]);
+                }
+                message
+            }
             None => json!({
                 "name": self.id,
                 "summary": format!("any payload on {}", self.topic),
@@ -224,6 +231,54 @@ impl MessageRef {
             }),
         }
     }
+}
+
+/// A value that fits `schema` (JSON Schema as schemars writes it): an object with every property,
+/// the first of an enum or of the alternatives, a placeholder per type; `None` past a depth of 8
+/// or for a schema that says nothing.
+fn example(schema: &Value, depth: usize) -> Option<Value> {
+    if depth > 8 {
+        return None;
+    }
+    if let Some(value) = schema.get("const").or_else(|| schema.get("default")) {
+        return Some(value.clone());
+    }
+    if let Some(first) = schema.get("enum").and_then(|e| e.as_array()?.first()) {
+        return Some(first.clone());
+    }
+    for key in ["oneOf", "anyOf", "allOf"] {
+        if let Some(alternatives) = schema.get(key).and_then(Value::as_array) {
+            return alternatives.iter().find_map(|alternative| example(alternative, depth + 1));
+        }
+    }
+    let kind = match schema.get("type") {
+        Some(Value::String(kind)) => kind.as_str(),
+        // `["string", "null"]`: the first that is not null.
+        Some(Value::Array(kinds)) => {
+            kinds.iter().filter_map(Value::as_str).find(|k| *k != "null").unwrap_or("null")
+        }
+        _ if schema.get("properties").is_some() => "object",
+        _ => return None,
+    };
+    Some(match kind {
+        "object" => {
+            let properties = schema.get("properties").and_then(Value::as_object);
+            let fields = properties
+                .into_iter()
+                .flatten()
+                .filter_map(|(name, property)| Some((name.clone(), example(property, depth + 1)?)))
+                .collect();
+            Value::Object(fields)
+        }
+        "array" => Value::Array(
+            schema.get("items").and_then(|items| example(items, depth + 1)).into_iter().collect(),
+        ),
+        "string" => json!("string"),
+        "integer" => json!(0),
+        "number" => json!(0.0),
+        "boolean" => json!(false),
+        _ => Value::Null,
+    })
 }
 
 fn message_id(type_name: Option<&'static str>, topic: &str) -> MessageRef {
@@ -325,6 +380,27 @@ mod tests {
         );
         assert!(!document.to_string().contains("secret"));
         assert!(AsyncApi::new("t", "1").server("x", "ftp://host").is_err());
+    }
+
+    #[test]
+    fn examples_fit_their_schema() {
+        let schema = json!({
+            "type": "object",
+            "properties": {
+                "id": { "type": "integer" },
+                "label": { "type": ["string", "null"] },
+                "lines": { "type": "array", "items": { "type": "object", "properties": { "qty": { "type": "integer" } } } },
+                "state": { "enum": ["open", "closed"] },
+                "paid": { "oneOf": [{ "type": "boolean" }, { "type": "null" }] },
+            }
+        });
+        assert_eq!(
+            example(&schema, 0),
+            Some(
+                json!({ "id": 0, "label": "string", "lines": [{ "qty": 0 }], "state": "open", "paid": false })
+            )
+        );
+        assert_eq!(example(&json!({}), 0), None);
     }
 
     #[test]

@@ -32,7 +32,7 @@
 //! the pull of a reader that has exited open until it expires.
 
 use std::ffi::OsString;
-use std::io::{Read, Write};
+use std::io::{IsTerminal, Read, Write};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -338,6 +338,7 @@ async fn tail(url: &str, topic: &str, reading: &Reading) -> Result<()> {
     let idle = reading.idle.map(Duration::from_secs_f64);
     let started = Instant::now();
     let mut seen = 0usize;
+    let mut progress = Progress::new(format!("reading {topic}"));
     while reading.count.is_none_or(|count| seen < count) {
         let next = match idle {
             Some(idle) => match tokio::time::timeout(idle, sub.next()).await {
@@ -354,11 +355,47 @@ async fn tail(url: &str, topic: &str, reading: &Reading) -> Result<()> {
         print(&render(delivery.message(), topic), reading.compact);
         delivery.ack().await?;
         seen += 1;
+        progress.tick(seen);
     }
+    progress.finish();
     drop(sub);
     Subscriber::close(&pubsub).await?;
     eprintln!("{seen} message(s) from {topic} in {:.1} s", started.elapsed().as_secs_f64());
     Ok(())
+}
+
+/// A line on standard error, when it is a terminal, saying how far a long read has got (at most
+/// once a second); cleared at the end, where the summary line follows.
+struct Progress {
+    what: String,
+    shown: bool,
+    last: Instant,
+    terminal: bool,
+}
+
+impl Progress {
+    fn new(what: impl Into<String>) -> Self {
+        Progress {
+            what: what.into(),
+            shown: false,
+            last: Instant::now(),
+            terminal: std::io::stderr().is_terminal(),
+        }
+    }
+
+    fn tick(&mut self, seen: usize) {
+        if self.terminal && self.last.elapsed() >= Duration::from_secs(1) {
+            eprint!("\r{}: {seen} message(s)…", self.what);
+            self.shown = true;
+            self.last = Instant::now();
+        }
+    }
+
+    fn finish(self) {
+        if self.shown {
+            eprint!("\r\x1b[2K");
+        }
+    }
 }
 
 enum Show {
@@ -381,9 +418,11 @@ async fn poison_read(args: &PoisonArgs, show: Show) -> Result<()> {
     let options = SubscribeOptions::default().start(StartFrom::Earliest);
     let mut sub = pubsub.subscribe(&args.topic, options).await?;
     let (mut seen, mut shown) = (0usize, 0usize);
+    let mut progress = Progress::new(format!("reading {}", args.topic));
     while let Ok(Some(next)) = tokio::time::timeout(Duration::from_secs_f64(args.idle), sub.next()).await {
         let delivery = next?;
         seen += 1;
+        progress.tick(seen);
         let message = delivery.message();
         if args.matches(message) {
             shown += 1;
@@ -404,6 +443,7 @@ async fn poison_read(args: &PoisonArgs, show: Show) -> Result<()> {
         }
         delivery.ack().await?;
     }
+    progress.finish();
     drop(sub);
     Subscriber::close(&pubsub).await?;
     eprintln!("{shown} of {seen} poisoned message(s) in {} matched", args.topic);
@@ -420,9 +460,11 @@ async fn requeue(args: &PoisonArgs, dry_run: bool) -> Result<()> {
     // What is not requeued is held until the end, then given back unsettled (for a later
     // requeue): released at once, it would come straight back to this reader.
     let mut held = Vec::new();
+    let mut progress = Progress::new(format!("requeueing from {}", args.topic));
     while let Ok(Some(next)) = tokio::time::timeout(Duration::from_secs_f64(args.idle), sub.next()).await {
         let delivery = next?;
         seen += 1;
+        progress.tick(seen);
         let message = delivery.message();
         if !args.matches(message) {
             held.push(delivery);
@@ -449,6 +491,7 @@ async fn requeue(args: &PoisonArgs, dry_run: bool) -> Result<()> {
         println!("requeued {} to {original}", message.id());
         delivery.ack().await?;
     }
+    progress.finish();
     for delivery in held {
         let _ = delivery.release().await;
     }

@@ -104,12 +104,17 @@ pub fn page(document: &Value, topology: &Topology) -> String {
                 let name = message.and_then(|m| m["name"].as_str()).unwrap_or(id);
                 let payload = message.map(|m| &m["payload"]).cloned().unwrap_or(Value::Null);
                 let pretty = serde_json::to_string_pretty(&payload).unwrap_or_default();
-                let _ = writeln!(
+                let _ = write!(
                     out,
-                    "<details class=\"message\" open><summary>message <code>{}</code></summary><pre>{}</pre></details>",
+                    "<details class=\"message\" open><summary>message <code>{}</code></summary><p>payload schema</p><pre>{}</pre>",
                     escape(name),
                     escape(&pretty)
                 );
+                if let Some(example) = message.and_then(|m| m["examples"][0].get("payload")) {
+                    let pretty = serde_json::to_string_pretty(example).unwrap_or_default();
+                    let _ = write!(out, "<p>example</p><pre class=\"example\">{}</pre>", escape(&pretty));
+                }
+                out.push_str("</details>\n");
             }
             out.push_str("</article>\n");
         }

@@ -123,6 +123,8 @@ fn payload_types_deriving_json_schema_are_described_by_it() {
         // The nested type is inline, not a $ref into the AsyncAPI document.
         assert!(!payload.to_string().contains("$ref"), "{payload:#}");
         assert!(payload.to_string().contains("\"text\""), "{payload:#}");
+        let example = &document["components"]["messages"]["Parcel"]["examples"][0]["payload"];
+        assert_eq!(example["weight_grams"], 0, "an example made from the schema: {example:#}");
     } else {
         assert_eq!(payload, &serde_json::json!({ "type": "object", "title": "Parcel" }));
     }
