@@ -15,7 +15,7 @@
 //! myapp docs --out docs.html                    # one self-contained HTML page of both (or --serve ADDR)
 //! myapp run --pubsub nats://localhost:4222      # the handlers, until Ctrl-C
 //! myapp publish --pubsub sqlite:app.db orders '{"id":1}' --header source=cli
-//! myapp tail --pubsub sqlite:app.db orders --from-start --count 10
+//! myapp tail --pubsub sqlite:app.db orders --from-start --idle 2   # stops when idle 2 s
 //! myapp poison list --pubsub sqlite:app.db --reason timeout
 //! myapp poison requeue --pubsub sqlite:app.db --handler shop::bill
 //! ```
