@@ -7,6 +7,11 @@ use std::time::Duration;
 #[cfg(any(feature = "sqlite", feature = "nats"))]
 use serde_json::Value;
 
+/// How long a poison read waits for the next message before it takes the topic as read: generous,
+/// since a loaded machine may take a while to hand over the first one.
+#[cfg(any(feature = "sqlite", feature = "nats"))]
+const IDLE: &str = "3";
+
 fn millstream(args: &[&str]) -> Output {
     let mut child = Command::new(env!("CARGO_BIN_EXE_millstream"))
         .args(args)
@@ -136,7 +141,8 @@ fn poison_round_trip(url: &str, dry_run: bool) {
         "--header=millstream.poison.handler=shop::bill",
     ]);
 
-    let (listed, summary) = ok(&["poison", "list", "--pubsub", url, "--topic", &poison_topic, "--idle", "1"]);
+    let (listed, summary) =
+        ok(&["poison", "list", "--pubsub", url, "--topic", &poison_topic, "--idle", IDLE]);
     assert!(listed.contains("handler shop::ship") && listed.contains("handler shop::bill"), "{listed}");
     assert!(summary.contains("2 of 2 poisoned message(s)"), "{summary}");
     let (shown, _) = ok(&[
@@ -149,7 +155,7 @@ fn poison_round_trip(url: &str, dry_run: bool) {
         "--reason",
         "carrier",
         "--idle",
-        "1",
+        IDLE,
     ]);
     assert!(shown.contains("\"job\": 7") && !shown.contains("\"job\": 8"), "{shown}");
 
@@ -165,7 +171,7 @@ fn poison_round_trip(url: &str, dry_run: bool) {
             "shop::ship",
             "--dry-run",
             "--idle",
-            "1",
+            IDLE,
         ]);
         assert!(dry.contains(&format!("to {original}")) && dry.starts_with("would requeue"), "{dry}");
     }
@@ -179,7 +185,7 @@ fn poison_round_trip(url: &str, dry_run: bool) {
         "--handler",
         "shop::ship",
         "--idle",
-        "1",
+        IDLE,
     ]);
     assert!(requeued.starts_with("requeued"), "{requeued}");
     assert!(summary.contains("requeued 1 of 2"), "{summary}");
@@ -194,7 +200,7 @@ fn poison_round_trip(url: &str, dry_run: bool) {
         "--handler",
         "shop::ship",
         "--idle",
-        "1",
+        IDLE,
     ]);
     assert!(again.contains("requeued 0 of"), "{again}");
 
