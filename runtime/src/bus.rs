@@ -37,7 +37,7 @@ use serde::Serialize;
 use crate::codec::{Codec, DynEncoder, JsonCodec};
 use crate::context::MessageCx;
 use crate::error::Result;
-use crate::extract::{Ctx, FromMessage};
+use crate::extract::{carry, Ctx, FromMessage};
 use crate::keys::CORRELATION_ID;
 use crate::message::{Message, Metadata};
 use crate::pubsub::Publisher;
@@ -64,11 +64,7 @@ impl Sender {
 
     async fn send<T: Topic + Serialize + Sync>(&self, value: &T) -> Result<()> {
         let mut message = typed_message(self.encoder.encode_dyn(value)?, T::MESSAGE_TYPE);
-        for (key, value) in self.carried.iter() {
-            if !message.metadata().contains_key(key) {
-                message.metadata_mut().insert(key, value);
-            }
-        }
+        carry(&self.carried, &mut message);
         self.publisher.publish(T::NAME, message).await
     }
 }

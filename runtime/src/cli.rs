@@ -41,7 +41,7 @@ use serde_json::{json, Value};
 
 use crate::app::App;
 use crate::asyncapi::AsyncApi;
-use crate::connect::{connect, Backend};
+use crate::connect::connect;
 use crate::error::{Error, ErrorKind, Result};
 use crate::keys::poison;
 use crate::message::Message;
@@ -71,28 +71,14 @@ enum Command {
     },
     /// Prints the AsyncAPI 3.0 document of the handlers.
     Asyncapi {
-        /// The document's title.
-        #[arg(long, default_value = "millstream")]
-        title: String,
-        /// The app's version.
-        #[arg(long = "app-version", default_value = "0.0.0")]
-        app_version: String,
-        /// A server, `name=url` (repeatable).
-        #[arg(long = "server", value_parser = name_and_value)]
-        servers: Vec<(String, String)>,
+        #[command(flatten)]
+        describe: Describe,
     },
     /// Writes the handlers' documentation page (the topology and the AsyncAPI document, one
     /// self-contained HTML file), or serves it.
     Docs {
-        /// The document's title.
-        #[arg(long, default_value = "millstream")]
-        title: String,
-        /// The app's version.
-        #[arg(long = "app-version", default_value = "0.0.0")]
-        app_version: String,
-        /// A server, `name=url` (repeatable).
-        #[arg(long = "server", value_parser = name_and_value)]
-        servers: Vec<(String, String)>,
+        #[command(flatten)]
+        describe: Describe,
         /// Where to write the page (`-`: standard output).
         #[arg(long, default_value = "-", conflicts_with = "serve")]
         out: String,
@@ -147,6 +133,30 @@ enum PoisonAction {
         #[arg(long)]
         dry_run: bool,
     },
+}
+
+/// What an AsyncAPI document says of the app.
+#[derive(Args, Debug)]
+struct Describe {
+    /// The document's title.
+    #[arg(long, default_value = "millstream")]
+    title: String,
+    /// The app's version.
+    #[arg(long = "app-version", default_value = "0.0.0")]
+    app_version: String,
+    /// A server, `name=url` (repeatable).
+    #[arg(long = "server", value_parser = name_and_value)]
+    servers: Vec<(String, String)>,
+}
+
+impl Describe {
+    fn api(self) -> Result<AsyncApi> {
+        let mut api = AsyncApi::new(self.title, self.app_version);
+        for (name, url) in self.servers {
+            api = api.server(name, &url)?;
+        }
+        Ok(api)
+    }
 }
 
 #[derive(Args, Debug)]
@@ -232,13 +242,13 @@ async fn execute(app: App, command: Command) -> Result<()> {
             print!("{}", if format == "dot" { topology.dot() } else { topology.mermaid() });
             Ok(())
         }
-        Command::Asyncapi { title, app_version, servers } => {
-            println!("{:#}", asyncapi(title, app_version, servers)?.document(&app.topology()));
+        Command::Asyncapi { describe } => {
+            println!("{:#}", describe.api()?.document(&app.topology()));
             Ok(())
         }
-        Command::Docs { title, app_version, servers, out, serve } => {
+        Command::Docs { describe, out, serve } => {
             let topology = app.topology();
-            let document = asyncapi(title, app_version, servers)?.document(&topology);
+            let document = describe.api()?.document(&topology);
             let page = crate::docs_page::page(&document, &topology);
             match (serve, out.as_str()) {
                 (Some(addr), _) => serve_page(&addr, page).await,
@@ -255,7 +265,7 @@ async fn execute(app: App, command: Command) -> Result<()> {
         }
         Command::Run { backend } => app.connect(&backend.pubsub).await?.run_until_ctrl_c().await,
         Command::Publish { backend, topic, payload, headers, key } => {
-            let pubsub = open(&backend.pubsub).await?;
+            let pubsub = connect(&backend.pubsub).await?;
             let payload = match payload {
                 Some(payload) => payload.into_bytes(),
                 None => {
@@ -307,10 +317,6 @@ fn list(app: &App) -> Result<()> {
     Ok(())
 }
 
-async fn open(url: &str) -> Result<Backend> {
-    connect(url).await
-}
-
 /// A message as the command line prints it.
 fn render(message: &Message, topic: &str) -> Value {
     let metadata: serde_json::Map<String, Value> =
@@ -328,7 +334,7 @@ fn print(value: &Value, compact: bool) {
 }
 
 async fn tail(url: &str, topic: &str, reading: &Reading) -> Result<()> {
-    let pubsub = open(url).await?;
+    let pubsub = connect(url).await?;
     let start = if reading.from_start { StartFrom::Earliest } else { StartFrom::Latest };
     let options = match &reading.group {
         Some(group) => SubscribeOptions::group(group.clone()).start(start),
@@ -414,7 +420,7 @@ impl PoisonArgs {
 
 /// Reads the poison topic from its start, group-less, until it is idle; prints what matches.
 async fn poison_read(args: &PoisonArgs, show: Show) -> Result<()> {
-    let pubsub = open(&args.backend.pubsub).await?;
+    let pubsub = connect(&args.backend.pubsub).await?;
     let options = SubscribeOptions::default().start(StartFrom::Earliest);
     let mut sub = pubsub.subscribe(&args.topic, options).await?;
     let (mut seen, mut shown) = (0usize, 0usize);
@@ -453,7 +459,7 @@ async fn poison_read(args: &PoisonArgs, show: Show) -> Result<()> {
 /// Requeues matching poisoned messages, each once: the poison topic is read in a group of its
 /// own, so a message read once is not read again by a later requeue.
 async fn requeue(args: &PoisonArgs, dry_run: bool) -> Result<()> {
-    let pubsub = open(&args.backend.pubsub).await?;
+    let pubsub = connect(&args.backend.pubsub).await?;
     let options = SubscribeOptions::group("millstream-cli.requeue").start(StartFrom::Earliest);
     let mut sub = pubsub.subscribe(&args.topic, options).await?;
     let (mut seen, mut requeued) = (0usize, 0usize);
@@ -501,14 +507,6 @@ async fn requeue(args: &PoisonArgs, dry_run: bool) -> Result<()> {
     let verb = if dry_run { "would requeue" } else { "requeued" };
     eprintln!("{verb} {requeued} of {seen} poisoned message(s) read from {}", args.topic);
     Ok(())
-}
-
-fn asyncapi(title: String, version: String, servers: Vec<(String, String)>) -> Result<AsyncApi> {
-    let mut api = AsyncApi::new(title, version);
-    for (name, url) in servers {
-        api = api.server(name, &url)?;
-    }
-    Ok(api)
 }
 
 /// Serves `page` at every path of `addr` until Ctrl-C.

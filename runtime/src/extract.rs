@@ -210,6 +210,16 @@ pub struct Ctx {
     carried: Metadata,
 }
 
+/// Copies each entry of `carried` that `message` does not have into it (what a message published
+/// from a handler inherits from the input: `Ctx` and the buses).
+pub(crate) fn carry(carried: &Metadata, message: &mut Message) {
+    for (key, value) in carried.iter() {
+        if !message.metadata().contains_key(key) {
+            message.metadata_mut().insert(key, value);
+        }
+    }
+}
+
 /// Metadata keys that messages published through [`Ctx`] inherit from the input.
 const PROPAGATED: [&str; 2] = [CORRELATION_ID, TRACEPARENT];
 
@@ -290,11 +300,7 @@ impl Ctx {
     /// Publishes a ready-made message to `topic`. It inherits the input's correlation id and
     /// trace context unless it has its own.
     pub async fn publish_message(&self, topic: &str, mut message: Message) -> Result<()> {
-        for (key, value) in self.carried.iter() {
-            if !message.metadata().contains_key(key) {
-                message.metadata_mut().insert(key, value);
-            }
-        }
+        carry(&self.carried, &mut message);
         self.route.publisher.publish(topic, message).await
     }
 

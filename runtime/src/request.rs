@@ -99,13 +99,15 @@ impl From<RequestError> for Error {
 #[derive(Clone)]
 pub struct Requester {
     inner: Arc<Inner>,
+    /// What every request of this handle carries (clones made with
+    /// [`correlation_id`](Requester::correlation_id) share the reply topic, not this).
+    correlation_id: Option<Arc<str>>,
 }
 
 struct Inner {
     publisher: Arc<dyn Publisher>,
     reply_topic: String,
     waiting: Mutex<HashMap<MessageId, oneshot::Sender<Message>>>,
-    correlation_id: Option<Box<str>>,
     stop: CancellationToken,
 }
 
@@ -120,7 +122,6 @@ impl Requester {
             publisher,
             reply_topic,
             waiting: Mutex::new(HashMap::new()),
-            correlation_id: None,
             stop: CancellationToken::new(),
         });
         let reader = Arc::downgrade(&inner);
@@ -152,21 +153,13 @@ impl Requester {
                 }
             }
         });
-        Ok(Requester { inner })
+        Ok(Requester { inner, correlation_id: None })
     }
 
-    /// Every request carries this correlation id (a requester of its own: clones share it).
-    pub fn correlation_id(self, id: impl Into<Box<str>>) -> Self {
-        let inner = &self.inner;
-        Requester {
-            inner: Arc::new(Inner {
-                publisher: inner.publisher.clone(),
-                reply_topic: inner.reply_topic.clone(),
-                waiting: Mutex::new(HashMap::new()),
-                correlation_id: Some(id.into()),
-                stop: inner.stop.child_token(),
-            }),
-        }
+    /// A handle whose requests carry this correlation id; it shares the reply topic (and its
+    /// reader) with this one.
+    pub fn correlation_id(&self, id: impl Into<Arc<str>>) -> Self {
+        Requester { inner: self.inner.clone(), correlation_id: Some(id.into()) }
     }
 
     /// The topic replies come back on.
@@ -203,8 +196,8 @@ impl Requester {
     ) -> Result<R, RequestError> {
         let inner = &self.inner;
         message.metadata_mut().insert_static(reply::TO, inner.reply_topic.as_str());
-        if let Some(id) = &inner.correlation_id {
-            message.metadata_mut().insert_static(CORRELATION_ID, id.clone());
+        if let Some(id) = &self.correlation_id {
+            message.metadata_mut().insert_static(CORRELATION_ID, &**id);
         }
         let id = message.id();
         let (tx, rx) = oneshot::channel();

@@ -6,6 +6,7 @@ use quote::ToTokens;
 use super::parse::{Args, Upcast};
 use super::Kind;
 use crate::errors::Errors;
+use crate::names::ident_text;
 use crate::topic::Item;
 
 /// A checked command or event type.
@@ -58,7 +59,7 @@ pub(crate) fn validate(
             check_name(value, key, errors);
         }
     }
-    let name = name.map_or_else(|| input.ident.unraw_text(), |name| name.value());
+    let name = name.map_or_else(|| ident_text(&input.ident), |name| name.value());
     let topic = topic.map_or_else(|| format!("{}{name}", kind.topic_prefix()), |topic| topic.value());
     let version = args.version.take().map_or(1, |(version, _)| version);
     let upcasts = args.upcast.take().unwrap_or_default();
@@ -89,17 +90,5 @@ pub(crate) fn validate(
 fn check_name(value: &syn::LitStr, key: &str, errors: &mut Errors) {
     if value.value().chars().any(char::is_whitespace) {
         errors.at(value, format_args!("a {key} cannot contain whitespace"));
-    }
-}
-
-/// The identifier's text without `r#`.
-trait UnrawText {
-    fn unraw_text(&self) -> String;
-}
-
-impl UnrawText for syn::Ident {
-    fn unraw_text(&self) -> String {
-        let text = self.to_string();
-        text.strip_prefix("r#").map(str::to_owned).unwrap_or(text)
     }
 }

@@ -114,8 +114,8 @@ async fn process(p: &Prepared, message: Message, attempt: u32, acker: Acker) {
     } else {
         acker
     };
-    // A request's outputs are its replies.
-    let reply_to = crate::reply::reply_topic(&message);
+    // A request's outputs are its replies (to the topic it names, as replies to its id).
+    let reply_to = crate::reply::reply_topic(&message).map(|to| (to, message.id()));
     let (outputs, original) = {
         let id = message.id();
         // The message is kept for the poison topic. A backend that redelivers (the in-memory
@@ -146,7 +146,7 @@ async fn process(p: &Prepared, message: Message, attempt: u32, acker: Acker) {
                 };
                 // Built in a statement of its own: a temporary in the `.await` statement would
                 // count as alive across the await, and the failure future is large.
-                let failed = Box::pin(fail(p, original, attempt, acker, error, reply_to));
+                let failed = Box::pin(fail(p, original, attempt, acker, error, reply_to.map(|(to, _)| to)));
                 return failed.await;
             }
             Err(panic) => {
@@ -155,11 +155,7 @@ async fn process(p: &Prepared, message: Message, attempt: u32, acker: Acker) {
             }
         }
     };
-    let published = if let Some(to) = reply_to {
-        let request = match (&original, acker.message()) {
-            (Some(original), _) | (None, Some(original)) => original.id(),
-            (None, None) => unreachable!("a copy is kept when the acker keeps none"),
-        };
+    let published = if let Some((to, request)) = reply_to {
         let replied = Box::pin(publish_replies(p, to, request, outputs));
         replied.await
     } else if outputs.is_empty() {

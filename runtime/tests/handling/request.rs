@@ -41,6 +41,22 @@ mod prices {
         }
     }
 
+    #[derive(Serialize, Deserialize)]
+    #[millstream::topic("request-test.who")]
+    pub(crate) struct Who;
+
+    #[derive(Serialize, Deserialize, Debug, PartialEq)]
+    #[millstream::topic("request-test.said")]
+    pub(crate) struct Said {
+        pub(crate) correlation: Option<String>,
+    }
+
+    /// Answers with the correlation id the request carried.
+    #[millstream::handler]
+    pub(crate) async fn who(_: Who, meta: Metadata) -> Said {
+        Said { correlation: meta.get(millstream::keys::CORRELATION_ID).map(str::to_owned) }
+    }
+
     /// Returns nothing: the reply is empty.
     #[millstream::handler]
     pub(crate) async fn forget(_: Forget) {}
@@ -77,6 +93,11 @@ async fn a_handler_answers_requests_each_with_its_own_reply() {
     assert!(nothing.is_err(), "a reply is not published to the value's own topic");
     // A handler that returns nothing answers with `()`.
     let () = requester.request(&Forget { sku: "a".into() }, WAIT).await.unwrap();
+    // A handle with a correlation id shares the reply topic and gets its replies too.
+    let said: Said = requester.correlation_id("flow-9").request(&Who, WAIT).await.unwrap();
+    assert_eq!(said, Said { correlation: Some("flow-9".to_owned()) });
+    let said: Said = requester.request(&Who, WAIT).await.unwrap();
+    assert_eq!(said, Said { correlation: None }, "the original handle carries none");
     requester.close().await;
     router.close().await.unwrap();
 }
