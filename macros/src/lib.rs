@@ -17,6 +17,7 @@ mod message_type;
 mod middleware;
 mod names;
 mod paths;
+mod saga;
 mod scope;
 mod shared;
 mod suggest;
@@ -156,6 +157,29 @@ pub fn command_handler(attr: TokenStream, item: TokenStream) -> TokenStream {
 #[proc_macro_attribute]
 pub fn event_handler(attr: TokenStream, item: TokenStream) -> TokenStream {
     handler::handler(handler::Role::Event, attr.into(), item.into()).into()
+}
+
+/// Declares a struct or enum the state of a saga: `#[millstream::saga]` implements
+/// `millstream::__private::SagaState` for it, named by the type's name or `name = ".."` (the
+/// name keys the saga's instances in the store: keep it when renaming the type). The type must
+/// be `Default` (a new instance's state), `Serialize` and `Deserialize` (stored as JSON).
+#[proc_macro_attribute]
+pub fn saga(attr: TokenStream, item: TokenStream) -> TokenStream {
+    saga::saga(attr.into(), item.into()).into()
+}
+
+/// Declares an async fn a step of a saga and registers it:
+/// `async fn step(saga: &mut Saga<State>, message: M, extractors..) -> Result<(), E>`.
+///
+/// The message's correlation id names the saga instance; the handler runs with its state, and
+/// what it sends through the `Saga` (commands, events, compensations, timeouts) is committed
+/// with the new state when it returns `Ok`. `start` lets the step begin an instance when none is
+/// running; without it, a message for no running instance is acked unhandled. The topic is the
+/// message type's own (no `topic` key); the other keys are those of [`macro@handler`] but
+/// `publish` (a step sends through the saga).
+#[proc_macro_attribute]
+pub fn saga_handler(attr: TokenStream, item: TokenStream) -> TokenStream {
+    handler::handler(handler::Role::Saga, attr.into(), item.into()).into()
 }
 
 /// Declares `async fn name(message: Message, next: Next) -> HandlerResult` as a middleware.

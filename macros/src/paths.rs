@@ -102,6 +102,16 @@ impl Paths {
         self.private(role_fn)
     }
 
+    /// The trait a `#[saga]` type implements.
+    pub(crate) fn saga_state(&self) -> TokenStream {
+        self.private("SagaState")
+    }
+
+    /// `saga_begin`, `saga_finish`, `SagaInput`, `Saga`.
+    pub(crate) fn saga_item(&self, item: &str) -> TokenStream {
+        self.private(item)
+    }
+
     /// The trait a command handler implements for its command.
     pub(crate) fn command_has_one_handler(&self) -> TokenStream {
         self.private("CommandHasOneHandler")

@@ -312,6 +312,7 @@ fn extensions(operation: &mut Value, node: &Node) {
             Role::Handler => "handler",
             Role::CommandHandler => "command_handler",
             Role::EventHandler => "event_handler",
+            Role::SagaHandler { .. } => "saga_handler",
         };
         operation["x-millstream-role"] = json!(role);
     }

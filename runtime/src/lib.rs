@@ -90,6 +90,7 @@ pub mod observe;
 mod op;
 pub mod pubsub;
 pub mod router;
+pub mod saga;
 mod state;
 pub mod store;
 mod topic;
@@ -97,7 +98,9 @@ pub mod topology;
 
 pub use bytes::Bytes;
 /// Declarative handlers, typed topics and middleware: see the `millstream-macros` docs re-exported here.
-pub use millstream_macros::{command, command_handler, event, event_handler, handler, middleware, topic};
+pub use millstream_macros::{
+    command, command_handler, event, event_handler, handler, middleware, saga, saga_handler, topic,
+};
 /// schemars, for `#[derive(JsonSchema)]` without a dependency of your own (`schema` feature).
 #[cfg(feature = "schema")]
 pub use schemars;
@@ -130,9 +133,10 @@ pub use crate::pubsub::redis::{RedisConfig, RedisPubSub};
 #[cfg(feature = "sqlite")]
 pub use crate::pubsub::sql::SqlitePubSub;
 #[cfg(feature = "sql")]
-pub use crate::pubsub::sql::{SqlAttemptStore, SqlConfig, SqlDedupStore, SqlPubSub};
+pub use crate::pubsub::sql::{SqlAttemptStore, SqlConfig, SqlDedupStore, SqlPubSub, SqlSagaStore};
 pub use crate::pubsub::{Delivery, PubSub, Publisher, SubscribeOptions, Subscriber, Subscription};
 pub use crate::router::{HandlerSummary, Health, Route, Router, RouterConfig};
+pub use crate::saga::{Saga, Sagas};
 pub use crate::state::StateMap;
 
 /// The names most programs need: `use millstream::prelude::*;`.

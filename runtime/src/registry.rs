@@ -85,6 +85,11 @@ pub enum Role {
     CommandHandler,
     /// `#[millstream::event_handler]`: one of any number of handlers of its event type.
     EventHandler,
+    /// `#[millstream::saga_handler]`: a step of a saga (`start`: one that may begin an instance).
+    SagaHandler {
+        /// It starts an instance when none is running.
+        start: bool,
+    },
 }
 
 impl HandlerInfo {

@@ -6,7 +6,9 @@
 //! The traits sit on the same floor as the pub/sub traits, below the backends that implement
 //! them and the middleware that uses them.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
+
+use crate::message::Message;
 
 use crate::op::OpFuture;
 
@@ -36,4 +38,103 @@ pub trait AttemptStore: Send + Sync + 'static {
 
     /// Forgets `key` (its message was settled for good: acked, or sent to a poison topic).
     fn forget<'a>(&'a self, key: &'a str) -> OpFuture<'a>;
+}
+
+/// Where a saga instance lives: the saga's name (its `#[millstream::saga]` type) and the
+/// instance's id (the correlation id of the messages that drive it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SagaKey<'a> {
+    /// The saga's name.
+    pub saga: &'a str,
+    /// The instance's id.
+    pub id: &'a str,
+}
+
+/// How a saga instance ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SagaOutcome {
+    /// It reached its goal.
+    Completed,
+    /// It failed, for this reason; its compensating commands were sent.
+    Failed(String),
+}
+
+/// What a [`SagaStore`] holds of one saga instance, as read before a message is handled.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SagaLoad {
+    /// No instance with this key, running or finished.
+    Absent,
+    /// A running instance.
+    Running {
+        /// Its state, as JSON.
+        state: String,
+        /// Its version: how many messages it has taken; a commit must name it.
+        version: u64,
+        /// It has already taken the message being handled (a redelivery).
+        seen: bool,
+    },
+    /// A finished instance (while the store remembers it).
+    Finished(SagaOutcome),
+}
+
+/// A message a saga commit publishes, to its topic.
+#[derive(Clone, Debug)]
+pub struct SagaMessage {
+    /// Where it goes.
+    pub topic: String,
+    /// The message.
+    pub message: Message,
+}
+
+/// A message a saga delivers to itself (or anyone) once `due`: a timeout.
+#[derive(Clone, Debug)]
+pub struct SagaDeadline {
+    /// When it is published.
+    pub due: SystemTime,
+    /// Where it goes.
+    pub topic: String,
+    /// The message.
+    pub message: Message,
+}
+
+/// What a saga handler changed, written by [`SagaStore::commit`] all at once or not at all.
+#[derive(Debug)]
+pub struct SagaCommit<'a> {
+    /// The instance.
+    pub key: SagaKey<'a>,
+    /// The id of the message handled: recorded, so that its redelivery is not taken twice.
+    pub message_id: &'a str,
+    /// The version loaded (`None`: a new instance). The commit fails as a conflict if the store
+    /// holds another one.
+    pub version: Option<u64>,
+    /// The new state, as JSON.
+    pub state: String,
+    /// Messages to publish, in order.
+    pub send: Vec<SagaMessage>,
+    /// Compensating messages to keep, in the order they were added; published newest first if
+    /// the saga fails.
+    pub compensations: Vec<SagaMessage>,
+    /// Timeouts to keep until due.
+    pub deadlines: Vec<SagaDeadline>,
+    /// Set when the instance ends with this commit: its kept compensations (those of earlier
+    /// commits and this one's) are published, newest first, if it failed; they and its pending
+    /// deadlines are dropped either way.
+    pub finish: Option<SagaOutcome>,
+}
+
+/// Keeps saga instances: their state, what each has taken, the compensations and timeouts they
+/// hold, and how the finished ones ended. The
+/// [`SqlSagaStore`](crate::pubsub::sql::SqlSagaStore) writes a commit and publishes its messages
+/// in one transaction of the SQL backend's database (an outbox).
+pub trait SagaStore: Send + Sync + 'static {
+    /// Reads the instance at `key`, and whether it has already taken `message_id`.
+    fn load<'a>(&'a self, key: SagaKey<'a>, message_id: &'a str) -> OpFuture<'a, SagaLoad>;
+
+    /// Writes `commit` and publishes its messages, all or nothing. `Ok(false)`: a conflict (the
+    /// instance is at another version, or already took the message), nothing written.
+    fn commit<'a>(&'a self, commit: SagaCommit<'a>) -> OpFuture<'a, bool>;
+
+    /// Starts delivering the timeouts the store holds (a background task, once per store), when
+    /// an app whose saga handlers use the store starts. Called from within a tokio runtime.
+    fn start(&self) {}
 }

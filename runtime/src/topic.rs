@@ -30,6 +30,15 @@ pub trait Topic {
 
     /// What a command or event type is; `None` for a plain topic type.
     const MESSAGE_TYPE: Option<MessageType> = None;
+
+    /// The payload of an older schema `version` of this command or event, turned into this
+    /// version's (decoded as the older type, converted with its `From` impl, encoded again with
+    /// `codec`); `None` when the type declares no upcaster for `version`.
+    /// `#[millstream::event(version = 2, upcast(1 = OrderPlacedV1))]` writes it.
+    fn upcast<C: Codec>(codec: &C, version: u32, payload: &[u8]) -> Option<Result<Bytes, Error>> {
+        let _ = (codec, version, payload);
+        None
+    }
 }
 
 /// Whether a [`MessageType`] is a command or an event.
@@ -106,16 +115,7 @@ pub(crate) fn typed_message(payload: Bytes, message_type: Option<MessageType>) -
     label = "not a `#[millstream::command]` type",
     note = "mark the type with `#[millstream::command]`; for a type that is not a command, use `#[millstream::handler]`"
 )]
-pub trait Command: Topic {
-    /// The payload of an older schema `version` of this command, turned into this version's
-    /// (decoded as the older type, converted with its `From` impl, encoded again with `codec`);
-    /// `None` when the type declares no upcaster for `version`. `#[millstream::command(version
-    /// = 2, upcast(1 = PlaceOrderV1))]` writes it.
-    fn upcast<C: Codec>(codec: &C, version: u32, payload: &[u8]) -> Option<Result<Bytes, Error>> {
-        let _ = (codec, version, payload);
-        None
-    }
-}
+pub trait Command: Topic {}
 
 /// An event: a [`Topic`] type published with an [`EventBus`](crate::EventBus) (or returned by a
 /// handler) and handled by any number of `#[millstream::event_handler]`s, each in its own group.
@@ -125,16 +125,7 @@ pub trait Command: Topic {
     label = "not a `#[millstream::event]` type",
     note = "mark the type with `#[millstream::event]`; for a type that is not an event, use `#[millstream::handler]`"
 )]
-pub trait Event: Topic {
-    /// The payload of an older schema `version` of this event, turned into this version's
-    /// (decoded as the older type, converted with its `From` impl, encoded again with `codec`);
-    /// `None` when the type declares no upcaster for `version`. `#[millstream::event(version =
-    /// 2, upcast(1 = OrderPlacedV1))]` writes it.
-    fn upcast<C: Codec>(codec: &C, version: u32, payload: &[u8]) -> Option<Result<Bytes, Error>> {
-        let _ = (codec, version, payload);
-        None
-    }
-}
+pub trait Event: Topic {}
 
 /// A value a handler can return (or [`Ctx::publish`](crate::Ctx::publish)) to be published.
 ///

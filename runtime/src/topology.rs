@@ -107,6 +107,7 @@ impl Topology {
             let kind = match node.role {
                 Some(Role::CommandHandler) => "<br/><small>command handler</small>",
                 Some(Role::EventHandler) => "<br/><small>event handler</small>",
+                Some(Role::SagaHandler { .. }) => "<br/><small>saga step</small>",
                 _ => "",
             };
             let _ = writeln!(out, "    h{i}[\"{}{kind}\"]", mermaid_text(&node.name));

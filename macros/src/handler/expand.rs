@@ -135,15 +135,25 @@ pub(crate) fn expand(handler: &Handler) -> TokenStream {
     } else {
         (None, codec.clone())
     };
-    let build_route = quote_spanned! {fn_ident.span()=>
-        #helper::<_, _, #output, #value, #error, #(#params),*>(Self::INFO.name, Self::INFO.topic, #fn_ident, #codec_arg)
+    let (saga_step, build_route) = match &handler.saga {
+        Some(state) => saga_step(handler, &paths, state, &codec_arg),
+        None => (
+            None,
+            quote_spanned! {fn_ident.span()=>
+                #helper::<_, _, #output, #value, #error, #(#params),*>(Self::INFO.name, Self::INFO.topic, #fn_ident, #codec_arg)
+            },
+        ),
     };
     let doc = format!(" The `{}` registration of [`{fn_name}`].", handler.role.attribute());
-    let role = paths.role(match handler.role {
-        Role::Handler => "Handler",
-        Role::Command => "CommandHandler",
-        Role::Event => "EventHandler",
-    });
+    let role = match handler.role {
+        Role::Handler => paths.role("Handler"),
+        Role::Command => paths.role("CommandHandler"),
+        Role::Event => paths.role("EventHandler"),
+        Role::Saga => {
+            let (role, start) = (paths.role("SagaHandler"), handler.start);
+            quote!(#role { start: #start })
+        }
+    };
     // A command or event handler runs only for messages of its type; the bound on the payload
     // (`Command` or `Event`) is reported on the payload's type.
     let typed_route = match (handler.role, &handler.payload) {
@@ -151,6 +161,12 @@ pub(crate) fn expand(handler: &Handler) -> TokenStream {
             let command_route = paths.typed_route("command_route");
             Some(
                 quote_spanned! {payload_span(payload)=> let route = #command_route::<#payload, _>(route, codec);},
+            )
+        }
+        (Role::Saga, Some(payload)) => {
+            let saga_route = paths.typed_route("saga_route");
+            Some(
+                quote_spanned! {payload_span(payload)=> let route = #saga_route::<#payload, _>(route, codec);},
             )
         }
         (Role::Event, Some(payload)) => {
@@ -221,6 +237,8 @@ pub(crate) fn expand(handler: &Handler) -> TokenStream {
 
             #one_handler
 
+            #saga_step
+
             #register!(#struct_ident);
         };
     }
@@ -230,4 +248,54 @@ pub(crate) fn expand(handler: &Handler) -> TokenStream {
 fn payload_span(ty: &syn::Type) -> proc_macro2::Span {
     use quote::ToTokens;
     ty.to_token_stream().into_iter().next().map_or_else(proc_macro2::Span::call_site, |t| t.span())
+}
+
+/// A saga step's wrapper, an ordinary handler fn that takes `SagaInput<S>` in place of the
+/// user's `&mut Saga<S>`: it loads the instance, calls the step with it, and commits what the
+/// step did; and the route built on the wrapper.
+fn saga_step(
+    handler: &Handler,
+    paths: &Paths,
+    state: &syn::Type,
+    codec: &TokenStream,
+) -> (Option<TokenStream>, TokenStream) {
+    let fn_ident = &handler.item.sig.ident;
+    let payload = handler.payload.as_ref().expect("a checked saga step has a message");
+    let extractors = &handler.extractors;
+    let names: Vec<syn::Ident> =
+        (0..extractors.len()).map(|i| syn::Ident::new(&format!("__extract{i}"), fn_ident.span())).collect();
+    let (input, begin, finish, error) = (
+        paths.saga_item("SagaInput"),
+        paths.saga_item("saga_begin"),
+        paths.saga_item("saga_finish"),
+        paths.error(),
+    );
+    let start = handler.start;
+    // A return type that is not `()` or `Result<(), E>` is reported on it.
+    let finish_span = match &handler.item.sig.output {
+        syn::ReturnType::Type(_, ty) => payload_span(ty),
+        syn::ReturnType::Default => fn_ident.span(),
+    };
+    let finish_call = quote_spanned! {finish_span=> #finish(__saga, __returned).await};
+    let step = quote! {
+        /// The step, with its saga loaded before and committed after.
+        async fn __saga_step(
+            __message: #payload,
+            __input: #input<#state>,
+            #(#names: #extractors,)*
+        ) -> ::core::result::Result<(), #error> {
+            let ::core::option::Option::Some(mut __saga) = #begin::<#state>(__input, #start).await? else {
+                return ::core::result::Result::Ok(());
+            };
+            let __returned = #fn_ident(&mut __saga, __message, #(#names),*).await;
+            #finish_call
+        }
+    };
+    let helper = paths.payload_route(1 + 1 + extractors.len());
+    let route = quote_spanned! {fn_ident.span()=>
+        #helper::<_, _, ::core::result::Result<(), #error>, (), #error, #payload, #input<#state>, #(#extractors),*>(
+            Self::INFO.name, Self::INFO.topic, __saga_step, #codec
+        )
+    };
+    (Some(step), route)
 }

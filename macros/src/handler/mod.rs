@@ -17,6 +17,8 @@ pub(crate) enum Role {
     Command,
     /// `#[millstream::event_handler]`.
     Event,
+    /// `#[millstream::saga_handler]`.
+    Saga,
 }
 
 impl Role {
@@ -26,6 +28,7 @@ impl Role {
             Role::Handler => "#[millstream::handler]",
             Role::Command => "#[millstream::command_handler]",
             Role::Event => "#[millstream::event_handler]",
+            Role::Saga => "#[millstream::saga_handler]",
         }
     }
 }

@@ -20,6 +20,7 @@ mod kw {
     syn::custom_keyword!(middleware);
     syn::custom_keyword!(service);
     syn::custom_keyword!(external);
+    syn::custom_keyword!(start);
 }
 
 /// Every key, for the "did you mean" of an unknown one.
@@ -35,6 +36,7 @@ const KEYS: &[&str] = &[
     "middleware",
     "service",
     "external",
+    "start",
     "crate",
 ];
 
@@ -60,6 +62,8 @@ pub(crate) struct Args {
     pub(crate) service: Slot<LitStr>,
     /// `external` (a command handler's command is defined in another crate).
     pub(crate) external: Slot<()>,
+    /// `start` (a saga step that may begin an instance).
+    pub(crate) start: Slot<()>,
     pub(crate) krate: Slot<syn::Path>,
 }
 
@@ -77,6 +81,7 @@ pub(crate) fn args(tokens: TokenStream, errors: &mut Errors) -> Args {
         middleware: Slot::new("middleware"),
         service: Slot::new("service"),
         external: Slot::new("external"),
+        start: Slot::new("start"),
         krate: Slot::new("crate"),
     };
     attr::parse_entries(tokens, errors, |input, errors| entry(input, &mut args, errors));
@@ -131,6 +136,12 @@ fn entry(input: ParseStream<'_>, args: &mut Args, errors: &mut Errors) -> syn::R
             return Err(input.error("`external` takes no value: `#[millstream::command_handler(external)]`"));
         }
         args.external.set(key.span, (), errors);
+    } else if lookahead.peek(kw::start) {
+        let key: kw::start = input.parse()?;
+        if input.peek(Token![=]) {
+            return Err(input.error("`start` takes no value: `#[millstream::saga_handler(start)]`"));
+        }
+        args.start.set(key.span, (), errors);
     } else if lookahead.peek(Token![crate]) {
         let key: Token![crate] = input.parse()?;
         attr::eq(input, "crate")?;

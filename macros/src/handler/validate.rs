@@ -47,6 +47,10 @@ pub(crate) struct Handler {
     /// A command handler whose command is defined in another crate (`external`): its uniqueness
     /// is checked when the app is built, not by the compiler.
     pub(crate) external: bool,
+    /// A saga step: the state type `S` of its `&mut Saga<S>` first parameter.
+    pub(crate) saga: Option<Type>,
+    /// A saga step that may begin an instance.
+    pub(crate) start: bool,
 }
 
 /// The return type taken apart, so that what is wrong with it is reported on the part at fault:
@@ -117,13 +121,17 @@ pub(crate) fn validate(
     let before_params = errors.len();
     let markers = strip_markers(&mut item, errors);
 
-    // Payload or extractor, parameter by parameter.
+    // Payload or extractor, parameter by parameter (after a saga step's `&mut Saga<S>`).
     let mut payload: Option<Type> = None;
     let mut extractors = Vec::new();
-    let typed = item.sig.inputs.iter().zip(markers).filter_map(|(input, marker)| match input {
+    let mut typed = item.sig.inputs.iter().zip(markers).filter_map(|(input, marker)| match input {
         FnArg::Typed(param) => Some((param, marker)),
         FnArg::Receiver(_) => None,
     });
+    let saga = match role {
+        Role::Saga => saga_state(typed.next().map(|(param, _)| &*param.ty), &item.sig, errors),
+        _ => None,
+    };
     for (index, (param, marker)) in typed.enumerate() {
         let ty = (*param.ty).clone();
         let is_payload = match marker {
@@ -149,6 +157,14 @@ pub(crate) fn validate(
                     tokens_text(&ty),
                     tokens_text(first),
                     tokens_text(&ty),
+                ),
+            );
+        } else if index > 0 && role == Role::Saga {
+            errors.at(
+                &ty,
+                format_args!(
+                    "a saga step's message comes right after the saga; move `{}` second, or mark it `#[extract]` if it is an extractor",
+                    tokens_text(&ty)
                 ),
             );
         } else if index > 0 {
@@ -190,8 +206,36 @@ pub(crate) fn validate(
     let what = match role {
         Role::Command => "command",
         Role::Event | Role::Handler => "event",
+        Role::Saga => "message",
     };
-    if role != Role::Handler {
+    if role == Role::Saga {
+        if let Some(span) = args.topic.key_span() {
+            errors.on(
+                span,
+                "`#[millstream::saga_handler]` reads its message type's own topic; to change it, set it on the type \
+                 (`#[millstream::event(topic = \"name\")]`, `#[millstream::command(..)]` or `#[millstream::topic(\"name\")]`)",
+            );
+            args.topic.take();
+        }
+        if let Some(span) = args.publish.key_span() {
+            errors.on(
+                span,
+                "a saga step sends through its saga (`saga.send(&command)`, `saga.publish(&event)`), \
+                 committed with its state; remove `publish`",
+            );
+            args.publish.take();
+        }
+        if payload.is_none() && saga.is_some() && errors.len() == before_params {
+            errors.at(
+                &item.sig.ident,
+                format_args!(
+                    "`{}` has no message parameter: a saga step takes `&mut Saga<State>` first, then its message \
+                     (a `#[millstream::event]`, `#[millstream::command]` or `#[millstream::topic]` type)",
+                    item.sig.ident
+                ),
+            );
+        }
+    } else if role != Role::Handler {
         if let Some(span) = args.topic.key_span() {
             errors.on(
                 span,
@@ -212,6 +256,10 @@ pub(crate) fn validate(
                 ),
             );
         }
+    }
+    let start = args.start.key_span();
+    if let (Some(span), false) = (start, role == Role::Saga) {
+        errors.on(span, "`start` is a key of `#[millstream::saga_handler]` only");
     }
     let external = args.external.key_span();
     if let (Some(span), false) = (external, role == Role::Command) {
@@ -282,8 +330,53 @@ pub(crate) fn validate(
         krate: args.krate.take(),
         role,
         external: external.is_some(),
+        saga,
+        start: start.is_some(),
     };
     (tokens, Some(handler))
+}
+
+/// A saga step's first parameter, `&mut Saga<S>`: its `S`.
+fn saga_state(first: Option<&Type>, sig: &syn::Signature, errors: &mut Errors) -> Option<Type> {
+    const SHAPE: &str =
+        "a saga step takes its saga first, as `&mut Saga<State>` (`State` a `#[millstream::saga]` type): \
+                         `async fn step(saga: &mut Saga<Checkout>, event: OrderPlaced)`";
+    let Some(first) = first else {
+        errors.at(&sig.ident, format_args!("`{}` has no parameters: {SHAPE}", sig.ident));
+        return None;
+    };
+    let state = match first {
+        Type::Reference(reference) => match generic_arg(&reference.elem, "Saga") {
+            Some(state) if reference.mutability.is_some() => return Some(state.clone()),
+            Some(_) => {
+                errors.at(reference, "take the saga as `&mut Saga<..>`: the step changes its state");
+                return None;
+            }
+            None => None,
+        },
+        _ => generic_arg(first, "Saga"),
+    };
+    match state {
+        Some(_) => {
+            errors.at(first, "take the saga by mutable reference, `&mut Saga<..>`: the store keeps it")
+        }
+        None => errors.at(first, SHAPE),
+    }
+    None
+}
+
+/// `T` in `name<T>` (the last path segment).
+fn generic_arg<'a>(ty: &'a Type, name: &str) -> Option<&'a Type> {
+    let Type::Path(path) = ty else { return None };
+    let last = path.path.segments.last()?;
+    if last.ident != name {
+        return None;
+    }
+    let syn::PathArguments::AngleBracketed(args) = &last.arguments else { return None };
+    match args.args.iter().collect::<Vec<_>>().as_slice() {
+        [syn::GenericArgument::Type(ty)] => Some(ty),
+        _ => None,
+    }
 }
 
 /// The fn's shape: async, free, not generic.

@@ -58,11 +58,10 @@ pub(crate) fn expand(checked: &MessageType) -> TokenStream {
             const NAME: &'static str = #topic;
             const MESSAGE_TYPE: ::core::option::Option<#message_type_struct> =
                 ::core::option::Option::Some(#message_type(#kind, #name, #version, #version_text));
+            #upcast_fn
         }
 
         #[automatically_derived]
-        impl #kind_trait for #ident {
-            #upcast_fn
-        }
+        impl #kind_trait for #ident {}
     }
 }

@@ -8,7 +8,7 @@ use crate::codec::Codec;
 use crate::error::Error;
 use crate::middleware::MessageTypeFilter;
 use crate::router::Route;
-use crate::topic::{Command, Event, MessageKind, MessageType};
+use crate::topic::{Command, Event, MessageKind, MessageType, Topic};
 use serde::de::DeserializeOwned;
 
 /// The identity a `#[command]` or `#[event]` type carries.
@@ -88,4 +88,16 @@ where
 {
     let old: Old = codec.decode(payload)?;
     codec.encode(&old.upcast())
+}
+
+/// A saga handler's route: when its message type is a command or an event, the handler runs only
+/// for messages of that type, older versions upcast with `codec` (the handler's).
+pub fn saga_route<P: Topic, K: Codec + Clone>(route: Route, codec: K) -> Route {
+    match P::MESSAGE_TYPE {
+        Some(expected) => route.layer(
+            MessageTypeFilter::new(expected)
+                .upcaster(move |version, payload| P::upcast(&codec, version, payload)),
+        ),
+        None => route,
+    }
 }

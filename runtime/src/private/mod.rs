@@ -18,6 +18,8 @@
 //! - `middleware.rs`: what `#[millstream::middleware]` fns and `middleware = [..]` entries become.
 //! - `cqrs.rs`: commands and events: their identity, their handlers' type filter, and the trait
 //!   whose impls make a second handler of one command a compile error.
+//! - `cqrs.rs` also routes saga handlers (`saga_route`); the saga steps' begin and finish live in
+//!   `crate::saga`.
 //! - `extractors.rs`: the check that the macros' list of extractors names real ones.
 
 mod cqrs;
@@ -32,7 +34,8 @@ mod typed;
 use std::any::TypeId;
 
 pub use self::cqrs::{
-    command_route, event_route, message_type, upcast, CommandHasOneHandler, OlderVersion, UpcastsTo,
+    command_route, event_route, message_type, saga_route, upcast, CommandHasOneHandler, OlderVersion,
+    UpcastsTo,
 };
 pub use self::middleware::{
     middleware_fn, with_middleware, IntoMiddleware, IsFn, IsMiddleware, MiddlewareMessage, MiddlewareNext,
@@ -55,6 +58,7 @@ pub use crate::registry::{
 #[cfg(all(feature = "linkme", not(feature = "inventory")))]
 pub use crate::registry::{HANDLERS, MIDDLEWARE};
 pub use crate::router::Route;
+pub use crate::saga::{begin as saga_begin, finish as saga_finish, Saga, SagaInput, SagaReturn, SagaState};
 pub use crate::topic::{Command, Event, MessageKind, MessageType, Topic};
 pub use crate::{
     __millstream_register_handler as register_handler,

@@ -10,5 +10,6 @@ mod cqrs;
 mod metrics;
 mod request;
 mod router;
+mod saga;
 mod testing;
 mod tracing;

@@ -84,6 +84,7 @@ mod outbox;
 mod publisher;
 mod pubsub;
 mod queries;
+mod saga;
 mod stored;
 mod subscription;
 #[cfg(test)]
@@ -97,6 +98,7 @@ pub use self::outbox::OutboxConnection;
 pub use self::pubsub::SqlPubSub;
 #[cfg(feature = "sqlite")]
 pub use self::pubsub::SqlitePubSub;
+pub use self::saga::SqlSagaStore;
 /// The `sqlx` this backend is built on, for the outbox's transactions without a second copy of
 /// it in your build: `millstream::pubsub::sql::sqlx`.
 pub use sqlx;
