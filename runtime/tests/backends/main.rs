@@ -23,6 +23,7 @@ mod nats_backend;
 mod payload_limits;
 mod redis_backend;
 mod request_reply;
+mod saga_sql;
 mod sql_faults;
 mod sql_memory;
 mod sql_outbox;
