@@ -288,3 +288,15 @@ pub(crate) fn struct_name(fn_name: &syn::Ident, suffix: &str) -> syn::Ident {
     }
     format_ident!("{}", camel, span = fn_name.span())
 }
+
+/// `tokens` with every token spanned at `span` (a runtime path whose failed bound is to be
+/// reported on the user's token).
+pub(crate) fn respanned(tokens: TokenStream, span: Span) -> TokenStream {
+    tokens
+        .into_iter()
+        .map(|mut token| {
+            token.set_span(span);
+            token
+        })
+        .collect()
+}

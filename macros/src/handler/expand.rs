@@ -22,7 +22,7 @@ use super::parse::TopicArg;
 use super::validate::{ErrorSide, Handler, Topic};
 use super::Role;
 use crate::names::{ident_text, tokens_text};
-use crate::paths::{struct_name, Paths};
+use crate::paths::{respanned, struct_name, Paths};
 
 /// The `const _: () = { .. };` block for a checked handler.
 pub(crate) fn expand(handler: &Handler) -> TokenStream {
@@ -276,6 +276,11 @@ fn saga_step(
         syn::ReturnType::Type(_, ty) => payload_span(ty),
         syn::ReturnType::Default => fn_ident.span(),
     };
+    let finish = respanned(finish, finish_span);
+    // A state type that is not a `#[saga]` is reported once, on it.
+    let state_span = payload_span(state);
+    let begin = respanned(begin, state_span);
+    let begin_call = quote_spanned! {state_span=> #begin::<#state>(__input, #start).await};
     let finish_call = quote_spanned! {finish_span=> #finish(__saga, __returned).await};
     let step = quote! {
         /// The step, with its saga loaded before and committed after.
@@ -284,7 +289,7 @@ fn saga_step(
             __input: #input<#state>,
             #(#names: #extractors,)*
         ) -> ::core::result::Result<(), #error> {
-            let ::core::option::Option::Some(mut __saga) = #begin::<#state>(__input, #start).await? else {
+            let ::core::option::Option::Some(mut __saga) = #begin_call? else {
                 return ::core::result::Result::Ok(());
             };
             let __returned = #fn_ident(&mut __saga, __message, #(#names),*).await;

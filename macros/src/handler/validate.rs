@@ -140,10 +140,14 @@ pub(crate) fn validate(
             None => !is_extractor(&ty),
         };
         if let Type::Reference(reference) = &ty {
-            errors.at(
-                reference,
-                "a handler's parameters are owned values; take the type itself, not a reference",
-            );
+            if role == Role::Saga && generic_arg(&reference.elem, "Saga").is_some() {
+                errors.at(reference, "the saga comes first: move this parameter to the front");
+            } else {
+                errors.at(
+                    reference,
+                    "a handler's parameters are owned values; take the type itself, not a reference",
+                );
+            }
             continue;
         }
         if !is_payload {

@@ -171,6 +171,10 @@ impl fmt::Debug for Sagas {
 /// handler sends, keeps and decides, committed together when the handler returns `Ok`.
 pub struct Saga<S> {
     state: S,
+    /// The saga's name and how its state encodes (set where `S: SagaState` is known, so that
+    /// committing needs no bound: a type that is not a saga state is reported once).
+    name: &'static str,
+    encode: fn(&S) -> serde_json::Result<String>,
     id: Box<str>,
     version: Option<u64>,
     message_id: Box<str>,
@@ -300,7 +304,8 @@ pub struct SagaInput<S> {
     state: PhantomData<fn() -> S>,
 }
 
-impl<S: SagaState> FromMessage for SagaInput<S> {
+// (No `SagaState` bound here: a step's state type that is not one is reported once, by `begin`.)
+impl<S: Send + 'static> FromMessage for SagaInput<S> {
     type Prepared = Sagas;
 
     fn prepare(state: &StateMap) -> Result<Sagas> {
@@ -310,7 +315,7 @@ impl<S: SagaState> FromMessage for SagaInput<S> {
                 format!(
                     "saga `{}` has no store: add one with `.state(Sagas::new(SqlSagaStore::new(&pubsub)))` \
                      or `.state(Sagas::memory())`",
-                    S::NAME
+                    std::any::type_name::<S>()
                 ),
             )
         })?;
@@ -378,6 +383,8 @@ pub async fn begin<S: SagaState>(input: SagaInput<S>, start: bool) -> Result<Opt
     carried.insert_static(CORRELATION_ID, id.clone());
     Ok(Some(Saga {
         state,
+        name: S::NAME,
+        encode: |state| serde_json::to_string(state),
         id,
         version,
         message_id,
@@ -420,17 +427,17 @@ impl<E: Into<Error> + Send> SagaReturn for std::result::Result<(), E> {
 /// instance committed first) is a transient error: the message is redelivered and runs against
 /// the new state.
 #[doc(hidden)]
-pub async fn finish<S: SagaState, R: SagaReturn>(saga: Saga<S>, returned: R) -> Result<()> {
+pub async fn finish<S, R: SagaReturn>(saga: Saga<S>, returned: R) -> Result<()> {
     returned.into_result()?;
-    let state = serde_json::to_string(&saga.state).map_err(|error| {
+    let state = (saga.encode)(&saga.state).map_err(|error| {
         Error::new(
             ErrorKind::Encode,
-            format!("the state of saga {} does not encode as JSON: {error}", S::NAME),
+            format!("the state of saga {} does not encode as JSON: {error}", saga.name),
         )
         .into_permanent()
     })?;
     let commit = SagaCommit {
-        key: SagaKey { saga: S::NAME, id: &saga.id },
+        key: SagaKey { saga: saga.name, id: &saga.id },
         message_id: &saga.message_id,
         version: saga.version,
         state,
@@ -446,7 +453,7 @@ pub async fn finish<S: SagaState, R: SagaReturn>(saga: Saga<S>, returned: R) -> 
             ErrorKind::Backend,
             format!(
                 "saga {} instance {}: another message of the instance committed first; redelivered to run again",
-                S::NAME,
+                saga.name,
                 saga.id
             ),
         )

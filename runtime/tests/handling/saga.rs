@@ -288,8 +288,8 @@ async fn a_start_message_without_a_correlation_id_names_the_instance_by_its_own_
 #[tokio::test]
 async fn an_app_without_a_saga_store_does_not_build() {
     let app = App::from_registry().module_prefix(module_path!().to_owned() + "::checkout");
-    let error = TestApp::start(app).await.err().expect("no saga store");
+    let Err(error) = TestApp::start(app).await else { panic!("built without a saga store") };
     let text = error.to_string();
-    assert!(text.contains("saga `saga-test.checkout` has no store"), "{text}");
+    assert!(text.contains("saga::checkout::Checkout` has no store"), "{text}");
     assert!(text.contains("Sagas::memory()"), "{text}");
 }

@@ -555,7 +555,7 @@ impl Inner {
                     }
                 }
                 for (topic, stored) in runs(publish) {
-                    ops::publish(&mut *tx, &pubsub.inner.queries, &topic, &stored, pubsub.inner.insert_bytes()).await?;
+                    ops::publish(&mut tx, &pubsub.inner.queries, &topic, &stored, pubsub.inner.insert_bytes()).await?;
                 }
             }
             tx.commit().await.map_err(backend_error)?;
@@ -591,7 +591,7 @@ impl Inner {
                     let done = sqlx::query(&t.delete_message).bind(seq).execute(&mut *tx).await.map_err(backend_error)?;
                     // Another process published it.
                     if done.rows_affected() == 1 {
-                        ops::publish(&mut *tx, &pubsub.inner.queries, &due.topic, &stored, pubsub.inner.insert_bytes()).await?;
+                        ops::publish(&mut tx, &pubsub.inner.queries, &due.topic, &stored, pubsub.inner.insert_bytes()).await?;
                         tx.commit().await.map_err(backend_error)?;
                         true
                     } else {

@@ -71,7 +71,7 @@ fn main() {
     assert_eq!((charge.kind, charge.name, charge.version), (MessageKind::Command, "Charge", 3));
     assert_eq!(ChargeCard::NAME, "billing.commands");
     assert_eq!(OrderChanged::MESSAGE_TYPE.unwrap().version_text, "2");
-    let upcast = <OrderChanged as millstream::Event>::upcast(&millstream::JsonCodec, 1, br#"{"id":4}"#);
+    let upcast = <OrderChanged as millstream::Topic>::upcast(&millstream::JsonCodec, 1, br#"{"id":4}"#);
     assert_eq!(&upcast.unwrap().unwrap()[..], br#"{"Cancelled":{"id":4}}"#);
-    assert!(<OrderChanged as millstream::Event>::upcast(&millstream::JsonCodec, 2, b"{}").is_none());
+    assert!(<OrderChanged as millstream::Topic>::upcast(&millstream::JsonCodec, 2, b"{}").is_none());
 }

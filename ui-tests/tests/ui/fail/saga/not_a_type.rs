@@ -1,0 +1,4 @@
+#[millstream::saga]
+fn checkout() {}
+
+fn main() {}

@@ -1,0 +1,9 @@
+use millstream::prelude::*;
+
+#[derive(Serialize, Deserialize)]
+#[millstream::saga]
+struct Checkout {
+    paid: bool,
+}
+
+fn main() {}

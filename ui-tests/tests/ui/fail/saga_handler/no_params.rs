@@ -1,0 +1,19 @@
+use millstream::prelude::*;
+use millstream::Saga;
+
+#[derive(Default, Serialize, Deserialize)]
+#[millstream::saga]
+struct Checkout {
+    paid: bool,
+}
+
+#[derive(Serialize, Deserialize)]
+#[millstream::event]
+struct OrderPlaced {
+    id: u64,
+}
+
+#[millstream::saga_handler(start)]
+async fn placed() {}
+
+fn main() {}
