@@ -62,7 +62,7 @@ use crate::handler::{Handler, Topic};
 use crate::middleware::Middleware;
 use crate::pubsub::{OpFuture, PubSub, Publisher, Subscriber};
 use crate::registry::{self, HandlerDescriptor, HandlerInfo, Role};
-use crate::router::{combine, Parts, Route, Router, RouterConfig};
+use crate::router::{combine, event_group, Member, Parts, Route, Router, RouterConfig, UnknownEvents};
 use crate::state::StateMap;
 
 /// A publisher and a subscriber, usually one backend.
@@ -102,6 +102,8 @@ pub struct App {
     named: BTreeMap<String, Backend>,
     state: StateMap,
     config: RouterConfig,
+    /// What each event group does with a type none of its handlers takes.
+    unknown_events: BTreeMap<String, UnknownEvents>,
 }
 
 impl Default for App {
@@ -126,6 +128,7 @@ impl App {
             named: BTreeMap::new(),
             state: StateMap::new(),
             config: RouterConfig::default(),
+            unknown_events: BTreeMap::new(),
         }
     }
 
@@ -246,6 +249,18 @@ impl App {
     /// Runs every pub/sub of the app, the default one and each named one, on `backend`
     /// (what [`TestApp`](crate::testing::TestApp) does).
     #[cfg_attr(not(feature = "memory"), allow(dead_code))]
+    /// What the event group `group` does with a message of a type none of its handlers takes
+    /// (or of no stated type): [`UnknownEvents::Poison`] (the default) or
+    /// [`UnknownEvents::Ignore`].
+    ///
+    /// An event group is two or more `#[millstream::event_handler]`s that read one topic in one
+    /// explicit group (`group = ".."`): they read it as one subscription, each message going to
+    /// the handler of its type, in the topic's order.
+    pub fn unknown_events(mut self, group: impl Into<String>, policy: UnknownEvents) -> Self {
+        self.unknown_events.insert(group.into(), policy);
+        self
+    }
+
     pub(crate) fn replace_backends(&mut self, backend: Backend) {
         let names: Vec<String> = self.pubsub_names().into_iter().map(str::to_owned).collect();
         for name in names {
@@ -386,6 +401,8 @@ impl App {
             return Err(combine(problems));
         }
 
+        let routes = self.form_event_groups(&descriptors, routes)?;
+
         let backend = self.pubsub.clone().expect("checked above");
         let mut layers = self.registered_middleware();
         layers.append(&mut self.layers);
@@ -401,6 +418,51 @@ impl App {
             return Err(combine(errors));
         }
         Ok(router)
+    }
+
+    /// Replaces the routes of each event group's handlers (the first `descriptors.len()` of
+    /// `routes`, in the same order) with the group's one route.
+    fn form_event_groups(
+        &self,
+        descriptors: &[&'static HandlerDescriptor],
+        routes: Vec<Route>,
+    ) -> Result<Vec<Route>> {
+        let groups = event_groups(descriptors);
+        let unknown: Vec<&String> = self
+            .unknown_events
+            .keys()
+            .filter(|name| !groups.keys().any(|(_, _, group)| group == name))
+            .collect();
+        if !unknown.is_empty() {
+            let groups: Vec<&str> = groups.keys().map(|(_, _, group)| *group).collect();
+            return Err(config(format!(
+                "`unknown_events` names {} no event group: an event group is two or more event handlers \
+                 reading one topic with the same `group = \"..\"`{}",
+                unknown.iter().map(|name| format!("`{name}`")).collect::<Vec<_>>().join(", "),
+                if groups.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (this app's: {})", groups.join(", "))
+                }
+            )));
+        }
+        if groups.is_empty() {
+            return Ok(routes);
+        }
+        let mut slots: Vec<Option<Route>> = routes.into_iter().map(Some).collect();
+        let mut formed = Vec::with_capacity(groups.len());
+        for ((_, topic, group), indexes) in &groups {
+            let members = indexes
+                .iter()
+                .filter_map(|&index| {
+                    let type_name = descriptors[index].message_type().map_or("", |t| t.name);
+                    slots[index].take().map(|route| Member { type_name, route })
+                })
+                .collect();
+            let policy = self.unknown_events.get(*group).copied().unwrap_or_default();
+            formed.push(event_group(group, topic, members, policy));
+        }
+        Ok(slots.into_iter().flatten().chain(formed).collect())
     }
 
     /// Builds, then starts: every handler subscribed and reading when it returns.
@@ -531,11 +593,29 @@ fn check_command_handlers(descriptors: &[&'static HandlerDescriptor], problems: 
 
 /// Two command or event handlers reading one topic in one group would split its messages between
 /// them, and each would ack the other's types without running: messages lost to both.
-fn check_typed_groups(descriptors: &[&'static HandlerDescriptor], problems: &mut Vec<Error>) {
-    let mut seen: BTreeMap<(Option<&str>, &str, &str), &HandlerInfo> = BTreeMap::new();
-    for descriptor in descriptors {
+/// The event groups among `descriptors`: two or more event handlers reading one topic (on one
+/// pub/sub) with the same explicit group, as indexes into `descriptors`.
+fn event_groups(
+    descriptors: &[&'static HandlerDescriptor],
+) -> BTreeMap<(Option<&'static str>, &'static str, &'static str), Vec<usize>> {
+    let mut groups: BTreeMap<_, Vec<usize>> = BTreeMap::new();
+    for (index, descriptor) in descriptors.iter().enumerate() {
         let info = descriptor.info();
-        if info.role == Role::Handler {
+        if let (Role::EventHandler, Some(group)) = (info.role, info.group) {
+            groups.entry((info.pubsub, info.topic, group)).or_default().push(index);
+        }
+    }
+    groups.retain(|_, members| members.len() > 1);
+    groups
+}
+
+fn check_typed_groups(descriptors: &[&'static HandlerDescriptor], problems: &mut Vec<Error>) {
+    let groups = event_groups(descriptors);
+    let in_group = |index: usize| groups.values().any(|members| members.contains(&index));
+    let mut seen: BTreeMap<(Option<&str>, &str, &str), &HandlerInfo> = BTreeMap::new();
+    for (index, descriptor) in descriptors.iter().enumerate() {
+        let info = descriptor.info();
+        if info.role == Role::Handler || in_group(index) {
             continue;
         }
         match seen.entry((info.pubsub, info.topic, info.effective_group())) {
@@ -547,7 +627,7 @@ fn check_typed_groups(descriptors: &[&'static HandlerDescriptor], problems: &mut
                 problems.push(config(format!(
                     "handlers `{}` ({}) and `{}` ({}) both read topic `{}` in group `{}`: they would share its \
                      messages, each skipping the other's types, so neither would see them all; give each its \
-                     own group (the default)",
+                     own group (the default), or make them event handlers of one event group",
                     first.name,
                     first.location(),
                     info.name,
@@ -556,6 +636,32 @@ fn check_typed_groups(descriptors: &[&'static HandlerDescriptor], problems: &mut
                     info.effective_group()
                 )));
             }
+        }
+    }
+    // An event group dispatches by type: one handler per type, and nothing else in its group.
+    for ((pubsub, topic, group), members) in &groups {
+        let mut types: BTreeMap<&str, &HandlerInfo> = BTreeMap::new();
+        for &index in members {
+            let info = descriptors[index].info();
+            let name = descriptors[index].message_type().map_or("", |t| t.name);
+            if let Some(first) = types.insert(name, info) {
+                problems.push(config(format!(
+                    "event group `{group}` (topic `{topic}`) has two handlers of `{name}`: `{}` ({}) and `{}` ({}); \
+                     an event group runs one handler per type: give one of them another group",
+                    first.name,
+                    first.location(),
+                    info.name,
+                    info.location()
+                )));
+            }
+        }
+        if let Some(other) = seen.get(&(*pubsub, *topic, *group)) {
+            problems.push(config(format!(
+                "handler `{}` ({}) reads topic `{topic}` in group `{group}`, which is an event group: only its event \
+                 handlers may read in it",
+                other.name,
+                other.location()
+            )));
         }
     }
 }

@@ -135,7 +135,7 @@ pub use crate::pubsub::sql::SqlitePubSub;
 #[cfg(feature = "sql")]
 pub use crate::pubsub::sql::{SqlAttemptStore, SqlConfig, SqlDedupStore, SqlPubSub, SqlSagaStore};
 pub use crate::pubsub::{Delivery, PubSub, Publisher, SubscribeOptions, Subscriber, Subscription};
-pub use crate::router::{HandlerSummary, Health, Route, Router, RouterConfig};
+pub use crate::router::{HandlerSummary, Health, Route, Router, RouterConfig, UnknownEvents};
 pub use crate::saga::{Saga, Sagas};
 pub use crate::state::StateMap;
 

@@ -31,6 +31,7 @@ use std::sync::{Arc, OnceLock};
 use crate::middleware::Middleware;
 pub use crate::router::Location;
 use crate::router::Route;
+use crate::topic::MessageType;
 
 #[cfg(not(any(feature = "linkme", feature = "inventory")))]
 compile_error!("millstream needs a registry collector: enable the `linkme` (default) or `inventory` feature");
@@ -154,6 +155,12 @@ pub trait HandlerDef: 'static {
     fn output_schema() -> Option<serde_json::Value> {
         None
     }
+
+    /// The payload's type name and version, for a command, event or saga handler of a
+    /// `#[millstream::command]` or `#[millstream::event]` type (an event group dispatches by it).
+    fn message_type() -> Option<MessageType> {
+        None
+    }
 }
 
 /// One registered handler: its [`HandlerInfo`] and how to build it.
@@ -165,6 +172,7 @@ pub struct HandlerDescriptor {
     payload_type: fn() -> Option<TypeId>,
     payload_schema: fn() -> Option<serde_json::Value>,
     output_schema: fn() -> Option<serde_json::Value>,
+    message_type: fn() -> Option<MessageType>,
 }
 
 impl HandlerDescriptor {
@@ -177,6 +185,7 @@ impl HandlerDescriptor {
             payload_type: D::payload_type,
             payload_schema: D::payload_schema,
             output_schema: D::output_schema,
+            message_type: D::message_type,
         }
     }
 
@@ -208,6 +217,11 @@ impl HandlerDescriptor {
     /// The returned type's JSON Schema (`schema` feature, a type deriving `JsonSchema`).
     pub fn output_schema(&self) -> Option<serde_json::Value> {
         (self.output_schema)()
+    }
+
+    /// The payload's command or event type, for a typed handler.
+    pub fn message_type(&self) -> Option<MessageType> {
+        (self.message_type)()
     }
 }
 

@@ -177,6 +177,18 @@ pub(crate) fn expand(handler: &Handler) -> TokenStream {
         }
         _ => None,
     };
+    // The payload's type name, for dispatching in an event group.
+    let message_type = match (handler.role, &handler.payload) {
+        (Role::Handler, _) | (_, None) => None,
+        (_, Some(payload)) => {
+            let (option, topic_trait) = (paths.option_type(paths.message_type_struct()), paths.topic());
+            Some(quote! {
+                fn message_type() -> #option {
+                    <#payload as #topic_trait>::MESSAGE_TYPE
+                }
+            })
+        }
+    };
     // One command, one handler: a second impl in the crate does not compile.
     let one_handler = match (handler.role, &handler.payload, handler.external) {
         (Role::Command, Some(payload), false) => {
@@ -233,6 +245,8 @@ pub(crate) fn expand(handler: &Handler) -> TokenStream {
                 #payload_schema
 
                 #output_schema
+
+                #message_type
             }
 
             #one_handler

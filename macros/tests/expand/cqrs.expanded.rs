@@ -95,6 +95,11 @@ const _: () = {
             use ::millstream::__private::NoSchema as _;
             (&&::millstream::__private::SchemaOf::<OrderPlaced>::new()).schema()
         }
+        fn message_type() -> ::core::option::Option<
+            ::millstream::__private::MessageType,
+        > {
+            <PlaceOrder as ::millstream::__private::Topic>::MESSAGE_TYPE
+        }
     }
     #[automatically_derived]
     impl ::millstream::__private::CommandHasOneHandler for PlaceOrder {}
@@ -173,6 +178,11 @@ const _: () = {
             use ::millstream::__private::FromJsonSchema as _;
             use ::millstream::__private::NoSchema as _;
             (&&::millstream::__private::SchemaOf::<OrderPlaced>::new()).schema()
+        }
+        fn message_type() -> ::core::option::Option<
+            ::millstream::__private::MessageType,
+        > {
+            <OrderPlaced as ::millstream::__private::Topic>::MESSAGE_TYPE
         }
     }
     #[used]

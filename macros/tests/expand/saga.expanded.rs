@@ -90,6 +90,11 @@ const _: () = {
             use ::millstream::__private::NoSchema as _;
             (&&::millstream::__private::SchemaOf::<OrderPlaced>::new()).schema()
         }
+        fn message_type() -> ::core::option::Option<
+            ::millstream::__private::MessageType,
+        > {
+            <OrderPlaced as ::millstream::__private::Topic>::MESSAGE_TYPE
+        }
     }
     /// The step, with its saga loaded before and committed after.
     async fn __saga_step(

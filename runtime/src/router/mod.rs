@@ -16,6 +16,7 @@
 //! are aborted and their deliveries released, and the releases sent), then closes the publishers and subscribers.
 
 mod config;
+mod group;
 mod lanes;
 mod reader;
 mod route;
@@ -34,6 +35,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use self::config::RouterConfig;
+pub use self::group::UnknownEvents;
+pub(crate) use self::group::{event_group, Member};
 use self::route::config_error;
 pub use self::route::{HandlerSummary, Location, Route};
 use crate::context::RouteInfo;

@@ -1,7 +1,8 @@
 //! Commands and events end to end on real backends: SQLite (embedded), PostgreSQL and NATS
 //! JetStream. A command handler turns each `Open` into an `Opened` event; a second event type
 //! (`Noted`) shares the events' topic; the `Opened` handler must see every `Opened` of this run
-//! once, with its type in metadata, and skip the `Noted` ones.
+//! once, with its type in metadata, and skip the `Noted` ones; an event group (two handlers, one
+//! group, one subscription) must see both types in the topic's order.
 //!
 //! Topics are fixed (they come from the types), so a run tells its own messages apart by a run id:
 //! whatever an earlier, interrupted run left on a durable backend is acked and ignored.
@@ -36,6 +37,7 @@ mod flow {
     #[millstream::event(topic = "cqrs-e2e.events")]
     pub(crate) struct Noted {
         pub(crate) run: String,
+        pub(crate) id: u64,
     }
 
     /// `(run, id, type in metadata)` of every `Opened` handled.
@@ -43,8 +45,22 @@ mod flow {
 
     #[millstream::command_handler]
     pub(crate) async fn open(command: Open, events: EventBus) -> Result<Opened> {
-        events.publish(&Noted { run: command.run.clone() }).await?;
+        events.publish(&Noted { run: command.run.clone(), id: command.id }).await?;
         Ok(Opened { run: command.run, id: command.id })
+    }
+
+    /// `(run, id, type)` of every event the projection (an event group: one subscription for
+    /// both types) handled, in its order.
+    pub(crate) static PROJECTED: Mutex<Vec<(String, u64, &'static str)>> = Mutex::new(Vec::new());
+
+    #[millstream::event_handler(group = "cqrs-e2e.projection")]
+    pub(crate) async fn project_noted(event: Noted) {
+        PROJECTED.lock().unwrap().push((event.run, event.id, "noted"));
+    }
+
+    #[millstream::event_handler(group = "cqrs-e2e.projection")]
+    pub(crate) async fn project_opened(event: Opened) {
+        PROJECTED.lock().unwrap().push((event.run, event.id, "opened"));
     }
 
     #[millstream::event_handler]
@@ -80,6 +96,22 @@ async fn flow_runs(pubsub: impl PubSub + Clone) {
     let ids: BTreeSet<u64> = mine.iter().map(|(_, id, _)| *id).collect();
     assert_eq!(ids, (0..COUNT).collect(), "every Opened of this run handled: {mine:?}");
     assert!(mine.iter().all(|(_, _, kind)| kind.as_deref() == Some("Opened")), "{mine:?}");
+    // The projection saw both types in the topic's order: each command's Noted, then its Opened.
+    let projected = || -> Vec<(u64, &'static str)> {
+        PROJECTED
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(r, _, _)| *r == run)
+            .map(|(_, id, kind)| (*id, *kind))
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while projected().len() < 2 * COUNT as usize && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let expected: Vec<_> = (0..COUNT).flat_map(|id| [(id, "noted"), (id, "opened")]).collect();
+    assert_eq!(projected(), expected);
     router.close().await.expect("close");
     let mine = SEEN.lock().unwrap().iter().filter(|(r, _, _)| *r == run).count();
     assert_eq!(mine as u64, COUNT, "each handled once (no redelivery of an acked one)");
