@@ -107,8 +107,8 @@ impl Paths {
         self.private("SagaState")
     }
 
-    /// `saga_begin`, `saga_finish`, `SagaInput`, `Saga`.
-    pub(crate) fn saga_item(&self, item: &str) -> TokenStream {
+    /// An item of `__private` by name: `saga_begin`, `saga_finish`, `SagaInput`, `CodecOf`, ..
+    pub(crate) fn private_item(&self, item: &str) -> TokenStream {
         self.private(item)
     }
 

@@ -117,9 +117,22 @@ pub(crate) fn expand(handler: &Handler) -> TokenStream {
         ErrorSide::None => paths.whole(),
     };
     let params = handler.payload.iter().chain(&handler.extractors);
-    let codec = match &handler.codec {
-        Some(codec) => quote!(#codec),
-        None => paths.json_codec(),
+    // Without a `codec` key: the codec the payload type names (`NamedCodec`), or JSON.
+    let codec = match (&handler.codec, &handler.payload) {
+        (Some(codec), _) => quote!(#codec),
+        (None, Some(payload)) => {
+            let (codec_of, named, default) = (
+                paths.private_item("CodecOf"),
+                paths.private_item("FromNamedCodec"),
+                paths.private_item("DefaultCodec"),
+            );
+            quote!({
+                use #named as _;
+                use #default as _;
+                (&&#codec_of::<#payload>::new()).codec()
+            })
+        }
+        (None, None) => paths.json_codec(),
     };
     let with_middleware = paths.with_middleware();
     let middleware = &handler.middleware;
@@ -279,9 +292,9 @@ fn saga_step(
     let names: Vec<syn::Ident> =
         (0..extractors.len()).map(|i| syn::Ident::new(&format!("__extract{i}"), fn_ident.span())).collect();
     let (input, begin, finish, error) = (
-        paths.saga_item("SagaInput"),
-        paths.saga_item("saga_begin"),
-        paths.saga_item("saga_finish"),
+        paths.private_item("SagaInput"),
+        paths.private_item("saga_begin"),
+        paths.private_item("saga_finish"),
         paths.error(),
     );
     let start = handler.start;

@@ -59,7 +59,11 @@ const _: () = {
             line: 15u32,
         };
         fn route() -> ::millstream::__private::Route {
-            let codec = ::millstream::__private::JsonCodec;
+            let codec = {
+                use ::millstream::__private::FromNamedCodec as _;
+                use ::millstream::__private::DefaultCodec as _;
+                (&&::millstream::__private::CodecOf::<PlaceOrder>::new()).codec()
+            };
             let route = ::millstream::__private::payload_route_1::<
                 _,
                 _,
@@ -148,7 +152,11 @@ const _: () = {
             line: 20u32,
         };
         fn route() -> ::millstream::__private::Route {
-            let codec = ::millstream::__private::JsonCodec;
+            let codec = {
+                use ::millstream::__private::FromNamedCodec as _;
+                use ::millstream::__private::DefaultCodec as _;
+                (&&::millstream::__private::CodecOf::<OrderPlaced>::new()).codec()
+            };
             let route = ::millstream::__private::payload_route_1::<
                 _,
                 _,

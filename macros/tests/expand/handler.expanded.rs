@@ -64,7 +64,11 @@ const _: () = {
                 Self::INFO.name,
                 Self::INFO.topic,
                 bill,
-                ::millstream::__private::JsonCodec,
+                {
+                    use ::millstream::__private::FromNamedCodec as _;
+                    use ::millstream::__private::DefaultCodec as _;
+                    (&&::millstream::__private::CodecOf::<OrderPlaced>::new()).codec()
+                },
             );
             route
         }

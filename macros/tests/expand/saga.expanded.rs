@@ -57,7 +57,11 @@ const _: () = {
             line: 16u32,
         };
         fn route() -> ::millstream::__private::Route {
-            let codec = ::millstream::__private::JsonCodec;
+            let codec = {
+                use ::millstream::__private::FromNamedCodec as _;
+                use ::millstream::__private::DefaultCodec as _;
+                (&&::millstream::__private::CodecOf::<OrderPlaced>::new()).codec()
+            };
             let route = ::millstream::__private::payload_route_3::<
                 _,
                 _,

@@ -44,7 +44,7 @@ pub use self::middleware::{
 pub use self::payload::Payload;
 pub use self::returns::{Encoded, ErrorOf, ErrorType, HandlerError, ResultParts, Returns, Routed, Whole};
 pub use self::route::*;
-pub use self::schema::{FromJsonSchema, NoSchema, SchemaOf};
+pub use self::schema::{CodecOf, DefaultCodec, FromJsonSchema, FromNamedCodec, NoSchema, SchemaOf};
 pub use self::typed::{typed_publish, typed_topic, Publishes, TopicMatches};
 pub use crate::codec::{Codec, JsonCodec};
 pub use crate::error::Error;

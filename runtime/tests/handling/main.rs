@@ -9,6 +9,7 @@ mod common;
 mod cqrs;
 mod event_group;
 mod metrics;
+mod protobuf;
 mod request;
 mod router;
 mod saga;

@@ -10,6 +10,11 @@ use serde::Serialize;
 
 use crate::error::{Error, ErrorKind};
 
+#[cfg(feature = "protobuf")]
+mod protobuf;
+#[cfg(feature = "protobuf")]
+pub use self::protobuf::{Proto, ProtobufCodec};
+
 /// Turns values into payload bytes and back.
 ///
 /// Implement it to add a format; the type is chosen per handler, so the hot path is statically
@@ -46,6 +51,27 @@ impl Codec for JsonCodec {
     fn decode<T: DeserializeOwned>(&self, payload: &[u8]) -> Result<T, Error> {
         serde_json::from_slice(payload).map_err(Error::decode)
     }
+}
+
+/// A payload type that names its codec: a `#[millstream::handler]` (or command, event or saga
+/// handler) taking it as its payload decodes, and encodes what it publishes, with that codec
+/// unless its `codec` key names another. Any other payload type means JSON.
+/// [`Proto<T>`](Proto) (`protobuf` feature) names [`ProtobufCodec`].
+///
+/// ```
+/// use millstream::codec::{JsonCodec, NamedCodec};
+///
+/// #[derive(serde::Deserialize)]
+/// struct Reading { celsius: f32 }
+///
+/// // (Any codec: here JSON, named explicitly.)
+/// impl NamedCodec for Reading {
+///     type Codec = JsonCodec;
+/// }
+/// ```
+pub trait NamedCodec {
+    /// The codec.
+    type Codec: Codec + Clone + Default;
 }
 
 /// The object-safe encoding half of a [`Codec`]; every codec implements it.
