@@ -80,6 +80,10 @@ impl Subscriber for Backend {
         Subscriber::close(&*self.inner)
     }
 
+    fn delete_topic<'a>(&'a self, topic: &'a str) -> OpFuture<'a> {
+        self.inner.delete_topic(topic)
+    }
+
     fn features(&self) -> Features {
         self.inner.features()
     }

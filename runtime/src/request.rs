@@ -10,8 +10,8 @@
 //! is delivered again, and answered then or the requester times out).
 //!
 //! Each `Requester` reads one reply topic of its own (`millstream.replies.<uuid>`), without a
-//! consumer group, from the moment it connects; replies to requests it no longer waits for are
-//! dropped. Queries and replies are JSON.
+//! consumer group, from the moment it connects, and deletes it when closed; replies to requests
+//! it no longer waits for are dropped. Queries and replies are JSON.
 //!
 //! ```
 //! use std::time::Duration;
@@ -37,7 +37,7 @@
 //! let requester = Requester::connect(pubsub.clone()).await?;
 //! let price: Price = requester.request(&Quote { sku: "abc".into() }, Duration::from_secs(5)).await?;
 //! assert_eq!(price, Price { cents: 300 });
-//! requester.close().await;
+//! requester.close().await?; // and its reply topic is deleted
 //! router.close().await?;
 //! # Ok(()) }
 //! ```
@@ -105,10 +105,31 @@ pub struct Requester {
 }
 
 struct Inner {
+    pubsub: Arc<dyn PubSub>,
     publisher: Arc<dyn Publisher>,
     reply_topic: String,
     waiting: Mutex<HashMap<MessageId, oneshot::Sender<Message>>>,
     stop: CancellationToken,
+    /// The task reading replies, until closed.
+    reader: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+/// The last handle dropped without [`Requester::close`]: the reply topic is deleted in the
+/// background (best effort, logged at debug level when it fails).
+impl Drop for Inner {
+    fn drop(&mut self) {
+        let Some(reader) = self.reader.get_mut().take() else { return };
+        self.stop.cancel();
+        let (pubsub, topic) = (self.pubsub.clone(), std::mem::take(&mut self.reply_topic));
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                let _ = reader.await;
+                if let Err(error) = pubsub.delete_topic(&topic).await {
+                    tracing::debug!(%error, topic, "a dropped requester's reply topic could not be deleted");
+                }
+            });
+        }
+    }
 }
 
 impl Requester {
@@ -117,16 +138,18 @@ impl Requester {
         let pubsub: Arc<dyn PubSub> = Arc::new(pubsub);
         let reply_topic = format!("millstream.replies.{}", uuid::Uuid::now_v7().simple());
         let mut replies = pubsub.subscribe(&reply_topic, SubscribeOptions::default()).await?;
-        let publisher: Arc<dyn Publisher> = Arc::new(PubSubPublisher(pubsub));
+        let publisher: Arc<dyn Publisher> = Arc::new(PubSubPublisher(pubsub.clone()));
         let inner = Arc::new(Inner {
+            pubsub,
             publisher,
             reply_topic,
             waiting: Mutex::new(HashMap::new()),
             stop: CancellationToken::new(),
+            reader: Mutex::new(None),
         });
         let reader = Arc::downgrade(&inner);
         let stop = inner.stop.clone();
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             loop {
                 let next = tokio::select! {
                     next = replies.next() => next,
@@ -153,6 +176,7 @@ impl Requester {
                 }
             }
         });
+        *inner.reader.lock() = Some(task);
         Ok(Requester { inner, correlation_id: None })
     }
 
@@ -225,10 +249,16 @@ impl Requester {
         JsonCodec.decode(payload).map_err(RequestError::Failed)
     }
 
-    /// Stops reading replies; requests still waiting fail.
-    pub async fn close(&self) {
+    /// Stops reading replies (requests still waiting fail), then deletes the reply topic (on a
+    /// backend that keeps topics: its stream, table rows or queue). Every clone of this handle
+    /// is closed with it; a second call does nothing. Dropping the last handle without closing
+    /// it deletes the topic in the background.
+    pub async fn close(&self) -> Result<()> {
+        let Some(reader) = self.inner.reader.lock().take() else { return Ok(()) };
         self.inner.stop.cancel();
         self.inner.waiting.lock().clear();
+        let _ = reader.await;
+        self.inner.pubsub.delete_topic(&self.inner.reply_topic).await
     }
 }
 

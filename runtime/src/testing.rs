@@ -432,6 +432,10 @@ impl Subscriber for Recorder {
         Subscriber::close(&self.shared.inner)
     }
 
+    fn delete_topic<'a>(&'a self, topic: &'a str) -> OpFuture<'a> {
+        self.shared.inner.delete_topic(topic)
+    }
+
     fn features(&self) -> crate::pubsub::Features {
         self.shared.inner.features()
     }

@@ -476,6 +476,13 @@ impl Subscriber for MemoryPubSub {
         Publisher::close(self)
     }
 
+    /// Forgets the topic: its queues and retained history (subscriptions still open keep reading
+    /// what they hold).
+    fn delete_topic<'a>(&'a self, topic: &'a str) -> OpFuture<'a> {
+        self.shared.topics.write().remove(topic);
+        OpFuture::ready(Ok(()))
+    }
+
     fn features(&self) -> Features {
         Features {
             backend: "memory",

@@ -85,6 +85,16 @@ pub trait Subscriber: Send + Sync + 'static {
     /// Ends every subscription's stream and releases the backend.
     fn close(&self) -> OpFuture<'_>;
 
+    /// Deletes `topic` for good (its messages, consumer groups, and whatever the backend keeps for
+    /// it): for a topic the caller owns and no longer reads, such as a
+    /// [`Requester`](crate::Requester)'s reply topic. Close its subscriptions first. The default
+    /// does nothing: for a backend that keeps nothing per topic once its subscriptions end (AMQP's
+    /// group-less queues are exclusive and auto-deleted; MQTT keeps only retained messages).
+    fn delete_topic<'a>(&'a self, topic: &'a str) -> OpFuture<'a> {
+        let _ = topic;
+        OpFuture::ready(Ok(()))
+    }
+
     /// What this backend guarantees; the conformance suite reads it to choose its cases (the
     /// router does not read it yet).
     fn features(&self) -> Features {

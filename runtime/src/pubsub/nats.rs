@@ -671,6 +671,10 @@ impl Subscriber for NatsPubSub {
         OpFuture::boxed(self.inner.close_if_done())
     }
 
+    fn delete_topic<'a>(&'a self, topic: &'a str) -> OpFuture<'a> {
+        OpFuture::boxed(async move { self.delete_topics(&[topic.to_owned()]).await })
+    }
+
     fn features(&self) -> Features {
         let strict = self.inner.config.max_ack_pending == 1;
         let max_payload = self.inner.client.server_info().max_payload;

@@ -26,8 +26,9 @@ fn unique(prefix: &str) -> String {
     format!("{prefix}.{}", &id[id.len() - 12..])
 }
 
-/// Ten requests answered, a permanent failure sent back, on `pubsub`.
-async fn requests_are_answered(pubsub: impl PubSub + Clone) {
+/// Ten requests answered, a permanent failure sent back, on `pubsub`; returns the requester's
+/// reply topic (deleted by then).
+async fn requests_are_answered(pubsub: impl PubSub + Clone) -> String {
     let topic = unique("rr.double");
     let route = Route::new(topic.clone(), topic.clone(), double).publish(format!("{topic}.out"));
     let router = App::new().route(route).pubsub(pubsub.clone()).start().await.expect("start");
@@ -39,8 +40,10 @@ async fn requests_are_answered(pubsub: impl PubSub + Clone) {
     let error = requester.request_to::<_, Doubled>(&topic, &0u64, WAIT).await.expect_err("an error reply");
     let RequestError::Remote(remote) = error else { panic!("a remote error: {error}") };
     assert_eq!(remote.message(), "zero cannot be doubled here");
-    requester.close().await;
+    let reply_topic = requester.reply_topic().to_owned();
+    requester.close().await.expect("close the requester");
     router.close().await.expect("close");
+    reply_topic
 }
 
 #[cfg(feature = "sqlite")]
@@ -51,7 +54,20 @@ async fn sqlite_answers_requests() {
     let pubsub = millstream::SqlPubSub::open_sqlite(dir.join("db.sqlite"), millstream::SqlConfig::default())
         .await
         .expect("open");
-    requests_are_answered(pubsub).await;
+    let reply_topic = requests_are_answered(pubsub.clone()).await;
+    // The reply topic is gone with its requester (read on a new pool: closing the router closed
+    // the pub/sub's).
+    let reopened =
+        millstream::SqlPubSub::open_sqlite(dir.join("db.sqlite"), millstream::SqlConfig::default())
+            .await
+            .expect("reopen");
+    let pool = reopened.sqlite_pool().expect("SQLite").clone();
+    let (rows,): (i64,) = sqlx::query_as("SELECT count(*) FROM millstream_topics WHERE topic = ?")
+        .bind(&reply_topic)
+        .fetch_one(&pool)
+        .await
+        .expect("count");
+    assert_eq!(rows, 0, "{reply_topic} deleted");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -62,5 +78,9 @@ async fn nats_answers_requests() {
     let url = std::env::var("MILLSTREAM_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned());
     let config = millstream::NatsConfig::default().stream_prefix("MSTEST_");
     let pubsub = millstream::NatsPubSub::connect(&url, config).await.expect("connect");
-    requests_are_answered(pubsub).await;
+    let reply_topic = requests_are_answered(pubsub.clone()).await;
+    // The reply topic's stream is gone with its requester.
+    let jetstream = async_nats::jetstream::new(pubsub.client().clone());
+    let stream = jetstream.get_stream(pubsub.stream_name(&reply_topic)).await;
+    assert!(stream.is_err(), "the stream of {reply_topic} was deleted");
 }

@@ -98,7 +98,7 @@ async fn a_handler_answers_requests_each_with_its_own_reply() {
     assert_eq!(said, Said { correlation: Some("flow-9".to_owned()) });
     let said: Said = requester.request(&Who, WAIT).await.unwrap();
     assert_eq!(said, Said { correlation: None }, "the original handle carries none");
-    requester.close().await;
+    requester.close().await.expect("close the requester");
     router.close().await.unwrap();
 }
 
@@ -120,7 +120,7 @@ async fn a_permanent_failure_travels_back_and_a_missing_handler_times_out() {
     assert!(matches!(error, RequestError::Timeout(after) if after == Duration::from_millis(200)), "{error}");
     let as_error: Error = error.into();
     assert_eq!(as_error.kind(), ErrorKind::Timeout);
-    requester.close().await;
+    requester.close().await.expect("close the requester");
     router.close().await.unwrap();
 }
 
@@ -155,6 +155,6 @@ async fn an_error_a_poison_queue_takes_travels_back_too() {
     assert_eq!(remote.message(), "checking failed");
     let poisoned = tokio::time::timeout(WAIT, dead.next()).await.unwrap().unwrap().unwrap();
     assert!(poisoned.message().poison_reason().is_some_and(|r| r.contains("checking failed")));
-    requester.close().await;
+    requester.close().await.expect("close the requester");
     router.close().await.unwrap();
 }

@@ -377,6 +377,10 @@ impl Subscriber for KafkaPubSub {
         })
     }
 
+    fn delete_topic<'a>(&'a self, topic: &'a str) -> OpFuture<'a> {
+        OpFuture::boxed(self.delete_topic(topic))
+    }
+
     fn features(&self) -> Features {
         Features {
             backend: "kafka",

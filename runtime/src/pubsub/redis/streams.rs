@@ -401,6 +401,10 @@ impl Subscriber for RedisPubSub {
         OpFuture::ready(Ok(()))
     }
 
+    fn delete_topic<'a>(&'a self, topic: &'a str) -> OpFuture<'a> {
+        OpFuture::boxed(async move { self.delete_topics(&[topic.to_owned()]).await })
+    }
+
     fn features(&self) -> Features {
         Features {
             backend: "redis",

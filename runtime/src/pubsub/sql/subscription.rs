@@ -90,6 +90,10 @@ impl Subscriber for SqlPubSub {
         })
     }
 
+    fn delete_topic<'a>(&'a self, topic: &'a str) -> OpFuture<'a> {
+        OpFuture::boxed(async move { self.delete_topics(&[topic.to_owned()]).await })
+    }
+
     fn features(&self) -> Features {
         Features {
             backend: self.inner.pool.dialect().name(),
