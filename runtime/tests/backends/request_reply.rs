@@ -1,6 +1,7 @@
-//! Request–reply on durable backends: SQLite (embedded) and NATS JetStream (the local server).
+//! Request–reply on durable backends: SQLite (embedded), NATS JetStream, Redis Streams, RabbitMQ
+//! and MQTT (the local servers).
 //! The replying handler is an ordinary route; each test uses topics of its own.
-#![cfg(any(feature = "sqlite", feature = "nats"))]
+#![cfg(any(feature = "sqlite", feature = "nats", feature = "redis", feature = "amqp", feature = "mqtt"))]
 
 use std::time::Duration;
 
@@ -83,4 +84,34 @@ async fn nats_answers_requests() {
     let jetstream = async_nats::jetstream::new(pubsub.client().clone());
     let stream = jetstream.get_stream(pubsub.stream_name(&reply_topic)).await;
     assert!(stream.is_err(), "the stream of {reply_topic} was deleted");
+}
+
+#[cfg(feature = "redis")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_answers_requests() {
+    let prefix = crate::support::redis::unique("rr");
+    let config = millstream::RedisConfig::default().key_prefix(&prefix);
+    let pubsub =
+        millstream::RedisPubSub::connect(&crate::support::redis::url(), config).await.expect("connect");
+    requests_are_answered(pubsub).await;
+}
+
+#[cfg(feature = "amqp")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn amqp_answers_requests() {
+    use millstream::pubsub::amqp::Preset;
+    let config =
+        millstream::AmqpConfig::new(crate::support::amqp::url()).topology(Preset::groups("mstest.rr"));
+    let pubsub = millstream::AmqpPubSub::connect(config).await.expect("connect");
+    requests_are_answered(pubsub).await;
+}
+
+#[cfg(feature = "mqtt")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_answers_requests() {
+    let config =
+        millstream::pubsub::mqtt::MqttConfig::from_url(&crate::support::mqtt::shared_url(), unique("rr"))
+            .expect("url");
+    let pubsub = millstream::MqttPubSub::connect(config).await.expect("connect");
+    requests_are_answered(pubsub).await;
 }

@@ -5,7 +5,9 @@
 //!
 //! Topics are fixed (they come from the types); every instance is named by a correlation id of
 //! this run, so what an earlier, interrupted run left is acked and ignored.
-#![cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
+//!
+//! And the same checkouts with messages on NATS JetStream, the instances in memory.
+#![cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql", feature = "nats"))]
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -13,8 +15,12 @@ use std::time::Duration;
 use millstream::keys::{message::TYPE, CORRELATION_ID};
 use millstream::middleware::CorrelationId;
 use millstream::prelude::*;
-use millstream::saga::{SagaKey, SagaLoad, SagaOutcome, SagaStore};
-use millstream::{EventBus, Publisher, Saga, Sagas, SqlPubSub, SqlSagaStore, Subscriber};
+use millstream::saga::SagaOutcome;
+#[cfg(feature = "sql")]
+use millstream::saga::{SagaKey, SagaLoad, SagaStore};
+use millstream::{EventBus, Publisher, Saga, Sagas};
+#[cfg(feature = "sql")]
+use millstream::{SqlPubSub, SqlSagaStore, Subscriber};
 
 use crate::common::eventually;
 
@@ -119,6 +125,7 @@ pub(crate) mod checkout {
 
 use checkout::*;
 
+#[cfg(feature = "sql")]
 async fn app(pubsub: &SqlPubSub, store: &SqlSagaStore) -> millstream::Router {
     App::from_registry()
         .module_prefix(module_path!().to_owned() + "::checkout")
@@ -134,6 +141,7 @@ fn run_id(what: &str) -> String {
     format!("{what}-{}", uuid::Uuid::now_v7().simple())
 }
 
+#[cfg(feature = "sql")]
 async fn place(pubsub: &SqlPubSub, id: &str, cents: u64) {
     let message = Message::new(serde_json::to_vec(&OrderPlaced { cents }).unwrap())
         .with_header(CORRELATION_ID, id.to_owned())
@@ -145,6 +153,7 @@ fn cancelled(id: &str) -> usize {
     CANCELLED.lock().unwrap().iter().filter(|c| *c == id).count()
 }
 
+#[cfg(feature = "sql")]
 /// Waits until the instance `id` has finished; returns how.
 async fn finished(store: &SqlSagaStore, id: &str) -> (SagaOutcome, Option<String>) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
@@ -157,6 +166,7 @@ async fn finished(store: &SqlSagaStore, id: &str) -> (SagaOutcome, Option<String
     }
 }
 
+#[cfg(feature = "sql")]
 /// Paid, declined (compensated) and unanswered (timed out, compensated) checkouts.
 async fn checkouts_finish_and_compensate(pubsub: SqlPubSub) {
     let store = SqlSagaStore::new(&pubsub).deadline_poll(Duration::from_millis(50)).keep_finished_state(true);
@@ -182,6 +192,7 @@ async fn checkouts_finish_and_compensate(pubsub: SqlPubSub) {
     router.close().await.expect("close");
 }
 
+#[cfg(feature = "sql")]
 /// Many messages of one instance at once: each commit names the version it read; the losers are
 /// redelivered and run again on the new state; every note counts once.
 async fn concurrent_messages_count_once(pubsub: SqlPubSub) {
@@ -313,6 +324,7 @@ async fn mysql_concurrent_messages() {
     concurrent_messages_count_once(mysql("mssaga_notes_").await).await;
 }
 
+#[cfg(feature = "sql")]
 /// The store's own contract: a commit at a stale version, or of a message already taken, writes
 /// and publishes nothing; a finished instance is reported finished.
 async fn stale_commits_conflict(pubsub: SqlPubSub) {
@@ -384,4 +396,60 @@ async fn postgres_stale_commits() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mysql_stale_commits() {
     stale_commits_conflict(mysql("mssaga_stale_").await).await;
+}
+
+/// The checkouts with their messages on NATS and their instances in memory (`Sagas::memory`):
+/// the steps' commands go through NATS, the timeout through a tokio timer.
+#[cfg(feature = "nats")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_checkouts_with_the_memory_store() {
+    let _lock = crate::support::nats::shared().await;
+    let url = std::env::var("MILLSTREAM_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned());
+    let config = millstream::NatsConfig::default().stream_prefix("MSTEST_");
+    let pubsub = millstream::NatsPubSub::connect(&url, config).await.expect("connect");
+    let sagas = Sagas::memory();
+    let router = App::from_registry()
+        .module_prefix(module_path!().to_owned() + "::checkout")
+        .pubsub(pubsub.clone())
+        .layer(CorrelationId)
+        .state(sagas.clone())
+        .start()
+        .await
+        .expect("start");
+    let place = |id: String, cents: u64| {
+        let pubsub = pubsub.clone();
+        async move {
+            let message = Message::new(serde_json::to_vec(&OrderPlaced { cents }).unwrap())
+                .with_header(CORRELATION_ID, id)
+                .with_header(TYPE, "OrderPlaced");
+            pubsub.publish("sagasql.orders", message).await.expect("publish");
+        }
+    };
+    let (paid, declined, silent) = (run_id("paid"), run_id("declined"), run_id("silent"));
+    place(paid.clone(), 100).await;
+    place(declined.clone(), LIMIT + 1).await;
+    place(silent.clone(), SILENT).await;
+    let store = sagas.memory_store().expect("memory");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let outcome = |id: String| async move { store.finished("sagasql.checkout", &id).await };
+    loop {
+        let done =
+            [outcome(paid.clone()).await, outcome(declined.clone()).await, outcome(silent.clone()).await];
+        if done.iter().all(Option::is_some) {
+            assert_eq!(
+                done,
+                [
+                    Some(SagaOutcome::Completed),
+                    Some(SagaOutcome::Failed("payment declined".into())),
+                    Some(SagaOutcome::Failed("payment overdue".into())),
+                ]
+            );
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the checkouts did not finish: {done:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eventually("the compensations", || cancelled(&declined) == 1 && cancelled(&silent) == 1).await;
+    assert_eq!(cancelled(&paid), 0);
+    router.close().await.expect("close");
 }
