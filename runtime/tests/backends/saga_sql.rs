@@ -166,6 +166,16 @@ async fn finished(store: &SqlSagaStore, id: &str) -> (SagaOutcome, Option<String
     }
 }
 
+/// Waits until the instance at `key` runs.
+#[cfg(feature = "sql")]
+async fn started(store: &SqlSagaStore, key: SagaKey<'_>) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while !matches!(store.load(key, "-").await.unwrap(), SagaLoad::Running { .. }) {
+        assert!(tokio::time::Instant::now() < deadline, "instance {} did not start within 60 s", key.id);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 #[cfg(feature = "sql")]
 /// Paid, declined (compensated) and unanswered (timed out, compensated) checkouts.
 async fn checkouts_finish_and_compensate(pubsub: SqlPubSub) {
@@ -206,11 +216,7 @@ async fn concurrent_messages_count_once(pubsub: SqlPubSub) {
         .collect();
     // (The notes may come before the instance exists: those are acked unhandled, so wait.)
     let key = SagaKey { saga: "sagasql.checkout", id: &id };
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while !matches!(store.load(key, "-").await.unwrap(), SagaLoad::Running { .. }) {
-        assert!(tokio::time::Instant::now() < deadline, "the instance did not start");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    started(&store, key).await;
     pubsub.publish_batch("sagasql.notes", notes).await.expect("publish");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     let count = loop {
@@ -269,12 +275,7 @@ async fn sqlite_a_timeout_survives_a_restart() {
         let store = SqlSagaStore::new(&pubsub).deadline_poll(Duration::from_secs(3600));
         let router = app(&pubsub, &store).await;
         place(&pubsub, &id, SILENT).await;
-        let key = SagaKey { saga: "sagasql.checkout", id: &id };
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-        while !matches!(store.load(key, "-").await.unwrap(), SagaLoad::Running { .. }) {
-            assert!(tokio::time::Instant::now() < deadline, "the instance did not start");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        started(&store, SagaKey { saga: "sagasql.checkout", id: &id }).await;
         router.close().await.expect("close");
     }
     let pubsub = SqlPubSub::open_sqlite(&path, millstream::SqlConfig::default()).await.unwrap();

@@ -209,6 +209,19 @@ fn kept(topic: String, id: &str, metadata: &str, payload: Vec<u8>) -> Kept {
     Kept { topic, message: Message::from_parts(id, metadata, payload.into()) }
 }
 
+/// The [`Kept`] message in the columns `topic, message_id, metadata, payload` of a row of any
+/// of the databases, from column `$first` on; `?` on a column that does not decode.
+macro_rules! kept_at {
+    ($row:expr, $first:expr) => {{
+        let row = &$row;
+        let topic: String = row.try_get($first).map_err(backend_error)?;
+        let message_id: String = row.try_get($first + 1).map_err(backend_error)?;
+        let metadata: String = row.try_get($first + 2).map_err(backend_error)?;
+        let payload: Vec<u8> = row.try_get($first + 3).map_err(backend_error)?;
+        kept(topic, &message_id, &metadata, payload)
+    }};
+}
+
 fn outcome_text(outcome: &SagaOutcome) -> (&'static str, Option<&str>) {
     match outcome {
         SagaOutcome::Completed => ("completed", None),
@@ -518,11 +531,7 @@ impl Inner {
                             .await
                             .map_err(backend_error)?;
                         for row in rows {
-                            let topic: String = row.try_get(0).map_err(backend_error)?;
-                            let message_id: String = row.try_get(1).map_err(backend_error)?;
-                            let metadata: String = row.try_get(2).map_err(backend_error)?;
-                            let payload: Vec<u8> = row.try_get(3).map_err(backend_error)?;
-                            publish.push(kept(topic, &message_id, &metadata, payload));
+                            publish.push(kept_at!(row, 0));
                         }
                     }
                     for statement in [&t.delete_messages, &t.delete_seen, &t.delete_instance] {
@@ -574,11 +583,7 @@ impl Inner {
                 rows.into_iter()
                     .map(|row| -> Result<(i64, Kept)> {
                         let seq: i64 = row.try_get(0).map_err(backend_error)?;
-                        let topic: String = row.try_get(1).map_err(backend_error)?;
-                        let message_id: String = row.try_get(2).map_err(backend_error)?;
-                        let metadata: String = row.try_get(3).map_err(backend_error)?;
-                        let payload: Vec<u8> = row.try_get(4).map_err(backend_error)?;
-                        Ok((seq, kept(topic, &message_id, &metadata, payload)))
+                        Ok((seq, kept_at!(row, 1)))
                     })
                     .collect::<Result<_>>()?
             });
