@@ -127,6 +127,19 @@ pub trait Command: Topic {}
 )]
 pub trait Event: Topic {}
 
+/// A protobuf message of a command or event type is one too: same topic, type name and version.
+#[cfg(feature = "protobuf")]
+impl<T: Topic> Topic for crate::codec::Proto<T> {
+    const NAME: &'static str = T::NAME;
+    const MESSAGE_TYPE: Option<MessageType> = T::MESSAGE_TYPE;
+}
+
+#[cfg(feature = "protobuf")]
+impl<T: Command> Command for crate::codec::Proto<T> {}
+
+#[cfg(feature = "protobuf")]
+impl<T: Event> Event for crate::codec::Proto<T> {}
+
 /// A value a handler can return (or [`Ctx::publish`](crate::Ctx::publish)) to be published.
 ///
 /// [`Topic`] types implement it and go to their own topic; [`Json<T>`](crate::Json) wraps any

@@ -38,10 +38,10 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::{Codec, NamedCodec};
 use crate::error::{Error, ErrorKind};
-use crate::topic::{Command, Event, MessageType, Topic};
 
 /// A protobuf message (any `prost::Message`) as a payload or a published value, encoded by
-/// [`ProtobufCodec`]. Derefs to the message.
+/// [`ProtobufCodec`]. Derefs to the message. A `Proto<T>` of a command or event type `T` is a
+/// command or event of the same topic, type name and version.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Proto<T>(pub T);
 
@@ -70,16 +70,6 @@ impl<T> From<T> for Proto<T> {
         Proto(message)
     }
 }
-
-/// The message type's topic, type name and version.
-impl<T: Topic> Topic for Proto<T> {
-    const NAME: &'static str = T::NAME;
-    const MESSAGE_TYPE: Option<MessageType> = T::MESSAGE_TYPE;
-}
-
-impl<T: Command> Command for Proto<T> {}
-
-impl<T: Event> Event for Proto<T> {}
 
 impl<T> NamedCodec for Proto<T> {
     type Codec = ProtobufCodec;
