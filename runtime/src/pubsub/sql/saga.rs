@@ -632,7 +632,13 @@ async fn relay(inner: Weak<Inner>) {
         let poll = store.deadline_poll;
         match store.fire_due().await {
             Ok(_) => failures = 0,
-            Err(error) if error.kind() == ErrorKind::Closed => return,
+            // The pub/sub was closed (its pool with it): nothing more to relay.
+            Err(error)
+                if error.kind() == ErrorKind::Closed
+                    || matches!(error.downcast_ref::<sqlx::Error>(), Some(sqlx::Error::PoolClosed)) =>
+            {
+                return
+            }
             Err(error) => {
                 failures = failures.saturating_add(1);
                 if failures == 1 || failures.is_power_of_two() {
@@ -664,7 +670,10 @@ impl SagaStore for SqlSagaStore {
                 runtime.spawn(relay(Arc::downgrade(&self.inner)));
                 *started = true;
             }
-            Err(_) => tracing::warn!("saga store: started outside a tokio runtime; timeouts are not relayed"),
+            // (An app built outside a runtime: started again when it runs.)
+            Err(_) => tracing::debug!(
+                "saga store: not in a tokio runtime yet; timeouts are relayed once the app runs"
+            ),
         }
     }
 }
