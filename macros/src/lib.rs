@@ -174,7 +174,8 @@ pub fn saga(attr: TokenStream, item: TokenStream) -> TokenStream {
 /// The message's correlation id names the saga instance; the handler runs with its state, and
 /// what it sends through the `Saga` (commands, events, compensations, timeouts) is committed
 /// with the new state when it returns `Ok`. `start` lets the step begin an instance when none is
-/// running; without it, a message for no running instance is acked unhandled. The topic is the
+/// running; without it, a message for no running instance is acked unhandled. `id = field`
+/// names the instance by that field of the message instead of its correlation id. The topic is the
 /// message type's own (no `topic` key); the other keys are those of [`macro@handler`] but
 /// `publish` (a step sends through the saga).
 #[proc_macro_attribute]

@@ -246,9 +246,6 @@ impl App {
         self
     }
 
-    /// Runs every pub/sub of the app, the default one and each named one, on `backend`
-    /// (what [`TestApp`](crate::testing::TestApp) does).
-    #[cfg_attr(not(feature = "memory"), allow(dead_code))]
     /// What the event group `group` does with a message of a type none of its handlers takes
     /// (or of no stated type): [`UnknownEvents::Poison`] (the default) or
     /// [`UnknownEvents::Ignore`].
@@ -261,6 +258,9 @@ impl App {
         self
     }
 
+    /// Runs every pub/sub of the app, the default one and each named one, on `backend`
+    /// (what [`TestApp`](crate::testing::TestApp) does).
+    #[cfg_attr(not(feature = "memory"), allow(dead_code))]
     pub(crate) fn replace_backends(&mut self, backend: Backend) {
         let names: Vec<String> = self.pubsub_names().into_iter().map(str::to_owned).collect();
         for name in names {
@@ -406,6 +406,15 @@ impl App {
         let backend = self.pubsub.clone().expect("checked above");
         let mut layers = self.registered_middleware();
         layers.append(&mut self.layers);
+        // Saga steps find their instance by the correlation id of what the services answer.
+        let has_sagas = descriptors.iter().any(|d| matches!(d.info().role, Role::SagaHandler { .. }));
+        if has_sagas && !crate::middleware::layer_facts(&layers).correlates {
+            tracing::warn!(
+                "this app has saga steps but no router-wide `CorrelationId` layer: the events its handlers \
+                 return carry no correlation id, and saga steps (without `id = field`) ack them unhandled; \
+                 add `.layer(CorrelationId)`"
+            );
+        }
         let router = Router::new(Parts {
             config: self.config,
             publisher: backend.publisher,
@@ -570,7 +579,15 @@ fn check_command_handlers(descriptors: &[&'static HandlerDescriptor], problems: 
     let mut by_command: BTreeMap<TypeId, &HandlerInfo> = BTreeMap::new();
     for descriptor in descriptors {
         let info = descriptor.info();
-        let (Role::CommandHandler, Some(payload)) = (info.role, descriptor.payload_type()) else { continue };
+        // A saga step taking a command is that command's handler too.
+        let handles_command = match info.role {
+            Role::CommandHandler => true,
+            Role::SagaHandler { .. } => {
+                descriptor.message_type().is_some_and(|t| t.kind == crate::topic::MessageKind::Command)
+            }
+            Role::Handler | Role::EventHandler => false,
+        };
+        let (true, Some(payload)) = (handles_command, descriptor.payload_type()) else { continue };
         match by_command.entry(payload) {
             Entry::Vacant(slot) => {
                 slot.insert(info);
@@ -591,8 +608,6 @@ fn check_command_handlers(descriptors: &[&'static HandlerDescriptor], problems: 
     }
 }
 
-/// Two command or event handlers reading one topic in one group would split its messages between
-/// them, and each would ack the other's types without running: messages lost to both.
 /// The event groups among `descriptors`: two or more event handlers reading one topic (on one
 /// pub/sub) with the same explicit group, as indexes into `descriptors`.
 fn event_groups(
@@ -609,6 +624,9 @@ fn event_groups(
     groups
 }
 
+/// Two command or event handlers reading one topic in one group would split its messages between
+/// them, and each would ack the other's types without running: messages lost to both (unless
+/// they are event handlers of an event group, which reads the topic once).
 fn check_typed_groups(descriptors: &[&'static HandlerDescriptor], problems: &mut Vec<Error>) {
     let groups = event_groups(descriptors);
     let in_group = |index: usize| groups.values().any(|members| members.contains(&index));

@@ -307,7 +307,19 @@ fn saga_step(
     // A state type that is not a `#[saga]` is reported once, on it.
     let state_span = payload_span(state);
     let begin = respanned(begin, state_span);
-    let begin_call = quote_spanned! {state_span=> #begin::<#state>(__input, #start).await};
+    // The instance's id: the `id` field of the message (spanned on it: a field the message does
+    // not have is reported there), else the correlation id.
+    let id = match &handler.saga_id {
+        Some(fields) => {
+            let span = fields.first().map_or_else(proc_macro2::Span::call_site, |f| match f {
+                syn::Member::Named(ident) => ident.span(),
+                syn::Member::Unnamed(index) => index.span,
+            });
+            quote_spanned! {span=> ::core::option::Option::Some(::std::string::ToString::to_string(&__message.#(#fields).*))}
+        }
+        None => quote!(::core::option::Option::None),
+    };
+    let begin_call = quote_spanned! {state_span=> #begin::<#state>(__input, #start, #id).await};
     let finish_call = quote_spanned! {finish_span=> #finish(__saga, __returned).await};
     let step = quote! {
         /// The step, with its saga loaded before and committed after.

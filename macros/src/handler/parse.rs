@@ -21,6 +21,7 @@ mod kw {
     syn::custom_keyword!(service);
     syn::custom_keyword!(external);
     syn::custom_keyword!(start);
+    syn::custom_keyword!(id);
 }
 
 /// Every key, for the "did you mean" of an unknown one.
@@ -37,6 +38,7 @@ const KEYS: &[&str] = &[
     "service",
     "external",
     "start",
+    "id",
     "crate",
 ];
 
@@ -64,6 +66,8 @@ pub(crate) struct Args {
     pub(crate) external: Slot<()>,
     /// `start` (a saga step that may begin an instance).
     pub(crate) start: Slot<()>,
+    /// `id = field` (a saga step: the message's field that names the instance).
+    pub(crate) id: Slot<Vec<syn::Member>>,
     pub(crate) krate: Slot<syn::Path>,
 }
 
@@ -82,6 +86,7 @@ pub(crate) fn args(tokens: TokenStream, errors: &mut Errors) -> Args {
         service: Slot::new("service"),
         external: Slot::new("external"),
         start: Slot::new("start"),
+        id: Slot::new("id"),
         krate: Slot::new("crate"),
     };
     attr::parse_entries(tokens, errors, |input, errors| entry(input, &mut args, errors));
@@ -142,6 +147,17 @@ fn entry(input: ParseStream<'_>, args: &mut Args, errors: &mut Errors) -> syn::R
             return Err(input.error("`start` takes no value: `#[millstream::saga_handler(start)]`"));
         }
         args.start.set(key.span, (), errors);
+    } else if lookahead.peek(kw::id) {
+        let key: kw::id = input.parse()?;
+        attr::eq(input, "id")?;
+        let fields = syn::punctuated::Punctuated::<syn::Member, Token![.]>::parse_separated_nonempty(input)
+            .map_err(|error| {
+                syn::Error::new(
+                    error.span(),
+                    "`id` takes the message's field that names the saga instance: `id = order_id` (or `id = order.id`)",
+                )
+            })?;
+        args.id.set(key.span, fields.into_iter().collect(), errors);
     } else if lookahead.peek(Token![crate]) {
         let key: Token![crate] = input.parse()?;
         attr::eq(input, "crate")?;

@@ -51,6 +51,8 @@ pub(crate) struct Handler {
     pub(crate) saga: Option<Type>,
     /// A saga step that may begin an instance.
     pub(crate) start: bool,
+    /// A saga step's instance id: this field of its message (else the correlation id).
+    pub(crate) saga_id: Option<Vec<syn::Member>>,
 }
 
 /// The return type taken apart, so that what is wrong with it is reported on the part at fault:
@@ -265,6 +267,9 @@ pub(crate) fn validate(
     if let (Some(span), false) = (start, role == Role::Saga) {
         errors.on(span, "`start` is a key of `#[millstream::saga_handler]` only");
     }
+    if let (Some(span), false) = (args.id.key_span(), role == Role::Saga) {
+        errors.on(span, "`id` is a key of `#[millstream::saga_handler]` only");
+    }
     let external = args.external.key_span();
     if let (Some(span), false) = (external, role == Role::Command) {
         errors.on(span, "`external` is a key of `#[millstream::command_handler]` only");
@@ -336,6 +341,7 @@ pub(crate) fn validate(
         external: external.is_some(),
         saga,
         start: start.is_some(),
+        saga_id: args.id.take(),
     };
     (tokens, Some(handler))
 }

@@ -108,7 +108,7 @@ const _: () = {
     ) -> ::core::result::Result<(), ::millstream::__private::Error> {
         let ::core::option::Option::Some(mut __saga) = ::millstream::__private::saga_begin::<
             Checkout,
-        >(__input, true)
+        >(__input, true, ::core::option::Option::None)
             .await? else {
             return ::core::result::Result::Ok(());
         };

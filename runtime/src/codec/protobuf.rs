@@ -75,10 +75,16 @@ impl<T> NamedCodec for Proto<T> {
     type Codec = ProtobufCodec;
 }
 
-/// The wire format, as bytes for [`ProtobufCodec`]'s serializer (another serializer gets a byte
-/// string: use `ProtobufCodec` with it).
+/// The wire format, as bytes, for [`ProtobufCodec`]'s serializer. A human-readable format (JSON)
+/// refuses it: published through a JSON handler or bus it would be a list of numbers that no
+/// protobuf reader understands.
 impl<T: prost::Message> Serialize for Proto<T> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        if serializer.is_human_readable() {
+            return Err(serde::ser::Error::custom(
+                "a Proto<T> is encoded by ProtobufCodec: publish it from a handler (or bus) whose codec is ProtobufCodec",
+            ));
+        }
         serializer.serialize_bytes(&self.0.encode_to_vec())
     }
 }
@@ -182,6 +188,10 @@ impl Serializer for WireOnly {
         Ok(bytes.to_vec())
     }
 
+    fn is_human_readable(&self) -> bool {
+        false
+    }
+
     fn serialize_newtype_struct<T: Serialize + ?Sized>(
         self,
         _: &'static str,
@@ -279,6 +289,10 @@ impl<'de> Deserializer<'de> for Payload<'_> {
         visitor.visit_bytes(self.0)
     }
 
+    fn is_human_readable(&self) -> bool {
+        false
+    }
+
     fn deserialize_newtype_struct<V: Visitor<'de>>(
         self,
         _: &'static str,
@@ -313,6 +327,12 @@ mod tests {
         assert_eq!(&bytes[..], &prost::Message::encode_to_vec(&order)[..]);
         let back: Proto<Order> = ProtobufCodec.decode(&bytes).unwrap();
         assert_eq!(back.0, order);
+    }
+
+    #[test]
+    fn json_refuses_a_proto() {
+        let error = crate::codec::JsonCodec.encode(&Proto(Order { id: 1, sku: String::new() })).unwrap_err();
+        assert!(error.message().contains("a Proto<T> is encoded by ProtobufCodec"), "{error}");
     }
 
     #[test]

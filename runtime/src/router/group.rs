@@ -34,10 +34,13 @@ pub(crate) struct Member {
     pub(crate) route: Route,
 }
 
-/// The one route of an event group named `group`, reading `topic`: it dispatches each message to
-/// the member of its type, through the member's own middleware.
+/// The one route of the event group `group` on `topic` (named `group@topic`, reading in
+/// `group`): it dispatches each message to the member of its type, through the member's own
+/// middleware.
 pub(crate) fn event_group(group: &str, topic: &str, members: Vec<Member>, unknown: UnknownEvents) -> Route {
-    let concurrency = members.iter().map(|m| m.route.concurrency).max().unwrap_or(NonZeroUsize::MIN);
+    // The lowest of its handlers' concurrency: a handler that asks for one message at a time,
+    // in order, gets it.
+    let concurrency = members.iter().map(|m| m.route.concurrency).min().unwrap_or(NonZeroUsize::MIN);
     let order_by_key = members.iter().any(|m| m.route.order_by_key);
     let location = members.first().and_then(|m| m.route.location);
     // (The members share their pub/sub: the app gives each the group's.)
@@ -45,7 +48,9 @@ pub(crate) fn event_group(group: &str, topic: &str, members: Vec<Member>, unknow
     let subscriber = members.first().and_then(|m| m.route.subscriber.clone());
     let names: Vec<String> = members.iter().map(|m| m.route.name.clone()).collect();
     let group_name: Arc<str> = Arc::from(group);
-    let mut route = Route::with_codec(group, topic, placeholder, crate::codec::JsonCodec);
+    // Named `group@topic`: one group name may serve event groups on several topics.
+    let mut route =
+        Route::with_codec(format!("{group}@{topic}"), topic, placeholder, crate::codec::JsonCodec);
     route.group = Some(group.to_owned());
     route.concurrency = concurrency;
     route.order_by_key = order_by_key;

@@ -5,6 +5,8 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use parking_lot::Mutex;
+
 use crate::error::Result;
 use crate::pubsub::Publisher;
 use crate::store::{SagaCommit, SagaKey, SagaLoad, SagaMessage, SagaOutcome};
@@ -12,18 +14,16 @@ use crate::store::{SagaCommit, SagaKey, SagaLoad, SagaMessage, SagaOutcome};
 /// Saga instances in the process's memory ([`Sagas::memory`](super::Sagas::memory)), for tests and
 /// development; a step's messages go through the step's handler's publisher.
 ///
-/// A commit publishes its messages first and records the commit after, under one lock per
-/// store: a publish that fails records nothing (the message is redelivered and runs again), so
-/// messages go out at least once. Timeouts are tokio timers: they do not survive the process.
-/// Finished instances are remembered (how they ended) for the life of the store.
+/// A commit checks the instance's version, publishes its messages, then records the commit if
+/// the version is still the one it loaded. No lock is held while publishing (a publish may wait
+/// for room in a queue that only another step of the saga empties), so two steps of one
+/// instance may both publish, and the later one then conflicts and runs again: messages go out
+/// at least once. A publish that fails records nothing (the message is redelivered and runs
+/// again). Timeouts are tokio timers: they do not survive the process. Finished instances are
+/// remembered (how they ended) for the life of the store.
 #[derive(Clone)]
 pub struct MemorySagaStore {
-    inner: Arc<Inner>,
-}
-
-#[derive(Default)]
-struct Inner {
-    instances: tokio::sync::Mutex<Instances>,
+    inner: Arc<Mutex<Instances>>,
 }
 
 #[derive(Default)]
@@ -41,6 +41,19 @@ struct Running {
     timeouts: tokio_util::sync::CancellationToken,
 }
 
+impl Instances {
+    /// Whether `commit` applies to the instance as it is now.
+    fn fits(&self, at: &(String, String), commit: &SagaCommit<'_>) -> bool {
+        match (self.running.get(at), commit.version) {
+            (None, None) => !self.finished.contains_key(at),
+            (Some(running), Some(version)) => {
+                running.version == version && !running.seen.contains(commit.message_id)
+            }
+            _ => false,
+        }
+    }
+}
+
 impl MemorySagaStore {
     /// An empty store.
     pub(super) fn new() -> Self {
@@ -49,17 +62,16 @@ impl MemorySagaStore {
 
     /// How a finished instance ended.
     pub async fn finished(&self, saga: &str, id: &str) -> Option<SagaOutcome> {
-        self.inner.instances.lock().await.finished.get(&(saga.to_owned(), id.to_owned())).cloned()
+        self.inner.lock().finished.get(&(saga.to_owned(), id.to_owned())).cloned()
     }
 
     /// The state (JSON) of a running instance.
     pub async fn running(&self, saga: &str, id: &str) -> Option<String> {
-        let instances = self.inner.instances.lock().await;
-        instances.running.get(&(saga.to_owned(), id.to_owned())).map(|running| running.state.clone())
+        self.inner.lock().running.get(&(saga.to_owned(), id.to_owned())).map(|running| running.state.clone())
     }
 
-    pub(super) async fn load(&self, key: SagaKey<'_>, message_id: &str) -> SagaLoad {
-        let instances = self.inner.instances.lock().await;
+    pub(super) fn load(&self, key: SagaKey<'_>, message_id: &str) -> SagaLoad {
+        let instances = self.inner.lock();
         let at = (key.saga.to_owned(), key.id.to_owned());
         if let Some(running) = instances.running.get(&at) {
             return SagaLoad::Running {
@@ -80,28 +92,27 @@ impl MemorySagaStore {
         commit: SagaCommit<'_>,
         publisher: &Arc<dyn Publisher>,
     ) -> Result<bool> {
-        let mut instances = self.inner.instances.lock().await;
         let at = (commit.key.saga.to_owned(), commit.key.id.to_owned());
-        let current = instances.running.get(&at);
-        let fits = match (current, commit.version) {
-            (None, None) => !instances.finished.contains_key(&at),
-            (Some(running), Some(version)) => {
-                running.version == version && !running.seen.contains(commit.message_id)
+        let mut publish = commit.send.clone();
+        {
+            let instances = self.inner.lock();
+            if !instances.fits(&at, &commit) {
+                return Ok(false);
             }
-            _ => false,
-        };
-        if !fits {
-            return Ok(false);
-        }
-        let mut publish = commit.send;
-        if matches!(commit.finish, Some(SagaOutcome::Failed(_))) {
-            publish.extend(commit.compensations.iter().rev().cloned());
-            if let Some(running) = current {
-                publish.extend(running.compensations.iter().rev().cloned());
+            if matches!(commit.finish, Some(SagaOutcome::Failed(_))) {
+                publish.extend(commit.compensations.iter().rev().cloned());
+                if let Some(running) = instances.running.get(&at) {
+                    publish.extend(running.compensations.iter().rev().cloned());
+                }
             }
         }
         for SagaMessage { topic, message } in publish {
             publisher.publish(&topic, message).await?;
+        }
+        let mut instances = self.inner.lock();
+        if !instances.fits(&at, &commit) {
+            // Another step of the instance committed while this one published.
+            return Ok(false);
         }
         match commit.finish {
             Some(outcome) => {
@@ -123,13 +134,15 @@ impl MemorySagaStore {
                 running.seen.insert(commit.message_id.to_owned());
                 running.compensations.extend(commit.compensations);
                 for deadline in commit.deadlines {
-                    let publisher = publisher.clone();
+                    let publisher = Arc::downgrade(publisher);
                     let cancelled = running.timeouts.clone();
                     let delay = deadline.due.duration_since(SystemTime::now()).unwrap_or_default();
                     tokio::spawn(async move {
                         tokio::select! {
                             () = cancelled.cancelled() => {}
                             () = tokio::time::sleep(delay) => {
+                                // (The router closed meanwhile: nothing to publish through.)
+                                let Some(publisher) = publisher.upgrade() else { return };
                                 if let Err(error) = publisher.publish(&deadline.topic, deadline.message).await {
                                     tracing::warn!(%error, topic = %deadline.topic, "memory saga store: a timeout could not be published");
                                 }

@@ -54,9 +54,11 @@
 //! ```
 //!
 //! # How a message is handled
-//! A saga handler's message belongs to the instance named by its correlation id (a `start`
-//! handler's message without one starts an instance named by its own id, and everything the
-//! saga sends carries that id on). The store ([`Sagas`], given to the app as state) loads the
+//! A saga handler's message belongs to the instance named by its correlation id, or by a field of
+//! the message (`#[saga_handler(id = order_id)]`); a `start` handler's message without either
+//! starts an instance named by its own id. Everything the saga sends carries the instance's id
+//! as its correlation id; with the [`CorrelationId`](crate::middleware::CorrelationId) layer on
+//! the app, what the services return carries it back. The store ([`Sagas`], given to the app as state) loads the
 //! instance's state, the handler changes it through `&mut Saga<S>` and records what to send,
 //! and once the handler returns `Ok` all of it is committed at once: the new state, the id of the
 //! message taken, the messages sent, the compensations and timeouts kept. An error commits
@@ -149,7 +151,7 @@ impl Sagas {
     async fn load(&self, key: SagaKey<'_>, message_id: &str) -> Result<SagaLoad> {
         match &self.0 {
             Store::Shared(store) => store.load(key, message_id).await,
-            Store::Memory(store) => Ok(store.load(key, message_id).await),
+            Store::Memory(store) => Ok(store.load(key, message_id)),
         }
     }
 
@@ -210,7 +212,9 @@ impl<S: SagaState> Saga<S> {
     }
 
     fn message<T: Topic + Serialize>(&self, value: &T) -> Result<SagaMessage> {
-        let mut message = typed_message(self.encoder.encode_dyn(value)?, T::MESSAGE_TYPE);
+        // (A value this step's codec cannot encode never will: permanent.)
+        let payload = self.encoder.encode_dyn(value).map_err(Error::into_permanent)?;
+        let mut message = typed_message(payload, T::MESSAGE_TYPE);
         carry(&self.carried, &mut message);
         Ok(SagaMessage { topic: T::NAME.to_owned(), message })
     }
@@ -342,9 +346,13 @@ impl<S: Send + 'static> FromMessage for SagaInput<S> {
 /// Loads the instance a message belongs to: `None` when the handler is not to run (see the
 /// module's docs).
 #[doc(hidden)]
-pub async fn begin<S: SagaState>(input: SagaInput<S>, start: bool) -> Result<Option<Saga<S>>> {
+pub async fn begin<S: SagaState>(
+    input: SagaInput<S>,
+    start: bool,
+    id: Option<String>,
+) -> Result<Option<Saga<S>>> {
     let SagaInput { sagas, message_id, correlation, publisher, encoder, mut carried, handler, .. } = input;
-    let id = match correlation {
+    let id = match id.map(String::into_boxed_str).or(correlation) {
         Some(id) => id,
         None if start => message_id.clone(),
         None => {
@@ -357,6 +365,12 @@ pub async fn begin<S: SagaState>(input: SagaInput<S>, start: bool) -> Result<Opt
         SagaLoad::Absent if start => (S::default(), None),
         SagaLoad::Absent => {
             tracing::debug!(saga = S::NAME, id = %id, %handler, "saga: no running instance; acked unhandled");
+            return Ok(None);
+        }
+        // A start message for a finished instance: a redelivery, or a new flow reusing an id (lost
+        // to this saga: said at warn level).
+        SagaLoad::Finished(outcome) if start => {
+            tracing::warn!(saga = S::NAME, id = %id, %handler, message = %message_id, ?outcome, "saga: a start message for an instance that finished; acked unhandled (a redelivery, or an id used twice)");
             return Ok(None);
         }
         SagaLoad::Finished(outcome) => {

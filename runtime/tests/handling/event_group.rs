@@ -110,7 +110,7 @@ async fn one_subscription_dispatches_by_type_in_order_and_poisons_an_unknown_typ
     assert_eq!(handlers.len(), 1, "one route for the group: {handlers:?}");
     assert_eq!(
         (handlers[0].name.as_str(), handlers[0].group.as_str()),
-        ("egroup.projection", "egroup.projection")
+        ("egroup.projection@egroup.orders", "egroup.projection")
     );
 
     publish_stream(&app).await;

@@ -293,3 +293,73 @@ async fn an_app_without_a_saga_store_does_not_build() {
     assert!(text.contains("saga::checkout::Checkout` has no store"), "{text}");
     assert!(text.contains("Sagas::memory()"), "{text}");
 }
+
+/// Instances named by a field of the message (`id = order`), not by the correlation id: one
+/// batch (one correlation id) of several orders makes one instance per order.
+pub(crate) mod by_field {
+    use super::*;
+
+    #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+    #[millstream::event(topic = "saga-test.packed")]
+    pub(crate) struct Packed {
+        pub(crate) order: u64,
+    }
+
+    #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+    #[millstream::event(topic = "saga-test.delivered")]
+    pub(crate) struct Delivered {
+        pub(crate) order: u64,
+    }
+
+    #[derive(Default, Serialize, Deserialize, Debug)]
+    #[millstream::saga(name = "saga-test.shipment")]
+    pub(crate) struct Shipment {
+        pub(crate) order: u64,
+    }
+
+    #[millstream::saga_handler(start, id = order)]
+    pub(crate) async fn packed(saga: &mut Saga<Shipment>, event: Packed) {
+        saga.order = event.order;
+    }
+
+    #[millstream::saga_handler(id = order)]
+    pub(crate) async fn delivered(saga: &mut Saga<Shipment>, event: Delivered) {
+        assert_eq!(saga.order, event.order, "the instance of this order");
+        saga.complete();
+    }
+}
+
+#[tokio::test]
+async fn a_field_of_the_message_names_the_instance() {
+    use by_field::*;
+    let sagas = Sagas::memory();
+    let app =
+        App::from_registry().module_prefix(module_path!().to_owned() + "::by_field").state(sagas.clone());
+    let app = TestApp::start(app).await.unwrap();
+    let typed = |topic_type: &str, payload: Vec<u8>| {
+        Message::new(payload)
+            .with_header(CORRELATION_ID, "one-batch")
+            .with_header(millstream::keys::message::TYPE, topic_type.to_owned())
+    };
+    for order in [7, 8, 9] {
+        let payload = serde_json::to_vec(&Packed { order }).unwrap();
+        app.publish_message("saga-test.packed", typed("Packed", payload)).await.unwrap();
+    }
+    app.settled().await;
+    let store = sagas.memory_store().unwrap();
+    for order in [7, 8, 9] {
+        let state =
+            store.running("saga-test.shipment", &order.to_string()).await.expect("one instance per order");
+        assert!(state.contains(&format!("\"order\":{order}")), "{state}");
+    }
+    for order in [8, 7] {
+        let payload = serde_json::to_vec(&Delivered { order }).unwrap();
+        app.publish_message("saga-test.delivered", typed("Delivered", payload)).await.unwrap();
+    }
+    app.settled().await;
+    assert_eq!(store.finished("saga-test.shipment", "7").await, Some(SagaOutcome::Completed));
+    assert_eq!(store.finished("saga-test.shipment", "8").await, Some(SagaOutcome::Completed));
+    assert!(store.running("saga-test.shipment", "9").await.is_some());
+    assert!(app.poisoned().is_empty(), "{:?}", app.poisoned());
+    app.stop().await.unwrap();
+}

@@ -375,7 +375,25 @@ impl Inner {
         Ok(())
     }
 
+    /// MySQL keys are `VARCHAR(255)`: a longer instance or message id would fail every time (or
+    /// be cut and collide), so it is refused for good.
+    fn check_key(&self, key: SagaKey<'_>, message_id: &str) -> Result<()> {
+        if self.tables.dialect != Dialect::MySql {
+            return Ok(());
+        }
+        for (what, text) in [("saga name", key.saga), ("instance id", key.id), ("message id", message_id)] {
+            let limit = if what == "saga name" { 128 } else { 255 };
+            if text.chars().count() > limit {
+                return Err(crate::error::Error::permanent(format!(
+                    "saga store on MySQL: the {what} has more than {limit} characters: {text:.64}.."
+                )));
+            }
+        }
+        Ok(())
+    }
+
     async fn load(&self, key: SagaKey<'_>, message_id: &str) -> Result<SagaLoad> {
+        self.check_key(key, message_id)?;
         self.ensure().await?;
         let t = &self.tables;
         dispatch!(&self.pubsub.inner.pool, (pool, _ops) => {
@@ -416,6 +434,7 @@ impl Inner {
     }
 
     async fn commit(&self, commit: &SagaCommit<'_>) -> Result<bool> {
+        self.check_key(commit.key, commit.message_id)?;
         self.ensure().await?;
         let messages = commit.send.iter().chain(&commit.compensations).map(|m| &m.message);
         let deadlines = commit.deadlines.iter().map(|d| &d.message);
@@ -470,6 +489,18 @@ impl Inner {
                         .bind(now)
                         .execute(&mut *tx)
                         .await);
+                    // An instance that finished after this message was loaded (its rows gone, a
+                    // concurrent finish committed first): not started again. Read after the
+                    // insert, which waits for a finish still deleting the row.
+                    let finished = sqlx::query(&t.finished)
+                        .bind(saga)
+                        .bind(id)
+                        .fetch_optional(&mut *tx)
+                        .await
+                        .map_err(backend_error)?;
+                    if finished.is_some() {
+                        return Ok(Step::Conflict);
+                    }
                 }
                 Some(version) => {
                     let done = sqlx::query(&t.update_instance)

@@ -87,7 +87,7 @@ async fn overdue(saga: &mut millstream::Saga<Checkout>, #[payload] event: Overdu
     saga.fail("overdue");
 }
 
-#[millstream::saga_handler(start)]
+#[millstream::saga_handler(start, id = id)]
 async fn stage(saga: &mut Saga<Stage>, _event: OrderPlaced) {
     *saga.state_mut() = Stage::Closed;
 }
