@@ -123,6 +123,10 @@ pub fn command(attr: TokenStream, item: TokenStream) -> TokenStream {
 /// Declares a struct or enum an event: `#[millstream::event]` implements `millstream::Topic` and
 /// `millstream::Event` for it.
 ///
+/// Default topics follow a naming rule set at build time: `MILLSTREAM_EVENT_TOPICS` (and
+/// `MILLSTREAM_COMMAND_TOPICS` for commands), with `{name}` for the type name, e.g.
+/// `billing.events.{name}` in `.cargo/config.toml`'s `[env]`; without one, `events.{name}`.
+///
 /// The keys are those of [`macro@command`]; the default topic is `"events.<name>"`. Several event
 /// types may share one topic (`topic = "orders"`: one stream per aggregate, in order); each
 /// `#[millstream::event_handler]` then runs only for its own type. Publish one with

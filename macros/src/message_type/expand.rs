@@ -52,7 +52,16 @@ pub(crate) fn expand(checked: &MessageType) -> TokenStream {
             }
         }
     });
+    // Read by the macro; named here so that rustc records it and cargo rebuilds on a change.
+    let rule = checked.from_rule.then(|| {
+        let variable = checked.kind.rule_variable();
+        quote!(
+            const _: ::core::option::Option<&str> = ::core::option_env!(#variable);
+        )
+    });
     quote! {
+        #rule
+
         #[automatically_derived]
         impl #topic_trait for #ident {
             const NAME: &'static str = #topic;

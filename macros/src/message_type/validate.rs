@@ -13,8 +13,11 @@ use crate::topic::Item;
 pub(crate) struct MessageType {
     pub(crate) kind: Kind,
     pub(crate) input: syn::DeriveInput,
-    /// The topic: the `topic` key, or `commands.<Type>` / `events.<Type>`.
+    /// The topic: the `topic` key, or the naming rule's (`commands.<Type>` / `events.<Type>`).
     pub(crate) topic: String,
+    /// The topic comes from the naming rule (whose variable the expansion then names, so that
+    /// cargo rebuilds when it changes).
+    pub(crate) from_rule: bool,
     /// The type name carried in metadata: the `name` key, or the type's name.
     pub(crate) name: String,
     pub(crate) version: u32,
@@ -60,7 +63,14 @@ pub(crate) fn validate(
         }
     }
     let name = name.map_or_else(|| ident_text(&input.ident), |name| name.value());
-    let topic = topic.map_or_else(|| format!("{}{name}", kind.topic_prefix()), |topic| topic.value());
+    let from_rule = topic.is_none();
+    let topic = match topic {
+        Some(topic) => topic.value(),
+        None => kind.default_topic(&name, |variable| std::env::var(variable).ok()).unwrap_or_else(|error| {
+            errors.on(proc_macro2::Span::call_site(), error);
+            String::new()
+        }),
+    };
     let version = args.version.take().map_or(1, |(version, _)| version);
     let upcasts = args.upcast.take().unwrap_or_default();
     let mut seen = Vec::with_capacity(upcasts.len());
@@ -83,7 +93,8 @@ pub(crate) fn validate(
     if !errors.is_empty() {
         return (tokens, None);
     }
-    let checked = MessageType { kind, input, topic, name, version, upcasts, krate: args.krate.take() };
+    let checked =
+        MessageType { kind, input, topic, from_rule, name, version, upcasts, krate: args.krate.take() };
     (tokens, Some(checked))
 }
 

@@ -2,6 +2,7 @@ use millstream::prelude::*;
 struct PlaceOrder {
     id: u64,
 }
+const _: ::core::option::Option<&str> = ::core::option::Option::None::<&'static str>;
 #[automatically_derived]
 impl ::millstream::__private::Topic for PlaceOrder {
     const NAME: &'static str = "commands.PlaceOrder";

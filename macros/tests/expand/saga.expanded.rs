@@ -3,6 +3,7 @@ use millstream::Saga;
 struct OrderPlaced {
     paid: bool,
 }
+const _: ::core::option::Option<&str> = ::core::option::Option::None::<&'static str>;
 #[automatically_derived]
 impl ::millstream::__private::Topic for OrderPlaced {
     const NAME: &'static str = "events.OrderPlaced";
