@@ -324,10 +324,12 @@ impl Inner {
     }
 
     /// Refuses the publish of `messages` if one is larger than [`max_payload`](Self::max_payload).
-    pub(super) fn check_sizes(&self, messages: &[Message]) -> Result<()> {
+    pub(super) fn check_sizes<'a>(&self, messages: impl IntoIterator<Item = &'a Message>) -> Result<()> {
         let limit = self.max_payload();
         let source = self.pool.dialect().limit_source();
-        messages.iter().try_for_each(|message| check_size("payload", message.payload().len(), limit, source))
+        messages
+            .into_iter()
+            .try_for_each(|message| check_size("payload", message.payload().len(), limit, source))
     }
 
     /// How many bytes one INSERT may carry: [`SqlConfig::batch_bytes`], and never more than the

@@ -96,6 +96,7 @@ struct Tables {
     insert_finished: String,
     insert_message: String,
     compensations: String,
+    compensation_topics: String,
     delete_messages: String,
     due: String,
     delete_message: String,
@@ -186,6 +187,9 @@ impl Tables {
             compensations: n(format!(
                 "SELECT topic, message_id, metadata, payload FROM {message} \
                  WHERE saga = ? AND saga_id = ? AND kind = {COMPENSATION} ORDER BY seq DESC"
+            )),
+            compensation_topics: n(format!(
+                "SELECT DISTINCT topic FROM {message} WHERE saga = ? AND saga_id = ? AND kind = {COMPENSATION}"
             )),
             delete_messages: n(format!("DELETE FROM {message} WHERE saga = ? AND saga_id = ?")),
             due: n(format!(
@@ -433,21 +437,33 @@ impl Inner {
         })
     }
 
+    /// The topics of the compensations `key`'s instance keeps.
+    async fn compensation_topics(&self, key: SagaKey<'_>) -> Result<Vec<String>> {
+        let sql = &self.tables.compensation_topics;
+        dispatch!(&self.pubsub.inner.pool, (pool, _ops) => {
+            let rows = sqlx::query(sql).bind(key.saga).bind(key.id).fetch_all(pool).await.map_err(backend_error)?;
+            rows.iter().map(|row| row.try_get::<String, _>(0).map_err(backend_error)).collect()
+        })
+    }
+
     async fn commit(&self, commit: &SagaCommit<'_>) -> Result<bool> {
         self.check_key(commit.key, commit.message_id)?;
         self.ensure().await?;
         let messages = commit.send.iter().chain(&commit.compensations).map(|m| &m.message);
-        let deadlines = commit.deadlines.iter().map(|d| &d.message);
-        let sizes: Vec<Message> = messages.chain(deadlines).cloned().collect();
-        self.pubsub.inner.check_sizes(&sizes)?;
-        self.ensure_topics(
-            commit
-                .send
-                .iter()
-                .map(|m| m.topic.as_str())
-                .chain(commit.deadlines.iter().map(|d| d.topic.as_str())),
-        )
-        .await?;
+        self.pubsub.inner.check_sizes(messages.chain(commit.deadlines.iter().map(|d| &d.message)))?;
+        // Every topic the commit may publish to exists before its transaction begins: what it
+        // sends, its timeouts, and, when it fails the saga, the compensations kept until now.
+        let kept = match commit.finish {
+            Some(SagaOutcome::Failed(_)) if self.tables.dialect != Dialect::Sqlite => {
+                self.compensation_topics(commit.key).await?
+            }
+            _ => Vec::new(),
+        };
+        let sent = commit.send.iter().chain(&commit.compensations).map(|m| m.topic.as_str());
+        let topics = sent
+            .chain(commit.deadlines.iter().map(|d| d.topic.as_str()))
+            .chain(kept.iter().map(String::as_str));
+        self.ensure_topics(topics).await?;
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -581,22 +597,8 @@ impl Inner {
                         .await);
                 }
             }
-            if !publish.is_empty() {
-                // Compensation topics were not known before the transaction (SQLite creates
-                // topics inside it; the others need them now).
-                if t.dialect != Dialect::Sqlite {
-                    for m in &publish {
-                        if !self.topics.lock().contains(&m.topic) {
-                            tx.rollback().await.map_err(backend_error)?;
-                            let topics: Vec<&str> = publish.iter().map(|m| m.topic.as_str()).collect();
-                            self.ensure_topics(topics.into_iter()).await?;
-                            return Box::pin(self.commit_once(commit)).await;
-                        }
-                    }
-                }
-                for (topic, stored) in runs(publish) {
-                    ops::publish(&mut tx, &pubsub.inner.queries, &topic, &stored, pubsub.inner.insert_bytes()).await?;
-                }
+            for (topic, stored) in runs(publish) {
+                ops::publish(&mut tx, &pubsub.inner.queries, &topic, &stored, pubsub.inner.insert_bytes()).await?;
             }
             tx.commit().await.map_err(backend_error)?;
             Ok(Step::Committed)
