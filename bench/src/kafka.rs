@@ -13,8 +13,14 @@
 //!   `DeliveryFuture`. Both producers idempotent with `acks=all`, `linger.ms=5`.
 //! - **consume+ack**: a new group reads everything from the start and acks each message before
 //!   taking the next; millstream: `subscribe` + `next` + `ack().await`; raw: a `StreamConsumer`
-//!   with `enable.auto.offset.store=false`, `store_offset` after each message, auto commit.
+//!   with `enable.auto.offset.store=false`, reads the payload and the `millstream-id` header
+//!   (the same work: millstream must read each record's id, and librdkafka parses a record's
+//!   headers only when asked), `store_offset` after each message, auto commit.
 //!   Both with `fetch.wait.max.ms=10`.
+//!
+//! The binary runs on jemalloc, for librdkafka's allocations too (`tikv-jemallocator` with
+//! unprefixed `malloc`): under glibc's malloc a loop that parses record headers slows down as the
+//! process runs, whichever side runs it (see docs/backends.md, "Kafka: speed").
 //!
 //! One message is published before the timing starts (connection, metadata and producer id
 //! are set up then), and consumed with the others.
@@ -27,13 +33,16 @@ use std::time::{Duration, Instant};
 use millstream::pubsub::kafka::{KafkaConfig, KafkaPubSub};
 use millstream::{Message, Publisher, SubscribeOptions, Subscriber};
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::{ClientConfig, Message as _};
 
 mod side_by_side;
 
 use side_by_side::{rate, unique, Args, Bench, BoxError, PAYLOAD};
+
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 const BATCH: usize = 1000;
 
@@ -133,6 +142,7 @@ async fn raw_run(brokers: &str, messages: usize, publish_only: bool) -> Result<R
     for _ in 0..=messages {
         let record = consumer.recv().await?;
         let _payload = bytes_of(record.payload());
+        let _id = std::hint::black_box(id_of(&record));
         consumer.store_offset(&topic, record.partition(), record.offset() + 1)?;
     }
     let consume = rate(messages, started.elapsed());
@@ -146,6 +156,16 @@ async fn raw_run(brokers: &str, messages: usize, publish_only: bool) -> Result<R
 /// A copy of the payload, as millstream makes for each delivery.
 fn bytes_of(payload: Option<&[u8]>) -> Vec<u8> {
     payload.unwrap_or_default().to_vec()
+}
+
+/// The record's id header as text (millstream goes on to parse it as a UUID, without allocating).
+fn id_of<'a>(record: &'a BorrowedMessage<'_>) -> Option<&'a str> {
+    let headers = record.headers()?;
+    headers
+        .iter()
+        .find(|header| header.key == "millstream-id")
+        .and_then(|header| header.value)
+        .and_then(|value| std::str::from_utf8(value).ok())
 }
 
 fn main() -> std::process::ExitCode {

@@ -57,6 +57,7 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use crate::codec::{Codec, JsonCodec};
+use crate::delay::{DelayStore, Scheduler};
 use crate::error::{Error, ErrorKind, Result};
 use crate::handler::{Handler, Topic};
 use crate::middleware::Middleware;
@@ -104,6 +105,8 @@ pub struct App {
     config: RouterConfig,
     /// What each event group does with a type none of its handlers takes.
     unknown_events: BTreeMap<String, UnknownEvents>,
+    /// Where delayed messages wait ([`App::delays`]).
+    delays: Option<Arc<dyn DelayStore>>,
 }
 
 impl Default for App {
@@ -129,6 +132,7 @@ impl App {
             state: StateMap::new(),
             config: RouterConfig::default(),
             unknown_events: BTreeMap::new(),
+            delays: None,
         }
     }
 
@@ -230,6 +234,39 @@ impl App {
     /// Adds a named pub/sub, for handlers declared with `pubsub = "name"`.
     pub fn pubsub_named<P: PubSub>(mut self, name: impl Into<String>, pubsub: P) -> Self {
         self.named.insert(name.into(), Backend::new(pubsub));
+        self
+    }
+
+    /// Adds the routes of `forwarder` ([`Forwarder::routes`](crate::router::Forwarder::routes)):
+    /// one per topic it relays, each reading from the forwarder's source and publishing to its
+    /// target, whatever the app's own pub/sub is.
+    pub fn forward(mut self, forwarder: crate::router::Forwarder) -> Self {
+        self.routes.extend(forwarder.routes());
+        self
+    }
+
+    /// Keeps delayed messages in `store` (a [`MemoryDelayStore`](crate::delay::MemoryDelayStore),
+    /// or a durable [`SqlDelayStore`](crate::pubsub::sql::SqlDelayStore) /
+    /// [`RedisDelayStore`](crate::pubsub::redis::RedisDelayStore)): the app puts a
+    /// [`Scheduler`] in front of each of its publishers (the default one
+    /// in the store's scope `""`, each named one in a scope of its name), so that
+    /// - a message published with a delivery time ([`Message::deliver_at`](crate::Message::deliver_at)),
+    ///   from a handler's outputs, [`Ctx`](crate::Ctx) or the buses, is published when due;
+    /// - a handler may return [`Delayed<T>`](crate::Delayed) (an app without a delay store refuses
+    ///   to build);
+    /// - a failure to be retried after [`RouterConfig::requeue_after`] or longer is requeued
+    ///   through the store rather than held on the broker.
+    ///
+    /// The relays start when the app is built inside a tokio runtime (or at the first delayed
+    /// publish), and publish what earlier processes left due. Handlers given with their own
+    /// publisher ([`Route::publisher`]) keep it as it is.
+    pub fn delays(self, store: impl DelayStore) -> Self {
+        self.delays_shared(Arc::new(store))
+    }
+
+    /// [`delays`](App::delays) with a store shared with other code (a relay of your own, say).
+    pub fn delays_shared(mut self, store: Arc<dyn DelayStore>) -> Self {
+        self.delays = Some(store);
         self
     }
 
@@ -368,6 +405,7 @@ impl App {
         if self.pubsub.is_none() {
             problems.push(config("no pub/sub: set the default one with `.pubsub(..)`".to_owned()));
         }
+        self.install_schedulers();
         check_names(&descriptors, &self.routes, &mut problems);
         check_payloads(&descriptors, &mut problems);
         check_command_handlers(&descriptors, &mut problems);
@@ -393,8 +431,18 @@ impl App {
         }
         routes.append(&mut self.routes);
         check_expected(&self.expected, &routes, &mut problems);
+        let default_delays = self.pubsub.as_ref().is_some_and(|backend| backend.publisher.delays());
         for route in &routes {
             problems.extend(route.check());
+            let delays = route.publisher.as_ref().map_or(default_delays, |publisher| publisher.delays());
+            if route.delayed_output && !delays {
+                problems.push(config(format!(
+                    "handler `{}`{} returns `Delayed` values, but its publisher cannot hold them: give the app a delay \
+                     store with `.delays(MemoryDelayStore::new())` (or a durable `SqlDelayStore` / `RedisDelayStore`)",
+                    route.name,
+                    route.location.map(|l| format!(" ({l})")).unwrap_or_default()
+                )));
+            }
         }
         check_state(&routes, &self.state, &mut problems);
         if !problems.is_empty() {
@@ -427,6 +475,26 @@ impl App {
             return Err(combine(errors));
         }
         Ok(router)
+    }
+
+    /// Puts a [`Scheduler`] in front of every publisher of the app when it has a delay store, and
+    /// starts their relays (inside a runtime; otherwise at their first delayed publish).
+    fn install_schedulers(&mut self) {
+        let Some(store) = self.delays.clone() else { return };
+        let wrap = |backend: &mut Backend, scope: &str| {
+            if backend.publisher.delays() {
+                return;
+            }
+            let scheduler = Scheduler::with_store(store.clone(), backend.publisher.clone()).scope(scope);
+            scheduler.start();
+            backend.publisher = Arc::new(scheduler);
+        };
+        if let Some(backend) = &mut self.pubsub {
+            wrap(backend, "");
+        }
+        for (name, backend) in &mut self.named {
+            wrap(backend, name);
+        }
     }
 
     /// Replaces the routes of each event group's handlers (the first `descriptors.len()` of

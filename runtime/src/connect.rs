@@ -69,6 +69,10 @@ impl Publisher for Backend {
     fn close(&self) -> OpFuture<'_> {
         Publisher::close(&*self.inner)
     }
+
+    fn delays(&self) -> bool {
+        self.inner.delays()
+    }
 }
 
 impl Subscriber for Backend {

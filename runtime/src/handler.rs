@@ -68,6 +68,10 @@ pub trait IntoOutputs: Send {
     /// Where the values go.
     const SPEC: OutputSpec;
 
+    /// Whether the values carry a delivery time ([`Delayed`]): the app must have a delay store
+    /// ([`App::delays`](crate::App::delays)), checked when it is built.
+    const DELAYS: bool = false;
+
     /// Encodes the values with `codec` into `outputs`.
     fn into_outputs<C: Codec>(self, codec: &C, outputs: &mut Outputs) -> Result<()>;
 }
@@ -124,6 +128,139 @@ impl<T: Publishable> IntoOutputs for Vec<T> {
             outputs.push(encode_one(value, codec)?);
         }
         Ok(())
+    }
+}
+
+/// A [`Message`] returned by a handler is published as it is (its id, metadata and payload; not
+/// encoded) to the handler's publish topic: a handler that passes messages on unchanged, as the
+/// [`Forwarder`](crate::router::Forwarder)'s do.
+impl IntoOutputs for Message {
+    const SPEC: OutputSpec = OutputSpec::PublishTopic;
+
+    #[inline]
+    fn into_outputs<C: Codec>(self, _: &C, outputs: &mut Outputs) -> Result<()> {
+        outputs.push(Outgoing { topic: None, message: self });
+        Ok(())
+    }
+}
+
+impl HandlerReturn for Message {
+    type Ok = Message;
+
+    #[inline]
+    fn into_result(self) -> Result<Message> {
+        Ok(self)
+    }
+}
+
+/// A value to publish later: a handler that returns `Delayed<T>` (or `Option<Delayed<T>>`,
+/// `Vec<Delayed<T>>`, in a `Result` or not) publishes `T` when it is due, through the app's
+/// delay store ([`App::delays`](crate::App::delays); an app without one refuses to build).
+/// The input is acked once the value is stored.
+///
+/// ```
+/// use std::time::Duration;
+/// use millstream::Delayed;
+/// # #[derive(serde::Deserialize)] struct Order { id: u64 }
+/// # #[derive(serde::Serialize)] struct Reminder { order: u64 }
+/// # impl millstream::Publishable for Reminder {}
+///
+/// async fn remind(order: Order) -> Delayed<Reminder> {
+///     Delayed::after(Duration::from_secs(24 * 3600), Reminder { order: order.id })
+/// }
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Delayed<T> {
+    value: T,
+    at: std::time::SystemTime,
+}
+
+impl<T> Delayed<T> {
+    /// `value`, published `delay` after the handler returns it.
+    pub fn after(delay: std::time::Duration, value: T) -> Self {
+        Delayed { value, at: std::time::SystemTime::now() + delay }
+    }
+
+    /// `value`, published at `when`.
+    pub fn at(when: std::time::SystemTime, value: T) -> Self {
+        Delayed { value, at: when }
+    }
+
+    /// When it is published.
+    pub fn due(&self) -> std::time::SystemTime {
+        self.at
+    }
+
+    /// The value.
+    pub fn into_inner(self) -> T {
+        self.value
+    }
+}
+
+fn encode_delayed<T: Publishable, C: Codec>(delayed: &Delayed<T>, codec: &C) -> Result<Outgoing> {
+    let Outgoing { topic, message } = encode_one(&delayed.value, codec)?;
+    Ok(Outgoing { topic, message: message.deliver_at(delayed.at) })
+}
+
+impl<T: Publishable> IntoOutputs for Delayed<T> {
+    const SPEC: OutputSpec = spec_of::<T>();
+    const DELAYS: bool = true;
+
+    fn into_outputs<C: Codec>(self, codec: &C, outputs: &mut Outputs) -> Result<()> {
+        outputs.push(encode_delayed(&self, codec)?);
+        Ok(())
+    }
+}
+
+impl<T: Publishable> IntoOutputs for Option<Delayed<T>> {
+    const SPEC: OutputSpec = spec_of::<T>();
+    const DELAYS: bool = true;
+
+    fn into_outputs<C: Codec>(self, codec: &C, outputs: &mut Outputs) -> Result<()> {
+        if let Some(delayed) = self {
+            outputs.push(encode_delayed(&delayed, codec)?);
+        }
+        Ok(())
+    }
+}
+
+impl<T: Publishable> IntoOutputs for Vec<Delayed<T>> {
+    const SPEC: OutputSpec = spec_of::<T>();
+    const DELAYS: bool = true;
+
+    fn into_outputs<C: Codec>(self, codec: &C, outputs: &mut Outputs) -> Result<()> {
+        outputs.reserve(self.len());
+        for delayed in &self {
+            outputs.push(encode_delayed(delayed, codec)?);
+        }
+        Ok(())
+    }
+}
+
+impl<T: Publishable> HandlerReturn for Delayed<T> {
+    type Ok = Delayed<T>;
+
+    #[inline]
+    fn into_result(self) -> Result<Delayed<T>> {
+        Ok(self)
+    }
+}
+
+impl<T: Publishable> HandlerReturn for Option<Delayed<T>> {
+    type Ok = Option<Delayed<T>>;
+
+    #[inline]
+    fn into_result(self) -> Result<Self> {
+        Ok(self)
+    }
+}
+
+impl<T: Publishable> HandlerReturn for Vec<Delayed<T>> {
+    type Ok = Vec<Delayed<T>>;
+
+    #[inline]
+    fn into_result(self) -> Result<Self> {
+        Ok(self)
     }
 }
 
@@ -190,6 +327,11 @@ impl<T: Publishable> HandlerReturn for Vec<T> {
 /// Where the values of a handler returning `R` go.
 pub const fn output_spec<R: HandlerReturn>() -> OutputSpec {
     <R::Ok as IntoOutputs>::SPEC
+}
+
+/// Whether the values of a handler returning `R` are delayed ([`Delayed`]).
+pub const fn output_delays<R: HandlerReturn>() -> bool {
+    <R::Ok as IntoOutputs>::DELAYS
 }
 
 /// An async fn usable as a message handler. Implemented for async fns (and closures returning

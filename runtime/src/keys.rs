@@ -17,6 +17,25 @@ pub const TRACEPARENT: &str = "traceparent";
 /// key of their own.
 pub const KEY: &str = "millstream.key";
 
+/// When a message is to be delivered, in Unix milliseconds ([`Message::deliver_at`](crate::Message::deliver_at)):
+/// a [`Scheduler`](crate::delay::Scheduler) keeps it in its delay store until then. The
+/// scheduler's relay removes the key when it publishes the message.
+pub const DELIVER_AT: &str = "millstream.deliver_at";
+
+/// Keys of a message the router requeued through a delay store
+/// ([`RouterConfig::requeue_after`](crate::RouterConfig::requeue_after)): a copy published to
+/// the topic it came from, for one consumer group.
+pub mod requeue {
+    /// The consumer group the copy is for; the others ack it unhandled.
+    pub const GROUP: &str = "millstream.requeue.group";
+    /// The attempts made before it was requeued: the next delivery is attempt `n + 1`.
+    pub const ATTEMPTS: &str = "millstream.requeue.attempts";
+    /// The id of the message it copies. The copy travels under an id of its own (brokers that
+    /// drop a message id they have seen, as JetStream does within its duplicate window, would
+    /// drop it), and the handler gets it back under this one.
+    pub const ID: &str = "millstream.requeue.id";
+}
+
 /// Keys every message of a command or event type carries ([`MessageType`](crate::MessageType)),
 /// written when it is published and read by the handlers of a topic several types share.
 pub mod message {

@@ -79,6 +79,7 @@ pub mod codec;
 pub mod conformance;
 pub mod connect;
 mod context;
+pub mod delay;
 pub mod docs_page;
 mod error;
 pub mod extract;
@@ -111,10 +112,12 @@ pub use crate::request::{RequestError, Requester};
 
 pub use crate::codec::{Codec, JsonCodec};
 pub use crate::connect::{connect, Backend};
+pub use crate::delay::{MemoryDelayStore, Scheduler};
 pub use crate::error::{Error, ErrorKind, Result};
 pub use crate::extract::{Attempt, Ctx, FromMessage, Json, State};
 pub use crate::handler::{
-    Command, Event, Handler, HandlerResult, MessageKind, MessageType, Outgoing, Outputs, Publishable, Topic,
+    Command, Delayed, Event, Handler, HandlerResult, MessageKind, MessageType, Outgoing, Outputs,
+    Publishable, Topic,
 };
 pub use crate::message::{DeliveryInfo, Message, MessageId, Metadata};
 pub use crate::middleware::{Middleware, Next};
@@ -133,7 +136,9 @@ pub use crate::pubsub::redis::{RedisConfig, RedisPubSub};
 #[cfg(feature = "sqlite")]
 pub use crate::pubsub::sql::SqlitePubSub;
 #[cfg(feature = "sql")]
-pub use crate::pubsub::sql::{SqlAttemptStore, SqlConfig, SqlDedupStore, SqlPubSub, SqlSagaStore};
+pub use crate::pubsub::sql::{
+    SqlAttemptStore, SqlConfig, SqlDedupStore, SqlDelayStore, SqlPubSub, SqlSagaStore,
+};
 pub use crate::pubsub::{Delivery, PubSub, Publisher, SubscribeOptions, Subscriber, Subscription};
 pub use crate::router::{HandlerSummary, Health, Route, Router, RouterConfig, UnknownEvents};
 pub use crate::saga::{Saga, Sagas};
@@ -145,8 +150,9 @@ pub mod prelude {
     pub use crate::MemoryPubSub;
     pub use crate::{App, HandlerResult, Next, PublishExt};
     pub use crate::{
-        Attempt, Bytes, Command, CommandBus, Ctx, DeliveryInfo, Error, Event, EventBus, Json, Message,
-        MessageId, Metadata, Publishable, Publisher, Result, Route, Router, State, Subscriber, Topic,
+        Attempt, Bytes, Command, CommandBus, Ctx, Delayed, DeliveryInfo, Error, Event, EventBus, Json,
+        Message, MessageId, Metadata, Publishable, Publisher, Result, Route, Router, State, Subscriber,
+        Topic,
     };
     pub use serde::{Deserialize, Serialize};
 }

@@ -435,6 +435,11 @@ impl Message {
         self
     }
 
+    /// Replaces the id in place (the router restores a requeued copy's original id).
+    pub(crate) fn set_id(&mut self, id: MessageId) {
+        self.id = id;
+    }
+
     /// The id.
     pub fn id(&self) -> MessageId {
         self.id
@@ -488,6 +493,29 @@ impl Message {
     /// The key, if it has one (see [`with_key`](Message::with_key)).
     pub fn key(&self) -> Option<&str> {
         self.metadata.get(keys::KEY)
+    }
+
+    /// Delays the message until `when` (builder style): published through a
+    /// [`Scheduler`](crate::delay::Scheduler) (an [`App`](crate::App) with
+    /// [`delays`](crate::App::delays)), it waits in the scheduler's delay store and is published
+    /// when due. Stored as metadata [`keys::DELIVER_AT`] in Unix milliseconds; a time before
+    /// 1970 counts as now.
+    pub fn deliver_at(mut self, when: std::time::SystemTime) -> Self {
+        let ms = when.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
+        self.metadata.insert_static(keys::DELIVER_AT, ms.to_string());
+        self
+    }
+
+    /// Delays the message by `delay` from now (builder style); see
+    /// [`deliver_at`](Message::deliver_at).
+    pub fn deliver_after(self, delay: std::time::Duration) -> Self {
+        self.deliver_at(std::time::SystemTime::now() + delay)
+    }
+
+    /// When the message is to be delivered, in Unix milliseconds, if it was delayed with
+    /// [`deliver_at`](Message::deliver_at) (a value that is not a number counts as not delayed).
+    pub fn deliver_at_ms(&self) -> Option<u64> {
+        self.metadata.get(keys::DELIVER_AT).and_then(|ms| ms.parse().ok())
     }
 
     /// Where the message came from, when it was received and the backend said (topic, partition,

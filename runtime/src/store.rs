@@ -1,7 +1,8 @@
 //! Stores that backends offer to the layers above them, each kept in memory, in the SQL backend's
 //! database or in Redis: the [`DedupStore`] behind the
-//! [`Deduplicator`](crate::middleware::Deduplicator) and the [`AttemptStore`] behind
-//! [`CountAttempts`](crate::middleware::CountAttempts).
+//! [`Deduplicator`](crate::middleware::Deduplicator), the [`AttemptStore`] behind
+//! [`CountAttempts`](crate::middleware::CountAttempts), the [`DelayStore`] behind the
+//! [`Scheduler`](crate::delay::Scheduler) and the [`SagaStore`] behind [`Sagas`](crate::Sagas).
 //!
 //! The traits sit on the same floor as the pub/sub traits, below the backends that implement
 //! them and the middleware that uses them.
@@ -38,6 +39,66 @@ pub trait AttemptStore: Send + Sync + 'static {
 
     /// Forgets `key` (its message was settled for good: acked, or sent to a poison topic).
     fn forget<'a>(&'a self, key: &'a str) -> OpFuture<'a>;
+}
+
+/// A message a [`DelayStore`] keeps until it is due.
+#[derive(Clone, Debug)]
+pub struct DelayedMessage {
+    /// The topic it is published to when due.
+    pub topic: String,
+    /// The message, as published then.
+    pub message: Message,
+    /// When it is due, in Unix milliseconds.
+    pub due_ms: u64,
+}
+
+/// A due message [`DelayStore::take_due`] handed to a relay: `seq` names it in the store (for
+/// [`DelayStore::done`]).
+#[derive(Clone, Debug)]
+pub struct TakenMessage {
+    /// The message's number in its store: increasing in the order messages were scheduled.
+    pub seq: u64,
+    /// The message.
+    pub delayed: DelayedMessage,
+}
+
+/// Keeps delayed messages until they are due, for a [`Scheduler`](crate::delay::Scheduler)'s
+/// relay to publish: in memory ([`MemoryDelayStore`](crate::delay::MemoryDelayStore)), or
+/// durably, surviving restarts and shared by processes, in the SQL backend's database
+/// ([`SqlDelayStore`](crate::pubsub::sql::SqlDelayStore)) or in Redis
+/// ([`RedisDelayStore`](crate::pubsub::redis::RedisDelayStore)). The `conformance` feature's
+/// `check_delay_store` checks a store against this contract.
+///
+/// Messages are kept per `scope` (a name for the publisher they go to; one store can serve
+/// several schedulers publishing to different backends). A message is handed out by
+/// [`take_due`](Self::take_due) with a lease: one that is not [`done`](Self::done) when its lease
+/// ends is due again (a relay that died between publishing and `done` publishes it twice: at
+/// least once).
+pub trait DelayStore: Send + Sync + 'static {
+    /// Keeps `messages` for `scope` until each is due; all or none.
+    fn schedule<'a>(&'a self, scope: &'a str, messages: Vec<DelayedMessage>) -> OpFuture<'a>;
+
+    /// Takes up to `limit` messages of `scope` due at `now_ms` (their due time, or the end of an
+    /// earlier lease, at or before it), earliest due first and in the order they were scheduled
+    /// among equal due times, each leased for `lease`.
+    fn take_due<'a>(
+        &'a self,
+        scope: &'a str,
+        now_ms: u64,
+        limit: usize,
+        lease: Duration,
+    ) -> OpFuture<'a, Vec<TakenMessage>>;
+
+    /// Forgets taken messages that were published (`seqs` from [`TakenMessage::seq`]).
+    fn done<'a>(&'a self, scope: &'a str, seqs: &'a [u64]) -> OpFuture<'a>;
+
+    /// When the next message of `scope` is due (a leased one at its lease's end), in Unix
+    /// milliseconds; `None` when the scope holds nothing. The relay sleeps until then (or its
+    /// poll interval, for messages other processes schedule).
+    fn next_due<'a>(&'a self, scope: &'a str) -> OpFuture<'a, Option<u64>>;
+
+    /// How many messages `scope` holds, taken ones included.
+    fn count<'a>(&'a self, scope: &'a str) -> OpFuture<'a, u64>;
 }
 
 /// Where a saga instance lives: the saga's name (its `#[millstream::saga]` type) and the

@@ -484,15 +484,22 @@ fn take_apart(ty: &Type) -> Returned {
             value: Some(published_value(ok)),
             error: ErrorSide::Written(Box::new((*error).clone())),
         },
-        ("Option" | "Vec", [value]) => Returned { value: Some((*value).clone()), error: ErrorSide::None },
+        ("Option" | "Vec" | "Delayed", [_]) => {
+            Returned { value: Some(published_value(ty)), error: ErrorSide::None }
+        }
         _ => Returned::default(),
     }
 }
 
-/// `T` in `Option<T>` and `Vec<T>`; any other type as it is.
+/// `T` in `Option<T>`, `Vec<T>` and `Delayed<T>`, and in `Option<Delayed<T>>` and
+/// `Vec<Delayed<T>>`; any other type as it is.
 fn published_value(ty: &Type) -> Type {
     match generic_args(ty) {
-        Some(("Option" | "Vec", args)) if args.len() == 1 => args[0].clone(),
+        Some(("Option" | "Vec", args)) if args.len() == 1 => match generic_args(args[0]) {
+            Some(("Delayed", inner)) if inner.len() == 1 => inner[0].clone(),
+            _ => args[0].clone(),
+        },
+        Some(("Delayed", args)) if args.len() == 1 => args[0].clone(),
         _ => ty.clone(),
     }
 }
@@ -504,7 +511,7 @@ fn generic_args(ty: &Type) -> Option<(&'static str, Vec<&Type>)> {
         return None;
     }
     let last = path.path.segments.last()?;
-    let name = ["Result", "Option", "Vec"].into_iter().find(|name| last.ident == name)?;
+    let name = ["Result", "Option", "Vec", "Delayed"].into_iter().find(|name| last.ident == name)?;
     let syn::PathArguments::AngleBracketed(args) = &last.arguments else { return None };
     let mut types = Vec::with_capacity(args.args.len());
     for arg in &args.args {

@@ -45,9 +45,11 @@ use crate::pubsub::{Delivery, Features, PubSub, Subscription};
 pub mod attempts;
 pub mod cases;
 pub mod dedup;
+pub mod delay;
 
 pub use self::attempts::check_attempt_store;
 pub use self::dedup::check_dedup_store;
+pub use self::delay::check_delay_store;
 
 /// How a backend is reached by the suite.
 pub trait Harness: Send + Sync + 'static {

@@ -21,7 +21,7 @@
 //! failed in these words, and not the impls it went through or a list of the other impls.
 
 use crate::error::Error;
-use crate::handler::{HandlerReturn, IntoOutputs};
+use crate::handler::{Delayed, HandlerReturn, IntoOutputs};
 use crate::topic::Publishable;
 
 /// Marker for a part of the return type that is not checked on its own: the bounds on it hold.
@@ -105,7 +105,7 @@ pub type ErrorOf<R> = <R as ResultParts>::Error;
 #[diagnostic::on_unimplemented(
     message = "`{Self}` cannot be published by a handler",
     label = "not a handler's return type",
-    note = "a handler returns `()`, a value to publish `T`, `Option<T>` or `Vec<T>`, or one of those in a `Result<_, E>` with `E: Into<millstream::Error>`",
+    note = "a handler returns `()`, a value to publish `T`, `Option<T>` or `Vec<T>` (of `T` or of `Delayed<T>`), or one of those in a `Result<_, E>` with `E: Into<millstream::Error>`",
     note = "a value is published when it implements `Serialize` and has a topic: its type's `#[millstream::topic]`, or the handler's `publish` topic with `impl millstream::Publishable for T {{}}` or `Json<T>`"
 )]
 pub trait Returns<V, X>: HandlerReturn {}
@@ -128,3 +128,23 @@ impl<T: Publishable> Returns<T, Whole> for Option<T> {}
 
 #[diagnostic::do_not_recommend]
 impl<T: Publishable> Returns<T, Whole> for Vec<T> {}
+
+// The same shapes of `Delayed<T>`: the macro names `T` as the published value.
+
+#[diagnostic::do_not_recommend]
+impl<T: Publishable, E: HandlerError> Returns<T, E> for Result<Delayed<T>, E> {}
+
+#[diagnostic::do_not_recommend]
+impl<T: Publishable, E: HandlerError> Returns<T, E> for Result<Option<Delayed<T>>, E> {}
+
+#[diagnostic::do_not_recommend]
+impl<T: Publishable, E: HandlerError> Returns<T, E> for Result<Vec<Delayed<T>>, E> {}
+
+#[diagnostic::do_not_recommend]
+impl<T: Publishable> Returns<T, Whole> for Delayed<T> {}
+
+#[diagnostic::do_not_recommend]
+impl<T: Publishable> Returns<T, Whole> for Option<Delayed<T>> {}
+
+#[diagnostic::do_not_recommend]
+impl<T: Publishable> Returns<T, Whole> for Vec<Delayed<T>> {}

@@ -73,6 +73,14 @@ pub trait Publisher: Send + Sync + 'static {
 
     /// Flushes and closes; later publishes fail with [`ErrorKind::Closed`](crate::ErrorKind::Closed).
     fn close(&self) -> OpFuture<'_>;
+
+    /// Whether this publisher holds a message that carries a delivery time
+    /// ([`Message::deliver_at`]) until then: a [`Scheduler`](crate::delay::Scheduler) does, and so
+    /// does a wrapper around one. Backends publish at once (default `false`); the router hands a
+    /// long retry delay to a publisher that delays ([`RouterConfig::requeue_after`](crate::RouterConfig::requeue_after)).
+    fn delays(&self) -> bool {
+        false
+    }
 }
 
 /// Receives messages from topics.

@@ -17,6 +17,18 @@ pub struct RouterConfig {
     pub nack_delay: Option<Duration>,
     /// Pause before re-subscribing when a subscription ends unexpectedly. Default 500 ms.
     pub resubscribe_backoff: Duration,
+    /// A failed message whose redelivery delay (the error's
+    /// [`retry_after`](crate::Error::retry_after), else [`nack_delay`](Self::nack_delay)) is at
+    /// least this long is **requeued** instead of nacked, where the handler's publisher delays
+    /// ([`Publisher::delays`](crate::Publisher::delays): an app with [`delays`](crate::App::delays)):
+    /// a copy goes to the handler's topic through the delay store, due after the delay, for the
+    /// handler's group only, and the original is acked. The broker's partition or queue is not
+    /// held meanwhile (a Kafka partition, a SQL group, a NATS consumer's ack-pending slot), and
+    /// the wait survives restarts where the store does. The handler sees the true attempt
+    /// (attempts before the requeue plus the broker's count). The copy goes behind the messages
+    /// published meanwhile: order is not kept for a requeued message. Default 5 s; `None` never
+    /// requeues.
+    pub requeue_after: Option<Duration>,
 }
 
 impl Default for RouterConfig {
@@ -26,6 +38,7 @@ impl Default for RouterConfig {
             poison_topic: Some("millstream.poison".to_owned()),
             nack_delay: None,
             resubscribe_backoff: Duration::from_millis(500),
+            requeue_after: Some(Duration::from_secs(5)),
         }
     }
 }
@@ -53,6 +66,12 @@ impl RouterConfig {
     /// Sets [`nack_delay`](RouterConfig::nack_delay).
     pub fn nack_delay(mut self, delay: Option<Duration>) -> Self {
         self.nack_delay = delay;
+        self
+    }
+
+    /// Sets [`requeue_after`](RouterConfig::requeue_after).
+    pub fn requeue_after(mut self, threshold: Option<Duration>) -> Self {
+        self.requeue_after = threshold;
         self
     }
 

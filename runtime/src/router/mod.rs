@@ -16,6 +16,7 @@
 //! are aborted and their deliveries released, and the releases sent), then closes the publishers and subscribers.
 
 mod config;
+mod forward;
 mod group;
 mod lanes;
 mod reader;
@@ -35,6 +36,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use self::config::RouterConfig;
+pub use self::forward::{Forwarder, FORWARDER_GROUP};
 pub use self::group::UnknownEvents;
 pub(crate) use self::group::{event_group, Member};
 use self::route::config_error;
@@ -458,6 +460,7 @@ impl Router {
         });
         let chain = Arc::new(Chain::new(layers, endpoint, info.clone()));
         handlers.chains.push((route.name.clone(), chain.clone()));
+        let requeue_after = self.inner.config.requeue_after.filter(|_| publisher.delays());
         worker::Prepared {
             metrics: crate::observe::RouteMetrics::new(&route.name),
             group: route.group.unwrap_or(route.name),
@@ -471,6 +474,7 @@ impl Router {
             order_by_key: route.order_by_key,
             instant_ack: facts.acks_instantly,
             up,
+            requeue_after,
         }
     }
 

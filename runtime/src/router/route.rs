@@ -11,7 +11,7 @@ use futures_core::future::BoxFuture;
 use crate::codec::{Codec, DynEncoder, JsonCodec};
 use crate::context::MessageCx;
 use crate::error::{Error, ErrorKind};
-use crate::handler::{output_spec, Handler, HandlerResult, OutputSpec};
+use crate::handler::{output_delays, output_spec, Handler, HandlerResult, OutputSpec};
 use crate::message::Message;
 use crate::middleware::{Chain, Endpoint, Middleware};
 use crate::pubsub::{Publisher, Subscriber};
@@ -44,6 +44,8 @@ pub struct Route {
     pub(crate) publisher: Option<Arc<dyn Publisher>>,
     pub(crate) subscriber: Option<Arc<dyn Subscriber>>,
     pub(crate) output: OutputSpec,
+    /// The handler returns [`Delayed`](crate::Delayed) values: its publisher must delay.
+    pub(crate) delayed_output: bool,
     pub(crate) encoder: Arc<dyn DynEncoder>,
     pub(crate) build: BuildFn,
     /// Runs the extractors' `prepare` against some state, without building anything.
@@ -137,6 +139,7 @@ impl Route {
             publisher: None,
             subscriber: None,
             output: output_spec::<H::Return>(),
+            delayed_output: output_delays::<H::Return>(),
             encoder,
             check_state: |state| H::prepare(state).map(drop),
             location: None,

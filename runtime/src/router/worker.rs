@@ -17,7 +17,7 @@ use super::config::RouterConfig;
 use crate::context::RouteInfo;
 use crate::error::{Error, ErrorKind, Result};
 use crate::handler::Outputs;
-use crate::keys::CORRELATION_ID;
+use crate::keys::{requeue, CORRELATION_ID};
 use crate::message::{Message, MessageId};
 use crate::middleware::poisoned;
 use crate::middleware::Chain;
@@ -41,6 +41,9 @@ pub(crate) struct Prepared {
     pub(crate) instant_ack: bool,
     /// Whether the subscription is up (readiness).
     pub(crate) up: Arc<std::sync::atomic::AtomicBool>,
+    /// Failures to be redelivered after at least this long are requeued through the publisher's
+    /// delay store ([`RouterConfig::requeue_after`], where the publisher delays).
+    pub(crate) requeue_after: Option<std::time::Duration>,
 }
 
 /// The next delivery, or `None` once intake stops or the subscription ends.
@@ -65,8 +68,14 @@ pub(super) fn next_delivery(
 
 /// Handles one delivery: chain, outputs, settle.
 pub(super) async fn handle(p: &Prepared, delivery: Delivery) {
-    let (message, attempt, acker) = delivery.into_parts();
+    let (mut message, mut attempt, acker) = delivery.into_parts();
     p.metrics.received();
+    if message.metadata().get(requeue::GROUP).is_some() {
+        match requeued(p, &mut message, attempt) {
+            Some(true_attempt) => attempt = true_attempt,
+            None => return settle(acker.ack(), p, true).await,
+        }
+    }
     let span = tracing::debug_span!(
         "millstream.handle",
         handler = %p.info.name,
@@ -84,6 +93,33 @@ pub(super) async fn handle(p: &Prepared, delivery: Delivery) {
         return traced.await;
     }
     process(p, message, attempt, acker).await;
+}
+
+/// A copy the router requeued ([`requeue`]): for this handler's group, the attempt it is (the
+/// attempts before the requeue plus the broker's count), with the requeue's keys removed; for
+/// another group, `None` (that group's handler takes it; this one acks it unhandled).
+#[cold]
+fn requeued(p: &Prepared, message: &mut Message, attempt: u32) -> Option<u32> {
+    if message.metadata().get(requeue::GROUP) != Some(p.group.as_str()) {
+        tracing::trace!(handler = %p.info.name, "a copy requeued for another group; acking it");
+        return None;
+    }
+    Some(restore_requeued(message).saturating_add(attempt))
+}
+
+/// Turns a requeued copy back into the message it copies: its original id, without the
+/// requeue's keys. Returns the attempts made before the requeue.
+fn restore_requeued(message: &mut Message) -> u32 {
+    let metadata = message.metadata_mut();
+    let before: u32 = metadata.get(requeue::ATTEMPTS).and_then(|n| n.parse().ok()).unwrap_or(0);
+    let id = metadata.get(requeue::ID).and_then(|id| MessageId::parse(id).ok());
+    metadata.remove(requeue::GROUP);
+    metadata.remove(requeue::ATTEMPTS);
+    metadata.remove(requeue::ID);
+    if let Some(id) = id {
+        message.set_id(id);
+    }
+    before
 }
 
 /// Shows a message's correlation id: its `correlation_id` metadata, else its own id (a message
@@ -231,6 +267,11 @@ async fn fail(
     reply_to: Option<Box<str>>,
 ) {
     let attempt = error.counted_attempt().unwrap_or(attempt);
+    // (A backend that keeps the received message for its acker kept a requeued copy as it came.)
+    let mut original = original;
+    if original.metadata().get(requeue::GROUP).is_some() {
+        restore_requeued(&mut original);
+    }
     if let (Some(to), true) = (reply_to, error.is_permanent()) {
         let reply = crate::reply::error_reply(original.id(), &error);
         if let Err(reply_error) = p.publisher.publish(&to, reply).await {
@@ -250,8 +291,16 @@ async fn fail(
     } else {
         tracing::warn!(%handler, %topic, message_id = %id, attempt, ?kind, %error, "{what}");
     }
+    if !error.is_permanent() {
+        let delay = nack_delay(p, &error);
+        return match (p.requeue_after, delay) {
+            (Some(threshold), Some(delay)) if delay >= threshold => {
+                requeue(p, original, attempt, acker, delay).await
+            }
+            _ => settle(acker.nack_after(delay), p, false).await,
+        };
+    }
     match poison {
-        _ if !error.is_permanent() => settle(acker.nack_after(nack_delay(p, &error)), p, false).await,
         None => settle(acker.reject(error.to_string()), p, false).await,
         Some(poison) => {
             let dead = poisoned(original, &error, handler, topic, attempt);
@@ -265,6 +314,35 @@ async fn fail(
                     settle(acker.nack_after(p.config.nack_delay), p, false).await;
                 }
             }
+        }
+    }
+}
+
+/// Requeues a failed message instead of nacking it: a copy goes to the handler's topic through
+/// the publisher's delay store, due after `delay`, marked for this handler's group with the
+/// attempts made so far and the original's id (the copy has an id of its own, so that a broker's
+/// duplicate detection keeps it), and the original is acked. If the copy cannot be stored, the original
+/// is nacked as it would have been.
+async fn requeue(p: &Prepared, original: Message, attempt: u32, acker: Acker, delay: std::time::Duration) {
+    let id = original.id();
+    let copy = original
+        .with_id(MessageId::new())
+        .with_static_header(requeue::ID, id.to_string())
+        .with_static_header(requeue::GROUP, p.group.as_str())
+        .with_static_header(requeue::ATTEMPTS, attempt.to_string())
+        .deliver_after(delay);
+    match p.publisher.publish(&p.info.topic, copy).await {
+        Ok(()) => {
+            tracing::debug!(handler = %p.info.name, attempt, ?delay, "requeued through the delay store; acking the delivery");
+            p.metrics.settled(false);
+            if let Err(error) = acker.ack().await {
+                p.metrics.settle_failed();
+                tracing::warn!(handler = %p.info.name, %error, "ack after a requeue failed; the message may come twice");
+            }
+        }
+        Err(error) => {
+            tracing::warn!(handler = %p.info.name, %error, "requeueing failed; nacking");
+            settle(acker.nack_after(Some(delay)), p, false).await;
         }
     }
 }

@@ -16,6 +16,8 @@ mod conformance_redis;
 mod conformance_sqlite;
 mod connect_url;
 mod cqrs_flow;
+mod delay_stores;
+mod forwarder;
 mod kafka_backend;
 mod memory;
 mod mqtt_backend;

@@ -7,6 +7,7 @@ mod asyncapi;
 #[path = "../common/mod.rs"]
 mod common;
 mod cqrs;
+mod delay;
 mod event_group;
 mod metrics;
 mod protobuf;

@@ -6,6 +6,7 @@
 mod attempts;
 mod config;
 mod dedup;
+mod delay;
 mod entry;
 mod flow;
 mod group;
@@ -17,4 +18,5 @@ mod streams;
 pub use self::attempts::RedisAttemptStore;
 pub use self::config::{RedisConfig, RedisConsumer, Trim};
 pub use self::dedup::RedisDedupStore;
+pub use self::delay::RedisDelayStore;
 pub use self::streams::RedisPubSub;

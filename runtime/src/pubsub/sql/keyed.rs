@@ -8,7 +8,7 @@ use parking_lot::Mutex;
 use tokio::time::Instant;
 
 use super::db::{backend_error, retrying, Dialect, Pool};
-use super::ops::dispatch;
+use super::ops::{create_tables, dispatch};
 use super::queries::number_placeholders;
 use crate::error::Result;
 
@@ -131,18 +131,7 @@ impl KeyTable {
     /// Creates the table unless it exists (once per store).
     pub(super) async fn ensure(&self) -> Result<()> {
         self.created
-            .get_or_try_init(|| async {
-                dispatch!(&self.pool, (pool, _ops) => {
-                    let mut tx = pool.begin().await.map_err(backend_error)?;
-                    if let Some(lock) = &self.schema_lock {
-                        sqlx::query(lock).execute(&mut *tx).await.map_err(backend_error)?;
-                    }
-                    for statement in &self.schema {
-                        sqlx::query(statement).execute(&mut *tx).await.map_err(backend_error)?;
-                    }
-                    tx.commit().await.map_err(backend_error)
-                })
-            })
+            .get_or_try_init(|| create_tables(&self.pool, self.schema_lock.as_deref(), &self.schema))
             .await
             .map(|_| ())
     }

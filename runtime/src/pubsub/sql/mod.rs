@@ -69,7 +69,8 @@
 //! - `publisher`, `outbox` ([`SqlPubSub::publish_in`]) and `subscription` (leases, batches,
 //!   settling): the halves;
 //! - `keyed`: a table of keys that expire, and `dedup` ([`SqlDedupStore`]) and `attempts`
-//!   ([`SqlAttemptStore`]) on it: the middleware's stores in the same database.
+//!   ([`SqlAttemptStore`]) on it: the middleware's stores in the same database; `delay`
+//!   ([`SqlDelayStore`]) and `saga` ([`SqlSagaStore`]): the scheduler's and the sagas' stores.
 
 #[cfg(not(any(feature = "sqlite", feature = "postgres", feature = "mysql")))]
 compile_error!("the `sql` feature is internal: enable `sqlite`, `postgres` or `mysql`");
@@ -78,6 +79,7 @@ mod attempts;
 mod config;
 mod db;
 mod dedup;
+mod delay;
 mod keyed;
 mod ops;
 mod outbox;
@@ -94,6 +96,7 @@ pub use self::attempts::SqlAttemptStore;
 pub use self::config::SqlConfig;
 pub use self::db::Dialect;
 pub use self::dedup::SqlDedupStore;
+pub use self::delay::SqlDelayStore;
 pub use self::outbox::OutboxConnection;
 pub use self::pubsub::SqlPubSub;
 #[cfg(feature = "sqlite")]

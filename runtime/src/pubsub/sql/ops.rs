@@ -70,6 +70,27 @@ macro_rules! dispatch {
 }
 pub(super) use dispatch;
 
+/// Creates the tables of a store in the backend's database: `statements` in one transaction,
+/// after `lock` (PostgreSQL: an advisory lock, so that concurrent creators wait for each other
+/// instead of failing on the catalog's unique keys).
+pub(super) async fn create_tables(
+    pool: &super::db::Pool,
+    lock: Option<&str>,
+    statements: &[String],
+) -> crate::error::Result<()> {
+    use super::db::backend_error;
+    dispatch!(pool, (pool, _ops) => {
+        let mut tx = pool.begin().await.map_err(backend_error)?;
+        if let Some(lock) = lock {
+            sqlx::query(lock).execute(&mut *tx).await.map_err(backend_error)?;
+        }
+        for statement in statements {
+            sqlx::query(statement).execute(&mut *tx).await.map_err(backend_error)?;
+        }
+        tx.commit().await.map_err(backend_error)
+    })
+}
+
 macro_rules! dialect {
     ($module:ident, $db:ty, $conn:ty, $pool:ty) => {
         pub(super) mod $module {

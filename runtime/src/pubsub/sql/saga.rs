@@ -11,7 +11,7 @@ use sqlx::Row as _;
 
 use super::db::{backend_error, backoff, is_retryable, now_ms, Dialect, RETRY_ATTEMPTS};
 use super::keyed::numbered;
-use super::ops::dispatch;
+use super::ops::{create_tables, dispatch};
 use super::pubsub::SqlPubSub;
 use super::stored::{decode_head, StoredMessage};
 use crate::error::{ErrorKind, Result};
@@ -348,16 +348,8 @@ impl Inner {
         self.created
             .get_or_try_init(|| async {
                 self.pubsub.ensure_schema().await?;
-                dispatch!(&self.pubsub.inner.pool, (pool, _ops) => {
-                    let mut tx = pool.begin().await.map_err(backend_error)?;
-                    if let Some(lock) = &self.tables.schema_lock {
-                        sqlx::query(lock).execute(&mut *tx).await.map_err(backend_error)?;
-                    }
-                    for statement in &self.tables.schema {
-                        sqlx::query(statement).execute(&mut *tx).await.map_err(backend_error)?;
-                    }
-                    tx.commit().await.map_err(backend_error)
-                })
+                let tables = &self.tables;
+                create_tables(&self.pubsub.inner.pool, tables.schema_lock.as_deref(), &tables.schema).await
             })
             .await
             .map(|_| ())

@@ -157,7 +157,28 @@ async fn widest_without_payload(
 ) {
 }
 
+// Values published later (an app with a delay store): `Delayed<T>` in each shape.
+#[millstream::handler]
+async fn delayed(order: Order) -> Delayed<Invoice> {
+    Delayed::after(std::time::Duration::from_secs(60), Invoice { order: order.id })
+}
+
+#[millstream::handler]
+async fn delayed_in_result(order: Order) -> Result<Delayed<Invoice>> {
+    Ok(Delayed::at(std::time::SystemTime::now(), Invoice { order: order.id }))
+}
+
+#[millstream::handler(topic = "later")]
+async fn delayed_options(order: Json<Order>) -> Option<Delayed<Invoice>> {
+    Some(Delayed::after(std::time::Duration::ZERO, Invoice { order: order.0.id }))
+}
+
+#[millstream::handler(topic = "later-many")]
+async fn delayed_many(order: Json<Order>) -> millstream::Result<Vec<Delayed<Invoice>>> {
+    Ok(vec![Delayed::after(std::time::Duration::ZERO, Invoice { order: order.0.id })])
+}
+
 fn main() {
     let names: Vec<_> = millstream::registry::handlers().iter().map(|d| d.info().fn_name).collect();
-    assert_eq!(names.len(), 18, "{names:?}");
+    assert_eq!(names.len(), 22, "{names:?}");
 }
