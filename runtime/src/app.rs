@@ -529,13 +529,22 @@ impl App {
         let mut slots: Vec<Option<Route>> = routes.into_iter().map(Some).collect();
         let mut formed = Vec::with_capacity(groups.len());
         for ((_, topic, group), indexes) in &groups {
-            let members = indexes
+            let members: Vec<Member> = indexes
                 .iter()
                 .filter_map(|&index| {
                     let type_name = descriptors[index].message_type().map_or("", |t| t.name);
                     slots[index].take().map(|route| Member { type_name, route })
                 })
                 .collect();
+            if let Some(member) =
+                members.iter().find(|m| !m.route.retry_delays.is_empty() || m.route.dead_letter.is_some())
+            {
+                return Err(config(format!(
+                    "{} is in the event group `{group}` on `{topic}`, which reads its topic as one subscription: \
+                     its `retry_topics` / `dead_letter` cannot apply there; give it a group of its own",
+                    member.route.origin()
+                )));
+            }
             let policy = self.unknown_events.get(*group).copied().unwrap_or_default();
             formed.push(event_group(group, topic, members, policy));
         }
@@ -580,6 +589,12 @@ fn registered_route(descriptor: &HandlerDescriptor) -> Route {
     route = route.concurrency(info.concurrency.max(1));
     if info.order_by_key {
         route = route.order_by_key();
+    }
+    if !info.retry_topics.is_empty() {
+        route = route.retry_topics(info.retry_topics.iter().map(|ms| std::time::Duration::from_millis(*ms)));
+    }
+    if let Some(dead_letter) = info.dead_letter {
+        route = route.dead_letter(dead_letter);
     }
     route
 }

@@ -36,6 +36,15 @@ pub mod requeue {
     pub const ID: &str = "millstream.requeue.id";
 }
 
+/// Keys of a message on a retry topic ([`Route::retry_topics`](crate::Route::retry_topics)),
+/// beside [`requeue::ATTEMPTS`] and [`requeue::ID`] (the attempts so far, the original id).
+pub mod retry {
+    /// When the retry topic's handler may take it, in Unix milliseconds.
+    pub const DUE: &str = "millstream.retry.due";
+    /// Why the last attempt failed.
+    pub const REASON: &str = "millstream.retry.reason";
+}
+
 /// Keys every message of a command or event type carries ([`MessageType`](crate::MessageType)),
 /// written when it is published and read by the handlers of a topic several types share.
 pub mod message {

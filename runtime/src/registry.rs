@@ -57,6 +57,11 @@ pub struct HandlerInfo {
     pub concurrency: usize,
     /// Messages with the same key stay in order across its lanes (`order = "key"`).
     pub order_by_key: bool,
+    /// The delays of its retry topics in milliseconds (`retry_topics = ["1s", ..]`; see
+    /// [`Route::retry_topics`](crate::Route::retry_topics)); empty: none.
+    pub retry_topics: &'static [u64],
+    /// Where its failed messages end (`dead_letter` key); `None`: the router's poison topic.
+    pub dead_letter: Option<&'static str>,
     /// The payload type as written in the fn signature; `None` when every argument is an extractor.
     pub payload: Option<&'static str>,
     /// The type of the values it returns to publish, as written (`InvoiceIssued` in

@@ -99,6 +99,9 @@ pub(crate) fn expand(handler: &Handler) -> TokenStream {
     }));
     let concurrency = Literal::usize_unsuffixed(handler.concurrency);
     let order_by_key = handler.order_by_key;
+    let retry_topics = handler.retry_topics.iter().map(|ms| Literal::u64_unsuffixed(*ms));
+    let retry_topics = quote!(&[#(#retry_topics),*]);
+    let dead_letter = lit(&handler.dead_letter);
     let (module_path, file, line) = paths.site();
 
     let arity = handler.payload.iter().len() + handler.extractors.len();
@@ -229,6 +232,8 @@ pub(crate) fn expand(handler: &Handler) -> TokenStream {
                     publish: #publish,
                     concurrency: #concurrency,
                     order_by_key: #order_by_key,
+                    retry_topics: #retry_topics,
+                    dead_letter: #dead_letter,
                     payload: #payload_name,
                     output: #output_name,
                     service: #service,

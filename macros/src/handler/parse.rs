@@ -22,6 +22,8 @@ mod kw {
     syn::custom_keyword!(external);
     syn::custom_keyword!(start);
     syn::custom_keyword!(id);
+    syn::custom_keyword!(retry_topics);
+    syn::custom_keyword!(dead_letter);
 }
 
 /// Every key, for the "did you mean" of an unknown one.
@@ -39,6 +41,8 @@ const KEYS: &[&str] = &[
     "external",
     "start",
     "id",
+    "retry_topics",
+    "dead_letter",
     "crate",
 ];
 
@@ -68,6 +72,9 @@ pub(crate) struct Args {
     pub(crate) start: Slot<()>,
     /// `id = field` (a saga step: the message's field that names the instance).
     pub(crate) id: Slot<Vec<syn::Member>>,
+    /// `retry_topics = ["1s", "10s"]`: each delay in milliseconds.
+    pub(crate) retry_topics: Slot<Vec<u64>>,
+    pub(crate) dead_letter: Slot<LitStr>,
     pub(crate) krate: Slot<syn::Path>,
 }
 
@@ -87,6 +94,8 @@ pub(crate) fn args(tokens: TokenStream, errors: &mut Errors) -> Args {
         external: Slot::new("external"),
         start: Slot::new("start"),
         id: Slot::new("id"),
+        retry_topics: Slot::new("retry_topics"),
+        dead_letter: Slot::new("dead_letter"),
         krate: Slot::new("crate"),
     };
     attr::parse_entries(tokens, errors, |input, errors| entry(input, &mut args, errors));
@@ -158,6 +167,14 @@ fn entry(input: ParseStream<'_>, args: &mut Args, errors: &mut Errors) -> syn::R
                 )
             })?;
         args.id.set(key.span, fields.into_iter().collect(), errors);
+    } else if lookahead.peek(kw::retry_topics) {
+        let key: kw::retry_topics = input.parse()?;
+        attr::eq(input, "retry_topics")?;
+        args.retry_topics.set(key.span, retry_delays(input)?, errors);
+    } else if lookahead.peek(kw::dead_letter) {
+        let key: kw::dead_letter = input.parse()?;
+        attr::eq(input, "dead_letter")?;
+        args.dead_letter.set(key.span, attr::string(input, "dead_letter")?, errors);
     } else if lookahead.peek(Token![crate]) {
         let key: Token![crate] = input.parse()?;
         attr::eq(input, "crate")?;
@@ -189,6 +206,58 @@ fn topic_arg(input: ParseStream<'_>, key: &str) -> syn::Result<TopicArg> {
     Ok(TopicArg::Type(Box::new(ty)))
 }
 
+/// `["1s", "10s", "1m"]`: the delays of the retry topics, in milliseconds, each checked.
+fn retry_delays(input: ParseStream<'_>) -> syn::Result<Vec<u64>> {
+    const USAGE: &str = "`retry_topics` takes a list of delays: `retry_topics = [\"1s\", \"10s\", \"1m\"]`";
+    if !input.peek(syn::token::Bracket) {
+        return Err(input.error(USAGE));
+    }
+    let content;
+    let brackets = syn::bracketed!(content in input);
+    let list = Punctuated::<syn::Lit, Token![,]>::parse_terminated(&content)?;
+    if list.is_empty() {
+        return Err(syn::Error::new(brackets.span.join(), USAGE));
+    }
+    let mut delays: Vec<u64> = Vec::with_capacity(list.len());
+    for lit in list {
+        let syn::Lit::Str(text) = &lit else {
+            return Err(syn::Error::new_spanned(lit, USAGE));
+        };
+        let delay = duration_ms(&text.value()).ok_or_else(|| {
+            syn::Error::new(
+                text.span(),
+                format_args!(
+                    "`{}` is not a delay: write a positive whole number and a unit, `ms`, `s`, `m` or `h` (\"500ms\", \"10s\", \"1m\")",
+                    text.value()
+                ),
+            )
+        })?;
+        if delays.contains(&delay) {
+            return Err(syn::Error::new(
+                text.span(),
+                format_args!("`{}` is the delay of another retry topic of this handler", text.value()),
+            ));
+        }
+        delays.push(delay);
+    }
+    Ok(delays)
+}
+
+/// `500ms`, `10s`, `1m`, `2h` in milliseconds; `None` for anything else, zero included.
+fn duration_ms(text: &str) -> Option<u64> {
+    let digits = text.find(|c: char| !c.is_ascii_digit())?;
+    let (number, unit) = text.split_at(digits);
+    let number: u64 = number.parse().ok().filter(|n| *n > 0)?;
+    let scale = match unit {
+        "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        _ => return None,
+    };
+    number.checked_mul(scale)
+}
+
 /// `[a, b(3), ..]`.
 fn middleware_list(input: ParseStream<'_>) -> syn::Result<Vec<Expr>> {
     if !input.peek(syn::token::Bracket) {
@@ -213,5 +282,21 @@ pub(crate) fn item(tokens: TokenStream) -> Item {
     match syn::parse2::<syn::ItemFn>(tokens.clone()) {
         Ok(item) => Item::Fn(Box::new(item)),
         Err(_) => Item::Other(tokens),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::duration_ms;
+
+    #[test]
+    fn delays_read_as_milliseconds() {
+        assert_eq!(duration_ms("500ms"), Some(500));
+        assert_eq!(duration_ms("10s"), Some(10_000));
+        assert_eq!(duration_ms("1m"), Some(60_000));
+        assert_eq!(duration_ms("2h"), Some(7_200_000));
+        for bad in ["", "s", "0s", "1", "1.5s", "-1s", "1 s", "1d", "1S", "99999999999999999999h"] {
+            assert_eq!(duration_ms(bad), None, "{bad}");
+        }
     }
 }

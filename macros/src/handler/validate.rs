@@ -37,6 +37,9 @@ pub(crate) struct Handler {
     pub(crate) group: Option<LitStr>,
     pub(crate) concurrency: usize,
     pub(crate) order_by_key: bool,
+    /// `retry_topics`: the delays in milliseconds.
+    pub(crate) retry_topics: Vec<u64>,
+    pub(crate) dead_letter: Option<LitStr>,
     pub(crate) pubsub: Option<LitStr>,
     pub(crate) service: Option<LitStr>,
     pub(crate) codec: Option<syn::Expr>,
@@ -332,6 +335,8 @@ pub(crate) fn validate(
         group: args.group.take(),
         concurrency,
         order_by_key,
+        retry_topics: args.retry_topics.take().unwrap_or_default(),
+        dead_letter: args.dead_letter.take(),
         pubsub: args.pubsub.take(),
         service: args.service.take(),
         codec: args.codec.take(),

@@ -42,6 +42,8 @@ const _: () = {
             publish: ::core::option::Option::None,
             concurrency: 4,
             order_by_key: false,
+            retry_topics: &[],
+            dead_letter: ::core::option::Option::None,
             payload: ::core::option::Option::Some("OrderPlaced"),
             output: ::core::option::Option::Some("InvoiceIssued"),
             service: ::core::option::Option::None,

@@ -46,6 +46,8 @@ const _: () = {
             publish: ::core::option::Option::None,
             concurrency: 1,
             order_by_key: false,
+            retry_topics: &[],
+            dead_letter: ::core::option::Option::None,
             payload: ::core::option::Option::Some("OrderPlaced"),
             output: ::core::option::Option::None,
             service: ::core::option::Option::None,

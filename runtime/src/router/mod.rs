@@ -20,6 +20,7 @@ mod forward;
 mod group;
 mod lanes;
 mod reader;
+mod retry;
 mod route;
 mod worker;
 
@@ -39,6 +40,7 @@ pub use self::config::RouterConfig;
 pub use self::forward::{Forwarder, FORWARDER_GROUP};
 pub use self::group::UnknownEvents;
 pub(crate) use self::group::{event_group, Member};
+pub use self::retry::{delay_label, retry_topic};
 use self::route::config_error;
 pub use self::route::{HandlerSummary, Location, Route};
 use crate::context::RouteInfo;
@@ -212,7 +214,9 @@ impl Router {
                 handlers.summaries.push(summary.clone());
                 drop(handlers);
                 tracing::info!(handler = %summary.name, "handler added: {summary}");
-                self.spawn(prepared, None);
+                for stage in prepared {
+                    self.spawn(stage, None);
+                }
                 Ok(())
             }
             Status::ShuttingDown | Status::Stopped => {
@@ -311,7 +315,7 @@ impl Router {
             let routes = std::mem::take(&mut handlers.pending);
             let mut prepared = std::mem::take(&mut handlers.prepared);
             for route in routes {
-                prepared.push(self.prepare(route, &mut handlers));
+                prepared.extend(self.prepare(route, &mut handlers));
             }
             prepared
         };
@@ -342,7 +346,7 @@ impl Router {
             let mut handlers = self.inner.handlers.lock();
             self.inner.status.send_replace(Status::Running);
             let routes = std::mem::take(&mut handlers.pending);
-            routes.into_iter().map(|route| self.prepare(route, &mut handlers)).collect()
+            routes.into_iter().flat_map(|route| self.prepare(route, &mut handlers)).collect()
         };
         for p in late {
             self.spawn(p, None);
@@ -432,15 +436,14 @@ impl Router {
         outcome
     }
 
-    /// Builds the handler's chain (app-wide layers outside its own) and its worker's settings.
+    /// Builds the handler's chain (app-wide layers outside its own) and its worker's settings:
+    /// one worker, or one per stage for a handler with retry topics (sharing its endpoint).
     /// The state was checked when the route was added, so building cannot fail.
-    fn prepare(&self, route: Route, handlers: &mut Handlers) -> worker::Prepared {
+    fn prepare(&self, route: Route, handlers: &mut Handlers) -> Vec<worker::Prepared> {
         let endpoint = match (route.build)(&self.inner.state) {
             Ok(endpoint) => endpoint,
             Err(errors) => unreachable!("state checked when the handler was added: {}", combine(errors)),
         };
-        let up = Arc::new(AtomicBool::new(false));
-        handlers.health.push((route.name.clone(), up.clone()));
         if route.publisher.is_some() || route.subscriber.is_some() {
             self.inner.extra_backends.lock().push((route.publisher.clone(), route.subscriber.clone()));
         }
@@ -449,33 +452,51 @@ impl Router {
         let mut layers: Vec<_> = self.inner.layers.to_vec();
         layers.extend(route.middleware);
         let facts = layer_facts(&layers);
-        let info = Arc::new(RouteInfo {
-            name: Arc::from(route.name.as_str()),
-            topic: Arc::from(route.topic.as_str()),
-            publish: route.publish.as_deref().map(Arc::from),
-            publisher: publisher.clone(),
-            encoder: route.encoder,
-            shutdown: self.inner.intake.clone(),
-            correlates: facts.correlates,
-        });
-        let chain = Arc::new(Chain::new(layers, endpoint, info.clone()));
-        handlers.chains.push((route.name.clone(), chain.clone()));
-        let requeue_after = self.inner.config.requeue_after.filter(|_| publisher.delays());
-        worker::Prepared {
-            metrics: crate::observe::RouteMetrics::new(&route.name),
-            group: route.group.unwrap_or(route.name),
-            concurrency: route.concurrency.get(),
-            subscriber,
-            publisher,
-            chain,
-            info,
-            config: self.inner.config.clone(),
-            intake: self.inner.intake.clone(),
-            order_by_key: route.order_by_key,
-            instant_ack: facts.acks_instantly,
-            up,
-            requeue_after,
-        }
+        let group = route.group.unwrap_or_else(|| route.name.clone());
+        let stages = match (route.retry_delays.is_empty(), route.dead_letter.as_deref()) {
+            (true, None) => vec![(route.name, route.topic, None)],
+            (_, dead_letter) => retry::stages(&route.name, &route.topic, &route.retry_delays, dead_letter)
+                .into_iter()
+                .map(|stage| (stage.name, stage.topic, Some(stage.retry)))
+                .collect(),
+        };
+        // (Retry topics take a handler's failures; a requeue would only reorder them again.)
+        let requeue_after =
+            self.inner.config.requeue_after.filter(|_| publisher.delays() && route.retry_delays.is_empty());
+        stages
+            .into_iter()
+            .map(|(name, topic, retry)| {
+                let up = Arc::new(AtomicBool::new(false));
+                handlers.health.push((name.clone(), up.clone()));
+                let info = Arc::new(RouteInfo {
+                    name: Arc::from(name.as_str()),
+                    topic: Arc::from(topic.as_str()),
+                    publish: route.publish.as_deref().map(Arc::from),
+                    publisher: publisher.clone(),
+                    encoder: route.encoder.clone(),
+                    shutdown: self.inner.intake.clone(),
+                    correlates: facts.correlates,
+                });
+                let chain = Arc::new(Chain::new(layers.clone(), endpoint.clone(), info.clone()));
+                handlers.chains.push((name.clone(), chain.clone()));
+                worker::Prepared {
+                    metrics: crate::observe::RouteMetrics::new(&name),
+                    group: group.clone(),
+                    concurrency: route.concurrency.get(),
+                    subscriber: subscriber.clone(),
+                    publisher: publisher.clone(),
+                    chain,
+                    info,
+                    config: self.inner.config.clone(),
+                    intake: self.inner.intake.clone(),
+                    order_by_key: route.order_by_key,
+                    instant_ack: facts.acks_instantly,
+                    up,
+                    requeue_after,
+                    retry,
+                }
+            })
+            .collect()
     }
 
     fn spawn(&self, prepared: worker::Prepared, subscription: Option<Subscription>) {

@@ -54,6 +54,10 @@ pub struct Route {
     pub(crate) location: Option<Location>,
     /// Deliveries with the same key stay in order with `concurrency > 1`.
     pub(crate) order_by_key: bool,
+    /// Retry topics, one per delay ([`Route::retry_topics`]).
+    pub(crate) retry_delays: Vec<std::time::Duration>,
+    /// Where failures end ([`Route::dead_letter`]).
+    pub(crate) dead_letter: Option<String>,
 }
 
 /// A source location, displayed as `file:line`.
@@ -144,6 +148,8 @@ impl Route {
             check_state: |state| H::prepare(state).map(drop),
             location: None,
             order_by_key: false,
+            retry_delays: Vec::new(),
+            dead_letter: None,
             build: Box::new(move |state| {
                 let prepared = H::prepare(state)?;
                 let endpoint: Arc<dyn Endpoint> =
@@ -195,6 +201,37 @@ impl Route {
     /// added first are called first (outermost).
     pub fn layer(mut self, layer: impl Middleware) -> Self {
         self.middleware.push(Arc::new(layer));
+        self
+    }
+
+    /// **Non-blocking retry topics** (Spring Kafka's `@RetryableTopic`): a message whose handling
+    /// fails with a transient error is acked and published to the first retry topic,
+    /// `{topic}.retry.{delay}` (`orders.retry.1s`), which the handler also reads, in its group,
+    /// waiting until the message is `delay` old there; a failure there goes to the next retry
+    /// topic, and after the last to the [`dead_letter`](Route::dead_letter) topic (default: the
+    /// router's poison topic), with the reason. So a failing message never holds up the messages
+    /// behind it, on any backend, and its retries survive restarts as the broker keeps them.
+    ///
+    /// The handler sees the true attempt (1 on the topic, 2 on the first retry topic, ...) and
+    /// the original message id; the key and metadata are kept. **Order**: a retried message comes
+    /// after the messages that followed it; handlers that need strict order per key should not
+    /// use retry topics. A permanent failure (a payload that does not decode,
+    /// [`Error::permanent`](crate::Error::permanent)) goes to the dead letter at once. Requeueing
+    /// through a delay store ([`RouterConfig::requeue_after`](super::RouterConfig::requeue_after))
+    /// does not apply to such a handler.
+    ///
+    /// Each retry topic runs as a handler of its own, named `{name}.retry.{delay}`; delays are
+    /// named by their largest whole unit (`500ms`, `10s`, `1m`, `2h`).
+    pub fn retry_topics(mut self, delays: impl IntoIterator<Item = std::time::Duration>) -> Self {
+        self.retry_delays = delays.into_iter().collect();
+        self
+    }
+
+    /// Where this handler's messages go when they fail for good: after the last retry topic, or
+    /// at once for a permanent failure (default: the router's
+    /// [`poison_topic`](super::RouterConfig::poison_topic)), with the reason in their metadata.
+    pub fn dead_letter(mut self, topic: impl Into<String>) -> Self {
+        self.dead_letter = Some(topic.into());
         self
     }
 
@@ -300,6 +337,18 @@ impl Route {
                 self.name
             ))),
             _ => {}
+        }
+        let mut labels = std::collections::BTreeSet::new();
+        for delay in &self.retry_delays {
+            if delay.is_zero() {
+                problems.push(config_error(format!("handler `{}` has a retry topic of no delay", self.name)));
+            } else if !labels.insert(super::retry::delay_label(*delay)) {
+                problems.push(config_error(format!(
+                    "handler `{}` has two retry topics of {}",
+                    self.name,
+                    super::retry::delay_label(*delay)
+                )));
+            }
         }
         problems
     }

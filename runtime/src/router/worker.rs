@@ -17,7 +17,7 @@ use super::config::RouterConfig;
 use crate::context::RouteInfo;
 use crate::error::{Error, ErrorKind, Result};
 use crate::handler::Outputs;
-use crate::keys::{requeue, CORRELATION_ID};
+use crate::keys::{requeue, retry, CORRELATION_ID};
 use crate::message::{Message, MessageId};
 use crate::middleware::poisoned;
 use crate::middleware::Chain;
@@ -44,6 +44,8 @@ pub(crate) struct Prepared {
     /// Failures to be redelivered after at least this long are requeued through the publisher's
     /// delay store ([`RouterConfig::requeue_after`], where the publisher delays).
     pub(crate) requeue_after: Option<std::time::Duration>,
+    /// This worker's stage of a handler with retry topics or a dead letter topic.
+    pub(crate) retry: Option<Arc<super::retry::RetryStage>>,
 }
 
 /// The next delivery, or `None` once intake stops or the subscription ends.
@@ -70,10 +72,19 @@ pub(super) fn next_delivery(
 pub(super) async fn handle(p: &Prepared, delivery: Delivery) {
     let (mut message, mut attempt, acker) = delivery.into_parts();
     p.metrics.received();
-    if message.metadata().get(requeue::GROUP).is_some() {
+    if message.metadata().get(requeue::ID).is_some() {
         match requeued(p, &mut message, attempt) {
             Some(true_attempt) => attempt = true_attempt,
             None => return settle(acker.ack(), p, true).await,
+        }
+    }
+    if let Some(due) = p.retry.as_ref().filter(|stage| stage.waits).and(message.metadata().get(retry::DUE)) {
+        let due = due.parse::<u64>().unwrap_or(0);
+        message.metadata_mut().remove(retry::DUE);
+        message.metadata_mut().remove(retry::REASON);
+        if !wait_until(p, due).await {
+            // Shutting down: give it back uncounted, for the next process.
+            return settle(acker.release(), p, false).await;
         }
     }
     let span = tracing::debug_span!(
@@ -95,12 +106,25 @@ pub(super) async fn handle(p: &Prepared, delivery: Delivery) {
     process(p, message, attempt, acker).await;
 }
 
+/// Waits until `due` (Unix milliseconds) on a retry topic; `false` if intake stopped first.
+#[cold]
+async fn wait_until(p: &Prepared, due: u64) -> bool {
+    let now = crate::delay::now_ms();
+    if due <= now {
+        return true;
+    }
+    tokio::select! {
+        () = tokio::time::sleep(std::time::Duration::from_millis(due - now)) => true,
+        () = p.intake.cancelled() => false,
+    }
+}
+
 /// A copy the router requeued ([`requeue`]): for this handler's group, the attempt it is (the
 /// attempts before the requeue plus the broker's count), with the requeue's keys removed; for
 /// another group, `None` (that group's handler takes it; this one acks it unhandled).
 #[cold]
 fn requeued(p: &Prepared, message: &mut Message, attempt: u32) -> Option<u32> {
-    if message.metadata().get(requeue::GROUP) != Some(p.group.as_str()) {
+    if message.metadata().get(requeue::GROUP).is_some_and(|group| group != p.group.as_str()) {
         tracing::trace!(handler = %p.info.name, "a copy requeued for another group; acking it");
         return None;
     }
@@ -269,7 +293,7 @@ async fn fail(
     let attempt = error.counted_attempt().unwrap_or(attempt);
     // (A backend that keeps the received message for its acker kept a requeued copy as it came.)
     let mut original = original;
-    if original.metadata().get(requeue::GROUP).is_some() {
+    if original.metadata().get(requeue::ID).is_some() {
         restore_requeued(&mut original);
     }
     if let (Some(to), true) = (reply_to, error.is_permanent()) {
@@ -278,20 +302,31 @@ async fn fail(
             tracing::warn!(handler = %p.info.name, error = %reply_error, "sending the error reply failed");
         }
     }
-    let poison = p.config.poison_topic.as_deref().filter(|_| error.is_permanent());
-    let what = match (error.is_permanent(), poison) {
+    // A handler with retry topics: a transient failure goes to the next one.
+    if let (Some(stage), false) = (&p.retry, error.is_permanent()) {
+        if let Some((next, delay)) = &stage.next {
+            return retry_later(p, original, attempt, acker, &error, next, *delay).await;
+        }
+    }
+    let dead_letter = p.retry.as_ref().and_then(|stage| stage.dead_letter.as_deref());
+    // (The last retry topic's failures; a handler with only a dead letter nacks transient ones.)
+    let retries_spent = p.retry.as_ref().is_some_and(|stage| stage.waits);
+    let poison =
+        dead_letter.or(p.config.poison_topic.as_deref()).filter(|_| error.is_permanent() || retries_spent);
+    let what = match (error.is_permanent() || retries_spent, poison) {
         (false, _) => "handler failed; nacking",
-        (true, Some(_)) => "permanent failure; sending to the poison topic",
+        (true, Some(_)) => "permanent failure or retries spent; sending to the poison topic",
         (true, None) => "permanent failure and no poison topic; rejecting",
     };
     let id = original.id();
-    let (handler, topic, kind) = (&p.info.name, &p.info.topic, error.kind());
-    if error.is_permanent() {
+    let topic = p.retry.as_ref().map_or(&p.info.topic, |stage| &stage.topic);
+    let (handler, kind) = (&p.info.name, error.kind());
+    if error.is_permanent() || retries_spent {
         tracing::error!(%handler, %topic, message_id = %id, attempt, ?kind, %error, poison_topic = ?poison, "{what}");
     } else {
         tracing::warn!(%handler, %topic, message_id = %id, attempt, ?kind, %error, "{what}");
     }
-    if !error.is_permanent() {
+    if !error.is_permanent() && !retries_spent {
         let delay = nack_delay(p, &error);
         return match (p.requeue_after, delay) {
             (Some(threshold), Some(delay)) if delay >= threshold => {
@@ -314,6 +349,43 @@ async fn fail(
                     settle(acker.nack_after(p.config.nack_delay), p, false).await;
                 }
             }
+        }
+    }
+}
+
+/// Passes a failed message to the next retry topic: a copy under a new id (a broker's duplicate
+/// detection would drop the original's), with the original id, the attempts so far, when it is
+/// due and why it failed; then acks the delivery. If the copy cannot be published, the delivery
+/// is nacked.
+async fn retry_later(
+    p: &Prepared,
+    original: Message,
+    attempt: u32,
+    acker: Acker,
+    error: &Error,
+    next: &str,
+    delay: std::time::Duration,
+) {
+    let id = original.id();
+    let due = crate::delay::now_ms().saturating_add(u64::try_from(delay.as_millis()).unwrap_or(u64::MAX));
+    let copy = original
+        .with_id(MessageId::new())
+        .with_static_header(requeue::ID, id.to_string())
+        .with_static_header(requeue::ATTEMPTS, attempt.to_string())
+        .with_static_header(retry::DUE, due.to_string())
+        .with_static_header(retry::REASON, error.to_string());
+    match p.publisher.publish(next, copy).await {
+        Ok(()) => {
+            tracing::debug!(handler = %p.info.name, attempt, retry_topic = next, "sent to the retry topic; acking the delivery");
+            p.metrics.settled(false);
+            if let Err(error) = acker.ack().await {
+                p.metrics.settle_failed();
+                tracing::warn!(handler = %p.info.name, %error, "ack after a retry failed; the message may come twice");
+            }
+        }
+        Err(publish_error) => {
+            tracing::warn!(handler = %p.info.name, error = %publish_error, "publishing to the retry topic failed; nacking");
+            settle(acker.nack_after(nack_delay(p, error)), p, false).await;
         }
     }
 }

@@ -25,6 +25,7 @@ mod nats_backend;
 mod payload_limits;
 mod redis_backend;
 mod request_reply;
+mod retry_topics;
 mod saga_sql;
 mod sql_faults;
 mod sql_memory;

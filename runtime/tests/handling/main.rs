@@ -12,6 +12,7 @@ mod event_group;
 mod metrics;
 mod protobuf;
 mod request;
+mod retry_topics;
 mod router;
 mod saga;
 mod testing;

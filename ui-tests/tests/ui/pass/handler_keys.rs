@@ -72,11 +72,18 @@ async fn through_a_reexport(_: u32) {}
 #[renamed::ms::topic("renamed.type", crate = renamed::ms)]
 struct Renamed;
 
+/// Retry topics and a dead letter topic.
+#[millstream::handler(topic = "shipments", retry_topics = ["500ms", "10s", "1m", "2h"], dead_letter = "shipments.dlt")]
+async fn ship(_order: Json<Order>) {}
+
 fn main() {
     let info = millstream::registry::handlers().iter().find(|d| d.info().fn_name == "bill").unwrap().info();
     assert_eq!(info.name, "billing.bill");
     assert_eq!((info.topic, info.publish), ("orders", Some("invoices")));
     assert_eq!((info.group, info.concurrency, info.pubsub, info.service), (Some("billing"), 8, Some("kafka"), Some("billing")));
     assert!(info.order_by_key);
+    let ship = millstream::registry::handlers().iter().find(|d| d.info().fn_name == "ship").unwrap().info();
+    assert_eq!(ship.retry_topics, [500, 10_000, 60_000, 7_200_000]);
+    assert_eq!(ship.dead_letter, Some("shipments.dlt"));
     assert_eq!(<Renamed as Topic>::NAME, "renamed.type");
 }

@@ -1,0 +1,14 @@
+use millstream::prelude::*;
+
+#[derive(Serialize, Deserialize)]
+#[millstream::topic("orders")]
+struct Order {
+    id: u64,
+}
+
+#[millstream::handler(retry_topics = "1s")]
+async fn bill(order: Order) {
+    let _ = order.id;
+}
+
+fn main() {}
