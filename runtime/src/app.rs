@@ -71,12 +71,15 @@ use crate::state::StateMap;
 pub(crate) struct Backend {
     pub(crate) publisher: Arc<dyn Publisher>,
     pub(crate) subscriber: Arc<dyn Subscriber>,
+    /// Publisher and subscriber are one backend: what is published to a topic can be read from
+    /// it (what requeueing and retry topics need).
+    pub(crate) paired: bool,
 }
 
 impl Backend {
     pub(crate) fn new<P: PubSub>(pubsub: P) -> Self {
         let pubsub = Arc::new(pubsub);
-        Backend { publisher: pubsub.clone(), subscriber: pubsub }
+        Backend { publisher: pubsub.clone(), subscriber: pubsub, paired: true }
     }
 }
 
@@ -227,7 +230,8 @@ impl App {
     /// Sets the default pub/sub as a publisher and a subscriber that may be different backends
     /// (read from one broker, publish to another).
     pub fn pubsub_parts(mut self, publisher: Arc<dyn Publisher>, subscriber: Arc<dyn Subscriber>) -> Self {
-        self.pubsub = Some(Backend { publisher, subscriber });
+        let paired = std::ptr::addr_eq(Arc::as_ptr(&publisher), Arc::as_ptr(&subscriber));
+        self.pubsub = Some(Backend { publisher, subscriber, paired });
         self
     }
 
@@ -419,6 +423,7 @@ impl App {
                 match self.named.get(name) {
                     Some(backend) => {
                         route = route.publisher(backend.publisher.clone()).subscriber(backend.subscriber.clone());
+                        route.paired = backend.paired;
                     }
                     None => problems.push(config(format!(
                         "handler `{}` ({}) uses pub/sub `{name}`, which was not configured; add it with `.pubsub_named(\"{name}\", ..)`",
@@ -464,6 +469,7 @@ impl App {
             );
         }
         let router = Router::new(Parts {
+            paired: backend.paired,
             config: self.config,
             publisher: backend.publisher,
             subscriber: backend.subscriber,
@@ -481,11 +487,14 @@ impl App {
     /// starts their relays (inside a runtime; otherwise at their first delayed publish).
     fn install_schedulers(&mut self) {
         let Some(store) = self.delays.clone() else { return };
+        let poison = self.config.poison_topic.clone();
         let wrap = |backend: &mut Backend, scope: &str| {
             if backend.publisher.delays() {
                 return;
             }
-            let scheduler = Scheduler::with_store(store.clone(), backend.publisher.clone()).scope(scope);
+            let scheduler = Scheduler::with_store(store.clone(), backend.publisher.clone())
+                .scope(scope)
+                .poison_topic(poison.clone());
             scheduler.start();
             backend.publisher = Arc::new(scheduler);
         };

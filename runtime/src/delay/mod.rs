@@ -33,7 +33,7 @@
 //!   then forgotten; a relay that dies in between leaves it to be published again when the lease
 //!   ends (with the same message id, so a [`Deduplicator`](crate::middleware::Deduplicator)
 //!   drops the copy). A publish that fails leaves the message for the next try at its lease's
-//!   end.
+//!   end; one its topic refuses for good goes to the [poison topic](Scheduler::poison_topic).
 //! - **Order**: due messages are published earliest due first, and in the order they were
 //!   scheduled among equal due times; a delayed message is not ordered against messages
 //!   published without a delay, and a message whose lease ran out is published after the ones
@@ -77,6 +77,8 @@ struct Inner {
     store: Arc<dyn DelayStore>,
     publisher: Arc<dyn Publisher>,
     scope: String,
+    /// Where due messages their topic refuses for good go.
+    poison_topic: Option<String>,
     poll: Duration,
     lease: Duration,
     batch: usize,
@@ -113,6 +115,7 @@ impl Scheduler {
                 store,
                 publisher,
                 scope: String::new(),
+                poison_topic: Some("millstream.poison".to_owned()),
                 poll: Duration::from_millis(250),
                 lease: Duration::from_secs(30),
                 batch: BATCH,
@@ -136,6 +139,19 @@ impl Scheduler {
     /// After the scheduler was cloned or used.
     pub fn scope(mut self, scope: impl Into<String>) -> Self {
         self.inner_mut().scope = scope.into();
+        self
+    }
+
+    /// Where a due message goes when its topic refuses it for good (an invalid topic name, say),
+    /// with the reason in its metadata: default `millstream.poison`, the router's default poison
+    /// topic. When there is none, or it refuses the message too (a payload too large for the
+    /// broker), the message is parked in the store, never due ([`PARKED`], reason under
+    /// [`REFUSED`]). Either way it no longer holds up the messages due after it.
+    ///
+    /// # Panics
+    /// After the scheduler was cloned or used.
+    pub fn poison_topic(mut self, topic: Option<String>) -> Self {
+        self.inner_mut().poison_topic = topic;
         self
     }
 
@@ -205,8 +221,8 @@ impl Scheduler {
     }
 
     /// Starts the relay (once; later calls do nothing). Publishing a delayed message starts it,
-    /// and so does an [`App`](crate::App) when it runs, so that a restarted process publishes
-    /// what its predecessor left. Outside a tokio runtime it does nothing (and a later call
+    /// and so does an [`App`](crate::App) when it is built inside a tokio runtime, so that a
+    /// restarted process publishes what its predecessor left. Outside a tokio runtime it does nothing (and a later call
     /// starts it).
     pub fn start(&self) {
         if self.inner.started.load(Ordering::Acquire) || self.inner.closed.load(Ordering::Acquire) {
@@ -235,7 +251,8 @@ impl Inner {
             let taken = self.store.take_due(&self.scope, now_ms(), self.batch, self.lease).await?;
             let full = taken.len() >= self.batch;
             published += self.publish_taken(taken).await?;
-            if !full {
+            // (A closing scheduler stops between rounds: the rest waits for the next process.)
+            if !full || self.closed.load(Ordering::Acquire) {
                 return Ok(published);
             }
         }
@@ -256,12 +273,32 @@ impl Inner {
                 run.push(undelayed(next.delayed.message));
             }
             let result = if run.len() == 1 {
-                self.publisher.publish(&topic, run.pop().expect("one")).await
+                self.publisher.publish(&topic, run[0].clone()).await
             } else {
-                self.publisher.publish_batch(&topic, run).await
+                self.publisher.publish_batch(&topic, run.clone()).await
             };
             match result {
                 Ok(()) => done.extend(seqs),
+                // Refused for good (too large for the broker, say): published one by one, the
+                // refused ones set aside, so that they do not hold up the rest for ever.
+                Err(error) if error.is_permanent() => {
+                    for (seq, message) in seqs.into_iter().zip(run) {
+                        match self.publisher.publish(&topic, message.clone()).await {
+                            Ok(()) => done.push(seq),
+                            Err(error) if error.is_permanent() => {
+                                self.set_aside(&topic, message, &error).await;
+                                done.push(seq);
+                            }
+                            Err(error) => {
+                                failure = Some(error);
+                                break;
+                            }
+                        }
+                    }
+                    if failure.is_some() {
+                        break;
+                    }
+                }
                 Err(error) => {
                     failure = Some(error);
                     break;
@@ -277,6 +314,50 @@ impl Inner {
         }
     }
 }
+
+impl Inner {
+    /// A due message its topic refuses for good: to the poison topic with the reason; if there
+    /// is none, or it refuses the message too (a payload too large for the broker is too large
+    /// for its poison topic as well), **parked** in the store: kept under [`PARKED`], never due,
+    /// with the reason in `millstream.scheduler.refused`, for an operator to find. Nothing is lost.
+    async fn set_aside(&self, topic: &str, message: Message, error: &crate::error::Error) {
+        let id = message.id();
+        if let Some(poison) = &self.poison_topic {
+            let dead = message
+                .clone()
+                .with_static_header(keys::poison::REASON, error.to_string())
+                .with_static_header(keys::poison::KIND, format!("{:?}", error.kind()))
+                .with_static_header(keys::poison::HANDLER, "millstream.scheduler")
+                .with_static_header(keys::poison::TOPIC, topic)
+                .with_static_header(keys::poison::ATTEMPT, "1")
+                .with_static_header(keys::poison::TIME, now_ms().to_string());
+            match self.publisher.publish(poison, dead).await {
+                Ok(()) => {
+                    tracing::error!(%id, topic, %error, poison_topic = %poison, "scheduler: a due message was refused for good; sent to the poison topic");
+                    return;
+                }
+                Err(poison_error) => {
+                    tracing::warn!(%id, topic, error = %poison_error, "scheduler: the poison topic refused it too");
+                }
+            }
+        }
+        tracing::error!(%id, topic, %error, scope = %self.scope, "scheduler: a due message was refused for good; parked in the delay store");
+        let parked = DelayedMessage {
+            topic: topic.to_owned(),
+            message: message.with_static_header(REFUSED, error.to_string()),
+            due_ms: PARKED,
+        };
+        if let Err(park_error) = self.store.schedule(&self.scope, vec![parked]).await {
+            tracing::error!(%id, topic, error = %park_error, "scheduler: parking the refused message failed; it is dropped");
+        }
+    }
+}
+
+/// The due time of a message [parked](Scheduler::poison_topic) in a store: never due.
+pub const PARKED: u64 = (i64::MAX / 2) as u64;
+
+/// On a parked message: why its topic refused it.
+pub const REFUSED: &str = "millstream.scheduler.refused";
 
 /// The message as published when due: without its delivery time.
 fn undelayed(mut message: Message) -> Message {

@@ -26,8 +26,11 @@ pub struct RouterConfig {
     /// held meanwhile (a Kafka partition, a SQL group, a NATS consumer's ack-pending slot), and
     /// the wait survives restarts where the store does. The handler sees the true attempt
     /// (attempts before the requeue plus the broker's count). The copy goes behind the messages
-    /// published meanwhile: order is not kept for a requeued message. Default 5 s; `None` never
-    /// requeues.
+    /// published meanwhile: order is not kept for a requeued message. Default `None`: never
+    /// (opt in with a durable delay store: with a
+    /// [`MemoryDelayStore`](crate::delay::MemoryDelayStore) a requeued message lives only in the
+    /// process). Consumers of the topic other than this handler's group see the copy under an
+    /// id of its own (millstream's ack it unhandled).
     pub requeue_after: Option<Duration>,
 }
 
@@ -38,7 +41,7 @@ impl Default for RouterConfig {
             poison_topic: Some("millstream.poison".to_owned()),
             nack_delay: None,
             resubscribe_backoff: Duration::from_millis(500),
-            requeue_after: Some(Duration::from_secs(5)),
+            requeue_after: None,
         }
     }
 }

@@ -37,6 +37,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use self::config::RouterConfig;
+
+/// The longest retry delay a retry topic's handler waits out holding the delivery; longer ones
+/// need a delay store ([`Route::retry_topics`]).
+pub const MAX_RETRY_WAIT: std::time::Duration = std::time::Duration::from_secs(15);
 pub use self::forward::{Forwarder, FORWARDER_GROUP};
 pub use self::group::UnknownEvents;
 pub(crate) use self::group::{event_group, Member};
@@ -98,6 +102,8 @@ type Backends = (Option<Arc<dyn Publisher>>, Option<Arc<dyn Subscriber>>);
 
 /// What [`App::build`](crate::App::build) hands to the router it makes.
 pub(crate) struct Parts {
+    /// The default publisher and subscriber are one backend.
+    pub(crate) paired: bool,
     pub(crate) config: RouterConfig,
     pub(crate) publisher: Arc<dyn Publisher>,
     pub(crate) subscriber: Arc<dyn Subscriber>,
@@ -107,6 +113,7 @@ pub(crate) struct Parts {
 }
 
 struct Inner {
+    paired: bool,
     config: RouterConfig,
     publisher: Arc<dyn Publisher>,
     subscriber: Arc<dyn Subscriber>,
@@ -154,6 +161,7 @@ impl Router {
     pub(crate) fn new(parts: Parts) -> Self {
         Router {
             inner: Arc::new(Inner {
+                paired: parts.paired,
                 config: parts.config,
                 publisher: parts.publisher,
                 subscriber: parts.subscriber,
@@ -193,6 +201,7 @@ impl Router {
     /// app was not given) is reported here, in one error, and the handler is not added.
     pub fn add(&self, route: Route) -> Result<()> {
         let mut problems = route.check();
+        problems.extend(self.retry_problems(&route));
         problems.extend(self.state_problems(&route));
         problems.extend(self.backend_problems(&route));
         if !problems.is_empty() {
@@ -224,6 +233,40 @@ impl Router {
                 Err(Error::new(ErrorKind::Closed, "the router is shutting down; no handler can be added"))
             }
         }
+    }
+
+    /// Whether the route publishes where it reads: its own publisher and subscriber from one
+    /// backend, or neither (the router's, when they are one backend).
+    fn paired(&self, route: &Route) -> bool {
+        match (&route.publisher, &route.subscriber) {
+            (None, None) => self.inner.paired,
+            _ => route.paired,
+        }
+    }
+
+    /// Retry topics need a route that reads what it publishes, and long ones a delay store.
+    fn retry_problems(&self, route: &Route) -> Vec<Error> {
+        let Some(longest) = route.retry_delays.iter().max() else { return Vec::new() };
+        let mut problems = Vec::new();
+        if !self.paired(route) {
+            problems.push(config_error(format!(
+                "{} has retry topics, but it reads from one backend and publishes to another: the retries would \
+                 go where it does not read",
+                route.origin()
+            )));
+        }
+        let publisher = route.publisher.as_ref().unwrap_or(&self.inner.publisher);
+        if *longest > MAX_RETRY_WAIT && !publisher.delays() {
+            problems.push(config_error(format!(
+                "{} has a retry topic of {}: a message would wait there longer than brokers hold a delivery \
+                 (Redis claims it for another consumer after 30 s); give the app a delay store (`.delays(..)`), \
+                 through which retries arrive when due, or keep retry delays at {} or less",
+                route.origin(),
+                retry::delay_label(*longest),
+                retry::delay_label(MAX_RETRY_WAIT)
+            )));
+        }
+        problems
     }
 
     /// What the handler asks of its backend that the backend's [`Features`] say it cannot honour:
@@ -440,6 +483,7 @@ impl Router {
     /// one worker, or one per stage for a handler with retry topics (sharing its endpoint).
     /// The state was checked when the route was added, so building cannot fail.
     fn prepare(&self, route: Route, handlers: &mut Handlers) -> Vec<worker::Prepared> {
+        let paired = self.paired(&route);
         let endpoint = match (route.build)(&self.inner.state) {
             Ok(endpoint) => endpoint,
             Err(errors) => unreachable!("state checked when the handler was added: {}", combine(errors)),
@@ -447,6 +491,7 @@ impl Router {
         if route.publisher.is_some() || route.subscriber.is_some() {
             self.inner.extra_backends.lock().push((route.publisher.clone(), route.subscriber.clone()));
         }
+
         let publisher = route.publisher.unwrap_or_else(|| self.inner.publisher.clone());
         let subscriber = route.subscriber.unwrap_or_else(|| self.inner.subscriber.clone());
         let mut layers: Vec<_> = self.inner.layers.to_vec();
@@ -461,8 +506,11 @@ impl Router {
                 .collect(),
         };
         // (Retry topics take a handler's failures; a requeue would only reorder them again.)
-        let requeue_after =
-            self.inner.config.requeue_after.filter(|_| publisher.delays() && route.retry_delays.is_empty());
+        let requeue_after = self
+            .inner
+            .config
+            .requeue_after
+            .filter(|_| publisher.delays() && route.retry_delays.is_empty() && paired);
         stages
             .into_iter()
             .map(|(name, topic, retry)| {

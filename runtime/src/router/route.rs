@@ -58,6 +58,8 @@ pub struct Route {
     pub(crate) retry_delays: Vec<std::time::Duration>,
     /// Where failures end ([`Route::dead_letter`]).
     pub(crate) dead_letter: Option<String>,
+    /// Its own publisher and subscriber are one backend (set by the app for a named pub/sub).
+    pub(crate) paired: bool,
 }
 
 /// A source location, displayed as `file:line`.
@@ -150,6 +152,7 @@ impl Route {
             order_by_key: false,
             retry_delays: Vec::new(),
             dead_letter: None,
+            paired: false,
             build: Box::new(move |state| {
                 let prepared = H::prepare(state)?;
                 let endpoint: Arc<dyn Endpoint> =
@@ -221,7 +224,11 @@ impl Route {
     /// does not apply to such a handler.
     ///
     /// Each retry topic runs as a handler of its own, named `{name}.retry.{delay}`; delays are
-    /// named by their largest whole unit (`500ms`, `10s`, `1m`, `2h`).
+    /// named by their largest whole unit (`500ms`, `10s`, `1m`, `2h`). In an app with a delay
+    /// store ([`App::delays`](crate::App::delays)) a retry travels through the store and arrives
+    /// when due; without one, the retry topic's handler holds the delivery until it is due, so
+    /// delays above [`MAX_RETRY_WAIT`](super::MAX_RETRY_WAIT) (15 s) are refused. The handler
+    /// must read and publish on one backend.
     pub fn retry_topics(mut self, delays: impl IntoIterator<Item = std::time::Duration>) -> Self {
         self.retry_delays = delays.into_iter().collect();
         self

@@ -296,7 +296,8 @@ async fn fail(
     if original.metadata().get(requeue::ID).is_some() {
         restore_requeued(&mut original);
     }
-    if let (Some(to), true) = (reply_to, error.is_permanent()) {
+    let retries_spent = p.retry.as_ref().is_some_and(|stage| stage.waits && stage.next.is_none());
+    if let (Some(to), true) = (reply_to, error.is_permanent() || retries_spent) {
         let reply = crate::reply::error_reply(original.id(), &error);
         if let Err(reply_error) = p.publisher.publish(&to, reply).await {
             tracing::warn!(handler = %p.info.name, error = %reply_error, "sending the error reply failed");
@@ -309,8 +310,8 @@ async fn fail(
         }
     }
     let dead_letter = p.retry.as_ref().and_then(|stage| stage.dead_letter.as_deref());
-    // (The last retry topic's failures; a handler with only a dead letter nacks transient ones.)
-    let retries_spent = p.retry.as_ref().is_some_and(|stage| stage.waits);
+    // (`retries_spent`: the last retry topic's failures; a handler with only a dead letter nacks
+    // transient ones.)
     let poison =
         dead_letter.or(p.config.poison_topic.as_deref()).filter(|_| error.is_permanent() || retries_spent);
     let what = match (error.is_permanent() || retries_spent, poison) {
@@ -344,6 +345,11 @@ async fn fail(
                     p.metrics.poisoned();
                     settle(acker.ack(), p, true).await;
                 }
+                // Refused for good (too large for the target, say): nacking would only loop.
+                Err(publish_error) if publish_error.is_permanent() => {
+                    tracing::error!(%handler, error = %publish_error, "the poison topic refused the message for good; rejecting");
+                    settle(acker.reject(error.to_string()), p, false).await;
+                }
                 Err(publish_error) => {
                     tracing::error!(%handler, error = %publish_error, "poison publish failed; nacking");
                     settle(acker.nack_after(p.config.nack_delay), p, false).await;
@@ -368,12 +374,18 @@ async fn retry_later(
 ) {
     let id = original.id();
     let due = crate::delay::now_ms().saturating_add(u64::try_from(delay.as_millis()).unwrap_or(u64::MAX));
-    let copy = original
+    let mut copy = original
         .with_id(MessageId::new())
         .with_static_header(requeue::ID, id.to_string())
+        .with_static_header(requeue::GROUP, p.group.as_str())
         .with_static_header(requeue::ATTEMPTS, attempt.to_string())
         .with_static_header(retry::DUE, due.to_string())
         .with_static_header(retry::REASON, error.to_string());
+    // Through the delay store where there is one: it arrives when due, and the retry topic's
+    // handler does not hold it on the broker meanwhile.
+    if p.publisher.delays() {
+        copy = copy.deliver_after(delay);
+    }
     match p.publisher.publish(next, copy).await {
         Ok(()) => {
             tracing::debug!(handler = %p.info.name, attempt, retry_topic = next, "sent to the retry topic; acking the delivery");

@@ -246,3 +246,40 @@ async fn a_short_retry_is_nacked_as_before() {
     assert_eq!(store.count("").await.unwrap(), 0, "a 10 ms retry went through the delay store");
     stop(&router, task).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_due_message_refused_for_good_is_set_aside_and_holds_up_nothing() {
+    use millstream::delay::DelayStore as _;
+    let pubsub = MemoryPubSub::new().max_payload(16);
+    let t = topic("delay.refused");
+    let mut sub = pubsub.subscribe(&t, SubscribeOptions::group("g")).await.unwrap();
+    let store = MemoryDelayStore::new();
+    let scheduler = Scheduler::new(store.clone(), Arc::new(pubsub.clone()));
+    let at = Duration::from_millis(100);
+    let big = Message::new(vec![b'x'; 64]);
+    let big_id = big.id();
+    scheduler
+        .publish_batch(&t, vec![big.deliver_after(at), Message::new("small").deliver_after(at)])
+        .await
+        .unwrap();
+    assert_eq!(text(&next_message(&mut sub).await), "small", "the refused message held up the next");
+    // Too large for the poison topic as well: parked in the store, never due, with the reason.
+    within("the refused message is parked", async {
+        loop {
+            let taken =
+                store.take_due("", millstream::delay::PARKED, 10, Duration::from_secs(60)).await.unwrap();
+            if let Some(parked) = taken.first() {
+                assert_eq!(
+                    (parked.delayed.message.id(), parked.delayed.due_ms),
+                    (big_id, millstream::delay::PARKED)
+                );
+                let reason =
+                    parked.delayed.message.metadata().get(millstream::delay::REFUSED).unwrap_or_default();
+                assert!(reason.contains("message too large"), "{reason}");
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+}

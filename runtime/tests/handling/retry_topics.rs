@@ -139,3 +139,56 @@ async fn retry_topics_of_no_delay_or_the_same_delay_are_refused() {
     assert!(error.contains("handler `r` has a retry topic of no delay"), "{error}");
     assert!(error.contains("handler `r` has two retry topics of 1m"), "{error}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_of_one_handler_are_not_taken_by_another_on_the_same_topic() {
+    let pubsub = MemoryPubSub::new();
+    let input = topic("retry-two-groups");
+    let (failing, steady): (Calls, Calls) = (Arc::default(), Arc::default());
+    let delays = [Duration::from_millis(100)];
+    let router = App::new()
+        .pubsub(pubsub.clone())
+        .route(Route::new("failing", &input, handler(failing.clone(), 2)).retry_topics(delays))
+        .route(Route::new("steady", &input, handler(steady.clone(), 1)).retry_topics(delays))
+        .build()
+        .unwrap();
+    let task = start(&router).await;
+    pubsub.publish(&input, json("fail once")).await.unwrap();
+    wait_calls(&failing, 2).await;
+    // `steady` read the original; a sentinel behind the retry shows it has read everything since.
+    pubsub.publish(&input, json("sentinel")).await.unwrap();
+    within("steady reads the sentinel", async {
+        while !steady.lock().iter().any(|c| c.0 == "sentinel") {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(150)).await; // (a retry copy would be due by now)
+    let steady_texts: Vec<String> = steady.lock().iter().map(|c| c.0.clone()).collect();
+    assert_eq!(steady_texts, ["fail once", "sentinel"], "`steady` took `failing`'s retry");
+    stop(&router, task).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_retries_need_a_delay_store_and_retries_need_one_backend() {
+    let calls: Calls = Arc::default();
+    let long = Route::new("long", "in", handler(calls.clone(), 0)).retry_topics([Duration::from_secs(60)]);
+    let error = App::new().pubsub(MemoryPubSub::new()).route(long).build().unwrap_err().to_string();
+    assert!(error.contains("has a retry topic of 1m: a message would wait there longer"), "{error}");
+    let long = Route::new("long", "in", handler(calls.clone(), 0)).retry_topics([Duration::from_secs(60)]);
+    App::new()
+        .pubsub(MemoryPubSub::new())
+        .delays(millstream::MemoryDelayStore::new())
+        .route(long)
+        .build()
+        .unwrap();
+
+    let split = Route::new("split", "in", handler(calls, 0)).retry_topics([Duration::from_secs(1)]);
+    let error = App::new()
+        .pubsub_parts(Arc::new(MemoryPubSub::new()), Arc::new(MemoryPubSub::new()))
+        .route(split)
+        .build()
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("reads from one backend and publishes to another"), "{error}");
+}

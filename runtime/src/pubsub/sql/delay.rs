@@ -23,8 +23,9 @@ const DELETE_CHUNK: usize = 500;
 /// A [`DelayStore`] in the database of a [`SqlPubSub`] (SQLite, PostgreSQL, MySQL / MariaDB):
 /// table `{prefix}delayed`, one row per message (its scope, due time, lease, topic, id,
 /// metadata and payload), indexed by scope and due time. Messages survive restarts of every
-/// process; relays of several processes take disjoint messages (PostgreSQL and MySQL lock the
-/// rows they take with `FOR UPDATE SKIP LOCKED`; SQLite takes them in one `UPDATE ..
+/// process; relays of several processes take disjoint messages (PostgreSQL locks the rows it
+/// takes with `FOR UPDATE SKIP LOCKED`, MySQL / MariaDB with `FOR UPDATE` (relays wait for each
+/// other there: `SKIP LOCKED` needs MariaDB 10.6), SQLite takes them in one `UPDATE ..
 /// RETURNING`). Give it to [`App::delays`](crate::App::delays):
 ///
 /// ```no_run
@@ -79,7 +80,7 @@ impl Tables {
                 "LONGBLOB",
                 "BIGINT",
                 "BIGINT AUTO_INCREMENT PRIMARY KEY",
-                " ENGINE=InnoDB",
+                " ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin",
             ),
         };
         let create = |indexes: &str| {
@@ -98,9 +99,10 @@ impl Tables {
         let columns = "seq, due_ms, topic, message_id, metadata, payload";
         let due = "scope = ? AND due_ms <= ? AND lease_until <= ?";
         let take = match dialect {
-            Dialect::MySql => format!(
-                "SELECT {columns} FROM {table} WHERE {due} ORDER BY due_ms, seq LIMIT ? FOR UPDATE SKIP LOCKED"
-            ),
+            // (`SKIP LOCKED` needs MariaDB 10.6: concurrent relays wait for each other instead.)
+            Dialect::MySql => {
+                format!("SELECT {columns} FROM {table} WHERE {due} ORDER BY due_ms, seq LIMIT ? FOR UPDATE")
+            }
             Dialect::Postgres => n(format!(
                 "UPDATE {table} SET lease_until = ? WHERE seq IN (SELECT seq FROM {table} WHERE {due} \
                  ORDER BY due_ms, seq LIMIT ? FOR UPDATE SKIP LOCKED) RETURNING {columns}"
