@@ -208,9 +208,20 @@ impl Router {
             return Err(combine(problems));
         }
         let mut handlers = self.inner.handlers.lock();
-        if !handlers.names.insert(route.name.clone()) {
-            return Err(config_error(format!("two handlers are named `{}`", route.name)));
+        // (A handler with retry topics runs under one more name per retry topic.)
+        let stage_names: Vec<String> = route
+            .retry_delays
+            .iter()
+            .map(|delay| format!("{}.retry.{}", route.name, retry::delay_label(*delay)))
+            .collect();
+        if let Some(taken) = std::iter::once(&route.name)
+            .chain(&stage_names)
+            .find(|name| handlers.names.contains(name.as_str()))
+        {
+            return Err(config_error(format!("two handlers are named `{taken}`")));
         }
+        handlers.names.insert(route.name.clone());
+        handlers.names.extend(stage_names.iter().cloned());
         match self.status() {
             Status::Idle => {
                 handlers.summaries.push(route.summary());
@@ -230,6 +241,9 @@ impl Router {
             }
             Status::ShuttingDown | Status::Stopped => {
                 handlers.names.remove(&route.name);
+                for name in &stage_names {
+                    handlers.names.remove(name);
+                }
                 Err(Error::new(ErrorKind::Closed, "the router is shutting down; no handler can be added"))
             }
         }

@@ -166,6 +166,42 @@ mod redis {
         .await;
     }
 
+    /// A record written by something else does not decode: it is removed, and the valid message
+    /// taken with it is still handed out.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_corrupt_record_is_removed_and_holds_up_nothing() {
+        use millstream::delay::DelayedMessage;
+        let prefix = unique("millstream-test:delay-corrupt:");
+        let store = store(&prefix).await;
+        let client = ::redis::Client::open(url()).unwrap();
+        let mut raw = within("raw connection", client.get_multiplexed_async_connection()).await.unwrap();
+        let member = format!("{:020}", 1u64 << 40);
+        let _: () = ::redis::pipe()
+            .cmd("ZADD")
+            .arg(format!("{prefix}{{d:}}:due"))
+            .arg(1)
+            .arg(&member)
+            .ignore()
+            .cmd("HSET")
+            .arg(format!("{prefix}{{d:}}:msg"))
+            .arg(&member)
+            .arg("not a record")
+            .ignore()
+            .query_async(&mut raw)
+            .await
+            .unwrap();
+        let message = Message::new("valid");
+        store
+            .schedule("", vec![DelayedMessage { topic: "t".into(), message: message.clone(), due_ms: 2 }])
+            .await
+            .unwrap();
+        let taken = store.take_due("", 10, 10, Duration::from_secs(60)).await.unwrap();
+        assert_eq!(taken.iter().map(|t| t.delayed.message.id()).collect::<Vec<_>>(), [message.id()]);
+        assert_eq!(store.count("").await.unwrap(), 1, "the corrupt record is gone, the valid one leased");
+        store.done("", &[taken[0].seq]).await.unwrap();
+        let _: () = ::redis::cmd("DEL").arg(format!("{prefix}seq")).query_async(&mut raw).await.unwrap();
+    }
+
     /// An app on NATS with its delays in Redis: a handler asking to be retried in 300 ms is
     /// requeued (not held in JetStream's ack-pending), and sees attempts 1, 2, 3.
     #[cfg(feature = "nats")]

@@ -36,7 +36,7 @@ async fn retries_on<P: PubSub + Clone>(pubsub: P, topic: &str) -> Vec<String> {
             })
         }
     };
-    let delays = [Duration::from_millis(300), Duration::from_millis(600)];
+    let delays = [Duration::from_millis(800), Duration::from_millis(600)];
     let route = Route::new("retrying", topic, handler).retry_topics(delays).dead_letter(&dead);
     let router = App::new().pubsub(pubsub.clone()).route(route).build().unwrap();
     let task = start(&router).await;

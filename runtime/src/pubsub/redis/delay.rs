@@ -184,6 +184,7 @@ impl DelayStore for RedisDelayStore {
         let mut connection = self.manager.clone();
         OpFuture::boxed(async move {
             let (due, msg) = self.keys(scope);
+            let (due, msg) = (&due, &msg);
             let until = now_ms.saturating_add(u64::try_from(lease.as_millis()).unwrap_or(u64::MAX));
             // (Sent whole, as the backend's other scripts: small, and run once per relay round.)
             let reply: Vec<Vec<u8>> = redis::cmd("EVAL")
@@ -198,10 +199,35 @@ impl DelayStore for RedisDelayStore {
                 .await
                 .map_err(|e| backend(e, "redis delay store: take"))?;
             let mut taken = Vec::with_capacity(reply.len() / 2);
+            let mut corrupt = Vec::new();
             let mut reply = reply.into_iter();
-            while let (Some(seq), Some(record)) = (reply.next(), reply.next()) {
-                let seq = std::str::from_utf8(&seq).ok().and_then(|s| s.parse().ok()).unwrap_or_default();
-                taken.push(TakenMessage { seq, delayed: decode(record)? });
+            while let (Some(member), Some(record)) = (reply.next(), reply.next()) {
+                let seq = std::str::from_utf8(&member).ok().and_then(|s| s.parse().ok());
+                match (seq, decode(record)) {
+                    (Some(seq), Ok(delayed)) => taken.push(TakenMessage { seq, delayed }),
+                    // Written by something else: it can never be published; it must not hold up
+                    // the rest, so it is removed, loudly.
+                    (_, result) => {
+                        let member = String::from_utf8_lossy(&member).into_owned();
+                        tracing::error!(%member, scope, error = ?result.err(), "redis delay store: a stored message does not decode; removing it");
+                        corrupt.push(member);
+                    }
+                }
+            }
+            if !corrupt.is_empty() {
+                let mut pipe = redis::pipe();
+                pipe.atomic()
+                    .cmd("ZREM")
+                    .arg(due)
+                    .arg(&corrupt)
+                    .ignore()
+                    .cmd("HDEL")
+                    .arg(msg)
+                    .arg(&corrupt)
+                    .ignore();
+                pipe.query_async::<()>(&mut connection)
+                    .await
+                    .map_err(|e| backend(e, "redis delay store: removing corrupt"))?;
             }
             taken.sort_by_key(|message| (message.delayed.due_ms, message.seq));
             Ok(taken)
