@@ -83,6 +83,8 @@ pub mod delay;
 pub mod docs_page;
 mod error;
 pub mod extract;
+#[cfg(feature = "memory")]
+pub mod fanout;
 pub mod handler;
 pub mod keys;
 pub mod message;

@@ -17,6 +17,7 @@ mod conformance_sqlite;
 mod connect_url;
 mod cqrs_flow;
 mod delay_stores;
+mod fanout;
 mod forwarder;
 mod kafka_backend;
 mod memory;
