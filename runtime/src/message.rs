@@ -501,7 +501,8 @@ impl Message {
     /// when due. Stored as metadata [`keys::DELIVER_AT`] in Unix milliseconds; a time before
     /// 1970 counts as now.
     pub fn deliver_at(mut self, when: std::time::SystemTime) -> Self {
-        let ms = when.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
+        // Rounded up: a message is never published before `when`.
+        let ms = when.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos().div_ceil(1_000_000));
         self.metadata.insert_static(keys::DELIVER_AT, ms.to_string());
         self
     }

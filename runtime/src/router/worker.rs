@@ -78,11 +78,10 @@ pub(super) async fn handle(p: &Prepared, delivery: Delivery) {
             None => return settle(acker.ack(), p, true).await,
         }
     }
-    if let Some(due) = p.retry.as_ref().filter(|stage| stage.waits).and(message.metadata().get(retry::DUE)) {
-        let due = due.parse::<u64>().unwrap_or(0);
-        message.metadata_mut().remove(retry::DUE);
-        message.metadata_mut().remove(retry::REASON);
-        if !wait_until(p, due).await {
+    // (Only a retry topic's handler looks: no lookup, and no wait in this future, for the rest.)
+    if p.retry.as_ref().is_some_and(|stage| stage.waits) {
+        let waited = Box::pin(wait_for_due(p, &mut message));
+        if !waited.await {
             // Shutting down: give it back uncounted, for the next process.
             return settle(acker.release(), p, false).await;
         }
@@ -106,9 +105,13 @@ pub(super) async fn handle(p: &Prepared, delivery: Delivery) {
     process(p, message, attempt, acker).await;
 }
 
-/// Waits until `due` (Unix milliseconds) on a retry topic; `false` if intake stopped first.
-#[cold]
-async fn wait_until(p: &Prepared, due: u64) -> bool {
+/// On a retry topic: takes the message's due time and reason out of its metadata and waits until
+/// it is due; `false` if intake stopped first.
+async fn wait_for_due(p: &Prepared, message: &mut Message) -> bool {
+    let metadata = message.metadata_mut();
+    let due = metadata.get(retry::DUE).and_then(|due| due.parse::<u64>().ok()).unwrap_or(0);
+    metadata.remove(retry::DUE);
+    metadata.remove(retry::REASON);
     let now = crate::delay::now_ms();
     if due <= now {
         return true;
@@ -373,7 +376,10 @@ async fn retry_later(
     delay: std::time::Duration,
 ) {
     let id = original.id();
-    let due = crate::delay::now_ms().saturating_add(u64::try_from(delay.as_millis()).unwrap_or(u64::MAX));
+    // (+1: `now_ms` truncates, and the wait must not end up to a millisecond early.)
+    let due = crate::delay::now_ms()
+        .saturating_add(u64::try_from(delay.as_millis()).unwrap_or(u64::MAX))
+        .saturating_add(1);
     let mut copy = original
         .with_id(MessageId::new())
         .with_static_header(requeue::ID, id.to_string())

@@ -4,7 +4,6 @@
 //! with true attempt counts.
 #![cfg(feature = "conformance")]
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -12,18 +11,7 @@ use millstream::conformance::check_delay_store;
 use millstream::delay::{DelayStore, Scheduler};
 use millstream::{Message, Publisher, SubscribeOptions, Subscriber};
 
-use crate::common::{next_message, within};
-
-fn unique(prefix: &str) -> String {
-    static N: AtomicU64 = AtomicU64::new(0);
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
-    format!(
-        "{prefix}{}_{}_{}",
-        std::process::id(),
-        nanos % 1_000_000_000_000,
-        N.fetch_add(1, Ordering::Relaxed)
-    )
-}
+use crate::common::{next_message, unique, within};
 
 /// A message scheduled through one scheduler, which then closes before it is due (its process
 /// ends), is published by a new scheduler on a new connection to the same store (the next

@@ -4,7 +4,7 @@
 //! stopped mid-stream and started again, and two forwarders at once, deliver each message once.
 #![cfg(feature = "sqlite")]
 
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,18 +14,7 @@ use millstream::{
     App, MemoryPubSub, Message, MessageId, Publisher, SqlConfig, SqlPubSub, SubscribeOptions, Subscriber,
 };
 
-use crate::common::{next_message, start, stop, within};
-
-fn unique(prefix: &str) -> String {
-    static N: AtomicU64 = AtomicU64::new(0);
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
-    format!(
-        "{prefix}{}_{}_{}",
-        std::process::id(),
-        nanos % 1_000_000_000_000,
-        N.fetch_add(1, Ordering::Relaxed)
-    )
-}
+use crate::common::{next_message, start, stop, unique, within};
 
 struct Outbox {
     pubsub: SqlPubSub,

@@ -190,6 +190,20 @@ pub fn topic(prefix: &str) -> String {
     format!("{prefix}.{}.{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
 }
 
+/// A name no other test or run uses (process id, clock and a counter): for topics, tables and
+/// key prefixes on servers that outlive the test.
+#[allow(dead_code)]
+pub fn unique(prefix: &str) -> String {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    format!(
+        "{prefix}{}_{}_{}",
+        std::process::id(),
+        nanos % 1_000_000_000_000,
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
 /// Starts `router` in the background; returns its task once the router runs.
 pub async fn start(router: &millstream::Router) -> tokio::task::JoinHandle<millstream::Result<()>> {
     let task = tokio::spawn({
