@@ -22,6 +22,8 @@ use crate::keys::{CORRELATION_ID, TRACEPARENT};
 use crate::message::{DeliveryInfo, Message, MessageId, Metadata};
 use crate::state::StateMap;
 use crate::topic::Publishable;
+#[doc(hidden)]
+pub use crate::unit::UnitOfWorkFn;
 
 /// A handler argument built from the incoming message (and, once, from the application state).
 ///
@@ -43,6 +45,12 @@ pub trait FromMessage: Sized + Send + 'static {
     /// Builds the argument for one message. An error fails the message (permanent errors are not
     /// retried).
     fn from_message(prepared: &Self::Prepared, message: &Message, cx: MessageCx<'_>) -> Result<Self>;
+
+    /// The unit of work the argument runs the handler call in (a database transaction, see
+    /// [`Tx`](crate::inbox::Tx)); `None` (the default) for every other extractor. Hidden: only
+    /// millstream's own extractors open units.
+    #[doc(hidden)]
+    const UNIT_OF_WORK: Option<UnitOfWorkFn> = None;
 }
 
 macro_rules! stateless_extractor {

@@ -357,6 +357,16 @@ pub trait Handler<M>: Clone + Send + Sync + 'static {
     /// The handler's return type.
     type Return: HandlerReturn;
 
+    /// The unit of work the handler's calls run in, if an argument asks for one
+    /// ([`Tx`](crate::inbox::Tx)). Hidden: derived from the arguments.
+    #[doc(hidden)]
+    const UNIT_OF_WORK: Option<crate::unit::UnitOfWorkFn> = None;
+
+    /// How many arguments ask for a unit of work (more than one is refused when the handler is
+    /// added). Hidden: derived from the arguments.
+    #[doc(hidden)]
+    const UNITS: usize = 0;
+
     /// Runs every extractor's `prepare`; reports every problem, not just the first.
     fn prepare(state: &StateMap) -> Result<Self::Prepared, Vec<Error>>;
 
@@ -412,6 +422,9 @@ macro_rules! impl_handler {
         {
             type Prepared = ($($e::Prepared,)*);
             type Return = Fut::Output;
+            const UNIT_OF_WORK: Option<crate::unit::UnitOfWorkFn> =
+                crate::unit::first_unit(&[$($e::UNIT_OF_WORK,)*]);
+            const UNITS: usize = crate::unit::count_units(&[$($e::UNIT_OF_WORK,)*]);
 
             fn prepare(state: &StateMap) -> Result<Self::Prepared, Vec<Error>> {
                 let mut errors = Vec::new();
@@ -450,6 +463,9 @@ macro_rules! impl_handler {
         {
             type Prepared = ($($e::Prepared,)*);
             type Return = Fut::Output;
+            const UNIT_OF_WORK: Option<crate::unit::UnitOfWorkFn> =
+                crate::unit::first_unit(&[$($e::UNIT_OF_WORK,)*]);
+            const UNITS: usize = crate::unit::count_units(&[$($e::UNIT_OF_WORK,)*]);
 
             fn prepare(state: &StateMap) -> Result<Self::Prepared, Vec<Error>> {
                 let mut errors = Vec::new();

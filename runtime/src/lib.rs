@@ -86,6 +86,8 @@ pub mod extract;
 #[cfg(feature = "memory")]
 pub mod fanout;
 pub mod handler;
+#[cfg(feature = "sql")]
+pub mod inbox;
 pub mod keys;
 pub mod message;
 pub mod middleware;
@@ -98,6 +100,7 @@ mod state;
 pub mod store;
 mod topic;
 pub mod topology;
+mod unit;
 
 pub use bytes::Bytes;
 /// Declarative handlers, typed topics and middleware: see the `millstream-macros` docs re-exported here.
@@ -121,6 +124,8 @@ pub use crate::handler::{
     Command, Delayed, Event, Handler, HandlerResult, MessageKind, MessageType, Outgoing, Outputs,
     Publishable, Topic,
 };
+#[cfg(feature = "sql")]
+pub use crate::inbox::Tx;
 pub use crate::message::{DeliveryInfo, Message, MessageId, Metadata};
 pub use crate::middleware::{Middleware, Next};
 #[cfg(feature = "amqp")]
@@ -139,7 +144,7 @@ pub use crate::pubsub::redis::{RedisConfig, RedisPubSub};
 pub use crate::pubsub::sql::SqlitePubSub;
 #[cfg(feature = "sql")]
 pub use crate::pubsub::sql::{
-    SqlAttemptStore, SqlConfig, SqlDedupStore, SqlDelayStore, SqlPubSub, SqlSagaStore,
+    SqlAttemptStore, SqlConfig, SqlDedupStore, SqlDelayStore, SqlInbox, SqlPubSub, SqlSagaStore,
 };
 pub use crate::pubsub::{Delivery, PubSub, Publisher, SubscribeOptions, Subscriber, Subscription};
 pub use crate::router::{HandlerSummary, Health, Route, Router, RouterConfig, UnknownEvents};

@@ -556,6 +556,7 @@ impl Router {
                     up,
                     requeue_after,
                     retry,
+                    transactional: route.units > 0,
                 }
             })
             .collect()

@@ -60,6 +60,9 @@ pub struct Route {
     pub(crate) dead_letter: Option<String>,
     /// Its own publisher and subscriber are one backend (set by the app for a named pub/sub).
     pub(crate) paired: bool,
+    /// How many of the handler's arguments run its calls in a unit of work ([`Tx`](crate::inbox::Tx)):
+    /// with one, the worker commits the unit with the outputs instead of publishing them.
+    pub(crate) units: usize,
 }
 
 /// A source location, displayed as `file:line`.
@@ -153,10 +156,14 @@ impl Route {
             retry_delays: Vec::new(),
             dead_letter: None,
             paired: false,
+            units: H::UNITS,
             build: Box::new(move |state| {
                 let prepared = H::prepare(state)?;
-                let endpoint: Arc<dyn Endpoint> =
-                    Arc::new(TypedEndpoint { handler, prepared, codec, marker: PhantomData::<fn() -> M> });
+                let typed = TypedEndpoint { handler, prepared, codec, marker: PhantomData::<fn() -> M> };
+                let endpoint: Arc<dyn Endpoint> = match H::UNIT_OF_WORK {
+                    None => Arc::new(typed),
+                    Some(open) => Arc::new(UnitEndpoint { typed, unit: open(state).map_err(|e| vec![e])? }),
+                };
                 Ok(endpoint)
             }),
         }
@@ -345,6 +352,20 @@ impl Route {
             ))),
             _ => {}
         }
+        if self.units > 1 {
+            problems.push(config_error(format!(
+                "handler `{}` takes {} transactions (`Tx`); a handler runs in one: take one `Tx`",
+                self.name, self.units
+            )));
+        }
+        if self.units > 0 && self.delayed_output {
+            problems.push(config_error(format!(
+                "handler `{}` takes a transaction (`Tx`) and returns `Delayed` values: what a transactional \
+                 handler returns is written to its database's outbox when it commits, which cannot delay it; \
+                 schedule the value from a handler without `Tx`",
+                self.name
+            )));
+        }
         let mut labels = std::collections::BTreeSet::new();
         for delay in &self.retry_delays {
             if delay.is_zero() {
@@ -407,6 +428,74 @@ where
         Box::pin(async move {
             let cx = MessageCx { route: &chain.route, attempt };
             self.handler.call(&self.prepared, &self.codec, message, cx).await
+        })
+    }
+}
+
+/// A handler whose calls run in a unit of work (it takes a [`Tx`](crate::inbox::Tx)): the unit
+/// is begun before the call (a message handled before is acked without running the handler),
+/// lent to the handler's argument, and, when the handler succeeds, left to the worker, which
+/// commits it with the outputs the chain lets through. Called outside a router, it commits the
+/// unit itself, with the handler's own outputs.
+struct UnitEndpoint<H: Handler<M>, M, C> {
+    typed: TypedEndpoint<H, M, C>,
+    unit: Arc<dyn crate::unit::UnitOfWork>,
+}
+
+impl<H, M, C> UnitEndpoint<H, M, C>
+where
+    H: Handler<M>,
+    M: 'static,
+    C: Codec,
+{
+    async fn run(&self, message: Message, cx: MessageCx<'_>) -> HandlerResult {
+        let Some(work) = self.unit.begin(&message, cx).await? else {
+            tracing::debug!(handler = %cx.route.name, message_id = %message.id(), "handled before (its transaction committed); acked without running the handler");
+            return Ok(crate::handler::Outputs::new());
+        };
+        let call = self.typed.handler.call(&self.typed.prepared, &self.typed.codec, message, cx);
+        let outputs = crate::unit::with_current(work.clone(), call).await?;
+        let Some((unit, work)) = crate::unit::leave_pending((self.unit.clone(), work)) else {
+            return Ok(outputs);
+        };
+        let mut resolved = Vec::with_capacity(outputs.len());
+        for output in outputs {
+            let topic = match (output.topic, &cx.route.publish) {
+                (Some(topic), _) => topic,
+                (None, Some(topic)) => Cow::Owned(topic.to_string()),
+                (None, None) => {
+                    return Err(config_error(format!(
+                        "handler `{}` produced a message but has no publish topic",
+                        cx.route.name
+                    )))
+                }
+            };
+            resolved.push((topic, output.message));
+        }
+        unit.commit(work, resolved).await?;
+        Ok(crate::handler::Outputs::new())
+    }
+}
+
+impl<H, M, C> Endpoint for UnitEndpoint<H, M, C>
+where
+    H: Handler<M>,
+    M: 'static,
+    C: Codec,
+{
+    fn call<'a>(&'a self, message: Message, cx: MessageCx<'a>) -> BoxFuture<'a, HandlerResult> {
+        Box::pin(self.run(message, cx))
+    }
+
+    fn call_owned(
+        self: Arc<Self>,
+        chain: Arc<Chain>,
+        message: Message,
+        attempt: u32,
+    ) -> BoxFuture<'static, HandlerResult> {
+        Box::pin(async move {
+            let cx = MessageCx { route: &chain.route, attempt };
+            self.run(message, cx).await
         })
     }
 }

@@ -46,6 +46,9 @@ pub(crate) struct Prepared {
     pub(crate) requeue_after: Option<std::time::Duration>,
     /// This worker's stage of a handler with retry topics or a dead letter topic.
     pub(crate) retry: Option<Arc<super::retry::RetryStage>>,
+    /// The handler runs in a unit of work ([`Tx`](crate::inbox::Tx)): its outputs are written
+    /// and committed in the unit, not published.
+    pub(crate) transactional: bool,
 }
 
 /// The next delivery, or `None` once intake stops or the subscription ends.
@@ -184,6 +187,10 @@ async fn process(p: &Prepared, message: Message, attempt: u32, acker: Acker) {
         // The message is kept for the poison topic. A backend that redelivers (the in-memory
         // one) keeps a copy in the acker already: that one is used rather than another clone.
         let original = if acker.message().is_some() { None } else { Some(message.clone()) };
+        if p.transactional {
+            let done = Box::pin(transactional(p, message, original, attempt, acker, reply_to));
+            return done.await;
+        }
         let started = p.metrics.timed().then(std::time::Instant::now);
         // Each call is one boxed future, so that this future holds a pointer, not the chain's
         // state (a larger `process` future costs every message, middleware or not).
@@ -256,6 +263,87 @@ async fn process(p: &Prepared, message: Message, attempt: u32, acker: Acker) {
         Err(error) => {
             drop(original);
             tracing::warn!(handler = %p.info.name, %error, "publishing outputs failed; nacking");
+            settle(acker.nack_after(nack_delay(p, &error)), p, false).await;
+        }
+    }
+}
+
+/// [`process`] for a handler that runs in a unit of work: the chain runs with a slot where the
+/// endpoint leaves the unit it began; once the chain succeeds, the outputs are written and the
+/// unit committed (the delivery is acked only after the commit). A commit that fails nacks the
+/// delivery: whether it committed is found out when it comes again (the unit then says it was
+/// handled). A chain that succeeds without leaving a unit (the message was handled before) acks.
+#[cold]
+async fn transactional(
+    p: &Prepared,
+    message: Message,
+    original: Option<Message>,
+    attempt: u32,
+    acker: Acker,
+    reply_to: Option<(Box<str>, MessageId)>,
+) {
+    let slot = crate::unit::PendingSlot::default();
+    let id = message.id();
+    let started = p.metrics.timed().then(std::time::Instant::now);
+    let result = {
+        let call = if p.chain.starts_fused() {
+            let kept = match (&original, acker.message()) {
+                (Some(original), _) | (None, Some(original)) => original,
+                (None, None) => unreachable!("a copy is kept when the acker keeps none"),
+            };
+            p.chain.call_fused(message, kept, attempt)
+        } else {
+            p.chain.call(message, attempt)
+        };
+        AssertUnwindSafe(crate::unit::with_pending(slot.clone(), call)).catch_unwind().await
+    };
+    if let Some(started) = started {
+        p.metrics.handler_duration(started.elapsed().as_secs_f64());
+    }
+    let pending = slot.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+    let original = || match &original {
+        Some(original) => original.clone(),
+        None => acker.message().cloned().expect("the acker keeps the message"),
+    };
+    let outputs = match result {
+        Ok(Ok(outputs)) => outputs,
+        Ok(Err(error)) => {
+            drop(pending);
+            let message = original();
+            return fail(p, message, attempt, acker, error, reply_to.map(|(to, _)| to)).await;
+        }
+        Err(panic) => {
+            drop(pending);
+            return panicked(p, id, attempt, acker, panic).await;
+        }
+    };
+    let Some((unit, work)) = pending else {
+        // Handled before: the unit said so and the handler did not run.
+        return settle(acker.ack(), p, true).await;
+    };
+    let mut resolved = Vec::with_capacity(outputs.len());
+    for output in outputs {
+        let resolved_one = match &reply_to {
+            Some((to, request)) => {
+                Ok((Cow::Owned(to.to_string()), crate::reply::as_reply(*request, output.message)))
+            }
+            None => {
+                output_topic(p, output.topic).map(|topic| (Cow::Owned(topic.into_owned()), output.message))
+            }
+        };
+        match resolved_one {
+            Ok(one) => resolved.push(one),
+            Err(error) => return fail(p, original(), attempt, acker, error, None).await,
+        }
+    }
+    match unit.commit(work, resolved).await {
+        Ok(()) => settle(acker.ack(), p, true).await,
+        Err(error) if error.is_permanent() => {
+            let error = error.context("committing the handler's transaction failed");
+            fail(p, original(), attempt, acker, error, None).await
+        }
+        Err(error) => {
+            tracing::warn!(handler = %p.info.name, %error, "committing the handler's transaction failed; nacking (a redelivery finds out whether it committed)");
             settle(acker.nack_after(nack_delay(p, &error)), p, false).await;
         }
     }

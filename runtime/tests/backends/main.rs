@@ -19,6 +19,7 @@ mod cqrs_flow;
 mod delay_stores;
 mod fanout;
 mod forwarder;
+mod inbox;
 mod kafka_backend;
 mod memory;
 mod mqtt_backend;

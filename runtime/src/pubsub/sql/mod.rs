@@ -80,6 +80,7 @@ mod config;
 mod db;
 mod dedup;
 mod delay;
+mod inbox;
 mod keyed;
 mod ops;
 mod outbox;
@@ -97,6 +98,7 @@ pub use self::config::SqlConfig;
 pub use self::db::Dialect;
 pub use self::dedup::SqlDedupStore;
 pub use self::delay::SqlDelayStore;
+pub use self::inbox::{InboxDatabase, SqlInbox};
 pub use self::outbox::OutboxConnection;
 pub use self::pubsub::SqlPubSub;
 #[cfg(feature = "sqlite")]
