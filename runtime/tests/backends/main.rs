@@ -20,6 +20,7 @@ mod delay_stores;
 mod fanout;
 mod forwarder;
 mod inbox;
+mod inbox_chaos;
 mod kafka_backend;
 mod memory;
 mod mqtt_backend;
