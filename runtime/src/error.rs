@@ -142,6 +142,22 @@ impl Error {
         self
     }
 
+    /// A copy of the error without its source (whose text the message carries already): one
+    /// failure of a batch handler reported for each message of the batch.
+    pub(crate) fn duplicate(&self) -> Error {
+        let Inner { kind, permanent, message, retry_after, attempt, .. } = &*self.inner;
+        Error {
+            inner: Box::new(Inner {
+                kind: *kind,
+                permanent: *permanent,
+                message: message.clone(),
+                source: None,
+                retry_after: *retry_after,
+                attempt: *attempt,
+            }),
+        }
+    }
+
     /// The attempt a counting layer noted, if any.
     pub(crate) fn counted_attempt(&self) -> Option<u32> {
         self.inner.attempt

@@ -65,6 +65,7 @@
 pub mod __private;
 pub mod app;
 pub mod asyncapi;
+pub mod batch;
 mod bus;
 #[cfg(feature = "cli")]
 pub mod cli;
@@ -112,6 +113,7 @@ pub use millstream_macros::{
 pub use schemars;
 
 pub use crate::app::{App, PublishExt};
+pub use crate::batch::{BatchHandler, BatchResult};
 pub use crate::bus::{CommandBus, EventBus};
 pub use crate::request::{RequestError, Requester};
 
@@ -157,8 +159,8 @@ pub mod prelude {
     pub use crate::MemoryPubSub;
     pub use crate::{App, HandlerResult, Next, PublishExt};
     pub use crate::{
-        Attempt, Bytes, Command, CommandBus, Ctx, Delayed, DeliveryInfo, Error, Event, EventBus, Json,
-        Message, MessageId, Metadata, Publishable, Publisher, Result, Route, Router, State, Subscriber,
+        Attempt, BatchResult, Bytes, Command, CommandBus, Ctx, Delayed, DeliveryInfo, Error, Event, EventBus,
+        Json, Message, MessageId, Metadata, Publishable, Publisher, Result, Route, Router, State, Subscriber,
         Topic,
     };
     pub use serde::{Deserialize, Serialize};

@@ -9,6 +9,7 @@ use futures_core::future::BoxFuture;
 
 use super::engine::{self, Rest, Segment};
 use super::step::{BuiltIn, Kind, Step};
+use crate::batch::BatchOutcome;
 use crate::context::{MessageCx, RouteInfo};
 use crate::handler::HandlerResult;
 use crate::message::Message;
@@ -98,6 +99,20 @@ pub(crate) trait Endpoint: Send + Sync + 'static {
         message: Message,
         attempt: u32,
     ) -> BoxFuture<'static, HandlerResult>;
+
+    /// Calls a batch handler with one batch (a batch route's endpoint); other endpoints refuse.
+    fn call_batch<'a>(
+        &'a self,
+        messages: Vec<Message>,
+        cx: MessageCx<'a>,
+    ) -> BoxFuture<'a, crate::error::Result<BatchOutcome>> {
+        let _ = messages;
+        let error = crate::error::Error::new(
+            crate::error::ErrorKind::Config,
+            format!("handler `{}` is not a batch handler", cx.route.name),
+        );
+        Box::pin(std::future::ready(Err(error)))
+    }
 }
 
 /// One element of a chain: a middleware called through its trait object, or a run of built-in
@@ -174,6 +189,16 @@ impl Chain {
         };
         let rest = Inner { chain: self, index: 1, attempt };
         Box::pin(engine::run(segment, rest, message, Some(kept)))
+    }
+
+    /// Calls a batch handler with one batch, without the middleware (which wraps one message at a
+    /// time).
+    pub(crate) fn call_batch(
+        &self,
+        messages: Vec<Message>,
+        attempt: u32,
+    ) -> BoxFuture<'_, crate::error::Result<BatchOutcome>> {
+        self.endpoint.call_batch(messages, MessageCx { route: &self.route, attempt })
     }
 
     /// Calls the handler itself (what [`call`](Chain::call) does when the chain is bare).

@@ -15,6 +15,7 @@
 //! lets in-flight messages finish within [`RouterConfig::close_timeout`] (those still running then
 //! are aborted and their deliveries released, and the releases sent), then closes the publishers and subscribers.
 
+mod batch;
 mod config;
 mod forward;
 mod group;
@@ -46,7 +47,7 @@ pub use self::group::UnknownEvents;
 pub(crate) use self::group::{event_group, Member};
 pub use self::retry::{delay_label, retry_topic};
 use self::route::config_error;
-pub use self::route::{HandlerSummary, Location, Route};
+pub use self::route::{HandlerSummary, Location, Route, DEFAULT_BATCH_SIZE, DEFAULT_LINGER};
 use crate::context::RouteInfo;
 use crate::error::{Error, ErrorKind, Result};
 /// The metadata keys the router sets on messages it sends to the poison topic (defined in
@@ -512,6 +513,9 @@ impl Router {
         layers.extend(route.middleware);
         let facts = layer_facts(&layers);
         let group = route.group.unwrap_or_else(|| route.name.clone());
+        if route.batch.is_some() && !self.inner.layers.is_empty() {
+            tracing::info!(handler = %route.name, "the app's middleware does not wrap a batch handler: middleware wraps one message at a time");
+        }
         let stages = match (route.retry_delays.is_empty(), route.dead_letter.as_deref()) {
             (true, None) => vec![(route.name, route.topic, None)],
             (_, dead_letter) => retry::stages(&route.name, &route.topic, &route.retry_delays, dead_letter)
@@ -520,11 +524,10 @@ impl Router {
                 .collect(),
         };
         // (Retry topics take a handler's failures; a requeue would only reorder them again.)
-        let requeue_after = self
-            .inner
-            .config
-            .requeue_after
-            .filter(|_| publisher.delays() && route.retry_delays.is_empty() && paired);
+        let requeue_after = self.inner.config.requeue_after.filter(|_| {
+            publisher.delays() && route.retry_delays.is_empty() && paired && route.batch.is_none()
+        });
+
         stages
             .into_iter()
             .map(|(name, topic, retry)| {
@@ -557,6 +560,7 @@ impl Router {
                     requeue_after,
                     retry,
                     transactional: route.units > 0,
+                    batch: route.batch,
                 }
             })
             .collect()

@@ -35,7 +35,9 @@ pub(crate) async fn run(p: Prepared, mut subscription: Option<Subscription>) {
             },
         };
         p.up.store(true, std::sync::atomic::Ordering::Release);
-        if p.concurrency == 1 {
+        if let Some(spec) = p.batch {
+            super::batch::consume(&p, sub, spec).await;
+        } else if p.concurrency == 1 {
             consume_serial(&p, sub).await;
         } else {
             super::lanes::consume(&p, sub).await;

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use futures_core::future::BoxFuture;
 
+use crate::batch::{batch_output_spec, BatchHandler, BatchOutcome, BatchReturn};
 use crate::codec::{Codec, DynEncoder, JsonCodec};
 use crate::context::MessageCx;
 use crate::error::{Error, ErrorKind};
@@ -63,7 +64,25 @@ pub struct Route {
     /// How many of the handler's arguments run its calls in a unit of work ([`Tx`](crate::inbox::Tx)):
     /// with one, the worker commits the unit with the outputs instead of publishing them.
     pub(crate) units: usize,
+    /// A batch handler's batch size and linger ([`Route::batch`]).
+    pub(crate) batch: Option<BatchSpec>,
+    /// A batch size or linger was set on a handler that is not a batch handler.
+    pub(crate) batch_misused: bool,
 }
+
+/// How a batch handler's batches are gathered: at most `size` messages, waiting at most `linger`
+/// after the first for the rest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct BatchSpec {
+    pub(crate) size: NonZeroUsize,
+    pub(crate) linger: std::time::Duration,
+}
+
+/// A batch's size unless set ([`Route::batch_size`]).
+pub const DEFAULT_BATCH_SIZE: usize = 100;
+
+/// How long a batch waits for more messages after its first unless set ([`Route::linger`]).
+pub const DEFAULT_LINGER: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// A source location, displayed as `file:line`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -157,6 +176,8 @@ impl Route {
             dead_letter: None,
             paired: false,
             units: H::UNITS,
+            batch: None,
+            batch_misused: false,
             build: Box::new(move |state| {
                 let prepared = H::prepare(state)?;
                 let typed = TypedEndpoint { handler, prepared, codec, marker: PhantomData::<fn() -> M> };
@@ -167,6 +188,102 @@ impl Route {
                 Ok(endpoint)
             }),
         }
+    }
+
+    /// A batch handler named `name` reading `topic` ([`BatchHandler`]): it gets up to
+    /// [`batch_size`](Route::batch_size) messages at once (default [`DEFAULT_BATCH_SIZE`]),
+    /// gathered for at most [`linger`](Route::linger) after the first (default
+    /// [`DEFAULT_LINGER`]), decoded as JSON.
+    ///
+    /// ```
+    /// use millstream::{BatchResult, Route};
+    /// # #[derive(serde::Deserialize)] struct Reading { value: f64 }
+    /// async fn store(readings: Vec<Reading>) -> BatchResult {
+    ///     BatchResult::ok()
+    /// }
+    /// let route = Route::batch("store", "readings", store).batch_size(500);
+    /// # let _ = route;
+    /// ```
+    ///
+    /// Messages are acked one by one once the batch is handled and its outputs published (a
+    /// backend that settles cumulatively, as Kafka, commits through its watermark). A batch
+    /// handler's route takes no middleware (middleware wraps one message at a time) and handles one
+    /// batch at a time; app-wide layers do not wrap it either. On a backend that hands out a
+    /// group's next message only once the previous is settled
+    /// ([`Features::strict_order`](crate::pubsub::Features::strict_order): the SQL backend), every
+    /// batch holds one message.
+    pub fn batch<H, M>(name: impl Into<String>, topic: impl Into<String>, handler: H) -> Self
+    where
+        H: BatchHandler<M>,
+        M: 'static,
+    {
+        Self::batch_with_codec(name, topic, handler, JsonCodec)
+    }
+
+    /// A batch handler with a codec of its own.
+    pub fn batch_with_codec<H, M, C>(
+        name: impl Into<String>,
+        topic: impl Into<String>,
+        handler: H,
+        codec: C,
+    ) -> Self
+    where
+        H: BatchHandler<M>,
+        M: 'static,
+        C: Codec + Clone,
+    {
+        let encoder: Arc<dyn DynEncoder> = Arc::new(codec.clone());
+        Route {
+            name: name.into(),
+            topic: topic.into(),
+            group: None,
+            publish: None,
+            concurrency: NonZeroUsize::MIN,
+            middleware: Vec::new(),
+            publisher: None,
+            subscriber: None,
+            output: batch_output_spec::<H::Return>(),
+            delayed_output: <<H::Return as BatchReturn>::Ok as crate::handler::IntoOutputs>::DELAYS,
+            encoder,
+            check_state: |state| H::prepare(state).map(drop),
+            location: None,
+            order_by_key: false,
+            retry_delays: Vec::new(),
+            dead_letter: None,
+            paired: false,
+            units: 0,
+            batch: Some(BatchSpec {
+                size: NonZeroUsize::new(DEFAULT_BATCH_SIZE).expect("not zero"),
+                linger: DEFAULT_LINGER,
+            }),
+            batch_misused: false,
+            build: Box::new(move |state| {
+                let prepared = H::prepare(state)?;
+                let endpoint: Arc<dyn Endpoint> =
+                    Arc::new(BatchEndpoint { handler, prepared, codec, marker: PhantomData::<fn() -> M> });
+                Ok(endpoint)
+            }),
+        }
+    }
+
+    /// A batch handler's largest batch (at least 1; default [`DEFAULT_BATCH_SIZE`]). Ignored by
+    /// other handlers (the app refuses to build one that sets it).
+    pub fn batch_size(mut self, size: usize) -> Self {
+        match &mut self.batch {
+            Some(batch) => batch.size = NonZeroUsize::new(size).unwrap_or(NonZeroUsize::MIN),
+            None => self.batch_misused = true,
+        }
+        self
+    }
+
+    /// How long a batch handler's batch waits for more messages after its first (default
+    /// [`DEFAULT_LINGER`]; zero: only what is ready at once).
+    pub fn linger(mut self, linger: std::time::Duration) -> Self {
+        match &mut self.batch {
+            Some(batch) => batch.linger = linger,
+            None => self.batch_misused = true,
+        }
+        self
     }
 
     /// Publishes the handler's return values (and what it sends with
@@ -352,6 +469,32 @@ impl Route {
             ))),
             _ => {}
         }
+        if self.batch_misused {
+            problems.push(config_error(format!(
+                "handler `{}` sets a batch size or linger but is not a batch handler; declare it with `Route::batch`",
+                self.name
+            )));
+        }
+        if self.batch.is_some() {
+            let name = &self.name;
+            if !self.middleware.is_empty() {
+                problems.push(config_error(format!(
+                    "batch handler `{name}` has middleware of its own: middleware wraps one message at a time"
+                )));
+            }
+            if self.concurrency.get() > 1 {
+                problems.push(config_error(format!(
+                    "batch handler `{name}` has concurrency {}: a batch handler handles one batch at a time; \
+                     make batches larger instead",
+                    self.concurrency
+                )));
+            }
+            if !self.retry_delays.is_empty() || self.dead_letter.is_some() {
+                problems.push(config_error(format!(
+                    "batch handler `{name}` has retry topics or a dead letter topic: not available to batch handlers"
+                )));
+            }
+        }
         if self.units > 1 {
             problems.push(config_error(format!(
                 "handler `{}` takes {} transactions (`Tx`); a handler runs in one: take one `Tx`",
@@ -429,6 +572,58 @@ where
             let cx = MessageCx { route: &chain.route, attempt };
             self.handler.call(&self.prepared, &self.codec, message, cx).await
         })
+    }
+}
+
+/// A batch handler: called with a batch by the router ([`Endpoint::call_batch`]); called with
+/// one message (a [`Router::service`](crate::Router::service) caller), with a batch of one.
+struct BatchEndpoint<H: BatchHandler<M>, M, C> {
+    handler: H,
+    prepared: H::Prepared,
+    codec: C,
+    marker: PhantomData<fn() -> M>,
+}
+
+impl<H, M, C> BatchEndpoint<H, M, C>
+where
+    H: BatchHandler<M>,
+    M: 'static,
+    C: Codec,
+{
+    async fn one(&self, message: Message) -> HandlerResult {
+        let outcome = self.handler.call(&self.prepared, &self.codec, vec![message]).await?;
+        match outcome.failures.into_iter().next() {
+            Some((_, error)) => Err(error),
+            None => Ok(outcome.outputs),
+        }
+    }
+}
+
+impl<H, M, C> Endpoint for BatchEndpoint<H, M, C>
+where
+    H: BatchHandler<M>,
+    M: 'static,
+    C: Codec,
+{
+    fn call<'a>(&'a self, message: Message, _cx: MessageCx<'a>) -> BoxFuture<'a, HandlerResult> {
+        Box::pin(self.one(message))
+    }
+
+    fn call_owned(
+        self: Arc<Self>,
+        _chain: Arc<Chain>,
+        message: Message,
+        _attempt: u32,
+    ) -> BoxFuture<'static, HandlerResult> {
+        Box::pin(async move { self.one(message).await })
+    }
+
+    fn call_batch<'a>(
+        &'a self,
+        messages: Vec<Message>,
+        _cx: MessageCx<'a>,
+    ) -> BoxFuture<'a, crate::error::Result<BatchOutcome>> {
+        Box::pin(self.handler.call(&self.prepared, &self.codec, messages))
     }
 }
 

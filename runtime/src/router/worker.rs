@@ -49,6 +49,8 @@ pub(crate) struct Prepared {
     /// The handler runs in a unit of work ([`Tx`](crate::inbox::Tx)): its outputs are written
     /// and committed in the unit, not published.
     pub(crate) transactional: bool,
+    /// A batch handler's batches ([`Route::batch`](super::Route::batch)).
+    pub(crate) batch: Option<super::route::BatchSpec>,
 }
 
 /// The next delivery, or `None` once intake stops or the subscription ends.
@@ -129,7 +131,7 @@ async fn wait_for_due(p: &Prepared, message: &mut Message) -> bool {
 /// attempts before the requeue plus the broker's count), with the requeue's keys removed; for
 /// another group, `None` (that group's handler takes it; this one acks it unhandled).
 #[cold]
-fn requeued(p: &Prepared, message: &mut Message, attempt: u32) -> Option<u32> {
+pub(super) fn requeued(p: &Prepared, message: &mut Message, attempt: u32) -> Option<u32> {
     if message.metadata().get(requeue::GROUP).is_some_and(|group| group != p.group.as_str()) {
         tracing::trace!(handler = %p.info.name, "a copy requeued for another group; acking it");
         return None;
@@ -363,7 +365,7 @@ async fn panicked(p: &Prepared, id: MessageId, attempt: u32, acker: Acker, panic
 }
 
 /// The redelivery delay for a failure: the error's own hint, else the router's default.
-fn nack_delay(p: &Prepared, error: &Error) -> Option<std::time::Duration> {
+pub(super) fn nack_delay(p: &Prepared, error: &Error) -> Option<std::time::Duration> {
     error.retry_after_hint().or(p.config.nack_delay)
 }
 
@@ -373,7 +375,7 @@ fn nack_delay(p: &Prepared, error: &Error) -> Option<std::time::Duration> {
 ///
 /// A request that fails for good gets an error reply first (best effort: the requester times out
 /// otherwise); a transient failure sends none, since the request comes again.
-async fn fail(
+pub(super) async fn fail(
     p: &Prepared,
     original: Message,
     attempt: u32,
@@ -537,7 +539,7 @@ async fn publish_replies(p: &Prepared, to: Box<str>, request: MessageId, outputs
     Ok(())
 }
 
-async fn publish_outputs(p: &Prepared, outputs: Outputs) -> Result<()> {
+pub(super) async fn publish_outputs(p: &Prepared, outputs: Outputs) -> Result<()> {
     for output in outputs {
         let topic = output_topic(p, output.topic)?;
         p.publisher.publish(&topic, output.message).await?;
@@ -558,7 +560,7 @@ fn output_topic<'a>(p: &'a Prepared, own: Option<Cow<'static, str>>) -> Result<C
     }
 }
 
-async fn settle(op: crate::pubsub::OpFuture<'static>, p: &Prepared, ack: bool) {
+pub(super) async fn settle(op: crate::pubsub::OpFuture<'static>, p: &Prepared, ack: bool) {
     p.metrics.settled(ack);
     if let Err(error) = op.await {
         p.metrics.settle_failed();

@@ -4,6 +4,7 @@
 
 mod app;
 mod asyncapi;
+mod batch;
 #[path = "../common/mod.rs"]
 mod common;
 mod cqrs;
