@@ -151,9 +151,19 @@ pub(crate) fn expand(handler: &Handler) -> TokenStream {
     } else {
         (None, codec.clone())
     };
-    let (saga_step, build_route) = match &handler.saga {
-        Some(state) => saga_step(handler, &paths, state, &codec_arg),
-        None => (
+    let (saga_step, build_route) = match (&handler.saga, handler.batch) {
+        (Some(state), _) => saga_step(handler, &paths, state, &codec_arg),
+        (None, Some((size, linger))) => {
+            let batch_route = paths.private_item(&format!("batch_route_{}", 1 + handler.extractors.len()));
+            let (size, linger) = (Literal::usize_unsuffixed(size), Literal::u64_unsuffixed(linger));
+            (
+                None,
+                quote_spanned! {fn_ident.span()=>
+                    #batch_route::<_, _, #output, #(#params),*>(Self::INFO.name, Self::INFO.topic, #fn_ident, #codec_arg, #size, #linger)
+                },
+            )
+        }
+        (None, None) => (
             None,
             quote_spanned! {fn_ident.span()=>
                 #helper::<_, _, #output, #value, #error, #(#params),*>(Self::INFO.name, Self::INFO.topic, #fn_ident, #codec_arg)

@@ -24,6 +24,8 @@ mod kw {
     syn::custom_keyword!(id);
     syn::custom_keyword!(retry_topics);
     syn::custom_keyword!(dead_letter);
+    syn::custom_keyword!(batch);
+    syn::custom_keyword!(linger);
 }
 
 /// Every key, for the "did you mean" of an unknown one.
@@ -43,6 +45,8 @@ const KEYS: &[&str] = &[
     "id",
     "retry_topics",
     "dead_letter",
+    "batch",
+    "linger",
     "crate",
 ];
 
@@ -75,6 +79,10 @@ pub(crate) struct Args {
     /// `retry_topics = ["1s", "10s"]`: each delay in milliseconds.
     pub(crate) retry_topics: Slot<Vec<u64>>,
     pub(crate) dead_letter: Slot<LitStr>,
+    /// `batch = 100`: a batch handler's largest batch.
+    pub(crate) batch: Slot<usize>,
+    /// `linger = "50ms"`: how long a batch waits for more, in milliseconds.
+    pub(crate) linger: Slot<u64>,
     pub(crate) krate: Slot<syn::Path>,
 }
 
@@ -96,6 +104,8 @@ pub(crate) fn args(tokens: TokenStream, errors: &mut Errors) -> Args {
         id: Slot::new("id"),
         retry_topics: Slot::new("retry_topics"),
         dead_letter: Slot::new("dead_letter"),
+        batch: Slot::new("batch"),
+        linger: Slot::new("linger"),
         krate: Slot::new("crate"),
     };
     attr::parse_entries(tokens, errors, |input, errors| entry(input, &mut args, errors));
@@ -175,6 +185,14 @@ fn entry(input: ParseStream<'_>, args: &mut Args, errors: &mut Errors) -> syn::R
         let key: kw::dead_letter = input.parse()?;
         attr::eq(input, "dead_letter")?;
         args.dead_letter.set(key.span, attr::string(input, "dead_letter")?, errors);
+    } else if lookahead.peek(kw::batch) {
+        let key: kw::batch = input.parse()?;
+        attr::eq(input, "batch")?;
+        args.batch.set(key.span, attr::positive(input, "batch")?, errors);
+    } else if lookahead.peek(kw::linger) {
+        let key: kw::linger = input.parse()?;
+        attr::eq(input, "linger")?;
+        args.linger.set(key.span, linger(input)?, errors);
     } else if lookahead.peek(Token![crate]) {
         let key: Token![crate] = input.parse()?;
         attr::eq(input, "crate")?;
@@ -241,6 +259,26 @@ fn retry_delays(input: ParseStream<'_>) -> syn::Result<Vec<u64>> {
         delays.push(delay);
     }
     Ok(delays)
+}
+
+/// `"50ms"`: how long a batch waits for more messages after its first, in milliseconds (`"0ms"`:
+/// only what is ready at once).
+fn linger(input: ParseStream<'_>) -> syn::Result<u64> {
+    const USAGE: &str = "`linger` takes a duration: `linger = \"50ms\"` (`ms`, `s`, `m` or `h`)";
+    if !input.peek(LitStr) {
+        return Err(input.error(USAGE));
+    }
+    let text: LitStr = input.parse()?;
+    let value = text.value();
+    let zero = value.strip_suffix("ms").or_else(|| value.strip_suffix('s')).is_some_and(|n| n == "0");
+    match duration_ms(&value) {
+        Some(ms) => Ok(ms),
+        None if zero => Ok(0),
+        None => Err(syn::Error::new(
+            text.span(),
+            format_args!("`{value}` is not a duration: write a whole number and a unit, `ms`, `s`, `m` or `h` (\"50ms\", \"1s\")"),
+        )),
+    }
 }
 
 /// `500ms`, `10s`, `1m`, `2h` in milliseconds; `None` for anything else, zero included.

@@ -40,6 +40,9 @@ pub(crate) struct Handler {
     /// `retry_topics`: the delays in milliseconds.
     pub(crate) retry_topics: Vec<u64>,
     pub(crate) dead_letter: Option<LitStr>,
+    /// A batch handler (`batch = N`): its batch size and linger in milliseconds; `payload` is
+    /// then the `T` of its `Vec<T>` parameter.
+    pub(crate) batch: Option<(usize, u64)>,
     pub(crate) pubsub: Option<LitStr>,
     pub(crate) service: Option<LitStr>,
     pub(crate) codec: Option<syn::Expr>,
@@ -188,6 +191,7 @@ pub(crate) fn validate(
             payload = Some(ty);
         }
     }
+    let batch = batch_keys(role, &mut args, &mut payload, &extractors, &item.sig, errors, before_params);
     let params = item.sig.inputs.len();
     if params > MAX_PARAMS || (payload.is_none() && params > MAX_PARAMS - 1) {
         errors.at(
@@ -337,6 +341,7 @@ pub(crate) fn validate(
         order_by_key,
         retry_topics: args.retry_topics.take().unwrap_or_default(),
         dead_letter: args.dead_letter.take(),
+        batch,
         pubsub: args.pubsub.take(),
         service: args.service.take(),
         codec: args.codec.take(),
@@ -349,6 +354,71 @@ pub(crate) fn validate(
         saga_id: args.id.take(),
     };
     (tokens, Some(handler))
+}
+
+/// The arguments a batch handler takes after its `Vec<T>`, at most (the runtime's
+/// `batch_route_N` builders).
+const MAX_BATCH_ARGS: usize = 3;
+
+/// `batch = N` and `linger = ".."`: a batch handler's keys, the keys it cannot have, and its
+/// `Vec<T>` parameter (`payload` becomes `T`).
+fn batch_keys(
+    role: Role,
+    args: &mut Args,
+    payload: &mut Option<Type>,
+    extractors: &[Type],
+    sig: &syn::Signature,
+    errors: &mut Errors,
+    before_params: usize,
+) -> Option<(usize, u64)> {
+    const SHAPE: &str =
+        "a batch handler takes its messages as `Vec<T>`, first: `async fn store(orders: Vec<Order>)`";
+    let (batch_span, linger_span) = (args.batch.key_span(), args.linger.key_span());
+    let (size, linger) = (args.batch.take(), args.linger.take());
+    let (Some(span), Some(size)) = (batch_span, size) else {
+        if let Some(span) = linger_span {
+            errors.on(span, "`linger` goes with `batch`: `#[millstream::handler(topic = \"t\", batch = 100, linger = \"50ms\")]`");
+        }
+        return None;
+    };
+    if role != Role::Handler {
+        errors.on(
+            span,
+            format_args!("`batch` is a key of `#[millstream::handler]` only, not of `{}`", role.attribute()),
+        );
+        return None;
+    }
+    let excluded = [
+        (
+            args.concurrency.key_span(),
+            "concurrency",
+            "it handles one batch at a time; make batches larger instead",
+        ),
+        (args.order.key_span(), "order", "a batch is handled as one"),
+        (args.retry_topics.key_span(), "retry_topics", "retry topics are for single messages"),
+        (args.dead_letter.key_span(), "dead_letter", "retry topics are for single messages"),
+        (args.middleware.key_span(), "middleware", "middleware wraps one message at a time"),
+    ];
+    for (key_span, key, why) in excluded {
+        if let Some(key_span) = key_span {
+            errors.on(key_span, format_args!("a batch handler takes no `{key}`: {why}"));
+        }
+    }
+    if extractors.len() > MAX_BATCH_ARGS {
+        errors.at(
+            &extractors[MAX_BATCH_ARGS],
+            format_args!("a batch handler takes at most {MAX_BATCH_ARGS} arguments after its `Vec<T>` (`State<S>`); group them into one state type"),
+        );
+    }
+    match payload.as_ref().map(|ty| (ty, generic_arg(ty, "Vec"))) {
+        Some((_, Some(inner))) => *payload = Some(inner.clone()),
+        Some((ty, None)) => errors.at(ty, format_args!("`{}` is not a `Vec`: {SHAPE}", tokens_text(ty))),
+        None if errors.len() == before_params => {
+            errors.at(&sig.ident, format_args!("`{}` has no `Vec<T>` parameter: {SHAPE}", sig.ident))
+        }
+        None => {}
+    }
+    Some((size, linger.unwrap_or(50)))
 }
 
 /// A saga step's first parameter, `&mut Saga<S>`: its `S`.

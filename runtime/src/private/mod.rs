@@ -20,8 +20,10 @@
 //!   whose impls make a second handler of one command a compile error.
 //! - `cqrs.rs` also routes saga handlers (`saga_route`); the saga steps' begin and finish live in
 //!   `crate::saga`.
+//! - `batch.rs`: a batch handler's route, and the check of its arguments.
 //! - `extractors.rs`: the check that the macros' list of extractors names real ones.
 
+mod batch;
 mod cqrs;
 mod extractors;
 mod middleware;
@@ -33,6 +35,7 @@ mod typed;
 
 use std::any::TypeId;
 
+pub use self::batch::{batch_route_1, batch_route_2, batch_route_3, batch_route_4};
 pub use self::cqrs::{
     command_route, event_route, message_type, saga_route, upcast, CommandHasOneHandler, OlderVersion,
     UpcastsTo,
