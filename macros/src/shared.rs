@@ -29,22 +29,26 @@ pub(crate) struct Extractor {
     pub(crate) name: &'static str,
     /// How many type parameters it takes (`State<T>`: 1).
     pub(crate) generics: usize,
+    /// The runtime feature it exists under, with the type argument its check uses (`Tx<DB>`
+    /// takes a database, not `()`).
+    pub(crate) feature: Option<(&'static str, &'static str)>,
 }
 
 /// The runtime's extractors: a parameter whose type is named like one of them is an extractor,
 /// any other is the payload (`#[payload]`/`#[extract]` say otherwise).
 pub(crate) const EXTRACTORS: &[Extractor] = &[
-    Extractor { name: "State", generics: 1 },
-    Extractor { name: "Ctx", generics: 0 },
-    Extractor { name: "Metadata", generics: 0 },
-    Extractor { name: "MessageId", generics: 0 },
-    Extractor { name: "Bytes", generics: 0 },
-    Extractor { name: "Json", generics: 1 },
-    Extractor { name: "Message", generics: 0 },
-    Extractor { name: "Attempt", generics: 0 },
-    Extractor { name: "DeliveryInfo", generics: 0 },
-    Extractor { name: "CommandBus", generics: 0 },
-    Extractor { name: "EventBus", generics: 0 },
+    Extractor { name: "State", generics: 1, feature: None },
+    Extractor { name: "Ctx", generics: 0, feature: None },
+    Extractor { name: "Metadata", generics: 0, feature: None },
+    Extractor { name: "MessageId", generics: 0, feature: None },
+    Extractor { name: "Bytes", generics: 0, feature: None },
+    Extractor { name: "Json", generics: 1, feature: None },
+    Extractor { name: "Message", generics: 0, feature: None },
+    Extractor { name: "Attempt", generics: 0, feature: None },
+    Extractor { name: "DeliveryInfo", generics: 0, feature: None },
+    Extractor { name: "CommandBus", generics: 0, feature: None },
+    Extractor { name: "EventBus", generics: 0, feature: None },
+    Extractor { name: "Tx", generics: 1, feature: Some(("sqlite", "sqlx::Sqlite")) },
 ];
 
 /// `m!(E1, .., EN);` for each count `N` of extractors a handler may take, from none up to
@@ -68,19 +72,27 @@ pub(crate) fn assert_extractors(input: TokenStream) -> TokenStream {
         return syn::Error::new(Span::call_site(), "`__assert_extractors!()` takes no input")
             .to_compile_error();
     }
-    let count = EXTRACTORS.len();
     let checks = EXTRACTORS.iter().map(|extractor| {
         let name = format_ident!("{}", extractor.name);
-        let args = (0..extractor.generics).map(|_| quote!(()));
-        let generics = (extractor.generics > 0).then(|| quote!(<#(#args),*>));
-        quote!(is_extractor::<crate::#name #generics>)
+        let (cfg, generics) = match extractor.feature {
+            Some((feature, arg)) => {
+                let arg: TokenStream = arg.parse().expect("a type");
+                (Some(quote!(#[cfg(feature = #feature)])), Some(quote!(<#arg>)))
+            }
+            None => {
+                let args = (0..extractor.generics).map(|_| quote!(()));
+                (None, (extractor.generics > 0).then(|| quote!(<#(#args),*>)))
+            }
+        };
+        quote! {
+            #cfg
+            const _: () = is_extractor::<crate::#name #generics>();
+        }
     });
     quote! {
         /// Every type `#[millstream::handler]` takes for an extractor by its name is one.
-        const _: [fn(); #count] = {
-            const fn is_extractor<T: crate::FromMessage>() {}
-            [#(#checks),*]
-        };
+        const fn is_extractor<T: crate::FromMessage>() {}
+        #(#checks)*
     }
 }
 

@@ -86,6 +86,9 @@ impl<O> BatchResult<O> {
     }
 }
 
+/// The messages of a batch that failed: each one's index in the batch, and its error.
+pub type Failures = Vec<(usize, Error)>;
+
 /// What a batch handler may return: `()`, a publishable value (`T`, `Option<T>`, `Vec<T>`), a
 /// [`BatchResult`], or a `Result` of one of these (an `Err` fails every message of the batch).
 #[diagnostic::on_unimplemented(
@@ -98,13 +101,13 @@ pub trait BatchReturn: Send {
     type Ok: IntoOutputs;
 
     /// The values and the failed messages' indices, or the error that fails the whole batch.
-    fn into_batch(self) -> Result<(Self::Ok, Vec<(usize, Error)>)>;
+    fn into_batch(self) -> Result<(Self::Ok, Failures)>;
 }
 
 impl BatchReturn for () {
     type Ok = ();
 
-    fn into_batch(self) -> Result<((), Vec<(usize, Error)>)> {
+    fn into_batch(self) -> Result<((), Failures)> {
         Ok(((), Vec::new()))
     }
 }
@@ -112,7 +115,7 @@ impl BatchReturn for () {
 impl<T: crate::topic::Publishable> BatchReturn for Vec<T> {
     type Ok = Vec<T>;
 
-    fn into_batch(self) -> Result<(Vec<T>, Vec<(usize, Error)>)> {
+    fn into_batch(self) -> Result<(Vec<T>, Failures)> {
         Ok((self, Vec::new()))
     }
 }
@@ -120,7 +123,7 @@ impl<T: crate::topic::Publishable> BatchReturn for Vec<T> {
 impl<O: IntoOutputs, E: Into<Error> + Send> BatchReturn for std::result::Result<O, E> {
     type Ok = O;
 
-    fn into_batch(self) -> Result<(O, Vec<(usize, Error)>)> {
+    fn into_batch(self) -> Result<(O, Failures)> {
         self.map(|outputs| (outputs, Vec::new())).map_err(Into::into)
     }
 }
@@ -128,7 +131,7 @@ impl<O: IntoOutputs, E: Into<Error> + Send> BatchReturn for std::result::Result<
 impl<O: IntoOutputs> BatchReturn for BatchResult<O> {
     type Ok = O;
 
-    fn into_batch(self) -> Result<(O, Vec<(usize, Error)>)> {
+    fn into_batch(self) -> Result<(O, Failures)> {
         Ok((self.outputs, self.failures))
     }
 }
@@ -136,7 +139,7 @@ impl<O: IntoOutputs> BatchReturn for BatchResult<O> {
 impl<O: IntoOutputs, E: Into<Error> + Send> BatchReturn for std::result::Result<BatchResult<O>, E> {
     type Ok = O;
 
-    fn into_batch(self) -> Result<(O, Vec<(usize, Error)>)> {
+    fn into_batch(self) -> Result<(O, Failures)> {
         self.map_err(Into::into)?.into_batch()
     }
 }

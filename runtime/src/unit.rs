@@ -90,6 +90,7 @@ pub(crate) async fn with_current<F: std::future::Future>(work: Work, call: F) ->
 /// Takes the unit of the running handler call (for the extractor that lends it to the
 /// handler); `None` outside a unit, or when another argument took it.
 #[doc(hidden)]
+#[cfg_attr(not(feature = "sql"), allow(dead_code))]
 pub(crate) fn take_current() -> Option<Work> {
     CURRENT.try_with(|current| current.borrow_mut().take()).ok().flatten()
 }

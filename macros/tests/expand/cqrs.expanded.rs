@@ -43,7 +43,7 @@ const _: () = {
     #[automatically_derived]
     impl ::millstream::__private::HandlerDef for PlaceHandler {
         const INFO: ::millstream::__private::HandlerInfo = ::millstream::__private::HandlerInfo {
-            name: "macrotest001::place",
+            name: "macrotest003::place",
             fn_name: "place",
             topic: <PlaceOrder as ::millstream::__private::Topic>::NAME,
             group: ::core::option::Option::None,
@@ -57,7 +57,7 @@ const _: () = {
             service: ::core::option::Option::None,
             pubsub: ::core::option::Option::None,
             role: ::millstream::__private::Role::CommandHandler,
-            module_path: "macrotest001",
+            module_path: "macrotest003",
             file: "/tmp/millstream-macros-expand/cqrs.rs",
             line: 15u32,
         };
@@ -138,7 +138,7 @@ const _: () = {
     #[automatically_derived]
     impl ::millstream::__private::HandlerDef for OnPlacedHandler {
         const INFO: ::millstream::__private::HandlerInfo = ::millstream::__private::HandlerInfo {
-            name: "macrotest001::on_placed",
+            name: "macrotest003::on_placed",
             fn_name: "on_placed",
             topic: <OrderPlaced as ::millstream::__private::Topic>::NAME,
             group: ::core::option::Option::None,
@@ -152,7 +152,7 @@ const _: () = {
             service: ::core::option::Option::None,
             pubsub: ::core::option::Option::None,
             role: ::millstream::__private::Role::EventHandler,
-            module_path: "macrotest001",
+            module_path: "macrotest003",
             file: "/tmp/millstream-macros-expand/cqrs.rs",
             line: 20u32,
         };

@@ -35,7 +35,7 @@ const _: () = {
     #[automatically_derived]
     impl ::millstream::__private::HandlerDef for BillHandler {
         const INFO: ::millstream::__private::HandlerInfo = ::millstream::__private::HandlerInfo {
-            name: "macrotest003::bill",
+            name: "macrotest005::bill",
             fn_name: "bill",
             topic: <OrderPlaced as ::millstream::__private::Topic>::NAME,
             group: ::core::option::Option::Some("billing"),
@@ -49,7 +49,7 @@ const _: () = {
             service: ::core::option::Option::None,
             pubsub: ::core::option::Option::None,
             role: ::millstream::__private::Role::Handler,
-            module_path: "macrotest003",
+            module_path: "macrotest005",
             file: "/tmp/millstream-macros-expand/handler.rs",
             line: 18u32,
         };

@@ -8,10 +8,10 @@ const _: () = {
     #[automatically_derived]
     impl ::millstream::__private::MiddlewareDef for TimingMiddleware {
         const INFO: ::millstream::__private::MiddlewareInfo = ::millstream::__private::MiddlewareInfo {
-            name: "macrotest005::timing",
+            name: "macrotest007::timing",
             priority: ::core::option::Option::Some(10),
             service: ::core::option::Option::None,
-            module_path: "macrotest005",
+            module_path: "macrotest007",
             file: "/tmp/millstream-macros-expand/middleware.rs",
             line: 3u32,
         };

@@ -39,7 +39,7 @@ const _: () = {
     #[automatically_derived]
     impl ::millstream::__private::HandlerDef for PlacedHandler {
         const INFO: ::millstream::__private::HandlerInfo = ::millstream::__private::HandlerInfo {
-            name: "macrotest007::placed",
+            name: "macrotest009::placed",
             fn_name: "placed",
             topic: <OrderPlaced as ::millstream::__private::Topic>::NAME,
             group: ::core::option::Option::None,
@@ -55,7 +55,7 @@ const _: () = {
             role: ::millstream::__private::Role::SagaHandler {
                 start: true,
             },
-            module_path: "macrotest007",
+            module_path: "macrotest009",
             file: "/tmp/millstream-macros-expand/saga.rs",
             line: 16u32,
         };

@@ -29,7 +29,7 @@ impl Plan {
     /// Whether `n` is to fail now: multiples of 5 fail (after their write) the first time, 7 panics
     /// the first time.
     fn first_time(&self, n: u64) -> bool {
-        (n % 5 == 0 || n == 7) && self.failed.lock().unwrap().insert(n)
+        (n.is_multiple_of(5) || n == 7) && self.failed.lock().unwrap().insert(n)
     }
 }
 

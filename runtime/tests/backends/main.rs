@@ -3,6 +3,7 @@
 //! One test binary per area (CI links a few binaries, not one per file); each file is a module.
 
 mod amqp_backend;
+mod batch_handlers;
 #[path = "../common/mod.rs"]
 mod common;
 mod conformance_amqp;
