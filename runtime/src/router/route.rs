@@ -157,37 +157,20 @@ impl Route {
         C: Codec + Clone,
     {
         let encoder: Arc<dyn DynEncoder> = Arc::new(codec.clone());
-        Route {
-            name: name.into(),
-            topic: topic.into(),
-            group: None,
-            publish: None,
-            concurrency: NonZeroUsize::MIN,
-            middleware: Vec::new(),
-            publisher: None,
-            subscriber: None,
-            output: output_spec::<H::Return>(),
-            delayed_output: output_delays::<H::Return>(),
-            encoder,
-            check_state: |state| H::prepare(state).map(drop),
-            location: None,
-            order_by_key: false,
-            retry_delays: Vec::new(),
-            dead_letter: None,
-            paired: false,
-            units: H::UNITS,
-            batch: None,
-            batch_misused: false,
-            build: Box::new(move |state| {
-                let prepared = H::prepare(state)?;
-                let typed = TypedEndpoint { handler, prepared, codec, marker: PhantomData::<fn() -> M> };
-                let endpoint: Arc<dyn Endpoint> = match H::UNIT_OF_WORK {
-                    None => Arc::new(typed),
-                    Some(open) => Arc::new(UnitEndpoint { typed, unit: open(state).map_err(|e| vec![e])? }),
-                };
-                Ok(endpoint)
-            }),
-        }
+        let build: BuildFn = Box::new(move |state| {
+            let prepared = H::prepare(state)?;
+            let typed = TypedEndpoint { handler, prepared, codec, marker: PhantomData::<fn() -> M> };
+            let endpoint: Arc<dyn Endpoint> = match H::UNIT_OF_WORK {
+                None => Arc::new(typed),
+                Some(open) => Arc::new(UnitEndpoint { typed, unit: open(state).map_err(|e| vec![e])? }),
+            };
+            Ok(endpoint)
+        });
+        let mut route = Route::base(name.into(), topic.into(), encoder, output_spec::<H::Return>(), build);
+        route.delayed_output = output_delays::<H::Return>();
+        route.check_state = |state| H::prepare(state).map(drop);
+        route.units = H::UNITS;
+        route
     }
 
     /// A batch handler named `name` reading `topic` ([`BatchHandler`]): it gets up to
@@ -233,36 +216,53 @@ impl Route {
         C: Codec + Clone,
     {
         let encoder: Arc<dyn DynEncoder> = Arc::new(codec.clone());
+        let build: BuildFn = Box::new(move |state| {
+            let prepared = H::prepare(state)?;
+            let endpoint: Arc<dyn Endpoint> =
+                Arc::new(BatchEndpoint { handler, prepared, codec, marker: PhantomData::<fn() -> M> });
+            Ok(endpoint)
+        });
+        let mut route =
+            Route::base(name.into(), topic.into(), encoder, batch_output_spec::<H::Return>(), build);
+        route.delayed_output = <<H::Return as BatchReturn>::Ok as crate::handler::IntoOutputs>::DELAYS;
+        route.check_state = |state| H::prepare(state).map(drop);
+        route.batch = Some(BatchSpec {
+            size: NonZeroUsize::new(DEFAULT_BATCH_SIZE).expect("not zero"),
+            linger: DEFAULT_LINGER,
+        });
+        route
+    }
+
+    /// A route with every setting at its default, building its endpoint with `build`.
+    fn base(
+        name: String,
+        topic: String,
+        encoder: Arc<dyn DynEncoder>,
+        output: OutputSpec,
+        build: BuildFn,
+    ) -> Route {
         Route {
-            name: name.into(),
-            topic: topic.into(),
+            name,
+            topic,
             group: None,
             publish: None,
             concurrency: NonZeroUsize::MIN,
             middleware: Vec::new(),
             publisher: None,
             subscriber: None,
-            output: batch_output_spec::<H::Return>(),
-            delayed_output: <<H::Return as BatchReturn>::Ok as crate::handler::IntoOutputs>::DELAYS,
+            output,
+            delayed_output: false,
             encoder,
-            check_state: |state| H::prepare(state).map(drop),
+            build,
+            check_state: |_| Ok(()),
             location: None,
             order_by_key: false,
             retry_delays: Vec::new(),
             dead_letter: None,
             paired: false,
             units: 0,
-            batch: Some(BatchSpec {
-                size: NonZeroUsize::new(DEFAULT_BATCH_SIZE).expect("not zero"),
-                linger: DEFAULT_LINGER,
-            }),
+            batch: None,
             batch_misused: false,
-            build: Box::new(move |state| {
-                let prepared = H::prepare(state)?;
-                let endpoint: Arc<dyn Endpoint> =
-                    Arc::new(BatchEndpoint { handler, prepared, codec, marker: PhantomData::<fn() -> M> });
-                Ok(endpoint)
-            }),
         }
     }
 

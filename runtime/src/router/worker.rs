@@ -196,15 +196,7 @@ async fn process(p: &Prepared, message: Message, attempt: u32, acker: Acker) {
         let started = p.metrics.timed().then(std::time::Instant::now);
         // Each call is one boxed future, so that this future holds a pointer, not the chain's
         // state (a larger `process` future costs every message, middleware or not).
-        let call = if p.chain.starts_fused() {
-            let kept = match (&original, acker.message()) {
-                (Some(original), _) | (None, Some(original)) => original,
-                (None, None) => unreachable!("a copy is kept when the acker keeps none"),
-            };
-            p.chain.call_fused(message, kept, attempt)
-        } else {
-            p.chain.call(message, attempt)
-        };
+        let call = call_chain(p, message, original.as_ref(), &acker, attempt);
         let result = AssertUnwindSafe(call).catch_unwind().await;
         if let Some(started) = started {
             p.metrics.handler_duration(started.elapsed().as_secs_f64());
@@ -270,6 +262,27 @@ async fn process(p: &Prepared, message: Message, attempt: u32, acker: Acker) {
     }
 }
 
+/// The handler's chain called with `message`: a chain that starts with fused layers borrows the
+/// copy of the message kept for the poison topic (`original`, or the acker's).
+#[inline]
+fn call_chain<'a>(
+    p: &'a Prepared,
+    message: Message,
+    original: Option<&'a Message>,
+    acker: &'a Acker,
+    attempt: u32,
+) -> futures_core::future::BoxFuture<'a, crate::handler::HandlerResult> {
+    if p.chain.starts_fused() {
+        let kept = match (original, acker.message()) {
+            (Some(original), _) | (None, Some(original)) => original,
+            (None, None) => unreachable!("a copy is kept when the acker keeps none"),
+        };
+        p.chain.call_fused(message, kept, attempt)
+    } else {
+        p.chain.call(message, attempt)
+    }
+}
+
 /// [`process`] for a handler that runs in a unit of work: the chain runs with a slot where the
 /// endpoint leaves the unit it began; once the chain succeeds, the outputs are written and the
 /// unit committed (the delivery is acked only after the commit). A commit that fails nacks the
@@ -288,15 +301,7 @@ async fn transactional(
     let id = message.id();
     let started = p.metrics.timed().then(std::time::Instant::now);
     let result = {
-        let call = if p.chain.starts_fused() {
-            let kept = match (&original, acker.message()) {
-                (Some(original), _) | (None, Some(original)) => original,
-                (None, None) => unreachable!("a copy is kept when the acker keeps none"),
-            };
-            p.chain.call_fused(message, kept, attempt)
-        } else {
-            p.chain.call(message, attempt)
-        };
+        let call = call_chain(p, message, original.as_ref(), &acker, attempt);
         AssertUnwindSafe(crate::unit::with_pending(slot.clone(), call)).catch_unwind().await
     };
     if let Some(started) = started {
