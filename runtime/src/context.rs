@@ -13,6 +13,13 @@ use crate::pubsub::Publisher;
 /// What a running handler knows about itself; shared by all its messages.
 pub(crate) struct RouteInfo {
     pub(crate) name: Arc<str>,
+    /// The handler this route runs: its name, the same for each of its retry topics' stages
+    /// (whose `name`s differ). Read by the transactional inbox.
+    #[cfg_attr(not(feature = "sql"), allow(dead_code))]
+    pub(crate) handler: Arc<str>,
+    /// The consumer group it reads in. Read by the transactional inbox.
+    #[cfg_attr(not(feature = "sql"), allow(dead_code))]
+    pub(crate) group: Arc<str>,
     pub(crate) topic: Arc<str>,
     pub(crate) publish: Option<Arc<str>>,
     pub(crate) publisher: Arc<dyn Publisher>,

@@ -14,7 +14,7 @@ use crate::context::MessageCx;
 use crate::error::{Error, ErrorKind, Result};
 use crate::extract::FromMessage;
 use crate::message::Message;
-use crate::pubsub::sql::{InboxDatabase, SqlInbox};
+use crate::pubsub::sql::{InboxDatabase, InboxKey, SqlInbox};
 use crate::state::StateMap;
 use crate::unit::{take_current, UnitOfWork, UnitOfWorkFn, Work};
 
@@ -126,7 +126,14 @@ impl<DB: InboxDatabase> UnitOfWork for SqlUnit<DB> {
     fn begin<'a>(&'a self, message: &'a Message, cx: MessageCx<'a>) -> BoxFuture<'a, Result<Option<Work>>> {
         Box::pin(async move {
             let id = message.id().to_boxed_str();
-            let Some(tx) = DB::begin(&self.inbox, &cx.route.name, &id).await? else { return Ok(None) };
+            let route = &cx.route;
+            let key = InboxKey {
+                group: &route.group,
+                handler: &route.handler,
+                message_id: &id,
+                publish: route.publish.as_deref(),
+            };
+            let Some(tx) = DB::begin(&self.inbox, key).await? else { return Ok(None) };
             let home: Arc<Home<DB>> = Arc::new(Mutex::new(Some(tx)));
             Ok(Some(home as Work))
         })

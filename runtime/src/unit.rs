@@ -106,11 +106,18 @@ pub(crate) async fn with_pending<F: std::future::Future>(slot: PendingSlot, chai
 pub(crate) fn leave_pending(pending: Pending) -> Option<Pending> {
     match PENDING.try_with(Arc::clone) {
         Ok(slot) => {
-            // (A middleware that calls the handler twice leaves the later unit; the earlier one
-            // rolls back as it is dropped here.)
             *slot.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(pending);
             None
         }
         Err(_) => Some(pending),
+    }
+}
+
+/// Rolls back a unit left for the worker by an earlier call of the handler in this delivery (a
+/// middleware that calls the handler again), before the next call begins its own: the earlier
+/// one would hold the message's inbox key, and the next call wait for it.
+pub(crate) fn drop_pending() {
+    if let Ok(slot) = PENDING.try_with(Arc::clone) {
+        drop(slot.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take());
     }
 }

@@ -534,11 +534,14 @@ fn strip_markers(item: &mut syn::ItemFn, errors: &mut Errors) -> Vec<Option<Mark
 /// Whether the type names a known extractor (`State<T>`, `millstream::Ctx`, ...).
 fn is_extractor(ty: &Type) -> bool {
     match ty {
-        Type::Path(path) if path.qself.is_none() => path
-            .path
-            .segments
-            .last()
-            .is_some_and(|segment| EXTRACTORS.iter().any(|extractor| segment.ident == extractor.name)),
+        Type::Path(path) if path.qself.is_none() => path.path.segments.last().is_some_and(|segment| {
+            // (Named like one, with type arguments where it takes some: a struct `Tx` of the
+            // user's stays a payload; `Tx<Postgres>` is the transaction.)
+            let with_args = matches!(segment.arguments, syn::PathArguments::AngleBracketed(_));
+            EXTRACTORS
+                .iter()
+                .any(|extractor| segment.ident == extractor.name && (extractor.generics == 0 || with_args))
+        }),
         Type::Paren(inner) => is_extractor(&inner.elem),
         Type::Group(inner) => is_extractor(&inner.elem),
         _ => false,

@@ -220,6 +220,8 @@ async fn run(middleware: Vec<Arc<dyn Middleware>>, script: Script, input: &Messa
     let publisher = Arc::new(Recorder::default());
     let route = Arc::new(RouteInfo {
         name: "scripted".into(),
+        handler: "scripted".into(),
+        group: "scripted".into(),
         topic: "input".into(),
         publish: None,
         publisher: publisher.clone(),

@@ -120,6 +120,8 @@ impl GroupEndpoint {
                     let facts = layer_facts(&member.layers);
                     let info = Arc::new(RouteInfo {
                         name: member.name.clone(),
+                        handler: member.name.clone(),
+                        group: group.group.clone(),
                         topic: group.topic.clone(),
                         publish: member.publish.clone(),
                         publisher: group.publisher.clone(),

@@ -513,8 +513,10 @@ impl Router {
         layers.extend(route.middleware);
         let facts = layer_facts(&layers);
         let group = route.group.unwrap_or_else(|| route.name.clone());
+        let (handler, group_name): (Arc<str>, Arc<str>) =
+            (Arc::from(route.name.as_str()), Arc::from(group.as_str()));
         if route.batch.is_some() && !self.inner.layers.is_empty() {
-            tracing::info!(handler = %route.name, "the app's middleware does not wrap a batch handler: middleware wraps one message at a time");
+            tracing::warn!(handler = %route.name, "the app's middleware does not wrap a batch handler (middleware wraps one message at a time): its redelivery caps, poison rules and the like do not apply to it");
         }
         let stages = match (route.retry_delays.is_empty(), route.dead_letter.as_deref()) {
             (true, None) => vec![(route.name, route.topic, None)],
@@ -535,6 +537,8 @@ impl Router {
                 handlers.health.push((name.clone(), up.clone()));
                 let info = Arc::new(RouteInfo {
                     name: Arc::from(name.as_str()),
+                    handler: handler.clone(),
+                    group: group_name.clone(),
                     topic: Arc::from(topic.as_str()),
                     publish: route.publish.as_deref().map(Arc::from),
                     publisher: publisher.clone(),

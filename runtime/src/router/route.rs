@@ -477,6 +477,12 @@ impl Route {
         }
         if self.batch.is_some() {
             let name = &self.name;
+            if self.order_by_key {
+                problems.push(config_error(format!(
+                    "batch handler `{name}` orders by key: a batch is handled as one, and a message failed in it \
+                     comes back after others of its key"
+                )));
+            }
             if !self.middleware.is_empty() {
                 problems.push(config_error(format!(
                     "batch handler `{name}` has middleware of its own: middleware wraps one message at a time"
@@ -644,6 +650,9 @@ where
     C: Codec,
 {
     async fn run(&self, message: Message, cx: MessageCx<'_>) -> HandlerResult {
+        // A middleware that calls the handler again (a retry): the earlier call's unit, left for
+        // the worker, is rolled back first, or it would hold the inbox key this call takes.
+        crate::unit::drop_pending();
         let Some(work) = self.unit.begin(&message, cx).await? else {
             tracing::debug!(handler = %cx.route.name, message_id = %message.id(), "handled before (its transaction committed); acked without running the handler");
             return Ok(crate::handler::Outputs::new());

@@ -325,35 +325,52 @@ async fn transactional(
         }
     };
     let Some((unit, work)) = pending else {
-        // Handled before: the unit said so and the handler did not run.
-        return settle(acker.ack(), p, true).await;
-    };
-    let mut resolved = Vec::with_capacity(outputs.len());
-    for output in outputs {
-        let resolved_one = match &reply_to {
-            Some((to, request)) => {
-                Ok((Cow::Owned(to.to_string()), crate::reply::as_reply(*request, output.message)))
-            }
-            None => {
-                output_topic(p, output.topic).map(|topic| (Cow::Owned(topic.into_owned()), output.message))
-            }
+        // No unit to commit: the message was handled before (the unit said so and the handler
+        // did not run; its outputs were committed then), or a middleware answered without calling
+        // the handler: what it returned is published as for any handler.
+        let published = match reply_to {
+            Some((to, request)) => publish_replies(p, to, request, outputs).await,
+            None if outputs.is_empty() => Ok(()),
+            None => publish_outputs(p, outputs).await,
         };
-        match resolved_one {
-            Ok(one) => resolved.push(one),
-            Err(error) => return fail(p, original(), attempt, acker, error, None).await,
+        return match published {
+            Ok(()) => settle(acker.ack(), p, true).await,
+            Err(error) => settle(acker.nack_after(nack_delay(p, &error)), p, false).await,
+        };
+    };
+    // A request's replies go back on the backend the requester waits on, after the commit (at
+    // least once, as for any handler); every other output is written in the unit.
+    let (written, replies) = match reply_to {
+        Some(reply) => (Vec::new(), Some((reply, outputs))),
+        None => {
+            let mut written = Vec::with_capacity(outputs.len());
+            for output in outputs {
+                match output_topic(p, output.topic) {
+                    Ok(topic) => written.push((Cow::Owned(topic.into_owned()), output.message)),
+                    Err(error) => return fail(p, original(), attempt, acker, error, None).await,
+                }
+            }
+            (written, None)
         }
-    }
-    match unit.commit(work, resolved).await {
-        Ok(()) => settle(acker.ack(), p, true).await,
+    };
+    match unit.commit(work, written).await {
+        Ok(()) => {}
         Err(error) if error.is_permanent() => {
             let error = error.context("committing the handler's transaction failed");
-            fail(p, original(), attempt, acker, error, None).await
+            return fail(p, original(), attempt, acker, error, None).await;
         }
         Err(error) => {
             tracing::warn!(handler = %p.info.name, %error, "committing the handler's transaction failed; nacking (a redelivery finds out whether it committed)");
-            settle(acker.nack_after(nack_delay(p, &error)), p, false).await;
+            return settle(acker.nack_after(nack_delay(p, &error)), p, false).await;
         }
     }
+    if let Some(((to, request), outputs)) = replies {
+        if let Err(error) = publish_replies(p, to, request, outputs).await {
+            // Committed: a redelivery would be acked unhandled, so the reply is not retried.
+            tracing::warn!(handler = %p.info.name, %error, "the reply of a committed request could not be sent");
+        }
+    }
+    settle(acker.ack(), p, true).await
 }
 
 async fn panicked(p: &Prepared, id: MessageId, attempt: u32, acker: Acker, panic: Box<dyn Any + Send>) {

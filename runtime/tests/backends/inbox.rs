@@ -116,8 +116,8 @@ macro_rules! inbox_test {
             // 30 messages, 6 of which failed once (5, 10, .., 30) and 1 panicked once (7), + 1.
             assert_eq!(plan.calls.load(Ordering::SeqCst), 30 + 7 + 1);
             let inbox = SqlInbox::new(&sql);
-            assert!(inbox.contains("bill", &ids[4].to_string()).await.unwrap());
-            assert!(!inbox.contains("another", &ids[4].to_string()).await.unwrap());
+            assert!(inbox.contains("bill", "bill", &ids[4].to_string()).await.unwrap());
+            assert!(!inbox.contains("another", "another", &ids[4].to_string()).await.unwrap());
             assert!(inbox.purge_older_than(Duration::from_secs(3600)).await.unwrap() == 0);
 
             within("the router stops", router.close()).await.unwrap();
@@ -227,6 +227,67 @@ async fn drop_tables(sql: &SqlPubSub, prefix: &str, effects: &str) {
         })
         .await
     }
+}
+
+/// A handler with a retry topic: its stages share one inbox key. The message fails once, is
+/// handled on the retry topic, and then comes again on the main topic (as after an ack lost
+/// there): it is acked without running the handler.
+#[cfg(feature = "sqlite")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stages_of_a_retry_topic_share_the_inbox_key() {
+    let prefix = unique("msinbox_");
+    let (sql, _dir) = connect("sqlite", &prefix).await;
+    let effects = format!("{prefix}effects");
+    create_effects(&sql, &effects).await;
+    let calls = Arc::new(AtomicU32::new(0));
+
+    async fn handle(
+        n: u64,
+        mut tx: Tx<sqlx::Sqlite>,
+        State(calls): State<Arc<AtomicU32>>,
+        State(insert): State<Arc<str>>,
+    ) -> millstream::Result<()> {
+        let call = calls.fetch_add(1, Ordering::SeqCst) + 1;
+        sqlx::query(&insert).bind(n as i64).execute(&mut *tx).await.map_err(millstream::Error::backend)?;
+        if call == 1 {
+            return Err(millstream::Error::msg("the first call fails"));
+        }
+        Ok(())
+    }
+
+    let input = MemoryPubSub::new();
+    let topic = unique("inbox.retry.");
+    let app = App::new()
+        .pubsub(input.clone())
+        .state(SqlInbox::new(&sql))
+        .state(calls.clone())
+        .state(Arc::<str>::from(format!("INSERT INTO {effects} (n) VALUES (?)").as_str()))
+        .route(Route::new("bill", topic.as_str(), handle).retry_topics([Duration::from_millis(100)]));
+    let router = app.start().await.unwrap();
+    let message = Message::new("1");
+    input.publish(&topic, message.clone()).await.unwrap();
+    // Failed on the main topic, then handled on the retry topic.
+    let handled = || async { count_effects(&sql, &effects).await.0 == 1 };
+    within("handled on the retry topic", async {
+        while !handled().await {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    // The same message on the main topic again, then another one behind it.
+    input.publish(&topic, message).await.unwrap();
+    input.publish(&topic, Message::new("2")).await.unwrap();
+    within("the next message handled", async {
+        while count_effects(&sql, &effects).await.0 < 2 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    within("the router stops", router.close()).await.unwrap();
+    assert_eq!(calls.load(Ordering::SeqCst), 3, "the redelivered message did not run the handler");
+    assert_eq!(count_effects(&sql, &effects).await, (2, 2));
+    drop_tables(&sql, &prefix, &effects).await;
 }
 
 #[cfg(feature = "sqlite")]

@@ -59,19 +59,25 @@ async fn batches_hold_up_to_their_size_and_every_message_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_batch_waits_its_linger_for_more_then_goes_with_what_it_has() {
+async fn a_batch_short_of_its_size_waits_its_linger_then_goes() {
     let pubsub = MemoryPubSub::new();
     let input = topic("batch-linger");
     let batches: Batches = Arc::default();
-    let route = Route::batch("record", &input, record).batch_size(10).linger(Duration::from_secs(1));
+    let linger = Duration::from_millis(300);
+    let route = Route::batch("record", &input, record).batch_size(10).linger(linger);
     let router = App::new().pubsub(pubsub.clone()).state(batches.clone()).route(route).build().unwrap();
     let task = start(&router).await;
+    // One message: it waits its linger (it cannot come sooner: the linger starts once the
+    // message is taken, after this publish), then goes alone.
+    let published = std::time::Instant::now();
     pubsub.publish(&input, Message::new("1")).await.unwrap();
-    // Published while the first waits its linger: in the same batch.
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    pubsub.publish_batch(&input, numbers(2..=3)).await.unwrap();
-    wait_total(&batches, 3).await;
-    assert_eq!(batches.lock().clone(), vec![vec![1, 2, 3]], "one batch of three, short of its size");
+    wait_total(&batches, 1).await;
+    assert!(
+        published.elapsed() >= linger,
+        "the batch went after {:?}, before its linger",
+        published.elapsed()
+    );
+    assert_eq!(batches.lock().clone(), vec![vec![1]]);
     stop(&router, task).await;
 }
 
@@ -197,7 +203,8 @@ async fn a_batch_in_progress_at_shutdown_is_finished() {
             }
         }
     };
-    let route = Route::batch("slow", &input, slow).linger(Duration::ZERO);
+    // (The batch goes once it holds all three: no linger to wait, and no chance of a smaller one.)
+    let route = Route::batch("slow", &input, slow).batch_size(3).linger(Duration::from_secs(60));
     let router = App::new().pubsub(pubsub.clone()).state(batches.clone()).route(route).build().unwrap();
     let task = start(&router).await;
     pubsub.publish_batch(&input, numbers(1..=3)).await.unwrap();
@@ -224,4 +231,6 @@ fn misuse_is_refused_when_the_app_is_built() {
     assert!(text.contains("middleware wraps one message at a time"), "{text}");
     let text = error(Route::batch("batch", "t", batch).retry_topics([Duration::from_secs(1)]));
     assert!(text.contains("not available to batch handlers"), "{text}");
+    let text = error(Route::batch("batch", "t", batch).order_by_key());
+    assert!(text.contains("orders by key"), "{text}");
 }

@@ -21,8 +21,8 @@ use crate::message::Message;
 /// MariaDB). Provide it as application state, and every handler that takes a
 /// [`Tx`](crate::inbox::Tx) of that database handles each message **effectively once**:
 ///
-/// - before the handler runs, one transaction is begun and the message's key (the handler's name
-///   and the message's id) is inserted into `{prefix}inbox`. If the key is there already, the
+/// - before the handler runs, one transaction is begun and the message's key (the consumer group,
+///   the handler's name and the message's id) is inserted into `{prefix}inbox`. If the key is there already, the
 ///   message was handled by a transaction that committed: the handler is not run and the
 ///   delivery is acked. (A concurrent delivery of the same message waits for the first
 ///   transaction on the key's lock, then sees its outcome.)
@@ -61,16 +61,31 @@ use crate::message::Message;
 /// # }
 /// ```
 ///
+/// # Message ids
+/// The inbox recognises a redelivery by the message's id, so the id must be the same on every
+/// delivery: it is for messages millstream published (on every backend), for NATS, Kafka and
+/// Redis messages of other publishers (their ids come from the message), but not for AMQP
+/// messages published without a `message_id` property, nor for rows written into the SQL
+/// backend's tables by other programs with an id that is not a UUID: such messages get a new id
+/// on each delivery and would be handled again.
+///
+/// # Replies and acks
+/// A request's replies are sent after the commit, on the backend the requester waits on (not
+/// through the outbox); a request handled before gets no second reply. An
+/// [`InstantAck`](crate::middleware::InstantAck) layer acks before the transaction: do not put
+/// one in front of a transactional handler.
+///
 /// # Table
 /// `{prefix}inbox` ([`SqlConfig::table_prefix`](super::SqlConfig::table_prefix)): one row per
-/// handled message and handler (`handler`, `message_id`, `handled_ms`), created on first use or
+/// handled message, group and handler (`grp`, `handler`, `message_id`, `handled_ms`), created on first use or
 /// by [`ensure_schema`](Self::ensure_schema). Rows are kept until
 /// [`purge_older_than`](Self::purge_older_than) deletes them: keep them longer than a message
 /// can be redelivered (the consuming broker's retention of unacked messages).
 ///
 /// # Concurrency
 /// The transaction stays open while the handler runs: on PostgreSQL and MySQL each running
-/// handler holds one pooled connection (size the pool for the handlers' concurrency); on SQLite
+/// handler holds one pooled connection (size the pool for the handlers' concurrency, plus one
+/// for creating topics and the backend's own traffic); on SQLite
 /// it holds the database's write lock, so transactional handlers of one SQLite file run one at a
 /// time.
 #[derive(Clone)]
@@ -102,19 +117,22 @@ impl SqlInbox {
                 ("VARCHAR(255)", "BIGINT", " ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin")
             }
         };
+        // (MySQL: three keys of 255 characters of 4 bytes each fit InnoDB's 3072-byte key.)
         let schema = vec![format!(
-            "CREATE TABLE IF NOT EXISTS {table} (handler {text} NOT NULL, message_id {text} NOT NULL, \
-             handled_ms {big} NOT NULL, PRIMARY KEY (handler, message_id)){options}"
+            "CREATE TABLE IF NOT EXISTS {table} (grp {text} NOT NULL, handler {text} NOT NULL, \
+             message_id {text} NOT NULL, handled_ms {big} NOT NULL, PRIMARY KEY (grp, handler, message_id)){options}"
         )];
         let insert = match dialect {
             Dialect::MySql => {
-                format!("INSERT IGNORE INTO {table} (handler, message_id, handled_ms) VALUES (?, ?, ?)")
+                format!(
+                    "INSERT IGNORE INTO {table} (grp, handler, message_id, handled_ms) VALUES (?, ?, ?, ?)"
+                )
             }
             _ => numbered(
                 dialect,
                 format!(
-                    "INSERT INTO {table} (handler, message_id, handled_ms) VALUES (?, ?, ?) \
-                     ON CONFLICT (handler, message_id) DO NOTHING"
+                    "INSERT INTO {table} (grp, handler, message_id, handled_ms) VALUES (?, ?, ?, ?) \
+                     ON CONFLICT (grp, handler, message_id) DO NOTHING"
                 ),
             ),
         };
@@ -122,7 +140,7 @@ impl SqlInbox {
             pubsub: pubsub.clone(),
             contains: numbered(
                 dialect,
-                format!("SELECT COUNT(*) FROM {table} WHERE handler = ? AND message_id = ?"),
+                format!("SELECT COUNT(*) FROM {table} WHERE grp = ? AND handler = ? AND message_id = ?"),
             ),
             purge: numbered(dialect, format!("DELETE FROM {table} WHERE handled_ms < ?")),
             schema_lock: (dialect == Dialect::Postgres)
@@ -167,12 +185,19 @@ impl SqlInbox {
             .map(|_| ())
     }
 
-    /// Whether handler `handler` has handled the message `message_id` (its transaction committed).
-    pub async fn contains(&self, handler: &str, message_id: &str) -> Result<bool> {
+    /// Whether handler `handler`, reading in consumer group `group` (its own name unless it names
+    /// one), has handled the message `message_id` (its transaction committed).
+    pub async fn contains(&self, group: &str, handler: &str, message_id: &str) -> Result<bool> {
         self.ensure_schema().await?;
         let query = &self.inner.contains;
         let count: i64 = dispatch!(&self.inner.pubsub.inner.pool, (pool, _ops) => {
-            sqlx::query_scalar(query).bind(handler).bind(message_id).fetch_one(pool).await.map_err(backend_error)?
+            sqlx::query_scalar(query)
+                .bind(group)
+                .bind(handler)
+                .bind(message_id)
+                .fetch_one(pool)
+                .await
+                .map_err(backend_error)?
         });
         Ok(count > 0)
     }
@@ -214,19 +239,34 @@ mod sealed {
     pub trait Sealed {}
 }
 
+/// What names a handled message in the inbox: the consumer group and handler that handled it,
+/// and its id; with the handler's publish topic, created before the transaction begins.
+#[doc(hidden)]
+#[derive(Clone, Copy, Debug)]
+pub struct InboxKey<'a> {
+    /// The consumer group the handler reads in.
+    pub group: &'a str,
+    /// The handler's name (the same for each of its retry topics).
+    pub handler: &'a str,
+    /// The message's id.
+    pub message_id: &'a str,
+    /// The handler's publish topic, if any.
+    pub publish: Option<&'a str>,
+}
+
 /// A database a [`Tx`](crate::inbox::Tx) can be of: `sqlx::Sqlite`, `sqlx::Postgres` or
 /// `sqlx::MySql` (each with its feature). Sealed; its methods are the inbox's database half.
 pub trait InboxDatabase: sqlx::Database + sealed::Sealed {
     /// The database's dialect.
     const DIALECT: Dialect;
 
-    /// Begins a transaction and records `message_id` as handled by `handler` in it; `None` (and
-    /// the transaction rolled back) when it was recorded before.
+    /// Begins a transaction and records the message of `key` as handled in it; `None` (and the
+    /// transaction rolled back) when it was recorded before. The handler's publish topic is
+    /// created first (outside the transaction, which then needs no second connection for it).
     #[doc(hidden)]
     fn begin<'a>(
         inbox: &'a SqlInbox,
-        handler: &'a str,
-        message_id: &'a str,
+        key: InboxKey<'a>,
     ) -> BoxFuture<'a, Result<Option<sqlx::Transaction<'static, Self>>>>;
 
     /// Writes `outputs` to the inbox's topics in `tx` and commits it.
@@ -249,11 +289,13 @@ macro_rules! inbox_database {
 
             fn begin<'a>(
                 inbox: &'a SqlInbox,
-                handler: &'a str,
-                message_id: &'a str,
+                key: InboxKey<'a>,
             ) -> BoxFuture<'a, Result<Option<sqlx::Transaction<'static, Self>>>> {
                 Box::pin(async move {
                     inbox.ensure_schema().await?;
+                    if let Some(topic) = key.publish {
+                        inbox.inner.pubsub.ensure_topic(topic).await?;
+                    }
                     #[allow(unreachable_patterns)]
                     let pool = match &inbox.inner.pubsub.inner.pool {
                         super::db::Pool::$variant(pool) => pool,
@@ -261,8 +303,9 @@ macro_rules! inbox_database {
                     };
                     let mut tx = pool.begin().await.map_err(backend_error)?;
                     let inserted = sqlx::query(&inbox.inner.insert)
-                        .bind(handler)
-                        .bind(message_id)
+                        .bind(key.group)
+                        .bind(key.handler)
+                        .bind(key.message_id)
                         .bind(now_ms())
                         .execute(&mut *tx)
                         .await
@@ -293,6 +336,13 @@ macro_rules! inbox_database {
                         if !topics.contains(&topic) {
                             topics.push(topic);
                         }
+                    }
+                    if topics.is_empty() && Self::DIALECT == Dialect::Postgres {
+                        // PostgreSQL answers COMMIT in a failed transaction (a statement of the
+                        // handler's failed and it carried on) with a rollback, not an error: a
+                        // statement finds out first, so that the message is nacked, not acked
+                        // with nothing committed. (Writing outputs found out already.)
+                        sqlx::query("SELECT 1").execute(&mut *tx).await.map_err(backend_error)?;
                     }
                     tx.commit().await.map_err(backend_error)?;
                     for topic in &topics {

@@ -98,7 +98,7 @@ pub use self::config::SqlConfig;
 pub use self::db::Dialect;
 pub use self::dedup::SqlDedupStore;
 pub use self::delay::SqlDelayStore;
-pub use self::inbox::{InboxDatabase, SqlInbox};
+pub use self::inbox::{InboxDatabase, InboxKey, SqlInbox};
 pub use self::outbox::OutboxConnection;
 pub use self::pubsub::SqlPubSub;
 #[cfg(feature = "sqlite")]
