@@ -72,8 +72,20 @@ pub(crate) const fn count_units(units: &[Option<UnitOfWorkFn>]) -> usize {
 /// A unit that ran its handler successfully and waits for the worker to commit it.
 pub(crate) type Pending = (Arc<dyn UnitOfWork>, Work);
 
+/// What the endpoint leaves for the worker about one delivery.
+#[derive(Default)]
+pub(crate) enum Left {
+    /// Nothing: the endpoint was not called (a middleware answered), or its call failed.
+    #[default]
+    Nothing,
+    /// A unit it began, whose handler succeeded: to commit.
+    Pending(Pending),
+    /// The message was handled before: its unit committed then, with its outputs.
+    HandledBefore,
+}
+
 /// Where the endpoint leaves a unit it began and whose handler succeeded.
-pub(crate) type PendingSlot = Arc<Mutex<Option<Pending>>>;
+pub(crate) type PendingSlot = Arc<Mutex<Left>>;
 
 tokio::task_local! {
     /// The unit of the handler call running in this task, until an extractor takes it.
@@ -106,10 +118,17 @@ pub(crate) async fn with_pending<F: std::future::Future>(slot: PendingSlot, chai
 pub(crate) fn leave_pending(pending: Pending) -> Option<Pending> {
     match PENDING.try_with(Arc::clone) {
         Ok(slot) => {
-            *slot.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(pending);
+            *slot.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Left::Pending(pending);
             None
         }
         Err(_) => Some(pending),
+    }
+}
+
+/// Tells the worker, if one waits, that the message was handled before.
+pub(crate) fn leave_handled_before() {
+    if let Ok(slot) = PENDING.try_with(Arc::clone) {
+        *slot.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Left::HandledBefore;
     }
 }
 
@@ -118,6 +137,6 @@ pub(crate) fn leave_pending(pending: Pending) -> Option<Pending> {
 /// one would hold the message's inbox key, and the next call wait for it.
 pub(crate) fn drop_pending() {
     if let Ok(slot) = PENDING.try_with(Arc::clone) {
-        drop(slot.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take());
+        drop(std::mem::take(&mut *slot.lock().unwrap_or_else(std::sync::PoisonError::into_inner)));
     }
 }

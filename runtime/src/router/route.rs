@@ -655,6 +655,7 @@ where
         crate::unit::drop_pending();
         let Some(work) = self.unit.begin(&message, cx).await? else {
             tracing::debug!(handler = %cx.route.name, message_id = %message.id(), "handled before (its transaction committed); acked without running the handler");
+            crate::unit::leave_handled_before();
             return Ok(crate::handler::Outputs::new());
         };
         let call = self.typed.handler.call(&self.typed.prepared, &self.typed.codec, message, cx);

@@ -307,7 +307,7 @@ async fn transactional(
     if let Some(started) = started {
         p.metrics.handler_duration(started.elapsed().as_secs_f64());
     }
-    let pending = slot.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+    let left = std::mem::take(&mut *slot.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
     let original = || match &original {
         Some(original) => original.clone(),
         None => acker.message().cloned().expect("the acker keeps the message"),
@@ -315,31 +315,41 @@ async fn transactional(
     let outputs = match result {
         Ok(Ok(outputs)) => outputs,
         Ok(Err(error)) => {
-            drop(pending);
+            drop(left);
             let message = original();
             return fail(p, message, attempt, acker, error, reply_to.map(|(to, _)| to)).await;
         }
         Err(panic) => {
-            drop(pending);
+            drop(left);
             return panicked(p, id, attempt, acker, panic).await;
         }
     };
-    let Some((unit, work)) = pending else {
-        // No unit to commit: the message was handled before (the unit said so and the handler
-        // did not run; its outputs were committed then), or a middleware answered without calling
-        // the handler: what it returned is published as for any handler.
-        let published = match reply_to {
-            Some((to, request)) => publish_replies(p, to, request, outputs).await,
-            None if outputs.is_empty() => Ok(()),
-            None => publish_outputs(p, outputs).await,
-        };
-        return match published {
-            Ok(()) => settle(acker.ack(), p, true).await,
-            Err(error) => settle(acker.nack_after(nack_delay(p, &error)), p, false).await,
-        };
+    let (unit, work) = match left {
+        crate::unit::Left::Pending(pending) => pending,
+        // Handled before: the handler did not run, its outputs (and a request's replies) went out
+        // then. A request whose reply was lost with the crash is not answered again.
+        crate::unit::Left::HandledBefore => return settle(acker.ack(), p, true).await,
+        // A middleware answered without the handler: what it returned goes out as for any
+        // handler, through the route's publisher (not the outbox).
+        crate::unit::Left::Nothing => {
+            let published = match reply_to {
+                Some((to, request)) => publish_replies(p, to, request, outputs).await,
+                None if outputs.is_empty() => Ok(()),
+                None => publish_outputs(p, outputs).await,
+            };
+            return match published {
+                Ok(()) => settle(acker.ack(), p, true).await,
+                Err(error) if error.is_permanent() => {
+                    let error = error.context("publishing the handler's output failed");
+                    fail(p, original(), attempt, acker, error, None).await
+                }
+                Err(error) => settle(acker.nack_after(nack_delay(p, &error)), p, false).await,
+            };
+        }
     };
-    // A request's replies go back on the backend the requester waits on, after the commit (at
-    // least once, as for any handler); every other output is written in the unit.
+    // A request's replies go back on the backend the requester waits on, after the commit (once:
+    // a redelivery after the commit is acked unanswered); every other output is written in the
+    // unit.
     let (written, replies) = match reply_to {
         Some(reply) => (Vec::new(), Some((reply, outputs))),
         None => {
@@ -357,7 +367,8 @@ async fn transactional(
         Ok(()) => {}
         Err(error) if error.is_permanent() => {
             let error = error.context("committing the handler's transaction failed");
-            return fail(p, original(), attempt, acker, error, None).await;
+            let to = replies.map(|((to, _), _)| to);
+            return fail(p, original(), attempt, acker, error, to).await;
         }
         Err(error) => {
             tracing::warn!(handler = %p.info.name, %error, "committing the handler's transaction failed; nacking (a redelivery finds out whether it committed)");

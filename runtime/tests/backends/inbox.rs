@@ -290,6 +290,43 @@ async fn the_stages_of_a_retry_topic_share_the_inbox_key() {
     drop_tables(&sql, &prefix, &effects).await;
 }
 
+/// A request to a transactional handler is answered after its commit, on the backend the
+/// requester waits on (not through the outbox).
+#[cfg(feature = "sqlite")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_is_answered_after_the_commit() {
+    let prefix = unique("msinbox_");
+    let (sql, _dir) = connect("sqlite", &prefix).await;
+    let effects = format!("{prefix}effects");
+    create_effects(&sql, &effects).await;
+
+    async fn times_ten(
+        n: u64,
+        mut tx: Tx<sqlx::Sqlite>,
+        State(insert): State<Arc<str>>,
+    ) -> millstream::Result<Json<u64>> {
+        sqlx::query(&insert).bind(n as i64).execute(&mut *tx).await.map_err(millstream::Error::backend)?;
+        Ok(Json(n * 10))
+    }
+
+    let broker = MemoryPubSub::new();
+    let topic = unique("inbox.ask.");
+    let router = App::new()
+        .pubsub(broker.clone())
+        .state(SqlInbox::new(&sql))
+        .state(Arc::<str>::from(format!("INSERT INTO {effects} (n) VALUES (?)").as_str()))
+        .route(Route::new("times_ten", topic.as_str(), times_ten).publish(format!("{topic}.out")))
+        .start()
+        .await
+        .unwrap();
+    let requester = millstream::Requester::connect(broker.clone()).await.unwrap();
+    let answer: u64 = requester.request_to(&topic, &7u64, Duration::from_secs(30)).await.unwrap();
+    assert_eq!(answer, 70);
+    assert_eq!(count_effects(&sql, &effects).await, (1, 1));
+    within("the router stops", router.close()).await.unwrap();
+    drop_tables(&sql, &prefix, &effects).await;
+}
+
 #[cfg(feature = "sqlite")]
 mod refused {
     use super::*;

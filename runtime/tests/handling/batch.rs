@@ -82,6 +82,24 @@ async fn a_batch_short_of_its_size_waits_its_linger_then_goes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_that_comes_during_the_linger_joins_the_batch() {
+    let pubsub = MemoryPubSub::new();
+    let input = topic("batch-join");
+    let batches: Batches = Arc::default();
+    let route = Route::batch("record", &input, record).batch_size(10).linger(Duration::from_secs(2));
+    let router = App::new().pubsub(pubsub.clone()).state(batches.clone()).route(route).build().unwrap();
+    let task = start(&router).await;
+    // "2" comes 50 ms after "1": within the linger, however late "1" was taken (the linger starts
+    // then), so the two make one batch; a batch that did not wait would hold "1" alone.
+    pubsub.publish(&input, Message::new("1")).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    pubsub.publish(&input, Message::new("2")).await.unwrap();
+    wait_total(&batches, 2).await;
+    assert_eq!(batches.lock().clone(), vec![vec![1, 2]]);
+    stop(&router, task).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outcomes_per_message_ack_nack_and_poison() {
     let pubsub = MemoryPubSub::new();
     let input = topic("batch-outcomes");
