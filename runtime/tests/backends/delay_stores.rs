@@ -25,7 +25,9 @@ async fn outlives_its_process<P, S>(
     let topic = unique("delay.restart.");
     let (pubsub, store) = connect().await;
     let mut sub = pubsub.subscribe(&topic, SubscribeOptions::group("g")).await.unwrap();
-    let first = Scheduler::new(store, Arc::new(pubsub.clone()));
+    // A scope of this run's own: rows a failed earlier run left in the shared table stay apart.
+    let scope = unique("restart-");
+    let first = Scheduler::new(store, Arc::new(pubsub.clone())).scope(scope.clone());
     let started = Instant::now();
     let message = Message::new("from the first process").with_key("k");
     let id = message.id();
@@ -35,7 +37,7 @@ async fn outlives_its_process<P, S>(
     drop(first);
 
     let (pubsub2, store2) = connect().await;
-    let second = Scheduler::new(store2, Arc::new(pubsub2));
+    let second = Scheduler::new(store2, Arc::new(pubsub2)).scope(scope);
     second.start();
     let got = next_message(&mut sub).await;
     assert!(started.elapsed() >= Duration::from_millis(1500), "published after {:?}", started.elapsed());

@@ -149,15 +149,35 @@ fn as_i64(ms: u64) -> i64 {
     i64::try_from(ms).unwrap_or(i64::MAX)
 }
 
+/// A text column of a taken row. MySQL / MariaDB report a text column of a binary collation
+/// (`utf8mb4_bin`, which the table uses so that topics and ids compare byte by byte) as binary on
+/// some server versions, which sqlx will not decode as a `String`: read as bytes then.
+macro_rules! text {
+    ($row:expr, $index:expr) => {
+        match $row.try_get::<String, _>($index) {
+            Ok(text) => text,
+            Err(_) => {
+                let bytes: Vec<u8> = $row.try_get($index).map_err(backend_error)?;
+                String::from_utf8(bytes).map_err(|error| {
+                    crate::error::Error::new(
+                        crate::error::ErrorKind::Backend,
+                        format!("a delayed message's column {} is not UTF-8: {error}", $index),
+                    )
+                })?
+            }
+        }
+    };
+}
+
 /// A taken row: `seq, due_ms, topic, message_id, metadata, payload`.
 macro_rules! taken_row {
     ($row:expr) => {{
         let row = &$row;
         let seq: i64 = row.try_get(0).map_err(backend_error)?;
         let due_ms: i64 = row.try_get(1).map_err(backend_error)?;
-        let topic: String = row.try_get(2).map_err(backend_error)?;
-        let message_id: String = row.try_get(3).map_err(backend_error)?;
-        let metadata: String = row.try_get(4).map_err(backend_error)?;
+        let topic = text!(row, 2);
+        let message_id = text!(row, 3);
+        let metadata = text!(row, 4);
         let payload: Vec<u8> = row.try_get(5).map_err(backend_error)?;
         let (id, metadata) = decode_head(&message_id, &metadata);
         TakenMessage {
