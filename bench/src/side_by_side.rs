@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 /// The ~100-byte JSON payload every scenario sends.
+#[allow(dead_code)] // (a binary whose messages are its own, as inbox-bench's, does not use it)
 pub(crate) const PAYLOAD: &[u8] =
     br#"{"id":123456,"sku":"ABC-123","qty":3,"note":"benchmark message, about 100 bytes"}"#;
 
