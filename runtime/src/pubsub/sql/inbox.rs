@@ -111,7 +111,8 @@ impl SqlInbox {
         let dialect = pubsub.dialect();
         let table = format!("{}inbox", pubsub.inner.config.table_prefix);
         let (text, big, options) = match dialect {
-            Dialect::Sqlite => ("TEXT", "INTEGER", ""),
+            // (One B-tree, the key's: a rowid table would keep the key's index beside it.)
+            Dialect::Sqlite => ("TEXT", "INTEGER", " WITHOUT ROWID"),
             Dialect::Postgres => ("TEXT", "BIGINT", ""),
             Dialect::MySql => {
                 ("VARCHAR(255)", "BIGINT", " ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin")
