@@ -273,10 +273,7 @@ macro_rules! impl_batch_handler {
 
             fn prepare(state: &StateMap) -> Result<Self::Prepared, Vec<Error>> {
                 let mut errors = Vec::new();
-                $(let $e = match $e::prepare(state) {
-                    Ok(prepared) => Some(prepared),
-                    Err(error) => { errors.push(error); None }
-                };)*
+                $(let $e = crate::handler::collect_prepared($e::prepare(state), &mut errors);)*
                 if !errors.is_empty() {
                     return Err(errors);
                 }

@@ -2,12 +2,14 @@
 //! it is handling ([`MessageCx`]): read by extractors, middleware and the router alike, so it sits
 //! below all three.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
 use crate::codec::DynEncoder;
+use crate::error::{Error, ErrorKind, Result};
 use crate::pubsub::Publisher;
 
 /// What a running handler knows about itself; shared by all its messages.
@@ -28,6 +30,22 @@ pub(crate) struct RouteInfo {
     /// A [`CorrelationId`](crate::middleware::CorrelationId) layer is in the chain: what the
     /// handler publishes carries the input's correlation id, its own id when it has none.
     pub(crate) correlates: bool,
+}
+
+impl RouteInfo {
+    /// Where an output goes: a value with a topic of its own (a `#[topic]` type) goes there, any
+    /// other to the handler's publish topic; the same rule as `Ctx::publish`.
+    #[inline]
+    pub(crate) fn output_topic(&self, own: Option<Cow<'static, str>>) -> Result<Cow<'_, str>> {
+        match (own, &self.publish) {
+            (Some(topic), _) => Ok(topic),
+            (None, Some(topic)) => Ok(Cow::Borrowed(topic)),
+            (None, None) => Err(Error::new(
+                ErrorKind::Config,
+                format!("handler `{}` produced a message but has no publish topic", self.name),
+            )),
+        }
+    }
 }
 
 /// The context of one message being handled, passed to [`FromMessage::from_message`](crate::FromMessage::from_message).

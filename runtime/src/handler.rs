@@ -390,7 +390,8 @@ pub struct WithPayload;
 #[derive(Debug)]
 pub struct ExtractorsOnly;
 
-fn collect_prepared<T>(result: Result<T>, errors: &mut Vec<Error>) -> Option<T> {
+/// `result`'s value, or `None` with its error added to `errors` (every problem is reported).
+pub(crate) fn collect_prepared<T>(result: Result<T>, errors: &mut Vec<Error>) -> Option<T> {
     match result {
         Ok(value) => Some(value),
         Err(error) => {

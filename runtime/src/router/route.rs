@@ -665,17 +665,8 @@ where
         };
         let mut resolved = Vec::with_capacity(outputs.len());
         for output in outputs {
-            let topic = match (output.topic, &cx.route.publish) {
-                (Some(topic), _) => topic,
-                (None, Some(topic)) => Cow::Owned(topic.to_string()),
-                (None, None) => {
-                    return Err(config_error(format!(
-                        "handler `{}` produced a message but has no publish topic",
-                        cx.route.name
-                    )))
-                }
-            };
-            resolved.push((topic, output.message));
+            let topic = cx.route.output_topic(output.topic)?.into_owned();
+            resolved.push((Cow::Owned(topic), output.message));
         }
         unit.commit(work, resolved).await?;
         Ok(crate::handler::Outputs::new())

@@ -15,7 +15,7 @@ use tracing::Instrument;
 
 use super::config::RouterConfig;
 use crate::context::RouteInfo;
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::{Error, Result};
 use crate::handler::Outputs;
 use crate::keys::{requeue, retry, CORRELATION_ID};
 use crate::message::{Message, MessageId};
@@ -228,7 +228,7 @@ async fn process(p: &Prepared, message: Message, attempt: u32, acker: Acker) {
         let started = p.metrics.timed().then(std::time::Instant::now);
         let published = if outputs.len() == 1 {
             let output = outputs.into_iter().next().expect("one output");
-            match output_topic(p, output.topic) {
+            match p.info.output_topic(output.topic) {
                 Ok(topic) => p.publisher.publish(&topic, output.message).await,
                 Err(error) => Err(error),
             }
@@ -355,7 +355,7 @@ async fn transactional(
         None => {
             let mut written = Vec::with_capacity(outputs.len());
             for output in outputs {
-                match output_topic(p, output.topic) {
+                match p.info.output_topic(output.topic) {
                     Ok(topic) => written.push((Cow::Owned(topic.into_owned()), output.message)),
                     Err(error) => return fail(p, original(), attempt, acker, error, None).await,
                 }
@@ -574,23 +574,10 @@ async fn publish_replies(p: &Prepared, to: Box<str>, request: MessageId, outputs
 
 pub(super) async fn publish_outputs(p: &Prepared, outputs: Outputs) -> Result<()> {
     for output in outputs {
-        let topic = output_topic(p, output.topic)?;
+        let topic = p.info.output_topic(output.topic)?;
         p.publisher.publish(&topic, output.message).await?;
     }
     Ok(())
-}
-
-/// Where an output goes: a value with a topic of its own (a `#[topic]` type) goes there, any
-/// other to the handler's publish topic; the same rule as `Ctx::publish`.
-fn output_topic<'a>(p: &'a Prepared, own: Option<Cow<'static, str>>) -> Result<Cow<'a, str>> {
-    match (own, &p.info.publish) {
-        (Some(topic), _) => Ok(topic),
-        (None, Some(topic)) => Ok(Cow::Borrowed(topic)),
-        (None, None) => Err(Error::new(
-            ErrorKind::Config,
-            format!("handler `{}` produced a message but has no publish topic", p.info.name),
-        )),
-    }
 }
 
 pub(super) async fn settle(op: crate::pubsub::OpFuture<'static>, p: &Prepared, ack: bool) {
