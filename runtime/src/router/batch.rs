@@ -73,12 +73,24 @@ pub(super) async fn consume(p: &Prepared, mut sub: Subscription, spec: BatchSpec
     }
 }
 
-/// One delivery of a batch, kept to be settled: the message (for the poison topic), its attempt
-/// and its acker.
+/// One delivery of a batch, kept to be settled: a copy of the message for the poison topic
+/// (unless the acker keeps one already, as the in-memory backend's does), its attempt and its
+/// acker.
 struct Held {
-    original: Message,
+    original: Option<Message>,
     attempt: u32,
     acker: Acker,
+}
+
+impl Held {
+    /// Settles a delivery that failed with `error`, as a single handler's failure is settled.
+    async fn fail(self, p: &Prepared, error: Error) {
+        let original = match self.original {
+            Some(original) => original,
+            None => self.acker.message().cloned().expect("the acker keeps the message"),
+        };
+        fail(p, original, self.attempt, self.acker, error, None).await
+    }
 }
 
 async fn handle_batch(p: &Prepared, deliveries: Vec<Delivery>) {
@@ -96,7 +108,8 @@ async fn handle_batch(p: &Prepared, deliveries: Vec<Delivery>) {
                 }
             }
         }
-        held.push(Held { original: message.clone(), attempt, acker });
+        let original = if acker.message().is_some() { None } else { Some(message.clone()) };
+        held.push(Held { original, attempt, acker });
         messages.push(message);
     }
     if held.is_empty() {
@@ -135,7 +148,7 @@ async fn handle_batch(p: &Prepared, deliveries: Vec<Delivery>) {
     }
     let settles = held.into_iter().zip(failures).map(|(h, failure)| async move {
         match failure {
-            Some(error) => fail(p, h.original, h.attempt, h.acker, error, None).await,
+            Some(error) => h.fail(p, error).await,
             None => settle(h.acker.ack(), p, true).await,
         }
     });
@@ -144,6 +157,6 @@ async fn handle_batch(p: &Prepared, deliveries: Vec<Delivery>) {
 
 /// Every message of the batch fails with `error`.
 async fn fail_all(p: &Prepared, held: Vec<Held>, error: &Error) {
-    let fails = held.into_iter().map(|h| fail(p, h.original, h.attempt, h.acker, error.duplicate(), None));
+    let fails = held.into_iter().map(|h| h.fail(p, error.duplicate()));
     futures_util::future::join_all(fails).await;
 }
