@@ -2,7 +2,7 @@
 //! channel (the practical limit of the machine) and, with the `peer` feature, ruststream 0.7.7.
 //!
 //! ```text
-//! millstream-bench [--json] [--messages N] [--runs R] [--scenario NAME ...]
+//! millstream-bench [--json] [--svg FILE] [--messages N] [--runs R] [--scenario NAME ...]
 //! ```
 //!
 //! Scenarios: `baseline`, `pubsub`, `router`, `router-mw` (behind retry + poison + timeout +
@@ -35,12 +35,29 @@
 //! `cpu ns/msg` column is the child's user + system time per message (both workers), less
 //! disturbed than wall time on a busy machine. `targets:` checks the issue's goals on the results.
 //!
+//! Backends (feature `backends`, on by default; run only when named): `sqlite`, `postgres`,
+//! `mysql` and `nats` (`backends` selects all four) put each durable backend beside its raw
+//! client on the same server, in this process: publish one at a time, publish in batches and
+//! consume-with-ack, 100 000 messages unless `--messages` is given, `--runs` alternating runs per
+//! side (see `backends.rs`). A backend whose server does not answer is skipped and says so.
+//!
+//! `--svg FILE` writes every ratio of the run (a scenario over the tokio channel, a backend over
+//! its raw client) as a bar chart (`chart.rs`).
+//!
 //! CI smoke test: `millstream-bench --messages 10000` (about a second; exits non-zero only when a
 //! scenario fails, not when a target is missed).
 
+mod chart;
 mod report;
 mod scenarios;
 mod workload;
+
+#[cfg(feature = "backends")]
+mod backends;
+// Shared with the broker benches' binaries, which use the rest of it.
+#[cfg(feature = "backends")]
+#[allow(dead_code)]
+mod side_by_side;
 
 #[cfg(feature = "peer")]
 mod peer;
@@ -76,21 +93,39 @@ const ALL: &[&str] = &[
 /// Prefix of the line a child prints its result on.
 const RESULT: &str = "millstream-bench-result ";
 
-const USAGE: &str = "usage: millstream-bench [--json] [--messages N] [--runs R] [--scenario NAME ...]
+/// The backend scenarios (feature `backends`): by name, run only when named.
+#[cfg(feature = "backends")]
+const BACKENDS: &[&str] = backends::NAMES;
+#[cfg(not(feature = "backends"))]
+const BACKENDS: &[&str] = &[];
+
+const USAGE: &str = "usage: millstream-bench [--json] [--svg FILE] [--messages N] [--runs R] [--scenario NAME ...]
 scenarios: baseline pubsub router router-mw drain drain-mw pipeline router-keyed router-c4 router-c4-keyed slow-c1 slow-c4 latency
+           backends (= sqlite postgres mysql nats, each beside its raw client; feature `backends`)
            peer (= peer-router peer-pipeline, feature `peer`)
            amqp (RabbitMQ against raw lapin, its own table; feature `amqp`)";
 
 struct Args {
     json: bool,
+    svg: Option<String>,
     messages: u64,
+    /// Whether `--messages` was given (the backend scenarios' default is smaller).
+    messages_given: bool,
     runs: usize,
     scenarios: Vec<String>,
     child: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
-    let mut args = Args { json: false, messages: 1_000_000, runs: 1, scenarios: Vec::new(), child: false };
+    let mut args = Args {
+        json: false,
+        svg: None,
+        messages: 1_000_000,
+        messages_given: false,
+        runs: 1,
+        scenarios: Vec::new(),
+        child: false,
+    };
     let words: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
     let value =
@@ -99,10 +134,15 @@ fn parse_args() -> Result<Args, String> {
         match words[i].as_str() {
             "--json" => args.json = true,
             "--child" => args.child = true,
+            "--svg" => {
+                args.svg = Some(value(i, "--svg")?);
+                i += 1;
+            }
             "--messages" | "-n" => {
                 let text = value(i, "--messages")?;
                 args.messages =
                     text.replace('_', "").parse().map_err(|_| format!("bad --messages {text}"))?;
+                args.messages_given = true;
                 if args.messages == 0 {
                     return Err("--messages must be at least 1".to_owned());
                 }
@@ -142,6 +182,9 @@ fn selection(names: &[String]) -> Result<Vec<&'static str>, String> {
             other => vec![other],
         };
         for name in expanded {
+            if BACKENDS.contains(&name) || name == "backends" {
+                continue;
+            }
             let Some(&known) = ALL.iter().find(|s| **s == name) else {
                 if name.starts_with("peer") {
                     return Err(format!("scenario `{name}` needs the `peer` feature (--features peer)"));
@@ -245,12 +288,25 @@ fn main() -> ExitCode {
         // Its own table: millstream against raw lapin on the same server.
         return amqp::main(usize::try_from(args.messages).unwrap_or(usize::MAX));
     }
-    let selected = match selection(names) {
-        Ok(selected) => selected,
-        Err(message) => {
-            eprintln!("{message}");
-            return ExitCode::from(2);
+    // The backend scenarios named (`backends` names them all), in their own order.
+    let wanted_backends: Vec<&'static str> =
+        BACKENDS.iter().copied().filter(|b| names.iter().any(|n| n == b || n == "backends")).collect();
+    if wanted_backends.is_empty() && names.iter().any(|n| n == "backends" || backend_name(n)) {
+        eprintln!("the backend scenarios need the `backends` feature (on by default)");
+        return ExitCode::from(2);
+    }
+    let memory_named =
+        names.is_empty() || names.iter().any(|n| n != "backends" && !BACKENDS.contains(&n.as_str()));
+    let selected = if memory_named {
+        match selection(names) {
+            Ok(selected) => selected,
+            Err(message) => {
+                eprintln!("{message}");
+                return ExitCode::from(2);
+            }
         }
+    } else {
+        Vec::new()
     };
     let mut outcomes: Vec<Outcome> = Vec::new();
     let mut baseline_rate = None;
@@ -276,8 +332,72 @@ fn main() -> ExitCode {
         }
         outcomes.push(outcome);
     }
-    if !args.json {
+    if !args.json && !outcomes.is_empty() {
         report::print_table(&outcomes);
     }
+    let mut bars: Vec<chart::Bar> = outcomes
+        .iter()
+        .filter(|o| o.scenario != "baseline")
+        .filter_map(|o| {
+            let ratio = o.ratio_to_baseline?;
+            Some(chart::Bar {
+                label: o.scenario.clone(),
+                ratio,
+                detail: format!("{:.0} vs {:.0} msg/s", o.msgs_per_sec, o.msgs_per_sec / ratio),
+                group: "in memory, against a tokio mpsc channel".to_owned(),
+            })
+        })
+        .collect();
+    #[cfg(feature = "backends")]
+    if !wanted_backends.is_empty() {
+        let messages = if args.messages_given { args.messages } else { 100_000 };
+        let messages = usize::try_from(messages).unwrap_or(usize::MAX);
+        if !args.json {
+            eprintln!(
+                "running {} ({messages} messages, {} runs per side)...",
+                wanted_backends.join(" "),
+                args.runs
+            );
+        }
+        let rows = match backends::run(&wanted_backends, messages, args.runs) {
+            Ok(rows) => rows,
+            Err(message) => {
+                eprintln!("{message}");
+                return ExitCode::FAILURE;
+            }
+        };
+        if args.json {
+            for row in &rows {
+                println!("{}", serde_json::to_string(row).expect("row serialises"));
+            }
+        } else {
+            println!("{}", backends::markdown(&rows, args.runs));
+        }
+        bars.extend(rows.iter().map(|row| chart::Bar {
+            label: row.scenario.split_once(' ').map_or(row.scenario.clone(), |(_, s)| s.to_owned()),
+            ratio: row.ratio_to_raw,
+            detail: format!(
+                "{} vs {} msg/s",
+                backends::messages_text(row.msgs_per_sec.round() as usize),
+                backends::messages_text(row.raw_msgs_per_sec.round() as usize)
+            ),
+            group: format!("{} ({}), against {}", row.backend, row.server, row.raw),
+        }));
+    }
+    if let Some(path) = &args.svg {
+        let title = "millstream over its baseline, measured in the same run (millstream-bench)";
+        if let Err(error) = std::fs::write(path, chart::svg(title, &bars)) {
+            eprintln!("cannot write {path}: {error}");
+            return ExitCode::FAILURE;
+        }
+        if !args.json {
+            eprintln!("wrote {path}");
+        }
+    }
     ExitCode::SUCCESS
+}
+
+/// Whether `name` is a backend scenario of any build.
+fn backend_name(name: &str) -> bool {
+    ["sqlite", "postgres", "mysql", "nats"].contains(&name)
 }

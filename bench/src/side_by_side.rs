@@ -85,45 +85,57 @@ impl<const N: usize> Bench<N> {
     pub(crate) async fn run(
         &self,
         runs: usize,
-        mut ours: impl AsyncFnMut() -> Result<[f64; N], BoxError>,
-        mut raw: impl AsyncFnMut() -> Result<[f64; N], BoxError>,
+        ours: impl AsyncFnMut() -> Result<[f64; N], BoxError>,
+        raw: impl AsyncFnMut() -> Result<[f64; N], BoxError>,
     ) -> ExitCode {
-        let mut figures: [Vec<Vec<f64>>; 2] = [vec![Vec::new(); N], vec![Vec::new(); N]];
-        let only = std::env::var("MILLSTREAM_BENCH_ONLY").ok();
-        let skipped = |side: usize| only.as_deref().is_some_and(|only| only != ["millstream", "raw"][side]);
-        for run in 0..runs {
-            let order = if run % 2 == 0 { [0, 1] } else { [1, 0] };
-            for side in order.into_iter().filter(|&side| !skipped(side)) {
-                let result = if side == 0 { ours().await } else { raw().await };
-                let rates = match result {
-                    Ok(rates) => rates,
-                    Err(error) => {
-                        eprintln!("{}: a run failed: {error}", self.name);
-                        return ExitCode::FAILURE;
-                    }
-                };
-                let shown: Vec<String> = rates.iter().map(|rate| format!("{rate:.0}")).collect();
-                let who = if side == 0 { "millstream" } else { "raw" };
-                eprintln!("run {run} {who}: {} msg/s", shown.join(" / "));
-                for (i, rate) in rates.into_iter().enumerate() {
-                    figures[side][i].push(rate);
-                }
+        let medians = match self.medians(runs, ours, raw).await {
+            Ok(Some(medians)) => medians,
+            Ok(None) => return ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("{}: a run failed: {error}", self.name);
+                return ExitCode::FAILURE;
             }
-        }
-        if only.is_some() {
-            return ExitCode::SUCCESS;
-        }
+        };
         println!("{}, median of {runs} runs\n", self.setting);
         println!("| scenario | millstream msg/s | {} msg/s | millstream / raw |", self.raw);
         println!("|---|---:|---:|---:|");
-        for (i, name) in self.scenarios.iter().enumerate() {
-            let (a, b) = (median(figures[0][i].clone()), median(figures[1][i].clone()));
+        for (name, (a, b)) in self.scenarios.iter().zip(medians) {
             if a.is_nan() || b.is_nan() {
                 continue;
             }
             println!("| {name} | {a:.0} | {b:.0} | {:.2} |", a / b);
         }
         ExitCode::SUCCESS
+    }
+
+    /// Runs both sides `runs` times, alternating which goes first, prints each run to stderr, and
+    /// returns each scenario's medians as (millstream, raw); `None` when
+    /// `MILLSTREAM_BENCH_ONLY` ran one side alone.
+    pub(crate) async fn medians(
+        &self,
+        runs: usize,
+        mut ours: impl AsyncFnMut() -> Result<[f64; N], BoxError>,
+        mut raw: impl AsyncFnMut() -> Result<[f64; N], BoxError>,
+    ) -> Result<Option<[(f64, f64); N]>, BoxError> {
+        let mut figures: [Vec<Vec<f64>>; 2] = [vec![Vec::new(); N], vec![Vec::new(); N]];
+        let only = std::env::var("MILLSTREAM_BENCH_ONLY").ok();
+        let skipped = |side: usize| only.as_deref().is_some_and(|only| only != ["millstream", "raw"][side]);
+        for run in 0..runs {
+            let order = if run % 2 == 0 { [0, 1] } else { [1, 0] };
+            for side in order.into_iter().filter(|&side| !skipped(side)) {
+                let rates = if side == 0 { ours().await? } else { raw().await? };
+                let shown: Vec<String> = rates.iter().map(|rate| format!("{rate:.0}")).collect();
+                let who = if side == 0 { "millstream" } else { "raw" };
+                eprintln!("{} run {run} {who}: {} msg/s", self.name, shown.join(" / "));
+                for (i, rate) in rates.into_iter().enumerate() {
+                    figures[side][i].push(rate);
+                }
+            }
+        }
+        if only.is_some() {
+            return Ok(None);
+        }
+        Ok(Some(std::array::from_fn(|i| (median(figures[0][i].clone()), median(figures[1][i].clone())))))
     }
 }
 

@@ -40,6 +40,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -647,13 +648,15 @@ impl Subscriber for NatsPubSub {
                     self.inner.cancel.clone(),
                 ));
             }
+            let cancel = self.inner.cancel.child_token();
             let state = NatsStream {
                 held: heartbeats.then_some(held),
                 pubsub: self.clone(),
                 topic: topic.to_owned(),
                 group: options.group,
                 messages: Some(messages),
-                cancel: self.inner.cancel.child_token(),
+                cancelled: Box::pin(cancel.clone().cancelled_owned()),
+                cancel,
                 from: options.start,
                 next_start: None,
                 failures: 0,
@@ -708,6 +711,9 @@ struct NatsStream {
     group: Option<String>,
     messages: Option<pull::Stream>,
     cancel: CancellationToken,
+    /// `cancel`'s wait, made once: a new one per message would register with the token (a lock)
+    /// each time.
+    cancelled: Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>,
     /// Where the subscription started (for a consumer re-created before any delivery).
     from: crate::pubsub::StartFrom,
     /// For a group-less subscription whose consumer must be re-created: where to start again.
@@ -726,7 +732,7 @@ impl NatsStream {
                 let backoff = Duration::from_millis(100 * u64::from(self.failures.min(20)));
                 tokio::select! {
                     () = tokio::time::sleep(backoff) => {}
-                    () = self.cancel.cancelled() => return None,
+                    () = &mut self.cancelled => return None,
                 }
                 match self
                     .pubsub
@@ -742,20 +748,24 @@ impl NatsStream {
                 continue;
             };
             let item = tokio::select! {
+                biased;
                 item = messages.next() => item,
-                () = self.cancel.cancelled() => return None,
+                () = &mut self.cancelled => return None,
             };
             match item {
                 Some(Ok(message)) => {
                     self.failures = 0;
-                    let (sequence, attempt, stream) = match message.info() {
-                        Ok(info) => (info.stream_sequence, info.delivered, info.stream.to_owned()),
-                        Err(_) => (0, 1, String::new()),
+                    let (sequence, attempt, decoded) = match message.info() {
+                        Ok(info) => (
+                            info.stream_sequence,
+                            info.delivered,
+                            decode(&message.message, info.stream, info.stream_sequence),
+                        ),
+                        Err(_) => (0, 1, decode(&message.message, "", 0)),
                     };
                     if self.group.is_none() {
                         self.next_start = Some(sequence + 1);
                     }
-                    let decoded = decode(&message.message, &stream, sequence);
                     let reply = self.held.as_ref().and(message.message.reply.clone());
                     let ack = Arc::new(NatsAck(Mutex::new(Some(message))));
                     if let (Some(held), Some(reply)) = (&self.held, reply) {

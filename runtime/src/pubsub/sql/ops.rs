@@ -91,15 +91,85 @@ pub(super) async fn create_tables(
     })
 }
 
+/// Where the messages of a publish whose outcome is unknown (the connection failed while the
+/// database committed, or not) would be, if they were stored.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Unknown {
+    /// The first of them at this sequence number.
+    At(i64),
+    /// Somewhere after the topic's last sequence number this process saw stored (the one-statement
+    /// publish learns its number only from the answer that did not come).
+    After,
+}
+
+/// A publish in one statement, where the database can: PostgreSQL's data-modifying `WITH`
+/// reserves the numbers on the topic's row and inserts the rows from arrays, in one round trip and
+/// one statement text whatever the batch's size (so one prepared statement). Returns the first
+/// number stored, `Ok(None)` when the topic has no row yet, and `None` when it cannot (another
+/// database, or a batch that takes more than one INSERT of `chunk_bytes`).
+#[cfg(feature = "postgres")]
+async fn postgres_publish_one(
+    conn: &mut sqlx::PgConnection,
+    q: &super::queries::Queries,
+    topic: &str,
+    messages: &[StoredMessage],
+    chunk_bytes: usize,
+) -> Option<Result<Option<i64>, sqlx::Error>> {
+    let sql = q.publish_one.as_deref()?;
+    if insert_chunks(messages, topic, chunk_bytes).nth(1).is_some() {
+        return None;
+    }
+    let count = i64::try_from(messages.len()).ok()?;
+    let ids: Vec<&str> = messages.iter().map(|m| m.id.as_str()).collect();
+    let metadata: Vec<&str> = messages.iter().map(|m| m.metadata.as_str()).collect();
+    let payloads: Vec<&[u8]> = messages.iter().map(|m| &m.payload[..]).collect();
+    Some(
+        sqlx::query_scalar::<_, i64>(sql)
+            .bind(count)
+            .bind(topic)
+            .bind(ids)
+            .bind(metadata)
+            .bind(payloads)
+            .bind(super::db::now_ms())
+            .fetch_optional(conn)
+            .await,
+    )
+}
+
+/// The databases without a one-statement publish.
+#[cfg(any(feature = "sqlite", feature = "mysql"))]
+async fn no_publish_one<C>(
+    _: &mut C,
+    _: &super::queries::Queries,
+    _: &str,
+    _: &[StoredMessage],
+    _: usize,
+) -> Option<Result<Option<i64>, sqlx::Error>> {
+    None
+}
+
+/// MySQL / MariaDB: the number an `UPDATE ... SET last_seq = LAST_INSERT_ID(expr)` set, which
+/// the server returns with the statement's result (no `SELECT` after it).
+#[cfg(feature = "mysql")]
+fn mysql_last_insert_id(result: &sqlx::mysql::MySqlQueryResult) -> Option<i64> {
+    i64::try_from(result.last_insert_id()).ok()
+}
+
+/// The databases that answer `UPDATE ... RETURNING` instead.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+fn no_last_insert_id<R>(_: &R) -> Option<i64> {
+    None
+}
+
 macro_rules! dialect {
-    ($module:ident, $db:ty, $conn:ty, $pool:ty) => {
+    ($module:ident, $db:ty, $conn:ty, $pool:ty, $publish_one:path, $last_insert_id:path) => {
         pub(super) mod $module {
             use sqlx::{Connection, Row as _};
 
             use crate::error::Result;
             use crate::message::Message;
             use crate::pubsub::sql::db::{backend_error, now_ms};
-            use crate::pubsub::sql::ops::insert_chunks;
+            use crate::pubsub::sql::ops::{insert_chunks, Unknown};
             use crate::pubsub::sql::queries::Queries;
             use crate::pubsub::sql::stored::{
                 decode_head, IntoPayload, Row, StoredMessage, ID, METADATA, SEQ,
@@ -145,10 +215,11 @@ macro_rules! dialect {
                 Ok(Some(u64::try_from(limit).unwrap_or(0)))
             }
 
-            /// Publishes `messages` to `topic` on `conn`, inside a transaction (a savepoint when
-            /// `conn` is already in one): reserves their sequence numbers on the topic's row (which
-            /// stays locked until the outermost transaction commits, so sequence numbers become
-            /// visible in order), then inserts them.
+            /// Publishes `messages` to `topic` on `conn` atomically: reserves their sequence numbers
+            /// on the topic's row (which stays locked until the outermost transaction commits, so
+            /// sequence numbers become visible in order), then inserts them. PostgreSQL does both in
+            /// one statement (on its own, or inside the caller's transaction); the others in a
+            /// transaction (a savepoint when `conn` is already in one).
             pub(crate) async fn publish(
                 conn: &mut $conn,
                 q: &Queries,
@@ -156,24 +227,55 @@ macro_rules! dialect {
                 messages: &[StoredMessage],
                 chunk_bytes: usize,
             ) -> Result<()> {
-                publish_committing(conn, q, topic, messages, chunk_bytes).await.map_err(|(error, _)| error)
+                publish_committing(conn, q, topic, messages, chunk_bytes).await.map(drop).map_err(|(error, _)| error)
             }
 
-            /// [`publish`]; a failure also says whether it came at the commit, whose outcome is then
-            /// unknown, with the first sequence number the batch took (see [`stored_id`]).
+            /// [`publish`], returning the last sequence number stored; a failure also says
+            /// whether its outcome is unknown (a failure at the commit, or of the connection
+            /// during the one statement), and where the messages would be.
             pub(crate) async fn publish_committing(
                 conn: &mut $conn,
                 q: &Queries,
                 topic: &str,
                 messages: &[StoredMessage],
                 chunk_bytes: usize,
-            ) -> std::result::Result<(), (crate::error::Error, Option<i64>)> {
-                if messages.is_empty() {
-                    return Ok(());
+            ) -> std::result::Result<i64, (crate::error::Error, Option<Unknown>)> {
+                let Some(last) = messages.len().checked_sub(1) else {
+                    return Ok(0);
+                };
+                let last = last as i64;
+                match $publish_one(&mut *conn, q, topic, messages, chunk_bytes).await {
+                    Some(Ok(Some(first))) => return Ok(first + last),
+                    // No row for the topic yet: the transaction below creates it.
+                    None | Some(Ok(None)) => {}
+                    Some(Err(error)) => {
+                        // The server refused it (nothing stored), or the answer never came.
+                        let unknown = !matches!(error, sqlx::Error::Database(_));
+                        return Err((backend_error(error), unknown.then_some(Unknown::After)));
+                    }
                 }
                 let mut tx = Connection::begin(&mut *conn).await.map_err(|e| (backend_error(e), None))?;
                 let first = write_batch(&mut *tx, q, topic, messages, chunk_bytes).await.map_err(|e| (e, None))?;
-                tx.commit().await.map_err(|e| (backend_error(e), Some(first)))
+                tx.commit().await.map_err(|e| (backend_error(e), Some(Unknown::At(first))))?;
+                Ok(first + last)
+            }
+
+            /// The id of a message `id` stored in `topic` after `seq`, if any (after a one-statement
+            /// publish whose outcome is unknown).
+            pub(crate) async fn stored_after(
+                pool: &$pool,
+                q: &Queries,
+                topic: &str,
+                seq: i64,
+                id: &str,
+            ) -> Result<Option<String>> {
+                sqlx::query_scalar(&q.stored_after)
+                    .bind(topic)
+                    .bind(seq)
+                    .bind(id)
+                    .fetch_optional(pool)
+                    .await
+                    .map_err(backend_error)
             }
 
             /// The id of the message stored at `seq` in `topic`, if any.
@@ -198,22 +300,23 @@ macro_rules! dialect {
                 let mut last = None;
                 for _ in 0..2 {
                     last = if q.mysql {
-                        let updated = sqlx::query(&q.reserve)
+                        // `LAST_INSERT_ID(last_seq + ?)`: the new number comes back with the
+                        // statement's result.
+                        let result = sqlx::query(&q.reserve)
                             .bind(count)
                             .bind(topic)
                             .execute(&mut *tx)
                             .await
-                            .map_err(backend_error)?
-                            .rows_affected();
-                        if updated == 0 {
+                            .map_err(backend_error)?;
+                        if result.rows_affected() == 0 {
                             None
                         } else {
-                            let row = sqlx::query(&q.last_seq)
-                                .bind(topic)
-                                .fetch_one(&mut *tx)
-                                .await
-                                .map_err(backend_error)?;
-                            Some(row.try_get::<i64, _>(0).map_err(backend_error)?)
+                            Some($last_insert_id(&result).ok_or_else(|| {
+                                crate::error::Error::new(
+                                    crate::error::ErrorKind::Backend,
+                                    "the topic's sequence number did not come back",
+                                )
+                            })?)
                         }
                     } else {
                         let row = sqlx::query(&q.reserve)
@@ -560,8 +663,29 @@ macro_rules! dialect {
 }
 
 #[cfg(feature = "mysql")]
-dialect!(mysql, sqlx::MySql, sqlx::MySqlConnection, sqlx::MySqlPool);
+dialect!(
+    mysql,
+    sqlx::MySql,
+    sqlx::MySqlConnection,
+    sqlx::MySqlPool,
+    super::no_publish_one,
+    super::mysql_last_insert_id
+);
 #[cfg(feature = "postgres")]
-dialect!(postgres, sqlx::Postgres, sqlx::PgConnection, sqlx::PgPool);
+dialect!(
+    postgres,
+    sqlx::Postgres,
+    sqlx::PgConnection,
+    sqlx::PgPool,
+    super::postgres_publish_one,
+    super::no_last_insert_id
+);
 #[cfg(feature = "sqlite")]
-dialect!(sqlite, sqlx::Sqlite, sqlx::SqliteConnection, sqlx::SqlitePool);
+dialect!(
+    sqlite,
+    sqlx::Sqlite,
+    sqlx::SqliteConnection,
+    sqlx::SqlitePool,
+    super::no_publish_one,
+    super::no_last_insert_id
+);

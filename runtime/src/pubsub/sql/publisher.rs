@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use super::db::{backend_error, is_retryable, is_transient, RETRY_ATTEMPTS};
-use super::ops::dispatch;
+use super::ops::{dispatch, Unknown};
 use super::pubsub::SqlPubSub;
 use super::stored::StoredMessage;
 use crate::error::{Error, Result};
@@ -16,19 +16,31 @@ use crate::pubsub::{closed_error, OpFuture, Publisher};
 impl SqlPubSub {
     /// One publish transaction, tried again on transient failures for up to
     /// `SqlConfig::publish_retry_for` (deadlocks a few times in any case). After a commit whose
-    /// outcome is unknown, the first message's sequence number is looked up before another try:
-    /// found with its id, the batch was stored (all of it: one transaction), and is not again.
+    /// outcome is unknown, the first message is looked up before another try (at its sequence
+    /// number, or after the last one this process saw stored in the topic): found with its id,
+    /// the batch was stored (all of it: one transaction), and is not again.
     async fn publish_retrying(&self, topic: &str, stored: &[StoredMessage]) -> Result<()> {
         let inner = &self.inner;
         let retry_for = inner.config.publish_retry_for;
         let started = Instant::now();
         let mut tries = 0_u32;
-        // The first sequence number of a commit whose outcome is not known yet.
-        let mut unknown: Option<i64> = None;
+        // Where the batch of a commit whose outcome is not known yet would be.
+        let mut unknown: Option<Unknown> = None;
         loop {
             tries += 1;
-            if let Some(first) = unknown {
-                let found = dispatch!(&inner.pool, (pool, ops) => ops::stored_id(pool, &inner.queries, topic, first).await);
+            if let Some(unknown) = unknown {
+                let found = match (unknown, stored.first()) {
+                    (Unknown::At(first), _) => {
+                        dispatch!(&inner.pool, (pool, ops) => ops::stored_id(pool, &inner.queries, topic, first).await)
+                    }
+                    (Unknown::After, Some(message)) => {
+                        let after = self.last_seen(topic);
+                        dispatch!(&inner.pool, (pool, ops) => {
+                            ops::stored_after(pool, &inner.queries, topic, after, &message.id).await
+                        })
+                    }
+                    (Unknown::After, None) => Ok(None),
+                };
                 match found {
                     Ok(Some(id)) if stored.first().is_some_and(|m| m.id == id) => return Ok(()),
                     // Not stored: try again.
@@ -50,7 +62,10 @@ impl SqlPubSub {
                 }
             });
             let (error, committing) = match outcome {
-                Ok(()) => return Ok(()),
+                Ok(last) => {
+                    self.saw_stored(topic, last);
+                    return Ok(());
+                }
                 Err(failure) => failure,
             };
             let deadlock = is_retryable(&error) && tries < RETRY_ATTEMPTS;

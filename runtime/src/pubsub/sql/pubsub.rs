@@ -1,7 +1,7 @@
 //! [`SqlPubSub`]: opening the database, the schema and topics, and what the publishing and
 //! subscribing halves share ([`Inner`]), including the in-process wake-ups of subscriptions.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
@@ -60,8 +60,9 @@ pub(super) struct Inner {
     pub(super) subscriptions: Mutex<HashMap<Arc<str>, Weak<dyn Lease>>>,
     /// Releases spawned by dropped subscriptions.
     pub(super) tasks: TaskTracker,
-    /// Topics whose row exists.
-    known_topics: Mutex<HashSet<String>>,
+    /// Topics whose row exists, each with the last sequence number this process saw stored in it
+    /// (where to look for a publish whose outcome is unknown).
+    known_topics: Mutex<HashMap<String, i64>>,
 }
 
 /// A live subscription's hold on its group, as the subscriber's close sees it.
@@ -304,7 +305,7 @@ impl SqlPubSub {
     /// gap locks on MySQL and deadlock.
     pub(super) async fn ensure_topic(&self, topic: &str) -> Result<()> {
         let inner = &self.inner;
-        if inner.known_topics.lock().contains(topic) {
+        if inner.known_topics.lock().contains_key(topic) {
             return Ok(());
         }
         dispatch!(&inner.pool, (pool, ops) => ops::create_topic(pool, &inner.queries, topic).await)?;
@@ -312,8 +313,20 @@ impl SqlPubSub {
         if known.len() > 10_000 {
             known.clear();
         }
-        known.insert(topic.to_owned());
+        known.entry(topic.to_owned()).or_insert(0);
         Ok(())
+    }
+
+    /// The last sequence number this process saw stored in `topic` (0 if none).
+    pub(super) fn last_seen(&self, topic: &str) -> i64 {
+        self.inner.known_topics.lock().get(topic).copied().unwrap_or(0)
+    }
+
+    /// Notes that `topic` holds a message at `seq`.
+    pub(super) fn saw_stored(&self, topic: &str, seq: i64) {
+        if let Some(last) = self.inner.known_topics.lock().get_mut(topic) {
+            *last = (*last).max(seq);
+        }
     }
 }
 

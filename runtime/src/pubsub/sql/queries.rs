@@ -13,7 +13,8 @@ pub(super) struct Queries {
     /// MySQL: the server's largest packet, which bounds a statement and a row.
     pub(super) packet_limit: Option<String>,
     pub(super) reserve: String,
-    pub(super) last_seq: String,
+    /// PostgreSQL: the publish in one statement (see `ops::postgres_publish_one`).
+    pub(super) publish_one: Option<String>,
     pub(super) create_topic: String,
     pub(super) insert_prefix: String,
     pub(super) create_group: String,
@@ -25,6 +26,7 @@ pub(super) struct Queries {
     pub(super) release: String,
     pub(super) renew: String,
     pub(super) stored_id: String,
+    pub(super) stored_after: String,
     pub(super) all_topics: String,
     pub(super) retention_bound: String,
     pub(super) first_seq: String,
@@ -116,11 +118,25 @@ impl Queries {
             }),
             // (Unsigned on MySQL, signed on MariaDB.)
             packet_limit: mysql.then(|| "SELECT CAST(@@max_allowed_packet AS SIGNED)".to_owned()),
-            reserve: sql(returning(
-                format!("UPDATE {p}topics SET last_seq = last_seq + ? WHERE topic = ?"),
-                "last_seq",
-            )),
-            last_seq: format!("SELECT last_seq FROM {p}topics WHERE topic = ? FOR UPDATE"),
+            // (MySQL: `LAST_INSERT_ID(expr)` hands the new value back with the statement's result.)
+            reserve: if mysql {
+                format!("UPDATE {p}topics SET last_seq = LAST_INSERT_ID(last_seq + ?) WHERE topic = ?")
+            } else {
+                sql(returning(format!("UPDATE {p}topics SET last_seq = last_seq + ? WHERE topic = ?"), "last_seq"))
+            },
+            // The reservation and the rows in one statement, from arrays: $1 the count, $2 the
+            // topic, $3..$5 ids, metadata and payloads, $6 the time. `i` runs though nothing reads
+            // it (a data-modifying WITH always runs to completion); no row for the topic, no rows.
+            publish_one: (dialect == Dialect::Postgres).then(|| {
+                format!(
+                    "WITH r AS (UPDATE {p}topics SET last_seq = last_seq + $1 WHERE topic = $2 \
+                     RETURNING last_seq - $1 AS base), \
+                     i AS (INSERT INTO {p}messages (topic, seq, id, metadata, payload, created_ms) \
+                     SELECT $2, r.base + v.n, v.id, v.metadata, v.payload, $6 FROM r, \
+                     unnest($3::text[], $4::text[], $5::bytea[]) WITH ORDINALITY AS v(id, metadata, payload, n)) \
+                     SELECT base + 1 FROM r"
+                )
+            }),
             create_topic: sql(format!("INSERT{ignore} INTO {p}topics (topic, last_seq) VALUES (?, 0){on_conflict}")),
             insert_prefix: format!(
                 "INSERT INTO {p}messages (topic, seq, id, metadata, payload, created_ms{}) ",
@@ -171,6 +187,7 @@ impl Queries {
             // in ranges of sequence numbers.
             // (MySQL: converted, since sqlx reads a `_bin` column as bytes.)
             stored_id: sql(format!("SELECT id FROM {p}messages WHERE topic = ? AND seq = ?")),
+            stored_after: sql(format!("SELECT id FROM {p}messages WHERE topic = ? AND seq > ? AND id = ? LIMIT 1")),
             all_topics: if mysql {
                 format!("SELECT CONVERT(topic USING utf8mb4) COLLATE utf8mb4_general_ci FROM {p}topics")
             } else {

@@ -16,7 +16,7 @@ pub(crate) mod nats;
 #[cfg(feature = "redis")]
 pub(crate) mod redis;
 pub(crate) mod restart_lock;
-#[cfg(all(feature = "conformance", any(feature = "sqlite", feature = "postgres", feature = "mysql")))]
+#[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
 pub(crate) mod sql;
 #[cfg(feature = "amqp")]
 pub(crate) mod stall;

@@ -1,12 +1,18 @@
-//! The conformance harness for the networked SQL backends (PostgreSQL, MariaDB / MySQL).
+//! The networked SQL servers' addresses, and (with `conformance`) the conformance harness for
+//! the networked SQL backends (PostgreSQL, MariaDB / MySQL).
 #![allow(dead_code)]
 
+#[cfg(feature = "conformance")]
 use std::sync::Arc;
 use std::time::Duration;
 
+#[cfg(feature = "conformance")]
 use millstream::conformance::{BoxFuture, Harness};
+#[cfg(feature = "conformance")]
 use millstream::pubsub::PubSub;
-use millstream::{SqlConfig, SqlPubSub};
+use millstream::SqlConfig;
+#[cfg(feature = "conformance")]
+use millstream::SqlPubSub;
 
 /// Tables shared by every case (topics are unique per case and run).
 pub(crate) const PREFIX: &str = "msconf_";
@@ -33,10 +39,12 @@ pub(crate) fn config() -> SqlConfig {
         .max_connections(3)
 }
 
+#[cfg(feature = "conformance")]
 pub(crate) struct SqlHarness {
     pub(crate) name: &'static str,
 }
 
+#[cfg(feature = "conformance")]
 impl Harness for SqlHarness {
     fn ack_deadline(&self) -> Option<Duration> {
         Some(Duration::from_secs(3))
