@@ -54,6 +54,8 @@ mod workload;
 
 #[cfg(feature = "backends")]
 mod backends;
+#[cfg(feature = "backends")]
+mod scale;
 // Shared with the broker benches' binaries, which use the rest of it.
 #[cfg(feature = "backends")]
 #[allow(dead_code)]
@@ -99,9 +101,16 @@ const BACKENDS: &[&str] = backends::NAMES;
 #[cfg(not(feature = "backends"))]
 const BACKENDS: &[&str] = &[];
 
+/// The scale-out scenarios (feature `backends`), `scale-` and the backend's name.
+#[cfg(feature = "backends")]
+const SCALE: &[&str] = &["scale-nats", "scale-postgres"];
+#[cfg(not(feature = "backends"))]
+const SCALE: &[&str] = &[];
+
 const USAGE: &str = "usage: millstream-bench [--json] [--svg FILE] [--messages N] [--runs R] [--scenario NAME ...]
 scenarios: baseline pubsub router router-mw drain drain-mw pipeline router-keyed router-c4 router-c4-keyed slow-c1 slow-c4 latency
            backends (= sqlite postgres mysql nats, each beside its raw client; feature `backends`)
+           scale (= scale-nats scale-postgres: 1, 2, 4 consumer processes of one group; feature `backends`)
            peer (= peer-router peer-pipeline, feature `peer`)
            amqp (RabbitMQ against raw lapin, its own table; feature `amqp`)";
 
@@ -182,7 +191,7 @@ fn selection(names: &[String]) -> Result<Vec<&'static str>, String> {
             other => vec![other],
         };
         for name in expanded {
-            if BACKENDS.contains(&name) || name == "backends" {
+            if BACKENDS.contains(&name) || SCALE.contains(&name) || name == "backends" || name == "scale" {
                 continue;
             }
             let Some(&known) = ALL.iter().find(|s| **s == name) else {
@@ -268,6 +277,16 @@ fn measure(scenario: &str, messages: u64, runs: usize) -> Result<Outcome, String
 }
 
 fn main() -> ExitCode {
+    #[cfg(feature = "backends")]
+    {
+        // A consumer process of the scale-out scenario: `--scale-child BACKEND TOPIC INDEX`.
+        let words: Vec<String> = std::env::args().skip(1).collect();
+        if let [flag, backend, topic, index] = words.as_slice() {
+            if flag == "--scale-child" {
+                return scale::child(backend, topic, index);
+            }
+        }
+    }
     let args = match parse_args() {
         Ok(args) => args,
         Err(message) => {
@@ -291,12 +310,25 @@ fn main() -> ExitCode {
     // The backend scenarios named (`backends` names them all), in their own order.
     let wanted_backends: Vec<&'static str> =
         BACKENDS.iter().copied().filter(|b| names.iter().any(|n| n == b || n == "backends")).collect();
-    if wanted_backends.is_empty() && names.iter().any(|n| n == "backends" || backend_name(n)) {
+    let wanted_scale: Vec<&'static str> = SCALE
+        .iter()
+        .copied()
+        .filter(|s| names.iter().any(|n| n == s || n == "scale"))
+        .map(|s| s.trim_start_matches("scale-"))
+        .collect();
+    if wanted_backends.is_empty()
+        && wanted_scale.is_empty()
+        && names.iter().any(|n| n == "backends" || n == "scale" || backend_name(n))
+    {
         eprintln!("the backend scenarios need the `backends` feature (on by default)");
         return ExitCode::from(2);
     }
-    let memory_named =
-        names.is_empty() || names.iter().any(|n| n != "backends" && !BACKENDS.contains(&n.as_str()));
+    let memory_named = names.is_empty()
+        || names.iter().any(|n| {
+            !["backends", "scale"].contains(&n.as_str())
+                && !BACKENDS.contains(&n.as_str())
+                && !SCALE.contains(&n.as_str())
+        });
     let selected = if memory_named {
         match selection(names) {
             Ok(selected) => selected,
@@ -384,6 +416,29 @@ fn main() -> ExitCode {
             group: format!("{} ({}), against {}", row.backend, row.server, row.raw),
         }));
     }
+    #[cfg(feature = "backends")]
+    if !wanted_scale.is_empty() {
+        let messages = if args.messages_given { args.messages } else { 100_000 };
+        let messages = usize::try_from(messages).unwrap_or(usize::MAX);
+        let runs = match scale::run(&wanted_scale, messages) {
+            Ok(runs) => runs,
+            Err(message) => {
+                eprintln!("{message}");
+                return ExitCode::FAILURE;
+            }
+        };
+        if args.json {
+            for run in &runs {
+                println!("{}", serde_json::to_string(run).expect("run serialises"));
+            }
+        } else {
+            println!("{}", scale::markdown(&runs));
+        }
+        if runs.iter().any(|run| run.lost > 0) {
+            eprintln!("scale: messages were lost");
+            return ExitCode::FAILURE;
+        }
+    }
     if let Some(path) = &args.svg {
         let title = "millstream over its baseline, measured in the same run (millstream-bench)";
         if let Err(error) = std::fs::write(path, chart::svg(title, &bars)) {
@@ -399,5 +454,5 @@ fn main() -> ExitCode {
 
 /// Whether `name` is a backend scenario of any build.
 fn backend_name(name: &str) -> bool {
-    ["sqlite", "postgres", "mysql", "nats"].contains(&name)
+    ["sqlite", "postgres", "mysql", "nats", "scale-nats", "scale-postgres"].contains(&name)
 }
