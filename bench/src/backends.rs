@@ -1,4 +1,5 @@
-//! The durable backends side by side with their raw clients (`--scenario backends`, or any of
+//! The durable backends side by side with their raw clients (`--features backends`, then
+//! `--scenario backends` or any of
 //! `sqlite`, `postgres`, `mysql`, `nats`): the same work through millstream and through sqlx or
 //! async-nats alone, against the same server, in one run.
 //!

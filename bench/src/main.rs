@@ -35,7 +35,7 @@
 //! `cpu ns/msg` column is the child's user + system time per message (both workers), less
 //! disturbed than wall time on a busy machine. `targets:` checks the goals on the results.
 //!
-//! Backends (feature `backends`, on by default; run only when named): `sqlite`, `postgres`,
+//! Backends (feature `backends`; run only when named): `sqlite`, `postgres`,
 //! `mysql` and `nats` (`backends` selects all four) put each durable backend beside its raw
 //! client on the same server, in this process: publish one at a time, publish in batches and
 //! consume-with-ack, 100 000 messages unless `--messages` is given, `--runs` alternating runs per
@@ -320,7 +320,7 @@ fn main() -> ExitCode {
         && wanted_scale.is_empty()
         && names.iter().any(|n| n == "backends" || n == "scale" || backend_name(n))
     {
-        eprintln!("the backend scenarios need the `backends` feature (on by default)");
+        eprintln!("the backend scenarios need the `backends` feature (--features backends)");
         return ExitCode::from(2);
     }
     let memory_named = names.is_empty()
@@ -367,6 +367,7 @@ fn main() -> ExitCode {
     if !args.json && !outcomes.is_empty() {
         report::print_table(&outcomes);
     }
+    #[cfg_attr(not(feature = "backends"), allow(unused_mut))]
     let mut bars: Vec<chart::Bar> = outcomes
         .iter()
         .filter(|o| o.scenario != "baseline")
