@@ -11,9 +11,11 @@ use crate::message::Message;
 
 impl SqlPubSub {
     /// The outbox: publishes `messages` to `topic` on `conn`, the caller's connection, inside the
-    /// caller's transaction when there is one (a savepoint in it; otherwise a transaction of its
-    /// own). The messages are delivered only once that transaction commits, and never if it rolls
-    /// back. `conn` must be of this pub/sub's database.
+    /// caller's transaction when there is one, otherwise atomically on their own. On PostgreSQL
+    /// this is one statement (a failure leaves the caller's transaction aborted, as any failed
+    /// statement does there); on SQLite and MySQL a savepoint in the caller's transaction (or a
+    /// transaction of its own). The messages are delivered only once that transaction commits,
+    /// and never if it rolls back. `conn` must be of this pub/sub's database.
     ///
     #[cfg_attr(feature = "postgres", doc = "```no_run")]
     #[cfg_attr(not(feature = "postgres"), doc = "```ignore")]
