@@ -423,7 +423,17 @@ async fn nats_ours(url: &str, messages: usize) -> Result<Rates, BoxError> {
     rates
 }
 
+/// A `Nats-Msg-Id` header with a new id: what millstream sends with every message (the server
+/// drops a re-published id as a duplicate), so both sides move the same bytes and the server does
+/// the same duplicate tracking.
+fn id_header() -> async_nats::HeaderMap {
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(async_nats::header::NATS_MESSAGE_ID, millstream::MessageId::new().to_string());
+    headers
+}
+
 /// Raw async-nats: a stream of the same shape, a durable pull consumer acked message by message.
+/// Each message carries a `Nats-Msg-Id`, as millstream's do (see [`id_header`]).
 async fn nats_raw(url: &str, messages: usize) -> Result<Rates, BoxError> {
     let client = async_nats::connect(url).await?;
     let js = async_nats::jetstream::new(client);
@@ -440,7 +450,9 @@ async fn nats_raw(url: &str, messages: usize) -> Result<Rates, BoxError> {
         let single = single_count(messages);
         let started = Instant::now();
         for _ in 0..single {
-            js.publish(subject.clone(), millstream::Bytes::from_static(PAYLOAD)).await?.await?;
+            js.publish_with_headers(subject.clone(), id_header(), millstream::Bytes::from_static(PAYLOAD))
+                .await?
+                .await?;
         }
         let publish = rate(single, started.elapsed());
         let started = Instant::now();
@@ -449,7 +461,14 @@ async fn nats_raw(url: &str, messages: usize) -> Result<Rates, BoxError> {
             let n = left.min(BATCH);
             let mut acks = Vec::with_capacity(n);
             for _ in 0..n {
-                acks.push(js.publish(subject.clone(), millstream::Bytes::from_static(PAYLOAD)).await?);
+                acks.push(
+                    js.publish_with_headers(
+                        subject.clone(),
+                        id_header(),
+                        millstream::Bytes::from_static(PAYLOAD),
+                    )
+                    .await?,
+                );
             }
             for ack in acks {
                 ack.await?;
