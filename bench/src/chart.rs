@@ -46,6 +46,21 @@ pub(crate) fn svg(title: &str, bars: &[Bar]) -> String {
     let _ = writeln!(out, r#"<rect width="{width}" height="{height}" fill="white"/>"#);
     let _ =
         writeln!(out, r#"<text x="10" y="22" font-size="14" font-weight="bold">{}</text>"#, escape(title));
+    // The reference lines go first, under the bars and their labels (drawn later, on top).
+    let bottom = top + groups as f64 * HEADING + bars.len() as f64 * ROW;
+    for (ratio, dash, label) in [(1.0, "", "1.0 = baseline"), (0.9, r#" stroke-dasharray="4 3""#, "0.9")] {
+        let x = LABEL_WIDTH + ratio * scale;
+        let _ = writeln!(
+            out,
+            r##"<line x1="{x:.1}" y1="{top}" x2="{x:.1}" y2="{bottom}" stroke="#444"{dash}/>"##
+        );
+        let anchor = if ratio < 1.0 { "end" } else { "start" };
+        let _ = writeln!(
+            out,
+            r##"<text x="{x:.1}" y="{}" text-anchor="{anchor}" fill="#444">{label}</text>"##,
+            bottom + 16.0
+        );
+    }
     let mut y = top;
     let mut group = None;
     for bar in bars {
@@ -76,23 +91,14 @@ pub(crate) fn svg(title: &str, bars: &[Bar]) -> String {
         );
         let _ = writeln!(
             out,
-            r#"<text x="{:.1}" y="{}">{:.2} ×  {}</text>"#,
+            // (A white halo keeps the figures readable where a reference line crosses them.)
+            r#"<text x="{:.1}" y="{}" stroke="white" stroke-width="3" paint-order="stroke">{:.2} ×  {}</text>"#,
             LABEL_WIDTH + length + 6.0,
             y + 15.0,
             bar.ratio,
             escape(&bar.detail)
         );
         y += ROW;
-    }
-    for (ratio, dash, label) in [(1.0, "", "1.0 = baseline"), (0.9, r#" stroke-dasharray="4 3""#, "0.9")] {
-        let x = LABEL_WIDTH + ratio * scale;
-        let _ = writeln!(out, r##"<line x1="{x:.1}" y1="{top}" x2="{x:.1}" y2="{y}" stroke="#444"{dash}/>"##);
-        let anchor = if ratio < 1.0 { "end" } else { "start" };
-        let _ = writeln!(
-            out,
-            r##"<text x="{x:.1}" y="{}" text-anchor="{anchor}" fill="#444">{label}</text>"##,
-            y + 16.0
-        );
     }
     out.push_str("</svg>\n");
     out
