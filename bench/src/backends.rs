@@ -80,12 +80,8 @@ pub(crate) fn run(names: &[&'static str], messages: usize, runs: usize) -> Resul
     let mut rows = Vec::new();
     for &name in names {
         let (backend, address, raw) = describe(name);
-        if let Some(address) = address {
-            let addr: SocketAddr = address.parse().expect("a socket address");
-            if TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_err() {
-                eprintln!("{name}: skipped: no server on {address}");
-                continue;
-            }
+        if address.is_some_and(|address| !answers(name, address)) {
+            continue;
         }
         let figures = runtime.block_on(one(name, messages, runs)).map_err(|e| format!("{name}: {e}"))?;
         let Some((server, medians)) = figures else { continue };
@@ -104,6 +100,17 @@ pub(crate) fn run(names: &[&'static str], messages: usize, runs: usize) -> Resul
         }
     }
     Ok(rows)
+}
+
+/// Whether a server answers on `address` (within a second); says "NAME: skipped: no server on
+/// ADDRESS" when none does.
+pub(crate) fn answers(name: &str, address: &str) -> bool {
+    let addr: SocketAddr = address.parse().expect("a socket address");
+    let up = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok();
+    if !up {
+        eprintln!("{name}: skipped: no server on {address}");
+    }
+    up
 }
 
 /// The messages of the one-at-a-time publish.

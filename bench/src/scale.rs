@@ -69,9 +69,7 @@ pub(crate) fn run(names: &[&'static str], messages: usize) -> Result<Vec<Run>, S
     let mut runs = Vec::new();
     for &name in names {
         let address = if name == "nats" { "127.0.0.1:4222" } else { "127.0.0.1:5432" };
-        let addr: std::net::SocketAddr = address.parse().expect("a socket address");
-        if std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_err() {
-            eprintln!("scale-{name}: skipped: no server on {address}");
+        if !crate::backends::answers(&format!("scale-{name}"), address) {
             continue;
         }
         let count = if name == "nats" { messages } else { (messages / 5).max(1) };
@@ -342,7 +340,7 @@ pub(crate) fn markdown(runs: &[Run]) -> String {
             if run.spread.is_finite() {
                 format!("{:.2}", run.spread)
             } else {
-                "one process works".to_owned()
+                "a process handled none".to_owned()
             },
             run.lost,
             run.duplicates
