@@ -133,3 +133,89 @@ async fn mysql_splits_a_batch_larger_than_a_packet() {
     Publisher::close(&pubsub).await.expect("close");
     Subscriber::close(&pubsub).await.expect("close");
 }
+
+/// MySQL publishes a small batch in one round trip, its values written into the statement text as
+/// hex literals: a topic, metadata and payloads full of quotes, backslashes, NULs and non-ASCII
+/// come back byte for byte. A publish the server refuses halfway (a stray row already holds the
+/// number just reserved) is rolled back on its connection: the next publish on that connection
+/// (the pool's only one) takes the same number, so the topic has no gap.
+#[cfg(feature = "mysql")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_one_trip_publish_keeps_bytes_and_rolls_back() {
+    use millstream::{Metadata, SqlConfig, SqlPubSub};
+
+    let url = std::env::var("MILLSTREAM_MYSQL_URL")
+        .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".to_owned());
+    let prefix = "msonetrip_";
+    let publisher = SqlPubSub::connect(&url, SqlConfig::default().table_prefix(prefix).max_connections(1))
+        .await
+        .expect("connect");
+    let subscriber =
+        SqlPubSub::connect(&url, SqlConfig::default().table_prefix(prefix)).await.expect("connect");
+    let topic = unique("it's \\ \"q\" ü 😀");
+    let mut sub = subscriber.subscribe(&topic, SubscribeOptions::group("g")).await.expect("subscribe");
+    let metadata = Metadata::builder().with("note", "o'k \\' \"x\" \0 ü").with("it's", "\\").build();
+    let payloads: Vec<Vec<u8>> = vec![
+        b"plain".to_vec(),
+        b"it's a \\' \"quote\"\0 end;COMMIT".to_vec(),
+        Vec::new(),
+        (0..=255u8).collect(),
+        "ünïcödé 😀".as_bytes().to_vec(),
+    ];
+    let sent: Vec<Message> =
+        payloads.into_iter().map(|p| Message::new(p).with_metadata(metadata.clone())).collect();
+    publisher.publish(&topic, sent[0].clone()).await.expect("one message");
+    publisher.publish_batch(&topic, sent[1..].to_vec()).await.expect("a batch");
+    for original in &sent {
+        let delivery = next(&mut sub).await;
+        assert_eq!(delivery.message().id(), original.id(), "in order");
+        assert!(delivery.message().payload() == original.payload(), "payload intact");
+        assert_eq!(delivery.message().metadata().get("note"), metadata.get("note"), "metadata intact");
+        assert_eq!(delivery.message().metadata().get("it's"), Some("\\"), "metadata intact");
+        delivery.ack().await.expect("ack");
+    }
+
+    let raw = sqlx::MySqlPool::connect(&url).await.expect("connect");
+    let last: i64 = sqlx::query_scalar(&format!("SELECT last_seq FROM {prefix}topics WHERE topic = ?"))
+        .bind(&topic)
+        .fetch_one(&raw)
+        .await
+        .expect("the topic's row");
+    assert_eq!(last, 5);
+    sqlx::query(&format!(
+        "INSERT INTO {prefix}messages (topic, seq, id, metadata, payload, created_ms, size) \
+         VALUES (?, ?, 'stray', '{{}}', '', 0, 0)"
+    ))
+    .bind(&topic)
+    .bind(last + 1)
+    .execute(&raw)
+    .await
+    .expect("a stray row");
+    let refused = publisher.publish(&topic, Message::new("refused")).await;
+    assert!(refused.is_err(), "the number is taken: {refused:?}");
+    sqlx::query(&format!("DELETE FROM {prefix}messages WHERE topic = ? AND id = 'stray'"))
+        .bind(&topic)
+        .execute(&raw)
+        .await
+        .expect("the stray row goes");
+    let after = Message::new("after");
+    publisher.publish(&topic, after.clone()).await.expect("publish after the refusal");
+    let seq: i64 =
+        sqlx::query_scalar(&format!("SELECT seq FROM {prefix}messages WHERE topic = ? AND id = ?"))
+            .bind(&topic)
+            .bind(after.id().to_string())
+            .fetch_one(&raw)
+            .await
+            .expect("stored");
+    assert_eq!(seq, last + 1, "the refused publish's reservation was rolled back");
+    let delivery = next(&mut sub).await;
+    assert_eq!(delivery.message().id(), after.id(), "the refused message was not stored");
+    delivery.ack().await.expect("ack");
+    drop(sub);
+    raw.close().await;
+    subscriber.delete_topics(&[topic]).await.expect("cleanup");
+    for pubsub in [publisher, subscriber] {
+        Publisher::close(&pubsub).await.expect("close");
+        Subscriber::close(&pubsub).await.expect("close");
+    }
+}

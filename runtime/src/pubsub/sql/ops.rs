@@ -99,14 +99,22 @@ pub(crate) enum Unknown {
     At(i64),
     /// Somewhere after the topic's last sequence number this process saw stored (the one-statement
     /// publish learns its number only from the answer that did not come).
+    #[cfg_attr(not(any(feature = "postgres", feature = "mysql")), allow(dead_code))]
     After,
 }
 
+/// What a publish failed with, and whether (and where) its messages may be stored all the same.
+pub(crate) type Failure = (crate::error::Error, Option<Unknown>);
+
+/// What a publish in one round trip came to: `None` when the database or the batch cannot take
+/// that path here; `Some(Ok(Some(first)))` stored from number `first`; `Some(Ok(None))` nothing
+/// stored because the topic has no row yet (the transaction path creates it).
+type OneTrip = Option<Result<Option<i64>, Failure>>;
+
 /// A publish in one statement, where the database can: PostgreSQL's data-modifying `WITH`
 /// reserves the numbers on the topic's row and inserts the rows from arrays, in one round trip and
-/// one statement text whatever the batch's size (so one prepared statement). Returns the first
-/// number stored, `Ok(None)` when the topic has no row yet, and `None` when it cannot (another
-/// database, or a batch that takes more than one INSERT of `chunk_bytes`).
+/// one statement text whatever the batch's size (so one prepared statement). `None` for a batch
+/// that takes more than one INSERT of `chunk_bytes`. Works inside the caller's transaction too.
 #[cfg(feature = "postgres")]
 async fn postgres_publish_one(
     conn: &mut sqlx::PgConnection,
@@ -114,7 +122,8 @@ async fn postgres_publish_one(
     topic: &str,
     messages: &[StoredMessage],
     chunk_bytes: usize,
-) -> Option<Result<Option<i64>, sqlx::Error>> {
+    _alone: bool,
+) -> OneTrip {
     let sql = q.publish_one.as_deref()?;
     if insert_chunks(messages, topic, chunk_bytes).nth(1).is_some() {
         return None;
@@ -123,28 +132,205 @@ async fn postgres_publish_one(
     let ids: Vec<&str> = messages.iter().map(|m| m.id.as_str()).collect();
     let metadata: Vec<&str> = messages.iter().map(|m| m.metadata.as_str()).collect();
     let payloads: Vec<&[u8]> = messages.iter().map(|m| &m.payload[..]).collect();
-    Some(
-        sqlx::query_scalar::<_, i64>(sql)
-            .bind(count)
-            .bind(topic)
-            .bind(ids)
-            .bind(metadata)
-            .bind(payloads)
-            .bind(super::db::now_ms())
-            .fetch_optional(conn)
-            .await,
-    )
+    let outcome = sqlx::query_scalar::<_, i64>(sql)
+        .bind(count)
+        .bind(topic)
+        .bind(ids)
+        .bind(metadata)
+        .bind(payloads)
+        .bind(super::db::now_ms())
+        .fetch_optional(conn)
+        .await;
+    Some(outcome.map_err(|error| {
+        // The server refused it (nothing stored), or the answer never came.
+        let unknown = !matches!(error, sqlx::Error::Database(_));
+        (super::db::backend_error(error), unknown.then_some(Unknown::After))
+    }))
 }
 
-/// The databases without a one-statement publish.
-#[cfg(any(feature = "sqlite", feature = "mysql"))]
+/// The most text [`mysql_publish_one`] sends: larger batches take prepared statements (the
+/// payloads travel as hex in the text, twice their size).
+#[cfg(feature = "mysql")]
+const ONE_TRIP_TEXT: usize = 64 * 1024;
+
+/// MySQL / MariaDB: a publish in one round trip, on a connection of its own (`alone`: not inside
+/// a transaction, which its `START TRANSACTION` would commit). One text of four statements, which
+/// the server runs in order and stops at the first that fails: the transaction, the reservation
+/// on the topic's row (locked until the commit, as on the transaction path), an `INSERT ...
+/// SELECT` that takes the numbers from that row (no row for the topic, no rows), the commit. The
+/// values travel as hex literals, so no text of a message is ever read as SQL whatever the
+/// server's `sql_mode`. Against BEGIN, UPDATE, INSERT and COMMIT sent one after the other, it
+/// saves three round trips; prepared statements cannot do it (one statement each).
+#[cfg(feature = "mysql")]
+async fn mysql_publish_one(
+    conn: &mut sqlx::MySqlConnection,
+    q: &super::queries::Queries,
+    topic: &str,
+    messages: &[StoredMessage],
+    chunk_bytes: usize,
+    alone: bool,
+) -> OneTrip {
+    if !alone {
+        return None;
+    }
+    let count = i64::try_from(messages.len()).ok()?;
+    let sql = mysql_publish_text(q, topic, messages, chunk_bytes)?;
+    let (results, done, error) = mysql_run_text(&mut *conn, &sql).await;
+    // Statement 1 the reservation (its number: the topic's new last one), 2 the INSERT.
+    let first = (done > 1 && results[1].0 == 1)
+        .then(|| i64::try_from(results[1].1).ok().map(|last| last - count + 1))
+        .flatten();
+    let inserted = if done > 2 { results[2].0 } else { 0 };
+    let Some(error) = error else {
+        if done == 4 && inserted == 0 && first.is_none() {
+            return Some(Ok(None));
+        }
+        if done == 4 && first.is_some() && inserted == messages.len() as u64 {
+            return Some(Ok(first));
+        }
+        let error = crate::error::Error::new(
+            crate::error::ErrorKind::Backend,
+            format!(
+                "a publish in one round trip came back with {done} results of 4 and {inserted} \
+                 rows of {count} (first number {first:?})"
+            ),
+        );
+        return Some(Err((error, Some(first.map_or(Unknown::After, Unknown::At)))));
+    };
+    let refused = matches!(error, sqlx::Error::Database(_));
+    if refused {
+        // The server stopped at the failing statement with the transaction still open (sqlx does
+        // not know of it: it came in the text): close it before the connection goes back.
+        if let (_, _, Some(rollback)) = mysql_run_text(&mut *conn, "ROLLBACK").await {
+            tracing::debug!(%rollback, "SQL backend: ROLLBACK after a failed publish failed");
+        }
+    }
+    // Refused before the commit: nothing stored. Refused at the commit, or no answer (the server
+    // may have run all four): unknown, at `first` if the reservation's answer came.
+    let unknown = if refused && done < 3 { None } else { Some(first.map_or(Unknown::After, Unknown::At)) };
+    Some(Err((super::db::backend_error(error), unknown)))
+}
+
+/// What [`mysql_run_text`] returns: the first four statements' (rows affected, last insert id),
+/// how many statements answered, and the error the text stopped at.
+#[cfg(feature = "mysql")]
+type TextResults = ([(u64, u64); 4], usize, Option<sqlx::Error>);
+
+/// Runs a text of statements: each one's rows affected and last insert id, how many came back,
+/// and the error the server stopped at (or the connection failed with). (A boxed future with its
+/// lifetimes spelled out: inferred, they are too general for `Send`.)
+#[cfg(feature = "mysql")]
+fn mysql_run_text<'c>(
+    conn: &'c mut sqlx::MySqlConnection,
+    sql: &'c str,
+) -> futures_util::future::BoxFuture<'c, TextResults> {
+    use futures_util::TryStreamExt as _;
+
+    Box::pin(async move {
+        let mut results = [(0, 0); 4];
+        let mut done = 0;
+        let mut stream = sqlx::raw_sql(sql).fetch_many(conn);
+        loop {
+            match stream.try_next().await {
+                Ok(Some(sqlx::Either::Left(result))) => {
+                    if let Some(slot) = results.get_mut(done) {
+                        *slot = (result.rows_affected(), result.last_insert_id());
+                    }
+                    done += 1;
+                }
+                // (No statement sent here returns rows.)
+                Ok(Some(sqlx::Either::Right(_))) => {}
+                Ok(None) => return (results, done, None),
+                Err(error) => return (results, done, Some(error)),
+            }
+        }
+    })
+}
+
+/// The text of [`mysql_publish_one`], or `None` when the batch is too large for it.
+#[cfg(feature = "mysql")]
+fn mysql_publish_text(
+    q: &super::queries::Queries,
+    topic: &str,
+    messages: &[StoredMessage],
+    chunk_bytes: usize,
+) -> Option<String> {
+    use std::fmt::Write as _;
+
+    let stored: usize = messages.iter().map(StoredMessage::stored_len).sum();
+    let estimate = 2 * (stored + 2 * topic.len()) + messages.len() * 128 + 512;
+    if messages.len() > INSERT_CHUNK || estimate > ONE_TRIP_TEXT.min(chunk_bytes) {
+        return None;
+    }
+    let [topics, table] = &q.tables;
+    let count = messages.len();
+    let mut sql = String::with_capacity(estimate);
+    let _ = write!(
+        sql,
+        "START TRANSACTION;UPDATE {topics} SET last_seq = LAST_INSERT_ID(last_seq + {count}) WHERE topic = "
+    );
+    push_text(&mut sql, topic);
+    let _ = write!(
+        sql,
+        ";INSERT INTO {table} (topic, seq, id, metadata, payload, created_ms, size) \
+         SELECT t.topic, t.last_seq - {count} + v.n, v.id, v.metadata, v.payload, {}, v.size FROM {topics} t, (",
+        super::db::now_ms()
+    );
+    for (n, message) in messages.iter().enumerate() {
+        if n == 0 {
+            sql.push_str("SELECT 1 AS n, ");
+            push_text(&mut sql, &message.id);
+            sql.push_str(" AS id, ");
+            push_text(&mut sql, &message.metadata);
+            sql.push_str(" AS metadata, ");
+            push_hex(&mut sql, &message.payload);
+            let _ = write!(sql, " AS payload, {} AS size", message.payload.len());
+        } else {
+            let _ = write!(sql, " UNION ALL SELECT {}, ", n + 1);
+            push_text(&mut sql, &message.id);
+            sql.push_str(", ");
+            push_text(&mut sql, &message.metadata);
+            sql.push_str(", ");
+            push_hex(&mut sql, &message.payload);
+            let _ = write!(sql, ", {}", message.payload.len());
+        }
+    }
+    sql.push_str(") v WHERE t.topic = ");
+    push_text(&mut sql, topic);
+    sql.push_str(";COMMIT");
+    Some(sql)
+}
+
+/// `bytes` as a MySQL hex literal (`X'6f6b'`).
+#[cfg(feature = "mysql")]
+fn push_hex(sql: &mut String, bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    sql.reserve(bytes.len() * 2 + 3);
+    sql.push_str("X'");
+    for byte in bytes {
+        sql.push(char::from(DIGITS[usize::from(byte >> 4)]));
+        sql.push(char::from(DIGITS[usize::from(byte & 15)]));
+    }
+    sql.push('\'');
+}
+
+/// `text` as a MySQL utf8mb4 string literal, written in hex.
+#[cfg(feature = "mysql")]
+fn push_text(sql: &mut String, text: &str) {
+    sql.push_str("_utf8mb4 ");
+    push_hex(sql, text.as_bytes());
+}
+
+/// The databases without a publish in one round trip.
+#[cfg(feature = "sqlite")]
 async fn no_publish_one<C>(
     _: &mut C,
     _: &super::queries::Queries,
     _: &str,
     _: &[StoredMessage],
     _: usize,
-) -> Option<Result<Option<i64>, sqlx::Error>> {
+    _: bool,
+) -> OneTrip {
     None
 }
 
@@ -169,7 +355,7 @@ macro_rules! dialect {
             use crate::error::Result;
             use crate::message::Message;
             use crate::pubsub::sql::db::{backend_error, now_ms};
-            use crate::pubsub::sql::ops::{insert_chunks, Unknown};
+            use crate::pubsub::sql::ops::{insert_chunks, Failure, Unknown};
             use crate::pubsub::sql::queries::Queries;
             use crate::pubsub::sql::stored::{
                 decode_head, IntoPayload, Row, StoredMessage, ID, METADATA, SEQ,
@@ -227,32 +413,33 @@ macro_rules! dialect {
                 messages: &[StoredMessage],
                 chunk_bytes: usize,
             ) -> Result<()> {
-                publish_committing(conn, q, topic, messages, chunk_bytes).await.map(drop).map_err(|(error, _)| error)
+                publish_committing(conn, q, topic, messages, chunk_bytes, false)
+                    .await
+                    .map(drop)
+                    .map_err(|(error, _)| error)
             }
 
             /// [`publish`], returning the last sequence number stored; a failure also says
             /// whether its outcome is unknown (a failure at the commit, or of the connection
-            /// during the one statement), and where the messages would be.
+            /// during the one round trip), and where the messages would be. `alone`: `conn` is
+            /// in no transaction (MySQL then publishes in one round trip).
             pub(crate) async fn publish_committing(
                 conn: &mut $conn,
                 q: &Queries,
                 topic: &str,
                 messages: &[StoredMessage],
                 chunk_bytes: usize,
-            ) -> std::result::Result<i64, (crate::error::Error, Option<Unknown>)> {
+                alone: bool,
+            ) -> std::result::Result<i64, Failure> {
                 let Some(last) = messages.len().checked_sub(1) else {
                     return Ok(0);
                 };
                 let last = last as i64;
-                match $publish_one(&mut *conn, q, topic, messages, chunk_bytes).await {
+                match $publish_one(&mut *conn, q, topic, messages, chunk_bytes, alone).await {
                     Some(Ok(Some(first))) => return Ok(first + last),
                     // No row for the topic yet: the transaction below creates it.
                     None | Some(Ok(None)) => {}
-                    Some(Err(error)) => {
-                        // The server refused it (nothing stored), or the answer never came.
-                        let unknown = !matches!(error, sqlx::Error::Database(_));
-                        return Err((backend_error(error), unknown.then_some(Unknown::After)));
-                    }
+                    Some(Err(failure)) => return Err(failure),
                 }
                 let mut tx = Connection::begin(&mut *conn).await.map_err(|e| (backend_error(e), None))?;
                 let first = write_batch(&mut *tx, q, topic, messages, chunk_bytes).await.map_err(|e| (e, None))?;
@@ -668,7 +855,7 @@ dialect!(
     sqlx::MySql,
     sqlx::MySqlConnection,
     sqlx::MySqlPool,
-    super::no_publish_one,
+    super::mysql_publish_one,
     super::mysql_last_insert_id
 );
 #[cfg(feature = "postgres")]

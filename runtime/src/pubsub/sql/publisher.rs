@@ -56,7 +56,7 @@ impl SqlPubSub {
             let outcome = dispatch!(&inner.pool, (pool, ops) => {
                 match pool.acquire().await {
                     Ok(mut conn) => {
-                        ops::publish_committing(&mut conn, &inner.queries, topic, stored, inner.insert_bytes()).await
+                        ops::publish_committing(&mut conn, &inner.queries, topic, stored, inner.insert_bytes(), true).await
                     }
                     Err(error) => Err((backend_error(error), None)),
                 }

@@ -14,7 +14,11 @@ pub(super) struct Queries {
     pub(super) packet_limit: Option<String>,
     pub(super) reserve: String,
     /// PostgreSQL: the publish in one statement (see `ops::postgres_publish_one`).
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
     pub(super) publish_one: Option<String>,
+    /// MySQL: the tables `ops::mysql_publish_one` names in its text (`topics`, `messages`).
+    #[cfg_attr(not(feature = "mysql"), allow(dead_code))]
+    pub(super) tables: [String; 2],
     pub(super) create_topic: String,
     pub(super) insert_prefix: String,
     pub(super) create_group: String,
@@ -137,6 +141,7 @@ impl Queries {
                      SELECT base + 1 FROM r"
                 )
             }),
+            tables: [format!("{p}topics"), format!("{p}messages")],
             create_topic: sql(format!("INSERT{ignore} INTO {p}topics (topic, last_seq) VALUES (?, 0){on_conflict}")),
             insert_prefix: format!(
                 "INSERT INTO {p}messages (topic, seq, id, metadata, payload, created_ms{}) ",
