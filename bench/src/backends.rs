@@ -22,18 +22,23 @@
 //! columns, but it knows each sequence number because it is the only publisher: the floor under
 //! what a backend can do that must also keep order and density across publishers.
 //!
+//! Beside each figure, the CPU time per message of this process and of the server's processes
+//! together ([`crate::cpu`]): the capacity model of `docs/scaling.md` divides a core by it. The
+//! server's time is all of its work, so measure on a server nothing else uses.
+//!
 //! A server that does not answer is skipped with a line saying so ("skipped: no server on
 //! 127.0.0.1:5432"); SQLite needs nothing. Tables and streams made by a run are dropped after it.
 
 use std::net::{SocketAddr, TcpStream};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures_util::StreamExt;
 use millstream::pubsub::nats::{NatsConfig, NatsPubSub};
 use millstream::{Message, Publisher, SqlConfig, SqlPubSub, SubscribeOptions, Subscriber};
 use serde::Serialize;
 
-use crate::side_by_side::{rate, unique, Bench, BoxError, PAYLOAD};
+use crate::cpu::Phase;
+use crate::side_by_side::{unique, Bench, BoxError, PAYLOAD};
 
 /// Messages per publish batch and per consumer fetch, on both sides.
 pub(crate) const BATCH: usize = 100;
@@ -42,10 +47,24 @@ pub(crate) const BATCH: usize = 100;
 pub(crate) const NAMES: &[&str] = &["sqlite", "postgres", "mysql", "nats"];
 
 /// The figures' names, in the order of [`Rates`].
-const SCENARIOS: [&str; 3] = ["publish", "publish batch", "consume+ack"];
+const SCENARIOS: [&str; 6] = [
+    "publish",
+    "publish batch",
+    "consume+ack",
+    "publish cpu-us",
+    "publish batch cpu-us",
+    "consume+ack cpu-us",
+];
 
-/// (publish, publish batch, consume+ack) in msg/s.
-type Rates = [f64; 3];
+/// (publish, publish batch, consume+ack) in msg/s, then the same phases' CPU microseconds per
+/// message (this process and the server's processes, [`crate::cpu`]).
+type Rates = [f64; 6];
+
+/// The three phases' figures as [`Rates`].
+fn rates(phases: [(f64, f64); 3]) -> Rates {
+    let [(a, x), (b, y), (c, z)] = phases;
+    [a, b, c, x, y, z]
+}
 
 /// One figure of one backend: millstream beside its raw client.
 #[derive(Clone, Debug, Serialize)]
@@ -59,6 +78,9 @@ pub(crate) struct Row {
     pub(crate) msgs_per_sec: f64,
     pub(crate) raw_msgs_per_sec: f64,
     pub(crate) ratio_to_raw: f64,
+    /// CPU microseconds per message, this process's and the server's together.
+    pub(crate) cpu_us_per_msg: f64,
+    pub(crate) raw_cpu_us_per_msg: f64,
     /// The raw client's name.
     pub(crate) raw: &'static str,
 }
@@ -70,6 +92,17 @@ fn describe(name: &str) -> (&'static str, Option<&'static str>, &'static str) {
         "postgres" => ("PostgreSQL", Some("127.0.0.1:5432"), "raw sqlx"),
         "mysql" => ("MySQL / MariaDB", Some("127.0.0.1:3306"), "raw sqlx"),
         _ => ("NATS JetStream", Some("127.0.0.1:4222"), "raw async-nats"),
+    }
+}
+
+/// The command names of a backend's server processes, whose CPU time counts (none for SQLite,
+/// which runs in this process).
+fn server_processes(name: &str) -> &'static [&'static str] {
+    match name {
+        "postgres" => &["postgres"],
+        "mysql" => &["mariadbd", "mysqld"],
+        "nats" => &["nats-server"],
+        _ => &[],
     }
 }
 
@@ -85,8 +118,9 @@ pub(crate) fn run(names: &[&'static str], messages: usize, runs: usize) -> Resul
         }
         let figures = runtime.block_on(one(name, messages, runs)).map_err(|e| format!("{name}: {e}"))?;
         let Some((server, medians)) = figures else { continue };
-        for (scenario, (ours, theirs)) in SCENARIOS.iter().zip(medians) {
+        for (i, (scenario, (ours, theirs))) in SCENARIOS.iter().zip(medians).take(3).enumerate() {
             let count = if *scenario == "publish" { single_count(messages) } else { messages };
+            let (cpu, raw_cpu) = medians[i + 3];
             rows.push(Row {
                 scenario: format!("{name} {scenario}"),
                 backend,
@@ -95,6 +129,8 @@ pub(crate) fn run(names: &[&'static str], messages: usize, runs: usize) -> Resul
                 msgs_per_sec: ours,
                 raw_msgs_per_sec: theirs,
                 ratio_to_raw: ours / theirs,
+                cpu_us_per_msg: cpu,
+                raw_cpu_us_per_msg: raw_cpu,
                 raw,
             });
         }
@@ -123,7 +159,7 @@ async fn one(
     name: &'static str,
     messages: usize,
     runs: usize,
-) -> Result<Option<(String, [(f64, f64); 3])>, BoxError> {
+) -> Result<Option<(String, [(f64, f64); 6])>, BoxError> {
     let bench = Bench { name, raw: "raw", setting: String::new(), scenarios: SCENARIOS };
     let scratch = std::env::temp_dir().join(unique("millstream-bench-sqlite"));
     let url = match name {
@@ -135,14 +171,15 @@ async fn one(
         "mysql" => "mysql://root@127.0.0.1:3306/test".to_owned(),
         _ => "nats://127.0.0.1:4222".to_owned(),
     };
+    let processes = server_processes(name);
     let result = match name {
         "nats" => {
             let server = nats_version(&url).await?;
             let medians = bench
                 .medians(
                     runs,
-                    async || nats_ours(&url, messages).await,
-                    async || nats_raw(&url, messages).await,
+                    async || nats_ours(&url, messages, processes).await,
+                    async || nats_raw(&url, messages, processes).await,
                 )
                 .await?;
             medians.map(|m| (server, m))
@@ -152,8 +189,8 @@ async fn one(
             let medians = bench
                 .medians(
                     runs,
-                    async || sql_ours(&url, messages).await,
-                    async || sql_raw(&url, messages).await,
+                    async || sql_ours(&url, messages, processes).await,
+                    async || sql_raw(&url, messages, processes).await,
                 )
                 .await?;
             medians.map(|m| (server, m))
@@ -173,7 +210,8 @@ pub(crate) fn markdown(rows: &[Row], runs: usize) -> String {
         let first = mine[0];
         out.push_str(&format!(
             "{backend} ({}): {} messages of {} bytes (publish: {}), batches of {BATCH}, median of {runs} runs\n\n\
-             | scenario | millstream msg/s | {} msg/s | millstream / raw |\n|---|---:|---:|---:|\n",
+             | scenario | millstream msg/s | {} msg/s | millstream / raw | CPU µs/msg, millstream / raw |\n\
+             |---|---:|---:|---:|---:|\n",
             first.server,
             messages_text(mine.iter().map(|r| r.messages).max().unwrap_or(0)),
             PAYLOAD.len(),
@@ -183,10 +221,12 @@ pub(crate) fn markdown(rows: &[Row], runs: usize) -> String {
         for row in mine {
             let scenario = row.scenario.split_once(' ').map_or(row.scenario.as_str(), |(_, s)| s);
             out.push_str(&format!(
-                "| {scenario} | {} | {} | {:.2} |\n",
+                "| {scenario} | {} | {} | {:.2} | {:.0} / {:.0} |\n",
                 messages_text(row.msgs_per_sec.round() as usize),
                 messages_text(row.raw_msgs_per_sec.round() as usize),
-                row.ratio_to_raw
+                row.ratio_to_raw,
+                row.cpu_us_per_msg,
+                row.raw_cpu_us_per_msg,
             ));
         }
         out.push('\n');
@@ -212,14 +252,15 @@ async fn millstream_side(
     pubsub: &(impl Publisher + Subscriber),
     topic: &str,
     messages: usize,
+    server: &'static [&'static str],
 ) -> Result<Rates, BoxError> {
     let single = single_count(messages);
-    let started = Instant::now();
+    let phase = Phase::start(server);
     for _ in 0..single {
         pubsub.publish(topic, Message::new(PAYLOAD)).await.map_err(|e| e.into_std())?;
     }
-    let publish = rate(single, started.elapsed());
-    let started = Instant::now();
+    let publish = phase.end(single);
+    let phase = Phase::start(server);
     let mut left = messages;
     while left > 0 {
         let n = left.min(BATCH);
@@ -227,15 +268,15 @@ async fn millstream_side(
         pubsub.publish_batch(topic, batch).await.map_err(|e| e.into_std())?;
         left -= n;
     }
-    let batch = rate(messages, started.elapsed());
-    let started = Instant::now();
+    let batch = phase.end(messages);
+    let phase = Phase::start(server);
     let mut sub =
         pubsub.subscribe(topic, SubscribeOptions::group("bench")).await.map_err(|e| e.into_std())?;
     for _ in 0..single + messages {
         let delivery = sub.next().await.ok_or("subscription ended")?.map_err(|e| e.into_std())?;
         delivery.ack().await.map_err(|e| e.into_std())?;
     }
-    Ok([publish, batch, rate(single + messages, started.elapsed())])
+    Ok(rates([publish, batch, phase.end(single + messages)]))
 }
 
 async fn sql_version(url: &str) -> Result<String, BoxError> {
@@ -268,12 +309,12 @@ fn prefix() -> String {
     format!("msb{}_", unique("").rsplit('.').next().unwrap_or("0"))
 }
 
-async fn sql_ours(url: &str, messages: usize) -> Result<Rates, BoxError> {
+async fn sql_ours(url: &str, messages: usize, server: &'static [&'static str]) -> Result<Rates, BoxError> {
     let prefix = prefix();
     let pubsub = SqlPubSub::connect(url, SqlConfig::default().table_prefix(&prefix).batch_size(BATCH))
         .await
         .map_err(|e| e.into_std())?;
-    let rates = millstream_side(&pubsub, &unique("sql"), messages).await;
+    let rates = millstream_side(&pubsub, &unique("sql"), messages, server).await;
     Publisher::close(&pubsub).await.map_err(|e| e.into_std())?;
     Subscriber::close(&pubsub).await.map_err(|e| e.into_std())?;
     drop(pubsub);
@@ -290,14 +331,14 @@ async fn drop_tables(url: &str, tables: &[String]) -> Result<(), BoxError> {
     Ok(())
 }
 
-async fn sql_raw(url: &str, messages: usize) -> Result<Rates, BoxError> {
+async fn sql_raw(url: &str, messages: usize, server: &'static [&'static str]) -> Result<Rates, BoxError> {
     let prefix = prefix();
     let rates = if url.starts_with("sqlite") {
-        raw_sqlite(url, &prefix, messages).await
+        raw_sqlite(url, &prefix, messages, server).await
     } else if url.starts_with("postgres") {
-        raw_postgres(url, &prefix, messages).await
+        raw_postgres(url, &prefix, messages, server).await
     } else {
-        raw_mysql(url, &prefix, messages).await
+        raw_mysql(url, &prefix, messages, server).await
     };
     drop_tables(url, &[format!("{prefix}raw_log"), format!("{prefix}raw_offset")]).await?;
     rates
@@ -306,7 +347,12 @@ async fn sql_raw(url: &str, messages: usize) -> Result<Rates, BoxError> {
 /// The raw SQL side: a log table and an offset row, written and read with plain sqlx.
 macro_rules! raw_sql {
     ($name:ident, $db:ty, $log:literal, $offset:literal, $values:literal, $read:literal, $ack:literal) => {
-        async fn $name(url: &str, prefix: &str, messages: usize) -> Result<Rates, BoxError> {
+        async fn $name(
+            url: &str,
+            prefix: &str,
+            messages: usize,
+            server: &'static [&'static str],
+        ) -> Result<Rates, BoxError> {
             use sqlx::Row as _;
             let pool = sqlx::Pool::<$db>::connect(url).await?;
             let (log, offset) = (format!("{prefix}raw_log"), format!("{prefix}raw_offset"));
@@ -317,7 +363,7 @@ macro_rules! raw_sql {
                 .await?;
             let single = single_count(messages);
             let topic = unique("raw");
-            let started = Instant::now();
+            let phase = Phase::start(server);
             let insert = format!(
                 "INSERT INTO {log} (topic, seq, id, metadata, payload, created_ms) VALUES {}",
                 $values
@@ -333,8 +379,8 @@ macro_rules! raw_sql {
                     .execute(&pool)
                     .await?;
             }
-            let publish = rate(single, started.elapsed());
-            let started = Instant::now();
+            let publish = phase.end(single);
+            let phase = Phase::start(server);
             let mut seq = single as i64;
             let total = (single + messages) as i64;
             while seq < total {
@@ -356,8 +402,8 @@ macro_rules! raw_sql {
                 tx.commit().await?;
                 seq += n;
             }
-            let batch = rate(messages, started.elapsed());
-            let started = Instant::now();
+            let batch = phase.end(messages);
+            let phase = Phase::start(server);
             let (read, ack) = (format!($read, log), format!($ack, offset));
             let mut acked = 0i64;
             while acked < total {
@@ -373,9 +419,9 @@ macro_rules! raw_sql {
                     acked = seq;
                 }
             }
-            let consume = rate(total as usize, started.elapsed());
+            let consume = phase.end(total as usize);
             pool.close().await;
-            Ok([publish, batch, consume])
+            Ok(rates([publish, batch, consume]))
         }
     };
 }
@@ -419,12 +465,12 @@ async fn nats_version(url: &str) -> Result<String, BoxError> {
     Ok(version)
 }
 
-async fn nats_ours(url: &str, messages: usize) -> Result<Rates, BoxError> {
+async fn nats_ours(url: &str, messages: usize, server: &'static [&'static str]) -> Result<Rates, BoxError> {
     let pubsub = NatsPubSub::connect(url, NatsConfig::default().stream_prefix("MSBENCH_").batch(BATCH))
         .await
         .map_err(|e| e.into_std())?;
     let topic = unique("nats");
-    let rates = millstream_side(&pubsub, &topic, messages).await;
+    let rates = millstream_side(&pubsub, &topic, messages, server).await;
     pubsub.delete_topics(&[topic]).await.map_err(|e| e.into_std())?;
     Publisher::close(&pubsub).await.map_err(|e| e.into_std())?;
     rates
@@ -441,7 +487,7 @@ fn id_header() -> async_nats::HeaderMap {
 
 /// Raw async-nats: a stream of the same shape, a durable pull consumer acked message by message.
 /// Each message carries a `Nats-Msg-Id`, as millstream's do (see [`id_header`]).
-async fn nats_raw(url: &str, messages: usize) -> Result<Rates, BoxError> {
+async fn nats_raw(url: &str, messages: usize, server: &'static [&'static str]) -> Result<Rates, BoxError> {
     let client = async_nats::connect(url).await?;
     let js = async_nats::jetstream::new(client);
     let subject = unique("natsraw");
@@ -455,14 +501,14 @@ async fn nats_raw(url: &str, messages: usize) -> Result<Rates, BoxError> {
         .await?;
     let result = async {
         let single = single_count(messages);
-        let started = Instant::now();
+        let phase = Phase::start(server);
         for _ in 0..single {
             js.publish_with_headers(subject.clone(), id_header(), millstream::Bytes::from_static(PAYLOAD))
                 .await?
                 .await?;
         }
-        let publish = rate(single, started.elapsed());
-        let started = Instant::now();
+        let publish = phase.end(single);
+        let phase = Phase::start(server);
         let mut left = messages;
         while left > 0 {
             let n = left.min(BATCH);
@@ -482,8 +528,8 @@ async fn nats_raw(url: &str, messages: usize) -> Result<Rates, BoxError> {
             }
             left -= n;
         }
-        let batch = rate(messages, started.elapsed());
-        let started = Instant::now();
+        let batch = phase.end(messages);
+        let phase = Phase::start(server);
         let consumer = stream
             .get_or_create_consumer(
                 "bench",
@@ -500,7 +546,7 @@ async fn nats_raw(url: &str, messages: usize) -> Result<Rates, BoxError> {
             std::hint::black_box(&message.payload);
             message.ack().await?;
         }
-        Ok::<_, BoxError>([publish, batch, rate(single + messages, started.elapsed())])
+        Ok::<_, BoxError>(rates([publish, batch, phase.end(single + messages)]))
     }
     .await;
     js.delete_stream(name).await?;

@@ -49,6 +49,8 @@
 //! scenario fails, not when a target is missed).
 
 mod chart;
+#[cfg(feature = "backends")]
+mod cpu;
 mod report;
 mod scenarios;
 mod workload;

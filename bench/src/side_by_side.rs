@@ -124,9 +124,14 @@ impl<const N: usize> Bench<N> {
             let order = if run % 2 == 0 { [0, 1] } else { [1, 0] };
             for side in order.into_iter().filter(|&side| !skipped(side)) {
                 let rates = if side == 0 { ours().await? } else { raw().await? };
-                let shown: Vec<String> = rates.iter().map(|rate| format!("{rate:.0}")).collect();
+                let shown: Vec<String> = self
+                    .scenarios
+                    .iter()
+                    .zip(&rates)
+                    .map(|(name, rate)| format!("{name} {rate:.0}"))
+                    .collect();
                 let who = if side == 0 { "millstream" } else { "raw" };
-                eprintln!("{} run {run} {who}: {} msg/s", self.name, shown.join(" / "));
+                eprintln!("{} run {run} {who}: {}", self.name, shown.join(", "));
                 for (i, rate) in rates.into_iter().enumerate() {
                     figures[side][i].push(rate);
                 }

@@ -401,8 +401,10 @@ pub(super) async fn subscribe(
     use crate::pubsub::StartFrom;
 
     let config = plan.config;
+    let started = std::time::Instant::now();
     if let Some(group) = &options.group {
         wait_for_closing(&plan.closing, topic, group, config.assign_timeout).await;
+        tracing::debug!(topic, group, waited = ?started.elapsed(), "kafka subscribe: this connection's closing members of the group are gone");
     }
     let (commands, commands_rx) = mpsc::unbounded_channel();
     let state = Arc::new_cyclic(|me| State {
@@ -483,7 +485,16 @@ pub(super) async fn subscribe(
         poll(state, consumer, commands_rx, out, cancel_poller).await;
         let _ = closed_tx.send(true);
     });
+    let joining = std::time::Instant::now();
     let waited = tokio::time::timeout(config.assign_timeout, assigned.wait_for(|n| *n > 0)).await;
+    tracing::debug!(
+        topic,
+        group = options.group.as_deref(),
+        assigned = matches!(waited, Ok(Ok(_))),
+        joining = ?joining.elapsed(),
+        total = ?started.elapsed(),
+        "kafka subscribe: partitions assigned, or not"
+    );
     if !matches!(waited, Ok(Ok(_))) {
         cancel.cancel();
         return Err(Error::new(
