@@ -22,8 +22,8 @@
 //! columns, but it knows each sequence number because it is the only publisher: the floor under
 //! what a backend can do that must also keep order and density across publishers.
 //!
-//! Beside each figure, the CPU time per message of this process and of the server's processes
-//! together ([`crate::cpu`]): the capacity model of `docs/scaling.md` divides a core by it. The
+//! Beside each figure, the CPU time per message of this process (the client) and of the server's
+//! processes ([`crate::cpu`]): the capacity model of `docs/scaling.md` divides a core by them. The
 //! server's time is all of its work, so measure on a server nothing else uses.
 //!
 //! A server that does not answer is skipped with a line saying so ("skipped: no server on
@@ -37,7 +37,7 @@ use millstream::pubsub::nats::{NatsConfig, NatsPubSub};
 use millstream::{Message, Publisher, SqlConfig, SqlPubSub, SubscribeOptions, Subscriber};
 use serde::Serialize;
 
-use crate::cpu::Phase;
+use crate::cpu::{Measured, Phase};
 use crate::side_by_side::{unique, Bench, BoxError, PAYLOAD};
 
 /// Messages per publish batch and per consumer fetch, on both sides.
@@ -47,23 +47,31 @@ pub(crate) const BATCH: usize = 100;
 pub(crate) const NAMES: &[&str] = &["sqlite", "postgres", "mysql", "nats"];
 
 /// The figures' names, in the order of [`Rates`].
-const SCENARIOS: [&str; 6] = [
+const SCENARIOS: [&str; 9] = [
     "publish",
     "publish batch",
     "consume+ack",
-    "publish cpu-us",
-    "publish batch cpu-us",
-    "consume+ack cpu-us",
+    "publish client-us",
+    "publish batch client-us",
+    "consume+ack client-us",
+    "publish server-us",
+    "publish batch server-us",
+    "consume+ack server-us",
 ];
 
 /// (publish, publish batch, consume+ack) in msg/s, then the same phases' CPU microseconds per
-/// message (this process and the server's processes, [`crate::cpu`]).
-type Rates = [f64; 6];
+/// message in this process (the client), then in the server's processes ([`crate::cpu`]).
+type Rates = [f64; 9];
 
 /// The three phases' figures as [`Rates`].
-fn rates(phases: [(f64, f64); 3]) -> Rates {
-    let [(a, x), (b, y), (c, z)] = phases;
-    [a, b, c, x, y, z]
+fn rates(phases: [Measured; 3]) -> Rates {
+    let mut rates = [0.0; 9];
+    for (i, phase) in phases.iter().enumerate() {
+        rates[i] = phase.rate;
+        rates[i + 3] = phase.client_us;
+        rates[i + 6] = phase.server_us;
+    }
+    rates
 }
 
 /// One figure of one backend: millstream beside its raw client.
@@ -78,9 +86,12 @@ pub(crate) struct Row {
     pub(crate) msgs_per_sec: f64,
     pub(crate) raw_msgs_per_sec: f64,
     pub(crate) ratio_to_raw: f64,
-    /// CPU microseconds per message, this process's and the server's together.
-    pub(crate) cpu_us_per_msg: f64,
-    pub(crate) raw_cpu_us_per_msg: f64,
+    /// CPU microseconds per message in this process (the client) and in the server's processes
+    /// (medians of each, so the two may come from different runs).
+    pub(crate) client_us_per_msg: f64,
+    pub(crate) server_us_per_msg: f64,
+    pub(crate) raw_client_us_per_msg: f64,
+    pub(crate) raw_server_us_per_msg: f64,
     /// The raw client's name.
     pub(crate) raw: &'static str,
 }
@@ -120,7 +131,7 @@ pub(crate) fn run(names: &[&'static str], messages: usize, runs: usize) -> Resul
         let Some((server, medians)) = figures else { continue };
         for (i, (scenario, (ours, theirs))) in SCENARIOS.iter().zip(medians).take(3).enumerate() {
             let count = if *scenario == "publish" { single_count(messages) } else { messages };
-            let (cpu, raw_cpu) = medians[i + 3];
+            let ((client, raw_client), (server_us, raw_server)) = (medians[i + 3], medians[i + 6]);
             rows.push(Row {
                 scenario: format!("{name} {scenario}"),
                 backend,
@@ -129,8 +140,10 @@ pub(crate) fn run(names: &[&'static str], messages: usize, runs: usize) -> Resul
                 msgs_per_sec: ours,
                 raw_msgs_per_sec: theirs,
                 ratio_to_raw: ours / theirs,
-                cpu_us_per_msg: cpu,
-                raw_cpu_us_per_msg: raw_cpu,
+                client_us_per_msg: client,
+                server_us_per_msg: server_us,
+                raw_client_us_per_msg: raw_client,
+                raw_server_us_per_msg: raw_server,
                 raw,
             });
         }
@@ -159,7 +172,7 @@ async fn one(
     name: &'static str,
     messages: usize,
     runs: usize,
-) -> Result<Option<(String, [(f64, f64); 6])>, BoxError> {
+) -> Result<Option<(String, [(f64, f64); 9])>, BoxError> {
     let bench = Bench { name, raw: "raw", setting: String::new(), scenarios: SCENARIOS };
     let scratch = std::env::temp_dir().join(unique("millstream-bench-sqlite"));
     let url = match name {
@@ -210,7 +223,7 @@ pub(crate) fn markdown(rows: &[Row], runs: usize) -> String {
         let first = mine[0];
         out.push_str(&format!(
             "{backend} ({}): {} messages of {} bytes (publish: {}), batches of {BATCH}, median of {runs} runs\n\n\
-             | scenario | millstream msg/s | {} msg/s | millstream / raw | CPU µs/msg, millstream / raw |\n\
+             | scenario | millstream msg/s | {} msg/s | millstream / raw | CPU µs/msg (client + server), millstream; raw |\n\
              |---|---:|---:|---:|---:|\n",
             first.server,
             messages_text(mine.iter().map(|r| r.messages).max().unwrap_or(0)),
@@ -221,17 +234,28 @@ pub(crate) fn markdown(rows: &[Row], runs: usize) -> String {
         for row in mine {
             let scenario = row.scenario.split_once(' ').map_or(row.scenario.as_str(), |(_, s)| s);
             out.push_str(&format!(
-                "| {scenario} | {} | {} | {:.2} | {:.0} / {:.0} |\n",
+                "| {scenario} | {} | {} | {:.2} | {} + {}; {} + {} |\n",
                 messages_text(row.msgs_per_sec.round() as usize),
                 messages_text(row.raw_msgs_per_sec.round() as usize),
                 row.ratio_to_raw,
-                row.cpu_us_per_msg,
-                row.raw_cpu_us_per_msg,
+                micros(row.client_us_per_msg),
+                micros(row.server_us_per_msg),
+                micros(row.raw_client_us_per_msg),
+                micros(row.raw_server_us_per_msg),
             ));
         }
         out.push('\n');
     }
     out
+}
+
+/// Microseconds as the table shows them: whole ones, one decimal under 10.
+fn micros(us: f64) -> String {
+    if us < 10.0 {
+        format!("{us:.1}")
+    } else {
+        format!("{us:.0}")
+    }
 }
 
 /// `123456` as `123 456`.

@@ -25,10 +25,11 @@ fn ticks(stat: &str, children: bool) -> Option<(&str, u64)> {
     Some((name, own + exited))
 }
 
-/// This process's CPU time plus that of every process named one of `server`.
-fn cpu_time(server: &[&str]) -> Duration {
+/// This process's CPU time, and that of every process named one of `server`.
+fn cpu_time(server: &[&str]) -> (Duration, Duration) {
     let own = std::fs::read_to_string("/proc/self/stat").ok();
-    let mut total = own.as_deref().and_then(|stat| ticks(stat, false)).map_or(0, |(_, t)| t);
+    let own = own.as_deref().and_then(|stat| ticks(stat, false)).map_or(0, |(_, t)| t);
+    let mut total = 0;
     if !server.is_empty() {
         let me = std::process::id().to_string();
         for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
@@ -46,14 +47,26 @@ fn cpu_time(server: &[&str]) -> Duration {
             }
         }
     }
-    TICK * u32::try_from(total).unwrap_or(u32::MAX)
+    let time = |ticks: u64| TICK * u32::try_from(ticks).unwrap_or(u32::MAX);
+    (time(own), time(total))
 }
 
 /// One phase of a run: its wall time and the CPU time spent meanwhile.
 pub(crate) struct Phase {
     server: &'static [&'static str],
     started: Instant,
-    cpu: Duration,
+    cpu: (Duration, Duration),
+}
+
+/// What a phase measured.
+#[derive(Clone, Copy)]
+pub(crate) struct Measured {
+    /// Messages per second.
+    pub(crate) rate: f64,
+    /// CPU microseconds per message of this process (the client).
+    pub(crate) client_us: f64,
+    /// CPU microseconds per message of the server's processes.
+    pub(crate) server_us: f64,
 }
 
 impl Phase {
@@ -62,11 +75,16 @@ impl Phase {
         Phase { server, cpu: cpu_time(server), started: Instant::now() }
     }
 
-    /// Messages per second, and CPU microseconds per message (this process and the server).
-    pub(crate) fn end(self, messages: usize) -> (f64, f64) {
+    /// The phase's rate and CPU time per message, `messages` having passed.
+    pub(crate) fn end(self, messages: usize) -> Measured {
         let elapsed = self.started.elapsed();
-        let cpu = cpu_time(self.server).saturating_sub(self.cpu);
-        (crate::side_by_side::rate(messages, elapsed), cpu.as_secs_f64() * 1e6 / messages.max(1) as f64)
+        let (own, server) = cpu_time(self.server);
+        let per_message = |cpu: Duration| cpu.as_secs_f64() * 1e6 / messages.max(1) as f64;
+        Measured {
+            rate: crate::side_by_side::rate(messages, elapsed),
+            client_us: per_message(own.saturating_sub(self.cpu.0)),
+            server_us: per_message(server.saturating_sub(self.cpu.1)),
+        }
     }
 }
 

@@ -146,6 +146,24 @@ where
     }
 }
 
+/// Runs an idempotent `op` again (twice at most) when it fails for a reason that may pass, a
+/// connection cut since its last use above all (see `pubsub::PING_AFTER_IDLE`): the pool closes
+/// that connection when it comes back, so the next try gets another.
+pub(super) async fn reconnecting<T, F, Fut>(mut op: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match op().await {
+            Err(error) if attempt < 3 && is_transient(&error) => backoff(attempt).await,
+            result => return result,
+        }
+    }
+}
+
 /// The wait before another try: a few milliseconds, growing, jittered.
 pub(super) async fn backoff(attempt: u32) {
     tokio::time::sleep(Duration::from_millis(2 * u64::from(attempt) + fastrand::u64(0..5))).await;

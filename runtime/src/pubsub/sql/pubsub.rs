@@ -14,12 +14,37 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::config::SqlConfig;
-use super::db::{backend_error, millis, now_ms, Dialect, Pool};
+use super::db::{backend_error, millis, now_ms, reconnecting, Dialect, Pool};
 use super::ops::dispatch;
 use super::queries::Queries;
 use crate::error::{Error, ErrorKind, Result};
 use crate::message::Message;
 use crate::pubsub::check_size;
+
+/// How long a connection of the pools this backend opens may have been idle and still be handed
+/// out without a ping first. sqlx pings each connection when it goes back to the pool (a broken
+/// one is closed there) and, by default, again before handing it out: a round trip per publish
+/// or ack, which halves a single publish's speed. A connection in steady use skips the second
+/// ping; one idle for longer (which a database restart or an idle timeout would have cut) is
+/// pinged. A connection cut in the short window between is a transient failure: a publish or
+/// an ack tries again (on another connection), and so do the topic and group statements.
+#[cfg(any(feature = "postgres", feature = "mysql"))]
+const PING_AFTER_IDLE: Duration = Duration::from_millis(250);
+
+/// The pool's check before it hands a connection out: a ping if it was idle for
+/// [`PING_AFTER_IDLE`] or more (a failed ping closes it, and the pool takes another).
+#[cfg(any(feature = "postgres", feature = "mysql"))]
+fn ping_if_idle<C: sqlx::Connection>(
+    conn: &mut C,
+    meta: sqlx::pool::PoolConnectionMetadata,
+) -> futures_core::future::BoxFuture<'_, std::result::Result<bool, sqlx::Error>> {
+    Box::pin(async move {
+        if meta.idle_for >= PING_AFTER_IDLE {
+            conn.ping().await?;
+        }
+        Ok(true)
+    })
+}
 
 /// The durable SQL pub/sub (SQLite, PostgreSQL, MySQL / MariaDB). Cheap to clone.
 ///
@@ -132,6 +157,8 @@ impl SqlPubSub {
             "postgres" | "postgresql" => {
                 let pool = sqlx::postgres::PgPoolOptions::new()
                     .max_connections(config.max_connections)
+                    .test_before_acquire(false)
+                    .before_acquire(ping_if_idle)
                     .connect(url)
                     .await
                     .map_err(backend_error)?;
@@ -142,6 +169,8 @@ impl SqlPubSub {
                 let url = url.replacen("mariadb:", "mysql:", 1);
                 let pool = sqlx::mysql::MySqlPoolOptions::new()
                     .max_connections(config.max_connections)
+                    .test_before_acquire(false)
+                    .before_acquire(ping_if_idle)
                     .connect(&url)
                     .await
                     .map_err(backend_error)?;
@@ -294,7 +323,10 @@ impl SqlPubSub {
         self.ensure_schema().await?;
         let inner = &self.inner;
         for topic in topics {
-            dispatch!(&inner.pool, (pool, ops) => ops::delete_topic(pool, &inner.queries, topic).await)?;
+            reconnecting(|| async {
+                dispatch!(&inner.pool, (pool, ops) => ops::delete_topic(pool, &inner.queries, topic).await)
+            })
+            .await?;
             inner.known_topics.lock().remove(topic);
         }
         Ok(())
@@ -308,7 +340,10 @@ impl SqlPubSub {
         if inner.known_topics.lock().contains_key(topic) {
             return Ok(());
         }
-        dispatch!(&inner.pool, (pool, ops) => ops::create_topic(pool, &inner.queries, topic).await)?;
+        reconnecting(|| async {
+            dispatch!(&inner.pool, (pool, ops) => ops::create_topic(pool, &inner.queries, topic).await)
+        })
+        .await?;
         let mut known = inner.known_topics.lock();
         if known.len() > 10_000 {
             known.clear();

@@ -46,7 +46,10 @@ impl Subscriber for SqlPubSub {
                 crate::pubsub::StartFrom::Default | crate::pubsub::StartFrom::Time(_) => private,
             };
             let inner = &self.inner;
-            dispatch!(&inner.pool, (pool, ops) => ops::create_group(pool, &inner.queries, topic, &group, start_at_end).await)?;
+            super::db::reconnecting(|| async {
+                dispatch!(&inner.pool, (pool, ops) => ops::create_group(pool, &inner.queries, topic, &group, start_at_end).await)
+            })
+            .await?;
             let sub = Arc::new(SubShared {
                 inner: inner.clone(),
                 topic: topic.into(),
