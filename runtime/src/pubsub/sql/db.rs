@@ -131,25 +131,27 @@ pub(super) fn is_transient(error: &Error) -> bool {
 pub(super) const RETRY_ATTEMPTS: u32 = 8;
 
 /// Runs `op` again (a few times) while it fails with a deadlock or serialization failure.
-pub(super) async fn retrying<T, F, Fut>(mut op: F) -> Result<T>
+pub(super) async fn retrying<T, F, Fut>(op: F) -> Result<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T>>,
 {
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        match op().await {
-            Err(error) if attempt < RETRY_ATTEMPTS && is_retryable(&error) => backoff(attempt).await,
-            result => return result,
-        }
-    }
+    tries(RETRY_ATTEMPTS, is_retryable, op).await
 }
 
 /// Runs an idempotent `op` again (twice at most) when it fails for a reason that may pass, a
 /// connection cut since its last use above all (see `pubsub::PING_AFTER_IDLE`): the pool closes
 /// that connection when it comes back, so the next try gets another.
-pub(super) async fn reconnecting<T, F, Fut>(mut op: F) -> Result<T>
+pub(super) async fn reconnecting<T, F, Fut>(op: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    tries(3, is_transient, op).await
+}
+
+/// Runs `op` up to `limit` times, again after a pause while it fails with an error `again` accepts.
+async fn tries<T, F, Fut>(limit: u32, again: fn(&Error) -> bool, mut op: F) -> Result<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T>>,
@@ -158,7 +160,7 @@ where
     loop {
         attempt += 1;
         match op().await {
-            Err(error) if attempt < 3 && is_transient(&error) => backoff(attempt).await,
+            Err(error) if attempt < limit && again(&error) => backoff(attempt).await,
             result => return result,
         }
     }
