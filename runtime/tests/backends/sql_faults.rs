@@ -265,7 +265,8 @@ async fn ack_retries_case(victim: Victim) {
                 *seen
                     .entry(String::from_utf8_lossy(delivery.message().payload()).into_owned())
                     .or_default() += 1;
-                if delivery.ack().await.is_err() {
+                if let Err(error) = delivery.ack().await {
+                    eprintln!("an ack failed: {error}");
                     ack_failures += 1;
                 }
             }

@@ -250,7 +250,11 @@ impl SubShared {
                     .await;
                 }
                 Ok(Outcome::Lost) if unknown && nack.is_none() => {
-                    let acked = dispatch!(&inner.pool, (pool, ops) => ops::acked(pool, &inner.queries, topic, group).await);
+                    // (A read: tried again on another connection if this one was cut too.)
+                    let acked = super::db::reconnecting(|| async {
+                        dispatch!(&inner.pool, (pool, ops) => ops::acked(pool, &inner.queries, topic, group).await)
+                    })
+                    .await;
                     break match acked {
                         // Our earlier try went through (the lease was renewed or released with it).
                         Ok(Some(acked)) if acked >= flight.seq => Ok(Outcome::Acked {
