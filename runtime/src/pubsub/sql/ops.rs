@@ -148,19 +148,21 @@ async fn postgres_publish_one(
     }))
 }
 
-/// The most text [`mysql_publish_one`] sends: larger batches take prepared statements (the
-/// payloads travel as hex in the text, twice their size).
+/// The most text [`mysql_publish_one`] sends: a larger message takes prepared statements (its
+/// payload travels as hex in the text, twice its size).
 #[cfg(feature = "mysql")]
 const ONE_TRIP_TEXT: usize = 64 * 1024;
 
-/// MySQL / MariaDB: a publish of one message in one round trip, on a connection of its own (`alone`: not inside
-/// a transaction, which its `START TRANSACTION` would commit). One text of four statements, which
-/// the server runs in order and stops at the first that fails: the transaction, the reservation
-/// on the topic's row (locked until the commit, as on the transaction path), an `INSERT ...
-/// SELECT` that takes the numbers from that row (no row for the topic, no rows), the commit. The
-/// values travel as hex literals, so no text of a message is ever read as SQL whatever the
-/// server's `sql_mode`. Against BEGIN, UPDATE, INSERT and COMMIT sent one after the other, it
-/// saves three round trips; prepared statements cannot do it (one statement each).
+/// MySQL / MariaDB: a publish of one message in one round trip, on a connection of its own
+/// (`alone`: not inside a transaction, which its `START TRANSACTION` would commit). One text of
+/// four statements, which the server runs in order and stops at the first that fails: the
+/// transaction, the reservation on the topic's row (locked until the commit, as on the
+/// transaction path), an `INSERT ... SELECT` that takes the number from that row (no row for the
+/// topic, no row), the commit. The values travel as hex literals, so no text of a message is ever
+/// read as SQL whatever the server's `sql_mode`. Against BEGIN, UPDATE, INSERT and COMMIT sent one
+/// after the other, it saves three round trips; prepared statements cannot do it (one statement
+/// each). A batch goes the prepared way: its rows as a derived table of `UNION ALL` selects cost
+/// MariaDB more than the round trips saved (0.5 x a multi-row INSERT at 100 rows).
 #[cfg(feature = "mysql")]
 async fn mysql_publish_one(
     conn: &mut sqlx::MySqlConnection,
@@ -170,31 +172,23 @@ async fn mysql_publish_one(
     chunk_bytes: usize,
     alone: bool,
 ) -> OneTrip {
-    // (A batch goes the prepared way: its rows as a derived table of `UNION ALL` selects cost
-    // MariaDB more than the round trips saved, 0.5 x a multi-row INSERT at 100 rows.)
-    if !alone || messages.len() != 1 {
-        return None;
-    }
-    let count = i64::try_from(messages.len()).ok()?;
-    let sql = mysql_publish_text(q, topic, messages, chunk_bytes)?;
+    let ([message], true) = (messages, alone) else { return None };
+    let sql = mysql_publish_text(q, topic, message, chunk_bytes)?;
     let (results, done, error) = mysql_run_text(&mut *conn, &sql).await;
     // Statement 1 the reservation (its number: the topic's new last one), 2 the INSERT.
-    let first = (done > 1 && results[1].0 == 1)
-        .then(|| i64::try_from(results[1].1).ok().map(|last| last - count + 1))
-        .flatten();
+    let first = (done > 1 && results[1].0 == 1).then(|| i64::try_from(results[1].1).ok()).flatten();
     let inserted = if done > 2 { results[2].0 } else { 0 };
     let Some(error) = error else {
-        if done == 4 && inserted == 0 && first.is_none() {
-            return Some(Ok(None));
-        }
-        if done == 4 && first.is_some() && inserted == messages.len() as u64 {
-            return Some(Ok(first));
+        match (done, inserted, first) {
+            (4, 0, None) => return Some(Ok(None)),
+            (4, 1, Some(_)) => return Some(Ok(first)),
+            _ => {}
         }
         let error = crate::error::Error::new(
             crate::error::ErrorKind::Backend,
             format!(
                 "a publish in one round trip came back with {done} results of 4 and {inserted} \
-                 rows of {count} (first number {first:?})"
+                 rows of 1 (number {first:?})"
             ),
         );
         return Some(Err((error, Some(first.map_or(Unknown::After, Unknown::At)))));
@@ -249,55 +243,37 @@ fn mysql_run_text<'c>(
     })
 }
 
-/// The text of [`mysql_publish_one`], or `None` when the batch is too large for it.
+/// The text of [`mysql_publish_one`], or `None` when the message is too large for it.
 #[cfg(feature = "mysql")]
 fn mysql_publish_text(
     q: &super::queries::Queries,
     topic: &str,
-    messages: &[StoredMessage],
+    message: &StoredMessage,
     chunk_bytes: usize,
 ) -> Option<String> {
     use std::fmt::Write as _;
 
-    let stored: usize = messages.iter().map(StoredMessage::stored_len).sum();
-    let estimate = 2 * (stored + 2 * topic.len()) + messages.len() * 128 + 512;
-    if messages.len() > INSERT_CHUNK || estimate > ONE_TRIP_TEXT.min(chunk_bytes) {
+    let estimate = 2 * (message.stored_len() + 2 * topic.len()) + 640;
+    if estimate > ONE_TRIP_TEXT.min(chunk_bytes) {
         return None;
     }
     let [topics, table] = &q.tables;
-    let count = messages.len();
     let mut sql = String::with_capacity(estimate);
     let _ = write!(
         sql,
-        "START TRANSACTION;UPDATE {topics} SET last_seq = LAST_INSERT_ID(last_seq + {count}) WHERE topic = "
+        "START TRANSACTION;UPDATE {topics} SET last_seq = LAST_INSERT_ID(last_seq + 1) WHERE topic = "
     );
     push_text(&mut sql, topic);
     let _ = write!(
         sql,
-        ";INSERT INTO {table} (topic, seq, id, metadata, payload, created_ms, size) \
-         SELECT t.topic, t.last_seq - {count} + v.n, v.id, v.metadata, v.payload, {}, v.size FROM {topics} t, (",
-        super::db::now_ms()
+        ";INSERT INTO {table} (topic, seq, id, metadata, payload, created_ms, size) SELECT topic, last_seq, "
     );
-    for (n, message) in messages.iter().enumerate() {
-        if n == 0 {
-            sql.push_str("SELECT 1 AS n, ");
-            push_text(&mut sql, &message.id);
-            sql.push_str(" AS id, ");
-            push_text(&mut sql, &message.metadata);
-            sql.push_str(" AS metadata, ");
-            push_hex(&mut sql, &message.payload);
-            let _ = write!(sql, " AS payload, {} AS size", message.payload.len());
-        } else {
-            let _ = write!(sql, " UNION ALL SELECT {}, ", n + 1);
-            push_text(&mut sql, &message.id);
-            sql.push_str(", ");
-            push_text(&mut sql, &message.metadata);
-            sql.push_str(", ");
-            push_hex(&mut sql, &message.payload);
-            let _ = write!(sql, ", {}", message.payload.len());
-        }
-    }
-    sql.push_str(") v WHERE t.topic = ");
+    push_text(&mut sql, &message.id);
+    sql.push_str(", ");
+    push_text(&mut sql, &message.metadata);
+    sql.push_str(", ");
+    push_hex(&mut sql, &message.payload);
+    let _ = write!(sql, ", {}, {} FROM {topics} WHERE topic = ", super::db::now_ms(), message.payload.len());
     push_text(&mut sql, topic);
     sql.push_str(";COMMIT");
     Some(sql)
