@@ -109,6 +109,7 @@ impl Harness for AmqpHarness {
 }
 
 async fn harness() -> AmqpHarness {
+    crate::support::log();
     AmqpHarness { shared: Mutex::new(Some(support::shared().await)) }
 }
 

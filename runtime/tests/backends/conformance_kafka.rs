@@ -65,10 +65,7 @@ impl Harness for KafkaHarness {
 }
 
 async fn harness() -> KafkaHarness {
-    if let Ok(filter) = std::env::var("MILLSTREAM_TEST_LOG") {
-        let _ =
-            tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::new(filter)).try_init();
-    }
+    crate::support::log();
     let broker = match std::env::var("MILLSTREAM_KAFKA_BROKERS") {
         Ok(_) => None,
         Err(_) => Some(Arc::new(tokio::task::spawn_blocking(Broker::start).await.expect("start tansu"))),

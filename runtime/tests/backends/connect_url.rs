@@ -10,6 +10,17 @@
     feature = "mqtt",
     feature = "kafka"
 ))]
+// Helpers serve only some backends: a build with a few of them leaves the rest unused.
+#![cfg_attr(
+    not(all(
+        feature = "postgres",
+        feature = "mysql",
+        feature = "nats",
+        feature = "redis",
+        feature = "mqtt"
+    )),
+    allow(dead_code, unused_imports)
+)]
 
 use std::time::Duration;
 

@@ -42,11 +42,7 @@ fn config(brokers: &Brokers) -> KafkaConfig {
 }
 
 async fn connect(config: KafkaConfig) -> KafkaPubSub {
-    if std::env::var("MILLSTREAM_TEST_LOG").is_ok() {
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::from_env("MILLSTREAM_TEST_LOG"))
-            .try_init();
-    }
+    crate::support::log();
     KafkaPubSub::connect(config).await.expect("connect to the Kafka broker")
 }
 

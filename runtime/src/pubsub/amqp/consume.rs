@@ -118,11 +118,18 @@ impl Consume {
                     }
                 }
                 let live = self.link.live_or_wait(&self.cancel).await?;
-                if let Err(error) = self.attach(&live).await {
-                    self.failures += 1;
-                    tracing::warn!(%error, topic = self.topic, "AMQP: re-attaching the subscription failed");
-                    if error.kind() == ErrorKind::Config {
-                        return Some(Err(error));
+                match self.attach(&live).await {
+                    Ok(()) => tracing::debug!(
+                        topic = self.topic,
+                        generation = live.generation,
+                        "AMQP: subscription attached again"
+                    ),
+                    Err(error) => {
+                        self.failures += 1;
+                        tracing::warn!(%error, topic = self.topic, "AMQP: re-attaching the subscription failed");
+                        if error.kind() == ErrorKind::Config {
+                            return Some(Err(error));
+                        }
                     }
                 }
                 continue;
@@ -227,12 +234,59 @@ fn settled(result: lapin::Result<bool>) -> Result<()> {
 }
 
 impl AckInner {
+    /// Waits for a settle frame to go out: until its channel is known to have ended, and at most
+    /// [`AmqpConfig::connect_timeout`].
+    ///
+    /// lapin resolves a settle once its frame is written; when the connection dies at that
+    /// moment (a server restart) the frame may be neither written nor failed, and an unbounded
+    /// wait held the consumer (and every delivery after it) for good. Either way the settle
+    /// fails: the channel is gone, so the broker gives the message out again.
+    ///
+    /// [`AmqpConfig::connect_timeout`]: super::AmqpConfig::connect_timeout
+    async fn sent(
+        &self,
+        what: &str,
+        op: impl std::future::Future<Output = lapin::Result<bool>>,
+    ) -> Result<()> {
+        let limit = self.link.config.connect_timeout;
+        // lapin poisons the channel's ackers when it learns the channel ended: then it is over.
+        let ended = async {
+            loop {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                if self.acker.poisoned() {
+                    return;
+                }
+            }
+        };
+        let result = tokio::select! {
+            biased;
+            result = tokio::time::timeout(limit, op) => result,
+            () = ended => {
+                tracing::debug!(queue = %self.plan.queue, "AMQP: {what} given up: its channel ended meanwhile");
+                return Err(stale());
+            }
+        };
+        match result {
+            Ok(result) => settled(result),
+            Err(_) => {
+                tracing::warn!(queue = %self.plan.queue, "AMQP: {what} was not sent within {limit:?}; the connection is presumed lost");
+                Err(Error::new(
+                    ErrorKind::Timeout,
+                    format!(
+                        "AMQP: {what} was not sent within {limit:?} (the connection is presumed lost; \
+                         the broker gives the message out again)"
+                    ),
+                ))
+            }
+        }
+    }
+
     fn is_stale(&self) -> bool {
         self.current.load(Ordering::Acquire) != self.epoch || !self.acker.usable()
     }
 
     async fn requeue(&self) -> Result<()> {
-        settled(self.acker.nack(BasicNackOptions { multiple: false, requeue: true }).await)
+        self.sent("a requeue", self.acker.nack(BasicNackOptions { multiple: false, requeue: true })).await
     }
 
     /// Publishes a copy to `route` (confirmed), then acks the delivery.
@@ -244,7 +298,7 @@ impl AckInner {
             // The copy is out; the original comes back too (at-least-once: a duplicate).
             return Err(stale());
         }
-        settled(self.acker.ack(Default::default()).await)
+        self.sent("an ack", self.acker.ack(Default::default())).await
     }
 
     async fn delayed(self: Arc<Self>, delay: Duration) -> Result<()> {
@@ -264,13 +318,13 @@ impl AckInner {
         let live = self.link.live().await?;
         let queue = self.plan.queue.clone();
         let name = super::topology::retry_queue_name(&queue, class);
-        self.link
-            .declare_once(&live, ("retry", name.clone()), |declarer| async move {
-                let result = declarer.retry_queue(&queue, class).await.map(drop);
-                declarer.close().await;
-                result
-            })
-            .await?;
+        let declare = self.link.declare_once(&live, ("retry", name.clone()), |declarer| async move {
+            let result = declarer.retry_queue(&queue, class).await.map(drop);
+            declarer.close().await;
+            result
+        });
+        let limit = self.link.config.connect_timeout;
+        self.link.bounded(&live, limit, "declaring a retry queue", declare).await?;
         self.forward(&Route::new("", name), &[]).await
     }
 
@@ -279,12 +333,12 @@ impl AckInner {
             return Err(stale());
         }
         match how {
-            Settle::Ack => settled(self.acker.ack(Default::default()).await),
+            Settle::Ack => self.sent("an ack", self.acker.ack(Default::default())).await,
             Settle::Nack(Some(delay)) if !delay.is_zero() => self.delayed(delay).await,
             Settle::Nack(_) | Settle::Release => self.requeue().await,
             Settle::Reject(reason) => match self.plan.dead_letter.clone() {
                 Some(route) => self.forward(&route, &[(keys::poison::REASON, &reason)]).await,
-                None => settled(self.acker.reject(BasicRejectOptions { requeue: false }).await),
+                None => self.sent("a reject", self.acker.reject(BasicRejectOptions { requeue: false })).await,
             },
         }
     }

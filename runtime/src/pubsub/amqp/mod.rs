@@ -58,8 +58,9 @@
 //!
 //! A connection can also die without a close (a peer frozen, a path cut; lapin notices only at
 //! the next missed heartbeat): every round trip is bounded instead. A publish waits at most
-//! [`AmqpConfig::publish_timeout`] (30 s) for its confirms, attaching a subscription at most
-//! [`AmqpConfig::connect_timeout`] (10 s) per step; past it the call fails with
+//! [`AmqpConfig::publish_timeout`] (30 s) for its confirms, attaching a subscription or
+//! sending a settle (ack, nack, reject; a settle also fails as soon as lapin reports its channel
+//! ended) at most [`AmqpConfig::connect_timeout`] (10 s) per step; past it the call fails with
 //! [`ErrorKind::Timeout`](crate::ErrorKind::Timeout) (worth retrying: the message may or may
 //! not have been stored) and the connection is dropped, so the next call makes a new one.
 //!
