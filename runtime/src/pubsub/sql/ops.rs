@@ -617,14 +617,14 @@ macro_rules! dialect {
                     }
                 };
                 let Some((acked, attempts)) = claimed else { return Ok(None) };
-                let mut read = sqlx::query(&q.read)
-                    .bind(topic)
-                    .bind(acked)
-                    .bind(topic)
-                    .bind(acked)
-                    .bind(batch)
-                    .bind(batch_bytes)
-                    .fetch(pool);
+                // The two forms of `read` take their binds in different orders (see `Queries`).
+                let read = sqlx::query(&q.read).bind(topic).bind(acked);
+                let read = if q.mysql {
+                    read.bind(batch).bind(batch_bytes).bind(topic)
+                } else {
+                    read.bind(topic).bind(acked).bind(batch).bind(batch_bytes)
+                };
+                let mut read = read.fetch(pool);
                 let mut rows = Vec::new();
                 // Each row becomes a message as it arrives (then only its payload is kept).
                 while let Some(row) = futures_util::TryStreamExt::try_next(&mut read).await.map_err(backend_error)? {

@@ -164,13 +164,30 @@ impl Queries {
             group_state: sql(format!("SELECT acked, head_attempts FROM {p}groups WHERE topic = ? AND grp = ?")),
             // The rows after `acked`: at most `batch_size` of them, and no more than `batch_bytes`
             // of payload unless the first alone is larger. The inner queries read only sizes.
-            read: sql(format!(
-                "SELECT seq, id, metadata, payload FROM {p}messages WHERE topic = ? AND seq > ? AND seq <= (\
-                 SELECT MAX(seq) FROM (\
-                 SELECT seq, size, SUM(size) OVER (ORDER BY seq) AS upto FROM (\
-                 SELECT seq, {size} AS size FROM {p}messages WHERE topic = ? AND seq > ? ORDER BY seq LIMIT ?\
-                 ) f) w WHERE upto <= ? OR upto = size) ORDER BY seq"
-            )),
+            // (The rows that fit are a prefix of the batch: sizes add up as `seq` grows.)
+            read: sql(if mysql {
+                // MariaDB does not bound an index range by a scalar subquery's value: the form
+                // below for the others scanned every row after `acked` (all of a backlog) on each
+                // read. Here the rows that fit are joined back by key, one lookup each.
+                // Binds: topic, acked, batch, batch_bytes, topic.
+                format!(
+                    "SELECT m.seq, m.id, m.metadata, m.payload FROM (SELECT seq FROM (\
+                     SELECT seq, size, SUM(size) OVER (ORDER BY seq) AS upto FROM (\
+                     SELECT seq, {size} AS size FROM {p}messages WHERE topic = ? AND seq > ? ORDER BY seq LIMIT ?\
+                     ) f) w WHERE upto <= ? OR upto = size) s \
+                     JOIN {p}messages m ON m.topic = ? AND m.seq = s.seq ORDER BY m.seq"
+                )
+            } else {
+                // PostgreSQL and SQLite bound the range by the subquery's value (an init plan).
+                // Binds: topic, acked, topic, acked, batch, batch_bytes.
+                format!(
+                    "SELECT seq, id, metadata, payload FROM {p}messages WHERE topic = ? AND seq > ? AND seq <= (\
+                     SELECT MAX(seq) FROM (\
+                     SELECT seq, size, SUM(size) OVER (ORDER BY seq) AS upto FROM (\
+                     SELECT seq, {size} AS size FROM {p}messages WHERE topic = ? AND seq > ? ORDER BY seq LIMIT ?\
+                     ) f) w WHERE upto <= ? OR upto = size) ORDER BY seq"
+                )
+            }),
             ack: sql(format!(
                 "UPDATE {p}groups SET acked = ?, head_attempts = ?, lease_until = ?, owner = ? \
                  WHERE topic = ? AND grp = ? AND owner = ? AND acked = ?"
