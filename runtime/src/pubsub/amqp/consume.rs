@@ -214,6 +214,9 @@ struct AckInner {
     attempt: u64,
 }
 
+/// How often a settle in flight looks whether its channel has ended (see `AckInner::sent`).
+const SETTLE_TICK: Duration = Duration::from_millis(100);
+
 fn stale() -> Error {
     Error::new(
         ErrorKind::Backend,
@@ -249,35 +252,34 @@ impl AckInner {
         op: impl std::future::Future<Output = lapin::Result<bool>>,
     ) -> Result<()> {
         let limit = self.link.config.connect_timeout;
-        // lapin poisons the channel's ackers when it learns the channel ended: then it is over.
-        let ended = async {
+        // One timer for both bounds: every tick looks whether lapin has poisoned the channel's
+        // ackers (it learnt the channel ended), and the last tick is the limit.
+        let given_up = async {
+            let mut left = limit;
             loop {
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                let tick = left.min(SETTLE_TICK);
+                tokio::time::sleep(tick).await;
+                left -= tick;
                 if self.acker.poisoned() {
-                    return;
+                    tracing::debug!(queue = %self.plan.queue, "AMQP: {what} given up: its channel ended meanwhile");
+                    return stale();
+                }
+                if left.is_zero() {
+                    tracing::warn!(queue = %self.plan.queue, "AMQP: {what} was not sent within {limit:?}; the connection is presumed lost");
+                    return Error::new(
+                        ErrorKind::Timeout,
+                        format!(
+                            "AMQP: {what} was not sent within {limit:?} (the connection is presumed lost; \
+                             the broker gives the message out again)"
+                        ),
+                    );
                 }
             }
         };
-        let result = tokio::select! {
+        tokio::select! {
             biased;
-            result = tokio::time::timeout(limit, op) => result,
-            () = ended => {
-                tracing::debug!(queue = %self.plan.queue, "AMQP: {what} given up: its channel ended meanwhile");
-                return Err(stale());
-            }
-        };
-        match result {
-            Ok(result) => settled(result),
-            Err(_) => {
-                tracing::warn!(queue = %self.plan.queue, "AMQP: {what} was not sent within {limit:?}; the connection is presumed lost");
-                Err(Error::new(
-                    ErrorKind::Timeout,
-                    format!(
-                        "AMQP: {what} was not sent within {limit:?} (the connection is presumed lost; \
-                         the broker gives the message out again)"
-                    ),
-                ))
-            }
+            result = op => settled(result),
+            error = given_up => Err(error),
         }
     }
 
