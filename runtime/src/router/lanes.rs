@@ -27,9 +27,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll, Wake, Waker};
 
+use futures_core::future::BoxFuture;
+use futures_util::future::Either;
 use futures_util::task::AtomicWaker;
 
-use super::worker::{handle, next_delivery, Prepared};
+use super::worker::{handle, next_delivery, Left, Prepared};
 use crate::pubsub::{Delivery, Subscription};
 
 /// Which lanes were woken since the reader last looked, and the reader's own waker.
@@ -64,13 +66,49 @@ fn lane_of(key: &str, lanes: usize) -> usize {
     (hash % lanes as u64) as usize
 }
 
-/// `lanes` empty slots for the futures of `handle` (the function names their type).
+/// What is left of a delivery being handled ([`Left::Rest`] or [`Left::Whole`]), if any.
+pub(super) type Handling<'a, F> = Option<Either<BoxFuture<'a, ()>, F>>;
+
+/// A lane's slot for what is left of its delivery, pinned.
+type Slot<'a, F> = Pin<Box<Handling<'a, F>>>;
+
+/// An empty [`Handling`] for what `handle` leaves (the function names its type).
+pub(super) fn empty_slot<'a, F: Future<Output = ()> + 'a>(
+    _: &'a Prepared,
+    _handle: fn(&'a Prepared, Delivery, &mut Context<'_>) -> Left<'a, F>,
+) -> Handling<'a, F> {
+    None
+}
+
+/// `lanes` empty slots for what `handle` leaves.
 fn slots<'a, F: Future<Output = ()> + 'a>(
     lanes: usize,
-    _: &'a Prepared,
-    _handle: fn(&'a Prepared, Delivery) -> F,
-) -> Vec<Pin<Box<Option<F>>>> {
-    (0..lanes).map(|_| Box::pin(None)).collect()
+    p: &'a Prepared,
+    handle: fn(&'a Prepared, Delivery, &mut Context<'_>) -> Left<'a, F>,
+) -> Vec<Slot<'a, F>> {
+    (0..lanes).map(|_| Box::pin(empty_slot(p, handle))).collect()
+}
+
+/// Starts `delivery` on the lane whose slot and waker these are (see `consume`).
+fn start_on<'a, F: Future<Output = ()> + 'a>(
+    p: &'a Prepared,
+    slot: &mut Slot<'a, F>,
+    waker: &Waker,
+    delivery: Delivery,
+    handle: fn(&'a Prepared, Delivery, &mut Context<'_>) -> Left<'a, F>,
+) {
+    let mut cx = Context::from_waker(waker);
+    let left = match handle(p, delivery, &mut cx) {
+        Left::Done => return,
+        Left::Rest(rest) => Either::Left(rest),
+        Left::Whole(whole) => Either::Right(whole),
+    };
+    let mut slot = slot.as_mut();
+    slot.set(Some(left));
+    let handling = slot.as_mut().as_pin_mut().expect("just set");
+    if handling.poll(&mut cx).is_ready() {
+        slot.set(None);
+    }
 }
 
 /// Where a delivery may go: its key's lane, or any.
@@ -93,7 +131,8 @@ pub(crate) async fn consume(p: &Arc<Prepared>, mut sub: Subscription) {
     });
     let wakers: Vec<Waker> =
         (0..lanes).map(|lane| Waker::from(Arc::new(LaneWaker { lane, woken: woken.clone() }))).collect();
-    // Each lane's handler future lives in a slot of its own, reused from message to message.
+    // What each lane's delivery has left to do, once it had to wait; each slot is reused from
+    // message to message.
     let mut running = slots(lanes, p, handle);
     // A keyed delivery waiting behind its lane's current one.
     let mut next_up: Vec<Option<Delivery>> = (0..lanes).map(|_| None).collect();
@@ -103,15 +142,10 @@ pub(crate) async fn consume(p: &Arc<Prepared>, mut sub: Subscription) {
     let intake = p.intake.child_token();
     let mut cancelled = pin!(intake.cancelled());
     let mut reading = true;
-    // Starts a delivery on a free lane and polls it at once: a handler that does not wait is
-    // done (and its slot free again) before the reader reads on.
-    let start = |running: &mut Vec<Pin<Box<Option<_>>>>, lane: usize, delivery: Delivery| {
-        let mut slot = running[lane].as_mut();
-        slot.set(Some(handle(p, delivery)));
-        let handling = slot.as_mut().as_pin_mut().expect("just set");
-        if handling.poll(&mut Context::from_waker(&wakers[lane])).is_ready() {
-            slot.set(None);
-        }
+    // Starts a delivery on a free lane: a handler that does not wait is done (and the lane
+    // free again) before the reader reads on; what waits stays in the lane's slot, polled once.
+    let start = |running: &mut Vec<_>, lane: usize, delivery: Delivery| {
+        start_on(p, &mut running[lane], &wakers[lane], delivery, handle);
     };
     poll_fn(|cx| {
         woken.reader.register(cx.waker());

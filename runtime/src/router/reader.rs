@@ -2,11 +2,14 @@
 //! deliveries one at a time ([`consume_serial`]) or feed them to lanes
 //! ([`lanes::consume`](super::lanes::consume)), each handled by [`handle`].
 
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
 use std::pin::pin;
 use std::sync::Arc;
+use std::task::Poll;
 
-use super::worker::{handle, next_delivery, Prepared};
+use futures_util::future::Either;
+
+use super::worker::{handle, next_delivery, Left, Prepared};
 use crate::error::Result;
 use crate::pubsub::{SubscribeOptions, Subscription};
 
@@ -65,12 +68,26 @@ async fn consume_serial(p: &Prepared, mut sub: Subscription) {
     // A child token of this worker's own: checking it locks a node no other worker touches.
     let intake = p.intake.child_token();
     let mut cancelled = pin!(intake.cancelled());
-    loop {
-        let next = poll_fn(|cx| next_delivery(&intake, &mut sub, cancelled.as_mut(), cx)).await;
-        match next {
-            Some(Ok(delivery)) => handle(p, delivery).await,
-            Some(Err(error)) => tracing::warn!(handler = %p.info.name, %error, "subscription error"),
-            None => return,
+    // What is left of the delivery in hand, once [`handle`] could not finish it; reused from
+    // message to message.
+    let mut slot = pin!(super::lanes::empty_slot(p, handle));
+    // Deliveries that `handle` finishes without waiting are handled right here, one after the
+    // other. (The subscription yields to the scheduler on its own: the in-memory one through
+    // tokio's budget, the brokers whenever they have nothing ready.)
+    poll_fn(|cx| loop {
+        if let Some(handling) = slot.as_mut().as_pin_mut() {
+            std::task::ready!(handling.poll(cx));
+            slot.set(None);
         }
-    }
+        match std::task::ready!(next_delivery(&intake, &mut sub, cancelled.as_mut(), cx)) {
+            Some(Ok(delivery)) => match handle(p, delivery, cx) {
+                Left::Done => {}
+                Left::Rest(rest) => slot.set(Some(Either::Left(rest))),
+                Left::Whole(whole) => slot.set(Some(Either::Right(whole))),
+            },
+            Some(Err(error)) => tracing::warn!(handler = %p.info.name, %error, "subscription error"),
+            None => return Poll::Ready(()),
+        }
+    })
+    .await;
 }

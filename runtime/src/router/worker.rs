@@ -8,6 +8,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use futures_core::future::BoxFuture;
 use futures_core::Stream;
 use futures_util::FutureExt;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
@@ -16,7 +17,7 @@ use tracing::Instrument;
 use super::config::RouterConfig;
 use crate::context::RouteInfo;
 use crate::error::{Error, Result};
-use crate::handler::Outputs;
+use crate::handler::{HandlerResult, Outputs};
 use crate::keys::{requeue, retry, CORRELATION_ID};
 use crate::message::{Message, MessageId};
 use crate::middleware::poisoned;
@@ -73,41 +74,174 @@ pub(super) fn next_delivery(
     }
 }
 
-/// Handles one delivery: chain, outputs, settle.
-pub(super) async fn handle(p: &Prepared, delivery: Delivery) {
-    let (mut message, mut attempt, acker) = delivery.into_parts();
+/// What is left of a delivery after [`handle`].
+pub(super) enum Left<'a, F> {
+    /// Nothing: handled and settled.
+    Done,
+    /// The rest of its handling, boxed.
+    Rest(BoxFuture<'a, ()>),
+    /// Its whole handling, as one future ([`process`]'s).
+    Whole(F),
+}
+
+/// Handles one delivery (chain, outputs, settle) as far as it goes without waiting, polling
+/// with `cx`, and returns what is left.
+///
+/// Most deliveries end here: with a handler that does not wait and a backend that settles at
+/// once (the in-memory one), the handler's boxed future is polled once, finishes, and the ack is
+/// sent, all in this function, with no future of the router's own. A handler that waits (for a
+/// database, say) leaves its started future to a boxed continuation ([`finish`]): the future is
+/// already on the heap, so it moves there as a pointer. A future of the router's own built for
+/// every message instead (as [`process`] is) is several hundred bytes that rustc builds and
+/// copies two or three times per message, whether the handler waits or not.
+///
+/// A chain that starts with fused middleware borrows the copy of the message kept for the poison
+/// topic while it runs, so it runs in [`process`]'s future, which holds both; so do a handler
+/// in a unit of work, an instant ack and a request (its outputs are replies). A retry topic's
+/// wait, a copy the router requeued and a span somebody records are rare: boxed.
+pub(super) fn handle<'a>(
+    p: &'a Prepared,
+    delivery: Delivery,
+    cx: &mut Context<'_>,
+) -> Left<'a, impl Future<Output = ()> + Send + 'a> {
+    let (message, attempt, acker) = delivery.into_parts();
     p.metrics.received();
+    if p.retry.as_ref().is_some_and(|stage| stage.waits) || message.metadata().get(requeue::ID).is_some() {
+        return Left::Rest(Box::pin(handle_rare(p, message, attempt, acker)));
+    }
+    let span = handle_span(p, &message, attempt);
+    // Without a subscriber interested in the span, skip the `Instrumented` wrapper: it would
+    // only enter and leave a disabled span on every poll.
+    if !span.is_disabled() {
+        return Left::Rest(Box::pin(process(p, message, attempt, acker).instrument(span)));
+    }
+    if p.transactional
+        || p.instant_ack
+        || p.chain.starts_fused()
+        || crate::reply::reply_topic(&message).is_some()
+    {
+        return Left::Whole(process(p, message, attempt, acker));
+    }
+    let id = message.id();
+    // The message is kept for the poison topic. A backend that redelivers (the in-memory one)
+    // keeps a copy in the acker already: that one is used rather than another clone.
+    let original = if acker.message().is_some() { None } else { Some(message.clone()) };
+    let started = p.metrics.timed().then(std::time::Instant::now);
+    let mut call = p.chain.call(message, attempt);
+    let outcome = match std::panic::catch_unwind(AssertUnwindSafe(|| call.as_mut().poll(cx))) {
+        Ok(Poll::Pending) => {
+            let rest = Handled { id, original, attempt, acker, reply_to: None };
+            return Left::Rest(Box::pin(finish(p, call, started, rest)));
+        }
+        Ok(Poll::Ready(result)) => Ok(result),
+        Err(panic) => Err(panic),
+    };
+    drop(call);
+    if let Some(started) = started {
+        p.metrics.handler_duration(started.elapsed().as_secs_f64());
+    }
+    match outcome {
+        Ok(Ok(outputs)) if outputs.is_empty() => {
+            drop(original);
+            settle_now(p, acker.ack(), true, cx)
+        }
+        outcome => {
+            let rest = Handled { id, original, attempt, acker, reply_to: None };
+            Left::Rest(Box::pin(conclude(p, outcome, rest)))
+        }
+    }
+}
+
+/// A delivery whose handler was called: what [`conclude`] needs besides the outcome.
+struct Handled {
+    id: MessageId,
+    /// The copy kept for the poison topic (`None` where the acker keeps one).
+    original: Option<Message>,
+    attempt: u32,
+    acker: Acker,
+    /// A request's reply topic, and its id: the outputs are its replies.
+    reply_to: Option<(Box<str>, MessageId)>,
+}
+
+impl Handled {
+    /// The message as it came, for the poison topic.
+    fn original(&mut self) -> Message {
+        match self.original.take() {
+            Some(original) => original,
+            None => self.acker.message().cloned().expect("the acker keeps the message"),
+        }
+    }
+}
+
+/// What the handler's outcome calls for: its outputs published and the delivery acked, or the
+/// failure handled ([`fail`], [`panicked`]).
+type Outcome = std::thread::Result<HandlerResult>;
+
+/// The rest of [`handle`] for a handler that waited: awaits it, then [`conclude`]s.
+async fn finish(
+    p: &Prepared,
+    call: BoxFuture<'_, HandlerResult>,
+    started: Option<std::time::Instant>,
+    rest: Handled,
+) {
+    let outcome = AssertUnwindSafe(call).catch_unwind().await;
+    if let Some(started) = started {
+        p.metrics.handler_duration(started.elapsed().as_secs_f64());
+    }
+    conclude(p, outcome, rest).await;
+}
+
+/// Settles with `op` if the backend settles at once; otherwise leaves the wait, boxed.
+fn settle_now<'a, F>(
+    p: &'a Prepared,
+    mut op: crate::pubsub::OpFuture<'static>,
+    ack: bool,
+    cx: &mut Context<'_>,
+) -> Left<'a, F> {
+    match Pin::new(&mut op).poll(cx) {
+        Poll::Ready(result) => {
+            p.metrics.settled(ack);
+            if let Err(error) = result {
+                settle_failed(p, ack, &error);
+            }
+            Left::Done
+        }
+        Poll::Pending => Left::Rest(Box::pin(settle(op, p, ack))),
+    }
+}
+
+/// [`handle`] for a copy the router requeued, or on a retry topic (which waits until the message
+/// is due).
+#[cold]
+async fn handle_rare(p: &Prepared, mut message: Message, mut attempt: u32, acker: Acker) {
     if message.metadata().get(requeue::ID).is_some() {
         match requeued(p, &mut message, attempt) {
             Some(true_attempt) => attempt = true_attempt,
             None => return settle(acker.ack(), p, true).await,
         }
     }
-    // (Only a retry topic's handler looks: no lookup, and no wait in this future, for the rest.)
-    if p.retry.as_ref().is_some_and(|stage| stage.waits) {
-        let waited = Box::pin(wait_for_due(p, &mut message));
-        if !waited.await {
-            // Shutting down: give it back uncounted, for the next process.
-            return settle(acker.release(), p, false).await;
-        }
+    if p.retry.as_ref().is_some_and(|stage| stage.waits) && !wait_for_due(p, &mut message).await {
+        // Shutting down: give it back uncounted, for the next process.
+        return settle(acker.release(), p, false).await;
     }
-    let span = tracing::debug_span!(
+    let span = handle_span(p, &message, attempt);
+    if span.is_disabled() {
+        return process(p, message, attempt, acker).await;
+    }
+    process(p, message, attempt, acker).instrument(span).await;
+}
+
+/// The span a message is handled in (disabled, and cheap, unless a subscriber records it).
+fn handle_span(p: &Prepared, message: &Message, attempt: u32) -> tracing::Span {
+    tracing::debug_span!(
         "millstream.handle",
         handler = %p.info.name,
         topic = %p.info.topic,
         message_id = %message.id(),
-        correlation_id = %EffectiveCorrelation(&message),
+        correlation_id = %EffectiveCorrelation(message),
         attempt,
         trace_id = tracing::field::Empty,
-    );
-    // Without a subscriber interested in the span, skip the `Instrumented` wrapper: it would
-    // only enter and leave a disabled span on every poll. With one, the instrumented future is
-    // boxed, so that this future holds room for one `process` future, not two.
-    if !span.is_disabled() {
-        let traced = Box::pin(process(p, message, attempt, acker).instrument(span));
-        return traced.await;
-    }
-    process(p, message, attempt, acker).await;
+    )
 }
 
 /// On a retry topic: takes the message's due time and reason out of its metadata and waits until
@@ -167,97 +301,106 @@ impl std::fmt::Display for EffectiveCorrelation<'_> {
     }
 }
 
-/// [`handle`] inside the message's span.
-///
-/// Written so that its future stays small: it is built and moved for every message, and rustc
-/// sizes it by everything that may be alive across an await. The common path awaits only leaf
-/// futures (the handler's boxed future, one publish, the settle); the failure paths and
-/// handlers with several outputs are boxed.
-async fn process(p: &Prepared, message: Message, attempt: u32, acker: Acker) {
-    let acker = if p.instant_ack {
-        if let Err(error) = acker.ack().await {
-            tracing::warn!(handler = %p.info.name, %error, "instant ack failed");
+/// [`handle`]'s way as one future: every kind of handler, middleware and delivery (see there for
+/// which take it).
+#[allow(clippy::manual_async_fn)] // (an `async move` block on purpose: see `conclude`)
+fn process(
+    p: &Prepared,
+    message: Message,
+    attempt: u32,
+    mut acker: Acker,
+) -> impl Future<Output = ()> + Send + '_ {
+    async move {
+        if p.instant_ack {
+            let instant = std::mem::replace(&mut acker, Acker::noop());
+            if let Err(error) = instant.ack().await {
+                tracing::warn!(handler = %p.info.name, %error, "instant ack failed");
+            }
         }
-        Acker::noop()
-    } else {
-        acker
-    };
-    // A request's outputs are its replies (to the topic it names, as replies to its id).
-    let reply_to = crate::reply::reply_topic(&message).map(|to| (to, message.id()));
-    let (outputs, original) = {
+        // A request's outputs are its replies (to the topic it names, as replies to its id).
+        let reply_to = crate::reply::reply_topic(&message).map(|to| (to, message.id()));
         let id = message.id();
-        // The message is kept for the poison topic. A backend that redelivers (the in-memory
-        // one) keeps a copy in the acker already: that one is used rather than another clone.
+        // The message is kept for the poison topic. A backend that redelivers (the in-memory one)
+        // keeps a copy in the acker already: that one is used rather than another clone.
         let original = if acker.message().is_some() { None } else { Some(message.clone()) };
         if p.transactional {
             let done = Box::pin(transactional(p, message, original, attempt, acker, reply_to));
             return done.await;
         }
         let started = p.metrics.timed().then(std::time::Instant::now);
-        // Each call is one boxed future, so that this future holds a pointer, not the chain's
-        // state (a larger `process` future costs every message, middleware or not).
-        let call = call_chain(p, message, original.as_ref(), &acker, attempt);
-        let result = AssertUnwindSafe(call).catch_unwind().await;
+        let outcome = {
+            let call = call_chain(p, message, original.as_ref(), &acker, attempt);
+            AssertUnwindSafe(call).catch_unwind().await
+        };
         if let Some(started) = started {
             p.metrics.handler_duration(started.elapsed().as_secs_f64());
         }
-        match result {
-            Ok(Ok(outputs)) => (outputs, original),
+        conclude(p, outcome, Handled { id, original, attempt, acker, reply_to }).await;
+    }
+}
+
+/// After the handler: publishes its outputs (a request's as replies) and acks, or hands a
+/// failure to [`fail`] or [`panicked`].
+///
+/// (This and [`process`] return `async move` blocks rather than being `async fn`s: an
+/// `async fn` moves each argument into a local of its own as it starts, and rustc keeps room
+/// for both copies in every state of the future, a few hundred bytes built and copied per
+/// message.)
+#[allow(clippy::manual_async_fn)] // (on purpose: see above)
+fn conclude(p: &Prepared, outcome: Outcome, mut rest: Handled) -> impl Future<Output = ()> + Send + '_ {
+    async move {
+        let outputs = match outcome {
+            Ok(Ok(outputs)) => outputs,
             Ok(Err(error)) => {
-                let original = match original {
-                    Some(original) => original,
-                    None => acker.message().cloned().expect("the acker keeps the message"),
-                };
-                // Built in a statement of its own: a temporary in the `.await` statement would
-                // count as alive across the await, and the failure future is large.
-                let failed = Box::pin(fail(p, original, attempt, acker, error, reply_to.map(|(to, _)| to)));
+                let original = rest.original();
+                let to = rest.reply_to.map(|(to, _)| to);
+                // Boxed, as the other rare paths here: their futures are large, and `process` holds
+                // this one.
+                let failed = Box::pin(fail(p, original, rest.attempt, rest.acker, error, to));
                 return failed.await;
             }
             Err(panic) => {
-                let failed = Box::pin(panicked(p, id, attempt, acker, panic));
+                let failed = Box::pin(panicked(p, rest.id, rest.attempt, rest.acker, panic));
                 return failed.await;
             }
-        }
-    };
-    let published = if let Some((to, request)) = reply_to {
-        let replied = Box::pin(publish_replies(p, to, request, outputs));
-        replied.await
-    } else if outputs.is_empty() {
-        Ok(())
-    } else {
-        let started = p.metrics.timed().then(std::time::Instant::now);
-        let published = if outputs.len() == 1 {
-            let output = outputs.into_iter().next().expect("one output");
-            match p.info.output_topic(output.topic) {
-                Ok(topic) => p.publisher.publish(&topic, output.message).await,
-                Err(error) => Err(error),
-            }
-        } else {
-            let several = Box::pin(publish_outputs(p, outputs));
-            several.await
         };
-        if let Some(started) = started {
-            p.metrics.publish_duration(started.elapsed().as_secs_f64());
-        }
-        published
-    };
-    match published {
-        Ok(()) => settle(acker.ack(), p, true).await,
-        // An output the backend can never take (too large, say): retrying cannot help, so the
-        // input goes the way of a permanent handler error.
-        Err(error) if error.is_permanent() => {
-            let original = match original {
-                Some(original) => original,
-                None => acker.message().cloned().expect("the acker keeps the message"),
+        let published = if let Some((to, request)) = rest.reply_to.take() {
+            let replied = Box::pin(publish_replies(p, to, request, outputs));
+            replied.await
+        } else if outputs.is_empty() {
+            Ok(())
+        } else {
+            let started = p.metrics.timed().then(std::time::Instant::now);
+            let published = if outputs.len() == 1 {
+                let output = outputs.into_iter().next().expect("one output");
+                match p.info.output_topic(output.topic) {
+                    Ok(topic) => p.publisher.publish(&topic, output.message).await,
+                    Err(error) => Err(error),
+                }
+            } else {
+                let several = Box::pin(publish_outputs(p, outputs));
+                several.await
             };
-            let error = error.context("publishing the handler's output failed");
-            let failed = Box::pin(fail(p, original, attempt, acker, error, None));
-            failed.await
-        }
-        Err(error) => {
-            drop(original);
-            tracing::warn!(handler = %p.info.name, %error, "publishing outputs failed; nacking");
-            settle(acker.nack_after(nack_delay(p, &error)), p, false).await;
+            if let Some(started) = started {
+                p.metrics.publish_duration(started.elapsed().as_secs_f64());
+            }
+            published
+        };
+        match published {
+            Ok(()) => settle(rest.acker.ack(), p, true).await,
+            // An output the backend can never take (too large, say): retrying cannot help, so the
+            // input goes the way of a permanent handler error.
+            Err(error) if error.is_permanent() => {
+                let original = rest.original();
+                let error = error.context("publishing the handler's output failed");
+                let failed = Box::pin(fail(p, original, rest.attempt, rest.acker, error, None));
+                failed.await;
+            }
+            Err(error) => {
+                drop(rest.original);
+                tracing::warn!(handler = %p.info.name, %error, "publishing outputs failed; nacking");
+                settle(rest.acker.nack_after(nack_delay(p, &error)), p, false).await;
+            }
         }
     }
 }
@@ -583,10 +726,14 @@ pub(super) async fn publish_outputs(p: &Prepared, outputs: Outputs) -> Result<()
 pub(super) async fn settle(op: crate::pubsub::OpFuture<'static>, p: &Prepared, ack: bool) {
     p.metrics.settled(ack);
     if let Err(error) = op.await {
-        p.metrics.settle_failed();
-        // The backend retried what it could: the message will come again (a duplicate, never a
-        // loss).
-        let what = if ack { "ack failed; the message will be delivered again" } else { "settle failed" };
-        tracing::warn!(handler = %p.info.name, %error, "{what}");
+        settle_failed(p, ack, &error);
     }
+}
+
+/// Counts and logs a settle the backend could not do.
+fn settle_failed(p: &Prepared, ack: bool, error: &Error) {
+    p.metrics.settle_failed();
+    // The backend retried what it could: the message will come again (a duplicate, never a loss).
+    let what = if ack { "ack failed; the message will be delivered again" } else { "settle failed" };
+    tracing::warn!(handler = %p.info.name, %error, "{what}");
 }
