@@ -3,7 +3,10 @@
 //! points into a chain, a chain holds middleware), so they share this file.
 
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use futures_core::future::BoxFuture;
 
@@ -91,6 +94,12 @@ pub(crate) trait Endpoint: Send + Sync + 'static {
     /// Calls the handler, borrowing the chain (the router's call without middleware).
     fn call<'a>(&'a self, message: Message, cx: MessageCx<'a>) -> BoxFuture<'a, HandlerResult>;
 
+    /// A [`CallSlot`] for calls of this handler without middleware, where the endpoint has one.
+    fn call_slot<'a>(&'a self, route: &'a Arc<RouteInfo>) -> Option<Box<dyn CallSlot<'a> + 'a>> {
+        let _ = route;
+        None
+    }
+
     /// Calls the handler from the end of a middleware chain: one boxed future that owns what it
     /// borrows.
     fn call_owned(
@@ -112,6 +121,58 @@ pub(crate) trait Endpoint: Send + Sync + 'static {
             format!("handler `{}` is not a batch handler", cx.route.name),
         );
         Box::pin(std::future::ready(Err(error)))
+    }
+}
+
+/// A place for one handler call at a time, reused from call to call.
+///
+/// A call through [`Endpoint::call`] is a boxed future: an allocation and a free for every
+/// message. A worker that calls one handler after another instead keeps a slot: each call's
+/// future is built in the slot's pinned place, polled there, and dropped there when it is done.
+pub(crate) trait CallSlot<'a>: Send {
+    /// Starts a call with `message` and polls it once.
+    ///
+    /// # Panics
+    /// If a call is still in the slot.
+    fn start(&mut self, message: Message, attempt: u32, cx: &mut Context<'_>) -> Poll<HandlerResult>;
+
+    /// Polls the call started last; `Ready` once, then the slot is free again.
+    ///
+    /// # Panics
+    /// If no call is in the slot.
+    fn resume(&mut self, cx: &mut Context<'_>) -> Poll<HandlerResult>;
+}
+
+/// A [`CallSlot`] whose calls are made by `make`.
+pub(crate) fn call_slot<'a, Make, F>(make: Make) -> Box<dyn CallSlot<'a> + 'a>
+where
+    Make: Fn(Message, u32) -> F + Send + 'a,
+    F: Future<Output = HandlerResult> + Send + 'a,
+{
+    Box::new(Slot { make, call: Box::pin(None) })
+}
+
+struct Slot<Make, F> {
+    make: Make,
+    call: Pin<Box<Option<F>>>,
+}
+
+impl<'a, Make, F> CallSlot<'a> for Slot<Make, F>
+where
+    Make: Fn(Message, u32) -> F + Send + 'a,
+    F: Future<Output = HandlerResult> + Send + 'a,
+{
+    fn start(&mut self, message: Message, attempt: u32, cx: &mut Context<'_>) -> Poll<HandlerResult> {
+        assert!(self.call.is_none(), "a call slot holds one call at a time");
+        self.call.set(Some((self.make)(message, attempt)));
+        self.resume(cx)
+    }
+
+    fn resume(&mut self, cx: &mut Context<'_>) -> Poll<HandlerResult> {
+        let call = self.call.as_mut().as_pin_mut().expect("a call in the slot");
+        let result = std::task::ready!(call.poll(cx));
+        self.call.set(None);
+        Poll::Ready(result)
     }
 }
 
@@ -199,6 +260,20 @@ impl Chain {
         attempt: u32,
     ) -> BoxFuture<'_, crate::error::Result<BatchOutcome>> {
         self.endpoint.call_batch(messages, MessageCx { route: &self.route, attempt })
+    }
+
+    /// A [`CallSlot`] for this chain's calls, when it is bare (no middleware) and its handler
+    /// has one.
+    pub(crate) fn call_slot(&self) -> Option<Box<dyn CallSlot<'_> + '_>> {
+        if self.layers.is_empty() {
+            return self.endpoint.call_slot(&self.route);
+        }
+        None
+    }
+
+    /// Whether the chain has no middleware.
+    pub(crate) fn is_bare(&self) -> bool {
+        self.layers.is_empty()
     }
 
     /// Calls the handler itself (what [`call`](Chain::call) does when the chain is bare).

@@ -59,7 +59,7 @@ pub mod tower;
 mod differential;
 
 pub use self::breaker::{BreakerState, CircuitBreaker};
-pub(crate) use self::chain::{layer_facts, Chain, Endpoint};
+pub(crate) use self::chain::{call_slot, layer_facts, CallSlot, Chain, Endpoint};
 pub use self::chain::{Middleware, Next};
 pub use self::chaos::{RandomFail, RandomPanic};
 pub use self::correlation::CorrelationId;

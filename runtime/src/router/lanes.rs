@@ -32,6 +32,7 @@ use futures_util::future::Either;
 use futures_util::task::AtomicWaker;
 
 use super::worker::{handle, next_delivery, Left, Prepared};
+use crate::middleware::CallSlot;
 use crate::pubsub::{Delivery, Subscription};
 
 /// Which lanes were woken since the reader last looked, and the reader's own waker.
@@ -69,13 +70,19 @@ fn lane_of(key: &str, lanes: usize) -> usize {
 /// What is left of a delivery being handled ([`Left::Rest`] or [`Left::Whole`]), if any.
 pub(super) type Handling<'a, F> = Option<Either<BoxFuture<'a, ()>, F>>;
 
+/// [`handle`]'s type.
+type Handle<'a, F> = fn(&'a Prepared, Delivery, &mut Context<'_>, &mut Calls<'a>) -> Left<'a, F>;
+
+/// A slot for handler calls, if the chain has one (see `CallSlot`).
+type Calls<'a> = Option<Box<dyn CallSlot<'a> + 'a>>;
+
 /// A lane's slot for what is left of its delivery, pinned.
 type Slot<'a, F> = Pin<Box<Handling<'a, F>>>;
 
 /// An empty [`Handling`] for what `handle` leaves (the function names its type).
 pub(super) fn empty_slot<'a, F: Future<Output = ()> + 'a>(
     _: &'a Prepared,
-    _handle: fn(&'a Prepared, Delivery, &mut Context<'_>) -> Left<'a, F>,
+    _handle: Handle<'a, F>,
 ) -> Handling<'a, F> {
     None
 }
@@ -84,7 +91,7 @@ pub(super) fn empty_slot<'a, F: Future<Output = ()> + 'a>(
 fn slots<'a, F: Future<Output = ()> + 'a>(
     lanes: usize,
     p: &'a Prepared,
-    handle: fn(&'a Prepared, Delivery, &mut Context<'_>) -> Left<'a, F>,
+    handle: Handle<'a, F>,
 ) -> Vec<Slot<'a, F>> {
     (0..lanes).map(|_| Box::pin(empty_slot(p, handle))).collect()
 }
@@ -95,10 +102,11 @@ fn start_on<'a, F: Future<Output = ()> + 'a>(
     slot: &mut Slot<'a, F>,
     waker: &Waker,
     delivery: Delivery,
-    handle: fn(&'a Prepared, Delivery, &mut Context<'_>) -> Left<'a, F>,
+    calls: &mut Calls<'a>,
+    handle: Handle<'a, F>,
 ) {
     let mut cx = Context::from_waker(waker);
-    let left = match handle(p, delivery, &mut cx) {
+    let left = match handle(p, delivery, &mut cx, calls) {
         Left::Done => return,
         Left::Rest(rest) => Either::Left(rest),
         Left::Whole(whole) => Either::Right(whole),
@@ -134,6 +142,9 @@ pub(crate) async fn consume(p: &Arc<Prepared>, mut sub: Subscription) {
     // What each lane's delivery has left to do, once it had to wait; each slot is reused from
     // message to message.
     let mut running = slots(lanes, p, handle);
+    // Where the handler's calls are made while none of them waits (a call that waits takes it
+    // along; see `CallSlot`).
+    let mut calls = p.chain.call_slot();
     // A keyed delivery waiting behind its lane's current one.
     let mut next_up: Vec<Option<Delivery>> = (0..lanes).map(|_| None).collect();
     // Read, not yet placed: no lane it may go to has room.
@@ -144,8 +155,8 @@ pub(crate) async fn consume(p: &Arc<Prepared>, mut sub: Subscription) {
     let mut reading = true;
     // Starts a delivery on a free lane: a handler that does not wait is done (and the lane
     // free again) before the reader reads on; what waits stays in the lane's slot, polled once.
-    let start = |running: &mut Vec<_>, lane: usize, delivery: Delivery| {
-        start_on(p, &mut running[lane], &wakers[lane], delivery, handle);
+    let start = |running: &mut Vec<_>, calls: &mut Option<_>, lane: usize, delivery: Delivery| {
+        start_on(p, &mut running[lane], &wakers[lane], delivery, calls, handle);
     };
     poll_fn(|cx| {
         woken.reader.register(cx.waker());
@@ -167,7 +178,7 @@ pub(crate) async fn consume(p: &Arc<Prepared>, mut sub: Subscription) {
                 // The delivery waiting behind it goes next (it may finish at once, too).
                 while running[lane].is_none() {
                     let Some(delivery) = next_up[lane].take() else { break };
-                    start(&mut running, lane, delivery);
+                    start(&mut running, &mut calls, lane, delivery);
                 }
             }
             if let Some((delivery, keyed)) = waiting.take() {
@@ -184,7 +195,7 @@ pub(crate) async fn consume(p: &Arc<Prepared>, mut sub: Subscription) {
                 };
                 match lane {
                     Some(lane) => {
-                        start(&mut running, lane, delivery);
+                        start(&mut running, &mut calls, lane, delivery);
                         progress = true;
                     }
                     None => waiting = Some((delivery, keyed)),

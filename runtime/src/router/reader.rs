@@ -71,6 +71,8 @@ async fn consume_serial(p: &Prepared, mut sub: Subscription) {
     // What is left of the delivery in hand, once [`handle`] could not finish it; reused from
     // message to message.
     let mut slot = pin!(super::lanes::empty_slot(p, handle));
+    // Where the handler's calls are made, one after the other (see `CallSlot`).
+    let mut calls = p.chain.call_slot();
     // Deliveries that `handle` finishes without waiting are handled right here, one after the
     // other. (The subscription yields to the scheduler on its own: the in-memory one through
     // tokio's budget, the brokers whenever they have nothing ready.)
@@ -80,7 +82,7 @@ async fn consume_serial(p: &Prepared, mut sub: Subscription) {
             slot.set(None);
         }
         match std::task::ready!(next_delivery(&intake, &mut sub, cancelled.as_mut(), cx)) {
-            Some(Ok(delivery)) => match handle(p, delivery, cx) {
+            Some(Ok(delivery)) => match handle(p, delivery, cx, &mut calls) {
                 Left::Done => {}
                 Left::Rest(rest) => slot.set(Some(Either::Left(rest))),
                 Left::Whole(whole) => slot.set(Some(Either::Right(whole))),

@@ -10,11 +10,11 @@ use futures_core::future::BoxFuture;
 
 use crate::batch::{batch_output_spec, BatchHandler, BatchOutcome, BatchReturn};
 use crate::codec::{Codec, DynEncoder, JsonCodec};
-use crate::context::MessageCx;
+use crate::context::{MessageCx, RouteInfo};
 use crate::error::{Error, ErrorKind};
 use crate::handler::{output_delays, output_spec, Handler, HandlerResult, OutputSpec};
 use crate::message::Message;
-use crate::middleware::{Chain, Endpoint, Middleware};
+use crate::middleware::{call_slot, CallSlot, Chain, Endpoint, Middleware};
 use crate::pubsub::{Publisher, Subscriber};
 use crate::state::StateMap;
 
@@ -566,6 +566,12 @@ where
     #[inline]
     fn call<'a>(&'a self, message: Message, cx: MessageCx<'a>) -> BoxFuture<'a, HandlerResult> {
         Box::pin(self.handler.call(&self.prepared, &self.codec, message, cx))
+    }
+
+    fn call_slot<'a>(&'a self, route: &'a Arc<RouteInfo>) -> Option<Box<dyn CallSlot<'a> + 'a>> {
+        Some(call_slot(move |message, attempt| {
+            self.handler.call(&self.prepared, &self.codec, message, MessageCx { route, attempt })
+        }))
     }
 
     fn call_owned(

@@ -21,7 +21,7 @@ use crate::handler::{HandlerResult, Outputs};
 use crate::keys::{requeue, retry, CORRELATION_ID};
 use crate::message::{Message, MessageId};
 use crate::middleware::poisoned;
-use crate::middleware::Chain;
+use crate::middleware::{CallSlot, Chain};
 use crate::observe::RouteMetrics;
 use crate::pubsub::{Acker, Delivery, Publisher, Subscriber, Subscription};
 
@@ -88,10 +88,11 @@ pub(super) enum Left<'a, F> {
 /// with `cx`, and returns what is left.
 ///
 /// Most deliveries end here: with a handler that does not wait and a backend that settles at
-/// once (the in-memory one), the handler's boxed future is polled once, finishes, and the ack is
-/// sent, all in this function, with no future of the router's own. A handler that waits (for a
-/// database, say) leaves its started future to a boxed continuation ([`finish`]): the future is
-/// already on the heap, so it moves there as a pointer. A future of the router's own built for
+/// once (the in-memory one), the handler's future is built in the caller's [`CallSlot`], polled
+/// once, finishes, and the ack is sent, all in this function, with no allocation and no future
+/// of the router's own. A handler that waits (for a database, say) leaves its started call to
+/// a boxed continuation ([`finish_in_slot`], or [`finish`] without a slot): the call is already
+/// on the heap, so it moves there as a pointer (and the caller gets a new slot). A future of the router's own built for
 /// every message instead (as [`process`] is) is several hundred bytes that rustc builds and
 /// copies two or three times per message, whether the handler waits or not.
 ///
@@ -103,6 +104,7 @@ pub(super) fn handle<'a>(
     p: &'a Prepared,
     delivery: Delivery,
     cx: &mut Context<'_>,
+    slot: &mut Option<Box<dyn CallSlot<'a> + 'a>>,
 ) -> Left<'a, impl Future<Output = ()> + Send + 'a> {
     let (message, attempt, acker) = delivery.into_parts();
     p.metrics.received();
@@ -127,16 +129,40 @@ pub(super) fn handle<'a>(
     // keeps a copy in the acker already: that one is used rather than another clone.
     let original = if acker.message().is_some() { None } else { Some(message.clone()) };
     let started = p.metrics.timed().then(std::time::Instant::now);
-    let mut call = p.chain.call(message, attempt);
-    let outcome = match std::panic::catch_unwind(AssertUnwindSafe(|| call.as_mut().poll(cx))) {
-        Ok(Poll::Pending) => {
-            let rest = Handled { id, original, attempt, acker, reply_to: None };
-            return Left::Rest(Box::pin(finish(p, call, started, rest)));
+    // A bare chain calls its handler in the caller's slot, where it has one (made again after a
+    // call that waited took the last one along).
+    if slot.is_none() && p.chain.is_bare() {
+        *slot = p.chain.call_slot();
+    }
+    let outcome = match slot.take() {
+        Some(mut call) => {
+            match std::panic::catch_unwind(AssertUnwindSafe(|| call.start(message, attempt, cx))) {
+                Ok(Poll::Pending) => {
+                    let rest = Handled { id, original, attempt, acker, reply_to: None };
+                    return Left::Rest(Box::pin(finish_in_slot(p, call, started, rest)));
+                }
+                Ok(Poll::Ready(result)) => {
+                    *slot = Some(call);
+                    Ok(result)
+                }
+                // (The slot goes with the panicked call in it.)
+                Err(panic) => Err(panic),
+            }
         }
-        Ok(Poll::Ready(result)) => Ok(result),
-        Err(panic) => Err(panic),
+        None => {
+            let mut call = p.chain.call(message, attempt);
+            let outcome = match std::panic::catch_unwind(AssertUnwindSafe(|| call.as_mut().poll(cx))) {
+                Ok(Poll::Pending) => {
+                    let rest = Handled { id, original, attempt, acker, reply_to: None };
+                    return Left::Rest(Box::pin(finish(p, call, started, rest)));
+                }
+                Ok(Poll::Ready(result)) => Ok(result),
+                Err(panic) => Err(panic),
+            };
+            drop(call);
+            outcome
+        }
     };
-    drop(call);
     if let Some(started) = started {
         p.metrics.handler_duration(started.elapsed().as_secs_f64());
     }
@@ -185,6 +211,24 @@ async fn finish(
     rest: Handled,
 ) {
     let outcome = AssertUnwindSafe(call).catch_unwind().await;
+    if let Some(started) = started {
+        p.metrics.handler_duration(started.elapsed().as_secs_f64());
+    }
+    conclude(p, outcome, rest).await;
+}
+
+/// [`finish`] for a call that waited in a [`CallSlot`] (which it takes along).
+async fn finish_in_slot(
+    p: &Prepared,
+    mut call: Box<dyn CallSlot<'_> + '_>,
+    started: Option<std::time::Instant>,
+    rest: Handled,
+) {
+    let outcome = {
+        let resumed = std::future::poll_fn(|cx| call.resume(cx));
+        AssertUnwindSafe(resumed).catch_unwind().await
+    };
+    drop(call);
     if let Some(started) = started {
         p.metrics.handler_duration(started.elapsed().as_secs_f64());
     }
