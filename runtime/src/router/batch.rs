@@ -21,14 +21,14 @@ use crate::message::Message;
 use crate::pubsub::{Acker, Delivery, Subscription};
 
 pub(super) async fn consume(p: &Prepared, mut sub: Subscription, spec: BatchSpec) {
-    let intake = p.intake.child_token();
+    let intake = p.intake.token().child_token();
     let mut cancelled = pin!(intake.cancelled());
     // A backend that hands out a group's next message only once the previous is settled has
     // nothing more to give while a batch waits: no linger there.
     let wait = !p.subscriber.features().strict_order && !spec.linger.is_zero();
     loop {
         let mut batch = Vec::with_capacity(spec.size.get().min(1024));
-        match poll_fn(|cx| next_delivery(&intake, &mut sub, cancelled.as_mut(), cx)).await {
+        match poll_fn(|cx| next_delivery(&p.intake, &mut sub, cancelled.as_mut(), cx)).await {
             Some(Ok(delivery)) => batch.push(delivery),
             Some(Err(error)) => {
                 tracing::warn!(handler = %p.info.name, %error, "subscription error");
@@ -40,14 +40,14 @@ pub(super) async fn consume(p: &Prepared, mut sub: Subscription, spec: BatchSpec
         let mut ended = false;
         while batch.len() < spec.size.get() {
             let next = if wait {
-                let next = poll_fn(|cx| next_delivery(&intake, &mut sub, cancelled.as_mut(), cx));
+                let next = poll_fn(|cx| next_delivery(&p.intake, &mut sub, cancelled.as_mut(), cx));
                 match tokio::time::timeout_at(deadline, next).await {
                     Ok(next) => next,
                     Err(_) => break,
                 }
             } else {
                 // Only what is ready now.
-                let ready = poll_fn(|cx| match next_delivery(&intake, &mut sub, cancelled.as_mut(), cx) {
+                let ready = poll_fn(|cx| match next_delivery(&p.intake, &mut sub, cancelled.as_mut(), cx) {
                     Poll::Ready(next) => Poll::Ready(Some(next)),
                     Poll::Pending => Poll::Ready(None),
                 });

@@ -150,7 +150,7 @@ pub(crate) async fn consume(p: &Arc<Prepared>, mut sub: Subscription) {
     // Read, not yet placed: no lane it may go to has room.
     let mut waiting: Option<(Delivery, Option<usize>)> = None;
     // A child token of the reader's own (see `consume_serial`).
-    let intake = p.intake.child_token();
+    let intake = p.intake.token().child_token();
     let mut cancelled = pin!(intake.cancelled());
     let mut reading = true;
     // Starts a delivery on a free lane: a handler that does not wait is done (and the lane
@@ -202,7 +202,7 @@ pub(crate) async fn consume(p: &Arc<Prepared>, mut sub: Subscription) {
                 }
             }
             if reading && waiting.is_none() {
-                match next_delivery(&intake, &mut sub, cancelled.as_mut(), cx) {
+                match next_delivery(&p.intake, &mut sub, cancelled.as_mut(), cx) {
                     Poll::Ready(Some(Ok(delivery))) => {
                         let keyed = lane_for(p, &delivery, lanes);
                         waiting = Some((delivery, keyed));

@@ -34,7 +34,6 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use tokio::sync::watch;
 use tokio::task::AbortHandle;
-use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use self::config::RouterConfig;
@@ -125,7 +124,7 @@ struct Inner {
     status: watch::Sender<Status>,
     /// Held by a start from beginning to end, so that two starts cannot interleave.
     starting: tokio::sync::Mutex<()>,
-    intake: CancellationToken,
+    intake: worker::Intake,
     tracker: TaskTracker,
     tasks: Mutex<Vec<AbortHandle>>,
 }
@@ -172,7 +171,7 @@ impl Router {
                 extra_backends: Mutex::new(Vec::new()),
                 status: watch::Sender::new(Status::Idle),
                 starting: tokio::sync::Mutex::new(()),
-                intake: CancellationToken::new(),
+                intake: worker::Intake::default(),
                 tracker: TaskTracker::new(),
                 tasks: Mutex::new(Vec::new()),
             }),
@@ -448,7 +447,7 @@ impl Router {
     /// and returns. Call [`close`](Router::close) to wait for that when driving the router
     /// with [`start`](Router::start).
     pub fn shutdown(&self) {
-        self.inner.intake.cancel();
+        self.inner.intake.stop();
     }
 
     /// Stops intake, waits up to the close timeout for in-flight messages (outputs published and
@@ -458,7 +457,7 @@ impl Router {
             return Ok(());
         }
         self.inner.status.send_replace(Status::ShuttingDown);
-        self.inner.intake.cancel();
+        self.inner.intake.stop();
         self.inner.tracker.close();
         let timeout = self.inner.config.close_timeout;
         let drained = tokio::time::timeout(timeout, self.inner.tracker.wait()).await.is_ok();
@@ -543,7 +542,7 @@ impl Router {
                     publish: route.publish.as_deref().map(Arc::from),
                     publisher: publisher.clone(),
                     encoder: route.encoder.clone(),
-                    shutdown: self.inner.intake.clone(),
+                    shutdown: self.inner.intake.token().clone(),
                     correlates: facts.correlates,
                 });
                 let chain = Arc::new(Chain::new(layers.clone(), endpoint.clone(), info.clone()));

@@ -46,7 +46,7 @@ pub(crate) async fn run(p: Prepared, mut subscription: Option<Subscription>) {
             super::lanes::consume(&p, sub).await;
         }
         p.up.store(false, std::sync::atomic::Ordering::Release);
-        if p.intake.is_cancelled() {
+        if p.intake.is_stopped() {
             return;
         }
         tracing::warn!(handler = %p.info.name, topic = %p.info.topic, "subscription ended; re-subscribing");
@@ -65,8 +65,9 @@ async fn pause(p: &Prepared) -> bool {
 }
 
 async fn consume_serial(p: &Prepared, mut sub: Subscription) {
-    // A child token of this worker's own: checking it locks a node no other worker touches.
-    let intake = p.intake.child_token();
+    // Waits on a child token of this worker's own: registering the waker locks a node no other
+    // worker touches.
+    let intake = p.intake.token().child_token();
     let mut cancelled = pin!(intake.cancelled());
     // What is left of the delivery in hand, once [`handle`] could not finish it; reused from
     // message to message.
@@ -81,7 +82,7 @@ async fn consume_serial(p: &Prepared, mut sub: Subscription) {
             std::task::ready!(handling.poll(cx));
             slot.set(None);
         }
-        match std::task::ready!(next_delivery(&intake, &mut sub, cancelled.as_mut(), cx)) {
+        match std::task::ready!(next_delivery(&p.intake, &mut sub, cancelled.as_mut(), cx)) {
             Some(Ok(delivery)) => match handle(p, delivery, cx, &mut calls) {
                 Left::Done => {}
                 Left::Rest(rest) => slot.set(Some(Either::Left(rest))),

@@ -25,6 +25,37 @@ use crate::middleware::{CallSlot, Chain};
 use crate::observe::RouteMetrics;
 use crate::pubsub::{Acker, Delivery, Publisher, Subscriber, Subscription};
 
+/// The router's intake switch: a cancellation token to wait on, and a flag that every delivery
+/// reads. Checking a `CancellationToken` locks a mutex; the flag is one load.
+#[derive(Clone, Default)]
+pub(crate) struct Intake {
+    token: CancellationToken,
+    stopped: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Intake {
+    /// Stops intake: the flag first, then the token (whose waiters then find it set).
+    pub(crate) fn stop(&self) {
+        self.stopped.store(true, std::sync::atomic::Ordering::Release);
+        self.token.cancel();
+    }
+
+    /// Whether intake stopped.
+    pub(crate) fn is_stopped(&self) -> bool {
+        self.stopped.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Resolves once intake stops.
+    pub(crate) fn cancelled(&self) -> WaitForCancellationFuture<'_> {
+        self.token.cancelled()
+    }
+
+    /// The token (a worker waits on a child of its own: waiting registers under the node's lock).
+    pub(crate) fn token(&self) -> &CancellationToken {
+        &self.token
+    }
+}
+
 /// A handler ready to run.
 pub(crate) struct Prepared {
     pub(crate) group: String,
@@ -34,7 +65,7 @@ pub(crate) struct Prepared {
     pub(crate) chain: Arc<Chain>,
     pub(crate) info: Arc<RouteInfo>,
     pub(crate) config: RouterConfig,
-    pub(crate) intake: CancellationToken,
+    pub(crate) intake: Intake,
     pub(crate) metrics: RouteMetrics,
     /// Deliveries with the same key stay in order on one lane (`concurrency > 1`).
     pub(crate) order_by_key: bool,
@@ -56,16 +87,17 @@ pub(crate) struct Prepared {
 
 /// The next delivery, or `None` once intake stops or the subscription ends.
 ///
-/// Intake is checked before every delivery, so it stops at once however busy the subscription
-/// is; the cancellation future itself (which registers a waker, under a lock) is only polled when
-/// no delivery is ready. A `select!` would create, register and drop one per message.
+/// Intake is checked before every delivery (a flag), so it stops at once however busy the
+/// subscription is; the cancellation future (a child of the intake's token; polling it registers
+/// a waker, under a lock) is only polled when no delivery is ready. A `select!` would create,
+/// register and drop one per message.
 pub(super) fn next_delivery(
-    intake: &CancellationToken,
+    intake: &Intake,
     sub: &mut Subscription,
     cancelled: Pin<&mut WaitForCancellationFuture<'_>>,
     cx: &mut Context<'_>,
 ) -> Poll<Option<Result<Delivery>>> {
-    if intake.is_cancelled() {
+    if intake.is_stopped() {
         return Poll::Ready(None);
     }
     match Pin::new(sub).poll_next(cx) {
