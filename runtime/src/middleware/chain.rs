@@ -252,6 +252,21 @@ impl Chain {
         Box::pin(engine::run(segment, rest, message, Some(kept)))
     }
 
+    /// [`call_fused`](Chain::call_fused) with a copy of the message the call owns, for a caller
+    /// that cannot lend one for as long as the call runs.
+    pub(crate) fn call_fused_owned(
+        self: &Arc<Self>,
+        message: Message,
+        kept: Message,
+        attempt: u32,
+    ) -> BoxFuture<'_, HandlerResult> {
+        let Some(Layer::Fused(segment)) = self.layers.first() else {
+            unreachable!("call_fused_owned on a chain that does not start fused")
+        };
+        let rest = Inner { chain: self, index: 1, attempt };
+        Box::pin(async move { engine::run(segment, rest, message, Some(&kept)).await })
+    }
+
     /// Calls a batch handler with one batch, without the middleware (which wraps one message at a
     /// time).
     pub(crate) fn call_batch(

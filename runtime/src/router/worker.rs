@@ -128,10 +128,9 @@ pub(super) enum Left<'a, F> {
 /// every message instead (as [`process`] is) is several hundred bytes that rustc builds and
 /// copies two or three times per message, whether the handler waits or not.
 ///
-/// A chain that starts with fused middleware borrows the copy of the message kept for the poison
-/// topic while it runs, so it runs in [`process`]'s future, which holds both; so do a handler
-/// in a unit of work, an instant ack and a request (its outputs are replies). A retry topic's
-/// wait, a copy the router requeued and a span somebody records are rare: boxed.
+/// A handler in a unit of work, an instant ack and a request (its outputs are replies) run in
+/// [`process`]'s future. A retry topic's wait, a copy the router requeued and a span somebody
+/// records are rare: boxed.
 pub(super) fn handle<'a>(
     p: &'a Prepared,
     delivery: Delivery,
@@ -149,11 +148,7 @@ pub(super) fn handle<'a>(
     if !span.is_disabled() {
         return Left::Rest(Box::pin(process(p, message, attempt, acker).instrument(span)));
     }
-    if p.transactional
-        || p.instant_ack
-        || p.chain.starts_fused()
-        || crate::reply::reply_topic(&message).is_some()
-    {
+    if p.transactional || p.instant_ack || crate::reply::reply_topic(&message).is_some() {
         return Left::Whole(process(p, message, attempt, acker));
     }
     let id = message.id();
@@ -182,7 +177,18 @@ pub(super) fn handle<'a>(
             }
         }
         None => {
-            let mut call = p.chain.call(message, attempt);
+            let mut call = if p.chain.starts_fused() {
+                // The fused run reads the message as it came (for a poison topic, say) until it
+                // ends: it gets a copy of its own (reference counts), since `original` moves
+                // into the continuation if the call waits.
+                let kept = match &original {
+                    Some(original) => original.clone(),
+                    None => acker.message().cloned().expect("the acker keeps the message"),
+                };
+                p.chain.call_fused_owned(message, kept, attempt)
+            } else {
+                p.chain.call(message, attempt)
+            };
             let outcome = match std::panic::catch_unwind(AssertUnwindSafe(|| call.as_mut().poll(cx))) {
                 Ok(Poll::Pending) => {
                     let rest = Handled { id, original, attempt, acker, reply_to: None };
