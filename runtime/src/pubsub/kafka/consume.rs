@@ -381,6 +381,10 @@ async fn wait_for_closing(closing: &Closing, topic: &str, group: &str, limit: Du
     let _ = tokio::time::timeout(limit, all).await;
 }
 
+/// A subscribe phase (closing members leaving, the group's join) slower than this is logged at
+/// warn level: joins take milliseconds, a rebalance a few seconds.
+const SLOW_JOIN: Duration = Duration::from_secs(10);
+
 /// What [`subscribe`] needs from its [`KafkaPubSub`](super::KafkaPubSub).
 pub(super) struct Plan<'a> {
     /// Consumers of this connection's dropped subscriptions that are still closing.
@@ -404,7 +408,22 @@ pub(super) async fn subscribe(
     let started = std::time::Instant::now();
     if let Some(group) = &options.group {
         wait_for_closing(&plan.closing, topic, group, config.assign_timeout).await;
-        tracing::debug!(topic, group, waited = ?started.elapsed(), "kafka subscribe: this connection's closing members of the group are gone");
+        let waited = started.elapsed();
+        if waited > SLOW_JOIN {
+            tracing::warn!(
+                topic,
+                group,
+                ?waited,
+                "kafka subscribe: this connection's closing members of the group took long to leave"
+            );
+        } else {
+            tracing::debug!(
+                topic,
+                group,
+                ?waited,
+                "kafka subscribe: this connection's closing members of the group are gone"
+            );
+        }
     }
     let (commands, commands_rx) = mpsc::unbounded_channel();
     let state = Arc::new_cyclic(|me| State {
@@ -487,14 +506,20 @@ pub(super) async fn subscribe(
     });
     let joining = std::time::Instant::now();
     let waited = tokio::time::timeout(config.assign_timeout, assigned.wait_for(|n| *n > 0)).await;
-    tracing::debug!(
-        topic,
-        group = options.group.as_deref(),
-        assigned = matches!(waited, Ok(Ok(_))),
-        joining = ?joining.elapsed(),
-        total = ?started.elapsed(),
-        "kafka subscribe: partitions assigned, or not"
-    );
+    let (group, assigned, joining, total) =
+        (options.group.as_deref(), matches!(waited, Ok(Ok(_))), joining.elapsed(), started.elapsed());
+    if !assigned || joining > SLOW_JOIN {
+        tracing::warn!(
+            topic,
+            group,
+            assigned,
+            ?joining,
+            ?total,
+            "kafka subscribe: the group was slow to give partitions"
+        );
+    } else {
+        tracing::debug!(topic, group, assigned, ?joining, ?total, "kafka subscribe: partitions assigned");
+    }
     if !matches!(waited, Ok(Ok(_))) {
         cancel.cancel();
         return Err(Error::new(

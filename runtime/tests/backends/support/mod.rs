@@ -21,14 +21,16 @@ pub(crate) mod sql;
 #[cfg(feature = "amqp")]
 pub(crate) mod stall;
 
-/// Prints the library's logs when `MILLSTREAM_TEST_LOG` holds a filter (for example
-/// `millstream::pubsub::amqp=debug`); once per test process, later calls do nothing.
+/// Prints the library's logs, captured per test (shown for a failure): the filter in
+/// `MILLSTREAM_TEST_LOG` (for example `millstream::pubsub::amqp=debug`), else the AMQP and Kafka
+/// backends' warnings, so that a rare failure in CI says what was slow. Once per test process,
+/// later calls do nothing.
 #[cfg(any(feature = "amqp", feature = "kafka"))]
 pub(crate) fn log() {
-    if let Ok(filter) = std::env::var("MILLSTREAM_TEST_LOG") {
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
-            .with_test_writer()
-            .try_init();
-    }
+    let filter = std::env::var("MILLSTREAM_TEST_LOG")
+        .unwrap_or_else(|_| "millstream::pubsub::amqp=warn,millstream::pubsub::kafka=warn".to_owned());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_test_writer()
+        .try_init();
 }
