@@ -286,11 +286,6 @@ impl Chain {
         None
     }
 
-    /// Whether the chain has no middleware.
-    pub(crate) fn is_bare(&self) -> bool {
-        self.layers.is_empty()
-    }
-
     /// Calls the handler itself (what [`call`](Chain::call) does when the chain is bare).
     pub(crate) fn call_handler(&self, message: Message, attempt: u32) -> BoxFuture<'_, HandlerResult> {
         self.endpoint.call(message, MessageCx { route: &self.route, attempt })

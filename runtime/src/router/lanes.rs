@@ -27,11 +27,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll, Wake, Waker};
 
-use futures_core::future::BoxFuture;
-use futures_util::future::Either;
 use futures_util::task::AtomicWaker;
 
-use super::worker::{handle, next_delivery, Left, Prepared};
+use super::worker::{handle, next_delivery, Handling, Left, Prepared};
 use crate::middleware::CallSlot;
 use crate::pubsub::{Delivery, Subscription};
 
@@ -67,9 +65,6 @@ fn lane_of(key: &str, lanes: usize) -> usize {
     (hash % lanes as u64) as usize
 }
 
-/// What is left of a delivery being handled ([`Left::Rest`] or [`Left::Whole`]), if any.
-pub(super) type Handling<'a, F> = Option<Either<BoxFuture<'a, ()>, F>>;
-
 /// [`handle`]'s type.
 type Handle<'a, F> = fn(&'a Prepared, Delivery, &mut Context<'_>, &mut Calls<'a>) -> Left<'a, F>;
 
@@ -77,13 +72,13 @@ type Handle<'a, F> = fn(&'a Prepared, Delivery, &mut Context<'_>, &mut Calls<'a>
 type Calls<'a> = Option<Box<dyn CallSlot<'a> + 'a>>;
 
 /// A lane's slot for what is left of its delivery, pinned.
-type Slot<'a, F> = Pin<Box<Handling<'a, F>>>;
+type Slot<'a, F> = Pin<Box<Option<Handling<'a, F>>>>;
 
-/// An empty [`Handling`] for what `handle` leaves (the function names its type).
+/// An empty place for what `handle` leaves (the function names its type).
 pub(super) fn empty_slot<'a, F: Future<Output = ()> + 'a>(
     _: &'a Prepared,
     _handle: Handle<'a, F>,
-) -> Handling<'a, F> {
+) -> Option<Handling<'a, F>> {
     None
 }
 
@@ -106,11 +101,7 @@ fn start_on<'a, F: Future<Output = ()> + 'a>(
     handle: Handle<'a, F>,
 ) {
     let mut cx = Context::from_waker(waker);
-    let left = match handle(p, delivery, &mut cx, calls) {
-        Left::Done => return,
-        Left::Rest(rest) => Either::Left(rest),
-        Left::Whole(whole) => Either::Right(whole),
-    };
+    let Some(left) = handle(p, delivery, &mut cx, calls).into_handling() else { return };
     let mut slot = slot.as_mut();
     slot.set(Some(left));
     let handling = slot.as_mut().as_pin_mut().expect("just set");

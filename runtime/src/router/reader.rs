@@ -7,9 +7,7 @@ use std::pin::pin;
 use std::sync::Arc;
 use std::task::Poll;
 
-use futures_util::future::Either;
-
-use super::worker::{handle, next_delivery, Left, Prepared};
+use super::worker::{handle, next_delivery, Prepared};
 use crate::error::Result;
 use crate::pubsub::{SubscribeOptions, Subscription};
 
@@ -83,11 +81,11 @@ async fn consume_serial(p: &Prepared, mut sub: Subscription) {
             slot.set(None);
         }
         match std::task::ready!(next_delivery(&p.intake, &mut sub, cancelled.as_mut(), cx)) {
-            Some(Ok(delivery)) => match handle(p, delivery, cx, &mut calls) {
-                Left::Done => {}
-                Left::Rest(rest) => slot.set(Some(Either::Left(rest))),
-                Left::Whole(whole) => slot.set(Some(Either::Right(whole))),
-            },
+            Some(Ok(delivery)) => {
+                if let Some(left) = handle(p, delivery, cx, &mut calls).into_handling() {
+                    slot.set(Some(left));
+                }
+            }
             Some(Err(error)) => tracing::warn!(handler = %p.info.name, %error, "subscription error"),
             None => return Poll::Ready(()),
         }

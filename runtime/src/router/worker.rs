@@ -116,6 +116,20 @@ pub(super) enum Left<'a, F> {
     Whole(F),
 }
 
+/// What is left of a delivery being handled, as one future to poll (see [`Left::into_handling`]).
+pub(super) type Handling<'a, F> = futures_util::future::Either<BoxFuture<'a, ()>, F>;
+
+impl<'a, F> Left<'a, F> {
+    /// The future to poll until the delivery is done, or `None` when it is.
+    pub(super) fn into_handling(self) -> Option<Handling<'a, F>> {
+        match self {
+            Left::Done => None,
+            Left::Rest(rest) => Some(Handling::Left(rest)),
+            Left::Whole(whole) => Some(Handling::Right(whole)),
+        }
+    }
+}
+
 /// Handles one delivery (chain, outputs, settle) as far as it goes without waiting, polling
 /// with `cx`, and returns what is left.
 ///
@@ -123,10 +137,10 @@ pub(super) enum Left<'a, F> {
 /// once (the in-memory one), the handler's future is built in the caller's [`CallSlot`], polled
 /// once, finishes, and the ack is sent, all in this function, with no allocation and no future
 /// of the router's own. A handler that waits (for a database, say) leaves its started call to
-/// a boxed continuation ([`finish_in_slot`], or [`finish`] without a slot): the call is already
-/// on the heap, so it moves there as a pointer (and the caller gets a new slot). A future of the router's own built for
-/// every message instead (as [`process`] is) is several hundred bytes that rustc builds and
-/// copies two or three times per message, whether the handler waits or not.
+/// a boxed continuation ([`finish`]): the call is already on the heap, so it moves there as a
+/// pointer (and the caller gets a new slot). A future of the router's own built for every
+/// message instead (as [`process`] is) is several hundred bytes that rustc builds and copies two
+/// or three times per message, whether the handler waits or not.
 ///
 /// A handler in a unit of work, an instant ack and a request (its outputs are replies) run in
 /// [`process`]'s future. A retry topic's wait, a copy the router requeued and a span somebody
@@ -158,7 +172,7 @@ pub(super) fn handle<'a>(
     let started = p.metrics.timed().then(std::time::Instant::now);
     // A bare chain calls its handler in the caller's slot, where it has one (made again after a
     // call that waited took the last one along).
-    if slot.is_none() && p.chain.is_bare() {
+    if slot.is_none() {
         *slot = p.chain.call_slot();
     }
     let outcome = match slot.take() {
@@ -166,7 +180,8 @@ pub(super) fn handle<'a>(
             match std::panic::catch_unwind(AssertUnwindSafe(|| call.start(message, attempt, cx))) {
                 Ok(Poll::Pending) => {
                     let rest = Handled { id, original, attempt, acker, reply_to: None };
-                    return Left::Rest(Box::pin(finish_in_slot(p, call, started, rest)));
+                    let resumed = std::future::poll_fn(move |cx| call.resume(cx));
+                    return Left::Rest(Box::pin(finish(p, resumed, started, rest)));
                 }
                 Ok(Poll::Ready(result)) => {
                     *slot = Some(call);
@@ -241,32 +256,15 @@ impl Handled {
 /// failure handled ([`fail`], [`panicked`]).
 type Outcome = std::thread::Result<HandlerResult>;
 
-/// The rest of [`handle`] for a handler that waited: awaits it, then [`conclude`]s.
+/// The rest of [`handle`] for a handler call that waited (its boxed future, or its
+/// [`CallSlot`] resumed): awaits it (the call is dropped once it ends), then [`conclude`]s.
 async fn finish(
     p: &Prepared,
-    call: BoxFuture<'_, HandlerResult>,
+    call: impl Future<Output = HandlerResult>,
     started: Option<std::time::Instant>,
     rest: Handled,
 ) {
     let outcome = AssertUnwindSafe(call).catch_unwind().await;
-    if let Some(started) = started {
-        p.metrics.handler_duration(started.elapsed().as_secs_f64());
-    }
-    conclude(p, outcome, rest).await;
-}
-
-/// [`finish`] for a call that waited in a [`CallSlot`] (which it takes along).
-async fn finish_in_slot(
-    p: &Prepared,
-    mut call: Box<dyn CallSlot<'_> + '_>,
-    started: Option<std::time::Instant>,
-    rest: Handled,
-) {
-    let outcome = {
-        let resumed = std::future::poll_fn(|cx| call.resume(cx));
-        AssertUnwindSafe(resumed).catch_unwind().await
-    };
-    drop(call);
     if let Some(started) = started {
         p.metrics.handler_duration(started.elapsed().as_secs_f64());
     }

@@ -151,7 +151,7 @@ async fn a_panicking_handler_is_nacked_and_the_router_goes_on() {
 /// continuation (taking its call slot along): a handler that waits now and then, failing now and
 /// then, must still see every message, in order on one lane, each acked once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn handlers_that_wait_now_and_then_handle_everything_in_order() {
+async fn handlers_that_wait_now_and_then_handle_everything_once_in_order_on_one_lane() {
     for concurrency in [1, 4] {
         let rec = Recording::new();
         let input = topic("now-and-then");
@@ -197,6 +197,8 @@ async fn handlers_that_wait_now_and_then_handle_everything_in_order() {
         }
         seen.sort_unstable();
         assert_eq!(seen, (0..60).collect::<Vec<u64>>());
+        let acked = rec.log.count(|e| matches!(e, Event::Acked { .. }));
+        assert_eq!(acked, 60, "each delivery acked once (concurrency {concurrency})");
         router.shutdown();
         within("stop", run).await.unwrap().unwrap();
     }
