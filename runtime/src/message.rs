@@ -39,6 +39,13 @@ impl MessageId {
         uuid::Uuid::try_parse(text).map(MessageId)
     }
 
+    /// [`parse`](Self::parse) of bytes, as a header carries them: no UTF-8 check first (a UUID's
+    /// text is ASCII, and anything else fails to parse anyway).
+    #[cfg_attr(not(any(feature = "kafka", feature = "redis")), allow(dead_code))]
+    pub(crate) fn parse_ascii(text: &[u8]) -> Result<Self, uuid::Error> {
+        uuid::Uuid::try_parse_ascii(text).map(MessageId)
+    }
+
     /// The hyphenated string form in an allocation of exactly its size (`to_string` goes through
     /// the formatter and a growing buffer).
     pub(crate) fn to_boxed_str(self) -> Box<str> {

@@ -72,7 +72,7 @@ pub(super) fn decode(record: &BorrowedMessage<'_>) -> (Message, u32) {
             let value = header.value.unwrap_or_default();
             match header.key {
                 ID_HEADER if id.is_none() => {
-                    id = std::str::from_utf8(value).ok().and_then(|text| MessageId::parse(text).ok());
+                    id = MessageId::parse_ascii(value).ok();
                 }
                 ATTEMPT_HEADER => {
                     attempts = std::str::from_utf8(value).ok().and_then(|t| t.parse().ok()).unwrap_or(0);

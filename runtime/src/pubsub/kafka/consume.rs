@@ -29,6 +29,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use futures_util::StreamExt as _;
 use parking_lot::Mutex;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::KafkaError;
@@ -89,7 +90,32 @@ pub(super) struct State {
 /// Under one lock: the consumer (for storing offsets; `None` once closing) and each partition.
 pub(super) struct Settling {
     pub(super) consumer: Option<Arc<KafkaConsumer>>,
-    pub(super) parts: HashMap<i32, Part>,
+    pub(super) parts: HashMap<i32, Part, Partitions>,
+}
+
+/// Hashes partition numbers for [`Settling::parts`], which every delivery and every ack look up:
+/// a multiply (Fibonacci hashing) instead of SipHash, whose resistance to chosen keys buys
+/// nothing for numbers the broker hands out.
+type Partitions = std::hash::BuildHasherDefault<PartitionHasher>;
+
+/// See [`Partitions`].
+#[derive(Default)]
+pub(super) struct PartitionHasher(u64);
+
+impl std::hash::Hasher for PartitionHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(byte)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+    }
+
+    fn write_i32(&mut self, partition: i32) {
+        self.0 = u64::from(partition as u32).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
 }
 
 /// One partition of the subscription.
@@ -434,7 +460,7 @@ pub(super) async fn subscribe(
         commit_interval: config.commit_interval.max(Duration::from_millis(1)),
         redelivery: config.redelivery,
         producer: plan.producer,
-        settling: Mutex::new(Settling { consumer: None, parts: HashMap::new() }),
+        settling: Mutex::new(Settling { consumer: None, parts: HashMap::default() }),
         commands,
         in_flight: AtomicUsize::new(0),
         full: AtomicBool::new(false),
@@ -619,6 +645,9 @@ async fn poll(
     tokio::pin!(pause_timer);
     // The records of a run, read before they are accepted together (kept for the next run).
     let mut records: Vec<BorrowedMessage<'_>> = Vec::with_capacity(RUN);
+    // One stream for the poller's life: `StreamConsumer::recv` registers (and then removes) a
+    // waker slot under a lock for every record it reads.
+    let mut stream = consumer.stream();
     let mut commits = tokio::time::interval(state.commit_interval);
     commits.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -651,21 +680,21 @@ async fn poll(
                 state.paused.store(true, Ordering::SeqCst);
                 set_paused(&state, &consumer, true);
             }
-            record = consumer.recv(), if !state.full.load(Ordering::SeqCst) || state.paused.load(Ordering::SeqCst) => match record {
-                Ok(record) => {
+            record = stream.next(), if !state.full.load(Ordering::SeqCst) || state.paused.load(Ordering::SeqCst) => match record {
+                Some(Ok(record)) => {
                     // With it, what librdkafka already holds (without waiting), up to a run of
                     // RUN (and the room left): the subscription wakes once per run, and the
                     // partitions are locked once per run, not once per record.
                     let room = state.max_in_flight.saturating_sub(state.in_flight.load(Ordering::Acquire));
                     records.push(record);
                     while records.len() < RUN.min(room) {
-                        match futures_util::FutureExt::now_or_never(consumer.recv()) {
-                            Some(Ok(record)) => records.push(record),
-                            Some(Err(error)) => {
+                        match futures_util::FutureExt::now_or_never(stream.next()) {
+                            Some(Some(Ok(record))) => records.push(record),
+                            Some(Some(Err(error))) => {
                                 read_failed(&state, &mut last_error, &error);
                                 break;
                             }
-                            None => break,
+                            Some(None) | None => break,
                         }
                     }
                     let run = accept(&state, &consumer, &records);
@@ -688,11 +717,14 @@ async fn poll(
                         }
                     }
                 }
-                Err(error) => read_failed(&state, &mut last_error, &error),
+                Some(Err(error)) => read_failed(&state, &mut last_error, &error),
+                // librdkafka's streams never end.
+                None => break,
             },
         }
     }
     drop(records);
+    drop(stream);
     state.closing.store(true, Ordering::SeqCst);
     let taken = state.settling.lock().consumer.take();
     drop(taken);
@@ -767,6 +799,20 @@ fn set_paused(state: &State, consumer: &KafkaConsumer, pause: bool) {
     }
 }
 
+/// The ackers of one run's deliveries: they settle through the subscription's [`State`].
+///
+/// A sink of its own per run, rather than a clone of the state's `Arc` per delivery: the poller
+/// counts a run's references up before handing it over and the task that acks counts them down
+/// after, each on its own counter. One shared counter went back and forth between the two threads'
+/// caches on every delivery (the poller taking a reference while the other dropped one).
+struct RunSink(Arc<State>);
+
+impl AckSink for RunSink {
+    fn settle(&self, token: Token, message: Option<Message>, how: Settle) -> OpFuture<'static> {
+        self.0.settle(token, message, how)
+    }
+}
+
 /// The deliveries of records just read, in order; records read before a seek took hold are
 /// dropped. The partitions are locked once for the run.
 fn accept(state: &Arc<State>, consumer: &KafkaConsumer, records: &[BorrowedMessage<'_>]) -> Run {
@@ -778,10 +824,11 @@ fn accept(state: &Arc<State>, consumer: &KafkaConsumer, records: &[BorrowedMessa
             marks.push(mark(state, consumer, &mut settling, record.partition(), record.offset()));
         }
     }
-    let mut run = Run::new();
+    let mut run = Run::with_capacity(records.len());
+    let sink: Arc<dyn AckSink> = Arc::new(RunSink(state.clone()));
     for (record, mark) in records.iter().zip(marks) {
         if let Some((seq, nacks)) = mark {
-            run.push(Ok(delivery(state, record, seq, nacks)));
+            run.push(Ok(delivery(state, &sink, record, seq, nacks)));
         }
     }
     state.in_flight.fetch_add(run.len(), Ordering::SeqCst);
@@ -828,7 +875,13 @@ fn mark(
 }
 
 /// The delivery of `record`, at `seq` in its partition's watermark, nacked `nacks` times here.
-fn delivery(state: &Arc<State>, record: &BorrowedMessage<'_>, seq: Seq, nacks: u32) -> Delivery {
+fn delivery(
+    state: &State,
+    sink: &Arc<dyn AckSink>,
+    record: &BorrowedMessage<'_>,
+    seq: Seq,
+    nacks: u32,
+) -> Delivery {
     let (partition, offset) = (record.partition(), record.offset());
     tracing::trace!(topic = %state.topic, partition, offset, "kafka delivery");
     let (message, attempts_before) = codec::decode(record);
@@ -838,7 +891,7 @@ fn delivery(state: &Arc<State>, record: &BorrowedMessage<'_>, seq: Seq, nacks: u
         info = info.timestamp(SystemTime::UNIX_EPOCH + Duration::from_millis(millis as u64));
     }
     let copy = (state.redelivery == Redelivery::Republish).then(|| message.clone());
-    let acker = Acker::new(state.clone() as Arc<dyn AckSink>, token(partition, attempt, seq), copy);
+    let acker = Acker::new(sink.clone(), token(partition, attempt, seq), copy);
     Delivery::new(message, attempt, acker).with_info(info)
 }
 
@@ -901,5 +954,28 @@ fn run(state: &State, consumer: &KafkaConsumer, command: Command) {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::hash::BuildHasher;
+
+    use super::*;
+
+    fn hash(partition: i32) -> u64 {
+        Partitions::default().hash_one(partition)
+    }
+
+    #[test]
+    fn partitions_hash_apart_in_the_bits_a_map_uses() {
+        // hashbrown picks the bucket from the low bits and tags entries with the top 7: both
+        // must tell nearby partition numbers apart.
+        let hashes: Vec<u64> = (0..4096).map(hash).collect();
+        let low: std::collections::HashSet<u64> = hashes.iter().map(|h| h & 0xfff).collect();
+        assert_eq!(low.len(), 4096, "the low 12 bits of partitions 0..4096 are distinct");
+        let tags: std::collections::HashSet<u64> = hashes[..64].iter().map(|h| h >> 57).collect();
+        assert!(tags.len() > 32, "the first 64 partitions spread over the tags: {}", tags.len());
+        assert_ne!(hash(-1), hash(1));
     }
 }

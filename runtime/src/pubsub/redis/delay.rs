@@ -138,7 +138,7 @@ fn decode(record: Vec<u8>) -> Result<DelayedMessage> {
     }
     let [topic, id, metadata] = parts;
     let topic = String::from_utf8(topic.to_vec()).map_err(|_| corrupt())?;
-    let id = std::str::from_utf8(&id).ok().and_then(|id| MessageId::parse(id).ok()).ok_or_else(corrupt)?;
+    let id = MessageId::parse_ascii(&id).map_err(|_| corrupt())?;
     let metadata: Metadata = serde_json::from_slice::<Vec<(String, String)>>(&metadata)
         .map_err(|_| corrupt())?
         .into_iter()

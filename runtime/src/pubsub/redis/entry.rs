@@ -196,7 +196,7 @@ pub(super) fn decode(stream: &str, id: StreamId, fields: Vec<Value>) -> Message 
         match &*name {
             PAYLOAD_FIELD => payload = Bytes::from(value),
             ID_FIELD => {
-                message_id = std::str::from_utf8(&value).ok().and_then(|t| MessageId::parse(t).ok());
+                message_id = MessageId::parse_ascii(&value).ok();
             }
             KEY_FIELD => {
                 metadata.insert_static(keys::KEY, String::from_utf8_lossy(&value));
