@@ -25,7 +25,7 @@ pub(crate) mod stall;
 /// `MILLSTREAM_TEST_LOG` (for example `millstream::pubsub::amqp=debug`), else the AMQP and Kafka
 /// backends' warnings, so that a rare failure in CI says what was slow. Once per test process,
 /// later calls do nothing.
-#[cfg(any(feature = "amqp", feature = "kafka"))]
+#[cfg(all(feature = "conformance", any(feature = "amqp", feature = "kafka")))]
 pub(crate) fn log() {
     let filter = std::env::var("MILLSTREAM_TEST_LOG")
         .unwrap_or_else(|_| "millstream::pubsub::amqp=warn,millstream::pubsub::kafka=warn".to_owned());
