@@ -36,12 +36,11 @@ impl MessageId {
 
     /// Parses the hyphenated (or simple) string form, as sent by a backend.
     pub fn parse(text: &str) -> Result<Self, uuid::Error> {
-        uuid::Uuid::try_parse(text).map(MessageId)
+        Self::parse_ascii(text.as_bytes())
     }
 
     /// [`parse`](Self::parse) of bytes, as a header carries them: no UTF-8 check first (a UUID's
     /// text is ASCII, and anything else fails to parse anyway).
-    #[cfg_attr(not(any(feature = "kafka", feature = "redis")), allow(dead_code))]
     pub(crate) fn parse_ascii(text: &[u8]) -> Result<Self, uuid::Error> {
         uuid::Uuid::try_parse_ascii(text).map(MessageId)
     }
