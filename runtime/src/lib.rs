@@ -128,7 +128,7 @@ pub use crate::handler::{
 };
 #[cfg(feature = "sql")]
 pub use crate::inbox::Tx;
-pub use crate::message::{DeliveryInfo, Message, MessageId, Metadata};
+pub use crate::message::{DeliveryInfo, DeliveryInfos, Message, MessageId, Metadata};
 pub use crate::middleware::{Middleware, Next};
 #[cfg(feature = "amqp")]
 pub use crate::pubsub::amqp::{AmqpConfig, AmqpPubSub};

@@ -394,7 +394,32 @@ pub struct Message {
     id: MessageId,
     metadata: Metadata,
     payload: Bytes,
-    delivery: Option<Arc<DeliveryInfo>>,
+    delivery: Option<Info>,
+}
+
+/// Where a received message's [`DeliveryInfo`] is kept.
+#[derive(Clone)]
+enum Info {
+    /// An allocation of its own.
+    One(Arc<DeliveryInfo>),
+    /// One of a batch's, which a backend allocated together ([`DeliveryInfos`]): one allocation
+    /// for a run of deliveries instead of one each, freed with the run's last message.
+    Batch(DeliveryInfos, u32),
+}
+
+/// The [`DeliveryInfo`]s of deliveries read together, in one allocation, for backends: one that
+/// reads records in runs gives each message its entry
+/// ([`Delivery::with_info_of`](crate::Delivery::with_info_of)) instead of an allocation each,
+/// which the task that handles the message frees, often on another thread. The batch is freed
+/// with the last message that refers to it.
+#[derive(Clone, Debug)]
+pub struct DeliveryInfos(Arc<Vec<DeliveryInfo>>);
+
+impl DeliveryInfos {
+    /// The batch of `infos`, in the order their messages will refer to them.
+    pub fn new(infos: Vec<DeliveryInfo>) -> Self {
+        DeliveryInfos(Arc::new(infos))
+    }
 }
 
 impl PartialEq for Message {
@@ -528,13 +553,28 @@ impl Message {
     /// Where the message came from, when it was received and the backend said (topic, partition,
     /// offset, broker timestamp, retained flag).
     pub fn delivery_info(&self) -> Option<&DeliveryInfo> {
-        self.delivery.as_deref()
+        match self.delivery.as_ref()? {
+            Info::One(info) => Some(info),
+            Info::Batch(infos, index) => infos.0.get(*index as usize),
+        }
     }
 
     /// Records where the message came from (backends do, through
     /// [`Delivery::with_info`](crate::Delivery::with_info)).
     pub fn set_delivery_info(&mut self, info: DeliveryInfo) {
-        self.delivery = Some(Arc::new(info));
+        self.delivery = Some(Info::One(Arc::new(info)));
+    }
+
+    /// Records where the message came from: entry `index` of a batch (see [`DeliveryInfos`]).
+    ///
+    /// # Panics
+    /// If the batch has no entry `index`.
+    #[inline]
+    pub fn set_delivery_info_of(&mut self, infos: &DeliveryInfos, index: usize) {
+        let entry = u32::try_from(index).ok().filter(|_| index < infos.0.len());
+        let entry = entry
+            .unwrap_or_else(|| panic!("no entry {index} in a batch of {} delivery infos", infos.0.len()));
+        self.delivery = Some(Info::Batch(infos.clone(), entry));
     }
 
     /// Splits the message into id, metadata and payload.
@@ -636,5 +676,36 @@ mod tests {
         assert_eq!(msg.correlation_id(), Some("c-1"));
         assert_eq!(msg.traceparent(), Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"));
         assert_eq!(msg.poison_reason(), Some("bad sku"));
+    }
+
+    #[test]
+    fn messages_of_a_batch_each_know_their_own_delivery_info() {
+        let infos = DeliveryInfos::new(
+            (0..3).map(|n| DeliveryInfo::new().partition(n).offset(u64::from(n) * 10)).collect(),
+        );
+        let messages: Vec<Message> = (0..3)
+            .map(|n| {
+                let mut message = Message::new(format!("m{n}"));
+                message.set_delivery_info_of(&infos, n);
+                message
+            })
+            .collect();
+        drop(infos);
+        for (n, message) in messages.iter().enumerate() {
+            let info = message.clone().delivery_info().cloned().expect("an info");
+            assert_eq!((info.partition, info.offset), (Some(n as u32), Some(n as u64 * 10)));
+        }
+        // Its own info replaces the batch's entry.
+        let mut own = messages[1].clone();
+        own.set_delivery_info(DeliveryInfo::new().offset(7));
+        assert_eq!(own.delivery_info().and_then(|info| info.offset), Some(7));
+        assert_eq!(messages[1].delivery_info().and_then(|info| info.offset), Some(10));
+    }
+
+    #[test]
+    #[should_panic(expected = "no entry 2 in a batch of 2 delivery infos")]
+    fn an_entry_outside_the_batch_is_refused() {
+        let infos = DeliveryInfos::new(vec![DeliveryInfo::new(), DeliveryInfo::new()]);
+        Message::new("x").set_delivery_info_of(&infos, 2);
     }
 }

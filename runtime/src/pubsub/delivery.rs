@@ -5,8 +5,8 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use crate::message::DeliveryInfo;
 use crate::message::Message;
+pub use crate::message::{DeliveryInfo, DeliveryInfos};
 use crate::op::OpFuture;
 
 /// A backend's own handle on one delivery: a sequence number, a row id, a Redis stream id (two
@@ -196,6 +196,16 @@ impl Delivery {
     /// Attaches where the message came from (see [`Message::delivery_info`]).
     pub fn with_info(mut self, info: DeliveryInfo) -> Self {
         self.message.set_delivery_info(info);
+        self
+    }
+
+    /// Attaches where the message came from: entry `index` of a batch read together (see
+    /// [`DeliveryInfos`]).
+    ///
+    /// # Panics
+    /// If the batch has no entry `index`.
+    pub fn with_info_of(mut self, infos: &DeliveryInfos, index: usize) -> Self {
+        self.message.set_delivery_info_of(infos, index);
         self
     }
 

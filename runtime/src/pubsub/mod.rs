@@ -31,7 +31,7 @@ mod features;
 mod identity;
 mod subscribe;
 
-pub use self::delivery::{AckSink, Acker, Delivery, DeliveryInfo, Settle, Token};
+pub use self::delivery::{AckSink, Acker, Delivery, DeliveryInfo, DeliveryInfos, Settle, Token};
 pub use self::features::{Attempts, Features, Settlement};
 pub use self::identity::{check_consumer_name, host_name, incarnation, MAX_CONSUMER_NAME};
 pub use self::subscribe::{Extensions, StartFrom, SubscribeOptions, Subscription};

@@ -87,17 +87,30 @@ impl<K> Watermark<K> {
     /// with the backend to `release`, oldest first, and says whether `seq` was pending (`false`
     /// is [`Settled::Unknown`]). Nothing is allocated.
     pub fn settle_with(&mut self, seq: Seq, mut release: impl FnMut(K)) -> bool {
-        let Some(index) = seq.0.checked_sub(self.front) else { return false };
-        match self.window.get_mut(index as usize) {
-            Some((_, done)) if !*done => *done = true,
-            _ => return false,
+        // The front entry is always pending: settled ones leave as soon as they reach the front.
+        match seq.0.checked_sub(self.front) {
+            // The oldest (acks in order): it leaves, with the settled ones behind it.
+            Some(0) => {
+                let Some((key, _)) = self.window.pop_front() else { return false };
+                release(key);
+                self.front += 1;
+                while let Some(&(_, true)) = self.window.front() {
+                    let (key, _) = self.window.pop_front().expect("checked above");
+                    release(key);
+                    self.front += 1;
+                }
+                true
+            }
+            // Behind a pending one: marked, released later.
+            Some(index) => match self.window.get_mut(index as usize) {
+                Some((_, done)) if !*done => {
+                    *done = true;
+                    true
+                }
+                _ => false,
+            },
+            None => false,
         }
-        while self.window.front().is_some_and(|(_, done)| *done) {
-            let (key, _) = self.window.pop_front().expect("checked above");
-            release(key);
-            self.front += 1;
-        }
-        true
     }
 
     /// The key of the delivery at `seq` while it is pending (not settled, not from before a

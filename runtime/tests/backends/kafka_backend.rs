@@ -3,7 +3,8 @@
 //! loses nothing once another member takes its partitions; a member that joins under load
 //! rebalances without losing a message; republished nacks do not hold up their partition;
 //! backpressure pauses the partitions; a missing topic is an error unless topics are created;
-//! a subscription without a group starts where it is told; attempts counted in a shared store go on
+//! a subscription without a group starts where it is told; payloads of every size come back
+//! whole with their place in the log; attempts counted in a shared store go on
 //! from one consumer to the next.
 #![cfg(all(feature = "conformance", feature = "kafka", unix))]
 
@@ -403,6 +404,51 @@ async fn a_subscription_without_a_group_starts_where_told() {
     assert_eq!(read_sorted(&mut latest, 1).await, ["last"]);
     assert_eq!(read_sorted(&mut earliest, 3).await, ["last", "newer", "old"]);
     assert_eq!(read_sorted(&mut by_time, 2).await, ["last", "newer"]);
+    close(&pubsub).await;
+    let _ = pubsub.delete_topic(&topic).await;
+}
+
+// ----------------------------------------------------------------------------------------------
+// Payloads and delivery infos of records read together
+
+/// Records read in one run share one payload buffer and one allocation of delivery infos (small
+/// payloads), or get their own (large ones): every payload comes back byte for byte, each with
+/// its own partition and offset, and a message kept after the others are dropped keeps both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn payloads_of_every_size_keep_their_bytes_and_place() {
+    let brokers = brokers().await;
+    let topic = unique("sizes");
+    let pubsub = connect(config(&brokers)).await;
+    pubsub.create_topic(&topic, 1, 1).await.expect("topic");
+    let sizes = [0usize, 1, 100, 2047, 2048, 2049, 70_000, 5, 2048, 0, 300_000, 17];
+    let payload = |n: usize, size: usize| -> Vec<u8> { (0..size).map(|i| (i * 31 + n * 7) as u8).collect() };
+    // Published first and read from the start: librdkafka holds them all, so they come in runs.
+    let messages: Vec<Message> =
+        sizes.iter().enumerate().map(|(n, &size)| Message::new(payload(n, size))).collect();
+    pubsub.publish_batch(&topic, messages.clone()).await.expect("publish");
+    let mut sub = pubsub
+        .subscribe(&topic, SubscribeOptions::group(unique("g")).start(StartFrom::Earliest))
+        .await
+        .expect("subscribe");
+    let mut kept = None;
+    let mut offsets = Vec::new();
+    for (n, &size) in sizes.iter().enumerate() {
+        let delivery = next(&mut sub, "a sized message").await;
+        assert_eq!(delivery.message().id(), messages[n].id(), "order");
+        assert_eq!(delivery.message().payload().len(), size, "message {n}");
+        assert!(delivery.message().payload()[..] == payload(n, size)[..], "the bytes of message {n}");
+        let info = delivery.info().expect("a delivery info");
+        assert_eq!(info.partition, Some(0));
+        offsets.push(info.offset.expect("an offset"));
+        if n == 3 {
+            kept = Some(delivery.message().clone());
+        }
+        delivery.ack().await.expect("ack");
+    }
+    assert!(offsets.windows(2).all(|w| w[1] == w[0] + 1), "consecutive offsets: {offsets:?}");
+    let kept = kept.expect("kept");
+    assert!(kept.payload()[..] == payload(3, 2047)[..]);
+    assert_eq!(kept.delivery_info().and_then(|info| info.offset), Some(offsets[3]));
     close(&pubsub).await;
     let _ = pubsub.delete_topic(&topic).await;
 }

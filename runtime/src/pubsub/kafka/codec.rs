@@ -58,9 +58,9 @@ pub(super) fn encode(message: Message, attempt: Option<u32>) -> Record {
     Record { key, headers, payload, size }
 }
 
-/// The message of a received record and the attempts its [`ATTEMPT_HEADER`] counts (0 without
-/// one).
-pub(super) fn decode(record: &BorrowedMessage<'_>) -> (Message, u32) {
+/// The message of a received record, with `payload` (a copy of the record's), and the attempts
+/// its [`ATTEMPT_HEADER`] counts (0 without one).
+pub(super) fn decode(record: &BorrowedMessage<'_>, payload: Bytes) -> (Message, u32) {
     let mut id = None;
     let mut attempts = 0;
     let mut metadata = Metadata::new();
@@ -68,7 +68,8 @@ pub(super) fn decode(record: &BorrowedMessage<'_>) -> (Message, u32) {
         metadata.insert_static(keys::KEY, String::from_utf8_lossy(key));
     }
     if let Some(headers) = record.headers() {
-        for header in headers.iter() {
+        // Counted once (`Headers::iter` asks librdkafka for the count again at every step).
+        for header in (0..headers.count()).filter_map(|index| headers.try_get(index)) {
             let value = header.value.unwrap_or_default();
             match header.key {
                 ID_HEADER if id.is_none() => {
@@ -84,7 +85,6 @@ pub(super) fn decode(record: &BorrowedMessage<'_>) -> (Message, u32) {
         }
     }
     let id = id.unwrap_or_else(|| foreign_id(record.topic(), record.partition(), record.offset()));
-    let payload = Bytes::copy_from_slice(record.payload().unwrap_or_default());
     (Message::from_parts(id, metadata, payload), attempts)
 }
 
