@@ -58,9 +58,39 @@ pub(super) fn encode(message: Message, attempt: Option<u32>) -> Record {
     Record { key, headers, payload, size }
 }
 
-/// The message of a received record, with `payload` (a copy of the record's), and the attempts
-/// its [`ATTEMPT_HEADER`] counts (0 without one).
-pub(super) fn decode(record: &BorrowedMessage<'_>, payload: Bytes) -> (Message, u32) {
+/// A received record's id as the poller reads it: the subscription's task parses the text (the
+/// poller, which reads every record, is the busier of the two; see `consume::accept`).
+pub(super) enum Id {
+    /// The hyphenated text of [`ID_HEADER`], the form [`encode`] writes; not parsed yet.
+    Text([u8; uuid::fmt::Hyphenated::LENGTH]),
+    /// Parsed already (another form of UUID), or made from the record's place in the log (no id
+    /// header).
+    Parsed(MessageId),
+}
+
+impl Id {
+    /// The message id: the text parsed, or, where it is not a UUID, one made from the record's
+    /// place in the log.
+    pub(super) fn resolve(self, topic: &str, partition: i32, offset: i64) -> MessageId {
+        match self {
+            Id::Text(text) => {
+                MessageId::parse_ascii(&text).unwrap_or_else(|_| foreign_id(topic, partition, offset))
+            }
+            Id::Parsed(id) => id,
+        }
+    }
+}
+
+/// What a received record carries besides its payload: its id, its metadata (key and headers),
+/// and the attempts its [`ATTEMPT_HEADER`] counts (0 without one).
+pub(super) struct Decoded {
+    pub(super) id: Id,
+    pub(super) metadata: Metadata,
+    pub(super) attempts: u32,
+}
+
+/// Reads a received record's key and headers (see [`Decoded`]).
+pub(super) fn decode(record: &BorrowedMessage<'_>) -> Decoded {
     let mut id = None;
     let mut attempts = 0;
     let mut metadata = Metadata::new();
@@ -73,7 +103,10 @@ pub(super) fn decode(record: &BorrowedMessage<'_>, payload: Bytes) -> (Message, 
             let value = header.value.unwrap_or_default();
             match header.key {
                 ID_HEADER if id.is_none() => {
-                    id = MessageId::parse_ascii(value).ok();
+                    id = match <[u8; uuid::fmt::Hyphenated::LENGTH]>::try_from(value) {
+                        Ok(text) => Some(Id::Text(text)),
+                        Err(_) => MessageId::parse_ascii(value).ok().map(Id::Parsed),
+                    };
                 }
                 ATTEMPT_HEADER => {
                     attempts = std::str::from_utf8(value).ok().and_then(|t| t.parse().ok()).unwrap_or(0);
@@ -84,8 +117,9 @@ pub(super) fn decode(record: &BorrowedMessage<'_>, payload: Bytes) -> (Message, 
             }
         }
     }
-    let id = id.unwrap_or_else(|| foreign_id(record.topic(), record.partition(), record.offset()));
-    (Message::from_parts(id, metadata, payload), attempts)
+    let id =
+        id.unwrap_or_else(|| Id::Parsed(foreign_id(record.topic(), record.partition(), record.offset())));
+    Decoded { id, metadata, attempts }
 }
 
 /// A stable id for a record that came without one: its place in the log.

@@ -1,11 +1,12 @@
 //! One subscription: a librdkafka consumer polled by a task of its own (the poller), its
 //! partitions' [`Watermark`]s, and the [`AckSink`] that settles through them.
 //!
-//! - The poller reads records, turns them into deliveries and sends them to the subscription's
-//!   stream, in runs of what librdkafka already holds (up to [`RUN`]: the stream's task wakes once
-//!   per run, not once per record, which cost about a quarter of a fast consumer's time); it
-//!   never waits for the router, so librdkafka is polled (and `max.poll.interval.ms`
-//!   kept) however slow the handlers are. Once [`State::max_in_flight`] deliveries are unsettled
+//! - The poller reads records and sends them to the subscription's stream, in runs of what
+//!   librdkafka already holds (up to [`RUN`]: the stream's task wakes once per run, not once per
+//!   record, which cost about a quarter of a fast consumer's time); the stream's task makes each
+//!   record a delivery when asked for it ([`Run`]: the poller does only what needs librdkafka's
+//!   record, and so reads faster). It never waits for the router, so librdkafka is polled (and
+//!   `max.poll.interval.ms` kept) however slow the handlers are. Once [`State::max_in_flight`] deliveries are unsettled
 //!   it stops reading (librdkafka keeps what it fetched, within its own queue limits) until
 //!   settles bring the count down to half of it. Only if that takes longer than
 //!   [`PAUSE_AFTER`] does it pause every assigned partition and go on polling (rebalances are
@@ -56,8 +57,61 @@ pub(super) const PAUSE_AFTER: Duration = Duration::from_secs(1);
 /// The most deliveries the poller hands over at once.
 const RUN: usize = 64;
 
-/// Deliveries handed over together (most runs are short: held inline).
-type Run = smallvec::SmallVec<[Result<Delivery>; 4]>;
+/// Records accepted together, handed over to the subscription's task, which makes each a
+/// [`Delivery`] when it is asked for the next one ([`Run::next`]).
+///
+/// The poller does only what needs the record itself (librdkafka's record is gone once the
+/// poller reads on): its place in the watermark, its payload's copy, its key and headers. The
+/// rest (the id parsed, the message, its acker) is left to the task that handles it: with
+/// records already fetched the poller is the busier of the two threads, and how fast it reads
+/// is how fast the subscription goes.
+pub(super) struct Run {
+    records: std::vec::IntoIter<Accepted>,
+    /// The index of the next record's entry in `infos`.
+    index: usize,
+    infos: DeliveryInfos,
+    sink: Arc<RunSink>,
+}
+
+/// One record of a [`Run`].
+struct Accepted {
+    id: codec::Id,
+    metadata: crate::message::Metadata,
+    payload: Bytes,
+    partition: i32,
+    offset: i64,
+    seq: Seq,
+    attempt: u32,
+}
+
+impl Run {
+    /// The next record's delivery.
+    fn next(&mut self) -> Option<Delivery> {
+        let Accepted { id, metadata, payload, partition, offset, seq, attempt } = self.records.next()?;
+        let state = &self.sink.0;
+        let mut message = Message::from_parts(id.resolve(&state.topic, partition, offset), metadata, payload);
+        message.set_delivery_info_of(&self.infos, self.index);
+        self.index += 1;
+        let copy = (state.redelivery == Redelivery::Republish).then(|| message.clone());
+        let acker = Acker::new(self.sink.clone(), token(partition, attempt, seq), copy);
+        Some(Delivery::new(message, attempt, acker))
+    }
+}
+
+impl Drop for Run {
+    /// Records never handed out (the subscription was dropped) are released, as their deliveries
+    /// would have been.
+    fn drop(&mut self) {
+        for record in self.records.by_ref() {
+            // Ready at once: a release sends the poller a command.
+            drop(self.sink.0.settle(
+                token(record.partition, record.attempt, record.seq),
+                None,
+                Settle::Release,
+            ));
+        }
+    }
+}
 
 /// What a subscription's consumer, its poller and its ackers share.
 pub(super) struct State {
@@ -559,7 +613,7 @@ pub(super) async fn subscribe(
         ));
     }
     let mut deliveries = deliveries;
-    let mut run = Run::new().into_iter();
+    let mut run: Option<Run> = None;
     let guard = DropGuard {
         key: options.group.as_ref().map(|group| (topic.to_owned(), group.clone())),
         closed,
@@ -568,11 +622,11 @@ pub(super) async fn subscribe(
     Ok(crate::pubsub::Subscription::new(futures_util::stream::poll_fn(move |cx| {
         let _owned = &guard;
         loop {
-            if let Some(delivery) = run.next() {
-                return std::task::Poll::Ready(Some(delivery));
+            if let Some(delivery) = run.as_mut().and_then(Run::next) {
+                return std::task::Poll::Ready(Some(Ok(delivery)));
             }
             match deliveries.poll_recv(cx) {
-                std::task::Poll::Ready(Some(next)) => run = next.into_iter(),
+                std::task::Poll::Ready(Some(next)) => run = Some(next),
                 other => return other.map(|_| None),
             }
         }
@@ -700,7 +754,7 @@ async fn poll(
                     }
                     let run = accept(&state, &consumer, &records);
                     records.clear();
-                    if !run.is_empty() && out.send(run).is_err() {
+                    if run.is_some_and(|run| out.send(run).is_err()) {
                         break;
                     }
                     if state.in_flight.load(Ordering::SeqCst) >= state.max_in_flight
@@ -822,7 +876,7 @@ impl AckSink for RunSink {
 /// to [`SHARED_PAYLOAD`] bytes. Allocations of their own, made here and freed by the task that
 /// handles them on another thread, cost jemalloc about 250 instructions a record (its caches
 /// are per thread: one thread's frees fill its cache, the other's allocations empty its own).
-fn accept(state: &Arc<State>, consumer: &KafkaConsumer, records: &[BorrowedMessage<'_>]) -> Run {
+fn accept(state: &Arc<State>, consumer: &KafkaConsumer, records: &[BorrowedMessage<'_>]) -> Option<Run> {
     // Each record's place in its partition's watermark and the nacks it had, or `None`; and the
     // size of the kept payloads that share the run's buffer.
     let mut marks: smallvec::SmallVec<[Option<(Seq, u32)>; RUN]> = smallvec::SmallVec::new();
@@ -847,7 +901,7 @@ fn accept(state: &Arc<State>, consumer: &KafkaConsumer, records: &[BorrowedMessa
         }
     }
     if kept == 0 {
-        return Run::new();
+        return None;
     }
     let kept_records =
         || records.iter().zip(&marks).filter_map(|(record, mark)| mark.map(|mark| (record, mark)));
@@ -860,11 +914,9 @@ fn accept(state: &Arc<State>, consumer: &KafkaConsumer, records: &[BorrowedMessa
         }
     }
     let buffer = Bytes::from(buffer);
-    let infos = DeliveryInfos::new(infos);
-    let sink: Arc<dyn AckSink> = Arc::new(RunSink(state.clone()));
-    let mut run = Run::with_capacity(kept);
+    let mut accepted = Vec::with_capacity(kept);
     let mut at = 0;
-    for (index, (record, (seq, nacks))) in kept_records().enumerate() {
+    for (record, (seq, nacks)) in kept_records() {
         let payload = match record.payload().unwrap_or_default() {
             payload if shared_len(Some(payload)) > 0 => {
                 at += payload.len();
@@ -872,15 +924,17 @@ fn accept(state: &Arc<State>, consumer: &KafkaConsumer, records: &[BorrowedMessa
             }
             payload => Bytes::copy_from_slice(payload),
         };
-        let (mut message, attempts_before) = codec::decode(record, payload);
-        message.set_delivery_info_of(&infos, index);
-        let attempt = 1 + attempts_before + nacks;
-        let copy = (state.redelivery == Redelivery::Republish).then(|| message.clone());
-        let acker = Acker::new(sink.clone(), token(record.partition(), attempt, seq), copy);
-        run.push(Ok(Delivery::new(message, attempt, acker)));
+        let codec::Decoded { id, metadata, attempts } = codec::decode(record);
+        let (partition, offset, attempt) = (record.partition(), record.offset(), 1 + attempts + nacks);
+        accepted.push(Accepted { id, metadata, payload, partition, offset, seq, attempt });
     }
-    state.in_flight.fetch_add(run.len(), Ordering::SeqCst);
-    run
+    state.in_flight.fetch_add(accepted.len(), Ordering::SeqCst);
+    Some(Run {
+        records: accepted.into_iter(),
+        index: 0,
+        infos: DeliveryInfos::new(infos),
+        sink: Arc::new(RunSink(state.clone())),
+    })
 }
 
 /// Payloads up to this size share their run's buffer (see [`accept`]); a larger one gets an
