@@ -8,6 +8,7 @@
 //! - A record from a foreign producer keeps its headers as metadata (values that are not UTF-8
 //!   are read lossily) and gets an id made from its topic, partition and offset, so that its
 //!   redeliveries keep it.
+//! - A header whose name is not UTF-8 (rdkafka would panic reading it) is skipped, with a warning.
 
 use bytes::Bytes;
 use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders};
@@ -99,7 +100,7 @@ pub(super) fn decode(record: &BorrowedMessage<'_>) -> Decoded {
     }
     if let Some(headers) = record.headers() {
         // Counted once (`Headers::iter` asks librdkafka for the count again at every step).
-        for header in (0..headers.count()).filter_map(|index| headers.try_get(index)) {
+        for header in (0..headers.count()).filter_map(|index| header_at(record, headers, index)) {
             let value = header.value.unwrap_or_default();
             match header.key {
                 ID_HEADER if id.is_none() => {
@@ -120,6 +121,31 @@ pub(super) fn decode(record: &BorrowedMessage<'_>) -> Decoded {
     let id =
         id.unwrap_or_else(|| Id::Parsed(foreign_id(record.topic(), record.partition(), record.offset())));
     Decoded { id, metadata, attempts }
+}
+
+/// Header `index` of `record`, or `None`; one whose name is not UTF-8 is skipped with a warning.
+/// rdkafka 0.39 reads a header's name with `CStr::to_str().unwrap()`, which panics on such a name
+/// (a foreign producer's): unguarded, that panic would end the poller and the subscription.
+fn header_at<'a>(
+    record: &BorrowedMessage<'_>,
+    headers: &'a rdkafka::message::BorrowedHeaders,
+    index: usize,
+) -> Option<Header<'a, &'a [u8]>> {
+    guarded(|| headers.try_get(index)).unwrap_or_else(|| {
+        tracing::warn!(
+            topic = record.topic(),
+            partition = record.partition(),
+            offset = record.offset(),
+            index,
+            "kafka: a header whose name is not UTF-8 was skipped"
+        );
+        None
+    })
+}
+
+/// `read()`, or `None` if it panicked.
+fn guarded<T>(read: impl FnOnce() -> T) -> Option<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(read)).ok()
 }
 
 /// A stable id for a record that came without one: its place in the log.
@@ -153,5 +179,12 @@ mod tests {
         assert_eq!(foreign_id("t", 0, 5), foreign_id("t", 0, 5));
         assert_ne!(foreign_id("t", 0, 5), foreign_id("t", 1, 5));
         assert_ne!(foreign_id("t", 0, 5), foreign_id("u", 0, 5));
+    }
+
+    #[test]
+    fn a_panicking_header_read_is_caught() {
+        assert_eq!(guarded(|| 7), Some(7));
+        let caught: Option<u8> = guarded(|| panic!("a header name that is not UTF-8"));
+        assert_eq!(caught, None);
     }
 }
