@@ -60,10 +60,23 @@ ci_kafka() {
     local bin
     bin=$(command -v tansu)
     # shellcheck disable=SC2016 # expanded by the inner bash
-    ci_ensure_server 9092 tansu bash -c 'mkdir -p /var/lib/tansu && cd /var/lib/tansu &&
+    local start=(bash -c 'mkdir -p /var/lib/tansu && cd /var/lib/tansu &&
         setsid nohup "$0" broker --storage-engine sqlite://tansu.db \
             --listener-url tcp://127.0.0.1:9092 --advertised-listener-url tcp://127.0.0.1:9092 \
-            >>/var/log/tansu.log 2>&1 </dev/null &' "$bin"
+            >>/var/log/tansu.log 2>&1 </dev/null &' "$bin")
+    ci_ensure_server 9092 tansu "${start[@]}"
+    # A tansu whose storage task panicked still listens but answers nothing (/var/log/tansu.log
+    # shows why): started again, its SQLite file keeps what it held.
+    if ! ci_kafka_answers 9092; then
+        ci_say "tansu listens on 127.0.0.1:9092 but answers no metadata request; starting it again"
+        local signal
+        for signal in TERM KILL; do
+            pkill "-$signal" -f 'tansu broker .*tcp://127.0.0.1:9092' || true
+            for _ in $(seq 1 15); do ci_port_up 9092 || break 2; sleep 1; done
+        done
+        ci_ensure_server 9092 tansu "${start[@]}"
+        ci_kafka_answers 9092 || ci_say "tansu on 127.0.0.1:9092 still answers no metadata request"
+    fi
     # tansu 0.6's SQLite engine reads each fetched record's headers with a query that scans the
     # whole `header` table (no index): fetches slow down as the database grows, until they
     # outlast a consumer group's session and the group rebalances for ever (the Kafka bench
@@ -72,6 +85,27 @@ ci_kafka() {
 db = sqlite3.connect("/var/lib/tansu/tansu.db", timeout=60)
 db.execute("create index if not exists header_topition_offset_id on header (topition, offset_id)")
 db.commit()' || echo "ci: could not index tansu's header table (/var/lib/tansu/tansu.db)" >&2
+}
+
+ci_kafka_answers() { # port: a Kafka Metadata request (v1, every topic) is answered within 20 s
+    python3 - "$1" <<'PY'
+import socket, struct, sys
+client = b"millstream-ci"
+request = struct.pack(">hhih", 3, 1, 7, len(client)) + client + struct.pack(">i", -1)
+try:
+    with socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=20) as s:
+        s.sendall(struct.pack(">i", len(request)) + request)
+        head = b""
+        while len(head) < 8:
+            chunk = s.recv(8 - len(head))
+            if not chunk:
+                sys.exit(1)
+            head += chunk
+        size, correlation = struct.unpack(">ii", head)
+        sys.exit(0 if correlation == 7 and size > 4 else 1)
+except OSError:
+    sys.exit(1)
+PY
 }
 
 # --- tools -----------------------------------------------------------------------------------------

@@ -30,7 +30,13 @@
 //! mostly the join's, and moved it by ±0.1 between invocations).
 //!
 //! Each scenario runs `runs` times (which side goes first alternates) and the median is
-//! reported; each run's figures go to stderr. With no broker answering it says so and exits 0.
+//! reported; each run's figures go to stderr, with the minor page faults, context switches (all
+//! threads) and CPU time of the process during each consume phase (`kafka-bench probe ...`).
+//! With no broker answering it says so and exits 0.
+//!
+//! Each run deletes its topic at the end: on tansu 0.6 with SQLite storage (the broker `.ci/test`
+//! starts on 9092) that deletes every topic of the broker, so run it on a private tansu with
+//! memory storage (docs/backends.md, "Kafka speed"), not on a broker tests are using.
 
 use std::time::{Duration, Instant};
 
@@ -78,13 +84,18 @@ async fn millstream_run(brokers: &str, messages: usize, publish_only: bool) -> R
 
     let mut sub = pubsub.subscribe(&topic, SubscribeOptions::group("one")).await.map_err(|e| e.into_std())?;
     let mut started = None;
+    let mut before = [0; 3];
     for _ in 0..=messages {
         let delivery = sub.next().await.ok_or("subscription ended")?.map_err(|e| e.into_std())?;
         delivery.ack().await.map_err(|e| e.into_std())?;
         // The clock starts once the group has been joined and the first record handled.
-        started.get_or_insert_with(Instant::now);
+        started.get_or_insert_with(|| {
+            before = probe();
+            Instant::now()
+        });
     }
     let consume = rate(messages, started.map_or(Duration::ZERO, |at| at.elapsed()));
+    report("millstream", before, messages);
     drop(sub);
     Subscriber::close(&pubsub).await.map_err(|e| e.into_std())?;
     let _ = pubsub.delete_topic(&topic).await;
@@ -145,19 +156,57 @@ async fn raw_run(brokers: &str, messages: usize, publish_only: bool) -> Result<R
         .create()?;
     consumer.subscribe(&[&topic])?;
     let mut started = None;
+    let mut before = [0; 3];
     for _ in 0..=messages {
         let record = consumer.recv().await?;
         let _payload = bytes_of(record.payload());
         let _id = std::hint::black_box(id_of(&record));
         consumer.store_offset_from_message(&record)?;
-        started.get_or_insert_with(Instant::now);
+        started.get_or_insert_with(|| {
+            before = probe();
+            Instant::now()
+        });
     }
     let consume = rate(messages, started.map_or(Duration::ZERO, |at| at.elapsed()));
+    report("raw", before, messages);
     tokio::task::spawn_blocking(move || drop(consumer)).await?;
     let _ = admin.delete_topic(&topic).await;
     Publisher::close(&admin).await.map_err(|e| e.into_std())?;
     producer.flush(Duration::from_secs(10))?;
     Ok([publish, consume])
+}
+
+/// Minor faults, context switches (voluntary + involuntary, every thread) and CPU ticks of this
+/// process so far.
+fn probe() -> [u64; 3] {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let rest = stat.rsplit_once(") ").map_or("", |(_, rest)| rest);
+    let fields: Vec<u64> = rest.split_whitespace().map(|f| f.parse().unwrap_or(0)).collect();
+    let field = |n: usize| fields.get(n - 3).copied().unwrap_or(0);
+    let mut switches = 0;
+    for task in std::fs::read_dir("/proc/self/task").into_iter().flatten().flatten() {
+        let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
+        for line in status.lines() {
+            if let Some(n) = line
+                .strip_prefix("voluntary_ctxt_switches:")
+                .or_else(|| line.strip_prefix("nonvoluntary_ctxt_switches:"))
+            {
+                switches += n.trim().parse::<u64>().unwrap_or(0);
+            }
+        }
+    }
+    [field(10), switches, field(14) + field(15)]
+}
+
+fn report(who: &str, before: [u64; 3], messages: usize) {
+    let after = probe();
+    eprintln!(
+        "kafka-bench probe {who}: {} minor faults, {} context switches, {} CPU ms ({} records)",
+        after[0] - before[0],
+        after[1] - before[1],
+        (after[2] - before[2]) * 10,
+        messages
+    );
 }
 
 /// A copy of the payload, as millstream makes for each delivery.

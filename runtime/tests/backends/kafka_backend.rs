@@ -420,7 +420,12 @@ async fn payloads_of_every_size_keep_their_bytes_and_place() {
     let topic = unique("sizes");
     let pubsub = connect(config(&brokers)).await;
     pubsub.create_topic(&topic, 1, 1).await.expect("topic");
-    let sizes = [0usize, 1, 100, 2047, 2048, 2049, 70_000, 5, 2048, 0, 300_000, 17];
+    // Then 100 payloads that fill several of a run's shared buffers (64 KiB each) and spill over
+    // their ends.
+    let sizes: Vec<usize> = [0usize, 1, 100, 2047, 2048, 2049, 70_000, 5, 2048, 0, 300_000, 17]
+        .into_iter()
+        .chain((0..100).map(|i| [2048, 1999, 1, 1500][i % 4]))
+        .collect();
     let payload = |n: usize, size: usize| -> Vec<u8> { (0..size).map(|i| (i * 31 + n * 7) as u8).collect() };
     // Published first and read from the start: librdkafka holds them all, so they come in runs.
     let messages: Vec<Message> =
@@ -430,7 +435,7 @@ async fn payloads_of_every_size_keep_their_bytes_and_place() {
         .subscribe(&topic, SubscribeOptions::group(unique("g")).start(StartFrom::Earliest))
         .await
         .expect("subscribe");
-    let mut kept = None;
+    let mut kept = Vec::new();
     let mut offsets = Vec::new();
     for (n, &size) in sizes.iter().enumerate() {
         let delivery = next(&mut sub, "a sized message").await;
@@ -440,15 +445,16 @@ async fn payloads_of_every_size_keep_their_bytes_and_place() {
         let info = delivery.info().expect("a delivery info");
         assert_eq!(info.partition, Some(0));
         offsets.push(info.offset.expect("an offset"));
-        if n == 3 {
-            kept = Some(delivery.message().clone());
+        if n == 3 || n == 80 {
+            kept.push(delivery.message().clone());
         }
         delivery.ack().await.expect("ack");
     }
     assert!(offsets.windows(2).all(|w| w[1] == w[0] + 1), "consecutive offsets: {offsets:?}");
-    let kept = kept.expect("kept");
-    assert!(kept.payload()[..] == payload(3, 2047)[..]);
-    assert_eq!(kept.delivery_info().and_then(|info| info.offset), Some(offsets[3]));
+    for (kept, n) in kept.iter().zip([3, 80]) {
+        assert!(kept.payload()[..] == payload(n, sizes[n])[..], "the kept bytes of message {n}");
+        assert_eq!(kept.delivery_info().and_then(|info| info.offset), Some(offsets[n]));
+    }
     close(&pubsub).await;
     let _ = pubsub.delete_topic(&topic).await;
 }

@@ -1,7 +1,14 @@
-//! Request–reply on durable backends: SQLite (embedded), NATS JetStream, Redis Streams, RabbitMQ
-//! and MQTT (the local servers).
+//! Request–reply on durable backends: SQLite (embedded), NATS JetStream, Redis Streams, RabbitMQ,
+//! MQTT and Kafka (the local servers).
 //! The replying handler is an ordinary route; each test uses topics of its own.
-#![cfg(any(feature = "sqlite", feature = "nats", feature = "redis", feature = "amqp", feature = "mqtt"))]
+#![cfg(any(
+    feature = "sqlite",
+    feature = "nats",
+    feature = "redis",
+    feature = "amqp",
+    feature = "mqtt",
+    feature = "kafka"
+))]
 
 use std::time::Duration;
 
@@ -42,8 +49,10 @@ async fn requests_are_answered(pubsub: impl PubSub + Clone) -> String {
     let RequestError::Remote(remote) = error else { panic!("a remote error: {error}") };
     assert_eq!(remote.message(), "zero cannot be doubled here");
     let reply_topic = requester.reply_topic().to_owned();
-    requester.close().await.expect("close the requester");
+    // The router first: on Kafka's test broker, deleting the reply topic deletes every topic (a
+    // tansu 0.6 bug; see kafka_answers_requests), so nothing may read or write after it.
     router.close().await.expect("close");
+    requester.close().await.expect("close the requester");
     reply_topic
 }
 
@@ -114,4 +123,30 @@ async fn mqtt_answers_requests() {
             .expect("url");
     let pubsub = millstream::MqttPubSub::connect(config).await.expect("connect");
     requests_are_answered(pubsub).await;
+}
+
+/// On a private broker: the requester deletes its reply topic when it closes, and tansu 0.6's
+/// SQLite storage deletes every topic of the broker with it (docs/backends.md, "tansu 0.6.0"),
+/// which on the shared broker would take other tests' topics. (Its memory storage deletes only
+/// the one, but there librdkafka crashed reading a metadata answer, one run in two.)
+#[cfg(feature = "kafka")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_answers_requests() {
+    use millstream::pubsub::kafka::{KafkaConfig, KafkaPubSub};
+    use millstream::SubscribeOptions;
+    let broker =
+        tokio::task::spawn_blocking(crate::support::kafka::Broker::start).await.expect("start tansu");
+    // Topics made as they are first used: the requester's reply topic too (a group-less
+    // subscription needs its topic to exist).
+    let config = KafkaConfig::new(broker.brokers()).create_topics(1, 1);
+    let pubsub = KafkaPubSub::connect(config).await.expect("connect");
+    let reply_topic = requests_are_answered(pubsub.clone()).await;
+    // The reply topic is gone with its requester.
+    let metadata = KafkaPubSub::connect(KafkaConfig::new(broker.brokers())).await.expect("connect again");
+    let error = metadata
+        .subscribe(&reply_topic, SubscribeOptions::default())
+        .await
+        .map(drop)
+        .expect_err("the reply topic was deleted");
+    assert!(error.to_string().contains("does not exist"), "{error}");
 }
