@@ -881,9 +881,10 @@ impl AckSink for RunSink {
 ///
 /// A run's deliveries share their allocations, each freed with the last delivery that uses it:
 /// their acker's sink ([`RunSink`]), their [`DeliveryInfos`], and buffers of up to [`CHUNK`]
-/// bytes holding the payloads of up to [`SHARED_PAYLOAD`] bytes. Allocations of their own, made here and freed by the task that
-/// handles them on another thread, cost jemalloc about 250 instructions a record (its caches
-/// are per thread: one thread's frees fill its cache, the other's allocations empty its own).
+/// bytes holding the payloads of up to [`SHARED_PAYLOAD`] bytes. Allocations of their own, made
+/// here and freed by the task that handles them on another thread, cost jemalloc about 250
+/// instructions a record (its caches are per thread: one thread's frees fill its cache, the
+/// other's allocations empty its own).
 fn accept(state: &Arc<State>, consumer: &KafkaConsumer, records: &[BorrowedMessage<'_>]) -> Option<Run> {
     // Each record's place in its partition's watermark and the nacks it had, or `None`; and the
     // size of the kept payloads that share buffers.
