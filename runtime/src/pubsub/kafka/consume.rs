@@ -449,12 +449,13 @@ impl Drop for DropGuard {
     }
 }
 
-/// Waits (up to `limit`) for the consumers of `topic` and `group` that are closing.
-async fn wait_for_closing(closing: &Closing, topic: &str, group: &str, limit: Duration) {
+/// Waits (up to `limit`) for the consumers of `topic` and `group` that are closing: whether they
+/// all closed.
+async fn wait_for_closing(closing: &Closing, topic: &str, group: &str, limit: Duration) -> bool {
     let waiting: Vec<watch::Receiver<bool>> = {
         let mut closing = closing.lock();
         let key = (topic.to_owned(), group.to_owned());
-        let Some(list) = closing.get_mut(&key) else { return };
+        let Some(list) = closing.get_mut(&key) else { return true };
         list.retain(|closed| !*closed.borrow());
         let waiting = list.clone();
         if list.is_empty() {
@@ -467,12 +468,36 @@ async fn wait_for_closing(closing: &Closing, topic: &str, group: &str, limit: Du
             let _ = closed.wait_for(|closed| *closed).await;
         }
     };
-    let _ = tokio::time::timeout(limit, all).await;
+    tokio::time::timeout(limit, all).await.is_ok()
 }
 
-/// A subscribe phase (closing members leaving, the group's join) slower than this is logged at
-/// warn level: joins take milliseconds, a rebalance a few seconds.
+/// A subscribe phase (closing members leaving, the group's join) or a consumer's close slower
+/// than this is logged at warn level, when it passes this mark (a test or a caller that gives up
+/// later still sees why): joins take milliseconds, a rebalance a few seconds.
 const SLOW_JOIN: Duration = Duration::from_secs(10);
+
+/// How long a subscription waits for this connection's closing members of its group to leave
+/// before it joins anyway (at most [`KafkaConfig::assign_timeout`](super::KafkaConfig)).
+///
+/// The wait saves the group a rebalance; it is not needed for correctness: a member still
+/// closing takes part in the rebalance that the join starts (and commits what was settled before
+/// its partitions are revoked). Past the session timeout (10 s) the coordinator has dropped a
+/// member that stopped heartbeating, so a close that is still running is stuck in librdkafka
+/// (a commit or a leave that gets no answer), and waiting on it would only hold the new member
+/// back.
+const CLOSING_WAIT: Duration = Duration::from_secs(15);
+
+/// Awaits `fut`; if it is not done after [`SLOW_JOIN`], calls `slow` once and goes on waiting.
+async fn warn_when_slow<T>(fut: impl std::future::Future<Output = T>, slow: impl FnOnce()) -> T {
+    tokio::pin!(fut);
+    match tokio::time::timeout(SLOW_JOIN, &mut fut).await {
+        Ok(value) => value,
+        Err(_) => {
+            slow();
+            fut.await
+        }
+    }
+}
 
 /// What [`subscribe`] needs from its [`KafkaPubSub`](super::KafkaPubSub).
 pub(super) struct Plan<'a> {
@@ -496,9 +521,18 @@ pub(super) async fn subscribe(
     let config = plan.config;
     let started = std::time::Instant::now();
     if let Some(group) = &options.group {
-        wait_for_closing(&plan.closing, topic, group, config.assign_timeout).await;
+        let left =
+            wait_for_closing(&plan.closing, topic, group, config.assign_timeout.min(CLOSING_WAIT)).await;
         let waited = started.elapsed();
-        if waited > SLOW_JOIN {
+        if !left {
+            tracing::warn!(
+                topic,
+                group,
+                ?waited,
+                "kafka subscribe: this connection's closing members of the group are still closing; \
+                 joining without waiting for them"
+            );
+        } else if waited > SLOW_JOIN {
             tracing::warn!(
                 topic,
                 group,
@@ -594,9 +628,21 @@ pub(super) async fn subscribe(
         let _ = closed_tx.send(true);
     });
     let joining = std::time::Instant::now();
-    let waited = tokio::time::timeout(config.assign_timeout, assigned.wait_for(|n| *n > 0)).await;
-    let (group, assigned, joining, total) =
-        (options.group.as_deref(), matches!(waited, Ok(Ok(_))), joining.elapsed(), started.elapsed());
+    // A bool, not the guard that `wait_for` returns (it must not be held across an await).
+    let assigned_in_time = async {
+        matches!(tokio::time::timeout(config.assign_timeout, assigned.wait_for(|n| *n > 0)).await, Ok(Ok(_)))
+    };
+    let assigned = warn_when_slow(assigned_in_time, || {
+        tracing::warn!(
+            topic,
+            group = options.group.as_deref(),
+            waiting = ?SLOW_JOIN,
+            limit = ?config.assign_timeout,
+            "kafka subscribe: the group has given no partitions yet; still waiting"
+        );
+    })
+    .await;
+    let (group, joining, total) = (options.group.as_deref(), joining.elapsed(), started.elapsed());
     if !assigned || joining > SLOW_JOIN {
         tracing::warn!(
             topic,
@@ -609,7 +655,7 @@ pub(super) async fn subscribe(
     } else {
         tracing::debug!(topic, group, assigned, ?joining, ?total, "kafka subscribe: partitions assigned");
     }
-    if !matches!(waited, Ok(Ok(_))) {
+    if !assigned {
         cancel.cancel();
         return Err(Error::new(
             ErrorKind::Timeout,
@@ -795,7 +841,7 @@ async fn poll(
     // stored hold the consumer for a moment only.
     let topic = state.topic.clone();
     drop(state);
-    let closed = tokio::task::spawn_blocking(move || {
+    let closing = tokio::task::spawn_blocking(move || {
         let mut consumer = consumer;
         loop {
             match Arc::try_unwrap(consumer) {
@@ -809,6 +855,13 @@ async fn poll(
                 }
             }
         }
+    });
+    let closed = warn_when_slow(closing, || {
+        tracing::warn!(
+            %topic,
+            waiting = ?SLOW_JOIN,
+            "kafka consumer: closing (a last commit, leaving the group) is slow; still waiting"
+        );
     })
     .await;
     if let Err(error) = closed {
@@ -1087,5 +1140,27 @@ mod tests {
         let tags: std::collections::HashSet<u64> = hashes[..64].iter().map(|h| h >> 57).collect();
         assert!(tags.len() > 32, "the first 64 partitions spread over the tags: {}", tags.len());
         assert_ne!(hash(-1), hash(1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_member_stuck_closing_holds_the_next_subscription_back_for_a_bounded_time() {
+        let closing = Closing::default();
+        let key = ("t".to_owned(), "g".to_owned());
+        let (gone_tx, gone) = watch::channel(false);
+        let (stuck_tx, stuck) = watch::channel(false);
+        closing.lock().insert(key.clone(), vec![gone, stuck]);
+        gone_tx.send(true).expect("receiver kept");
+        let started = tokio::time::Instant::now();
+        assert!(!wait_for_closing(&closing, "t", "g", CLOSING_WAIT).await, "one member never closed");
+        assert_eq!(started.elapsed(), CLOSING_WAIT);
+        // The closed member is forgotten; the stuck one is still waited for, and once it is gone
+        // the next subscription does not wait at all.
+        assert_eq!(closing.lock()[&key].len(), 1);
+        stuck_tx.send(true).expect("receiver kept");
+        let started = tokio::time::Instant::now();
+        assert!(wait_for_closing(&closing, "t", "g", CLOSING_WAIT).await);
+        assert_eq!(started.elapsed(), Duration::ZERO);
+        assert!(!closing.lock().contains_key(&key), "an empty list is removed");
+        assert!(wait_for_closing(&closing, "other", "g", CLOSING_WAIT).await, "nothing to wait for");
     }
 }
