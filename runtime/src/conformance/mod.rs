@@ -101,6 +101,14 @@ pub trait Harness: Send + Sync + 'static {
         true
     }
 
+    /// Cases that this harness's server fails through a bug of its own, not of the backend, each
+    /// with the reason (the bug, and where its reproduction is): they are skipped, with the reason
+    /// printed. Keep the list to server bugs shown without millstream, and empty for a server
+    /// that does not have them. Default: none.
+    fn server_limits(&self) -> &[(&'static str, &'static str)] {
+        &[]
+    }
+
     /// Called once a case has finished (passed or not) with every topic it created, so that the
     /// harness can delete them (streams, tables). The default does nothing.
     fn cleanup<'a>(&'a self, topics: &'a [String]) -> BoxFuture<'a, ()> {
@@ -247,6 +255,17 @@ where
         .expect("a tokio runtime");
     runtime.block_on(async move {
         let harness = make().await;
+        for (limited, _) in harness.server_limits() {
+            assert!(
+                cases::ALL.iter().any(|(name, _)| name == limited),
+                "conformance[{}]: server_limits names {limited:?}, which is no case of the suite",
+                harness.name()
+            );
+        }
+        if let Some((_, why)) = harness.server_limits().iter().find(|(name, _)| *name == case_name) {
+            eprintln!("conformance[{}] {case_name}: skipped, server limit: {why}", harness.name());
+            return;
+        }
         let features = match within("features", harness.features()).await {
             Ok(features) => features,
             Err(error) => panic!("conformance[{}] {case_name}: features: {error:?}", harness.name()),

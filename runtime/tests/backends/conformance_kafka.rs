@@ -50,6 +50,18 @@ impl Harness for KafkaHarness {
         })
     }
 
+    fn server_limits(&self) -> &[(&'static str, &'static str)] {
+        if self.broker.is_none() {
+            return &[]; // not tansu, or not only: run everything
+        }
+        &[(
+            "subscribe_close_concurrently",
+            "tansu 0.6 keeps a group's leader that leaves while the group re-forms; every later \
+             member waits for that leader's assignment forever (about 4 runs in 100 of this case; \
+             kafka_backend::tansu_keeps_a_departed_leader shows it with rdkafka alone)",
+        )]
+    }
+
     fn cleanup<'a>(&'a self, topics: &'a [String]) -> BoxFuture<'a, ()> {
         Box::pin(async move {
             if self.broker.is_some() {

@@ -532,3 +532,85 @@ async fn a_shared_attempt_store_carries_the_count_to_the_next_consumer() {
     close(&next_pubsub).await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A consumer of `group` on `topic`, plain rdkafka (no millstream).
+fn plain_consumer(brokers: &str, group: &str, topic: &str) -> rdkafka::consumer::BaseConsumer {
+    use rdkafka::consumer::Consumer as _;
+    let consumer: rdkafka::consumer::BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("session.timeout.ms", "10000")
+        .create()
+        .expect("consumer");
+    consumer.subscribe(&[topic]).expect("subscribe");
+    consumer
+}
+
+/// Polls `consumers` until each has partitions, for up to `limit`: whether they all did.
+fn poll_until_assigned(consumers: &[&rdkafka::consumer::BaseConsumer], limit: Duration) -> bool {
+    use rdkafka::consumer::Consumer as _;
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        for consumer in consumers {
+            let _ = consumer.poll(Duration::from_millis(20));
+        }
+        if consumers.iter().all(|c| c.assignment().is_ok_and(|list| list.count() > 0)) {
+            return true;
+        }
+    }
+    false
+}
+
+/// Two members, A (the leader: it joined first) and B, leave one after the other; then C joins.
+/// With `settle`, A leaves only once the group has formed again around it. Whether C got its
+/// partitions within `limit`.
+fn leaders_leave_then_one_joins(brokers: &str, topic: &str, settle: bool, limit: Duration) -> bool {
+    use rdkafka::consumer::Consumer as _;
+    let group = unique("leader");
+    let a = plain_consumer(brokers, &group, topic);
+    assert!(poll_until_assigned(&[&a], TIMEOUT), "A gets partitions");
+    let b = plain_consumer(brokers, &group, topic);
+    assert!(poll_until_assigned(&[&a, &b], TIMEOUT), "A and B get partitions");
+    // B leaves: the group re-forms around A. Unless settling, A is not polled again before it
+    // leaves too, so it cannot take part in the re-forming (its revoke waits for a poll): A's
+    // leave reaches a group still forming.
+    drop(b);
+    if settle {
+        a.unassign().expect("unassign"); // so that the next assignment seen is the new one
+        assert!(poll_until_assigned(&[&a], TIMEOUT), "A gets partitions again");
+    }
+    drop(a);
+    let c = plain_consumer(brokers, &group, topic);
+    poll_until_assigned(&[&c], limit)
+}
+
+/// The server limit behind `conformance_kafka::subscribe_close_concurrently`'s skip, shown with
+/// rdkafka alone: tansu 0.6 keeps a group's leader that leaves while the group re-forms (its
+/// `LeaveGroup` of a forming group keeps `leader`), so every member that joins later is a
+/// follower that waits for the departed leader's assignment: it never gets partitions (until
+/// the broker restarts). When the leader leaves a formed group, the next member gets them at
+/// once. Against `MILLSTREAM_KAFKA_BROKERS` (a real Kafka) both must get them; if this fails on
+/// a later tansu, the bug is fixed: drop the server limit in `conformance_kafka.rs`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tansu_keeps_a_departed_leader() {
+    let brokers = brokers().await;
+    let tansu = brokers._private.is_some();
+    let topic = unique("leader");
+    let pubsub = connect(config(&brokers)).await;
+    pubsub.create_topic(&topic, 3, 1).await.expect("topic");
+    let address = brokers.address.clone();
+    let (settled, unsettled) = tokio::task::spawn_blocking(move || {
+        let settled = leaders_leave_then_one_joins(&address, &topic, true, TIMEOUT);
+        let unsettled = leaders_leave_then_one_joins(&address, &topic, false, Duration::from_secs(15));
+        (settled, unsettled)
+    })
+    .await
+    .expect("rdkafka task");
+    assert!(settled, "the leader left a formed group: the next member gets partitions");
+    assert_eq!(
+        unsettled, !tansu,
+        "the leader left a forming group: the next member gets partitions on Kafka, never on tansu 0.6"
+    );
+    close(&pubsub).await;
+}

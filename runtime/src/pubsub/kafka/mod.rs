@@ -57,6 +57,8 @@
 //! [`KafkaConfig::publish_timeout`]) and consumers wait. A consumer that dies without closing
 //! keeps its partitions until the group's session times out (`session.timeout.ms`, 10 s here);
 //! its unacknowledged messages then go to the other members from the last committed offset.
+//! A subscription whose group gives it no partitions within [`KafkaConfig::assign_timeout`]
+//! fails with [`ErrorKind::Timeout`]; a join still waiting after 10 s is logged at warn level.
 
 use std::collections::HashSet;
 use std::fmt;
