@@ -5,7 +5,9 @@
 //! backpressure pauses the partitions; a missing topic is an error unless topics are created;
 //! a subscription without a group starts where it is told; payloads of every size come back
 //! whole with their place in the log; attempts counted in a shared store go on
-//! from one consumer to the next.
+//! from one consumer to the next. Also: tansu's departed-leader bug, shown with rdkafka alone
+//! (the conformance harness's server limit), and a test process killed by a signal leaves no
+//! private broker running.
 #![cfg(all(feature = "conformance", feature = "kafka", unix))]
 
 use std::collections::{HashMap, HashSet};
@@ -613,4 +615,51 @@ async fn tansu_keeps_a_departed_leader() {
         "the leader left a forming group: the next member gets partitions on Kafka, never on tansu 0.6"
     );
     close(&pubsub).await;
+}
+
+// ----------------------------------------------------------------------------------------------
+// The test support itself
+
+const ORPHAN_LOG_ENV: &str = "MILLSTREAM_TEST_ORPHAN_LOG";
+
+/// Run by `a_private_broker_dies_with_its_test_process` as a child: starts a private broker,
+/// writes its address, and waits to be killed.
+#[test]
+#[ignore = "helper: the child process of a_private_broker_dies_with_its_test_process"]
+fn orphan_broker_child() {
+    let Some(log) = std::env::var_os(ORPHAN_LOG_ENV) else { return };
+    let broker = Broker::start();
+    let mut log = std::fs::OpenOptions::new().create(true).append(true).open(log).expect("log");
+    log_line(&mut log, &broker.brokers());
+    loop {
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+/// A test process that dies by a signal (nextest's timeout, a crash) runs no `Drop`: its private
+/// broker's watchdog stops the broker instead, so that brokers do not pile up on the machine.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_private_broker_dies_with_its_test_process() {
+    let log = std::env::temp_dir().join(format!("{}.log", unique("orphan")));
+    let mut child =
+        KillOnDrop(child::spawn(module_path!(), "orphan_broker_child", &[(ORPHAN_LOG_ENV, log.as_os_str())]));
+    let deadline = Instant::now() + TIMEOUT;
+    let address = loop {
+        if let Some(line) = log_lines(&log).pop() {
+            break line;
+        }
+        assert!(child.0.try_wait().unwrap().is_none(), "the child exited early");
+        assert!(Instant::now() < deadline, "the child started no broker");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let listening = || std::net::TcpStream::connect(&address).is_ok();
+    assert!(listening(), "the child's broker listens on {address}");
+    child.0.kill().expect("SIGKILL");
+    child.0.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while listening() {
+        assert!(Instant::now() < deadline, "the broker of a killed test process still listens on {address}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = std::fs::remove_file(&log);
 }

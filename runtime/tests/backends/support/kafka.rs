@@ -1,6 +1,6 @@
 //! Kafka test helpers: the shared broker's address, unique names, and a private tansu broker for
 //! one test (its own port and SQLite file, so that a test can kill and restart it), stopped when
-//! dropped whatever happened.
+//! dropped whatever happened, and by a watchdog when the test process dies by a signal.
 #![allow(dead_code)]
 
 use std::net::{TcpListener, TcpStream};
@@ -41,6 +41,27 @@ fn port_open(port: u16) -> bool {
     TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(200)).is_ok()
 }
 
+/// Starts a watchdog that SIGKILLs the broker `pid` once this test process is gone: `Drop` does
+/// not run when a test process dies by a signal (nextest's timeout, a crash), and the broker
+/// would be left running. The watchdog ends by itself once the broker is gone (killed by `Drop`
+/// or a restart), checking once a second, so it never outlives both long enough for `pid` to
+/// be reused. It holds none of the test's pipes (nextest waits for those to close).
+fn watch_for_orphan(pid: u32) {
+    let script = r#"while kill -0 "$1" 2>/dev/null && kill -0 "$2" 2>/dev/null; do sleep 1; done
+if kill -0 "$2" 2>/dev/null && ! kill -0 "$1" 2>/dev/null; then kill -9 "$2"; fi"#;
+    let spawned = Command::new("sh")
+        .args(["-c", script, "watchdog", &std::process::id().to_string(), &pid.to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn();
+    if let Err(error) = spawned {
+        eprintln!(
+            "no watchdog for tansu (pid {pid}); it outlives this process if it dies by a signal: {error}"
+        );
+    }
+}
+
 /// A private tansu broker with SQLite storage: messages and committed offsets survive a kill.
 pub(crate) struct Broker {
     port: u16,
@@ -76,6 +97,7 @@ impl Broker {
             .stderr(log)
             .spawn()
             .expect("start tansu (installed by .ci/test)");
+        watch_for_orphan(child.id());
         *self.child.lock() = Some(child);
         let deadline = Instant::now() + Duration::from_secs(30);
         while !port_open(self.port) {
