@@ -477,15 +477,23 @@ async fn wait_for_closing(closing: &Closing, topic: &str, group: &str, limit: Du
 const SLOW_JOIN: Duration = Duration::from_secs(10);
 
 /// How long a subscription waits for this connection's closing members of its group to leave
-/// before it joins anyway (at most [`KafkaConfig::assign_timeout`](super::KafkaConfig)).
+/// before it joins anyway (at most [`KafkaConfig::assign_timeout`](super::KafkaConfig): see
+/// [`closing_limit`]).
 ///
-/// The wait saves the group a rebalance; it is not needed for correctness: a member still
-/// closing takes part in the rebalance that the join starts (and commits what was settled before
-/// its partitions are revoked). Past the session timeout (10 s) the coordinator has dropped a
-/// member that stopped heartbeating, so a close that is still running is stuck in librdkafka
+/// On Kafka the wait saves the group a rebalance: a member still closing takes part in the
+/// rebalance that the join starts (and commits what was settled before its partitions are
+/// revoked). On tansu 0.6 it also keeps a joiner from getting no partitions (a member leaving
+/// during a join; docs/backends.md). Past the session timeout (10 s) the coordinator has dropped
+/// a member that stopped heartbeating, so a close that is still running is stuck in librdkafka
 /// (a commit or a leave that gets no answer), and waiting on it would only hold the new member
 /// back.
 const CLOSING_WAIT: Duration = Duration::from_secs(15);
+
+/// The wait for closing members under a given `assign_timeout`: [`CLOSING_WAIT`], or less when
+/// the whole subscribe may take less.
+fn closing_limit(assign_timeout: Duration) -> Duration {
+    assign_timeout.min(CLOSING_WAIT)
+}
 
 /// Awaits `fut`; if it is not done after [`SLOW_JOIN`], calls `slow` once and goes on waiting.
 async fn warn_when_slow<T>(fut: impl std::future::Future<Output = T>, slow: impl FnOnce()) -> T {
@@ -521,8 +529,7 @@ pub(super) async fn subscribe(
     let config = plan.config;
     let started = std::time::Instant::now();
     if let Some(group) = &options.group {
-        let left =
-            wait_for_closing(&plan.closing, topic, group, config.assign_timeout.min(CLOSING_WAIT)).await;
+        let left = wait_for_closing(&plan.closing, topic, group, closing_limit(config.assign_timeout)).await;
         let waited = started.elapsed();
         if !left {
             tracing::warn!(
@@ -1144,6 +1151,10 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_member_stuck_closing_holds_the_next_subscription_back_for_a_bounded_time() {
+        // The bound: 15 s under the default assign timeout (60 s), never more than that timeout.
+        assert_eq!(closing_limit(crate::pubsub::kafka::KafkaConfig::new("b").assign_timeout), CLOSING_WAIT);
+        assert_eq!(CLOSING_WAIT, Duration::from_secs(15));
+        assert_eq!(closing_limit(Duration::from_secs(5)), Duration::from_secs(5));
         let closing = Closing::default();
         let key = ("t".to_owned(), "g".to_owned());
         let (gone_tx, gone) = watch::channel(false);
@@ -1151,7 +1162,8 @@ mod tests {
         closing.lock().insert(key.clone(), vec![gone, stuck]);
         gone_tx.send(true).expect("receiver kept");
         let started = tokio::time::Instant::now();
-        assert!(!wait_for_closing(&closing, "t", "g", CLOSING_WAIT).await, "one member never closed");
+        let limit = closing_limit(Duration::from_secs(60));
+        assert!(!wait_for_closing(&closing, "t", "g", limit).await, "one member never closed");
         assert_eq!(started.elapsed(), CLOSING_WAIT);
         // The closed member is forgotten; the stuck one is still waited for, and once it is gone
         // the next subscription does not wait at all.
