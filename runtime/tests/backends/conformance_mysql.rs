@@ -5,7 +5,7 @@
 use crate::support::sql as support;
 
 async fn harness() -> support::SqlHarness {
-    support::SqlHarness { name: "mysql" }
+    support::SqlHarness { name: "mysql", partitions: 1 }
 }
 
 millstream::conformance_tests!(harness);

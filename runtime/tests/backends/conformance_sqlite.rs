@@ -8,9 +8,11 @@ use millstream::conformance::{BoxFuture, Harness};
 use millstream::pubsub::PubSub;
 use millstream::{SqlConfig, SqlPubSub};
 
-struct SqliteHarness {
+pub(crate) struct SqliteHarness {
     _dir: TempDir,
     path: std::path::PathBuf,
+    /// `SqlConfig::partitions` of every connection.
+    partitions: u32,
 }
 
 /// A directory removed when dropped.
@@ -37,7 +39,11 @@ impl Harness for SqliteHarness {
     }
 
     fn name(&self) -> &str {
-        "sqlite"
+        if self.partitions == 1 {
+            "sqlite"
+        } else {
+            "sqlite (partitioned)"
+        }
     }
 
     fn connect(&self) -> BoxFuture<'_, millstream::Result<Arc<dyn PubSub>>> {
@@ -48,16 +54,22 @@ impl Harness for SqliteHarness {
                 // Heartbeats stop after 1 s: a slow handler's message then comes back at the deadline
                 // (the suite's `slow_handler_past_the_deadline`; `sql_faults` tests the heartbeat).
                 .max_hold(Duration::from_secs(1))
-                .poll_interval(Duration::from_millis(20));
+                .poll_interval(Duration::from_millis(20))
+                .partitions(self.partitions);
             Ok(Arc::new(SqlPubSub::open_sqlite(&self.path, config).await?) as Arc<dyn PubSub>)
         })
     }
 }
 
-async fn harness() -> SqliteHarness {
+/// A harness on a new database file, each topic in `partitions` partitions.
+pub(crate) fn harness_with(partitions: u32) -> SqliteHarness {
     let dir = TempDir::new("millstream-conformance-sqlite");
     let path = dir.0.join("queue.db");
-    SqliteHarness { _dir: dir, path }
+    SqliteHarness { _dir: dir, path, partitions }
+}
+
+async fn harness() -> SqliteHarness {
+    harness_with(1)
 }
 
 millstream::conformance_tests!(harness);

@@ -47,6 +47,16 @@ pub struct SqlConfig {
     /// checked before another try, so a message is stored once. Zero: one try (deadlocks are
     /// still retried a few times). Default 30 s.
     pub publish_retry_for: Duration,
+    /// Partitions of every topic this pub/sub uses. Default 1: a topic is one strictly ordered
+    /// log, and a consumer group is read by one subscription at a time (the others stand by).
+    /// With `n > 1` each topic is `n` logs: a message goes to the partition of its
+    /// [key](crate::Message::key) (a stable hash of it), or, without one, to the next partition
+    /// in turn (a whole batch to one); a group's partitions are divided among its live
+    /// subscriptions in every process, each partition read in order by one of them, so a group
+    /// spreads across processes and order holds per key. A topic's partition count is recorded
+    /// in the database on its first use: opening it with another count is refused with a
+    /// [`Config`](crate::error::ErrorKind::Config) error. At most 1024.
+    pub partitions: u32,
 }
 
 impl Default for SqlConfig {
@@ -62,6 +72,7 @@ impl Default for SqlConfig {
             max_hold: Duration::from_secs(30 * 60),
             retention: Some(Duration::from_secs(7 * 24 * 3600)),
             publish_retry_for: Duration::from_secs(30),
+            partitions: 1,
         }
     }
 }
@@ -118,6 +129,12 @@ impl SqlConfig {
     /// Sets [`SqlConfig::publish_retry_for`].
     pub fn publish_retry_for(mut self, retry_for: Duration) -> Self {
         self.publish_retry_for = retry_for;
+        self
+    }
+
+    /// Sets [`SqlConfig::partitions`] (from 1 to 1024; checked when the pub/sub is opened).
+    pub fn partitions(mut self, partitions: u32) -> Self {
+        self.partitions = partitions;
         self
     }
 

@@ -638,6 +638,32 @@ macro_rules! dialect {
                 Ok(Some((acked, attempts, rows)))
             }
 
+            /// Whether `group` has anything after its `acked` (a read, where a claim writes).
+            pub(crate) async fn pending(pool: &$pool, q: &Queries, topic: &str, group: &str) -> Result<bool> {
+                let count: i64 = sqlx::query_scalar(&q.pending)
+                    .bind(topic)
+                    .bind(group)
+                    .bind(topic)
+                    .fetch_one(pool)
+                    .await
+                    .map_err(backend_error)?;
+                Ok(count > 0)
+            }
+
+            /// Whether `group`'s lease holder let its lease run out (before `now`) with messages
+            /// waiting.
+            pub(crate) async fn stuck(pool: &$pool, q: &Queries, topic: &str, group: &str, now: i64) -> Result<bool> {
+                let count: i64 = sqlx::query_scalar(&q.stuck)
+                    .bind(topic)
+                    .bind(group)
+                    .bind(now)
+                    .bind(topic)
+                    .fetch_one(pool)
+                    .await
+                    .map_err(backend_error)?;
+                Ok(count > 0)
+            }
+
             /// Moves the group from `prev` to `seq` if `owner` still holds it; `new_owner` is
             /// `None` to release the lease at the same time. Returns whether it did.
             #[allow(clippy::too_many_arguments)]
@@ -805,6 +831,79 @@ macro_rules! dialect {
                 for statement in &q.delete_topic {
                     sqlx::query(statement).bind(topic).execute(pool).await.map_err(backend_error)?;
                 }
+                Ok(())
+            }
+
+            /// `topic`'s recorded partition count, and its own last sequence number (a topic
+            /// used unpartitioned has one).
+            pub(crate) async fn layout(pool: &$pool, q: &Queries, topic: &str) -> Result<(Option<i64>, Option<i64>)> {
+                let row = sqlx::query(&q.layout).bind(topic).bind(topic).fetch_one(pool).await.map_err(backend_error)?;
+                let parts: Option<i64> = row.try_get(0).map_err(backend_error)?;
+                let last_seq: Option<i64> = row.try_get(1).map_err(backend_error)?;
+                Ok((parts, last_seq))
+            }
+
+            /// Records `topic`'s partition count unless one is recorded already.
+            pub(crate) async fn record_partitions<'e, E: sqlx::Executor<'e, Database = $db>>(
+                on: E,
+                q: &Queries,
+                topic: &str,
+                parts: i64,
+            ) -> Result<()> {
+                sqlx::query(&q.record_partitions)
+                    .bind(topic)
+                    .bind(parts)
+                    .execute(on)
+                    .await
+                    .map_err(backend_error)?;
+                Ok(())
+            }
+
+            /// Says `owner`, a subscription of a partitioned group, is alive until `alive_until`
+            /// (ms); forgets members that are not any more (`now`); returns the live members.
+            pub(crate) async fn member_beat(
+                pool: &$pool,
+                q: &Queries,
+                topic: &str,
+                group: &str,
+                owner: &str,
+                now: i64,
+                alive_until: i64,
+            ) -> Result<Vec<String>> {
+                sqlx::query(&q.member_beat)
+                    .bind(topic)
+                    .bind(group)
+                    .bind(owner)
+                    .bind(alive_until)
+                    .execute(pool)
+                    .await
+                    .map_err(backend_error)?;
+                sqlx::query(&q.members_expire)
+                    .bind(topic)
+                    .bind(group)
+                    .bind(now)
+                    .execute(pool)
+                    .await
+                    .map_err(backend_error)?;
+                let rows = sqlx::query(&q.members)
+                    .bind(topic)
+                    .bind(group)
+                    .bind(now)
+                    .fetch_all(pool)
+                    .await
+                    .map_err(backend_error)?;
+                rows.iter().map(|row| row.try_get::<String, _>(0).map_err(backend_error)).collect()
+            }
+
+            /// `owner` leaves its partitioned group.
+            pub(crate) async fn member_leave(pool: &$pool, q: &Queries, topic: &str, group: &str, owner: &str) -> Result<()> {
+                sqlx::query(&q.member_leave)
+                    .bind(topic)
+                    .bind(group)
+                    .bind(owner)
+                    .execute(pool)
+                    .await
+                    .map_err(backend_error)?;
                 Ok(())
             }
 

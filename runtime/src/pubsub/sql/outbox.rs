@@ -15,7 +15,9 @@ impl SqlPubSub {
     /// this is one statement (a failure leaves the caller's transaction aborted, as any failed
     /// statement does there); on SQLite and MySQL a savepoint in the caller's transaction (or a
     /// transaction of its own). The messages are delivered only once that transaction commits,
-    /// and never if it rolls back. `conn` must be of this pub/sub's database.
+    /// and never if it rolls back. `conn` must be of this pub/sub's database. With
+    /// [`SqlConfig::partitions`](super::SqlConfig::partitions), the messages of each partition are
+    /// published atomically; all of them only inside the caller's transaction.
     ///
     #[cfg_attr(feature = "postgres", doc = "```no_run")]
     #[cfg_attr(not(feature = "postgres"), doc = "```ignore")]
@@ -42,15 +44,37 @@ impl SqlPubSub {
         }
         self.ensure_schema().await?;
         self.inner.check_sizes(&messages)?;
-        if C::DIALECT != Dialect::Sqlite {
-            // (SQLite: the caller's transaction may hold the database's write lock already; the
-            // topic row is then created inside it, where SQLite has no gap locks to fear.)
-            self.ensure_topic(topic).await?;
+        let sqlite = C::DIALECT == Dialect::Sqlite;
+        if sqlite && self.inner.config.partitions > 1 && !self.layout_checked(topic) {
+            // (SQLite: the caller's transaction may hold the database's write lock already, and a
+            // write on another connection would wait for it: a partitioned topic's count is
+            // recorded on the caller's connection, with the messages, and checked again later.)
+            let (recorded, own) = self.read_layout(topic).await?;
+            match recorded {
+                Some(recorded) => self.compare_layout(topic, Some(recorded))?,
+                None => {
+                    super::pubsub::refuse_unpartitioned(topic, own, self.inner.config.partitions)?;
+                    let parts = i64::from(self.inner.config.partitions);
+                    sealed::Sealed::record_partitions(conn, &self.inner.queries, topic, parts).await?;
+                }
+            }
+        } else {
+            self.check_layout(topic).await?;
         }
-        let stored: Vec<_> = messages.into_iter().map(StoredMessage::new).collect();
-        sealed::Sealed::publish(conn, &self.inner.queries, topic, &stored, self.inner.insert_bytes()).await
+        // In the order of the partitions' numbers, as every publisher locks them.
+        for (name, messages) in self.split(topic, messages, Message::key) {
+            if !sqlite {
+                // (SQLite: the caller's transaction may hold the database's write lock already; the
+                // topic row is then created inside it, where SQLite has no gap locks to fear.)
+                self.ensure_topic(&name).await?;
+            }
+            let stored: Vec<_> = messages.into_iter().map(StoredMessage::new).collect();
+            sealed::Sealed::publish(conn, &self.inner.queries, &name, &stored, self.inner.insert_bytes())
+                .await?;
+        }
         // Not woken here: the messages are not visible before the caller commits; subscriptions
         // find them at their next poll.
+        Ok(())
     }
 }
 
@@ -67,6 +91,14 @@ mod sealed {
             topic: &'a str,
             messages: &'a [StoredMessage],
             chunk_bytes: usize,
+        ) -> futures_core::future::BoxFuture<'a, Result<()>>;
+
+        /// Records a partitioned topic's partition count on this connection.
+        fn record_partitions<'a>(
+            &'a mut self,
+            queries: &'a Queries,
+            topic: &'a str,
+            parts: i64,
         ) -> futures_core::future::BoxFuture<'a, Result<()>>;
     }
 }
@@ -92,6 +124,15 @@ macro_rules! outbox_connection {
                 chunk_bytes: usize,
             ) -> futures_core::future::BoxFuture<'a, Result<()>> {
                 Box::pin(ops::$ops::publish(self, queries, topic, messages, chunk_bytes))
+            }
+
+            fn record_partitions<'a>(
+                &'a mut self,
+                queries: &'a Queries,
+                topic: &'a str,
+                parts: i64,
+            ) -> futures_core::future::BoxFuture<'a, Result<()>> {
+                Box::pin(ops::$ops::record_partitions(self, queries, topic, parts))
             }
         }
         #[cfg(feature = $feature)]

@@ -116,10 +116,27 @@ impl Publisher for SqlPubSub {
         OpFuture::boxed(async move {
             self.ensure_schema().await?;
             self.inner.check_sizes(&messages)?;
-            let stored: Vec<_> = messages.into_iter().map(StoredMessage::new).collect();
-            self.ensure_topic(topic).await?;
-            self.publish_retrying(topic, &stored).await?;
-            self.inner.wake(topic);
+            self.check_layout(topic).await?;
+            // One transaction per partition, in the order of their numbers.
+            let parts = self.split(topic, messages, Message::key);
+            let count = parts.len();
+            for (done, (name, messages)) in parts.into_iter().enumerate() {
+                let stored: Vec<_> = messages.into_iter().map(StoredMessage::new).collect();
+                let published = async {
+                    self.ensure_topic(&name).await?;
+                    self.publish_retrying(&name, &stored).await
+                };
+                if let Err(error) = published.await {
+                    return Err(if done == 0 {
+                        error
+                    } else {
+                        error.context(format_args!(
+                            "the batch's messages of {done} of its {count} partitions were stored"
+                        ))
+                    });
+                }
+                self.inner.wake(&name);
+            }
             Ok(())
         })
     }

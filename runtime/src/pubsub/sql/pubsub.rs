@@ -88,6 +88,10 @@ pub(super) struct Inner {
     /// Topics whose row exists, each with the last sequence number this process saw stored in it
     /// (where to look for a publish whose outcome is unknown).
     known_topics: Mutex<HashMap<String, i64>>,
+    /// Topics whose partition count this process checked against the database's record.
+    checked_layouts: Mutex<std::collections::HashSet<String>>,
+    /// The partition the next message without a key goes to (modulo the count).
+    next_partition: std::sync::atomic::AtomicU32,
 }
 
 /// A live subscription's hold on its group, as the subscriber's close sees it.
@@ -117,6 +121,12 @@ impl SqlPubSub {
             ));
         }
         crate::pubsub::check_consumer_name(&config.consumer)?;
+        if !(1..=MAX_PARTITIONS).contains(&config.partitions) {
+            return Err(Error::new(
+                ErrorKind::Config,
+                format!("SqlConfig::partitions is {}: use 1 to {MAX_PARTITIONS}", config.partitions),
+            ));
+        }
         let queries = Queries::new(pool.dialect(), &config.table_prefix);
         let pubsub = SqlPubSub {
             inner: Arc::new(Inner {
@@ -132,6 +142,8 @@ impl SqlPubSub {
                 subscriptions: Mutex::new(HashMap::new()),
                 tasks: TaskTracker::new(),
                 known_topics: Mutex::new(Default::default()),
+                checked_layouts: Mutex::new(Default::default()),
+                next_partition: std::sync::atomic::AtomicU32::new(0),
             }),
         };
         if pubsub.inner.config.retention.is_some() {
@@ -317,19 +329,126 @@ impl SqlPubSub {
         Ok(deleted)
     }
 
-    /// Deletes `topics` for good: their messages, consumer groups and sequence numbers.
-    /// Subscriptions to them should be closed first.
+    /// Deletes `topics` for good: their messages, consumer groups and sequence numbers (of every
+    /// partition, and the record of their partition count). Subscriptions to them should be
+    /// closed first.
     pub async fn delete_topics(&self, topics: &[String]) -> Result<()> {
         self.ensure_schema().await?;
         let inner = &self.inner;
         for topic in topics {
-            reconnecting(|| async {
-                dispatch!(&inner.pool, (pool, ops) => ops::delete_topic(pool, &inner.queries, topic).await)
+            let parts = reconnecting(|| async {
+                dispatch!(&inner.pool, (pool, ops) => ops::layout(pool, &inner.queries, topic).await)
             })
-            .await?;
-            inner.known_topics.lock().remove(topic);
+            .await?
+            .0
+            .unwrap_or(1);
+            let mut names = vec![topic.clone()];
+            if parts > 1 {
+                names.extend((0..u32::try_from(parts).unwrap_or(0)).map(|p| partition_topic(topic, p)));
+            }
+            for name in &names {
+                reconnecting(|| async {
+                    dispatch!(&inner.pool, (pool, ops) => ops::delete_topic(pool, &inner.queries, name).await)
+                })
+                .await?;
+                inner.known_topics.lock().remove(name);
+            }
+            inner.checked_layouts.lock().remove(topic);
         }
         Ok(())
+    }
+
+    /// Checks, once per topic and process, that the database records `topic` with this
+    /// pub/sub's partition count ([`SqlConfig::partitions`]), recording it on a partitioned
+    /// topic's first use.
+    pub(super) async fn check_layout(&self, topic: &str) -> Result<()> {
+        if self.layout_checked(topic) {
+            return Ok(());
+        }
+        let inner = &self.inner;
+        let wanted = inner.config.partitions;
+        let (mut parts, own) = self.read_layout(topic).await?;
+        if parts.is_none() && wanted > 1 {
+            refuse_unpartitioned(topic, own, wanted)?;
+            reconnecting(|| async {
+                dispatch!(&inner.pool, (pool, ops) => {
+                    ops::record_partitions(pool, &inner.queries, topic, i64::from(wanted)).await
+                })
+            })
+            .await?;
+            parts = self.read_layout(topic).await?.0;
+        }
+        self.compare_layout(topic, parts)
+    }
+
+    /// Whether `topic`'s partition count was checked already.
+    pub(super) fn layout_checked(&self, topic: &str) -> bool {
+        self.inner.checked_layouts.lock().contains(topic)
+    }
+
+    /// `topic`'s recorded partition count, and its own last sequence number.
+    pub(super) async fn read_layout(&self, topic: &str) -> Result<(Option<i64>, Option<i64>)> {
+        let inner = &self.inner;
+        reconnecting(|| async {
+            dispatch!(&inner.pool, (pool, ops) => ops::layout(pool, &inner.queries, topic).await)
+        })
+        .await
+    }
+
+    /// Refuses a recorded partition count other than this pub/sub's; remembers a match.
+    pub(super) fn compare_layout(&self, topic: &str, recorded: Option<i64>) -> Result<()> {
+        let wanted = self.inner.config.partitions;
+        let recorded = recorded.unwrap_or(1);
+        if recorded != i64::from(wanted) {
+            return Err(Error::new(
+                ErrorKind::Config,
+                format!(
+                    "topic `{topic}` has {recorded} partition(s) in the database, and this SQL \
+                     pub/sub is set to {wanted} (SqlConfig::partitions): use the same count in \
+                     every process"
+                ),
+            ));
+        }
+        let mut checked = self.inner.checked_layouts.lock();
+        if checked.len() > 10_000 {
+            checked.clear();
+        }
+        checked.insert(topic.to_owned());
+        Ok(())
+    }
+
+    /// The names `topic`'s messages are stored under: `topic` itself, or one per partition.
+    pub(super) fn stored_topics(&self, topic: &str) -> Vec<String> {
+        match self.inner.config.partitions {
+            1 => vec![topic.to_owned()],
+            parts => (0..parts).map(|p| partition_topic(topic, p)).collect(),
+        }
+    }
+
+    /// `messages` divided by partition (ascending, each in publishing order): by a stable hash
+    /// of the key; the messages without a key all go to the next partition in turn. One part,
+    /// `topic` itself, when the topic is not partitioned.
+    pub(super) fn split<T>(
+        &self,
+        topic: &str,
+        messages: Vec<T>,
+        key: impl Fn(&T) -> Option<&str>,
+    ) -> Vec<(String, Vec<T>)> {
+        let parts = self.inner.config.partitions;
+        if parts == 1 {
+            return vec![(topic.to_owned(), messages)];
+        }
+        let mut unkeyed = None;
+        let mut by_partition: std::collections::BTreeMap<u32, Vec<T>> = std::collections::BTreeMap::new();
+        for message in messages {
+            let partition = match key(&message) {
+                Some(key) => key_partition(key, parts),
+                None => *unkeyed
+                    .get_or_insert_with(|| self.inner.next_partition.fetch_add(1, Ordering::Relaxed) % parts),
+            };
+            by_partition.entry(partition).or_default().push(message);
+        }
+        by_partition.into_iter().map(|(p, messages)| (partition_topic(topic, p), messages)).collect()
     }
 
     /// Creates the topic's row in a statement of its own (autocommit), before any publishing
@@ -425,6 +544,38 @@ fn topic_signal(key: &str) -> Arc<Notify> {
     signal
 }
 
+/// The most partitions a topic may have.
+const MAX_PARTITIONS: u32 = 1024;
+
+/// The name partition `partition` of `topic` is stored under: `{topic}#{partition}` (so a
+/// topic of that name must not be used beside a partitioned `topic`).
+pub(super) fn partition_topic(topic: &str, partition: u32) -> String {
+    format!("{topic}#{partition}")
+}
+
+/// The partition of a message with `key`: FNV-1a (64 bits) of the key's bytes, modulo `parts`;
+/// the same in every process and version.
+pub(super) fn key_partition(key: &str, parts: u32) -> u32 {
+    let hash = key.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+    });
+    u32::try_from(hash % u64::from(parts)).expect("below a u32")
+}
+
+/// Refuses to partition a topic that holds messages of its own (it was used unpartitioned).
+pub(super) fn refuse_unpartitioned(topic: &str, own_last_seq: Option<i64>, wanted: u32) -> Result<()> {
+    if own_last_seq.is_some_and(|seq| seq > 0) {
+        return Err(Error::new(
+            ErrorKind::Config,
+            format!(
+                "topic `{topic}` holds messages published without partitions: it cannot be used \
+                 with {wanted} partitions (SqlConfig::partitions)"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Sequence numbers one retention statement deletes at most.
 const RETENTION_BATCH: i64 = 1000;
 /// How often the background retention sweep runs.
@@ -446,5 +597,20 @@ async fn sweep_every(inner: std::sync::Weak<Inner>, closed: CancellationToken) {
             Ok(deleted) => tracing::debug!(deleted, "SQL backend: retention sweep"),
             Err(error) => tracing::warn!(%error, "SQL backend: retention sweep failed"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{key_partition, partition_topic};
+
+    #[test]
+    fn a_key_has_the_same_partition_everywhere() {
+        // FNV-1a 64 of the key's bytes: fixed values, so a change of the hash (which would move
+        // keys to other partitions of existing topics) fails here.
+        assert_eq!(key_partition("", 1000), (0xcbf2_9ce4_8422_2325_u64 % 1000) as u32);
+        assert_eq!(key_partition("a", u32::MAX), (0xaf63_dc4c_8601_ec8c_u64 % u64::from(u32::MAX)) as u32);
+        assert!((0..100).all(|n| key_partition(&format!("order-{n}"), 4) < 4));
+        assert_eq!(partition_topic("orders", 3), "orders#3");
     }
 }

@@ -23,6 +23,11 @@ pub(super) struct Queries {
     pub(super) insert_prefix: String,
     pub(super) create_group: String,
     pub(super) claim: String,
+    /// Whether a group has anything after `acked` (a read: an idle subscription's poll).
+    pub(super) pending: String,
+    /// Whether a group's lease holder let its lease run out with messages waiting (a hung
+    /// handler, or a dead process).
+    pub(super) stuck: String,
     pub(super) group_state: String,
     pub(super) read: String,
     pub(super) ack: String,
@@ -36,7 +41,15 @@ pub(super) struct Queries {
     pub(super) first_seq: String,
     pub(super) trim: String,
     pub(super) delete_group: String,
-    pub(super) delete_topic: [String; 3],
+    pub(super) delete_topic: [String; 5],
+    /// A topic's recorded partition count and whether it has a row of its own (unpartitioned).
+    pub(super) layout: String,
+    pub(super) record_partitions: String,
+    /// A partitioned group's member says it is alive until a time.
+    pub(super) member_beat: String,
+    pub(super) members: String,
+    pub(super) member_leave: String,
+    pub(super) members_expire: String,
 }
 
 /// `?` placeholders become `$1`, `$2`, ... for PostgreSQL (no statement here has a literal `?`).
@@ -97,6 +110,15 @@ impl Queries {
                  acked {big} NOT NULL, head_attempts {big} NOT NULL, owner {key} NULL, \
                  lease_until {big} NOT NULL, not_before {big} NOT NULL, \
                  PRIMARY KEY (topic, grp)){table_options}"
+            ),
+            format!(
+                "CREATE TABLE IF NOT EXISTS {p}partitions (topic {key} NOT NULL PRIMARY KEY, \
+                 parts {big} NOT NULL){table_options}"
+            ),
+            format!(
+                "CREATE TABLE IF NOT EXISTS {p}members (topic {key} NOT NULL, grp {key} NOT NULL, \
+                 owner {key} NOT NULL, alive_until {big} NOT NULL, \
+                 PRIMARY KEY (topic, grp, owner)){table_options}"
             ),
         ];
         let mysql = dialect == Dialect::MySql;
@@ -160,6 +182,14 @@ impl Queries {
                      AND not_before <= ? AND acked < (SELECT last_seq FROM {p}topics WHERE topic = ?)"
                 ),
                 "acked, head_attempts",
+            )),
+            pending: sql(format!(
+                "SELECT COUNT(*) FROM {p}groups WHERE topic = ? AND grp = ? \
+                 AND acked < (SELECT last_seq FROM {p}topics WHERE topic = ?)"
+            )),
+            stuck: sql(format!(
+                "SELECT COUNT(*) FROM {p}groups WHERE topic = ? AND grp = ? AND owner IS NOT NULL \
+                 AND lease_until < ? AND acked < (SELECT last_seq FROM {p}topics WHERE topic = ?)"
             )),
             group_state: sql(format!("SELECT acked, head_attempts FROM {p}groups WHERE topic = ? AND grp = ?")),
             // The rows after `acked`: at most `batch_size` of them, and no more than `batch_bytes`
@@ -228,7 +258,39 @@ impl Queries {
                 sql(format!("DELETE FROM {p}groups WHERE topic = ?")),
                 sql(format!("DELETE FROM {p}messages WHERE topic = ?")),
                 sql(format!("DELETE FROM {p}topics WHERE topic = ?")),
+                sql(format!("DELETE FROM {p}partitions WHERE topic = ?")),
+                sql(format!("DELETE FROM {p}members WHERE topic = ?")),
             ],
+            layout: sql(format!(
+                "SELECT (SELECT parts FROM {p}partitions WHERE topic = ?), \
+                 (SELECT last_seq FROM {p}topics WHERE topic = ?)"
+            )),
+            record_partitions: sql(format!(
+                "INSERT{ignore} INTO {p}partitions (topic, parts) VALUES (?, ?){on_conflict}"
+            )),
+            member_beat: sql(if mysql {
+                format!(
+                    "INSERT INTO {p}members (topic, grp, owner, alive_until) VALUES (?, ?, ?, ?) \
+                     ON DUPLICATE KEY UPDATE alive_until = VALUES(alive_until)"
+                )
+            } else {
+                format!(
+                    "INSERT INTO {p}members (topic, grp, owner, alive_until) VALUES (?, ?, ?, ?) \
+                     ON CONFLICT (topic, grp, owner) DO UPDATE SET alive_until = excluded.alive_until"
+                )
+            }),
+            members: sql(if mysql {
+                format!(
+                    "SELECT CONVERT(owner USING utf8mb4) COLLATE utf8mb4_general_ci FROM {p}members \
+                     WHERE topic = ? AND grp = ? AND alive_until >= ?"
+                )
+            } else {
+                format!("SELECT owner FROM {p}members WHERE topic = ? AND grp = ? AND alive_until >= ?")
+            }),
+            member_leave: sql(format!("DELETE FROM {p}members WHERE topic = ? AND grp = ? AND owner = ?")),
+            members_expire: sql(format!(
+                "DELETE FROM {p}members WHERE topic = ? AND grp = ? AND alive_until < ?"
+            )),
         }
     }
 }

@@ -2,7 +2,7 @@
 //! reads a batch and hands it out one message at a time; its ackers ([`SqlAcker`]) settle each
 //! delivery on the group's row.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -30,10 +30,11 @@ impl Subscriber for SqlPubSub {
         }
         OpFuture::boxed(async move {
             self.ensure_schema().await?;
+            self.check_layout(topic).await?;
             let id = uuid::Uuid::now_v7().simple().to_string();
             // `{consumer}@{incarnation}/{id}`: see `ops::claim` for what each part is for.
             let consumer = &self.inner.config.consumer;
-            let owner: Arc<str> = format!("{consumer}@{}/{id}", crate::pubsub::incarnation()).into();
+            let me = format!("{consumer}@{}/{id}", crate::pubsub::incarnation());
             let (group, private) = match options.group {
                 Some(group) => (group, false),
                 None => (format!("~private.{id}"), true),
@@ -46,36 +47,70 @@ impl Subscriber for SqlPubSub {
                 crate::pubsub::StartFrom::Default | crate::pubsub::StartFrom::Time(_) => private,
             };
             let inner = &self.inner;
-            super::db::reconnecting(|| async {
-                dispatch!(&inner.pool, (pool, ops) => ops::create_group(pool, &inner.queries, topic, &group, start_at_end).await)
-            })
-            .await?;
-            let sub = Arc::new(SubShared {
-                inner: inner.clone(),
-                topic: topic.into(),
-                group: group.into(),
-                owner,
-                private,
-                state: Mutex::new(SettleState::default()),
-                settled: Notify::new(),
-            });
-            let lease: Arc<dyn Lease> = sub.clone();
-            inner.subscriptions.lock().insert(sub.owner.clone(), Arc::downgrade(&lease));
-            tokio::spawn(heartbeat(Arc::downgrade(&sub), inner.cancel.clone()));
-            let stream = SqlStream {
-                signal: inner.signal(topic),
-                cancel: inner.cancel.child_token(),
-                sub,
-                buffer: VecDeque::new(),
-                acked: 0,
-                head_attempts: 0,
-                lease_until: 0,
-                first_of_claim: false,
+            let parts = self.stored_topics(topic);
+            for name in &parts {
+                super::db::reconnecting(|| async {
+                    dispatch!(&inner.pool, (pool, ops) => ops::create_group(pool, &inner.queries, name, &group, start_at_end).await)
+                })
+                .await?;
+            }
+            if parts.len() == 1 {
+                let stream = self.partition_stream(topic, &group, me.into(), private, None);
+                return Ok(Subscription::new(futures_util::stream::unfold(
+                    stream,
+                    |mut stream| async move {
+                        let item = stream.next().await?;
+                        Some((item, stream))
+                    },
+                )));
+            }
+            // Partitioned: one stream per partition, each with a lease holder name of its own,
+            // each run by a task of its own that hands its deliveries over through a channel (a
+            // stream polled only when the subscription's reader wants the next message could
+            // stop half-way through a statement, holding a connection and, on SQLite, the
+            // database's write lock, while the reader waits for an ack that needs them).
+            // A named group's partitions are divided among its live members.
+            let cancel = inner.cancel.child_token();
+            let membership = if private {
+                None
+            } else {
+                let membership = Arc::new(Membership {
+                    inner: inner.clone(),
+                    topic: topic.into(),
+                    group: group.as_str().into(),
+                    me: me.as_str().into(),
+                    owned: Mutex::new(vec![false; parts.len()]),
+                    changed: Notify::new(),
+                    cancel: cancel.clone(),
+                });
+                super::db::reconnecting(|| membership.beat()).await?;
+                inner.tasks.spawn(membership.clone().run());
+                Some(membership)
             };
-            Ok(Subscription::new(futures_util::stream::unfold(stream, |mut stream| async move {
-                let item = stream.next().await?;
-                Some((item, stream))
-            })))
+            let (sender, receiver) = tokio::sync::mpsc::channel(parts.len());
+            for (index, name) in parts.iter().enumerate() {
+                let owner: Arc<str> = format!("{me}.{index}").into();
+                let gate = membership.clone().map(|membership| (membership, index));
+                let mut stream = self.partition_stream(name, &group, owner, private, gate);
+                stream.cancel = cancel.child_token();
+                let sender = sender.clone();
+                inner.tasks.spawn(async move {
+                    while let Some(item) = stream.next().await {
+                        if sender.send(item).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+            // Dropping the subscription ends the partitions' tasks, and the member leaves.
+            let stop = cancel.drop_guard();
+            Ok(Subscription::new(futures_util::stream::unfold(
+                (receiver, stop),
+                |(mut receiver, stop)| async move {
+                    let item = receiver.recv().await?;
+                    Some((item, (receiver, stop)))
+                },
+            )))
         })
     }
 
@@ -102,16 +137,19 @@ impl Subscriber for SqlPubSub {
             backend: self.inner.pool.dialect().name(),
             consumer_groups: true,
             persistent: true,
-            ordered: true,
+            // Partitioned, messages without a key go to the partitions in turn.
+            ordered: self.inner.config.partitions == 1,
             history: true,
             redelivery: true,
             ordered_single_subscriber: false,
-            strict_order: true,
+            // Partitioned, a group's order holds per partition (so per key), not across them.
+            strict_order: self.inner.config.partitions == 1,
             exactly_once: true,
             nack_delay: true,
             max_payload: Some(self.inner.max_payload()),
             settlement: Settlement::Individual,
-            // A group reads one message at a time, in order, whoever its consumers are.
+            // A group (a partition) reads one message at a time, in order, whoever its consumers
+            // are; a key always goes to the same partition.
             ordered_per_key: true,
             attempts: Attempts::Exact,
             dead_letter: false,
@@ -119,6 +157,153 @@ impl Subscriber for SqlPubSub {
             refuses_unroutable: false,
         }
     }
+}
+
+impl SqlPubSub {
+    /// The stream of one stored topic (a topic, or one of its partitions) for one group, as lease
+    /// holder `owner`; `gate`: the partitioned group's membership and this partition's number.
+    fn partition_stream(
+        &self,
+        name: &str,
+        group: &str,
+        owner: Arc<str>,
+        private: bool,
+        gate: Option<(Arc<Membership>, usize)>,
+    ) -> SqlStream {
+        let inner = &self.inner;
+        let sub = Arc::new(SubShared {
+            inner: inner.clone(),
+            topic: name.into(),
+            group: group.into(),
+            owner,
+            private,
+            state: Mutex::new(SettleState::default()),
+            settled: Notify::new(),
+        });
+        let lease: Arc<dyn Lease> = sub.clone();
+        inner.subscriptions.lock().insert(sub.owner.clone(), Arc::downgrade(&lease));
+        tokio::spawn(heartbeat(Arc::downgrade(&sub), inner.cancel.clone()));
+        SqlStream {
+            signal: inner.signal(name),
+            cancel: inner.cancel.child_token(),
+            sub,
+            gate,
+            given_back: true,
+            idle: false,
+            rescuing: false,
+            buffer: VecDeque::new(),
+            acked: 0,
+            head_attempts: 0,
+            lease_until: 0,
+            first_of_claim: false,
+        }
+    }
+}
+
+/// A subscription's place in a partitioned group: it says it is alive in the `members` table,
+/// reads who else is, and takes its share of the partitions. The live members, ordered by name,
+/// are numbered `0..n`; member `r` owns the partitions `p` with `p % n == r`. Members that see
+/// different lists for a moment may both want a partition: its lease still lets one read it at a
+/// time, and the one that no longer owns it gives its lease back.
+struct Membership {
+    inner: Arc<Inner>,
+    topic: Box<str>,
+    group: Box<str>,
+    me: Box<str>,
+    /// Which partitions are ours.
+    owned: Mutex<Vec<bool>>,
+    /// Notified when `owned` changes.
+    changed: Notify,
+    /// Cancelled when the subscription is dropped or the subscriber closes: the member leaves.
+    cancel: CancellationToken,
+}
+
+impl Membership {
+    fn owns(&self, partition: usize) -> bool {
+        self.owned.lock().get(partition).copied().unwrap_or(false)
+    }
+
+    /// Says we are alive, and takes our share of the partitions among the live members.
+    async fn beat(&self) -> Result<()> {
+        let inner = &self.inner;
+        let now = now_ms();
+        let alive_until = now + millis(inner.config.ack_deadline);
+        let (topic, group, me) = (&*self.topic, &*self.group, &*self.me);
+        let members = dispatch!(&inner.pool, (pool, ops) => ops::member_beat(
+            pool, &inner.queries, topic, group, me, now, alive_until,
+        ).await)?;
+        let owned = share(&members, me, self.owned.lock().len());
+        let changed = {
+            let mut current = self.owned.lock();
+            let changed = *current != owned;
+            *current = owned;
+            changed
+        };
+        if changed {
+            tracing::debug!(
+                topic,
+                group,
+                member = me,
+                "SQL backend: the group's partitions were divided again"
+            );
+            self.changed.notify_waiters();
+        }
+        Ok(())
+    }
+
+    /// Beats until the subscription is dropped or the subscriber closes, then leaves the group.
+    async fn run(self: Arc<Self>) {
+        let every =
+            (self.inner.config.ack_deadline / 3).clamp(Duration::from_millis(10), Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(every) => {}
+                () = self.cancel.cancelled() => break,
+            }
+            if let Err(error) = self.beat().await {
+                tracing::debug!(topic = &*self.topic, group = &*self.group, %error, "SQL backend: member heartbeat failed");
+            }
+        }
+        let inner = &self.inner;
+        let (topic, group, me) = (&*self.topic, &*self.group, &*self.me);
+        let left = dispatch!(&inner.pool, (pool, ops) => ops::member_leave(pool, &inner.queries, topic, group, me).await);
+        if let Err(error) = left {
+            tracing::debug!(topic, group, %error, "SQL backend: leaving a partitioned group failed (it expires)");
+        }
+    }
+}
+
+/// The partitions (of `parts`) member `me` owns among the live `members` (names
+/// `{consumer}@{incarnation}/{id}`): only the latest incarnation of each consumer counts (an
+/// earlier one is a process that was restarted: its leases are taken over at once); the members
+/// are numbered in name order, and member `r` of `n` owns the partitions `p % n == r`.
+fn share(members: &[String], me: &str, parts: usize) -> Vec<bool> {
+    let split = |name: &str| -> (String, String) {
+        let (consumer, rest) = name.split_once('@').unwrap_or((name, ""));
+        let incarnation = rest.split_once('/').map_or(rest, |(incarnation, _)| incarnation);
+        (consumer.to_owned(), incarnation.to_owned())
+    };
+    let mut latest: HashMap<String, String> = HashMap::new();
+    for (consumer, incarnation) in members.iter().map(|m| split(m)).chain(std::iter::once(split(me))) {
+        let entry = latest.entry(consumer).or_default();
+        if incarnation > *entry {
+            *entry = incarnation;
+        }
+    }
+    let mut live: Vec<&str> = members
+        .iter()
+        .map(String::as_str)
+        .chain(std::iter::once(me))
+        .filter(|name| {
+            let (consumer, incarnation) = split(name);
+            latest.get(&consumer) == Some(&incarnation)
+        })
+        .collect();
+    live.sort_unstable();
+    live.dedup();
+    let count = live.len();
+    let rank = live.iter().position(|name| *name == me).unwrap_or(0);
+    (0..parts).map(|p| p % count == rank).collect()
 }
 
 /// What a subscription shares with the ackers of its deliveries.
@@ -316,6 +501,14 @@ struct SqlStream {
     sub: Arc<SubShared>,
     signal: Arc<Notify>,
     cancel: CancellationToken,
+    /// A partitioned group's membership, and this stream's partition: read only while it is ours.
+    gate: Option<(Arc<Membership>, usize)>,
+    /// The lease is not ours (given back, or never claimed).
+    given_back: bool,
+    /// The last claim found nothing to read.
+    idle: bool,
+    /// Delivering a batch of a partition that is not ours, taken over from a stuck holder.
+    rescuing: bool,
     /// Claimed rows not yet delivered.
     buffer: VecDeque<Row>,
     /// The group's `acked` as of our lease.
@@ -364,6 +557,26 @@ impl SqlStream {
                 }
                 Some(Outcome::Lost) => self.buffer.clear(),
             }
+            if let Some((membership, partition)) = self.gate.clone() {
+                if !self.rescuing && !membership.owns(partition) {
+                    // Not our partition (any more): give its lease back, and wait until it is;
+                    // meanwhile, look now and then whether its holder is stuck.
+                    let changed = membership.changed.notified();
+                    tokio::pin!(changed);
+                    changed.as_mut().enable();
+                    if !membership.owns(partition) {
+                        self.give_back().await;
+                        let every = (self.sub.inner.config.ack_deadline / 3).max(poll);
+                        tokio::select! {
+                            () = changed => continue,
+                            () = tokio::time::sleep(every) => {}
+                            () = self.cancel.cancelled() => return None,
+                        }
+                        self.rescue().await;
+                        continue;
+                    }
+                }
+            }
             let now = now_ms();
             // A buffer whose lease has (nearly) run out is no longer ours to deliver.
             let margin = millis(self.sub.inner.config.ack_deadline) / 10;
@@ -380,6 +593,10 @@ impl SqlStream {
                 let acker = Acker::new(Arc::new(SqlAcker(self.sub.clone())), Token::new(seq as u64), None);
                 let attempt = u32::try_from(attempt.max(1)).unwrap_or(u32::MAX);
                 return Some(Ok(Delivery::new(message, attempt, acker)));
+            }
+            if std::mem::take(&mut self.rescuing) {
+                // The batch taken over from a stuck holder is delivered: back to the gate.
+                continue;
             }
             // Nothing buffered: claim the group and read a batch.
             let signal = self.signal.clone();
@@ -416,8 +633,65 @@ impl SqlStream {
         }
     }
 
+    /// Gives the lease back (a partition that is no longer ours), with nothing in flight.
+    async fn give_back(&mut self) {
+        self.buffer.clear();
+        if std::mem::replace(&mut self.given_back, true) {
+            return;
+        }
+        let inner = &self.sub.inner;
+        let (topic, group, owner) = (&*self.sub.topic, &*self.sub.group, &*self.sub.owner);
+        let head_attempts = self.sub.state.lock().release_attempts;
+        let released = dispatch!(&inner.pool, (pool, ops) => ops::release(
+            pool, &inner.queries, topic, group, owner, head_attempts,
+        ).await);
+        match released {
+            Ok(()) => inner.wake(topic),
+            Err(error) => {
+                tracing::debug!(topic, group, %error, "SQL backend: giving a partition back failed (its lease expires)")
+            }
+        }
+    }
+
     /// Takes the group's lease and reads a batch; `false` when there is nothing for us.
     async fn claim(&mut self, now: i64) -> Result<bool> {
+        let inner = &self.sub.inner;
+        if self.idle {
+            // The last claim found nothing: read whether there is anything new before writing
+            // (a claim is an UPDATE, which on SQLite takes the database's write lock even when
+            // it changes nothing, so idle polls of many subscriptions would queue up writers).
+            let (topic, group) = (&*self.sub.topic, &*self.sub.group);
+            let pending = dispatch!(&inner.pool, (pool, ops) => ops::pending(pool, &inner.queries, topic, group).await)?;
+            if !pending {
+                return Ok(false);
+            }
+        }
+        let claimed = self.claim_now(now).await;
+        self.idle = !matches!(claimed, Ok(true));
+        if self.gate.is_some() && matches!(claimed, Ok(false)) {
+            // A partition's holder gives its lease back when it has read everything: a lease
+            // that runs out is then a sign of a stuck holder (see `rescue`).
+            self.give_back().await;
+        }
+        claimed
+    }
+
+    /// Takes a batch of a partition that is not ours over from a holder that let its lease run
+    /// out with messages waiting (its handler hangs, or its process died and is still listed
+    /// as a member), as a standby subscription of an unpartitioned group would.
+    async fn rescue(&mut self) {
+        let sub = self.sub.clone();
+        let (inner, topic, group) = (&sub.inner, &*sub.topic, &*sub.group);
+        let now = now_ms();
+        let stuck =
+            dispatch!(&inner.pool, (pool, ops) => ops::stuck(pool, &inner.queries, topic, group, now).await);
+        if matches!(stuck, Ok(true)) && matches!(self.claim_now(now).await, Ok(true)) {
+            tracing::debug!(topic, group, "SQL backend: took a partition's batch over from a stuck holder");
+            self.rescuing = true;
+        }
+    }
+
+    async fn claim_now(&mut self, now: i64) -> Result<bool> {
         let inner = &self.sub.inner;
         let config = &inner.config;
         let lease_until = now + millis(config.ack_deadline);
@@ -428,6 +702,7 @@ impl SqlStream {
             pool, &inner.queries, topic, group, owner, now, lease_until, batch, batch_bytes,
         ).await)?;
         let Some((acked, attempts, rows)) = claimed else { return Ok(false) };
+        self.given_back = false;
         self.acked = acked;
         self.lease_until = lease_until;
         if rows.is_empty() {
@@ -436,6 +711,7 @@ impl SqlStream {
             dispatch!(&inner.pool, (pool, ops) => ops::release(
                 pool, &inner.queries, topic, group, owner, self.head_attempts,
             ).await)?;
+            self.given_back = true;
             return Ok(false);
         }
         self.head_attempts = attempts;
@@ -498,5 +774,38 @@ async fn heartbeat(sub: std::sync::Weak<SubShared>, closed: CancellationToken) {
             }
             Err(error) => tracing::debug!(topic, group, %error, "SQL backend: lease heartbeat failed"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::share;
+
+    fn owned(members: &[&str], me: &str, parts: usize) -> Vec<usize> {
+        let members: Vec<String> = members.iter().map(|m| (*m).to_owned()).collect();
+        share(&members, me, parts).iter().enumerate().filter(|(_, o)| **o).map(|(p, _)| p).collect()
+    }
+
+    #[test]
+    fn partitions_are_divided_in_name_order() {
+        let members = ["b@2/x", "a@1/y", "c@3/z"];
+        assert_eq!(owned(&members, "a@1/y", 8), [0, 3, 6]);
+        assert_eq!(owned(&members, "b@2/x", 8), [1, 4, 7]);
+        assert_eq!(owned(&members, "c@3/z", 8), [2, 5]);
+        // Alone (or not listed yet): everything.
+        assert_eq!(owned(&[], "a@1/y", 3), [0, 1, 2]);
+        // More members than partitions: the last ones stand by.
+        assert_eq!(owned(&["a@1/1", "b@1/1", "c@1/1"], "c@1/1", 2), Vec::<usize>::new());
+    }
+
+    #[test]
+    fn only_the_latest_incarnation_of_a_consumer_counts() {
+        // `a` restarted (incarnation 2 after 1): its earlier self is not a member any more.
+        let members = ["a@1/old", "a@2/new", "b@1/x"];
+        assert_eq!(owned(&members, "a@2/new", 4), [0, 2]);
+        assert_eq!(owned(&members, "b@1/x", 4), [1, 3]);
+        // Two subscriptions of one process are two members.
+        let members = ["a@2/s1", "a@2/s2"];
+        assert_eq!(owned(&members, "a@2/s2", 4), [1, 3]);
     }
 }

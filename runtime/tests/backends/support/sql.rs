@@ -42,6 +42,8 @@ pub(crate) fn config() -> SqlConfig {
 #[cfg(feature = "conformance")]
 pub(crate) struct SqlHarness {
     pub(crate) name: &'static str,
+    /// `SqlConfig::partitions` of every connection.
+    pub(crate) partitions: u32,
 }
 
 #[cfg(feature = "conformance")]
@@ -56,7 +58,8 @@ impl Harness for SqlHarness {
 
     fn connect(&self) -> BoxFuture<'_, millstream::Result<Arc<dyn PubSub>>> {
         Box::pin(async move {
-            Ok(Arc::new(SqlPubSub::connect(&url(self.name), config()).await?) as Arc<dyn PubSub>)
+            let config = config().partitions(self.partitions);
+            Ok(Arc::new(SqlPubSub::connect(&url(self.name), config).await?) as Arc<dyn PubSub>)
         })
     }
 
