@@ -2,10 +2,12 @@
 //! 1, 2 and 4 consumer processes, then by 4 of which one is killed with SIGKILL a third of the way
 //! through.
 //!
-//! The parent publishes the messages first (payload: the message's index), then starts the
-//! consumer processes (this binary again, `--scale-child BACKEND TOPIC INDEX`; each with a
-//! consumer name of its own). Each subscribes to the
-//! topic in the group `scale`, and for every delivery writes the message's index on its stdout
+//! The parent publishes the messages first (payload: the message's index, also its key), then
+//! starts the consumer processes (this binary again, `--scale-child BACKEND TOPIC INDEX`; each
+//! with a consumer name of its own). Each subscribes to the topic in the group `scale` and says
+//! `ready`; once all have, the parent waits 2.5 s for the group to settle and tells them to go.
+//! The PostgreSQL topic has 12 partitions (`SqlConfig::partitions`), divided among the group's
+//! processes. For every delivery a process writes the message's index on its stdout
 //! before it acks it, so the parent knows every message that was handled, even by a process that
 //! is killed later (a message written but not acked comes back: a duplicate, never a gap). The
 //! parent reads the lines and stops the processes once every index has been seen.
@@ -55,8 +57,15 @@ pub(crate) struct Run {
     pub(crate) duplicates: usize,
 }
 
+/// Partitions of the PostgreSQL topic: divided evenly among 1, 2, 3 and 4 processes.
+const SQL_PARTITIONS: u32 = 12;
+/// How long the parent waits, once every process is subscribed, before it tells them to start:
+/// long enough for a partitioned SQL group's members to see each other (they beat every second
+/// with a 3 s ack deadline) and divide the partitions.
+const SETTLE: Duration = Duration::from_millis(2500);
+
 fn sql_config() -> SqlConfig {
-    SqlConfig::default().table_prefix("msscale_").ack_deadline(HANDOVER)
+    SqlConfig::default().table_prefix("msscale_").ack_deadline(HANDOVER).partitions(SQL_PARTITIONS)
 }
 
 fn nats_config() -> NatsConfig {
@@ -104,7 +113,11 @@ fn index_of(payload: &[u8]) -> Option<usize> {
 }
 
 async fn publish(name: &str, topic: &str, count: usize) -> Result<(), BoxError> {
-    let messages = |from: usize, to: usize| (from..to).map(|i| Message::new(payload(i))).collect::<Vec<_>>();
+    // Each message keyed by its index: spread over a partitioned topic's partitions by the key's
+    // hash (a batch without keys would go to one partition).
+    let messages = |from: usize, to: usize| {
+        (from..to).map(|i| Message::new(payload(i)).with_key(format!("k{i}"))).collect::<Vec<_>>()
+    };
     macro_rules! fill {
         ($pubsub:expr) => {{
             let pubsub = $pubsub;
@@ -161,7 +174,7 @@ fn consume(
     for p in 0..processes {
         let mut child = Command::new(&exe)
             .args(["--scale-child", name, topic, &p.to_string()])
-            .stdin(Stdio::null())
+            .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -250,6 +263,13 @@ fn watch(
             Said::Ready => {
                 ready += 1;
                 if ready == processes {
+                    // Every process is subscribed: let the group settle, then start them all.
+                    std::thread::sleep(SETTLE);
+                    for child in children.iter_mut() {
+                        let stdin = child.stdin.as_mut().ok_or("a consumer without stdin")?;
+                        writeln!(stdin, "go").map_err(|e| format!("cannot start a consumer: {e}"))?;
+                        stdin.flush().map_err(|e| format!("cannot start a consumer: {e}"))?;
+                    }
                     started = Some(Instant::now());
                 }
             }
@@ -294,6 +314,8 @@ pub(crate) fn child(name: &str, topic: &str, process: &str) -> std::process::Exi
         let mut out = std::io::stdout().lock();
         writeln!(out, "ready")?;
         out.flush()?;
+        // Wait for the parent's `go` (every process subscribed and the group settled).
+        tokio::task::spawn_blocking(|| std::io::stdin().lines().next()).await?;
         while let Some(delivery) = sub.next().await {
             // A failed delivery or ack is what a consumer meets in production (a lease lost to
             // a stall, a reconnection): the message comes back, here or to another process.

@@ -1,8 +1,8 @@
 //! Partitioned SQL topics (`SqlConfig::partitions`): a group spreads across subscriptions of
 //! several "processes" (pub/subs with their own consumer names), hands a leaving member's
 //! partitions over, keeps each key's order, and refuses a partition count the database does not
-//! record. On SQLite (a file per test) and, where it answers, PostgreSQL.
-#![cfg(any(feature = "sqlite", feature = "postgres"))]
+//! record. On SQLite (a file per test), PostgreSQL and MariaDB.
+#![cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -40,6 +40,8 @@ enum Db {
     Sqlite(std::path::PathBuf),
     #[cfg(feature = "postgres")]
     Postgres,
+    #[cfg(feature = "mysql")]
+    MySql,
 }
 
 impl Db {
@@ -59,6 +61,12 @@ impl Db {
             Db::Postgres => {
                 let url = std::env::var("MILLSTREAM_POSTGRES_URL")
                     .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
+                SqlPubSub::connect(&url, config).await
+            }
+            #[cfg(feature = "mysql")]
+            Db::MySql => {
+                let url = std::env::var("MILLSTREAM_MYSQL_URL")
+                    .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".to_owned());
                 SqlPubSub::connect(&url, config).await
             }
         }
@@ -247,5 +255,25 @@ mod postgres {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn partition_counts_are_checked() {
         counts_are_checked(Db::Postgres).await;
+    }
+}
+
+#[cfg(feature = "mysql")]
+mod mysql {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_group_spreads_and_hands_over() {
+        spread_and_hand_over(Db::MySql).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn keys_keep_their_order() {
+        keys_keep_order(Db::MySql).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn partition_counts_are_checked() {
+        counts_are_checked(Db::MySql).await;
     }
 }

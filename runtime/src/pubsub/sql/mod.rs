@@ -2,8 +2,8 @@
 //! PostgreSQL (`postgres`) and MySQL / MariaDB (`mysql`).
 //!
 //! # Model
-//! Three tables (names prefixed by [`SqlConfig::table_prefix`], default `millstream_`), created on
-//! first use:
+//! Three tables (two more for [partitions](#partitions); names prefixed by
+//! [`SqlConfig::table_prefix`], default `millstream_`), created on first use:
 //! - `topics(topic, last_seq)`: one row per topic, holding its last sequence number. A publish
 //!   reserves its numbers by updating this row, which stays locked until the publishing
 //!   transaction commits; so numbers are dense per topic and *become visible in order*, and a
@@ -30,7 +30,17 @@
 //! [`Delivery::attempt`](crate::pubsub::Delivery::attempt) counts the head message's deliveries in the group row; after an expired
 //! lease it may count one delivery that did not happen (never one less).
 //! Several subscriptions of one group share it: one holds the lease at a time, the others stand by
-//! (order is kept across all of them; a group is not a way to parallelise, many groups or topics are).
+//! (order is kept across all of them).
+//!
+//! # Partitions
+//! With [`SqlConfig::partitions`] `n > 1`, a topic is `n` such logs, stored as the topics
+//! `{topic}#0` … `{topic}#{n-1}`: a message goes to the partition of its key (FNV-1a of
+//! [`Message::key`](crate::Message::key)), or without one to the next in turn (a batch to one).
+//! Each partition is a strictly ordered group of its own, with its own lease; a named group's
+//! live subscriptions (the `members` table) divide the partitions among themselves, so a group
+//! spreads across processes and order holds per key. Two more tables serve this:
+//! `partitions(topic, parts)`, each partitioned topic's count (checked on first use), and
+//! `members(topic, grp, owner, alive_until)`.
 //!
 //! A named group that does not exist yet starts at the beginning of the topic (late groups get the
 //! history); a subscription without a group gets a private group starting after the topic's last
