@@ -236,6 +236,33 @@ mod sqlite {
     async fn partition_counts_are_checked() {
         counts_are_checked(Db::sqlite("counts")).await;
     }
+
+    /// The outbox on a partitioned topic's first use, inside a transaction that already holds
+    /// SQLite's write lock: the count is recorded on the caller's connection (a write on another
+    /// would wait for that lock), and the messages of every partition arrive once it commits.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_outbox_publishes_to_partitions_inside_a_transaction() {
+        let db = Db::sqlite("outbox");
+        let pubsub = db.open("proc-a", 4).await.unwrap();
+        pubsub.ensure_schema().await.unwrap();
+        let topic = unique("parts.outbox.");
+        let pool = pubsub.sqlite_pool().unwrap().clone();
+        let mut tx = pool.begin().await.unwrap();
+        sqlx::query("CREATE TABLE IF NOT EXISTS stock (sku TEXT)").execute(&mut *tx).await.unwrap();
+        let messages = (0..8).map(|n| Message::new(format!("m{n}")).with_key(format!("k{n}"))).collect();
+        tokio::time::timeout(TIMEOUT, pubsub.publish_in(&mut *tx, &topic, messages))
+            .await
+            .expect("the outbox does not wait for its own transaction's lock")
+            .unwrap();
+        tx.commit().await.unwrap();
+        let seen = Seen::default();
+        let consumer = seen.consume(0, pubsub.subscribe(&topic, SubscribeOptions::group("g")).await.unwrap());
+        seen.wait("the outbox's messages", |log| log.len() >= 8).await;
+        let other = db.open("proc-b", 2).await.unwrap();
+        let error = other.publish(&topic, Message::new("x")).await.expect_err("recorded with 4");
+        assert_eq!(error.kind(), ErrorKind::Config, "{error}");
+        consumer.abort();
+    }
 }
 
 #[cfg(feature = "postgres")]
