@@ -204,8 +204,9 @@ async fn counts_are_checked(db: Db) {
     assert_eq!(error.kind(), ErrorKind::Config, "{error}");
     assert!(error.to_string().contains("4 partition"), "{error}");
     let two = db.open("proc-c", 2).await.unwrap();
-    let error =
-        two.subscribe(&topic, SubscribeOptions::group("g")).await.err().expect("a count of 2 is refused");
+    let Err(error) = two.subscribe(&topic, SubscribeOptions::group("g")).await else {
+        panic!("a count of 2 is refused");
+    };
     assert_eq!(error.kind(), ErrorKind::Config, "{error}");
     let plain = unique("parts.plain.");
     one.publish(&plain, Message::new("z")).await.unwrap();
