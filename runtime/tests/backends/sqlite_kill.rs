@@ -182,9 +182,13 @@ fn partitioned_member_child() {
         let pubsub = SqlPubSub::open_sqlite(&db, partitioned_config(&member)).await.expect("open");
         let mut sub = pubsub.subscribe("jobs", SubscribeOptions::group("workers")).await.expect("subscribe");
         let mut log = std::fs::OpenOptions::new().create(true).append(true).open(&log).expect("log");
+        log_line(&mut log, &format!("{member} joined"));
         while let Some(delivery) = sub.next().await {
             let delivery = delivery.expect("delivery");
             let text = String::from_utf8_lossy(delivery.message().payload()).into_owned();
+            // A handler that takes a moment: the work lasts long enough for both members to
+            // see each other (within a second) and share it.
+            tokio::time::sleep(Duration::from_millis(2)).await;
             log_line(&mut log, &format!("{member} {text}"));
             // A late ack (the lease moved on) is what a member meets after a stall: not fatal.
             let _ = delivery.ack().await;
@@ -203,9 +207,22 @@ fn killed_member_of_a_partitioned_group_loses_nothing() {
     std::fs::create_dir_all(&dir.0).unwrap();
     let db = dir.0.join("queue.db");
     let log = dir.0.join("processed.log");
+    let spawn = |member: &str| {
+        KillOnDrop(child::spawn(
+            module_path!(),
+            "partitioned_member_child",
+            &[(DB_ENV, db.as_ref()), (LOG_ENV, log.as_ref()), (MEMBER_ENV, member.as_ref())],
+        ))
+    };
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let pubsub =
+        runtime.block_on(SqlPubSub::open_sqlite(&db, partitioned_config("publisher"))).expect("open");
+    runtime.block_on(pubsub.ensure_schema()).expect("schema");
+    let mut a = spawn("member-a");
+    let mut b = spawn("member-b");
+    let joined = |lines: &[String]| lines.iter().filter(|l| l.ends_with(" joined")).count() == 2;
+    wait_for(&log, &mut b.0, "both members subscribed", joined);
     runtime.block_on(async {
-        let pubsub = SqlPubSub::open_sqlite(&db, partitioned_config("publisher")).await.expect("open");
         let batch: Vec<_> = (0..TOTAL)
             .map(|n| Message::new(format!("k{} {n}", n % KEYS)).with_key(format!("k{}", n % KEYS)))
             .collect();
@@ -214,16 +231,11 @@ fn killed_member_of_a_partitioned_group_loses_nothing() {
         }
         Publisher::close(&pubsub).await.unwrap();
     });
-    let spawn = |member: &str| {
-        KillOnDrop(child::spawn(
-            module_path!(),
-            "partitioned_member_child",
-            &[(DB_ENV, db.as_ref()), (LOG_ENV, log.as_ref()), (MEMBER_ENV, member.as_ref())],
-        ))
+    let handled = |lines: &[String]| -> Vec<String> {
+        lines.iter().filter(|l| !l.ends_with(" joined")).cloned().collect()
     };
-    let mut a = spawn("member-a");
-    let mut b = spawn("member-b");
     wait_for(&log, &mut b.0, "a third processed, some by each member", |lines| {
+        let lines = handled(lines);
         lines.len() >= TOTAL / 3
             && lines.iter().any(|l| l.starts_with("member-a "))
             && lines.iter().any(|l| l.starts_with("member-b "))
@@ -231,13 +243,14 @@ fn killed_member_of_a_partitioned_group_loses_nothing() {
     a.0.kill().expect("SIGKILL");
     a.0.wait().unwrap();
     wait_for(&log, &mut b.0, "every message processed", |lines| {
+        let lines = handled(lines);
         let seen: std::collections::HashSet<&str> =
             lines.iter().filter_map(|l| l.split_once(' ').map(|(_, m)| m)).collect();
         seen.len() >= TOTAL
     });
     let _ = b.0.kill();
     b.0.wait().unwrap();
-    let lines = log_lines(&log);
+    let lines = handled(&log_lines(&log));
     let mut last: HashMap<String, i64> = HashMap::new();
     let mut duplicates = 0;
     for line in &lines {
