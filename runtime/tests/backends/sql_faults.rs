@@ -242,18 +242,20 @@ async fn publish_retries_case(victim: Victim) {
 
 /// The database kills the consumer's connections again and again while it consumes 200
 /// messages, acking each: acks are retried (and a retry whose first try went through is
-/// recognised), so no message is delivered twice and none is lost.
+/// recognised), so no message is delivered twice and none is lost. With `partitions` above 1,
+/// the messages are keyed over 8 keys, so that every partition's stream meets the kills.
 #[cfg(any(feature = "postgres", feature = "mysql"))]
-async fn ack_retries_case(victim: Victim) {
+async fn ack_retries_case(victim: Victim, partitions: u32) {
     use std::collections::HashMap;
 
-    let config = retention_config().retention(None).table_prefix("msretry_");
+    let config = retention_config().retention(None).table_prefix("msretry_").partitions(partitions);
     let publisher = SqlPubSub::connect(&victim.admin_url, config.clone()).await.unwrap();
     let consumer = SqlPubSub::connect(&victim.url, config).await.unwrap();
     let topic = crate::common::topic("ack-killed");
     let total = 200;
     let mut sub = consumer.subscribe(&topic, SubscribeOptions::group("g")).await.unwrap();
-    let messages: Vec<_> = (0..total).map(|i| Message::new(format!("m{i}"))).collect();
+    let messages: Vec<_> =
+        (0..total).map(|i| Message::new(format!("m{i}")).with_key(format!("k{}", i % 8))).collect();
     publisher.publish_batch(&topic, messages).await.unwrap();
     let victim = std::sync::Arc::new(victim);
     let killer = ConnectionKiller::start(victim.clone());
@@ -297,7 +299,13 @@ async fn postgres_publish_retries_through_killed_connections() {
 #[cfg(feature = "postgres")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_acks_retry_through_killed_connections() {
-    ack_retries_case(Victim::postgres("msackretry").await).await;
+    ack_retries_case(Victim::postgres("msackretry").await, 1).await;
+}
+
+#[cfg(feature = "postgres")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_partitioned_acks_retry_through_killed_connections() {
+    ack_retries_case(Victim::postgres("mspartretry").await, 4).await;
 }
 
 #[cfg(feature = "mysql")]
@@ -309,7 +317,7 @@ async fn mysql_publish_retries_through_killed_connections() {
 #[cfg(feature = "mysql")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mysql_acks_retry_through_killed_connections() {
-    ack_retries_case(Victim::mysql("msackretry").await).await;
+    ack_retries_case(Victim::mysql("msackretry").await, 1).await;
 }
 
 /// A client of PostgreSQL or MariaDB whose connections another connection can find and kill.

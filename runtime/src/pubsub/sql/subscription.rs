@@ -88,14 +88,26 @@ impl Subscriber for SqlPubSub {
                 Some(membership)
             };
             let (sender, receiver) = tokio::sync::mpsc::channel(parts.len());
+            // When the database is away every partition's stream reports it: the subscription
+            // passes one such error on per second, not one per partition and poll.
+            let last_error = Arc::new(Mutex::new(None::<Instant>));
             for (index, name) in parts.iter().enumerate() {
                 let owner: Arc<str> = format!("{me}.{index}").into();
                 let gate = membership.clone().map(|membership| (membership, index));
                 let mut stream = self.partition_stream(name, &group, owner, private, gate);
                 stream.cancel = cancel.child_token();
                 let sender = sender.clone();
+                let last_error = last_error.clone();
                 inner.tasks.spawn(async move {
                     while let Some(item) = stream.next().await {
+                        if let Err(error) = &item {
+                            let mut last = last_error.lock();
+                            if last.is_some_and(|at| at.elapsed() < Duration::from_secs(1)) {
+                                tracing::debug!(%error, "SQL backend: a partition's stream failed");
+                                continue;
+                            }
+                            *last = Some(Instant::now());
+                        }
                         if sender.send(item).await.is_err() {
                             break;
                         }
