@@ -90,7 +90,8 @@ pub(super) struct Inner {
     known_topics: Mutex<HashMap<String, i64>>,
     /// Topics whose partition count this process checked against the database's record.
     checked_layouts: Mutex<std::collections::HashSet<String>>,
-    /// The partition the next message without a key goes to (modulo the count).
+    /// The partition the next message without a key goes to (modulo the count; from a random
+    /// start).
     next_partition: std::sync::atomic::AtomicU32,
 }
 
@@ -143,7 +144,9 @@ impl SqlPubSub {
                 tasks: TaskTracker::new(),
                 known_topics: Mutex::new(Default::default()),
                 checked_layouts: Mutex::new(Default::default()),
-                next_partition: std::sync::atomic::AtomicU32::new(0),
+                // A random start: short-lived publishers (one message each) would otherwise all
+                // begin with partition 0.
+                next_partition: std::sync::atomic::AtomicU32::new(random_start()),
             }),
         };
         if pubsub.inner.config.retention.is_some() {
@@ -560,6 +563,12 @@ pub(super) fn key_partition(key: &str, parts: u32) -> u32 {
         (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
     });
     u32::try_from(hash % u64::from(parts)).expect("below a u32")
+}
+
+/// A random number (the standard library's randomly keyed hasher, keyed per call).
+fn random_start() -> u32 {
+    use std::hash::BuildHasher;
+    std::collections::hash_map::RandomState::new().hash_one(std::process::id()) as u32
 }
 
 /// Refuses to partition a topic that holds messages of its own (it was used unpartitioned).
