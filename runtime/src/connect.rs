@@ -21,7 +21,10 @@
 //! | `mqtt://host:1883`, `mqtts://...` | [`MqttPubSub`](crate::pubsub::mqtt::MqttPubSub) (its session named after the host) | `mqtt` |
 //! | `kafka://host:9092[,host:9092]` | [`KafkaPubSub`](crate::pubsub::kafka::KafkaPubSub) | `kafka` |
 //!
-//! Every backend starts with its default settings; build it yourself for others. A URL whose
+//! Every backend starts with its default settings; build it yourself for others. A SQL URL may
+//! say how many partitions its topics have (`postgres://host/db?partitions=12`:
+//! [`SqlConfig::partitions`](crate::pubsub::sql::SqlConfig::partitions)), so that a binary or the
+//! `millstream` command line reads a partitioned topic; the rest of the query goes to the driver. A URL whose
 //! backend is not compiled in fails with an error naming the feature to enable; an unknown scheme
 //! with the list above. Errors never show the URL's password.
 
@@ -137,6 +140,30 @@ pub async fn connect(url: &str) -> Result<Backend> {
     }
 }
 
+/// The settings a SQL URL's query gives millstream (`partitions=N`), and the URL without them
+/// (the rest of its query is the driver's).
+#[cfg(feature = "sql")]
+fn sql_settings(url: &str) -> Result<(String, crate::pubsub::sql::SqlConfig)> {
+    let (base, query) = url.split_once('?').map_or((url, ""), |(base, query)| (base, query));
+    let mut config = crate::pubsub::sql::SqlConfig::default();
+    let mut rest = Vec::new();
+    for pair in query.split('&').filter(|pair| !pair.is_empty()) {
+        match pair.split_once('=') {
+            Some(("partitions", value)) => {
+                config.partitions = value.parse().map_err(|_| {
+                    Error::new(
+                        ErrorKind::Config,
+                        format!("`partitions={value}` in the URL: a number of partitions, 1 to 1024"),
+                    )
+                })?;
+            }
+            _ => rest.push(pair),
+        }
+    }
+    let url = if rest.is_empty() { base.to_owned() } else { format!("{base}?{}", rest.join("&")) };
+    Ok((url, config))
+}
+
 /// The backend for `scheme`, or `None` when its feature is not compiled in.
 #[allow(unused_variables, clippy::unused_async)]
 async fn open(scheme: &str, url: &str) -> Option<Result<Arc<dyn PubSub>>> {
@@ -153,17 +180,26 @@ async fn open(scheme: &str, url: &str) -> Option<Result<Arc<dyn PubSub>>> {
             let path = url.split_once(':').map_or("", |(_, rest)| rest);
             let path = path.strip_prefix("//").unwrap_or(path);
             let path = path.split('?').next().unwrap_or(path);
-            SqlPubSub::open_sqlite(path, SqlConfig::default()).await.map(shared)
+            match sql_settings(url) {
+                Ok((_, config)) => SqlPubSub::open_sqlite(path, config).await.map(shared),
+                Err(error) => Err(error),
+            }
         }
         #[cfg(feature = "postgres")]
         "postgres" | "postgresql" => {
-            use crate::pubsub::sql::{SqlConfig, SqlPubSub};
-            SqlPubSub::connect(url, SqlConfig::default()).await.map(shared)
+            use crate::pubsub::sql::SqlPubSub;
+            match sql_settings(url) {
+                Ok((url, config)) => SqlPubSub::connect(&url, config).await.map(shared),
+                Err(error) => Err(error),
+            }
         }
         #[cfg(feature = "mysql")]
         "mysql" | "mariadb" => {
-            use crate::pubsub::sql::{SqlConfig, SqlPubSub};
-            SqlPubSub::connect(url, SqlConfig::default()).await.map(shared)
+            use crate::pubsub::sql::SqlPubSub;
+            match sql_settings(url) {
+                Ok((url, config)) => SqlPubSub::connect(&url, config).await.map(shared),
+                Err(error) => Err(error),
+            }
         }
         #[cfg(feature = "nats")]
         "nats" => {

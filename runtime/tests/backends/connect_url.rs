@@ -58,6 +58,25 @@ async fn sqlite_url() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// `?partitions=N` in a SQL URL: the topic is recorded with that count, and a URL with another
+/// count (or none) is refused on it; the rest of the query still reaches the driver.
+#[cfg(feature = "postgres")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sql_url_says_how_many_partitions() {
+    let base = env_or("MILLSTREAM_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/test");
+    let separator = if base.contains('?') { '&' } else { '?' };
+    round_trip(&format!("{base}{separator}partitions=4&application_name=millstream-test"), "postgres").await;
+    let four = connect(&format!("{base}{separator}partitions=4")).await.expect("connect");
+    let plain = connect(&base).await.expect("connect");
+    let topic = format!("connect-url.partitions.{}", uuid::Uuid::now_v7().simple());
+    four.publish(&topic, Message::new("x")).await.expect("publish with 4 partitions");
+    let error = plain.publish(&topic, Message::new("y")).await.expect_err("one partition is refused");
+    assert_eq!(error.kind(), millstream::ErrorKind::Config, "{error}");
+    let error = connect(&format!("{base}{separator}partitions=many")).await.expect_err("not a number");
+    assert_eq!(error.kind(), millstream::ErrorKind::Config, "{error}");
+    Subscriber::delete_topic(&four, &topic).await.expect("delete");
+}
+
 #[cfg(feature = "postgres")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_url() {
