@@ -175,7 +175,7 @@ async fn open(scheme: &str, url: &str) -> Option<Result<Arc<dyn PubSub>>> {
         "memory" => Ok(shared(crate::pubsub::memory::MemoryPubSub::new())),
         #[cfg(feature = "sqlite")]
         "sqlite" => {
-            use crate::pubsub::sql::{SqlConfig, SqlPubSub};
+            use crate::pubsub::sql::SqlPubSub;
             // `sqlite://path` and `sqlite:path` name the same file.
             let path = url.split_once(':').map_or("", |(_, rest)| rest);
             let path = path.strip_prefix("//").unwrap_or(path);
