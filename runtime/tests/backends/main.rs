@@ -11,6 +11,7 @@ mod conformance_kafka;
 mod conformance_memory;
 mod conformance_mqtt;
 mod conformance_mysql;
+mod conformance_mysql_partitioned;
 mod conformance_nats;
 mod conformance_postgres;
 mod conformance_postgres_partitioned;
