@@ -194,7 +194,7 @@ impl Route {
     /// batch at a time; app-wide layers do not wrap it either. On a backend that hands out a
     /// group's next message only once the previous is settled
     /// ([`Features::strict_order`](crate::pubsub::Features::strict_order): the SQL backend), every
-    /// batch holds one message.
+    /// batch holds one message (with SQL partitions, at most one per partition).
     pub fn batch<H, M>(name: impl Into<String>, topic: impl Into<String>, handler: H) -> Self
     where
         H: BatchHandler<M>,

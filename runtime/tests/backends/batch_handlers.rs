@@ -114,3 +114,46 @@ async fn batches_on_sqlite_hold_one_message_each_in_order() {
     assert_eq!(order, expected);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// With partitions (`SqlConfig::partitions`), a batch gathers the head of each partition: several
+/// messages at once, each key still in order, 7 redelivered after its failure.
+#[cfg(feature = "sqlite")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_on_partitioned_sqlite_gather_one_message_per_partition() {
+    use millstream::{SqlConfig, SqlPubSub};
+
+    let dir = std::env::temp_dir().join(unique("millstream-batch-parts-"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let url = format!("sqlite:{}?mode=rwc", dir.join("app.db").display());
+    let config = SqlConfig::default().poll_interval(Duration::from_millis(20)).partitions(4);
+    let sql = SqlPubSub::connect(&url, config).await.unwrap();
+    let topic = unique("batch-sqlite-parts.");
+    let batches: Batches = Arc::default();
+    let route = Route::batch("record", &topic, record).batch_size(50).linger(Duration::from_millis(200));
+    let router = App::new()
+        .pubsub(sql.clone())
+        .config(RouterConfig::default().nack_delay(Some(Duration::from_millis(20))))
+        .state(batches.clone())
+        .route(route)
+        .build()
+        .unwrap();
+    let task = start(&router).await;
+    // Four keys: n % 4.
+    let messages: Vec<Message> =
+        (1..=40u64).map(|n| Message::new(n.to_string()).with_key(format!("k{}", n % 4))).collect();
+    sql.publish_batch(&topic, messages).await.unwrap();
+    wait_for(&batches, |b| counts(b).len() == 40 && counts(b)[&7] == 2).await;
+    stop(&router, task).await;
+    let batches = batches.lock().clone();
+    assert!(batches.iter().all(|b| b.len() <= 4), "at most one message per partition: {batches:?}");
+    assert!(batches.iter().any(|b| b.len() > 1), "partitions were read together: {batches:?}");
+    for key in 0..4 {
+        let order: Vec<u64> = batches.concat().into_iter().filter(|n| n % 4 == key).collect();
+        let mut expected: Vec<u64> = (1..=40).filter(|n| n % 4 == key).collect();
+        if key == 3 {
+            expected.insert(1, 7); // 7 failed, and came back before the rest of its key
+        }
+        assert_eq!(order, expected, "key {key} in order");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
