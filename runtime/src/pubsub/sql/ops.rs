@@ -638,25 +638,20 @@ macro_rules! dialect {
                 Ok(Some((acked, attempts, rows)))
             }
 
-            /// Whether `group` has anything after its `acked` (a read, where a claim writes).
-            pub(crate) async fn pending(pool: &$pool, q: &Queries, topic: &str, group: &str) -> Result<bool> {
-                let count: i64 = sqlx::query_scalar(&q.pending)
+            /// Whether `group` has anything after its `acked` (a read, where a claim writes); with
+            /// `stuck_before`, only if its lease holder let the lease run out before that time.
+            pub(crate) async fn waiting(
+                pool: &$pool,
+                q: &Queries,
+                topic: &str,
+                group: &str,
+                stuck_before: Option<i64>,
+            ) -> Result<bool> {
+                let count: i64 = sqlx::query_scalar(&q.waiting)
                     .bind(topic)
                     .bind(group)
-                    .bind(topic)
-                    .fetch_one(pool)
-                    .await
-                    .map_err(backend_error)?;
-                Ok(count > 0)
-            }
-
-            /// Whether `group`'s lease holder let its lease run out (before `now`) with messages
-            /// waiting.
-            pub(crate) async fn stuck(pool: &$pool, q: &Queries, topic: &str, group: &str, now: i64) -> Result<bool> {
-                let count: i64 = sqlx::query_scalar(&q.stuck)
-                    .bind(topic)
-                    .bind(group)
-                    .bind(now)
+                    .bind(stuck_before.is_none())
+                    .bind(stuck_before.unwrap_or(0))
                     .bind(topic)
                     .fetch_one(pool)
                     .await

@@ -339,12 +339,7 @@ impl SqlPubSub {
         self.ensure_schema().await?;
         let inner = &self.inner;
         for topic in topics {
-            let parts = reconnecting(|| async {
-                dispatch!(&inner.pool, (pool, ops) => ops::layout(pool, &inner.queries, topic).await)
-            })
-            .await?
-            .0
-            .unwrap_or(1);
+            let parts = self.read_layout(topic).await?.0.unwrap_or(1);
             let mut names = vec![topic.clone()];
             if parts > 1 {
                 names.extend((0..u32::try_from(parts).unwrap_or(0)).map(|p| partition_topic(topic, p)));
@@ -431,15 +426,15 @@ impl SqlPubSub {
     /// `messages` divided by partition (ascending, each in publishing order): by a stable hash
     /// of the key; the messages without a key all go to the next partition in turn. One part,
     /// `topic` itself, when the topic is not partitioned.
-    pub(super) fn split<T>(
+    pub(super) fn split<'t, T>(
         &self,
-        topic: &str,
+        topic: &'t str,
         messages: Vec<T>,
         key: impl Fn(&T) -> Option<&str>,
-    ) -> Vec<(String, Vec<T>)> {
+    ) -> Vec<(std::borrow::Cow<'t, str>, Vec<T>)> {
         let parts = self.inner.config.partitions;
         if parts == 1 {
-            return vec![(topic.to_owned(), messages)];
+            return vec![(topic.into(), messages)];
         }
         let mut unkeyed = None;
         let mut by_partition: std::collections::BTreeMap<u32, Vec<T>> = std::collections::BTreeMap::new();
@@ -451,7 +446,7 @@ impl SqlPubSub {
             };
             by_partition.entry(partition).or_default().push(message);
         }
-        by_partition.into_iter().map(|(p, messages)| (partition_topic(topic, p), messages)).collect()
+        by_partition.into_iter().map(|(p, messages)| (partition_topic(topic, p).into(), messages)).collect()
     }
 
     /// Creates the topic's row in a statement of its own (autocommit), before any publishing

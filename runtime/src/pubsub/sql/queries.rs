@@ -23,11 +23,10 @@ pub(super) struct Queries {
     pub(super) insert_prefix: String,
     pub(super) create_group: String,
     pub(super) claim: String,
-    /// Whether a group has anything after `acked` (a read: an idle subscription's poll).
-    pub(super) pending: String,
-    /// Whether a group's lease holder let its lease run out with messages waiting (a hung
-    /// handler, or a dead process).
-    pub(super) stuck: String,
+    /// Whether a group has anything after `acked` (a read: an idle subscription's poll), and
+    /// with the second bind false, only where its lease holder let the lease run out before the
+    /// third (a hung handler, or a dead process).
+    pub(super) waiting: String,
     pub(super) group_state: String,
     pub(super) read: String,
     pub(super) ack: String,
@@ -183,13 +182,10 @@ impl Queries {
                 ),
                 "acked, head_attempts",
             )),
-            pending: sql(format!(
+            waiting: sql(format!(
                 "SELECT COUNT(*) FROM {p}groups WHERE topic = ? AND grp = ? \
+                 AND (? OR (owner IS NOT NULL AND lease_until < ?)) \
                  AND acked < (SELECT last_seq FROM {p}topics WHERE topic = ?)"
-            )),
-            stuck: sql(format!(
-                "SELECT COUNT(*) FROM {p}groups WHERE topic = ? AND grp = ? AND owner IS NOT NULL \
-                 AND lease_until < ? AND acked < (SELECT last_seq FROM {p}topics WHERE topic = ?)"
             )),
             group_state: sql(format!("SELECT acked, head_attempts FROM {p}groups WHERE topic = ? AND grp = ?")),
             // The rows after `acked`: at most `batch_size` of them, and no more than `batch_bytes`

@@ -55,7 +55,14 @@ impl Subscriber for SqlPubSub {
                 .await?;
             }
             if parts.len() == 1 {
-                let stream = self.partition_stream(topic, &group, me.into(), private, None);
+                let stream = self.partition_stream(
+                    topic,
+                    &group,
+                    me.into(),
+                    private,
+                    None,
+                    inner.cancel.child_token(),
+                );
                 return Ok(Subscription::new(futures_util::stream::unfold(
                     stream,
                     |mut stream| async move {
@@ -94,8 +101,8 @@ impl Subscriber for SqlPubSub {
             for (index, name) in parts.iter().enumerate() {
                 let owner: Arc<str> = format!("{me}.{index}").into();
                 let gate = membership.clone().map(|membership| (membership, index));
-                let mut stream = self.partition_stream(name, &group, owner, private, gate);
-                stream.cancel = cancel.child_token();
+                let mut stream =
+                    self.partition_stream(name, &group, owner, private, gate, cancel.child_token());
                 let sender = sender.clone();
                 let last_error = last_error.clone();
                 inner.tasks.spawn(async move {
@@ -181,6 +188,7 @@ impl SqlPubSub {
         owner: Arc<str>,
         private: bool,
         gate: Option<(Arc<Membership>, usize)>,
+        cancel: CancellationToken,
     ) -> SqlStream {
         let inner = &self.inner;
         let sub = Arc::new(SubShared {
@@ -197,7 +205,7 @@ impl SqlPubSub {
         tokio::spawn(heartbeat(Arc::downgrade(&sub), inner.cancel.clone()));
         SqlStream {
             signal: inner.signal(name),
-            cancel: inner.cancel.child_token(),
+            cancel,
             sub,
             gate,
             given_back: true,
@@ -290,32 +298,27 @@ impl Membership {
 /// earlier one is a process that was restarted: its leases are taken over at once); the members
 /// are numbered in name order, and member `r` of `n` owns the partitions `p % n == r`.
 fn share(members: &[String], me: &str, parts: usize) -> Vec<bool> {
-    let split = |name: &str| -> (String, String) {
+    fn split(name: &str) -> (&str, &str) {
         let (consumer, rest) = name.split_once('@').unwrap_or((name, ""));
-        let incarnation = rest.split_once('/').map_or(rest, |(incarnation, _)| incarnation);
-        (consumer.to_owned(), incarnation.to_owned())
-    };
-    let mut latest: HashMap<String, String> = HashMap::new();
-    for (consumer, incarnation) in members.iter().map(|m| split(m)).chain(std::iter::once(split(me))) {
-        let entry = latest.entry(consumer).or_default();
-        if incarnation > *entry {
-            *entry = incarnation;
-        }
+        (consumer, rest.split_once('/').map_or(rest, |(incarnation, _)| incarnation))
     }
-    let mut live: Vec<&str> = members
-        .iter()
-        .map(String::as_str)
-        .chain(std::iter::once(me))
+    let names = || members.iter().map(String::as_str).chain(std::iter::once(me));
+    let mut latest: HashMap<&str, &str> = HashMap::new();
+    for (consumer, incarnation) in names().map(split) {
+        let entry = latest.entry(consumer).or_default();
+        *entry = (*entry).max(incarnation);
+    }
+    let mut live: Vec<&str> = names()
         .filter(|name| {
             let (consumer, incarnation) = split(name);
-            latest.get(&consumer) == Some(&incarnation)
+            latest.get(consumer) == Some(&incarnation)
         })
         .collect();
     live.sort_unstable();
     live.dedup();
-    let count = live.len();
-    let rank = live.iter().position(|name| *name == me).unwrap_or(0);
-    (0..parts).map(|p| p % count == rank).collect()
+    // Not live: a later incarnation of our consumer name runs (and takes our leases over).
+    let Some(rank) = live.iter().position(|name| *name == me) else { return vec![false; parts] };
+    (0..parts).map(|p| p % live.len() == rank).collect()
 }
 
 /// What a subscription shares with the ackers of its deliveries.
@@ -673,7 +676,7 @@ impl SqlStream {
             // (a claim is an UPDATE, which on SQLite takes the database's write lock even when
             // it changes nothing, so idle polls of many subscriptions would queue up writers).
             let (topic, group) = (&*self.sub.topic, &*self.sub.group);
-            let pending = dispatch!(&inner.pool, (pool, ops) => ops::pending(pool, &inner.queries, topic, group).await)?;
+            let pending = dispatch!(&inner.pool, (pool, ops) => ops::waiting(pool, &inner.queries, topic, group, None).await)?;
             if !pending {
                 return Ok(false);
             }
@@ -695,8 +698,7 @@ impl SqlStream {
         let sub = self.sub.clone();
         let (inner, topic, group) = (&sub.inner, &*sub.topic, &*sub.group);
         let now = now_ms();
-        let stuck =
-            dispatch!(&inner.pool, (pool, ops) => ops::stuck(pool, &inner.queries, topic, group, now).await);
+        let stuck = dispatch!(&inner.pool, (pool, ops) => ops::waiting(pool, &inner.queries, topic, group, Some(now)).await);
         if matches!(stuck, Ok(true)) && matches!(self.claim_now(now).await, Ok(true)) {
             tracing::debug!(topic, group, "SQL backend: took a partition's batch over from a stuck holder");
             self.rescuing = true;
@@ -819,5 +821,7 @@ mod tests {
         // Two subscriptions of one process are two members.
         let members = ["a@2/s1", "a@2/s2"];
         assert_eq!(owned(&members, "a@2/s2", 4), [1, 3]);
+        // An earlier incarnation still running beside a later one of its name owns nothing.
+        assert_eq!(owned(&["a@1/old", "a@2/new"], "a@1/old", 4), Vec::<usize>::new());
     }
 }
