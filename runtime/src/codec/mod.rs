@@ -44,7 +44,7 @@ impl Codec for JsonCodec {
     fn encode<T: Serialize + ?Sized>(&self, value: &T) -> Result<Bytes, Error> {
         let mut buf = Vec::with_capacity(64);
         serde_json::to_writer(&mut buf, value).map_err(|e| Error::with_source(ErrorKind::Encode, e))?;
-        Ok(Bytes::from(buf))
+        Ok(crate::message::payload_from_vec(buf))
     }
 
     #[inline]

@@ -123,7 +123,7 @@ impl Codec for ProtobufCodec {
     fn encode<T: Serialize + ?Sized>(&self, value: &T) -> Result<Bytes, Error> {
         value
             .serialize(WireOnly)
-            .map(Bytes::from)
+            .map(crate::message::payload_from_vec)
             .map_err(|NotWire(text)| Error::new(ErrorKind::Encode, text))
     }
 
