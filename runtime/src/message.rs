@@ -465,8 +465,9 @@ impl Eq for Message {}
 impl Message {
     /// A message with a fresh UUID v7 id and no metadata.
     ///
-    /// A `Vec<u8>` or `String` payload is taken without a header allocation of its own (see
-    /// [`payload_from_vec`]).
+    /// A `Vec<u8>` or `String` payload gives back its spare capacity (a shrink in place) rather
+    /// than become a `Bytes` with a shared header of its own: a header allocated on the
+    /// publishing thread and freed on a consumer's costs the allocator's lock on both.
     pub fn new(payload: impl Into<Bytes> + 'static) -> Self {
         Message {
             id: MessageId::new(),
