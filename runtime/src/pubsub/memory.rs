@@ -258,6 +258,19 @@ impl AckSink for Queue {
     }
 }
 
+/// What a subscription's deliveries settle through: its queue, behind an allocation of its own.
+///
+/// Every delivery holds a reference to it, taken and dropped by the consumer; were it the queue's
+/// own reference count, that count would share a cache line with the queue's lock, which the
+/// publishers take on other cores for every message.
+struct Settler(Arc<Queue>);
+
+impl AckSink for Settler {
+    fn settle(&self, token: Token, message: Option<Message>, how: Settle) -> OpFuture<'static> {
+        self.0.settle(token, message, how)
+    }
+}
+
 impl Queue {
     /// Puts a nacked message back, as attempt `attempt`, after `delay` if any.
     fn nack(&self, message: Message, attempt: u32, delay: Option<Duration>) {
@@ -371,7 +384,32 @@ impl Publisher for MemoryPubSub {
                 return OpFuture::ready(Err(error));
             }
         }
-        let topic = self.topic(topic);
+        // The topic is used under the map's read lock, not cloned out of it: an `Arc` clone and
+        // drop per publish were two more atomic operations.
+        let topics = self.shared.topics.read();
+        if let Some(found) = topics.get(topic) {
+            return self.publish_to(found, message);
+        }
+        drop(topics);
+        let created = self.topic(topic);
+        self.publish_to(&created, message)
+    }
+
+    fn close(&self) -> OpFuture<'_> {
+        self.shared.closed.store(true, Ordering::Release);
+        let topics: Vec<_> = self.shared.topics.read().values().cloned().collect();
+        for topic in topics {
+            let groups = std::mem::take(&mut topic.inner.lock().groups);
+            groups.iter().for_each(|q| q.close());
+        }
+        OpFuture::ready(Ok(()))
+    }
+}
+
+impl MemoryPubSub {
+    /// Publishes to every group of `topic`: at once where each has room, else by a future that
+    /// waits for room, group after group.
+    fn publish_to(&self, topic: &Topic, message: Message) -> OpFuture<'static> {
         let mut inner = topic.inner.lock();
         let retain = self.shared.config.retain;
         if retain > 0 {
@@ -426,16 +464,6 @@ impl Publisher for MemoryPubSub {
             Ok(())
         })
     }
-
-    fn close(&self) -> OpFuture<'_> {
-        self.shared.closed.store(true, Ordering::Release);
-        let topics: Vec<_> = self.shared.topics.read().values().cloned().collect();
-        for topic in topics {
-            let groups = std::mem::take(&mut topic.inner.lock().groups);
-            groups.iter().for_each(|q| q.close());
-        }
-        OpFuture::ready(Ok(()))
-    }
 }
 
 impl Subscriber for MemoryPubSub {
@@ -465,7 +493,7 @@ impl Subscriber for MemoryPubSub {
         let stream = MemoryStream {
             id: self.shared.next_waiter.fetch_add(1, Ordering::Relaxed),
             yield_next: false,
-            sink: queue.clone(),
+            sink: Arc::new(Settler(queue.clone())),
             queue,
             topic,
         };
