@@ -257,3 +257,51 @@ async fn metadata_and_id_survive_the_trip() {
     assert_eq!(d.message(), &sent);
     d.ack().await.unwrap();
 }
+
+/// A subscription that joins a group while messages wait gets its share of them, in order, and
+/// the rest once the first subscription ends (a backend that prefetched for the first must give
+/// them back).
+#[tokio::test]
+async fn a_subscription_that_joins_shares_what_waits() {
+    let ps = MemoryPubSub::new();
+    let t = topic("join");
+    let mut first = ps.subscribe(&t, SubscribeOptions::group("g")).await.unwrap();
+    for n in 0..5 {
+        ps.publish(&t, msg(n)).await.unwrap();
+    }
+    let (text, _, d0) = next_text(&mut first).await;
+    assert_eq!(text, "m0");
+    let mut second = ps.subscribe(&t, SubscribeOptions::group("g")).await.unwrap();
+    let (text, _, d1) = next_text(&mut first).await;
+    assert_eq!(text, "m1");
+    let (text, _, d2) = next_text(&mut second).await;
+    assert_eq!(text, "m2", "the second subscription gets its share of what waits, in order");
+    for d in [d0, d1, d2] {
+        d.ack().await.unwrap();
+    }
+    assert_eq!(ps.queued(&t), 2);
+    drop(first);
+    let got: Vec<String> = take(&mut second, 2).await;
+    assert_eq!(got, ["m3", "m4"]);
+    assert_eq!(ps.queued(&t), 0);
+}
+
+/// What a named group's subscription had not been given when it ended waits for the group's next
+/// subscription, in order, and counts as queued meanwhile.
+#[tokio::test]
+async fn what_a_subscription_was_not_given_waits_for_the_next() {
+    let ps = MemoryPubSub::new();
+    let t = topic("run-back");
+    let mut first = ps.subscribe(&t, SubscribeOptions::group("g")).await.unwrap();
+    for n in 0..10 {
+        ps.publish(&t, msg(n)).await.unwrap();
+    }
+    let (text, _, d) = next_text(&mut first).await;
+    assert_eq!(text, "m0");
+    d.ack().await.unwrap();
+    assert_eq!(ps.queued(&t), 9);
+    drop(first);
+    let mut next = ps.subscribe(&t, SubscribeOptions::group("g")).await.unwrap();
+    let got: Vec<String> = take(&mut next, 9).await;
+    assert_eq!(got, (1..10).map(|n| format!("m{n}")).collect::<Vec<_>>());
+}
