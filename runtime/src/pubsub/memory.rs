@@ -344,6 +344,12 @@ impl MemoryPubSub {
         if let Some(topic) = self.shared.topics.read().get(name) {
             return topic.clone();
         }
+        self.create_topic(name)
+    }
+
+    /// The topic `name`, made if it is not there yet (another thread may have made it since it
+    /// was looked up).
+    fn create_topic(&self, name: &str) -> Arc<Topic> {
         self.shared
             .topics
             .write()
@@ -391,7 +397,7 @@ impl Publisher for MemoryPubSub {
             return self.publish_to(found, message);
         }
         drop(topics);
-        let created = self.topic(topic);
+        let created = self.create_topic(topic);
         self.publish_to(&created, message)
     }
 
