@@ -154,13 +154,41 @@ struct TopicInner {
     history: VecDeque<Message>,
 }
 
+/// A consumer group's queue, in two halves on cache lines of their own: publishers push to the
+/// inbox, subscriptions take from the outbox, and a subscription that finds the outbox empty
+/// swaps the whole inbox into it under both locks (an O(1) exchange of the two buffers).
+///
+/// With one lock for both ends, the publisher's core and the consumer's took the same cache line
+/// in turn for every message. Now a consumer that lags takes everything waiting with one visit
+/// to the publishers' side, and reads it from then on without them; one that keeps up visits it
+/// once per message, as before. Nothing is held back from the group: the outbox is the group's,
+/// so any of its subscriptions takes from it, in order.
+///
+/// The bound is kept with credits: `Inbox::room` is what publishers may still push, taken one
+/// per message. A subscription counts what it takes (`Outbox::freed`) on its own side, and
+/// gives it back at a swap when no publisher waits, when it finds the queue empty, and when
+/// half a queue has been taken; a publisher out of room takes it back itself. So publishers
+/// wait while `capacity` messages are queued, and are woken once the queue is down to half.
 struct Queue {
     me: Weak<Queue>,
     group: Option<Box<str>>,
-    capacity: usize,
-    /// Publishers waiting for room are woken when the queue is down to this many messages.
-    low_water: usize,
-    state: Mutex<QueueState>,
+    /// Taken messages to give back at once, [`capacity`](MemoryConfig::capacity) minus the low
+    /// water: waiting publishers are woken when the queue is down to half.
+    give_back: isize,
+    inbox: Padded<Mutex<Inbox>>,
+    outbox: Padded<Mutex<Outbox>>,
+}
+
+/// A value on cache lines of its own (two 64-byte lines, as adjacent lines are fetched in pairs).
+#[repr(align(128))]
+struct Padded<T>(T);
+
+impl<T> std::ops::Deref for Padded<T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        &self.0
+    }
 }
 
 struct Entry {
@@ -168,70 +196,172 @@ struct Entry {
     attempt: u32,
 }
 
+/// The publishers' half of a [`Queue`].
 #[derive(Default)]
-struct QueueState {
+struct Inbox {
     items: VecDeque<Entry>,
+    /// How many more messages publishers may push; may go below 0 where redelivered messages
+    /// came back (they are queued regardless).
+    room: isize,
+    /// Subscriptions waiting for a message.
     consumers: Vec<(u64, Waker)>,
+    /// Publishers waiting for room.
     producers: Vec<(u64, Waker)>,
+    closed: bool,
+}
+
+/// The subscriptions' half of a [`Queue`].
+#[derive(Default)]
+struct Outbox {
+    /// Older than everything in the inbox; a redelivered message goes to its front.
+    items: VecDeque<Entry>,
+    /// Messages taken (less those that came back) whose room is not yet given back to the inbox.
+    freed: isize,
     subscribers: usize,
     closed: bool,
 }
 
+/// What a subscription found in its queue.
+enum Taken {
+    /// A message, and the waiting publishers to wake if it gave room back.
+    Entry(Entry, SmallVec<[Waker; 2]>),
+    Empty,
+    Closed,
+}
+
+impl Inbox {
+    /// Gives `freed` room back; the waiting publishers, if there is room now.
+    fn give_back(&mut self, freed: isize) -> SmallVec<[Waker; 2]> {
+        self.room += freed;
+        if self.room > 0 && !self.producers.is_empty() {
+            self.producers.drain(..).map(|(_, w)| w).collect()
+        } else {
+            SmallVec::new()
+        }
+    }
+}
+
 impl Queue {
     fn new(group: Option<Box<str>>, capacity: usize, history: &VecDeque<Message>) -> Arc<Self> {
-        let items = history.iter().map(|m| Entry { message: m.clone(), attempt: 1 }).collect();
+        let items: VecDeque<Entry> =
+            history.iter().map(|m| Entry { message: m.clone(), attempt: 1 }).collect();
+        let capacity = isize::try_from(capacity).unwrap_or(isize::MAX);
+        let low_water = capacity / 2;
+        let room = capacity - isize::try_from(items.len()).unwrap_or(isize::MAX);
         Arc::new_cyclic(|me| Queue {
             me: me.clone(),
             group,
-            capacity,
-            low_water: capacity / 2,
-            state: Mutex::new(QueueState { items, ..QueueState::default() }),
+            give_back: capacity - low_water,
+            inbox: Padded(Mutex::new(Inbox { room, ..Inbox::default() })),
+            outbox: Padded(Mutex::new(Outbox { items, ..Outbox::default() })),
         })
     }
 
     /// Pushes if there is room. On `Err` the message is handed back and, when `waiter` is given,
     /// the waiter is registered to be woken once there is room.
     fn try_push(&self, message: Message, waiter: Option<(u64, &Waker)>) -> Result<(), Message> {
-        let mut state = self.state.lock();
-        if state.closed {
+        let mut inbox = self.inbox.lock();
+        if inbox.room <= 0 && !inbox.closed {
+            // Out of room: take back what the subscriptions took and have not given back yet
+            // (the locks are taken outbox first, so the inbox's is let go meanwhile). Publishers
+            // wait only while `capacity` messages are queued.
+            drop(inbox);
+            let freed = std::mem::take(&mut self.outbox.lock().freed);
+            inbox = self.inbox.lock();
+            inbox.room += freed;
+        }
+        if inbox.closed {
             return Ok(()); // the group is gone: nothing will read it, drop like a topic without subscribers
         }
-        if state.items.len() >= self.capacity {
+        if inbox.room <= 0 {
             if let Some((id, waker)) = waiter {
-                register(&mut state.producers, id, waker);
+                register(&mut inbox.producers, id, waker);
             }
             return Err(message);
         }
-        state.items.push_back(Entry { message, attempt: 1 });
-        let consumer = state.consumers.pop();
-        drop(state);
+        inbox.room -= 1;
+        inbox.items.push_back(Entry { message, attempt: 1 });
+        let consumer = inbox.consumers.pop();
+        drop(inbox);
         if let Some((_, waker)) = consumer {
             waker.wake();
         }
         Ok(())
     }
 
+    /// Takes the oldest message for subscription `id`, or registers it to be woken for the next.
+    fn take(&self, id: u64, waker: &Waker) -> Taken {
+        let mut outbox = self.outbox.lock();
+        if outbox.closed {
+            return Taken::Closed;
+        }
+        let mut sharing: SmallVec<[Waker; 2]> = SmallVec::new();
+        let entry = match outbox.items.pop_front() {
+            Some(entry) => entry,
+            None => {
+                let mut inbox = self.inbox.lock();
+                if inbox.items.is_empty() {
+                    register(&mut inbox.consumers, id, waker);
+                    // The queue is empty: all that was taken is room again.
+                    let freed = std::mem::take(&mut outbox.freed);
+                    let producers = inbox.give_back(freed);
+                    drop(inbox);
+                    drop(outbox);
+                    producers.into_iter().for_each(Waker::wake);
+                    return Taken::Empty;
+                }
+                std::mem::swap(&mut inbox.items, &mut outbox.items);
+                // Other subscriptions of the group that wait share what was just taken over.
+                let others = inbox.consumers.len().min(outbox.items.len() - 1);
+                sharing.extend(inbox.consumers.drain(..others).map(|(_, w)| w));
+                if inbox.producers.is_empty() {
+                    // Nobody waits for room: settle the count while the lock is held anyway.
+                    inbox.room += std::mem::take(&mut outbox.freed);
+                }
+                drop(inbox);
+                outbox.items.pop_front().expect("swapped in a non-empty inbox")
+            }
+        };
+        outbox.freed += 1;
+        let freed = if outbox.freed >= self.give_back { std::mem::take(&mut outbox.freed) } else { 0 };
+        drop(outbox);
+        sharing.into_iter().for_each(Waker::wake);
+        let producers = if freed > 0 { self.inbox.lock().give_back(freed) } else { SmallVec::new() };
+        Taken::Entry(entry, producers)
+    }
+
+    /// Puts a message taken before back at the front, as attempt `attempt`.
     fn requeue(&self, message: Message, attempt: u32) {
-        let mut state = self.state.lock();
-        if state.closed {
+        let mut outbox = self.outbox.lock();
+        if outbox.closed {
             return;
         }
-        state.items.push_front(Entry { message, attempt });
-        let consumer = state.consumers.pop();
-        drop(state);
+        outbox.items.push_front(Entry { message, attempt });
+        outbox.freed -= 1; // it counts again
+        drop(outbox);
+        let consumer = self.inbox.lock().consumers.pop();
         if let Some((_, waker)) = consumer {
             waker.wake();
         }
     }
 
+    /// Messages queued, in both halves.
+    fn len(&self) -> usize {
+        self.outbox.lock().items.len() + self.inbox.lock().items.len()
+    }
+
     fn close(&self) {
-        let mut guard = self.state.lock();
-        let state = &mut *guard;
-        state.closed = true;
-        state.items.clear();
+        let mut outbox = self.outbox.lock();
+        outbox.closed = true;
+        outbox.items.clear();
+        let mut guard = self.inbox.lock();
+        let inbox = &mut *guard;
+        inbox.closed = true;
+        inbox.items.clear();
         let wakers: Vec<_> =
-            state.consumers.drain(..).chain(state.producers.drain(..)).map(|(_, w)| w).collect();
+            inbox.consumers.drain(..).chain(inbox.producers.drain(..)).map(|(_, w)| w).collect();
         drop(guard);
+        drop(outbox);
         wakers.into_iter().for_each(Waker::wake);
     }
 }
@@ -337,7 +467,7 @@ impl MemoryPubSub {
     pub fn queued(&self, topic: &str) -> usize {
         let Some(topic) = self.shared.topics.read().get(topic).cloned() else { return 0 };
         let inner = topic.inner.lock();
-        inner.groups.iter().map(|q| q.state.lock().items.len()).sum()
+        inner.groups.iter().map(|q| q.len()).sum()
     }
 
     fn topic(&self, name: &str) -> Arc<Topic> {
@@ -464,8 +594,7 @@ impl MemoryPubSub {
                     }
                 })
                 .await?;
-                let mut state = queue.state.lock();
-                state.producers.retain(|(i, _)| *i != id);
+                queue.inbox.lock().producers.retain(|(i, _)| *i != id);
             }
             Ok(())
         })
@@ -495,7 +624,7 @@ impl Subscriber for MemoryPubSub {
                 }
             }
         };
-        queue.state.lock().subscribers += 1;
+        queue.outbox.lock().subscribers += 1;
         let stream = MemoryStream {
             id: self.shared.next_waiter.fetch_add(1, Ordering::Relaxed),
             yield_next: false,
@@ -568,46 +697,36 @@ impl Stream for MemoryStream {
         // (possibly on another worker) instead of waiting in this worker's LIFO slot until the
         // queue is empty, and then ping-ponging with the consumer one message at a time.
         let coop = std::task::ready!(tokio::task::coop::poll_proceed(cx));
-        let mut state = this.queue.state.lock();
-        if state.closed {
-            return Poll::Ready(None);
-        }
-        match state.items.pop_front() {
-            Some(Entry { message, attempt }) => {
+        match this.queue.take(this.id, cx.waker()) {
+            Taken::Entry(Entry { message, attempt }, producers) => {
                 coop.made_progress();
                 // Waiting publishers are woken once the queue has drained to half its capacity,
-                // not on every pop: a full queue would otherwise cost a task wake-up (often a
+                // not on every take: a full queue would otherwise cost a task wake-up (often a
                 // thread unpark) per message, and the publishers then refill it in one go.
-                let producers: SmallVec<[(u64, Waker); 2]> =
-                    if !state.producers.is_empty() && state.items.len() <= this.queue.low_water {
-                        state.producers.drain(..).collect()
-                    } else {
-                        SmallVec::new()
-                    };
-                drop(state);
                 this.yield_next = !producers.is_empty();
-                producers.into_iter().for_each(|(_, waker)| waker.wake());
+                producers.into_iter().for_each(Waker::wake);
                 let acker =
                     Acker::new(this.sink.clone(), Token::new(u64::from(attempt)), Some(message.clone()));
                 Poll::Ready(Some(Ok(Delivery::new(message, attempt, acker))))
             }
-            None => {
-                register(&mut state.consumers, this.id, cx.waker());
-                Poll::Pending
-            }
+            Taken::Empty => Poll::Pending,
+            Taken::Closed => Poll::Ready(None),
         }
     }
 }
 
 impl Drop for MemoryStream {
     fn drop(&mut self) {
-        let mut state = self.queue.state.lock();
-        state.subscribers -= 1;
-        state.consumers.retain(|(id, _)| *id != self.id);
-        let last = state.subscribers == 0;
+        let mut outbox = self.queue.outbox.lock();
+        outbox.subscribers -= 1;
+        let last = outbox.subscribers == 0;
+        let mut inbox = self.queue.inbox.lock();
+        inbox.consumers.retain(|(id, _)| *id != self.id);
         // Another subscription of the group may be waiting while this one held the wake-up.
-        let next = if state.items.is_empty() { None } else { state.consumers.pop() };
-        drop(state);
+        let waiting = !outbox.items.is_empty() || !inbox.items.is_empty();
+        let next = if waiting { inbox.consumers.pop() } else { None };
+        drop(inbox);
+        drop(outbox);
         if let Some((_, waker)) = next {
             waker.wake();
         }

@@ -136,6 +136,118 @@ async fn a_full_group_makes_publishers_wait() {
     within("producer done", producer).await.unwrap();
 }
 
+/// The bound has hysteresis: publishers wait while the group holds its capacity and go on once
+/// half of it is taken (not at every message taken); a nacked message counts again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishers_go_on_once_half_the_queue_is_taken() {
+    let ps = MemoryPubSub::new().capacity(8);
+    let t = topic("half");
+    let mut sub = ps.subscribe(&t, SubscribeOptions::group("g")).await.unwrap();
+    let published = Arc::new(AtomicUsize::new(0));
+    let producer = tokio::spawn({
+        let (ps, t, published) = (ps.clone(), t.clone(), published.clone());
+        async move {
+            for n in 0..100 {
+                ps.publish(&t, msg(n)).await.unwrap();
+                published.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+    });
+    let waits_at = |count: usize| {
+        let published = published.clone();
+        async move {
+            eventually("the producer gets that far", || published.load(Ordering::SeqCst) >= count).await;
+            for _ in 0..100 {
+                tokio::task::yield_now().await;
+            }
+            assert_eq!(published.load(Ordering::SeqCst), count, "the producer waits there");
+        }
+    };
+    waits_at(8).await;
+    // Three taken: five wait, more than half the capacity; the producer still waits.
+    assert_eq!(take(&mut sub, 3).await, ["m0", "m1", "m2"]);
+    waits_at(8).await;
+    assert_eq!(ps.queued(&t), 5);
+    // The fourth brings the queue down to half: the producer fills it again.
+    assert_eq!(take(&mut sub, 1).await, ["m3"]);
+    waits_at(12).await;
+    assert_eq!(ps.queued(&t), 8);
+    // A nacked message comes back first and counts again: four more must be taken.
+    let (text, _, d) = next_text(&mut sub).await;
+    assert_eq!(text, "m4");
+    d.nack().await.unwrap();
+    assert_eq!(ps.queued(&t), 8);
+    let (text, attempt, d) = next_text(&mut sub).await;
+    assert_eq!((text.as_str(), attempt), ("m4", 2));
+    d.ack().await.unwrap();
+    assert_eq!(take(&mut sub, 2).await, ["m5", "m6"]);
+    waits_at(12).await;
+    assert_eq!(take(&mut sub, 1).await, ["m7"]);
+    waits_at(16).await;
+    let rest = take(&mut sub, 92).await;
+    assert_eq!(rest, (8..100).map(|n| format!("m{n}")).collect::<Vec<_>>());
+    within("producer done", producer).await.unwrap();
+}
+
+/// Three publishers and three subscriptions of one group through a queue of 4, on two threads,
+/// every fifth delivery nacked once: every message is acked exactly once, each publisher's
+/// messages arrive in order the first time, and nothing is left queued.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn competing_publishers_and_subscriptions_lose_nothing_through_a_small_queue() {
+    let ps = MemoryPubSub::new().capacity(4);
+    let t = topic("competing");
+    let per_publisher = 3_000;
+    let acked = Arc::new(parking_lot::Mutex::new(Vec::<(usize, usize)>::new()));
+    let mut subscriptions = Vec::new();
+    for _ in 0..3 {
+        let mut sub = ps.subscribe(&t, SubscribeOptions::group("g")).await.unwrap();
+        let acked = acked.clone();
+        subscriptions.push(tokio::spawn(async move {
+            let mut first_seen: Vec<Option<usize>> = vec![None; 3];
+            while let Some(Ok(d)) = sub.next().await {
+                let text = String::from_utf8(d.message().payload().to_vec()).unwrap();
+                let (from, n) = text.split_once('-').unwrap();
+                let (from, n): (usize, usize) = (from.parse().unwrap(), n.parse().unwrap());
+                if d.attempt() == 1 {
+                    if let Some(last) = first_seen[from] {
+                        assert!(n > last, "publisher {from}: {n} after {last}");
+                    }
+                    first_seen[from] = Some(n);
+                }
+                if n % 5 == 0 && d.attempt() == 1 {
+                    d.nack().await.unwrap();
+                } else {
+                    acked.lock().push((from, n));
+                    d.ack().await.unwrap();
+                }
+            }
+        }));
+    }
+    let publishers: Vec<_> = (0..3)
+        .map(|from| {
+            let (ps, t) = (ps.clone(), t.clone());
+            tokio::spawn(async move {
+                for n in 0..per_publisher {
+                    ps.publish(&t, Message::new(format!("{from}-{n}"))).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for publisher in publishers {
+        within("publisher done", publisher).await.unwrap();
+    }
+    eventually("all acked", || acked.lock().len() >= 3 * per_publisher).await;
+    assert_eq!(ps.queued(&t), 0);
+    Publisher::close(&ps).await.unwrap();
+    for sub in subscriptions {
+        within("subscription ends", sub).await.unwrap();
+    }
+    let mut acked = std::mem::take(&mut *acked.lock());
+    acked.sort_unstable();
+    let expected: Vec<_> = (0..3).flat_map(|from| (0..per_publisher).map(move |n| (from, n))).collect();
+    assert_eq!(acked, expected, "each message acked exactly once");
+}
+
 /// A slow consumer: 20 000 messages of 4 KiB (80 MiB in all) through a queue of 64. What waits in
 /// memory never exceeds the capacity (256 KiB of payload), however far behind the consumer is.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
