@@ -107,21 +107,31 @@ async fn nack_with_delay_redelivers_after_the_delay() {
     d.ack().await.unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_full_group_makes_publishers_wait() {
-    let ps = MemoryPubSub::new().capacity(8);
-    let t = topic("backpressure");
-    let mut sub = ps.subscribe(&t, SubscribeOptions::group("slow")).await.unwrap();
+/// Publishes `m0..m{count}` to `t` from a task of its own, counting the publishes that returned.
+fn publish_counting(
+    ps: &MemoryPubSub,
+    t: &str,
+    count: usize,
+) -> (tokio::task::JoinHandle<()>, Arc<AtomicUsize>) {
     let published = Arc::new(AtomicUsize::new(0));
     let producer = tokio::spawn({
-        let (ps, t, published) = (ps.clone(), t.clone(), published.clone());
+        let (ps, t, published) = (ps.clone(), t.to_owned(), published.clone());
         async move {
-            for n in 0..100 {
+            for n in 0..count {
                 ps.publish(&t, msg(n)).await.unwrap();
                 published.fetch_add(1, Ordering::SeqCst);
             }
         }
     });
+    (producer, published)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_group_makes_publishers_wait() {
+    let ps = MemoryPubSub::new().capacity(8);
+    let t = topic("backpressure");
+    let mut sub = ps.subscribe(&t, SubscribeOptions::group("slow")).await.unwrap();
+    let (producer, published) = publish_counting(&ps, &t, 100);
     // The producer fills the queue and then waits: it cannot get past the capacity.
     eventually("queue full", || published.load(Ordering::SeqCst) >= 8).await;
     assert_eq!(ps.queued(&t), 8);
@@ -143,16 +153,7 @@ async fn publishers_go_on_once_half_the_queue_is_taken() {
     let ps = MemoryPubSub::new().capacity(8);
     let t = topic("half");
     let mut sub = ps.subscribe(&t, SubscribeOptions::group("g")).await.unwrap();
-    let published = Arc::new(AtomicUsize::new(0));
-    let producer = tokio::spawn({
-        let (ps, t, published) = (ps.clone(), t.clone(), published.clone());
-        async move {
-            for n in 0..100 {
-                ps.publish(&t, msg(n)).await.unwrap();
-                published.fetch_add(1, Ordering::SeqCst);
-            }
-        }
-    });
+    let (producer, published) = publish_counting(&ps, &t, 100);
     let waits_at = |count: usize| {
         let published = published.clone();
         async move {
