@@ -126,6 +126,16 @@ fn publish_counting(
     (producer, published)
 }
 
+/// Waits until [`publish_counting`]'s producer has published `count` messages, then checks that
+/// it stays there while others run (it waits for room).
+async fn producer_waits_at(published: &AtomicUsize, count: usize) {
+    eventually("the producer gets that far", || published.load(Ordering::SeqCst) >= count).await;
+    for _ in 0..100 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(published.load(Ordering::SeqCst), count, "the producer waits there");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_group_makes_publishers_wait() {
     let ps = MemoryPubSub::new().capacity(8);
@@ -133,12 +143,8 @@ async fn a_full_group_makes_publishers_wait() {
     let mut sub = ps.subscribe(&t, SubscribeOptions::group("slow")).await.unwrap();
     let (producer, published) = publish_counting(&ps, &t, 100);
     // The producer fills the queue and then waits: it cannot get past the capacity.
-    eventually("queue full", || published.load(Ordering::SeqCst) >= 8).await;
+    producer_waits_at(&published, 8).await;
     assert_eq!(ps.queued(&t), 8);
-    for _ in 0..100 {
-        tokio::task::yield_now().await;
-    }
-    assert_eq!(published.load(Ordering::SeqCst), 8, "the producer waits while the group is full");
     assert!(!producer.is_finished());
     // Consuming lets it go on; order is kept.
     let got = take(&mut sub, 100).await;
@@ -154,24 +160,14 @@ async fn publishers_go_on_once_half_the_queue_is_taken() {
     let t = topic("half");
     let mut sub = ps.subscribe(&t, SubscribeOptions::group("g")).await.unwrap();
     let (producer, published) = publish_counting(&ps, &t, 100);
-    let waits_at = |count: usize| {
-        let published = published.clone();
-        async move {
-            eventually("the producer gets that far", || published.load(Ordering::SeqCst) >= count).await;
-            for _ in 0..100 {
-                tokio::task::yield_now().await;
-            }
-            assert_eq!(published.load(Ordering::SeqCst), count, "the producer waits there");
-        }
-    };
-    waits_at(8).await;
+    producer_waits_at(&published, 8).await;
     // Three taken: five wait, more than half the capacity; the producer still waits.
     assert_eq!(take(&mut sub, 3).await, ["m0", "m1", "m2"]);
-    waits_at(8).await;
+    producer_waits_at(&published, 8).await;
     assert_eq!(ps.queued(&t), 5);
     // The fourth brings the queue down to half: the producer fills it again.
     assert_eq!(take(&mut sub, 1).await, ["m3"]);
-    waits_at(12).await;
+    producer_waits_at(&published, 12).await;
     assert_eq!(ps.queued(&t), 8);
     // A nacked message comes back first and counts again: four more must be taken.
     let (text, _, d) = next_text(&mut sub).await;
@@ -182,9 +178,9 @@ async fn publishers_go_on_once_half_the_queue_is_taken() {
     assert_eq!((text.as_str(), attempt), ("m4", 2));
     d.ack().await.unwrap();
     assert_eq!(take(&mut sub, 2).await, ["m5", "m6"]);
-    waits_at(12).await;
+    producer_waits_at(&published, 12).await;
     assert_eq!(take(&mut sub, 1).await, ["m7"]);
-    waits_at(16).await;
+    producer_waits_at(&published, 16).await;
     let rest = take(&mut sub, 92).await;
     assert_eq!(rest, (8..100).map(|n| format!("m{n}")).collect::<Vec<_>>());
     within("producer done", producer).await.unwrap();
